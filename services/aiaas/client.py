@@ -1,0 +1,291 @@
+"""The async Python client: publish jobs, await one job's result, stream a results topic.
+
+    async with AiaasClient() as client:
+        handle = await client.submit("vision", {"image": Tensor.from_numpy(pixels)})
+        result = await handle.result(timeout=10)
+        async for result in client.results("vision"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from . import tracing
+from .codec import decode_result, encode
+from .contracts import InputValue, Job, Result
+from .errors import AiaasError, BrokerUnavailable
+from .settings import KafkaSettings
+from .topics import ModelTopics, ensure_topics
+
+__all__ = ["AiaasClient", "JobHandle", "broker_unreachable"]
+
+
+def broker_unreachable(settings: KafkaSettings, exc: BaseException) -> BrokerUnavailable:
+    """The one-line error a person sees when Kafka does not answer."""
+    return BrokerUnavailable(
+        f"cannot reach Kafka at {settings.bootstrap_servers} ({type(exc).__name__}). "
+        "Start the local broker with `infra/kafka/kafka.sh start` (or `make kafka`), "
+        "or point AIAAS_KAFKA_BOOTSTRAP_SERVERS at your cluster."
+    )
+
+
+@dataclass
+class JobHandle:
+    """A published job; `await handle.result(timeout)` returns its result."""
+
+    job: Job
+    sent_at: float
+    partition: int
+    offset: int
+    _future: asyncio.Future[Result] = field(repr=False)
+
+    @property
+    def job_id(self) -> str:
+        """The job's id (its Kafka key)."""
+        return self.job.job_id
+
+    async def result(self, timeout: float | None = 30.0) -> Result:
+        """Wait for this job's result; raises TimeoutError naming the job when none arrives in time."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no result for job {self.job_id} within {timeout}s: is the {self.job.model} service running?"
+            ) from None
+
+
+class _SeenIds:
+    """The most recent job ids seen, to drop duplicate results (bounded memory)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def first_time(self, job_id: str) -> bool:
+        if job_id in self._ids:
+            return False
+        self._ids[job_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+class AiaasClient:
+    """Publishes jobs and reads results over Kafka (aiokafka: idempotent producer, acks=all)."""
+
+    def __init__(self, kafka: KafkaSettings | None = None) -> None:
+        self.kafka = kafka or KafkaSettings()
+        self._producer: AIOKafkaProducer | None = None
+        self._listeners: dict[str, _ResultListener] = {}
+        self._known_topics: set[str] = set()
+        self._setup_lock = asyncio.Lock()  # concurrent submits share one topic check and one listener
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+
+    async def __aenter__(self) -> "AiaasClient":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect the producer; raises BrokerUnavailable with what to do when Kafka is not there."""
+        producer = AIOKafkaProducer(
+            **self.kafka.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=2,
+            max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+        )
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise broker_unreachable(self.kafka, exc) from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and close everything."""
+        for listener in self._listeners.values():
+            await listener.stop()
+        self._listeners.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, InputValue],
+        *,
+        task: str | None = None,
+        version: str | None = None,
+        priority: int = 0,
+        deadline_s: float | None = None,
+        reply_to: str | None = None,
+        tenant: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> JobHandle:
+        """Publish one inference job; returns once the broker has it. Await `.result()` for the outcome."""
+        now = time.time()
+        job = Job(
+            model=model, inputs=dict(inputs), task=task, model_version=version, priority=priority,
+            deadline=now + deadline_s if deadline_s else None, reply_to=reply_to, tenant=tenant,
+            attributes=dict(attributes or {}), created_at=now, **({"job_id": job_id} if job_id else {"job_id": _new_id()}),
+        )
+        return await self.submit_job(job)
+
+    async def submit_job(self, job: Job) -> JobHandle:
+        """Publish a ready-made Job envelope."""
+        producer = self._require_producer()
+        topics = ModelTopics.of(job.model, self.kafka.topic_prefix)
+        results_topic = job.reply_to or topics.results
+        async with self._setup_lock:
+            await self._ensure({topics.infer, results_topic})
+            listener = await self._listener(results_topic)
+        future = listener.expect(job.job_id)
+        with self._tracer.start_as_current_span(
+            f"send {topics.infer}", kind=SpanKind.PRODUCER,
+            attributes=tracing.producer_attributes(topics.infer, job_id=job.job_id) | {tracing.MODEL: job.model},
+        ) as span:
+            sent_at = time.time()
+            try:
+                meta = await producer.send_and_wait(
+                    topics.infer, encode(job), key=job.job_id.encode(), headers=tracing.inject_headers()
+                )
+            except KafkaError as exc:
+                raise broker_unreachable(self.kafka, exc) from exc
+            span.set_attribute("messaging.destination.partition.id", str(meta.partition))
+            span.set_attribute("messaging.kafka.offset", meta.offset)
+        return JobHandle(job, sent_at, meta.partition, meta.offset, future)
+
+    async def results(self, model: str, *, from_beginning: bool = False, topic: str | None = None,
+                      idle_timeout: float | None = None) -> AsyncIterator[Result]:
+        """Iterate over a model's results topic, each job id once (duplicates from redelivery dropped).
+
+        Starts at the end (new results only) unless `from_beginning`; with `idle_timeout`, stops
+        after that many seconds without a new result.
+        """
+        topic = topic or ModelTopics.of(model, self.kafka.topic_prefix).results
+        await self._ensure({topic})
+        consumer = await _start_reader(self.kafka, topic, from_beginning)
+        seen = _SeenIds()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=int((idle_timeout or 1.0) * 1000))
+                if not batches and idle_timeout is not None:
+                    return
+                for record in (r for records in batches.values() for r in records):
+                    result = self._receive(record)
+                    if result is not None and seen.first_time(result.job_id):
+                        yield result
+        finally:
+            await consumer.stop()
+
+    def _receive(self, record: ConsumerRecord) -> Result | None:
+        """Decode one result inside a CONSUMER span continuing the job's trace."""
+        with self._tracer.start_as_current_span(
+            f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
+            attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset),
+        ) as span:
+            try:
+                result = decode_result(record.value or b"", self.kafka.max_message_bytes)
+            except AiaasError:
+                return None
+            span.set_attribute(tracing.JOB_ID, result.job_id)
+            span.set_attribute(tracing.STATUS, result.status)
+            return result
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("AiaasClient is not started: use `async with AiaasClient() as client:`")
+        return self._producer
+
+    async def _ensure(self, topics: set[str]) -> None:
+        missing = topics - self._known_topics
+        if missing:
+            try:
+                await ensure_topics(self.kafka, sorted(missing))
+            except KafkaConnectionError as exc:
+                raise broker_unreachable(self.kafka, exc) from exc
+            self._known_topics |= missing
+
+    async def _listener(self, topic: str) -> "_ResultListener":
+        if topic not in self._listeners:
+            self._listeners[topic] = await _ResultListener.start(self, topic)
+        return self._listeners[topic]
+
+
+def _new_id() -> str:
+    from .contracts import new_job_id
+
+    return new_job_id()
+
+
+async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
+    """A group-less consumer on every partition of `topic`, positioned before it returns."""
+    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
+    await consumer.start()
+    partitions = consumer.partitions_for_topic(topic)
+    for _ in range(50):
+        if partitions:
+            break
+        await asyncio.sleep(0.1)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        partitions = consumer.partitions_for_topic(topic)
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+    consumer.assign(assigned)
+    if from_beginning:
+        await consumer.seek_to_beginning(*assigned)
+    else:
+        await consumer.seek_to_end(*assigned)
+    for tp in assigned:  # pin the positions now, so nothing published after this call is missed
+        await consumer.position(tp)
+    return consumer
+
+
+class _ResultListener:
+    """Reads one results topic from 'now' and completes the futures of jobs this client sent."""
+
+    def __init__(self, client: AiaasClient, consumer: AIOKafkaConsumer) -> None:
+        self._client = client
+        self._consumer = consumer
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._task = asyncio.create_task(self._run())
+
+    @classmethod
+    async def start(cls, client: AiaasClient, topic: str) -> "_ResultListener":
+        return cls(client, await _start_reader(client.kafka, topic, from_beginning=False))
+
+    def expect(self, job_id: str) -> asyncio.Future[Result]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = future
+        return future
+
+    async def _run(self) -> None:
+        async for record in self._consumer:
+            key = record.key.decode(errors="replace") if record.key else None
+            if key not in self._waiting:
+                continue  # someone else's job, or a duplicate of one already answered
+            result = self._client._receive(record)  # noqa: SLF001 - same module family
+            if result is not None and result.job_id in self._waiting:
+                future = self._waiting.pop(result.job_id)
+                if not future.done():
+                    future.set_result(result)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+        await self._consumer.stop()

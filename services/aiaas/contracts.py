@@ -1,0 +1,136 @@
+"""The job and result envelopes: the contract between publishers, services and readers.
+
+These pydantic models are the source of truth; `schemas/` holds the JSON Schema and the
+AsyncAPI document generated from them (`aiaas schemas write`). On the wire each envelope is
+one msgpack map (see `codec.py`); tensors travel as `{dtype, shape, data}` with raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+__all__ = [
+    "DType",
+    "Tensor",
+    "InputValue",
+    "Job",
+    "JobKind",
+    "Result",
+    "ResultStatus",
+    "ErrorInfo",
+    "Timings",
+    "new_job_id",
+]
+
+DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
+JobKind = Literal["infer", "train"]
+ResultStatus = Literal["ok", "error", "expired"]
+
+_MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+_MAX_RANK = 8
+
+
+class Tensor(BaseModel):
+    """An n-dimensional array: element type, shape and the raw little-endian, C-order bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: DType = Field(description="Element type (numpy name).")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=_MAX_RANK, description="Dimensions, outermost first.")
+    data: bytes = Field(description="Raw little-endian C-order element bytes; length = prod(shape) x itemsize.")
+
+    @classmethod
+    def from_numpy(cls, array: np.ndarray) -> "Tensor":
+        """Wrap a numpy array (copied to C order, little endian)."""
+        array = np.ascontiguousarray(array)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        return cls(dtype=str(array.dtype), shape=list(array.shape), data=array.tobytes())
+
+    def to_numpy(self) -> np.ndarray:
+        """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
+        dtype = np.dtype(self.dtype).newbyteorder("<")
+        expected = math.prod(self.shape) * dtype.itemsize
+        if len(self.data) != expected:
+            raise ValueError(
+                f"tensor data has {len(self.data)} bytes but dtype {self.dtype} x shape {self.shape} needs {expected}"
+            )
+        return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
+
+
+InputValue = Union[Tensor, StrictStr, StrictBool, StrictInt, StrictFloat, list[StrictStr]]
+"""One named input of a job: a tensor, or a plain value (text, number, flag, list of texts)."""
+
+
+def new_job_id() -> str:
+    """A fresh, unique job id (UUID4 hex)."""
+    return uuid.uuid4().hex
+
+
+class Job(BaseModel):
+    """A unit of work published to `<prefix>.<model>.infer` (or `.train`). Keyed by `job_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(min_length=1, max_length=128, description="Unique id; the Kafka key; results carry it.")
+    kind: JobKind = Field("infer", description="`infer` or `train`.")
+    model: str = Field(pattern=_MODEL_NAME, description="Model type, e.g. `vision`; names the topics.")
+    model_version: str | None = Field(
+        None, max_length=64, description="Pin a registry version (`3`) or alias (`production`); default: the service's."
+    )
+    task: str | None = Field(None, max_length=64, description="Task within the model type, when it has several.")
+    inputs: dict[str, InputValue] = Field(
+        default_factory=dict, max_length=64, description="Named, typed inputs; tensors as dtype/shape/bytes."
+    )
+    created_at: float = Field(default_factory=time.time, description="When the job was made (Unix seconds).")
+    deadline: float | None = Field(None, description="After this time (Unix seconds) the job is `expired`, not run.")
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first when a batch is cut.")
+    reply_to: str | None = Field(
+        None, max_length=249, description="Topic for the result instead of `<prefix>.<model>.results`."
+    )
+    tenant: str | None = Field(None, max_length=128, description="Who the job is for (accounting, quotas).")
+    attributes: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="Free key/value pairs, copied into the result."
+    )
+
+
+class ErrorInfo(BaseModel):
+    """Why a job has no outputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="Error class, e.g. `InvalidJob`.")
+    message: str = Field(description="What was wrong, for a person.")
+    retriable: bool = Field(False, description="True when the same job may succeed if tried again.")
+
+
+class Timings(BaseModel):
+    """Where the job's time went, in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_wait_ms: float = Field(0.0, description="From `created_at` until the worker picked the job up.")
+    inference_ms: float = Field(0.0, description="The model call of the job's batch.")
+    batch_size: int = Field(0, description="Jobs in the model call that ran this job.")
+
+
+class Result(BaseModel):
+    """The one outcome of a job, published to the results topic keyed by `job_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(description="The job this result belongs to.")
+    model: str = Field(description="Model type that handled the job.")
+    status: ResultStatus = Field(description="`ok`, `error` or `expired`.")
+    outputs: dict[str, InputValue] = Field(default_factory=dict, description="Named outputs (task-specific).")
+    model_version: str | None = Field(None, description="Registry version that produced the outputs.")
+    timings: Timings = Field(default_factory=Timings, description="Queue wait and model time.")
+    error: ErrorInfo | None = Field(None, description="Set when status is `error`.")
+    completed_at: float = Field(default_factory=time.time, description="When the worker finished (Unix seconds).")
+    attributes: dict[str, str] = Field(default_factory=dict, description="The job's attributes, echoed.")

@@ -1,0 +1,52 @@
+"""Errors carry flags, not strings: the class decides retry, dead letter or redelivery."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AiaasError",
+    "InvalidJob",
+    "PayloadTooLarge",
+    "UndecodableMessage",
+    "UnknownModelVersion",
+    "ModelFailure",
+    "BrokerUnavailable",
+]
+
+
+class AiaasError(Exception):
+    """Base of every aiaas error. `retriable` says whether trying the same job again may work."""
+
+    retriable = False
+
+    @property
+    def type_name(self) -> str:
+        """The name written into error results and DLQ headers."""
+        return type(self).__name__
+
+
+class UndecodableMessage(AiaasError):
+    """The message bytes are not a msgpack job envelope within the limits."""
+
+
+class PayloadTooLarge(AiaasError):
+    """The message is bigger than the configured maximum."""
+
+
+class InvalidJob(AiaasError):
+    """The envelope decoded but breaks the contract (types, shapes, model, values)."""
+
+
+class UnknownModelVersion(AiaasError):
+    """The job pins a model version or alias that the registry does not have."""
+
+
+class ModelFailure(AiaasError):
+    """The model runtime raised while running a batch; the jobs may succeed on another try."""
+
+    retriable = True
+
+
+class BrokerUnavailable(AiaasError):
+    """Kafka could not be reached."""
+
+    retriable = True

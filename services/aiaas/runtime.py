@@ -1,0 +1,33 @@
+"""What a model type provides to the worker core. Runtimes never import Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .contracts import InputValue, Job
+
+__all__ = ["ModelRuntime", "Outputs"]
+
+Outputs = dict[str, InputValue]
+
+
+class ModelRuntime(Protocol):
+    """A loaded model that runs batches. Plain class, testable without a broker."""
+
+    model: str
+    """Model type, e.g. `vision`."""
+    version: str
+    """Registry version being served."""
+
+    def serves(self, ref: str) -> bool:
+        """True when a job pinned to version/alias `ref` may run on this runtime."""
+        ...
+
+    def prepare(self, job: Job) -> Any:
+        """Validate one job's inputs and turn them into a batch item; raise InvalidJob if they are wrong."""
+        ...
+
+    def infer(self, items: Sequence[Any]) -> list[Outputs]:
+        """Run the model once on a batch of prepared items; one Outputs per item, in order."""
+        ...

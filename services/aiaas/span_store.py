@@ -1,0 +1,134 @@
+"""The local span store: one JSON-lines file per process, read back by `aiaas trace`.
+
+Used when no OTLP exporter is configured, so a laptop or a test run can follow a job
+across the client, the CLI and every service process without a tracing backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .tracing import JOB_ID
+
+__all__ = ["LocalSpanExporter", "StoredSpan", "load_spans", "job_trace", "render_trace"]
+
+
+class LocalSpanExporter(SpanExporter):
+    """Appends finished spans as JSON lines to `<dir>/<service>-<pid>.jsonl`."""
+
+    def __init__(self, directory: Path, service_name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._path = directory / f"{service_name}-{os.getpid()}.jsonl"
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the batch in one append (one writer per file, so no locking is needed)."""
+        lines = "".join(json.dumps(_to_record(span), default=str) + "\n" for span in spans)
+        with self._path.open("a", encoding="utf-8") as out:
+            out.write(lines)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing is held open between exports."""
+
+
+def _to_record(span: ReadableSpan) -> dict[str, object]:
+    ctx = span.get_span_context()
+    return {
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name", "?"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "links": [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"] for link in span.links],
+    }
+
+
+@dataclass
+class StoredSpan:
+    """A span read back from the store."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    service: str
+    start_ns: int
+    end_ns: int
+    status: str
+    attributes: dict[str, object] = field(default_factory=dict)
+    links: list[list[str]] = field(default_factory=list)
+
+
+def load_spans(directory: Path) -> list[StoredSpan]:
+    """Every span in the store (a partly written last line is skipped)."""
+    spans = []
+    for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                spans.append(StoredSpan(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue
+    return spans
+
+
+def job_trace(spans: list[StoredSpan], job_id: str) -> list[StoredSpan]:
+    """The spans of the trace(s) that carry `job_id`, plus the spans linked from them (batch inference)."""
+    trace_ids = {s.trace_id for s in spans if s.attributes.get(JOB_ID) == job_id}
+    in_trace = [s for s in spans if s.trace_id in trace_ids]
+    ids = {s.span_id for s in in_trace}
+    linked = [s for s in spans if s.trace_id not in trace_ids and any(span_id in ids for _, span_id in s.links)]
+    return in_trace + linked
+
+
+def render_trace(spans: list[StoredSpan]) -> str:
+    """An indented span tree with start offsets and durations; linked spans appear under the span they link."""
+    if not spans:
+        return ""
+    by_id = {s.span_id: s for s in spans}
+    children: dict[str | None, list[StoredSpan]] = {}
+    for span in spans:
+        parent = span.parent_id if span.parent_id in by_id else None
+        if parent is None:
+            parent = next((sid for _, sid in span.links if sid in by_id and by_id[sid].trace_id != span.trace_id), None)
+        children.setdefault(parent, []).append(span)
+    t0 = min(s.start_ns for s in spans)
+    lines = [f"trace {spans[0].trace_id}  ({len(spans)} spans)", f"{'start':>9} {'duration':>10}  span"]
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s.start_ns):
+            linked = any(sid == parent for _, sid in span.links) and span.parent_id != parent
+            marker = "~> " if linked else ""
+            detail = _detail(span)
+            lines.append(
+                f"{(span.start_ns - t0) / 1e6:8.2f}ms {(span.end_ns - span.start_ns) / 1e6:8.2f}ms  "
+                f"{'  ' * depth}{marker}{span.name} [{span.kind.lower()}, {span.service}]{detail}"
+            )
+            walk(span.span_id, depth + 1)
+
+    walk(None, 0)
+    return "\n".join(lines)
+
+
+def _detail(span: StoredSpan) -> str:
+    keys = ("messaging.destination.partition.id", "messaging.kafka.offset", "messaging.batch.message_count",
+            "aiaas.model.version", "aiaas.result.status")
+    short = {"messaging.destination.partition.id": "partition", "messaging.kafka.offset": "offset",
+             "messaging.batch.message_count": "batch", "aiaas.model.version": "version",
+             "aiaas.result.status": "status"}
+    parts = [f"{short[k]}={span.attributes[k]}" for k in keys if k in span.attributes]
+    if span.status == "ERROR":
+        parts.append("ERROR")
+    return f"  {' '.join(parts)}" if parts else ""

@@ -1,0 +1,78 @@
+"""Topic names and their idempotent creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .settings import KafkaSettings
+
+__all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "ensure_topics", "list_topics"]
+
+
+@dataclass(frozen=True)
+class ModelTopics:
+    """The three topics of one model type."""
+
+    infer: str
+    train: str
+    results: str
+
+    @classmethod
+    def of(cls, model: str, prefix: str = "aiaas") -> "ModelTopics":
+        """`<prefix>.<model>.infer|train|results`."""
+        return cls(f"{prefix}.{model}.infer", f"{prefix}.{model}.train", f"{prefix}.{model}.results")
+
+    def all(self) -> list[str]:
+        """The three names."""
+        return [self.infer, self.train, self.results]
+
+
+def dlq_topic(prefix: str = "aiaas") -> str:
+    """Dead letters of every model type: the original bytes plus origin and error headers."""
+    return f"{prefix}.dlq"
+
+
+def models_topic(prefix: str = "aiaas") -> str:
+    """Registry announcements (new versions, alias moves)."""
+    return f"{prefix}.models"
+
+
+def service_topics(model: str, settings: KafkaSettings) -> list[str]:
+    """Every topic a model's service needs."""
+    prefix = settings.topic_prefix
+    return [*ModelTopics.of(model, prefix).all(), dlq_topic(prefix), models_topic(prefix)]
+
+
+async def ensure_topics(settings: KafkaSettings, names: list[str]) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created. Safe to call from many processes."""
+    admin = AIOKafkaAdminClient(**settings.connection_kwargs())
+    await admin.start()
+    try:
+        missing = [name for name in names if name not in set(await admin.list_topics())]
+        created = []
+        for name in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:  # another process won the race
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def list_topics(settings: KafkaSettings) -> dict[str, int]:
+    """Topics whose names start with the aiaas prefix, with their partition counts."""
+    admin = AIOKafkaAdminClient(**settings.connection_kwargs())
+    await admin.start()
+    try:
+        names = sorted(n for n in await admin.list_topics() if n.startswith(settings.topic_prefix + "."))
+        described = await admin.describe_topics(names) if names else []
+        return {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()

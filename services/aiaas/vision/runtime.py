@@ -1,0 +1,82 @@
+"""The vision model under ONNX Runtime (CUDA execution provider when present). No Kafka here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..contracts import Job, Tensor
+from ..errors import InvalidJob
+from ..registry import Registry
+from ..runtime import Outputs
+from . import MODEL
+from .data import IMAGE_SHAPE, MAX_INTENSITY
+
+__all__ = ["VisionRuntime", "choose_providers"]
+
+
+def choose_providers(preference: str = "auto") -> list[str]:
+    """CUDA first when the installed ONNX Runtime has it (and it is not switched off), CPU always."""
+    available = ort.get_available_providers()
+    if preference != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if preference == "cuda":
+        raise RuntimeError("CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider (pip install aiaas[gpu])")
+    return ["CPUExecutionProvider"]
+
+
+class VisionRuntime:
+    """Classifies 8x8 digit images; one ONNX Runtime call per batch."""
+
+    model = MODEL
+
+    def __init__(self, onnx_bytes: bytes, version: str, *, aliases: Sequence[str] = (), providers: str = "auto",
+                 intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        self._session = ort.InferenceSession(onnx_bytes, options, providers=choose_providers(providers))
+        self.version = version
+        self._refs = {version, f"v{version}", *aliases}
+
+    @classmethod
+    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: object) -> "VisionRuntime":
+        """Load a sha256-verified version (or alias) from the registry."""
+        version, data = registry.load_verified(MODEL, ref)
+        aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
+        return cls(data, str(version.version), aliases=aliases, **kwargs)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use, best first."""
+        return self._session.get_providers()
+
+    def serves(self, ref: str) -> bool:
+        """True for this version's number or one of its aliases."""
+        return ref in self._refs
+
+    def prepare(self, job: Job) -> np.ndarray:
+        """Check the `image` input: a finite numeric tensor [8,8] or [1,8,8] with values 0..16."""
+        image = job.inputs.get("image")
+        if not isinstance(image, Tensor):
+            raise InvalidJob("vision jobs need an input `image`: a tensor of shape [8, 8] with values 0..16")
+        if image.dtype == "bool" or tuple(image.shape) not in (IMAGE_SHAPE, (1, *IMAGE_SHAPE)):
+            raise InvalidJob(f"`image` must be a numeric [8, 8] tensor; got {image.dtype} {image.shape}")
+        try:
+            pixels = image.to_numpy().astype(np.float32).reshape(1, *IMAGE_SHAPE)
+        except ValueError as exc:
+            raise InvalidJob(f"`image`: {exc}") from exc
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > MAX_INTENSITY:
+            raise InvalidJob("`image` values must be finite and within 0..16")
+        return pixels
+
+    def infer(self, items: Sequence[np.ndarray]) -> list[Outputs]:
+        """Label and class probabilities for every image, from one session run."""
+        (probabilities,) = self._session.run(None, {"image": np.stack(items)})
+        labels = probabilities.argmax(axis=1)
+        return [
+            {"label": int(label), "probabilities": Tensor.from_numpy(row)}
+            for label, row in zip(labels, probabilities)
+        ]

@@ -1,0 +1,238 @@
+"""The worker core shared by every model type: decode → validate → one model call → one result per job.
+
+`BatchWorker.handle` takes the records of one poll (the dynamic batch) and returns only when
+every result and dead letter of the batch has been acknowledged by the broker; the caller
+commits offsets after it returns (at-least-once). Kafka stays at the edge: records come in,
+`ResultSink.send` goes out, and the model is a `ModelRuntime` that knows nothing of Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from . import tracing
+from .codec import decode_job, encode
+from .contracts import ErrorInfo, Job, Result, Timings
+from .errors import AiaasError, InvalidJob, ModelFailure, UnknownModelVersion
+from .runtime import ModelRuntime
+from .topics import ModelTopics
+
+__all__ = ["BatchWorker", "ResultSink", "KafkaRecord", "DLQ_HEADERS"]
+
+log = logging.getLogger("aiaas.worker")
+
+DLQ_HEADERS = (
+    "aiaas.origin.topic",
+    "aiaas.origin.partition",
+    "aiaas.origin.offset",
+    "aiaas.error.type",
+    "aiaas.error.message",
+    "aiaas.error.retriable",
+    "aiaas.job.id",
+)
+"""Headers every dead-letter record carries (its value is the original message bytes)."""
+
+
+class KafkaRecord(Protocol):
+    """The parts of a consumed record the worker reads (aiokafka's ConsumerRecord has them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+class ResultSink(Protocol):
+    """Publishes one record and returns when the broker has acknowledged it."""
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Send and await the acknowledgement."""
+        ...
+
+
+@dataclass
+class _InFlight:
+    """One record's way through the batch."""
+
+    record: KafkaRecord
+    span: Span
+    job: Job | None = None
+    item: Any = None
+    result: Result | None = None
+    error: AiaasError | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        if self.job is not None:
+            return self.job.job_id
+        key = self.record.key
+        return key.decode(errors="replace") if key else None
+
+
+class BatchWorker:
+    """Runs batches of jobs of one model type through a runtime and publishes their outcomes."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        sink: ResultSink,
+        *,
+        topics: ModelTopics,
+        dlq_topic: str,
+        group: str,
+        max_message_bytes: int,
+    ) -> None:
+        self.runtime = runtime
+        self._sink = sink
+        self._topics = topics
+        self._dlq = dlq_topic
+        self._group = group
+        self._max_bytes = max_message_bytes
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+        # One model call at a time, off the event loop so Kafka heartbeats and I/O keep going.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{runtime.model}-model")
+
+    async def handle(self, records: Sequence[KafkaRecord]) -> None:
+        """Process one polled batch; returns once every outcome is acknowledged by the broker."""
+        picked_at = time.time()
+        batch = [self._admit(record, picked_at) for record in records]
+        runnable = sorted((job for job in batch if job.item is not None), key=lambda j: -j.job.priority)
+        try:
+            if runnable:
+                await self._infer(runnable, picked_at)
+            await asyncio.gather(*(self._publish(job) for job in batch))
+        finally:
+            for job in batch:
+                job.span.end()
+
+    def close(self) -> None:
+        """Release the model thread."""
+        self._executor.shutdown(wait=True)
+
+    def _admit(self, record: KafkaRecord, picked_at: float) -> _InFlight:
+        """Open the job's CONSUMER span, decode and validate it; bad jobs get an error result."""
+        span = self._tracer.start_span(
+            f"process {record.topic}",
+            context=tracing.extract_context(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group),
+        )
+        job = _InFlight(record, span)
+        try:
+            job.job = decode_job(record.value or b"", self._max_bytes)
+            span.set_attribute(tracing.JOB_ID, job.job.job_id)
+            span.set_attribute("messaging.kafka.message.key", job.job.job_id)
+            self._check_routing(job.job)
+            if job.job.deadline is not None and job.job.deadline < picked_at:
+                job.result = self._outcome(job.job, "expired", picked_at)
+                return job
+            job.item = self.runtime.prepare(job.job)
+        except AiaasError as exc:
+            self._fail(job, exc, picked_at)
+        except Exception as exc:  # a runtime's unexpected complaint is still the job's fault, not the worker's
+            self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"), picked_at)
+        return job
+
+    def _check_routing(self, job: Job) -> None:
+        if job.model != self.runtime.model:
+            raise InvalidJob(f"job is for model {job.model!r} but this topic is served by {self.runtime.model!r}")
+        if job.kind != "infer":
+            raise InvalidJob(f"job kind {job.kind!r} does not belong on {self._topics.infer}")
+        if job.model_version is not None and not self.runtime.serves(job.model_version):
+            raise UnknownModelVersion(
+                f"this service runs {self.runtime.model} v{self.runtime.version}; "
+                f"version {job.model_version!r} is not served"
+            )
+
+    async def _infer(self, runnable: list[_InFlight], picked_at: float) -> None:
+        """One model call for the batch, in a span linked from every job in it."""
+        attributes = {
+            "messaging.batch.message_count": len(runnable),
+            tracing.MODEL: self.runtime.model,
+            tracing.MODEL_VERSION: self.runtime.version,
+        }
+        links = [Link(job.span.get_span_context()) for job in runnable]
+        with self._tracer.start_as_current_span(
+            f"infer {self.runtime.model}", context=Context(), links=links, attributes=attributes
+        ) as span:
+            started = time.perf_counter()
+            try:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.runtime.infer, [job.item for job in runnable]
+                )
+                if len(outputs) != len(runnable):
+                    raise ModelFailure(f"model returned {len(outputs)} outputs for {len(runnable)} jobs")
+            except Exception as exc:  # any model failure becomes error results, never a dead worker
+                failure = exc if isinstance(exc, AiaasError) else ModelFailure(f"{type(exc).__name__}: {exc}")
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(failure)))
+                log.exception("model call failed for a batch of %d", len(runnable))
+                for job in runnable:
+                    self._fail(job, failure, picked_at)
+                return
+        timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
+        for job, out in zip(runnable, outputs):
+            job.result = self._outcome(job.job, "ok", picked_at, outputs=out, **timings)
+
+    def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
+        job.error = error
+        job.span.set_status(Status(StatusCode.ERROR, f"{error.type_name}: {error}"))
+        job_id = job.job_id
+        if job_id is not None:
+            info = ErrorInfo(type=error.type_name, message=str(error), retriable=error.retriable)
+            job.result = Result(
+                job_id=job_id, model=self.runtime.model, status="error", error=info,
+                attributes=job.job.attributes if job.job else {},
+            )
+
+    def _outcome(self, job: Job, status: str, picked_at: float, *, outputs=None, inference_ms=0.0, batch_size=0) -> Result:
+        return Result(
+            job_id=job.job_id,
+            model=self.runtime.model,
+            status=status,
+            outputs=outputs or {},
+            model_version=self.runtime.version if status == "ok" else None,
+            timings=Timings(
+                queue_wait_ms=max(0.0, (picked_at - job.created_at) * 1000),
+                inference_ms=inference_ms,
+                batch_size=batch_size,
+            ),
+            attributes=job.attributes,
+        )
+
+    async def _publish(self, job: _InFlight) -> None:
+        """The job's result (in a PRODUCER span under its CONSUMER span), and its dead letter if it failed."""
+        parent = trace.set_span_in_context(job.span)
+        if job.result is not None:
+            job.span.set_attribute(tracing.STATUS, job.result.status)
+            topic = job.job.reply_to if job.job and job.job.reply_to else self._topics.results
+            with self._tracer.start_as_current_span(
+                f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
+                attributes=tracing.producer_attributes(topic, job_id=job.result.job_id) | {tracing.STATUS: job.result.status},
+            ):
+                await self._sink.send(topic, encode(job.result), key=job.result.job_id.encode(), headers=tracing.inject_headers())
+        if job.error is not None:
+            with self._tracer.start_as_current_span(
+                f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
+                attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
+            ):
+                headers = _dlq_headers(job.record, job.error, job.job_id) + tracing.inject_headers()
+                await self._sink.send(self._dlq, job.record.value or b"", key=job.record.key, headers=headers)
+
+
+def _dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None) -> list[tuple[str, bytes]]:
+    values = (record.topic, record.partition, record.offset, error.type_name, str(error)[:1000],
+              str(error.retriable).lower(), job_id or "")
+    return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
