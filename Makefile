@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything installs itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-unit kafka kafka-stop schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[training,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## virtual environment with aiaas, PyTorch (training) and the test tools
+
+demo: install  ## broker + vision service + 300 jobs + summary + one trace, then stops what it started
+	bash infra/demo.sh
+
+test: install  ## the whole suite: unit and integration (starts its own broker on port 39092)
+	infra/kafka/kafka.sh fetch
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest -m "not integration"
+
+kafka: install  ## start the local broker on 127.0.0.1:9092 (AIAAS_KAFKA_PORT to change)
+	infra/kafka/kafka.sh start
+
+kafka-stop:
+	infra/kafka/kafka.sh stop
+
+schemas: install  ## regenerate schemas/ from the pydantic contracts
+	$(VENV)/bin/aiaas schemas write
+
+clean:
+	-infra/kafka/kafka.sh stop
+	rm -rf $(VENV) .aiaas infra/kafka/.state infra/kafka/.dist
