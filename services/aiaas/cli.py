@@ -261,3 +261,7 @@ _COMMANDS = {
     "models": _cmd_models,
     "schemas": _cmd_schemas,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

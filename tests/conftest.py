@@ -1,0 +1,66 @@
+"""Shared fixtures: in-memory spans for this process, a built vision model, the real broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from aiaas.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+_EXPORTER = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+trace.set_tracer_provider(_provider)
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """Spans finished by this test process (cleared before each test)."""
+    _EXPORTER.clear()
+    return _EXPORTER
+
+
+@pytest.fixture(scope="session")
+def vision_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A registry with one real vision version (trained once per test run, a few seconds)."""
+    from aiaas.vision.trainer import build
+
+    registry = Registry(tmp_path_factory.mktemp("home") / "registry")
+    build(registry)
+    return registry
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real single-node Kafka from infra/kafka, on its own port and state dir, for the whole run."""
+    port = os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")
+    state = tmp_path_factory.mktemp("kafka")
+    env = os.environ | {"AIAAS_KAFKA_PORT": port, "AIAAS_KAFKA_STATE_DIR": str(state)}
+    script = ROOT / "infra" / "kafka" / "kafka.sh"
+    if shutil.which("java") is None or shutil.which("mvn") is None:
+        pytest.skip("integration tests need Java 17+ and Maven to fetch and run the local Kafka broker")
+    started = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"the local Kafka broker did not start:\n{started.stdout}\n{started.stderr}")
+    yield f"127.0.0.1:{port}"
+    log = state / "kafka.log"
+    subprocess.run([script, "stop"], env=env, capture_output=True)
+    if log.exists() and "ERROR" in log.read_text(errors="replace"):
+        print("--- kafka log (errors) ---")
+        print("\n".join(line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line)[-4000:])
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix of this test's own: its topics (`<prefix>.vision.infer`, ...) are new."""
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,77 @@
+"""Small fake runtimes and a recording sink for worker tests (real models are tested elsewhere)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aiaas.codec import encode
+from aiaas.contracts import Job, Tensor
+from aiaas.errors import InvalidJob
+
+
+class SumRuntime:
+    """Outputs the sum of the `x` tensor; records each batch it was called with."""
+
+    model = "vision"
+    version = "7"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[float]] = []
+        self.delay_s = delay_s
+
+    def serves(self, ref: str) -> bool:
+        return ref in ("7", "production")
+
+    def prepare(self, job: Job) -> np.ndarray:
+        x = job.inputs.get("x")
+        if not isinstance(x, Tensor):
+            raise InvalidJob("needs tensor x")
+        return x.to_numpy()
+
+    def infer(self, items: Sequence[np.ndarray]) -> list[dict]:
+        time.sleep(self.delay_s)
+        sums = [float(item.sum()) for item in items]
+        self.batches.append(sums)
+        return [{"sum": s} for s in sums]
+
+
+class FailingRuntime(SumRuntime):
+    """Raises inside the model call."""
+
+    def infer(self, items):
+        raise RuntimeError("GPU on fire")
+
+
+@dataclass
+class Record:
+    """A consumed record, shaped like aiokafka's ConsumerRecord."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list = field(default_factory=list)
+
+
+@dataclass
+class RecordingSink:
+    """Collects what the worker publishes."""
+
+    sent: list = field(default_factory=list)
+
+    async def send(self, topic, value, *, key, headers):
+        self.sent.append((topic, value, key, dict(headers)))
+
+    def on(self, topic: str) -> list:
+        return [s for s in self.sent if s[0] == topic]
+
+
+def job_record(offset: int, x: list[float], *, topic="p.vision.infer", priority=0, **fields) -> Record:
+    job = Job(job_id=f"job-{offset}", model="vision", priority=priority,
+              inputs={"x": Tensor.from_numpy(np.array(x, dtype=np.float32))}, **fields)
+    return Record(topic, 0, offset, job.job_id.encode(), encode(job))

@@ -1,0 +1,66 @@
+"""The real vision model (trained by the fixture, run by ONNX Runtime) without Kafka."""
+
+import numpy as np
+import pytest
+
+from aiaas.contracts import Job, Tensor
+from aiaas.errors import InvalidJob
+from aiaas.vision.data import load_split
+from aiaas.vision.runtime import VisionRuntime
+
+
+def image_job(array) -> Job:
+    return Job(job_id="j", model="vision", inputs={"image": Tensor.from_numpy(np.asarray(array))})
+
+
+@pytest.fixture(scope="module")
+def runtime(vision_registry):
+    return VisionRuntime.from_registry(vision_registry, "production", providers="cpu")
+
+
+def test_held_out_accuracy_of_the_served_graph(runtime):
+    split = load_split()
+    items = [runtime.prepare(image_job(img[0])) for img in split.test_x]
+    labels = [out["label"] for out in runtime.infer(items)]
+    assert np.mean(np.array(labels) == split.test_y) >= 0.95
+
+
+def test_registry_records_verifiable_metadata(vision_registry):
+    version = vision_registry.resolve("vision", "production")
+    assert version.metrics["accuracy"] >= 0.95 and version.data_hash and version.params["seed"] == 0
+
+
+def test_outputs_are_a_label_and_a_probability_tensor(runtime):
+    (out,) = runtime.infer([runtime.prepare(image_job(load_split().test_x[0]))])
+    probs = out["probabilities"].to_numpy()
+    assert probs.shape == (10,) and abs(probs.sum() - 1) < 1e-4 and out["label"] == int(probs.argmax())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4), np.float32), "shape|\\[8, 8\\]"),
+    (np.full((8, 8), np.nan, np.float32), "finite"),
+    (np.full((8, 8), 99, np.float32), "0..16"),
+    (np.zeros((8, 8), bool), "numeric"),
+])
+def test_bad_images_are_refused_with_a_reason(runtime, bad, message):
+    with pytest.raises(InvalidJob, match=message):
+        runtime.prepare(image_job(bad))
+
+
+def test_missing_image_input_is_refused(runtime):
+    with pytest.raises(InvalidJob, match="`image`"):
+        runtime.prepare(Job(job_id="j", model="vision", inputs={"text": "hi"}))
+
+
+def test_serves_its_number_and_aliases(runtime):
+    assert runtime.serves("1") and runtime.serves("v1") and runtime.serves("production") and not runtime.serves("2")
+
+
+@pytest.mark.gpu
+def test_cuda_runs_when_a_gpu_is_there(vision_registry):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider in this ONNX Runtime (CPU machine; install aiaas[gpu] on a GPU host)")
+    runtime = VisionRuntime.from_registry(vision_registry, "production", providers="cuda")
+    assert runtime.providers[0] == "CUDAExecutionProvider"

@@ -1,0 +1,129 @@
+"""The worker core with fake runtimes: batching, bad input, failures, DLQ, priorities, spans."""
+
+import time
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from aiaas.codec import decode_result
+from aiaas.topics import ModelTopics
+from aiaas.tracing import inject_headers
+from aiaas.worker import DLQ_HEADERS, BatchWorker
+from tests.fakes import FailingRuntime, Record, RecordingSink, SumRuntime, job_record
+
+TOPICS = ModelTopics.of("vision", "p")
+
+
+def make_worker(runtime=None, sink=None):
+    return BatchWorker(runtime or SumRuntime(), sink or RecordingSink(), topics=TOPICS, dlq_topic="p.dlq",
+                       group="p.vision", max_message_bytes=1 << 20)
+
+
+def results(sink):
+    return {decode_result(value, 1 << 20).job_id: decode_result(value, 1 << 20) for _, value, _, _ in sink.on(TOPICS.results)}
+
+
+async def test_one_model_call_per_batch_and_one_result_per_job():
+    runtime, sink = SumRuntime(), RecordingSink()
+    await make_worker(runtime, sink).handle([job_record(i, [i, 1.0]) for i in range(5)])
+    assert len(runtime.batches) == 1 and len(runtime.batches[0]) == 5
+    got = results(sink)
+    assert {k: r.outputs["sum"] for k, r in got.items()} == {f"job-{i}": i + 1.0 for i in range(5)}
+    assert all(r.status == "ok" and r.model_version == "7" and r.timings.batch_size == 5 for r in got.values())
+    assert sink.on("p.dlq") == []
+
+
+async def test_bad_messages_become_error_results_and_dead_letters_while_the_rest_run():
+    runtime, sink = SumRuntime(), RecordingSink()
+    garbage = Record("p.vision.infer", 2, 41, b"bad-1", b"\x93\x01\x02")
+    keyless = Record("p.vision.infer", 2, 42, None, b"\xc1")
+    wrong_input = job_record(43, [1.0])
+    wrong_input.value = wrong_input.value.replace(b"\xa1x", b"\xa1y")  # input named y, not x
+    await make_worker(runtime, sink).handle([garbage, job_record(1, [2.0]), keyless, wrong_input])
+
+    got = results(sink)
+    assert got["job-1"].status == "ok" and got["job-1"].outputs["sum"] == 2.0
+    assert got["bad-1"].status == "error" and got["bad-1"].error.type == "UndecodableMessage"
+    assert got["job-43"].error.type == "InvalidJob" and "tensor x" in got["job-43"].error.message
+    assert len(got) == 3  # the keyless garbage has no job id to answer
+    dead = sink.on("p.dlq")
+    assert len(dead) == 3
+    headers = {h["aiaas.origin.offset"]: h for _, _, _, h in dead}
+    assert set(headers) == {b"41", b"42", b"43"}
+    assert set(DLQ_HEADERS) <= set(headers[b"41"])
+    assert headers[b"41"]["aiaas.origin.topic"] == b"p.vision.infer" and headers[b"41"]["aiaas.origin.partition"] == b"2"
+    assert [value for _, value, _, h in dead if h["aiaas.origin.offset"] == b"42"] == [b"\xc1"]  # original bytes kept
+
+
+async def test_a_failing_model_fails_its_batch_with_retriable_errors_and_the_worker_goes_on():
+    sink = RecordingSink()
+    await make_worker(FailingRuntime(), sink).handle([job_record(i, [1.0]) for i in range(3)])
+    got = results(sink)
+    assert {r.status for r in got.values()} == {"error"}
+    assert all(r.error.type == "ModelFailure" and r.error.retriable and "GPU on fire" in r.error.message for r in got.values())
+    assert len(sink.on("p.dlq")) == 3
+
+
+async def test_expired_jobs_skip_the_model_and_pinned_unknown_versions_are_errors():
+    runtime, sink = SumRuntime(), RecordingSink()
+    await make_worker(runtime, sink).handle([
+        job_record(1, [1.0], deadline=time.time() - 1),
+        job_record(2, [1.0], model_version="99"),
+        job_record(3, [1.0], model_version="production"),
+    ])
+    got = results(sink)
+    assert got["job-1"].status == "expired"
+    assert got["job-2"].error.type == "UnknownModelVersion"
+    assert got["job-3"].status == "ok"
+    assert runtime.batches == [[1.0]]
+
+
+async def test_higher_priority_goes_first_in_the_batch():
+    runtime = SumRuntime()
+    await make_worker(runtime).handle([job_record(0, [1.0]), job_record(1, [2.0], priority=9), job_record(2, [3.0], priority=-1)])
+    assert runtime.batches == [[2.0, 1.0, 3.0]]
+
+
+async def test_results_go_to_reply_to_when_the_job_names_one():
+    sink = RecordingSink()
+    await make_worker(sink=sink).handle([job_record(0, [1.0], reply_to="my.replies")])
+    assert [s[0] for s in sink.sent] == ["my.replies"]
+
+
+async def test_spans_continue_the_publisher_trace_and_link_the_batch(spans):
+    tracer = trace.get_tracer("test")
+    records = []
+    with tracer.start_as_current_span("send p.vision.infer", kind=SpanKind.PRODUCER) as publisher:
+        for i in range(2):
+            record = job_record(i, [1.0])
+            record.headers = inject_headers()
+            records.append(record)
+    await make_worker().handle(records)
+
+    finished = spans.get_finished_spans()
+    process = [s for s in finished if s.name == "process p.vision.infer"]
+    assert len(process) == 2
+    for span in process:
+        assert span.kind == SpanKind.CONSUMER
+        assert span.context.trace_id == publisher.get_span_context().trace_id
+        assert span.parent.span_id == publisher.get_span_context().span_id
+        assert span.attributes["messaging.system"] == "kafka"
+        assert span.attributes["messaging.consumer.group.name"] == "p.vision"
+        assert span.attributes["messaging.destination.partition.id"] == "0"
+        assert "messaging.kafka.offset" in span.attributes and span.attributes["aiaas.job.id"].startswith("job-")
+    (batch,) = [s for s in finished if s.name == "infer vision"]
+    assert batch.attributes["messaging.batch.message_count"] == 2
+    assert {link.context.span_id for link in batch.links} == {s.context.span_id for s in process}
+    sends = [s for s in finished if s.name == "send p.vision.results"]
+    assert {s.parent.span_id for s in sends} == {s.context.span_id for s in process}
+    assert all(s.kind == SpanKind.PRODUCER for s in sends)
+
+
+async def test_a_sink_failure_propagates_so_the_batch_is_not_committed():
+    class BrokenSink(RecordingSink):
+        async def send(self, *args, **kwargs):
+            raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError):
+        await make_worker(sink=BrokenSink()).handle([job_record(0, [1.0])])
