@@ -1,0 +1,137 @@
+"""The vision service as its own process on the real broker: results, accuracy, traces, DLQ, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from aiaas.client import AiaasClient
+from aiaas.codec import decode_result, encode
+from aiaas.contracts import Job, Tensor
+from aiaas.span_store import job_trace, load_spans
+from aiaas.vision.data import load_split
+
+pytestmark = pytest.mark.integration
+
+
+def digit_jobs(n: int):
+    split = load_split()
+    return [(Tensor.from_numpy(split.test_x[i][0]), int(split.test_y[i])) for i in range(n)]
+
+
+async def read_topic(settings, topic: str, expected: int, timeout: float = 60) -> list:
+    """Every record on `topic` from the beginning, until `expected` are there or time runs out."""
+    consumer = AIOKafkaConsumer(topic, **settings.connection_kwargs(), group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    records, deadline = [], time.time() + timeout
+    try:
+        while len(records) < expected and time.time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_jobs_get_results_across_processes_with_held_out_accuracy(kafka_settings, vision_service):
+    vision_service.start()
+    samples = digit_jobs(300)
+    async with AiaasClient(kafka_settings) as client:
+        handles = await asyncio.gather(*(client.submit("vision", {"image": img}) for img, _ in samples))
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    assert [r.job_id for r in results] == [h.job_id for h in handles]
+    assert all(r.status == "ok" and r.model_version == "1" for r in results)
+    accuracy = np.mean([r.outputs["label"] == label for r, (_, label) in zip(results, samples)])
+    assert accuracy >= 0.95
+    assert max(r.timings.batch_size for r in results) > 1  # a burst is batched
+
+
+async def test_one_trace_covers_client_and_worker_spans(kafka_settings, vision_service, vision_registry, spans):
+    vision_service.start()
+    async with AiaasClient(kafka_settings) as client:
+        handle = await client.submit("vision", {"image": digit_jobs(1)[0][0]})
+        await handle.result(timeout=30)
+    ours = [s for s in spans.get_finished_spans() if s.attributes.get("aiaas.job.id") == handle.job_id]
+    (send,) = [s for s in ours if s.name.startswith("send")]
+    (receipt,) = [s for s in ours if s.name.startswith("process")]
+    trace_id = f"{send.context.trace_id:032x}"
+
+    span_dir = vision_registry.root.parent / "spans"
+    deadline = time.time() + 10
+    while True:  # the service exports in batches every 0.5 s
+        stored = [s for s in job_trace(load_spans(span_dir), handle.job_id) if s.service == "aiaas-vision"]
+        if len(stored) >= 3 or time.time() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    (process,) = [s for s in stored if s.name.startswith("process ") and s.name.endswith(".vision.infer")]
+    (result_send,) = [s for s in stored if s.name.startswith("send ") and s.name.endswith(".vision.results")]
+    (batch,) = [s for s in stored if s.name == "infer vision"]
+    assert process.trace_id == trace_id and process.parent_id == f"{send.context.span_id:016x}"
+    assert process.kind == "CONSUMER" and process.attributes["messaging.consumer.group.name"].endswith(".vision")
+    assert result_send.trace_id == trace_id and result_send.parent_id == process.span_id
+    assert process.span_id in [span_id for _, span_id in batch.links]
+    assert f"{receipt.context.trace_id:032x}" == trace_id
+    assert f"{receipt.parent.span_id:016x}" == result_send.span_id
+
+
+async def test_malformed_message_goes_to_dlq_and_the_next_job_is_served(kafka_settings, vision_service, topic_prefix):
+    vision_service.start()
+    infer, dlq = f"{topic_prefix}.vision.infer", f"{topic_prefix}.dlq"
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs())
+    await producer.start()
+    try:
+        bad = await producer.send_and_wait(infer, b"\xc1 definitely not msgpack", key=b"bad-job")
+        bomb = await producer.send_and_wait(infer, b"\xdf\xff\xff\xff\xff", key=b"bomb-job")
+        wrong = Job(job_id="nan-job", model="vision",
+                    inputs={"image": Tensor.from_numpy(np.full((8, 8), np.nan, np.float32))})
+        await producer.send_and_wait(infer, encode(wrong), key=b"nan-job")
+    finally:
+        await producer.stop()
+    async with AiaasClient(kafka_settings) as client:
+        good = await (await client.submit("vision", {"image": digit_jobs(1)[0][0]})).result(timeout=30)
+    assert good.status == "ok"
+
+    dead = await read_topic(kafka_settings, dlq, expected=3)
+    headers = {r.key: dict(r.headers) for r in dead}
+    assert set(headers) == {b"bad-job", b"bomb-job", b"nan-job"}
+    assert headers[b"bad-job"]["aiaas.origin.topic"] == infer.encode()
+    assert headers[b"bad-job"]["aiaas.origin.offset"] == str(bad.offset).encode()
+    assert headers[b"bad-job"]["aiaas.origin.partition"] == str(bad.partition).encode()
+    assert headers[b"bad-job"]["aiaas.error.type"] == b"UndecodableMessage"
+    assert headers[b"nan-job"]["aiaas.error.type"] == b"InvalidJob"
+    assert [r.value for r in dead if r.key == b"bad-job"] == [b"\xc1 definitely not msgpack"]
+
+    results = {decode_result(r.value, 1 << 20).job_id: decode_result(r.value, 1 << 20)
+               for r in await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=4)}
+    assert results["bad-job"].status == results["nan-job"].status == results["bomb-job"].status == "error"
+    assert "finite" in results["nan-job"].error.message
+
+
+@pytest.mark.slow
+async def test_sigterm_mid_stream_loses_no_job(kafka_settings, vision_service, topic_prefix):
+    vision_service.start()
+    img = digit_jobs(1)[0][0]
+    jobs = [Job(job_id=f"s{i}", model="vision", inputs={"image": img}) for i in range(3000)]
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*(producer.send_and_wait(f"{topic_prefix}.vision.infer", encode(j), key=j.job_id.encode())
+                               for j in jobs[:1500]))
+        await asyncio.sleep(0.3)  # let the worker get going, then stop it mid-stream
+        assert vision_service.signal(signal.SIGTERM) == 0
+        await asyncio.gather(*(producer.send_and_wait(f"{topic_prefix}.vision.infer", encode(j), key=j.job_id.encode())
+                               for j in jobs[1500:]))
+    finally:
+        await producer.stop()
+    before = await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=len(jobs), timeout=3)
+    assert 0 < len({r.key for r in before}) < len(jobs), "the SIGTERM should land mid-stream"
+    vision_service.start()
+    records = await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=len(jobs), timeout=90)
+    answered = {decode_result(r.value, 1 << 20).job_id for r in records}
+    assert answered == {j.job_id for j in jobs}
