@@ -45,9 +45,12 @@ for _ in $(seq 1 120); do
 done
 grep -q "service ready" "$logs/vision.log" || { echo "the vision service did not become ready in 60 s" >&2; exit 1; }
 
-echo "== publishing $jobs held-out digits and streaming their results back"
+echo "== publishing $jobs held-out digits at once (a burst: throughput) and streaming their results back"
 "$aiaas" submit vision --digits-sample "$jobs" --wait --quiet | tee "$logs/summary.txt"
-job_id="$(awk '/example job id/ {print $4}' "$logs/summary.txt")"
+
+echo "== publishing 100 more at 50 jobs/s (light load: latency)"
+"$aiaas" submit vision --digits-sample 100 --rate 50 --wait --quiet | tee "$logs/summary-paced.txt"
+job_id="$(awk '/example job id/ {print $4}' "$logs/summary-paced.txt")"
 
 echo "== the trace of job $job_id (client → service → batch inference → result → client)"
 "$aiaas" trace "$job_id"

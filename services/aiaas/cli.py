@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--version", help="pin a model version or alias")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--quiet", action="store_true", help="print only the summary")
+    submit.add_argument("--rate", type=float, default=0.0,
+                        help="jobs per second, open loop (default: all at once, a burst)")
 
     results = sub.add_parser("results", help="print results as they arrive")
     results.add_argument("model", choices=MODELS)
@@ -111,11 +113,14 @@ def _load_image(path: Path) -> np.ndarray:
 async def _submit(args: argparse.Namespace, images: list[np.ndarray], labels: list[int | None]) -> int:
     async with AiaasClient() as client:
         started = time.time()
-        handles = await asyncio.gather(*(
-            client.submit(args.model, {"image": Tensor.from_numpy(img.astype(np.float32))},
-                          version=args.version, priority=args.priority)
-            for img in images
-        ))
+
+        async def send(index: int, img: np.ndarray) -> JobHandle:
+            if args.rate > 0:  # open loop: the schedule does not wait for results
+                await asyncio.sleep(max(0.0, started + index / args.rate - time.time()))
+            return await client.submit(args.model, {"image": Tensor.from_numpy(img.astype(np.float32))},
+                                       version=args.version, priority=args.priority)
+
+        handles = await asyncio.gather(*(send(i, img) for i, img in enumerate(images)))
         if not args.wait:
             for handle in handles:
                 print(handle.job_id)

@@ -135,3 +135,22 @@ async def test_sigterm_mid_stream_loses_no_job(kafka_settings, vision_service, t
     records = await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=len(jobs), timeout=90)
     answered = {decode_result(r.value, 1 << 20).job_id for r in records}
     assert answered == {j.job_id for j in jobs}
+
+
+async def test_result_stream_drops_duplicate_job_ids(kafka_settings, topic_prefix):
+    from aiaas.contracts import Result
+    from aiaas.topics import ensure_topics
+
+    topic = f"{topic_prefix}.vision.results"
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs())
+    await ensure_topics(kafka_settings, [topic])
+    async with AiaasClient(kafka_settings) as client:
+        await producer.start()
+        try:
+            for job_id in ("a", "b", "a", "c", "b"):  # a redelivered batch republishes results
+                result = Result(job_id=job_id, model="vision", status="ok", outputs={"label": 1})
+                await producer.send_and_wait(topic, encode(result), key=job_id.encode())
+        finally:
+            await producer.stop()
+        seen = [r.job_id async for r in client.results("vision", from_beginning=True, idle_timeout=2)]
+    assert sorted(seen) == ["a", "b", "c"]
