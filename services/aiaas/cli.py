@@ -139,7 +139,7 @@ async def _wait(handle: JobHandle, timeout: float) -> tuple[Result | None, float
         result = await handle.result(timeout)
     except TimeoutError:
         return None, float("nan")
-    return result, (time.time() - handle.sent_at) * 1000
+    return result, handle.latency_ms
 
 
 def _summary(handles, outcomes, labels, wall_s: float) -> str:

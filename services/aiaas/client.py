@@ -47,7 +47,9 @@ class JobHandle:
     sent_at: float
     partition: int
     offset: int
-    _future: asyncio.Future[Result] = field(repr=False)
+    _future: asyncio.Future[tuple[Result, float]] = field(repr=False)
+    received_at: float | None = None
+    """When the result reached this client (Unix seconds); set once `result()` has returned."""
 
     @property
     def job_id(self) -> str:
@@ -57,11 +59,17 @@ class JobHandle:
     async def result(self, timeout: float | None = 30.0) -> Result:
         """Wait for this job's result; raises TimeoutError naming the job when none arrives in time."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            result, self.received_at = await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except TimeoutError:
             raise TimeoutError(
                 f"no result for job {self.job_id} within {timeout}s: is the {self.job.model} service running?"
             ) from None
+        return result
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Publish → result receipt, in milliseconds (None until the result is in)."""
+        return None if self.received_at is None else (self.received_at - self.sent_at) * 1000
 
 
 class _SeenIds:
@@ -259,14 +267,14 @@ class _ResultListener:
     def __init__(self, client: AiaasClient, consumer: AIOKafkaConsumer) -> None:
         self._client = client
         self._consumer = consumer
-        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._waiting: dict[str, asyncio.Future[tuple[Result, float]]] = {}
         self._task = asyncio.create_task(self._run())
 
     @classmethod
     async def start(cls, client: AiaasClient, topic: str) -> "_ResultListener":
         return cls(client, await _start_reader(client.kafka, topic, from_beginning=False))
 
-    def expect(self, job_id: str) -> asyncio.Future[Result]:
+    def expect(self, job_id: str) -> asyncio.Future[tuple[Result, float]]:
         future = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = future
         return future
@@ -280,7 +288,7 @@ class _ResultListener:
             if result is not None and result.job_id in self._waiting:
                 future = self._waiting.pop(result.job_id)
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result((result, time.time()))
 
     async def stop(self) -> None:
         self._task.cancel()
