@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from . import tracing
 from .codec import decode_result, encode
-from .contracts import InputValue, Job, Result
+from .contracts import InputValue, Job, Result, new_job_id
 from .errors import AiaasError, BrokerUnavailable
 from .settings import KafkaSettings
 from .topics import ModelTopics, ensure_topics
@@ -147,7 +147,7 @@ class AiaasClient:
         job = Job(
             model=model, inputs=dict(inputs), task=task, model_version=version, priority=priority,
             deadline=now + deadline_s if deadline_s else None, reply_to=reply_to, tenant=tenant,
-            attributes=dict(attributes or {}), created_at=now, **({"job_id": job_id} if job_id else {"job_id": _new_id()}),
+            attributes=dict(attributes or {}), created_at=now, job_id=job_id or new_job_id(),
         )
         return await self.submit_job(job)
 
@@ -192,25 +192,11 @@ class AiaasClient:
                 if not batches and idle_timeout is not None:
                     return
                 for record in (r for records in batches.values() for r in records):
-                    result = self._receive(record)
+                    result = _receive(self._tracer, record, self.kafka.max_message_bytes)
                     if result is not None and seen.first_time(result.job_id):
                         yield result
         finally:
             await consumer.stop()
-
-    def _receive(self, record: ConsumerRecord) -> Result | None:
-        """Decode one result inside a CONSUMER span continuing the job's trace."""
-        with self._tracer.start_as_current_span(
-            f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
-            attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset),
-        ) as span:
-            try:
-                result = decode_result(record.value or b"", self.kafka.max_message_bytes)
-            except AiaasError:
-                return None
-            span.set_attribute(tracing.JOB_ID, result.job_id)
-            span.set_attribute(tracing.STATUS, result.status)
-            return result
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -232,10 +218,19 @@ class AiaasClient:
         return self._listeners[topic]
 
 
-def _new_id() -> str:
-    from .contracts import new_job_id
-
-    return new_job_id()
+def _receive(tracer: trace.Tracer, record: ConsumerRecord, max_bytes: int) -> Result | None:
+    """Decode one result inside a CONSUMER span continuing the job's trace (None if undecodable)."""
+    with tracer.start_as_current_span(
+        f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
+        attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset),
+    ) as span:
+        try:
+            result = decode_result(record.value or b"", max_bytes)
+        except AiaasError:
+            return None
+        span.set_attribute(tracing.JOB_ID, result.job_id)
+        span.set_attribute(tracing.STATUS, result.status)
+        return result
 
 
 async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
@@ -265,7 +260,8 @@ class _ResultListener:
     """Reads one results topic from 'now' and completes the futures of jobs this client sent."""
 
     def __init__(self, client: AiaasClient, consumer: AIOKafkaConsumer) -> None:
-        self._client = client
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+        self._max_bytes = client.kafka.max_message_bytes
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future[tuple[Result, float]]] = {}
         self._task = asyncio.create_task(self._run())
@@ -284,7 +280,7 @@ class _ResultListener:
             key = record.key.decode(errors="replace") if record.key else None
             if key not in self._waiting:
                 continue  # someone else's job, or a duplicate of one already answered
-            result = self._client._receive(record)  # noqa: SLF001 - same module family
+            result = _receive(self._tracer, record, self._max_bytes)
             if result is not None and result.job_id in self._waiting:
                 future = self._waiting.pop(result.job_id)
                 if not future.done():

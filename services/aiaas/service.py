@@ -58,6 +58,7 @@ class ModelService:
             linger_ms=1,
             graceful_timeout=worker.graceful_timeout_s,
             client_id=f"aiaas-{runtime.model}",
+            log_level=logging.DEBUG,  # FastStream's per-batch "Received/Processed" lines: debug only
         )
         self.worker = BatchWorker(
             runtime,
