@@ -122,13 +122,17 @@ def render_trace(spans: list[StoredSpan]) -> str:
     return "\n".join(lines)
 
 
+_SHOWN_ATTRIBUTES = {
+    "messaging.destination.partition.id": "partition",
+    "messaging.kafka.offset": "offset",
+    "messaging.batch.message_count": "batch",
+    "aiaas.model.version": "version",
+    "aiaas.result.status": "status",
+}
+
+
 def _detail(span: StoredSpan) -> str:
-    keys = ("messaging.destination.partition.id", "messaging.kafka.offset", "messaging.batch.message_count",
-            "aiaas.model.version", "aiaas.result.status")
-    short = {"messaging.destination.partition.id": "partition", "messaging.kafka.offset": "offset",
-             "messaging.batch.message_count": "batch", "aiaas.model.version": "version",
-             "aiaas.result.status": "status"}
-    parts = [f"{short[k]}={span.attributes[k]}" for k in keys if k in span.attributes]
+    parts = [f"{short}={span.attributes[key]}" for key, short in _SHOWN_ATTRIBUTES.items() if key in span.attributes]
     if span.status == "ERROR":
         parts.append("ERROR")
     return f"  {' '.join(parts)}" if parts else ""
