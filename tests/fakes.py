@@ -75,3 +75,63 @@ def job_record(offset: int, x: list[float], *, topic="p.vision.infer", priority=
     job = Job(job_id=f"job-{offset}", model="vision", priority=priority,
               inputs={"x": Tensor.from_numpy(np.array(x, dtype=np.float32))}, **fields)
     return Record(topic, 0, offset, job.job_id.encode(), encode(job))
+
+
+class FakeConsumer:
+    """An in-memory consumer shaped like aiokafka's (getmany/pause/resume/seek/commit).
+
+    It records what the pipeline does to it: pauses, seeks and every commit.
+    """
+
+    def __init__(self, records_by_partition: dict[int, list[Record]], topic: str = "p.vision.infer") -> None:
+        from aiokafka import TopicPartition
+
+        self.log = {TopicPartition(topic, p): list(records) for p, records in records_by_partition.items()}
+        self.position = {tp: 0 for tp in self.log}
+        self.paused: set = set()
+        self.pause_calls = 0
+        self.commits: list[dict] = []
+        self.seeks: list[tuple] = []
+
+    def assignment(self) -> set:
+        return set(self.log)
+
+    def pause(self, *tps) -> None:
+        self.pause_calls += 1
+        self.paused |= set(tps)
+
+    def resume(self, *tps) -> None:
+        self.paused -= set(tps)
+
+    def seek(self, tp, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self.position[tp] = offset
+
+    async def commit(self, offsets: dict) -> None:
+        self.commits.append(dict(offsets))
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        out: dict = {}
+        budget = max_records or 1 << 30
+        for tp, records in self.log.items():
+            if tp in self.paused or budget == 0:
+                continue
+            taken = records[self.position[tp]:self.position[tp] + budget]
+            if taken:
+                out[tp] = taken
+                self.position[tp] += len(taken)
+                budget -= len(taken)
+        if not out:
+            import asyncio
+
+            await asyncio.sleep(timeout_ms / 1000)
+        return out
+
+    def committed(self) -> dict:
+        """The last committed offset per partition number."""
+        last: dict = {}
+        for commit in self.commits:
+            for tp, offset in commit.items():
+                assert offset >= last.get(tp.partition, 0), "commits went backwards"
+                last[tp.partition] = offset
+        return last

@@ -122,7 +122,13 @@ class WorkerSettings(BaseSettings):
 
     max_batch: int = Field(64, ge=1, le=4096, description="Most jobs in one model call.")
     max_wait_ms: int = Field(
-        5, ge=0, description="Longest wait for the first job of a batch; a batch never waits to fill."
+        2, ge=0,
+        description="When the model is free and fewer than max_batch jobs wait, how long a batch may grow first; "
+        "it never waits to fill.",
+    )
+    max_in_flight: int = Field(
+        256, ge=1,
+        description="Most jobs taken from Kafka and not yet answered; at this bound the partitions are paused.",
     )
     group_id: str | None = Field(None, description="Consumer group; default `<prefix>.<model>`.")
     graceful_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight work may take to drain.")

@@ -1,8 +1,9 @@
 """The worker core shared by every model type: decode → validate → one model call → one result per job.
 
-`BatchWorker.handle` takes the records of one poll (the dynamic batch) and returns only when
-every result and dead letter of the batch has been acknowledged by the broker; the caller
-commits offsets after it returns (at-least-once). Kafka stays at the edge: records come in,
+A batch goes through two stages: `run` (decode, validate, one model call) and `publish`
+(every result and dead letter, returning only once the broker acknowledged them all). The
+service pipelines them — batch N+1 is in the model while batch N's results are in flight —
+and commits a record's offset only after its batch's `publish` returned (at-least-once). Kafka stays at the edge: records come in,
 `ResultSink.send` goes out, and the model is a `ModelRuntime` that knows nothing of Kafka.
 """
 
@@ -27,7 +28,7 @@ from .errors import AiaasError, InvalidJob, ModelFailure, UnknownModelVersion
 from .runtime import ModelRuntime
 from .topics import ModelTopics
 
-__all__ = ["BatchWorker", "ResultSink", "KafkaRecord", "DLQ_HEADERS"]
+__all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "DLQ_HEADERS"]
 
 log = logging.getLogger("aiaas.worker")
 
@@ -81,6 +82,23 @@ class _InFlight:
         return key.decode(errors="replace") if key else None
 
 
+@dataclass
+class ProcessedBatch:
+    """A batch whose model call is done and whose outcomes wait to be published."""
+
+    jobs: list[_InFlight]
+
+    @property
+    def records(self) -> list[KafkaRecord]:
+        """The consumed records of the batch, in the order they were taken."""
+        return [job.record for job in self.jobs]
+
+
+def _end_spans(jobs: Sequence[_InFlight]) -> None:
+    for job in jobs:
+        job.span.end()
+
+
 class BatchWorker:
     """Runs batches of jobs of one model type through a runtime and publishes their outcomes."""
 
@@ -105,17 +123,31 @@ class BatchWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{runtime.model}-model")
 
     async def handle(self, records: Sequence[KafkaRecord]) -> None:
-        """Process one polled batch; returns once every outcome is acknowledged by the broker."""
+        """Process one batch; returns once every outcome is acknowledged by the broker."""
+        await self.publish(await self.run(records))
+
+    async def run(self, records: Sequence[KafkaRecord]) -> "ProcessedBatch":
+        """Stage 1: decode and validate every record, then one model call for the valid ones.
+
+        The returned batch holds one outcome per job; its spans stay open until `publish`.
+        """
         picked_at = time.time()
         batch = [self._admit(record, picked_at) for record in records]
         runnable = sorted((job for job in batch if job.item is not None), key=lambda j: -j.job.priority)
         try:
             if runnable:
                 await self._infer(runnable, picked_at)
-            await asyncio.gather(*(self._publish(job) for job in batch))
+        except BaseException:
+            _end_spans(batch)
+            raise
+        return ProcessedBatch(batch)
+
+    async def publish(self, batch: "ProcessedBatch") -> None:
+        """Stage 2: send every result and dead letter; returns once the broker acknowledged them all."""
+        try:
+            await asyncio.gather(*(self._publish(job) for job in batch.jobs))
         finally:
-            for job in batch:
-                job.span.end()
+            _end_spans(batch.jobs)
 
     def close(self) -> None:
         """Release the model thread."""

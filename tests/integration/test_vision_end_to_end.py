@@ -154,3 +154,26 @@ async def test_result_stream_drops_duplicate_job_ids(kafka_settings, topic_prefi
             await producer.stop()
         seen = [r.job_id async for r in client.results("vision", from_beginning=True, idle_timeout=2)]
     assert sorted(seen) == ["a", "b", "c"]
+
+
+async def test_a_full_in_flight_window_pauses_the_partitions_and_loses_nothing(kafka_settings, service_env, tmp_path,
+                                                                              topic_prefix):
+    from tests.integration.conftest import ServiceProcess
+
+    env = service_env | {"AIAAS_VISION_MAX_BATCH": "4", "AIAAS_VISION_MAX_IN_FLIGHT": "8"}
+    service = ServiceProcess(env, tmp_path / "vision.log").start()
+    img = digit_jobs(1)[0][0]
+    jobs = [Job(job_id=f"w{i}", model="vision", inputs={"image": img}) for i in range(1000)]
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*(producer.send_and_wait(f"{topic_prefix}.vision.infer", encode(j), key=j.job_id.encode())
+                               for j in jobs))
+    finally:
+        await producer.stop()
+    records = await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=len(jobs), timeout=90)
+    assert {decode_result(r.value, 1 << 20).job_id for r in records} == {j.job_id for j in jobs}
+    assert service.signal(signal.SIGTERM) == 0
+    (stopped,) = [line for line in service.log_text().splitlines() if "service stopped" in line]
+    pauses = int(stopped.split("paused ")[1].split(" times")[0])
+    assert pauses > 0, stopped

@@ -1,0 +1,280 @@
+"""The consume → batch → infer → publish → commit pipeline of one service instance.
+
+Three things run at once so the model is never idle waiting for Kafka:
+
+* the **fetch loop** polls the consumer and queues records, and pauses every assigned
+  partition while `max_in_flight` records are in flight (Kafka's own back-pressure: the
+  fetcher stops prefetching, memory stays bounded, the group membership stays alive);
+* the **model loop** cuts a batch from the queue as soon as the model is free — up to
+  `max_batch` records, waiting at most `max_wait_ms` for a batch to grow, never for it to
+  fill — and runs it (`BatchWorker.run`);
+* a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
+  while the next batch is in the model, then commits the offsets that are now safe.
+
+Delivery stays at-least-once: an offset is committed only after every record before it on
+its partition has had its outcome acknowledged (`InFlightWindow`). If publishing fails, the
+partitions are rewound to the first unfinished record and those jobs run again. When
+partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is drained and
+committed first, within `graceful_timeout_s`.
+
+We drive aiokafka directly here rather than through a FastStream subscriber: FastStream's
+batch subscriber runs one handler call at a time and its manual `ack()` commits the
+consumer's position rather than given offsets, so it can neither overlap batches nor
+commit out-of-order completions safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from .inflight import InFlightWindow, Partition
+from .worker import BatchWorker, ProcessedBatch
+
+__all__ = ["JobPipeline", "PipelineStats", "Consumer"]
+
+log = logging.getLogger("aiaas.pipeline")
+
+_IDLE_POLL_MS = 100
+"""How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
+
+
+class Consumer(Protocol):
+    """The parts of aiokafka's AIOKafkaConsumer the pipeline uses."""
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> dict: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def resume(self, *partitions: TopicPartition) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+
+@dataclass
+class PipelineStats:
+    """Counters an operator reads in the shutdown log line (and tests assert on)."""
+
+    batches: int = 0
+    jobs: int = 0
+    pauses: int = 0
+    rewinds: int = 0
+    commit_failures: int = 0
+
+
+class JobPipeline:
+    """Runs one consumer's records through a BatchWorker with bounded, pipelined in-flight work."""
+
+    def __init__(
+        self,
+        worker: BatchWorker,
+        consumer: Consumer,
+        *,
+        max_batch: int,
+        max_wait_ms: int,
+        max_in_flight: int,
+        drain_timeout_s: float,
+    ) -> None:
+        self.worker = worker
+        self.stats = PipelineStats()
+        self._consumer = consumer
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000
+        self._drain_timeout_s = drain_timeout_s
+        self._window = InFlightWindow(max(max_in_flight, max_batch))
+        self._queue: deque[Any] = deque()
+        self._publishing: set[asyncio.Task] = set()
+        self._commit_lock = asyncio.Lock()
+        self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
+        self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
+        self._stopping = asyncio.Event()
+        self._fetching = True
+        self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
+        self._paused = False
+        self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
+
+    @property
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        """Pass to `consumer.subscribe(..., listener=...)`: drains and commits before partitions move."""
+        return _DrainOnRevoke(self)
+
+    def stop(self) -> None:
+        """Stop taking new records; `run` returns once in-flight work is drained and committed."""
+        self._stopping.set()
+        self._arrived.set()
+
+    async def run(self) -> PipelineStats:
+        """Consume until `stop()`; then drain, commit and return the counters."""
+        model_loop = asyncio.create_task(self._model_loop(), name="aiaas-model-loop")
+        try:
+            await self._fetch_loop()
+        finally:
+            self._fetching = False
+            self._arrived.set()
+            if not await self.drain(self._drain_timeout_s):
+                log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
+            model_loop.cancel()
+            await asyncio.gather(model_loop, return_exceptions=True)
+        return self.stats
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
+        async def drained() -> None:
+            while len(self._window) or self._queue or self._publishing:
+                self._finished.clear()
+                await self._finished.wait()
+            async with self._commit_lock:  # the last commit has returned
+                pass
+
+        self._holding += 1
+        try:
+            await asyncio.wait_for(drained(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._holding -= 1
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Abandon in-flight records of partitions we no longer own: their new owner runs them again."""
+        gone = {Partition(*p) for p in partitions}
+        self._epoch += 1
+        self._window.forget(gone)
+        self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
+        self._finished.set()
+
+    # -- fetch loop ------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            room = 0 if self._holding else self._window.room
+            if room == 0:
+                self._pause()
+                self._finished.clear()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
+                except TimeoutError:
+                    pass
+                continue
+            self._resume()
+            fetched = await self._consumer.getmany(timeout_ms=_IDLE_POLL_MS, max_records=room)
+            records = [record for part in fetched.values() for record in part]
+            if records:
+                self._window.take(records)
+                self._queue.extend(records)
+                self._arrived.set()
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+            self.stats.pauses += 1
+            log.debug("window full (%d in flight): partitions paused", len(self._window))
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+
+    def _on_assigned(self) -> None:
+        self._paused = False  # a new assignment starts unpaused
+
+    # -- model loop ------------------------------------------------------------------------
+
+    async def _model_loop(self) -> None:
+        while True:
+            records = await self._next_batch()
+            if records is None:
+                return
+            epoch = self._epoch
+            processed = await self.worker.run(records)
+            self.stats.batches += 1
+            self.stats.jobs += len(records)
+            task = asyncio.create_task(self._publish(processed, epoch))
+            self._publishing.add(task)
+            task.add_done_callback(self._publish_done)
+
+    async def _next_batch(self) -> list[Any] | None:
+        """Wait for records, give a small batch `max_wait_ms` to grow, and cut it."""
+        while not self._queue:
+            if not self._fetching:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        if len(self._queue) < self._max_batch and self._max_wait_s > 0 and self._fetching:
+            deadline = asyncio.get_running_loop().time() + self._max_wait_s
+            while len(self._queue) < self._max_batch and self._fetching:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+        take = min(self._max_batch, len(self._queue))
+        return [self._queue.popleft() for _ in range(take)]
+
+    # -- publish + commit --------------------------------------------------------------------
+
+    async def _publish(self, batch: ProcessedBatch, epoch: int) -> None:
+        try:
+            await self.worker.publish(batch)
+        except Exception as exc:  # the broker did not take every outcome: run those jobs again
+            log.error("publishing a batch of %d failed (%s); rewinding to the first unfinished job", len(batch.jobs), exc)
+            self._rewind(epoch)
+            return
+        if epoch != self._epoch:
+            return  # a rewind or revocation happened since: these offsets are no longer ours to commit
+        commits = self._window.finish(batch.records)
+        if commits:
+            await self._commit(commits)
+
+    def _publish_done(self, task: asyncio.Task) -> None:
+        self._publishing.discard(task)
+        self._finished.set()
+
+    async def _commit(self, commits: dict[Partition, int]) -> None:
+        # The lock keeps commits in the order their offsets were computed (monotonic per partition).
+        async with self._commit_lock:
+            try:
+                await self._consumer.commit({TopicPartition(*p): offset for p, offset in commits.items()})
+            except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
+                self.stats.commit_failures += 1
+                log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
+
+    def _rewind(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            return  # another failed batch of the same epoch already rewound
+        points = self._window.first_pending()
+        self.forget(TopicPartition(*p) for p in points)
+        assigned = self._consumer.assignment()
+        for partition, offset in points.items():
+            tp = TopicPartition(*partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self.stats.rewinds += 1
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move to another instance, finish and commit what we hold of them."""
+
+    def __init__(self, pipeline: JobPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        if not await self._pipeline.drain(self._pipeline._drain_timeout_s):  # noqa: SLF001 - same module
+            log.warning("rebalance: in-flight work not drained in time; abandoning it to the new owner")
+            self._pipeline.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._pipeline._on_assigned()  # noqa: SLF001 - same module

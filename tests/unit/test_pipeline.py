@@ -1,0 +1,137 @@
+"""The pipeline with a fake consumer: bounded in-flight work, pausing, safe commits, rewind, drain."""
+
+import asyncio
+
+import numpy as np
+
+from aiaas.codec import decode_result, encode
+from aiaas.contracts import Job, Tensor
+from aiaas.pipeline import JobPipeline
+from aiaas.topics import ModelTopics
+from aiaas.worker import BatchWorker
+from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
+
+TOPICS = ModelTopics.of("vision", "p")
+
+
+def partition_log(partition: int, n: int) -> list[Record]:
+    records = []
+    for offset in range(n):
+        job = Job(job_id=f"p{partition}-{offset}", model="vision",
+                  inputs={"x": Tensor.from_numpy(np.array([offset], dtype=np.float32))})
+        records.append(Record(TOPICS.infer, partition, offset, job.job_id.encode(), encode(job)))
+    return records
+
+
+class SlowSink(RecordingSink):
+    """Acknowledges each send after `delay_s` (longer for the job ids in `slow`)."""
+
+    def __init__(self, delay_s=0.0, slow=None):
+        super().__init__()
+        self.delay_s, self.slow = delay_s, slow or {}
+
+    async def send(self, topic, value, *, key, headers):
+        await asyncio.sleep(self.slow.get(key.decode(), self.delay_s))
+        await super().send(topic, value, key=key, headers=headers)
+
+
+def answered(sink) -> set[str]:
+    return {decode_result(value, 1 << 20).job_id for _, value, _, _ in sink.on(TOPICS.results)}
+
+
+def make_pipeline(consumer, sink, *, max_batch=8, max_in_flight=16, runtime=None):
+    worker = BatchWorker(runtime or SumRuntime(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20)
+    return JobPipeline(worker, consumer, max_batch=max_batch, max_wait_ms=1, max_in_flight=max_in_flight,
+                       drain_timeout_s=10)
+
+
+async def run_until(pipeline, done, timeout=10.0):
+    """Run the pipeline until `done()` holds, then stop it and return its stats."""
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.005)
+    pipeline.stop()
+    return await asyncio.wait_for(task, timeout)
+
+
+async def test_every_job_is_answered_and_commits_reach_the_end_of_each_partition():
+    consumer, sink = FakeConsumer({0: partition_log(0, 50), 1: partition_log(1, 30)}), RecordingSink()
+    pipeline = make_pipeline(consumer, sink)
+    stats = await run_until(pipeline, lambda: len(answered(sink)) == 80)
+    assert answered(sink) == {f"p0-{i}" for i in range(50)} | {f"p1-{i}" for i in range(30)}
+    assert consumer.committed() == {0: 50, 1: 30}  # and never went backwards
+    assert stats.jobs == 80 and stats.batches >= 80 / 8 and stats.rewinds == 0
+
+
+async def test_partitions_pause_while_the_in_flight_window_is_full():
+    class CountingConsumer(FakeConsumer):
+        handed = 0
+
+        async def getmany(self, timeout_ms=0, max_records=None):
+            out = await super().getmany(timeout_ms=timeout_ms, max_records=max_records)
+            self.handed += sum(len(r) for r in out.values())
+            return out
+
+    consumer = CountingConsumer({0: partition_log(0, 120), 1: partition_log(1, 120)})
+    most_in_flight = 0
+
+    class ProbeSink(SlowSink):
+        async def send(self, topic, value, *, key, headers):
+            nonlocal most_in_flight
+            most_in_flight = max(most_in_flight, consumer.handed - len(self.sent))
+            await super().send(topic, value, key=key, headers=headers)
+
+    sink = ProbeSink(delay_s=0.01)
+    stats = await run_until(make_pipeline(consumer, sink, max_batch=8, max_in_flight=24),
+                            lambda: len(answered(sink)) == 240)
+    assert len(answered(sink)) == 240
+    assert most_in_flight <= 24
+    assert stats.pauses > 0 and consumer.pause_calls == stats.pauses
+    assert consumer.committed() == {0: 120, 1: 120}
+
+
+async def test_a_slow_result_holds_back_its_partitions_commit_but_not_the_other_jobs():
+    class GuardedConsumer(FakeConsumer):
+        async def commit(self, offsets):
+            if "p0-2" not in answered(sink):
+                assert all(offset <= 2 for tp, offset in offsets.items() if tp.partition == 0), offsets
+            await super().commit(offsets)
+
+    consumer = GuardedConsumer({0: partition_log(0, 40), 1: partition_log(1, 40)})
+    sink = SlowSink(slow={"p0-2": 0.3})
+    await run_until(make_pipeline(consumer, sink, max_batch=4, max_in_flight=64),
+                    lambda: len(answered(sink)) == 80)
+    others_done_first = [decode_result(v, 1 << 20).job_id for _, v, _, _ in sink.on(TOPICS.results)]
+    assert others_done_first.index("p0-2") > 40  # the other jobs did not wait for it
+    assert consumer.committed() == {0: 40, 1: 40}
+
+
+async def test_a_failed_publish_rewinds_to_the_first_unfinished_job_and_runs_it_again():
+    class FlakySink(RecordingSink):
+        failed = False
+
+        async def send(self, topic, value, *, key, headers):
+            if key == b"p0-13" and not self.failed:
+                self.failed = True
+                raise ConnectionError("broker gone")
+            await super().send(topic, value, key=key, headers=headers)
+
+    consumer, sink = FakeConsumer({0: partition_log(0, 40)}), FlakySink()
+    stats = await run_until(make_pipeline(consumer, sink, max_batch=4), lambda: len(answered(sink)) == 40)
+    assert stats.rewinds == 1
+    assert consumer.seeks and all(offset <= 13 for _, offset in consumer.seeks)
+    assert "p0-13" in answered(sink)
+    assert consumer.committed() == {0: 40}
+
+
+async def test_stop_drains_what_was_taken_and_commits_it():
+    consumer = FakeConsumer({0: partition_log(0, 400)})
+    sink = SlowSink(delay_s=0.005)
+    pipeline = make_pipeline(consumer, sink, max_batch=8, max_in_flight=64)
+    await run_until(pipeline, lambda: len(sink.sent) >= 20)
+    taken = consumer.position[next(iter(consumer.log))]
+    assert 20 <= taken < 400
+    assert answered(sink) == {f"p0-{i}" for i in range(taken)}  # everything taken was answered
+    assert consumer.committed() == {0: taken}
