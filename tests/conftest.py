@@ -31,13 +31,18 @@ def spans() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="session")
-def vision_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    """A registry with one real vision version (trained once per test run, a few seconds)."""
+def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """One registry (under one AIAAS_HOME) for the whole run; each model's fixture builds into it."""
+    return Registry(tmp_path_factory.mktemp("home") / "registry")
+
+
+@pytest.fixture(scope="session")
+def vision_registry(session_registry: Registry) -> Registry:
+    """The session registry with one real vision version (trained once per test run, a few seconds)."""
     from aiaas.vision.trainer import build
 
-    registry = Registry(tmp_path_factory.mktemp("home") / "registry")
-    build(registry)
-    return registry
+    build(session_registry)
+    return session_registry
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -12,34 +13,33 @@ import numpy as np
 
 from . import tracing
 from .client import AiaasClient, JobHandle
-from .contracts import Result, Tensor
+from .contracts import Result
 from .errors import AiaasError
+from .model_cli import MODEL_TYPES, JobSpec, model_cli
 from .registry import Registry
 from .settings import HomeSettings, KafkaSettings
 
 __all__ = ["main"]
-
-MODELS = ("vision",)
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiaas", description="AI models as async services over Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     submit = sub.add_parser("submit", help="publish inference jobs")
-    submit.add_argument("model", choices=MODELS)
-    submit.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...) to classify")
-    submit.add_argument("--digits-sample", type=int, metavar="N", help="send N held-out digits with known labels")
-    submit.add_argument("--wait", action="store_true", help="wait for every result and print a summary")
-    submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results (with --wait)")
-    submit.add_argument("--version", help="pin a model version or alias")
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--quiet", action="store_true", help="print only the summary")
-    submit.add_argument("--rate", type=float, default=0.0,
-                        help="jobs per second, open loop (default: all at once, a burst)")
+    per_model = submit.add_subparsers(dest="model", required=True, metavar="{" + ",".join(MODEL_TYPES) + "}")
+    for model in MODEL_TYPES:
+        model_parser = per_model.add_parser(model, help=f"jobs for the {model} service")
+        model_cli(model).add_submit_arguments(model_parser)
+        model_parser.add_argument("--wait", action="store_true", help="wait for every result and print a summary")
+        model_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results (--wait)")
+        model_parser.add_argument("--version", help="pin a model version or alias")
+        model_parser.add_argument("--priority", type=int, default=0)
+        model_parser.add_argument("--quiet", action="store_true", help="print only the summary")
+        model_parser.add_argument("--rate", type=float, default=0.0,
+                                  help="jobs per second, open loop (default: all at once, a burst)")
 
     results = sub.add_parser("results", help="print results as they arrive")
-    results.add_argument("model", choices=MODELS)
+    results.add_argument("model", choices=MODEL_TYPES)
     results.add_argument("--follow", action="store_true", help="keep reading new results until Ctrl-C")
     results.add_argument("--from-beginning", action="store_true", help="start at the oldest result")
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="action", required=True)
     models_sub.add_parser("list", help="versions and aliases")
     build = models_sub.add_parser("build", help="train a model and register a new version")
-    build.add_argument("model", choices=MODELS)
+    build.add_argument("model", choices=MODEL_TYPES)
 
     schemas = sub.add_parser("schemas", help="the generated contract documents in schemas/")
     schemas.add_argument("action", choices=("write", "check"))
@@ -77,50 +77,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    inputs, labels = _vision_inputs(args)
-    if not inputs:
-        raise AiaasError("nothing to send: give image files or --digits-sample N")
-    return asyncio.run(_submit(args, inputs, labels))
+    specs = model_cli(args.model).jobs_from_args(args)
+    return asyncio.run(_submit(args, specs))
 
 
-def _vision_inputs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[int | None]]:
-    images = [_load_image(path) for path in args.images]
-    labels: list[int | None] = [None] * len(images)
-    if args.digits_sample:
-        from .vision.data import load_split
-
-        split = load_split()
-        picks = np.random.default_rng(0).choice(len(split.test_x), size=min(args.digits_sample, len(split.test_x)),
-                                                replace=False)
-        images += [split.test_x[i][0] for i in picks]
-        labels += [int(split.test_y[i]) for i in picks]
-    return images, labels
-
-
-def _load_image(path: Path) -> np.ndarray:
-    """An image file as 8x8 ink intensities 0..16 (dark ink on a light background is inverted)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        gray = np.asarray(Image.open(path).convert("L").resize((8, 8), Image.Resampling.LANCZOS), dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise AiaasError(f"cannot read image {path}: {exc}") from exc
-    if gray.mean() > 127:
-        gray = 255.0 - gray
-    return gray / 255.0 * 16.0
-
-
-async def _submit(args: argparse.Namespace, images: list[np.ndarray], labels: list[int | None]) -> int:
+async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
     async with AiaasClient() as client:
         started = time.time()
 
-        async def send(index: int, img: np.ndarray) -> JobHandle:
+        async def send(index: int, spec: JobSpec) -> JobHandle:
             if args.rate > 0:  # open loop: the schedule does not wait for results
                 await asyncio.sleep(max(0.0, started + index / args.rate - time.time()))
-            return await client.submit(args.model, {"image": Tensor.from_numpy(img.astype(np.float32))},
-                                       version=args.version, priority=args.priority)
+            return await client.submit(args.model, spec.inputs, task=spec.task, version=args.version,
+                                       priority=args.priority, attributes=spec.attributes)
 
-        handles = await asyncio.gather(*(send(i, img) for i, img in enumerate(images)))
+        handles = await asyncio.gather(*(send(i, spec) for i, spec in enumerate(specs)))
         if not args.wait:
             for handle in handles:
                 print(handle.job_id)
@@ -130,7 +101,7 @@ async def _submit(args: argparse.Namespace, images: list[np.ndarray], labels: li
     if not args.quiet:
         for handle, (result, _) in zip(handles, outcomes):
             print(_result_line(result) if result else f"{handle.job_id}  (no result)")
-    print(_summary(handles, outcomes, labels, finished - started))
+    print(_summary(args.model, handles, outcomes, specs, finished - started))
     return 0 if all(r is not None for r, _ in outcomes) else 1
 
 
@@ -142,12 +113,14 @@ async def _wait(handle: JobHandle, timeout: float) -> tuple[Result | None, float
     return result, handle.latency_ms
 
 
-def _summary(handles, outcomes, labels, wall_s: float) -> str:
+def _summary(model: str, handles, outcomes, specs: list[JobSpec], wall_s: float) -> str:
     received = [(r, ms) for r, ms in outcomes if r is not None]
     latencies = np.array([ms for _, ms in received]) if received else np.array([float("nan")])
     ok = [r for r, _ in received if r.status == "ok"]
-    scored = [(r.outputs.get("label"), y) for (r, _), y in zip(outcomes, labels) if r is not None and y is not None]
-    accuracy = f"{np.mean([a == b for a, b in scored]) * 100:.1f}% of {len(scored)}" if scored else "n/a (no labels)"
+    checker = model_cli(model)
+    scored = [checker.is_correct(r, spec.expected) for (r, _), spec in zip(outcomes, specs)
+              if r is not None and r.status == "ok" and spec.expected is not None]
+    accuracy = f"{np.mean(scored) * 100:.1f}% of {len(scored)}" if scored else "n/a (no expected answers)"
     batches = [r.timings.batch_size for r in ok]
     return "\n".join([
         "summary",
@@ -167,10 +140,7 @@ def _result_line(result: Result) -> str:
     if result.status != "ok":
         detail = f"{result.error.type}: {result.error.message}" if result.error else ""
         return f"{result.job_id}  {result.status}  {detail}"
-    label = result.outputs.get("label")
-    probs = result.outputs.get("probabilities")
-    score = f"{probs.to_numpy().max():.3f}" if isinstance(probs, Tensor) else "?"
-    return (f"{result.job_id}  ok  label={label} p={score}  v{result.model_version}  "
+    return (f"{result.job_id}  ok  {model_cli(result.model).describe(result)}  v{result.model_version}  "
             f"queue={result.timings.queue_wait_ms:.1f}ms infer={result.timings.inference_ms:.1f}ms "
             f"batch={result.timings.batch_size}")
 
@@ -228,9 +198,8 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     registry = Registry(HomeSettings().registry_dir)
     if args.action == "build":
-        from .vision.trainer import build
-
-        version = build(registry)
+        trainer = importlib.import_module(f"aiaas.{args.model}.trainer")
+        version = trainer.build(registry)
         print(f"built {version.model} v{version.version}  sha256={version.sha256[:16]}…  "
               f"metrics={version.metrics}  → {registry.root / version.model / f'v{version.version}'}")
         return 0
@@ -241,7 +210,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             metrics = " ".join(f"{k}={val:.4g}" for k, val in v.metrics.items())
             print(f"{model:10} v{v.version:<4} {tags:12} {metrics}  sha256={v.sha256[:12]}")
     if not registry.models():
-        print(f"registry {registry.root} is empty: run `aiaas models build vision`")
+        print(f"registry {registry.root} is empty: run `aiaas models build <{'|'.join(MODEL_TYPES)}>`")
     return 0
 
 

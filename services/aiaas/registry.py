@@ -31,6 +31,9 @@ class ModelVersion(BaseModel):
     version: int = Field(ge=1, description="Monotonic per model type.")
     artifact: str = Field(description="File name of the artifact inside the version folder.")
     sha256: str = Field(description="sha256 of the artifact bytes.")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="Companion files of the artifact (tokenizer, lookup tables): name → sha256."
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation metrics.")
     params: dict[str, object] = Field(default_factory=dict, description="Hyper-parameters of training.")
     data_hash: str | None = Field(None, description="sha256 of the training data.")
@@ -81,8 +84,11 @@ class Registry:
         aliases = self.aliases(model) | {alias: version}
         _write_atomic(self.root / model / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
 
-    def register(self, model: str, artifact: Path, *, aliases: tuple[str, ...] = ("production",), **meta: object) -> ModelVersion:
-        """Copy `artifact` in as the next version, record its sha256 and metadata, move `aliases` to it."""
+    def register(
+        self, model: str, artifact: Path, *, aliases: tuple[str, ...] = ("production",),
+        companions: tuple[Path, ...] = (), **meta: object,
+    ) -> ModelVersion:
+        """Copy `artifact` (and `companions`) in as the next version, record sha256s and metadata, move `aliases`."""
         data = artifact.read_bytes()
         folder = self.root / model
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +100,13 @@ class Registry:
             except FileExistsError:
                 number += 1
         shutil.copyfile(artifact, folder / f"v{number}" / artifact.name)
-        version = ModelVersion(model=model, version=number, artifact=artifact.name, sha256=sha256_of(data), **meta)
+        files = {}
+        for companion in companions:
+            shutil.copyfile(companion, folder / f"v{number}" / companion.name)
+            files[companion.name] = sha256_of(companion.read_bytes())
+        version = ModelVersion(
+            model=model, version=number, artifact=artifact.name, sha256=sha256_of(data), files=files, **meta
+        )
         _write_atomic(folder / f"v{number}" / "version.json", version.model_dump_json(indent=2))
         for alias in aliases:
             self.set_alias(model, alias, number)
@@ -117,7 +129,14 @@ class Registry:
     def load_verified(self, model: str, ref: str) -> tuple[ModelVersion, bytes]:
         """The version and its artifact bytes, after checking the sha256."""
         version = self.resolve(model, ref)
-        data = (self.root / model / f"v{version.version}" / version.artifact).read_bytes()
-        if sha256_of(data) != version.sha256:
-            raise ArtifactCorrupted(f"{model} v{version.version}: artifact sha256 does not match the registry record")
-        return version, data
+        return version, self._read_checked(version, version.artifact, version.sha256)
+
+    def load_companions(self, version: ModelVersion) -> dict[str, bytes]:
+        """The companion files of a version, each after checking its sha256."""
+        return {name: self._read_checked(version, name, digest) for name, digest in version.files.items()}
+
+    def _read_checked(self, version: ModelVersion, name: str, digest: str) -> bytes:
+        data = (self.root / version.model / f"v{version.version}" / name).read_bytes()
+        if sha256_of(data) != digest:
+            raise ArtifactCorrupted(f"{version.model} v{version.version}: {name} sha256 does not match the registry record")
+        return data

@@ -17,21 +17,21 @@ pytestmark = pytest.mark.integration
 
 
 class ServiceProcess:
-    """`python -m aiaas.vision` with this test's topics, registry and broker; its log is kept."""
+    """`python -m aiaas.<model>` with this test's topics, registry and broker; its log is kept."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env, self.log_path = env, log_path
+    def __init__(self, env: dict[str, str], log_path: Path, model: str = "vision") -> None:
+        self.env, self.log_path, self.model = env, log_path, model
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "ServiceProcess":
         marker = self.log_text().count("service ready")
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "aiaas.vision"], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, "-m", f"aiaas.{self.model}"], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while self.log_text().count("service ready") == marker:
             if self.proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"vision service did not become ready:\n{self.log_text()[-3000:]}")
+                raise AssertionError(f"{self.model} service did not become ready:\n{self.log_text()[-3000:]}")
             time.sleep(0.2)
         return self
 
@@ -54,19 +54,20 @@ def kafka_settings(kafka_broker: str, topic_prefix: str) -> KafkaSettings:
 
 
 @pytest.fixture
-def service_env(kafka_broker: str, topic_prefix: str, vision_registry) -> dict[str, str]:
+def service_env(kafka_broker: str, topic_prefix: str, session_registry) -> dict[str, str]:
+    """Environment of a service process: this test's broker, topics and the session registry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return env | {
         "AIAAS_KAFKA_BOOTSTRAP_SERVERS": kafka_broker,
         "AIAAS_KAFKA_TOPIC_PREFIX": topic_prefix,
-        "AIAAS_HOME": str(vision_registry.root.parent),
+        "AIAAS_HOME": str(session_registry.root.parent),
         "AIAAS_VISION_MAX_BATCH": "32",
         "PYTHONUNBUFFERED": "1",
     }
 
 
 @pytest.fixture
-def vision_service(service_env, tmp_path, request):
+def vision_service(service_env, vision_registry, tmp_path, request):
     service = ServiceProcess(service_env, tmp_path / "vision.log")
     yield service
     service.stop()

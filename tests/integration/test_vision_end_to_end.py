@@ -156,7 +156,7 @@ async def test_result_stream_drops_duplicate_job_ids(kafka_settings, topic_prefi
     assert sorted(seen) == ["a", "b", "c"]
 
 
-async def test_a_full_in_flight_window_pauses_the_partitions_and_loses_nothing(kafka_settings, service_env, tmp_path,
+async def test_a_full_in_flight_window_pauses_the_partitions_and_loses_nothing(kafka_settings, service_env, vision_registry, tmp_path,
                                                                               topic_prefix):
     from tests.integration.conftest import ServiceProcess
 

@@ -31,3 +31,15 @@ def test_tampered_artifact_is_refused(tmp_path):
     (tmp_path / "reg" / "vision" / "v1" / "model.onnx").write_bytes(b"evil")
     with pytest.raises(ArtifactCorrupted):
         registry.load_verified("vision", "production")
+
+
+def test_companion_files_are_verified_too(tmp_path):
+    registry = Registry(tmp_path / "reg")
+    artifact, table = tmp_path / "model.onnx", tmp_path / "seen.npz"
+    artifact.write_bytes(b"weights")
+    table.write_bytes(b"table")
+    version = registry.register("recsys", artifact, companions=(table,))
+    assert registry.load_companions(version) == {"seen.npz": b"table"}
+    (tmp_path / "reg" / "recsys" / "v1" / "seen.npz").write_bytes(b"evil")
+    with pytest.raises(ArtifactCorrupted, match="seen.npz"):
+        registry.load_companions(version)
