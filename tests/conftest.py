@@ -69,3 +69,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> str:
 def topic_prefix() -> str:
     """A prefix of this test's own: its topics (`<prefix>.vision.infer`, ...) are new."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def text_registry(session_registry: Registry) -> Registry:
+    """The session registry with one real text version (encoder exported, head trained: ~15 s)."""
+    from aiaas.text.trainer import build
+
+    build(session_registry)
+    return session_registry

@@ -5,26 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from ..contracts import Job, Tensor
 from ..errors import InvalidJob
+from ..onnx_session import choose_providers, open_session
 from ..registry import Registry
 from ..runtime import Outputs
 from . import MODEL
 from .data import IMAGE_SHAPE, MAX_INTENSITY
 
 __all__ = ["VisionRuntime", "choose_providers"]
-
-
-def choose_providers(preference: str = "auto") -> list[str]:
-    """CUDA first when the installed ONNX Runtime has it (and it is not switched off), CPU always."""
-    available = ort.get_available_providers()
-    if preference != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if preference == "cuda":
-        raise RuntimeError("CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider (pip install aiaas[gpu])")
-    return ["CPUExecutionProvider"]
 
 
 class VisionRuntime:
@@ -34,10 +24,7 @@ class VisionRuntime:
 
     def __init__(self, onnx_bytes: bytes, version: str, *, aliases: Sequence[str] = (), providers: str = "auto",
                  intra_op_threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        self._session = ort.InferenceSession(onnx_bytes, options, providers=choose_providers(providers))
+        self._session = open_session(onnx_bytes, providers, intra_op_threads)
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
 

@@ -1,0 +1,27 @@
+"""`python -m aiaas.text`: run the text service until SIGTERM/SIGINT."""
+
+from ..registry import Registry
+from ..service import run_service
+from ..settings import HomeSettings
+from . import MODEL
+from .runtime import TextLimits, TextRuntime
+from .settings import TextSettings
+
+
+def main() -> None:
+    """Load the configured registry version with the configured backend and serve it."""
+    settings = TextSettings()
+    registry = Registry(HomeSettings().registry_dir)
+    limits = TextLimits(settings.max_texts_per_job, settings.max_chars_per_text, settings.max_batch_tokens)
+    run_service(
+        MODEL,
+        lambda: TextRuntime.from_registry(
+            registry, settings.model_version, backend=settings.backend, providers=settings.execution_provider,
+            intra_op_threads=settings.intra_op_threads, max_seq_len=settings.max_seq_len, limits=limits,
+        ),
+        settings,
+    )
+
+
+if __name__ == "__main__":
+    main()

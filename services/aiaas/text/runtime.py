@@ -1,0 +1,201 @@
+"""The text model at serving time: tokenizer → encoder (ONNX Runtime or PyTorch) → task outputs.
+
+No Kafka here. `prepare` checks one job (task, inputs, limits) and tokenises it; `infer` runs
+the encoder on all texts of a batch at once, grouped by token length so little padding is
+fed to the model, and builds each job's outputs for its task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..contracts import Job, Tensor
+from ..errors import InvalidJob
+from ..onnx_session import open_session
+from ..registry import Registry
+from ..runtime import Outputs
+from . import MODEL
+from .head import ClassifierHead
+from .tokens import TextTokenizer, Tokenized, length_groups, pad, padding_waste
+
+__all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows"]
+
+EMBEDDING_DIM = 384
+
+TASKS = ("embed", "similarity", "classify")
+
+
+class Encoder(Protocol):
+    """Token ids → unit embeddings."""
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """float32 [rows, 384] for int64 [rows, seq] ids and mask."""
+        ...
+
+
+class OnnxEncoder:
+    """The exported graph under ONNX Runtime (CUDA execution provider when present)."""
+
+    def __init__(self, onnx_bytes: bytes, providers: str = "auto", intra_op_threads: int = 0) -> None:
+        self._session = open_session(onnx_bytes, providers, intra_op_threads)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One session run."""
+        (out,) = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return out
+
+
+class TorchEncoder:
+    """The same model in PyTorch (CUDA when available), from the package's sha256-checked weights."""
+
+    def __init__(self, weights_sha256: str | None, device: str = "auto") -> None:
+        import torch
+
+        from .encoder import load_encoder
+
+        self._torch = torch
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self._encoder = load_encoder(expected_sha256=weights_sha256).to(self.device)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One forward pass without autograd."""
+        with self._torch.inference_mode():
+            ids = self._torch.from_numpy(input_ids).to(self.device)
+            mask = self._torch.from_numpy(attention_mask).to(self.device)
+            return self._encoder(ids, mask).float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """What one job may carry."""
+
+    max_texts: int = 64
+    max_chars: int = 2000
+    max_batch_tokens: int = 8192
+
+
+@dataclass
+class BatchStats:
+    """Padding of the last model call, for the benchmark and the batch span."""
+
+    texts: int = 0
+    encoder_calls: int = 0
+    padding_waste: float = 0.0
+    padding_waste_unsorted: float = 0.0
+
+
+@dataclass
+class TextItem:
+    """A prepared job: its task and its tokenised texts (for similarity: left then right)."""
+
+    task: str
+    tokens: list[Tokenized]
+    pairs: int = 0
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+class TextRuntime:
+    """Embeds, compares and classifies texts; one encoder pass per length group per batch."""
+
+    model = MODEL
+
+    def __init__(self, encoder: Encoder, tokenizer: TextTokenizer, head: ClassifierHead, version: str, *,
+                 aliases: Sequence[str] = (), limits: TextLimits = TextLimits()) -> None:
+        self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
+        self.version = version
+        self.limits = limits
+        self.last_batch = BatchStats()
+        self._refs = {version, f"v{version}", *aliases}
+
+    @classmethod
+    def from_registry(cls, registry: Registry, ref: str = "production", *, backend: str = "onnx",
+                      providers: str = "auto", intra_op_threads: int = 0, max_seq_len: int = 128,
+                      limits: TextLimits = TextLimits()) -> "TextRuntime":
+        """Load a verified version: encoder graph, tokenizer and head, all sha256-checked."""
+        version, onnx_bytes = registry.load_verified(MODEL, ref)
+        files = registry.load_companions(version)
+        if backend == "torch":
+            encoder: Encoder = TorchEncoder(str(version.params.get("encoder_weights_sha256") or "") or None)
+        else:
+            encoder = OnnxEncoder(onnx_bytes, providers, intra_op_threads)
+        aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
+        return cls(encoder, TextTokenizer(files["tokenizer.json"].decode(), max_seq_len),
+                   ClassifierHead.from_bytes(files["head.npz"]), str(version.version), aliases=aliases, limits=limits)
+
+    def serves(self, ref: str) -> bool:
+        """True for this version's number or one of its aliases."""
+        return ref in self._refs
+
+    def prepare(self, job: Job) -> TextItem:
+        """Check task, inputs and limits; tokenise (over-long texts are cut and flagged, not refused)."""
+        if job.task not in TASKS:
+            raise InvalidJob(f"text jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
+        if job.task == "similarity":
+            left, right = self._texts(job, "left"), self._texts(job, "right")
+            if len(left) != len(right):
+                raise InvalidJob(f"`left` and `right` must pair up; got {len(left)} and {len(right)} texts")
+            texts, pairs = left + right, len(left)
+        else:
+            texts, pairs = self._texts(job, "texts"), 0
+        tokens = self.tokenizer.encode(texts)
+        return TextItem(job.task, tokens, pairs, np.array([t.truncated for t in tokens], dtype=bool))
+
+    def _texts(self, job: Job, name: str) -> list[str]:
+        value = job.inputs.get(name)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise InvalidJob(f"`{name}` must be a non-empty list of strings for task {job.task}")
+        if len(value) > self.limits.max_texts:
+            raise InvalidJob(f"`{name}` has {len(value)} texts; at most {self.limits.max_texts} per job")
+        longest = max(len(text) for text in value)
+        if longest > self.limits.max_chars:
+            raise InvalidJob(f"a text in `{name}` has {longest} characters; at most {self.limits.max_chars}")
+        return value
+
+    def infer(self, items: Sequence[TextItem]) -> list[Outputs]:
+        """Embed every text of the batch (grouped by length), then each job's task outputs."""
+        embeddings = self.embed_all([t.ids for item in items for t in item.tokens])
+        outputs, start = [], 0
+        for item in items:
+            rows = embeddings[start : start + len(item.tokens)]
+            start += len(item.tokens)
+            outputs.append(self._outputs(item, rows))
+        return outputs
+
+    def embed_all(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Unit embeddings for token rows, in order; one encoder call per length group."""
+        embeddings, self.last_batch = embed_rows(self.encoder, rows, self.limits.max_batch_tokens)
+        return embeddings
+
+    def _outputs(self, item: TextItem, rows: np.ndarray) -> Outputs:
+        truncated = Tensor.from_numpy(item.truncated)
+        if item.task == "embed":
+            return {"embeddings": Tensor.from_numpy(rows), "truncated": truncated}
+        if item.task == "similarity":
+            left, right = rows[: item.pairs], rows[item.pairs :]
+            cosine = np.clip(np.sum(left * right, axis=1), -1.0, 1.0).astype(np.float32)
+            return {"scores": Tensor.from_numpy(cosine), "truncated": truncated}
+        scores = self.head.scores(rows)
+        return {
+            "labels": [self.head.labels[i] for i in scores.argmax(axis=1)],
+            "scores": Tensor.from_numpy(scores),
+            "label_names": list(self.head.labels),
+            "truncated": truncated,
+        }
+
+
+def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
+    """Unit embeddings for token rows, in order, and the padding it cost; one call per length group."""
+    lengths = [len(r) for r in rows]
+    groups = length_groups(lengths, max_batch_tokens)
+    out = np.empty((len(rows), EMBEDDING_DIM), dtype=np.float32)
+    for group in groups:
+        ids, mask = pad([rows[i] for i in group])
+        out[group] = encoder.embed(ids, mask)
+    stats = BatchStats(len(rows), len(groups), padding_waste(lengths, groups), padding_waste(lengths, [range(len(rows))]))
+    return out, stats

@@ -1,0 +1,103 @@
+"""The text model served from the registry: tasks, limits, truncation, backends, accuracy."""
+
+import numpy as np
+import pytest
+
+from aiaas.contracts import Job
+from aiaas.errors import InvalidJob
+from aiaas.text.labelled_sentences import labelled_split
+from aiaas.text.runtime import TextLimits, TextRuntime
+
+SENTENCES = [
+    "The striker scored twice in the second half.",
+    "Whisk the eggs with sugar until the mixture is pale.",
+    "A new phone was announced with a faster chip.",
+    "Heavy rain is expected across the north tomorrow.",
+    "Interest rates were left unchanged by the central bank.",
+    "Regular exercise lowers the risk of heart disease.",
+    "ok",
+    "This sentence is deliberately rather long, so that it needs many more word pieces than the others do "
+    "and the length grouping has something to group.",
+]
+
+
+@pytest.fixture(scope="module")
+def runtime(text_registry) -> TextRuntime:
+    return TextRuntime.from_registry(text_registry, limits=TextLimits(max_texts=8, max_chars=300, max_batch_tokens=64))
+
+
+def job(task, **inputs) -> Job:
+    return Job(job_id="j", model="text", task=task, inputs=inputs)
+
+
+def run(runtime, *jobs):
+    return runtime.infer([runtime.prepare(j) for j in jobs])
+
+
+def test_embed_gives_unit_vectors_and_a_batch_gives_the_same_vectors_as_single_jobs(runtime):
+    (together,) = run(runtime, job("embed", texts=SENTENCES))
+    grouped = runtime.last_batch
+    assert grouped.encoder_calls >= 2 and grouped.padding_waste < grouped.padding_waste_unsorted
+    vectors = together["embeddings"].to_numpy()
+    assert vectors.shape == (len(SENTENCES), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    alone = np.stack([run(runtime, job("embed", texts=[s]))[0]["embeddings"].to_numpy()[0] for s in SENTENCES])
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
+
+
+def test_similarity_ranks_a_paraphrase_above_an_unrelated_sentence(runtime):
+    (out,) = run(runtime, job("similarity",
+                              left=["The match was won in extra time.", "The match was won in extra time."],
+                              right=["They won the game after extra time.", "Bake the bread for forty minutes."]))
+    close, far = out["scores"].to_numpy()
+    assert close > 0.6 > far
+
+
+def test_classify_reaches_85_percent_on_the_held_out_sentences(runtime, text_registry):
+    _, held_out = labelled_split()
+    outs = run(runtime, *[job("classify", texts=[text]) for text, _ in held_out])
+    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out)])
+    assert accuracy >= 0.85
+    assert text_registry.resolve("text", "production").metrics["accuracy"] == pytest.approx(accuracy)
+    assert outs[0]["scores"].to_numpy().shape == (1, len(outs[0]["label_names"]))
+
+
+def test_over_long_text_is_truncated_and_flagged_not_refused(text_registry):
+    runtime = TextRuntime.from_registry(text_registry, max_seq_len=12)
+    (out,) = run(runtime, job("embed", texts=["short", SENTENCES[-1]]))
+    assert out["truncated"].to_numpy().tolist() == [False, True]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (job(None, texts=["x"]), "task"),
+    (job("translate", texts=["x"]), "embed, similarity, classify"),
+    (job("embed", texts=[]), "non-empty list"),
+    (job("embed", text=["x"]), "`texts`"),
+    (job("embed", texts=["x"] * 9), "at most 8"),
+    (job("classify", texts=["y" * 301]), "at most 300"),
+    (job("similarity", left=["a", "b"], right=["c"]), "pair up"),
+])
+def test_bad_jobs_are_refused_with_a_clear_message(runtime, bad, message):
+    with pytest.raises(InvalidJob, match=message):
+        runtime.prepare(bad)
+
+
+def test_pytorch_backend_agrees_with_onnx_runtime(runtime, text_registry):
+    torch_runtime = TextRuntime.from_registry(text_registry, backend="torch")
+    (onnx_out,) = run(runtime, job("embed", texts=SENTENCES))
+    (torch_out,) = run(torch_runtime, job("embed", texts=SENTENCES))
+    difference = np.abs(onnx_out["embeddings"].to_numpy() - torch_out["embeddings"].to_numpy()).max()
+    assert difference < 1e-4
+
+
+@pytest.mark.gpu
+def test_pytorch_backend_on_cuda_agrees_with_cpu(runtime, text_registry):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (the GPU tests run on a GPU host)")
+    from aiaas.text.runtime import TorchEncoder
+
+    cuda = TextRuntime(TorchEncoder(None, device="cuda"), runtime.tokenizer, runtime.head, runtime.version)
+    (cpu_out,) = run(runtime, job("embed", texts=SENTENCES))
+    (gpu_out,) = run(cuda, job("embed", texts=SENTENCES))
+    assert np.abs(cpu_out["embeddings"].to_numpy() - gpu_out["embeddings"].to_numpy()).max() < 1e-3
