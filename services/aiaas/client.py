@@ -25,7 +25,7 @@ from .codec import decode_result, encode
 from .contracts import InputValue, Job, Result, new_job_id
 from .errors import AiaasError, BrokerUnavailable
 from .settings import KafkaSettings
-from .topics import ModelTopics, ensure_topics
+from .topics import ModelTopics, ensure_topics, partition_count
 
 __all__ = ["AiaasClient", "JobHandle", "broker_unreachable"]
 
@@ -238,14 +238,9 @@ async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) 
     consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
     await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
-    for _ in range(50):
-        if partitions:
-            break
-        await asyncio.sleep(0.1)
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-        partitions = consumer.partitions_for_topic(topic)
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+    # The consumer's metadata may predate a topic created a moment ago: ask the cluster itself.
+    partitions = consumer.partitions_for_topic(topic) or range(await partition_count(kafka, topic))
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     if from_beginning:
         await consumer.seek_to_beginning(*assigned)

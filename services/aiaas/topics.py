@@ -76,3 +76,14 @@ async def list_topics(settings: KafkaSettings) -> dict[str, int]:
         return {d["topic"]: len(d["partitions"]) for d in described}
     finally:
         await admin.close()
+
+
+async def partition_count(settings: KafkaSettings, topic: str) -> int:
+    """How many partitions `topic` has (0 when it does not exist), asked of the cluster now."""
+    admin = AIOKafkaAdminClient(**settings.connection_kwargs())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return len(described["partitions"]) if described["error_code"] == 0 else 0
+    finally:
+        await admin.close()
