@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job end to end: local Kafka, the vision model built into the registry, the vision
-# service as its own process, 300 jobs published with the CLI, results streamed back, a
-# summary, and one job's full trace. Stops everything it started, also on failure or Ctrl-C.
+# The main job end to end: local Kafka; the vision, text and recsys models built into the
+# registry; each service as its own process; jobs published with the CLI, results streamed
+# back, a summary per service, one job of each kind shown, and one job's full trace.
+# Stops everything it started, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,46 +12,82 @@ export AIAAS_KAFKA_PORT="$port" AIAAS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
 jobs="${DEMO_JOBS:-300}"
 aiaas=.venv/bin/aiaas
 logs="$AIAAS_HOME/logs"
+models=(vision text recsys)
 mkdir -p "$logs"
 
 started_kafka=no
-service_pid=""
+declare -A service_pid=()
 cleanup() {
   status=$?
-  if [ -n "$service_pid" ] && kill -0 "$service_pid" 2>/dev/null; then
-    echo "== stopping the vision service (SIGTERM: drain, commit, leave the group)"
-    kill -TERM "$service_pid"; wait "$service_pid" 2>/dev/null || true
-  fi
+  for model in "${!service_pid[@]}"; do
+    pid="${service_pid[$model]}"
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "== stopping the $model service (SIGTERM: drain, commit, leave the group)"
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    fi
+  done
   if [ "$started_kafka" = yes ]; then echo "== stopping Kafka"; infra/kafka/kafka.sh stop; fi
-  if [ $status -ne 0 ]; then echo "demo FAILED (exit $status); service log: $logs/vision.log" >&2; tail -n 30 "$logs/vision.log" >&2 || true; fi
+  if [ $status -ne 0 ]; then
+    echo "demo FAILED (exit $status); service logs in $logs/" >&2
+    for model in "${models[@]}"; do [ -f "$logs/$model.log" ] && tail -n 15 "$logs/$model.log" >&2; done
+  fi
   exit $status
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+start_service() {  # start `python -m aiaas.$1` and wait for its "service ready" line
+  local model=$1
+  .venv/bin/python -m "aiaas.$model" >"$logs/$model.log" 2>&1 &
+  service_pid[$model]=$!
+  for _ in $(seq 1 240); do
+    grep -q "service ready" "$logs/$model.log" && return 0
+    kill -0 "${service_pid[$model]}" 2>/dev/null || { echo "the $model service exited" >&2; return 1; }
+    sleep 0.5
+  done
+  echo "the $model service did not become ready in 120 s" >&2; return 1
+}
+
 echo "== Kafka (KRaft, single node) on 127.0.0.1:$port"
 infra/kafka/kafka.sh status >/dev/null 2>&1 || started_kafka=yes
 infra/kafka/kafka.sh start
 
-echo "== building the vision model into the registry ($AIAAS_HOME/registry)"
-"$aiaas" models build vision
-
-echo "== starting the vision service (log: $logs/vision.log)"
-.venv/bin/python -m aiaas.vision >"$logs/vision.log" 2>&1 &
-service_pid=$!
-for _ in $(seq 1 120); do
-  grep -q "service ready" "$logs/vision.log" && break
-  kill -0 "$service_pid" 2>/dev/null || { echo "the vision service exited" >&2; exit 1; }
-  sleep 0.5
+for model in "${models[@]}"; do
+  echo "== building the $model model into the registry ($AIAAS_HOME/registry)"
+  "$aiaas" models build "$model"
 done
-grep -q "service ready" "$logs/vision.log" || { echo "the vision service did not become ready in 60 s" >&2; exit 1; }
 
-echo "== publishing $jobs held-out digits at once (a burst: throughput) and streaming their results back"
-"$aiaas" submit vision --digits-sample "$jobs" --wait --quiet | tee "$logs/summary.txt"
+for model in "${models[@]}"; do
+  echo "== starting the $model service (log: $logs/$model.log)"
+  start_service "$model"
+done
 
-echo "== publishing 100 more at 50 jobs/s (light load: latency)"
-"$aiaas" submit vision --digits-sample 100 --rate 50 --wait --quiet | tee "$logs/summary-paced.txt"
-job_id="$(awk '/example job id/ {print $4}' "$logs/summary-paced.txt")"
+echo
+echo "######## vision: digit images → label"
+echo "== $jobs held-out digits at once (a burst: throughput)"
+"$aiaas" submit vision --digits-sample "$jobs" --wait --quiet | tee "$logs/summary-vision.txt"
+echo "== 100 more at 50 jobs/s (light load: latency)"
+"$aiaas" submit vision --digits-sample 100 --rate 50 --wait --quiet | tee "$logs/summary-vision-paced.txt"
 
+echo
+echo "######## text: embeddings, similarity, topic classification"
+echo "== one job of each task"
+"$aiaas" submit text --embed "Kafka moves the jobs" "ONNX Runtime runs the model" \
+  --similarity "The match went to extra time." "They won the game after extra time." \
+  --classify "The central bank left interest rates unchanged." --wait | sed '/^summary/,$d'
+echo "== 108 held-out labelled sentences at once (classify)"
+"$aiaas" submit text --text-sample 108 --wait --quiet | tee "$logs/summary-text.txt"
+
+echo
+echo "######## recsys: recommendations from matrix factorisation"
+echo "== one job of each task"
+"$aiaas" submit recsys --recommend 7 --k 5 --wait | sed '/^summary/,$d'
+"$aiaas" submit recsys --recommend 999999 --k 5 --wait | sed '/^summary/,$d'
+"$aiaas" submit recsys --similar-items 3 --k 5 --wait | sed '/^summary/,$d'
+echo "== $jobs held-out users at once (recommend, hit = a held-out item in the top 10)"
+"$aiaas" submit recsys --users-sample "$jobs" --wait --quiet | tee "$logs/summary-recsys.txt"
+
+job_id="$(awk '/example job id/ {print $4}' "$logs/summary-vision-paced.txt")"
+echo
 echo "== the trace of job $job_id (client → service → batch inference → result → client)"
 "$aiaas" trace "$job_id"

@@ -78,3 +78,12 @@ def text_registry(session_registry: Registry) -> Registry:
 
     build(session_registry)
     return session_registry
+
+
+@pytest.fixture(scope="session")
+def recsys_registry(session_registry: Registry) -> Registry:
+    """The session registry with one real recsys version (ratings generated, model trained: a few seconds)."""
+    from aiaas.recsys.trainer import build
+
+    build(session_registry)
+    return session_registry

@@ -15,7 +15,7 @@ from .contracts import InputValue, Result
 
 __all__ = ["JobSpec", "ModelCli", "MODEL_TYPES", "model_cli"]
 
-MODEL_TYPES = ("vision", "text")
+MODEL_TYPES = ("vision", "text", "recsys")
 """Every model type, in the order the demo runs them. Each is the package `aiaas.<name>`."""
 
 

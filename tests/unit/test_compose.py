@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_parses_and_names_every_service():
     doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = doc["services"]
-    assert {"kafka", "jaeger", "vision", "vision-build"} <= set(services)
+    for model in ("vision", "text", "recsys"):
+        assert {model, f"{model}-build"} <= set(services)
+        assert services[model]["command"] == ["python", "-m", f"aiaas.{model}"]
     assert services["kafka"]["image"].startswith("apache/kafka:4.1")
     assert services["vision"]["environment"]["AIAAS_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert services["vision"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://jaeger:")

@@ -1,0 +1,26 @@
+"""`python -m aiaas.recsys`: run the recsys service until SIGTERM/SIGINT."""
+
+from ..registry import Registry
+from ..service import run_service
+from ..settings import HomeSettings
+from . import MODEL
+from .runtime import RecsysRuntime
+from .settings import RecsysSettings
+
+
+def main() -> None:
+    """Load the configured registry version and serve it."""
+    settings = RecsysSettings()
+    registry = Registry(HomeSettings().registry_dir)
+    run_service(
+        MODEL,
+        lambda: RecsysRuntime.from_registry(
+            registry, settings.model_version, providers=settings.execution_provider,
+            intra_op_threads=settings.intra_op_threads, max_k=settings.max_k,
+        ),
+        settings,
+    )
+
+
+if __name__ == "__main__":
+    main()

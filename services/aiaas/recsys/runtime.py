@@ -1,0 +1,172 @@
+"""The recsys model under ONNX Runtime (CUDA execution provider when present). No Kafka, no torch here.
+
+A batch is grouped by route — `collaborative` (recommend for a known user), `popularity`
+(recommend for a user the model never saw) and `item_cosine` (similar items) — and each
+ONNX route runs the session once for all of its jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..contracts import Job, Tensor
+from ..errors import InvalidJob
+from ..onnx_session import open_session
+from ..registry import Registry
+from ..runtime import Outputs
+from . import MODEL
+from .data import SERVING_FILE, ServingTables
+
+__all__ = ["RecsysRuntime", "TASKS", "DEFAULT_K"]
+
+TASKS = {"recommend": ("user_id", "k", "exclude_seen"), "similar_items": ("item_id", "k")}
+"""Each task and the inputs it takes (the first one is required)."""
+DEFAULT_K = 10
+"""How many items a job gets when it does not say `k`."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One validated job: its task, the user or item it is about, and how many items it wants."""
+
+    task: str
+    subject: int
+    k: int
+    exclude_seen: bool = False
+
+
+def _integer(job: Job, name: str, default: int | None = None) -> int:
+    """A plain integer input (booleans are not integers here)."""
+    value = job.inputs.get(name, default)
+    if value is None:
+        raise InvalidJob(f"task {job.task!r} needs an integer input `{name}`")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJob(f"`{name}` must be an integer; got {type(value).__name__}")
+    return value
+
+
+class RecsysRuntime:
+    """Recommends items for users and finds similar items; one ONNX Runtime run per route per batch."""
+
+    model = MODEL
+
+    def __init__(self, onnx_bytes: bytes, tables: ServingTables, version: str, *, aliases: Sequence[str] = (),
+                 providers: str = "auto", intra_op_threads: int = 0, max_k: int = 100) -> None:
+        self._session = open_session(onnx_bytes, providers, intra_op_threads)
+        (graph_items,) = [i.shape[1] for i in self._session.get_inputs() if i.name == "exclude"]
+        if graph_items != tables.n_items:
+            raise ValueError(f"the graph ranks {graph_items} items but {SERVING_FILE} describes {tables.n_items}")
+        self._tables = tables
+        # Unknown users get the most popular items; stable sort so ties keep a fixed order.
+        self._popular = np.argsort(-tables.popularity, kind="stable")
+        self._popular_share = (tables.popularity / max(tables.n_users, 1)).astype(np.float32)
+        self.max_k = min(max_k, tables.n_items)
+        self.version = version
+        self._refs = {version, f"v{version}", *aliases}
+        self.session_runs = 0
+        """ONNX Runtime runs so far (at most one per route per batch)."""
+        self._runners: dict[str, Callable[[list[_Request]], list[Outputs]]] = {
+            "collaborative": self._recommend, "popularity": self._by_popularity, "item_cosine": self._similar,
+        }
+
+    @classmethod
+    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: object) -> "RecsysRuntime":
+        """Load a sha256-verified version (or alias) and its serving tables from the registry."""
+        version, data = registry.load_verified(MODEL, ref)
+        tables = ServingTables.from_bytes(registry.load_companions(version)[SERVING_FILE])
+        aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
+        return cls(data, tables, str(version.version), aliases=aliases, **kwargs)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use, best first."""
+        return self._session.get_providers()
+
+    @property
+    def n_items(self) -> int:
+        """Items the model knows (ids 0..n_items-1)."""
+        return self._tables.n_items
+
+    def serves(self, ref: str) -> bool:
+        """True for this version's number or one of its aliases."""
+        return ref in self._refs
+
+    def prepare(self, job: Job) -> _Request:
+        """Check the task and its inputs; raise InvalidJob naming what is valid."""
+        if job.task not in TASKS:
+            raise InvalidJob(f"recsys jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
+        unexpected = sorted(set(job.inputs) - set(TASKS[job.task]))
+        if unexpected:
+            raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
+                             f"unexpected: {', '.join(unexpected)}")
+        k = _integer(job, "k", min(DEFAULT_K, self.max_k))
+        if not 1 <= k <= self.max_k:
+            raise InvalidJob(f"`k` must be within 1..{self.max_k}; got {k}")
+        if job.task == "similar_items":
+            return _Request(job.task, self._item(job), k)
+        user = _integer(job, "user_id")
+        if user < 0:
+            raise InvalidJob(f"`user_id` must be a non-negative integer; got {user}")
+        exclude_seen = job.inputs.get("exclude_seen", True)
+        if not isinstance(exclude_seen, bool):
+            raise InvalidJob(f"`exclude_seen` must be a boolean; got {type(exclude_seen).__name__}")
+        return _Request(job.task, user, k, exclude_seen)
+
+    def _item(self, job: Job) -> int:
+        item = _integer(job, "item_id")
+        if not 0 <= item < self.n_items:
+            raise InvalidJob(f"unknown `item_id` {item}: items are 0..{self.n_items - 1}")
+        return item
+
+    def infer(self, items: Sequence[_Request]) -> list[Outputs]:
+        """Top-k items and scores for every request, in order; one session run per ONNX route."""
+        routes: dict[str, list[int]] = {}
+        for index, request in enumerate(items):
+            routes.setdefault(self._route(request), []).append(index)
+        outputs: list[Outputs] = [{} for _ in items]
+        for route, indices in routes.items():
+            batch = [items[i] for i in indices]
+            for index, out in zip(indices, self._runners[route](batch)):
+                outputs[index] = out | {"strategy": route}
+        return outputs
+
+    def _route(self, request: _Request) -> str:
+        if request.task == "similar_items":
+            return "item_cosine"
+        known = 0 <= request.subject < self._tables.n_users and len(self._tables.seen(request.subject)) > 0
+        return "collaborative" if known else "popularity"
+
+    def _recommend(self, batch: list[_Request]) -> list[Outputs]:
+        users = np.array([r.subject for r in batch], dtype=np.int64)
+        exclude = np.zeros((len(batch), self.n_items), dtype=bool)
+        for row, request in enumerate(batch):
+            if request.exclude_seen:
+                exclude[row, self._tables.seen(request.subject)] = True
+        ranked, scores = self._run(["recommend_items", "recommend_scores"], user_id=users, exclude=exclude)
+        return [_top(ranked[row], scores[row], r.k) for row, r in enumerate(batch)]
+
+    def _similar(self, batch: list[_Request]) -> list[Outputs]:
+        query = np.array([r.subject for r in batch], dtype=np.int64)
+        ranked, scores = self._run(["similar_items", "similar_scores"], item_id=query)
+        return [_top(ranked[row], scores[row], r.k) for row, r in enumerate(batch)]
+
+    def _by_popularity(self, batch: list[_Request]) -> list[Outputs]:
+        # A user the model never saw has no seen items to leave out, so exclude_seen changes nothing.
+        return [_top(self._popular, self._popular_share[self._popular], r.k) for r in batch]
+
+    def _run(self, names: list[str], **feeds: np.ndarray) -> list[np.ndarray]:
+        """One session run for one route; the other route's inputs are fed empty (zero rows)."""
+        empty = {"user_id": np.zeros(0, np.int64), "exclude": np.zeros((0, self.n_items), bool),
+                 "item_id": np.zeros(0, np.int64)}
+        self.session_runs += 1
+        return self._session.run(names, empty | feeds)
+
+
+def _top(ranked: np.ndarray, scores: np.ndarray, k: int) -> Outputs:
+    """The first k ranked entries whose score is finite (-inf marks left-out items)."""
+    keep = np.isfinite(scores[:k])
+    return {"items": Tensor.from_numpy(ranked[:k][keep].astype(np.int64)),
+            "scores": Tensor.from_numpy(scores[:k][keep].astype(np.float32))}
