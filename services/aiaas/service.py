@@ -5,6 +5,8 @@ topics, joins its consumer group on `<prefix>.<model>.infer`, and runs a `JobPip
 (fetch → batch → model → publish → commit, with bounded in-flight work and paused partitions
 when it is full). Results and dead letters go out through an idempotent `acks=all` producer.
 SIGTERM or SIGINT stops fetching, drains in-flight work, commits, and leaves the group.
+The service also follows `<prefix>.models`: when the alias it serves moves, the new version
+is loaded in the background and takes over between two batches (`RuntimeSet`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from .announce import ModelWatcher
 from .pipeline import JobPipeline, PipelineStats
+from .registry import Registry
 from .runtime import ModelRuntime
+from .runtimes import RuntimeSet
 from .settings import KafkaSettings, WorkerSettings
-from .topics import ModelTopics, dlq_topic, ensure_topics, service_topics
+from .topics import ModelTopics, dlq_topic, ensure_topics, models_topic, service_topics
 from .tracing import setup_tracing
 from .worker import BatchWorker
 
@@ -41,10 +46,11 @@ class KafkaSink:
 
 
 class ModelService:
-    """Wires one runtime to its topics: `<prefix>.<model>.infer` in, `.results` and `.dlq` out."""
+    """Wires one model type's runtimes to its topics: `.infer` in, `.results` and `.dlq` out, `.models` followed."""
 
-    def __init__(self, runtime: ModelRuntime, kafka: KafkaSettings, worker: WorkerSettings) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: ModelRuntime | RuntimeSet, kafka: KafkaSettings, worker: WorkerSettings) -> None:
+        self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
+        self.runtime = self.runtimes.current
         self.kafka = kafka
         self.settings = worker
         self.topics = ModelTopics.of(runtime.model, kafka.topic_prefix)
@@ -73,8 +79,11 @@ class ModelService:
             max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
         )
         await producer.start()
+        watcher = ModelWatcher(self.kafka, self.runtime.model)
+        await watcher.start()  # before "ready": a promotion announced after that is never missed
+        following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
         worker = BatchWorker(
-            self.runtime, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
+            self.runtimes, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
             group=self.group, max_message_bytes=self.kafka.max_message_bytes,
         )
         pipeline = JobPipeline(
@@ -88,12 +97,15 @@ class ModelService:
             if self._stop_requested:
                 pipeline.stop()
             log.info(
-                "%s service ready: %s v%s, consuming %s as group %s (max_batch %d, max_in_flight %d)",
-                self.runtime.model, self.runtime.model, self.runtime.version, self.topics.infer, self.group,
-                self.settings.max_batch, self.settings.max_in_flight,
+                "%s service ready: %s v%s (%s), consuming %s as group %s (max_batch %d, max_in_flight %d)",
+                self.runtime.model, self.runtime.model, self.runtime.version, self.runtimes.serve_ref,
+                self.topics.infer, self.group, self.settings.max_batch, self.settings.max_in_flight,
             )
             stats = await pipeline.run()
         finally:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+            await watcher.stop()
             await consumer.stop()  # leaves the group, so its partitions move at once
             await producer.stop()
             worker.close()
@@ -104,12 +116,33 @@ class ModelService:
         return stats
 
 
-def run_service(model: str, load_runtime: Callable[[], ModelRuntime], worker: WorkerSettings) -> None:
-    """Entry point body of a model service process: tracing, runtime, serve until SIGTERM/SIGINT."""
+    async def _follow_registry(self, watcher: ModelWatcher) -> None:
+        """Load the served alias's new version in the background whenever the registry announces a move."""
+        while True:
+            try:
+                async for event in watcher.events():
+                    log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version, event.aliases)
+                    await self.runtimes.follow(event.aliases)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the models topic is advisory: never let it stop the service
+                log.exception("following %s failed; retrying in 5 s", models_topic(self.kafka.topic_prefix))
+                await asyncio.sleep(5)
+
+
+def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker: WorkerSettings,
+                registry: Registry) -> None:
+    """Entry point body of a model service process: tracing, runtime, serve until SIGTERM/SIGINT.
+
+    `load_runtime(ref)` loads a sha256-checked registry version or alias; the service calls it
+    for `worker.model_version` at start and again, in the background, when that alias moves.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = setup_tracing(f"aiaas-{model}")
     try:
-        asyncio.run(_serve(ModelService(load_runtime(), KafkaSettings(), worker)))
+        runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
+                              aliases=registry.aliases(model))
+        asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
     finally:
         provider.shutdown()
 

@@ -26,6 +26,7 @@ from .codec import decode_job, encode
 from .contracts import ErrorInfo, Job, Result, Timings
 from .errors import AiaasError, InvalidJob, ModelFailure, UnknownModelVersion
 from .runtime import ModelRuntime
+from .runtimes import RuntimeSet
 from .topics import ModelTopics
 
 __all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "DLQ_HEADERS"]
@@ -70,6 +71,8 @@ class _InFlight:
     record: KafkaRecord
     span: Span
     job: Job | None = None
+    runtime: ModelRuntime | None = None
+    pending_version: str | None = None  # a pinned version that must be loaded before this job can run
     item: Any = None
     result: Result | None = None
     error: AiaasError | None = None
@@ -104,7 +107,7 @@ class BatchWorker:
 
     def __init__(
         self,
-        runtime: ModelRuntime,
+        runtime: ModelRuntime | RuntimeSet,
         sink: ResultSink,
         *,
         topics: ModelTopics,
@@ -112,7 +115,7 @@ class BatchWorker:
         group: str,
         max_message_bytes: int,
     ) -> None:
-        self.runtime = runtime
+        self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self._sink = sink
         self._topics = topics
         self._dlq = dlq_topic
@@ -120,7 +123,12 @@ class BatchWorker:
         self._max_bytes = max_message_bytes
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
         # One model call at a time, off the event loop so Kafka heartbeats and I/O keep going.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{runtime.model}-model")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.runtimes.model}-model")
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The runtime serving unpinned jobs now."""
+        return self.runtimes.current
 
     async def handle(self, records: Sequence[KafkaRecord]) -> None:
         """Process one batch; returns once every outcome is acknowledged by the broker."""
@@ -131,12 +139,17 @@ class BatchWorker:
 
         The returned batch holds one outcome per job; its spans stay open until `publish`.
         """
+        self.runtimes.swap_if_ready()  # a new production version takes over between batches, never inside one
         picked_at = time.time()
         batch = [self._admit(record, picked_at) for record in records]
-        runnable = sorted((job for job in batch if job.item is not None), key=lambda j: -j.job.priority)
         try:
-            if runnable:
-                await self._infer(runnable, picked_at)
+            await self._load_pinned(batch, picked_at)
+            runnable = sorted((job for job in batch if job.item is not None), key=lambda j: -j.job.priority)
+            groups: dict[int, list[_InFlight]] = {}
+            for job in runnable:
+                groups.setdefault(id(job.runtime), []).append(job)
+            for group in groups.values():
+                await self._infer(group, picked_at)
         except BaseException:
             _end_spans(batch)
             raise
@@ -150,8 +163,9 @@ class BatchWorker:
             _end_spans(batch.jobs)
 
     def close(self) -> None:
-        """Release the model thread."""
+        """Release the model and loader threads."""
         self._executor.shutdown(wait=True)
+        self.runtimes.close()
 
     def _admit(self, record: KafkaRecord, picked_at: float) -> _InFlight:
         """Open the job's CONSUMER span, decode and validate it; bad jobs get an error result."""
@@ -170,7 +184,12 @@ class BatchWorker:
             if job.job.deadline is not None and job.job.deadline < picked_at:
                 job.result = self._outcome(job.job, "expired", picked_at)
                 return job
-            job.item = self.runtime.prepare(job.job)
+            routed = self.runtimes.route(job.job.model_version)
+            if isinstance(routed, str):
+                job.pending_version = routed  # prepared after `_load_pinned`
+                return job
+            job.runtime = routed
+            job.item = routed.prepare(job.job)
         except AiaasError as exc:
             self._fail(job, exc, picked_at)
         except Exception as exc:  # a runtime's unexpected complaint is still the job's fault, not the worker's
@@ -178,31 +197,48 @@ class BatchWorker:
         return job
 
     def _check_routing(self, job: Job) -> None:
-        if job.model != self.runtime.model:
-            raise InvalidJob(f"job is for model {job.model!r} but this topic is served by {self.runtime.model!r}")
+        if job.model != self.runtimes.model:
+            raise InvalidJob(f"job is for model {job.model!r} but this topic is served by {self.runtimes.model!r}")
         if job.kind != "infer":
             raise InvalidJob(f"job kind {job.kind!r} does not belong on {self._topics.infer}")
-        if job.model_version is not None and not self.runtime.serves(job.model_version):
-            raise UnknownModelVersion(
-                f"this service runs {self.runtime.model} v{self.runtime.version}; "
-                f"version {job.model_version!r} is not served"
-            )
+
+    async def _load_pinned(self, batch: list[_InFlight], picked_at: float) -> None:
+        """Load the versions that jobs pinned and this instance does not hold yet, then prepare those jobs."""
+        for version in {job.pending_version for job in batch if job.pending_version is not None}:
+            waiting = [job for job in batch if job.pending_version == version]
+            try:
+                runtime = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.runtimes.load_pinned, version)
+            except Exception as exc:
+                error = exc if isinstance(exc, AiaasError) else UnknownModelVersion(f"v{version}: {exc}")
+                for job in waiting:
+                    self._fail(job, error, picked_at)
+                continue
+            for job in waiting:
+                job.runtime = runtime
+                try:
+                    job.item = runtime.prepare(job.job)
+                except AiaasError as exc:
+                    self._fail(job, exc, picked_at)
+                except Exception as exc:
+                    self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"), picked_at)
 
     async def _infer(self, runnable: list[_InFlight], picked_at: float) -> None:
-        """One model call for the batch, in a span linked from every job in it."""
+        """One model call for the jobs of one runtime, in a span linked from every job in it."""
+        runtime = runnable[0].runtime
         attributes = {
             "messaging.batch.message_count": len(runnable),
-            tracing.MODEL: self.runtime.model,
-            tracing.MODEL_VERSION: self.runtime.version,
+            tracing.MODEL: runtime.model,
+            tracing.MODEL_VERSION: runtime.version,
         }
         links = [Link(job.span.get_span_context()) for job in runnable]
         with self._tracer.start_as_current_span(
-            f"infer {self.runtime.model}", context=Context(), links=links, attributes=attributes
+            f"infer {runtime.model}", context=Context(), links=links, attributes=attributes
         ) as span:
             started = time.perf_counter()
             try:
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.runtime.infer, [job.item for job in runnable]
+                    self._executor, runtime.infer, [job.item for job in runnable]
                 )
                 if len(outputs) != len(runnable):
                     raise ModelFailure(f"model returned {len(outputs)} outputs for {len(runnable)} jobs")
@@ -216,7 +252,7 @@ class BatchWorker:
                 return
         timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
         for job, out in zip(runnable, outputs):
-            job.result = self._outcome(job.job, "ok", picked_at, outputs=out, **timings)
+            job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
 
     def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
         job.error = error
@@ -229,13 +265,14 @@ class BatchWorker:
                 attributes=job.job.attributes if job.job else {},
             )
 
-    def _outcome(self, job: Job, status: str, picked_at: float, *, outputs=None, inference_ms=0.0, batch_size=0) -> Result:
+    def _outcome(self, job: Job, status: str, picked_at: float, *, outputs=None, version=None, inference_ms=0.0,
+                 batch_size=0) -> Result:
         return Result(
             job_id=job.job_id,
             model=self.runtime.model,
             status=status,
             outputs=outputs or {},
-            model_version=self.runtime.version if status == "ok" else None,
+            model_version=version,
             timings=Timings(
                 queue_wait_ms=max(0.0, (picked_at - job.created_at) * 1000),
                 inference_ms=inference_ms,

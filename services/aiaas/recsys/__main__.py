@@ -14,11 +14,12 @@ def main() -> None:
     registry = Registry(HomeSettings().registry_dir)
     run_service(
         MODEL,
-        lambda: RecsysRuntime.from_registry(
-            registry, settings.model_version, providers=settings.execution_provider,
+        lambda ref: RecsysRuntime.from_registry(
+            registry, ref, providers=settings.execution_provider,
             intra_op_threads=settings.intra_op_threads, max_k=settings.max_k,
         ),
         settings,
+        registry,
     )
 
 

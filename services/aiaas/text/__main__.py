@@ -15,11 +15,12 @@ def main() -> None:
     limits = TextLimits(settings.max_texts_per_job, settings.max_chars_per_text, settings.max_batch_tokens)
     run_service(
         MODEL,
-        lambda: TextRuntime.from_registry(
-            registry, settings.model_version, backend=settings.backend, providers=settings.execution_provider,
+        lambda ref: TextRuntime.from_registry(
+            registry, ref, backend=settings.backend, providers=settings.execution_provider,
             intra_op_threads=settings.intra_op_threads, max_seq_len=settings.max_seq_len, limits=limits,
         ),
         settings,
+        registry,
     )
 
 

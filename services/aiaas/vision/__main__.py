@@ -14,11 +14,12 @@ def main() -> None:
     registry = Registry(HomeSettings().registry_dir)
     run_service(
         MODEL,
-        lambda: VisionRuntime.from_registry(
-            registry, settings.model_version, providers=settings.execution_provider,
+        lambda ref: VisionRuntime.from_registry(
+            registry, ref, providers=settings.execution_provider,
             intra_op_threads=settings.intra_op_threads,
         ),
         settings,
+        registry,
     )
 
 

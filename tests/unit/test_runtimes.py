@@ -1,0 +1,86 @@
+"""Hot reload with fake runtimes: background load, swap between batches, pinned versions."""
+
+import asyncio
+import threading
+
+import pytest
+
+from aiaas.codec import decode_result
+from aiaas.errors import UnknownModelVersion
+from aiaas.runtimes import RuntimeSet
+from aiaas.topics import ModelTopics
+from aiaas.worker import BatchWorker
+from tests.fakes import RecordingSink, SumRuntime, job_record
+
+TOPICS = ModelTopics.of("vision", "p")
+
+
+class Versioned(SumRuntime):
+    def __init__(self, version: str):
+        super().__init__()
+        self.version = version
+
+
+def versions_of(sink) -> dict[str, str]:
+    return {r.job_id: r.model_version for r in (decode_result(v, 1 << 20) for _, v, _, _ in sink.on(TOPICS.results))}
+
+
+def make(load, aliases=None):
+    runtimes = RuntimeSet(Versioned("1"), load=load, aliases=aliases or {"production": 1})
+    sink = RecordingSink()
+    worker = BatchWorker(runtimes, sink, topics=TOPICS, dlq_topic="p.dlq", group="g", max_message_bytes=1 << 20)
+    return runtimes, worker, sink
+
+
+async def test_a_promotion_loads_in_the_background_and_swaps_between_batches():
+    release = threading.Event()
+
+    def slow_load(version):
+        release.wait(5)  # the load takes a while: batches must keep running meanwhile
+        return Versioned(version)
+
+    runtimes, worker, sink = make(slow_load)
+    follow = asyncio.create_task(runtimes.follow({"production": 2}))
+    await worker.handle([job_record(0, [1.0])])  # served by v1 while v2 loads
+    release.set()
+    await follow
+    assert versions_of(sink) == {"job-0": "1"}
+    await worker.handle([job_record(1, [1.0]), job_record(2, [1.0])])
+    assert versions_of(sink) == {"job-0": "1", "job-1": "2", "job-2": "2"}
+    assert worker.runtime.version == "2"
+
+
+async def test_a_failed_load_keeps_the_old_version_serving():
+    def broken(version):
+        raise RuntimeError("artifact corrupted")
+
+    runtimes, worker, sink = make(broken)
+    await runtimes.follow({"production": 2})
+    await worker.handle([job_record(0, [1.0])])
+    assert versions_of(sink) == {"job-0": "1"}
+
+
+async def test_pinned_versions_load_on_first_use_run_in_their_own_model_call_and_are_kept():
+    loads = []
+
+    def load(version):
+        loads.append(version)
+        if version == "9":
+            raise UnknownModelVersion("model 'vision' has no version or alias '9'")
+        return Versioned(version)
+
+    runtimes, worker, sink = make(load, {"production": 1, "staging": 3})
+    await worker.handle([job_record(0, [1.0]), job_record(1, [2.0], model_version="staging"),
+                         job_record(2, [3.0], model_version="v9"), job_record(3, [4.0], model_version="3")])
+    got = {r.job_id: r for r in (decode_result(v, 1 << 20) for _, v, _, _ in sink.on(TOPICS.results))}
+    assert (got["job-0"].model_version, got["job-1"].model_version, got["job-3"].model_version) == ("1", "3", "3")
+    assert got["job-2"].status == "error" and got["job-2"].error.type == "UnknownModelVersion"
+    assert got["job-1"].timings.batch_size == 2 and got["job-0"].timings.batch_size == 1  # one call per version
+    await worker.handle([job_record(4, [1.0], model_version="staging")])
+    assert sorted(loads) == ["3", "9"]  # v3 was kept, not loaded again
+
+
+def test_an_unknown_alias_is_a_clear_error():
+    runtimes = RuntimeSet(Versioned("1"), aliases={"production": 1})
+    with pytest.raises(UnknownModelVersion, match="no version or alias 'canary'"):
+        runtimes.route("canary")
