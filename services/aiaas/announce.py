@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgpack
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import BaseModel, Field, ValidationError
 
 from .settings import KafkaSettings
@@ -72,15 +72,15 @@ class ModelWatcher:
             await consumer.position(tp)
         self._consumer = consumer
 
-    async def events(self) -> AsyncIterator[ModelEvent]:
-        """The events, as they arrive, until `stop()`."""
+    async def events(self) -> AsyncIterator[tuple[ModelEvent, ConsumerRecord]]:
+        """The events, with their records (headers carry the trace context), as they arrive, until `stop()`."""
         assert self._consumer is not None, "call start() first"
         while True:
             for records in (await self._consumer.getmany(timeout_ms=1000)).values():
                 for record in records:
                     event = _decode(record.value)
                     if event is not None and event.model == self._model:
-                        yield event
+                        yield event, record
 
     async def stop(self) -> None:
         """Disconnect."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
+import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -16,7 +20,7 @@ from .client import AiaasClient, JobHandle
 from .contracts import Result
 from .errors import AiaasError
 from .model_cli import MODEL_TYPES, JobSpec, model_cli
-from .registry import Registry
+from .registry import ModelVersion, Registry
 from .settings import HomeSettings, KafkaSettings
 
 __all__ = ["main"]
@@ -38,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
         model_parser.add_argument("--rate", type=float, default=0.0,
                                   help="jobs per second, open loop (default: all at once, a burst)")
 
+    train = sub.add_parser("train", help="publish a training job (a trainer: python -m aiaas.training <model>)")
+    train.add_argument("model", choices=("vision", "text"))
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--data", metavar="FILE", help="training data on the trainer's machine (.parquet, .npz, .jsonl)")
+    train.add_argument("--data-sha256", help="refuse the file unless its sha256 is this (default: computed now)")
+    train.add_argument("--base-version", help="fine-tune from this version or alias")
+    train.add_argument("--follow", action="store_true", help="show progress until the job ends")
+    train.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each event (--follow)")
+
     results = sub.add_parser("results", help="print results as they arrive")
     results.add_argument("model", choices=MODEL_TYPES)
     results.add_argument("--follow", action="store_true", help="keep reading new results until Ctrl-C")
@@ -54,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="versions and aliases")
     build = models_sub.add_parser("build", help="train a model and register a new version")
     build.add_argument("model", choices=MODEL_TYPES)
+    show_version = models_sub.add_parser("show", help="one version's metadata and the model's alias history")
+    show_version.add_argument("model", choices=MODEL_TYPES)
+    show_version.add_argument("ref", nargs="?", default="production", help="version (3, v3) or alias")
+    show_version.add_argument("--history", type=int, default=10, help="how many recent alias moves to print")
+    promote = models_sub.add_parser("promote", help="point an alias at a version; running services reload")
+    promote.add_argument("model", choices=MODEL_TYPES)
+    promote.add_argument("ref", help="version (3, v3) or another alias")
+    promote.add_argument("--alias", default="production")
+    rollback = models_sub.add_parser("rollback", help="move an alias back to where it pointed before")
+    rollback.add_argument("model", choices=MODEL_TYPES)
+    rollback.add_argument("--alias", default="production")
 
     schemas = sub.add_parser("schemas", help="the generated contract documents in schemas/")
     schemas.add_argument("action", choices=("write", "check"))
@@ -197,12 +224,10 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     registry = Registry(HomeSettings().registry_dir)
-    if args.action == "build":
-        trainer = importlib.import_module(f"aiaas.{args.model}.trainer")
-        version = trainer.build(registry)
-        print(f"built {version.model} v{version.version}  sha256={version.sha256[:16]}…  "
-              f"metrics={version.metrics}  → {registry.root / version.model / f'v{version.version}'}")
-        return 0
+    return _MODEL_ACTIONS[args.action](registry, args)
+
+
+def _models_list(registry: Registry, args: argparse.Namespace) -> int:
     for model in registry.models():
         aliases = registry.aliases(model)
         for v in registry.versions(model):
@@ -212,6 +237,102 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not registry.models():
         print(f"registry {registry.root} is empty: run `aiaas models build <{'|'.join(MODEL_TYPES)}>`")
     return 0
+
+
+def _models_build(registry: Registry, args: argparse.Namespace) -> int:
+    trainer = importlib.import_module(f"aiaas.{args.model}.trainer")
+    version = trainer.build(registry)
+    print(f"built {version.model} v{version.version}  sha256={version.sha256[:16]}…  "
+          f"metrics={version.metrics}  → {registry.root / version.model / f'v{version.version}'}")
+    _announce(registry, version, "registered")
+    return 0
+
+
+def _models_show(registry: Registry, args: argparse.Namespace) -> int:
+    version = registry.resolve(args.model, args.ref)
+    tags = [a for a, n in sorted(registry.aliases(args.model).items()) if n == version.version]
+    rows = [
+        ("aliases", ", ".join(tags) or "-"),
+        ("artifact", f"{version.artifact}  sha256={version.sha256}"),
+        *[("file", f"{name}  sha256={digest}") for name, digest in version.files.items()],
+        ("metrics", " ".join(f"{k}={val:.4g}" for k, val in version.metrics.items()) or "-"),
+        ("params", json.dumps(version.params, sort_keys=True, default=str)),
+        ("data_hash", version.data_hash or "-"),
+        ("parent", _ref(version.parent) if version.parent else "-"),
+        ("job_id", version.job_id or "-"),
+        ("created_at", _when(version.created_at)),
+    ]
+    print(f"{version.model} v{version.version}")
+    for name, value in rows:
+        print(f"  {name:11} {value}")
+    print(_history_block(registry, args.model, args.history))
+    return 0
+
+
+def _history_block(registry: Registry, model: str, limit: int) -> str:
+    moves = registry.alias_history(model)[-limit:] if limit > 0 else []
+    if not moves:
+        return "alias history: none recorded"
+    lines = [f"alias history (latest {len(moves)}, oldest first)"]
+    lines += [f"  {_when(m.at)}  {m.alias:11} {_ref(m.previous)} → v{m.version}  {m.reason}" for m in moves]
+    return "\n".join(lines)
+
+
+def _models_promote(registry: Registry, args: argparse.Namespace) -> int:
+    before = registry.aliases(args.model).get(args.alias)
+    version = registry.promote(args.model, args.ref, alias=args.alias)
+    if before == version.version:
+        print(f"{args.model} {args.alias}: already v{version.version}, nothing moved")
+        return 0
+    print(f"{args.model} {args.alias}: {_ref(before)} → v{version.version}")
+    _announce(registry, version, "promoted")
+    return 0
+
+
+def _models_rollback(registry: Registry, args: argparse.Namespace) -> int:
+    before = registry.aliases(args.model).get(args.alias)
+    version = registry.rollback(args.model, alias=args.alias)
+    print(f"{args.model} {args.alias}: {_ref(before)} → v{version.version} (rolled back)")
+    _announce(registry, version, "rolled_back")
+    return 0
+
+
+def _announce(registry: Registry, version: ModelVersion,
+              action: Literal["registered", "promoted", "rolled_back"]) -> None:
+    """Tell running services about a registry change; without a broker, warn and carry on."""
+    from aiokafka.errors import KafkaError
+
+    from .announce import ModelEvent, announce
+
+    settings = KafkaSettings()
+    event = ModelEvent(model=version.model, action=action, version=version.version,
+                       aliases=registry.aliases(version.model),
+                       job_id=version.job_id if action == "registered" else None)
+    try:
+        asyncio.run(announce(settings, event))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # The registry change already stands (services read the registry when they start), so
+        # an unreachable broker is a warning, not a failure that would invite a second promote.
+        print(f"aiaas: warning: the registry changed, but running {version.model} services were not told "
+              f"(cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}); "
+              "they will pick it up when restarted", file=sys.stderr)
+
+
+def _ref(version: int | None) -> str:
+    return f"v{version}" if version is not None else "(none)"
+
+
+def _when(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+_MODEL_ACTIONS = {
+    "list": _models_list,
+    "build": _models_build,
+    "show": _models_show,
+    "promote": _models_promote,
+    "rollback": _models_rollback,
+}
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -227,7 +348,50 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 1 if drift else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    inputs: dict = {k: v for k in ("epochs", "learning_rate", "batch_size", "seed", "base_version")
+                    if (v := getattr(args, k)) is not None}
+    if args.data:
+        path = Path(args.data).resolve()
+        if not path.is_file():
+            raise AiaasError(f"--data {args.data}: no such file (the trainer reads it from the same path)")
+        inputs |= {"data_uri": path.as_uri(), "data_sha256": args.data_sha256 or hashlib.sha256(path.read_bytes()).hexdigest()}
+    return asyncio.run(_train(args, inputs))
+
+
+async def _train(args: argparse.Namespace, inputs: dict) -> int:
+    async with AiaasClient() as client:
+        handle = await client.train(args.model, inputs)
+        print(f"training job {handle.job_id} published to {args.model}.train")
+        if not args.follow:
+            return 0
+        async for event in handle.events(timeout=args.timeout):
+            print(_training_line(event), flush=True)
+        final = await handle.result(timeout=None)
+    return 0 if final.status == "succeeded" else 1
+
+
+def _training_line(event: Result) -> str:
+    """One line per event: a progress bar while running, the new version at the end."""
+    if event.status == "accepted":
+        return f"accepted (attempt {event.outputs.get('attempt', 1)})"
+    if event.status == "running" and event.progress is not None:
+        p = event.progress
+        bar = "#" * round(20 * p.epoch / p.epochs)
+        metric = f" {p.metric_name} {p.metric:.4f}" if p.metric is not None else ""
+        loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
+        return f"epoch {p.epoch:>3}/{p.epochs} [{bar:<20}]{loss}{metric} eta {p.eta_s or 0:.0f}s"
+    if event.status == "succeeded":
+        metrics = " ".join(f"{k.removeprefix('metric.')}={v:.4g}" for k, v in event.outputs.items()
+                           if k.startswith("metric."))
+        aliases = ",".join(event.outputs.get("aliases", [])) or "no alias"
+        return f"succeeded: {event.model} v{event.outputs.get('version')} ({aliases})  {metrics}"
+    detail = f"{event.error.type}: {event.error.message}" if event.error else ""
+    return f"{event.status}: {detail}"
+
+
 _COMMANDS = {
+    "train": _cmd_train,
     "submit": _cmd_submit,
     "results": _cmd_results,
     "trace": _cmd_trace,

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from . import tracing
 from .codec import decode_result, encode
-from .contracts import InputValue, Job, Result, new_job_id
+from .contracts import TERMINAL_STATUSES, InputValue, Job, Result, new_job_id
 from .errors import AiaasError, BrokerUnavailable
 from .settings import KafkaSettings
 from .topics import ModelTopics, ensure_topics, partition_count
@@ -48,8 +48,29 @@ class JobHandle:
     partition: int
     offset: int
     _future: asyncio.Future[tuple[Result, float]] = field(repr=False)
+    _progress: asyncio.Queue[Result] = field(default_factory=asyncio.Queue, repr=False)
     received_at: float | None = None
     """When the result reached this client (Unix seconds); set once `result()` has returned."""
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[Result]:
+        """A training job's events as they arrive (`accepted`, `running`…), ending with its final result.
+
+        `timeout` bounds the wait for each next event (TimeoutError names the job).
+        """
+        while True:
+            progress = asyncio.ensure_future(self._progress.get())
+            done, _ = await asyncio.wait({progress, self._future}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if progress in done:
+                yield progress.result()
+                continue
+            progress.cancel()
+            if not done:
+                raise TimeoutError(f"no event for job {self.job_id} within {timeout}s: is the {self.job.model} trainer running?")
+            while not self._progress.empty():  # events that arrived together with the final one
+                yield self._progress.get_nowait()
+            yield await self.result(timeout=None)
+            return
 
     @property
     def job_id(self) -> str:
@@ -73,16 +94,22 @@ class JobHandle:
 
 
 class _SeenIds:
-    """The most recent job ids seen, to drop duplicate results (bounded memory)."""
+    """The most recent results seen, to drop duplicates (bounded memory).
+
+    A job's final result is seen once per job id; a training job's progress events once per
+    (job id, status, epoch), so a replayed training run does not repeat them either.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[tuple, None] = OrderedDict()
         self._capacity = capacity
 
-    def first_time(self, job_id: str) -> bool:
-        if job_id in self._ids:
+    def first_time(self, result: Result) -> bool:
+        key = (result.job_id,) if result.status in TERMINAL_STATUSES else \
+            (result.job_id, result.status, result.progress.epoch if result.progress else None)
+        if key in self._ids:
             return False
-        self._ids[job_id] = None
+        self._ids[key] = None
         if len(self._ids) > self._capacity:
             self._ids.popitem(last=False)
         return True
@@ -151,29 +178,48 @@ class AiaasClient:
         )
         return await self.submit_job(job)
 
+    async def train(
+        self,
+        model: str,
+        inputs: Mapping[str, InputValue] | None = None,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> JobHandle:
+        """Publish a training job to `<prefix>.<model>.train`.
+
+        `inputs` holds hyper-parameters (`epochs`, `learning_rate`, `batch_size`, `seed`), the data
+        (inline columns, or `data_uri` + `data_sha256`) and `base_version`; all optional.
+        Follow it with `handle.events()`; `await handle.result()` is its `succeeded`/`failed` event.
+        """
+        job = Job(kind="train", model=model, inputs=dict(inputs or {}), attributes=dict(attributes or {}),
+                  job_id=job_id or new_job_id())
+        return await self.submit_job(job)
+
     async def submit_job(self, job: Job) -> JobHandle:
-        """Publish a ready-made Job envelope."""
+        """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise)."""
         producer = self._require_producer()
         topics = ModelTopics.of(job.model, self.kafka.topic_prefix)
+        target = topics.train if job.kind == "train" else topics.infer
         results_topic = job.reply_to or topics.results
         async with self._setup_lock:
-            await self._ensure({topics.infer, results_topic})
+            await self._ensure({target, results_topic})
             listener = await self._listener(results_topic)
-        future = listener.expect(job.job_id)
+        future, progress = listener.expect(job.job_id)
         with self._tracer.start_as_current_span(
-            f"send {topics.infer}", kind=SpanKind.PRODUCER,
-            attributes=tracing.producer_attributes(topics.infer, job_id=job.job_id) | {tracing.MODEL: job.model},
+            f"send {target}", kind=SpanKind.PRODUCER,
+            attributes=tracing.producer_attributes(target, job_id=job.job_id) | {tracing.MODEL: job.model},
         ) as span:
             sent_at = time.time()
             try:
                 meta = await producer.send_and_wait(
-                    topics.infer, encode(job), key=job.job_id.encode(), headers=tracing.inject_headers()
+                    target, encode(job), key=job.job_id.encode(), headers=tracing.inject_headers()
                 )
             except KafkaError as exc:
                 raise broker_unreachable(self.kafka, exc) from exc
             span.set_attribute("messaging.destination.partition.id", str(meta.partition))
             span.set_attribute("messaging.kafka.offset", meta.offset)
-        return JobHandle(job, sent_at, meta.partition, meta.offset, future)
+        return JobHandle(job, sent_at, meta.partition, meta.offset, future, progress)
 
     async def results(self, model: str, *, from_beginning: bool = False, topic: str | None = None,
                       idle_timeout: float | None = None) -> AsyncIterator[Result]:
@@ -193,7 +239,7 @@ class AiaasClient:
                     return
                 for record in (r for records in batches.values() for r in records):
                     result = _receive(self._tracer, record, self.kafka.max_message_bytes)
-                    if result is not None and seen.first_time(result.job_id):
+                    if result is not None and seen.first_time(result):
                         yield result
         finally:
             await consumer.stop()
@@ -258,17 +304,18 @@ class _ResultListener:
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
         self._max_bytes = client.kafka.max_message_bytes
         self._consumer = consumer
-        self._waiting: dict[str, asyncio.Future[tuple[Result, float]]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[tuple[Result, float]], asyncio.Queue[Result]]] = {}
         self._task = asyncio.create_task(self._run())
 
     @classmethod
     async def start(cls, client: AiaasClient, topic: str) -> "_ResultListener":
         return cls(client, await _start_reader(client.kafka, topic, from_beginning=False))
 
-    def expect(self, job_id: str) -> asyncio.Future[tuple[Result, float]]:
+    def expect(self, job_id: str) -> tuple[asyncio.Future[tuple[Result, float]], asyncio.Queue[Result]]:
         future = asyncio.get_running_loop().create_future()
-        self._waiting[job_id] = future
-        return future
+        progress: asyncio.Queue[Result] = asyncio.Queue()
+        self._waiting[job_id] = (future, progress)
+        return future, progress
 
     async def _run(self) -> None:
         async for record in self._consumer:
@@ -276,10 +323,14 @@ class _ResultListener:
             if key not in self._waiting:
                 continue  # someone else's job, or a duplicate of one already answered
             result = _receive(self._tracer, record, self._max_bytes)
-            if result is not None and result.job_id in self._waiting:
-                future = self._waiting.pop(result.job_id)
-                if not future.done():
-                    future.set_result((result, time.time()))
+            if result is None or result.job_id not in self._waiting:
+                continue
+            if result.status not in TERMINAL_STATUSES:
+                self._waiting[result.job_id][1].put_nowait(result)
+                continue
+            future, _ = self._waiting.pop(result.job_id)
+            if not future.done():
+                future.set_result((result, time.time()))
 
     async def stop(self) -> None:
         self._task.cancel()

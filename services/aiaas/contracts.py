@@ -25,12 +25,16 @@ __all__ = [
     "ResultStatus",
     "ErrorInfo",
     "Timings",
+    "TrainingProgress",
+    "TERMINAL_STATUSES",
     "new_job_id",
 ]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
 JobKind = Literal["infer", "train"]
-ResultStatus = Literal["ok", "error", "expired"]
+ResultStatus = Literal["ok", "error", "expired", "accepted", "running", "succeeded", "failed"]
+TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
+"""A job's last result has one of these; `accepted` and `running` are training progress events."""
 
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 _MAX_RANK = 8
@@ -120,17 +124,38 @@ class Timings(BaseModel):
     batch_size: int = Field(0, description="Jobs in the model call that ran this job.")
 
 
+class TrainingProgress(BaseModel):
+    """Where a training job is (on `running` events)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(description="Epochs finished so far.")
+    epochs: int = Field(description="Epochs in the run.")
+    step: int = Field(0, description="Optimiser steps so far.")
+    loss: float | None = Field(None, description="Mean training loss of the last epoch.")
+    metric: float | None = Field(None, description="Evaluation metric after the last epoch (see metric_name).")
+    metric_name: str | None = Field(None, description="Which metric `metric` is, e.g. `accuracy`.")
+    eta_s: float | None = Field(None, description="Estimated seconds until training ends.")
+
+
 class Result(BaseModel):
-    """The one outcome of a job, published to the results topic keyed by `job_id`."""
+    """The outcome of a job, published to the results topic keyed by `job_id`.
+
+    An inference job has exactly one (`ok`, `error` or `expired`). A training job has a
+    stream: `accepted`, `running` (with `progress`), then `succeeded` or `failed`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(description="The job this result belongs to.")
     model: str = Field(description="Model type that handled the job.")
-    status: ResultStatus = Field(description="`ok`, `error` or `expired`.")
+    status: ResultStatus = Field(
+        description="Inference: `ok`, `error`, `expired`. Training: `accepted`, `running`, `succeeded`, `failed`."
+    )
     outputs: dict[str, InputValue] = Field(default_factory=dict, description="Named outputs (task-specific).")
     model_version: str | None = Field(None, description="Registry version that produced the outputs.")
     timings: Timings = Field(default_factory=Timings, description="Queue wait and model time.")
-    error: ErrorInfo | None = Field(None, description="Set when status is `error`.")
+    error: ErrorInfo | None = Field(None, description="Set when status is `error` or `failed`.")
+    progress: TrainingProgress | None = Field(None, description="Set on training `running` events.")
     completed_at: float = Field(default_factory=time.time, description="When the worker finished (Unix seconds).")
     attributes: dict[str, str] = Field(default_factory=dict, description="The job's attributes, echoed.")

@@ -8,8 +8,11 @@ __all__ = [
     "PayloadTooLarge",
     "UndecodableMessage",
     "UnknownModelVersion",
+    "NothingToRollBack",
     "ModelFailure",
     "BrokerUnavailable",
+    "TrainingFailed",
+    "TooManyAttempts",
 ]
 
 
@@ -40,6 +43,10 @@ class UnknownModelVersion(AiaasError):
     """The job pins a model version or alias that the registry does not have."""
 
 
+class NothingToRollBack(AiaasError):
+    """An alias has no earlier version to go back to (never moved, or every move already undone)."""
+
+
 class ModelFailure(AiaasError):
     """The model runtime raised while running a batch; the jobs may succeed on another try."""
 
@@ -50,3 +57,11 @@ class BrokerUnavailable(AiaasError):
     """Kafka could not be reached."""
 
     retriable = True
+
+
+class TrainingFailed(AiaasError):
+    """Training ran but could not finish (the trainer raised); the job ends `failed` with a dead letter."""
+
+
+class TooManyAttempts(AiaasError):
+    """A training job was started `max_attempts` times without finishing (its trainer kept dying)."""

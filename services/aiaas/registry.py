@@ -1,23 +1,36 @@
 """The embedded model registry: versioned, sha256-verified artifacts and aliases in a directory.
 
-Layout: `<root>/<model>/v<N>/<artifact>` + `version.json`, and `<root>/<model>/aliases.json`.
+Layout: `<root>/<model>/v<N>/<artifact>` + `version.json`, `<root>/<model>/aliases.json`, and
+`<root>/<model>/alias_history.jsonl` (one line per alias move, oldest first).
 Versions are monotonic per model type; services load only artifacts whose sha256 matches.
+Aliases move by registering, `promote`, `rollback` or `set_alias`; every move is recorded, so
+`rollback` knows where an alias was before and an operator can see who moved what, when.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .errors import UnknownModelVersion
+from .errors import NothingToRollBack, UnknownModelVersion
 
-__all__ = ["Registry", "ModelVersion", "sha256_of", "ArtifactCorrupted"]
+__all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of", "ArtifactCorrupted"]
+
+log = logging.getLogger("aiaas.registry")
+
+MoveReason = Literal["registered", "promoted", "rolled_back", "set"]
+"""Why an alias moved: the first three match `ModelEvent.action`; `set` is a plain `set_alias`."""
 
 
 class ArtifactCorrupted(Exception):
@@ -42,6 +55,16 @@ class ModelVersion(BaseModel):
     created_at: float = Field(default_factory=time.time, description="Unix seconds.")
 
 
+class AliasMove(BaseModel):
+    """One line of `alias_history.jsonl`: an alias pointed at `previous`, then at `version`."""
+
+    alias: str = Field(description="The alias that moved (`production`, `staging`, …).")
+    version: int = Field(ge=1, description="Version the alias points at after the move.")
+    previous: int | None = Field(None, description="Version it pointed at before; None when it was new.")
+    at: float = Field(default_factory=time.time, description="Unix seconds.")
+    reason: MoveReason = Field(description="What moved it.")
+
+
 def sha256_of(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
@@ -51,6 +74,19 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _append_line(path: Path, line: str) -> None:
+    # One O_APPEND write per line: concurrent writers never interleave inside a line, and a
+    # crash leaves at most one torn last line (which the reader skips). A torn line has no
+    # newline, so start on a fresh one rather than glue this move onto it.
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        fresh = size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+        os.write(fd, (("" if fresh else "\n") + line + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 class Registry:
@@ -78,11 +114,89 @@ class Registry:
         path = self.root / model / "aliases.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def set_alias(self, model: str, alias: str, version: int) -> None:
-        """Point `alias` at `version` (atomic)."""
+    def set_alias(self, model: str, alias: str, version: int, *, reason: MoveReason = "set") -> None:
+        """Point `alias` at `version` (atomic) and record the move; no-op when it already points there."""
         self.resolve(model, str(version))
-        aliases = self.aliases(model) | {alias: version}
-        _write_atomic(self.root / model / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
+        with self._alias_lock(model):
+            self._move(model, alias, version, reason)
+
+    def promote(self, model: str, ref: str, alias: str = "production") -> ModelVersion:
+        """Point `alias` at the version `ref` names (a number, `v3`, or another alias) and record it."""
+        version = self.resolve(model, ref)
+        with self._alias_lock(model):
+            self._move(model, alias, version.version, "promoted")
+        return version
+
+    def rollback(self, model: str, alias: str = "production") -> ModelVersion:
+        """Move `alias` back to where it pointed before its latest move that is not yet undone.
+
+        Rolling back twice walks two moves back (v3 → v2 → v1), not back and forth: a rollback
+        undoes a move instead of being a move that the next rollback would undo.
+        """
+        if alias not in self.aliases(model):
+            raise NothingToRollBack(f"{model} has no alias {alias!r}, so there is nothing to roll back")
+        with self._alias_lock(model):
+            trail = self._alias_trail(model, alias)
+            if len(trail) < 2:
+                raise NothingToRollBack(
+                    f"{model} {alias} points at v{trail[-1]} and has no earlier version to roll back to; "
+                    f"move it with `aiaas models promote {model} <version> --alias {alias}`"
+                )
+            target = self.resolve(model, str(trail[-2]))
+            self._move(model, alias, target.version, "rolled_back")
+        return target
+
+    def alias_history(self, model: str, alias: str | None = None) -> list[AliasMove]:
+        """Every recorded alias move of a model type (or of one alias), oldest first."""
+        path = self.root / model / "alias_history.jsonl"
+        if not path.exists():
+            return []
+        moves = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                move = AliasMove.model_validate_json(line)
+            except ValueError:  # a torn line from a crash mid-write: the move itself still stands
+                log.warning("%s:%d is not an alias move; skipped", path, number)
+                continue
+            if alias is None or move.alias == alias:
+                moves.append(move)
+        return moves
+
+    def _move(self, model: str, alias: str, version: int, reason: MoveReason) -> AliasMove | None:
+        # Caller holds the alias lock. aliases.json first: services read it, so it is the truth;
+        # a crash before the history line leaves an unrecorded move that `_alias_trail` still sees.
+        aliases = self.aliases(model)
+        if aliases.get(alias) == version:
+            return None
+        move = AliasMove(alias=alias, version=version, previous=aliases.get(alias), reason=reason)
+        text = json.dumps(aliases | {alias: version}, indent=2, sort_keys=True)
+        _write_atomic(self.root / model / "aliases.json", text)
+        _append_line(self.root / model / "alias_history.jsonl", move.model_dump_json())
+        return move
+
+    def _alias_trail(self, model: str, alias: str) -> list[int]:
+        """The versions `alias` has pointed at, oldest first, with rolled-back moves taken off."""
+        trail: list[int] = []
+        for move in self.alias_history(model, alias):
+            if move.reason == "rolled_back" and trail:
+                trail.pop()
+            if not trail or trail[-1] != move.version:
+                trail.append(move.version)
+        current = self.aliases(model).get(alias)
+        if current is not None and (not trail or trail[-1] != current):
+            trail.append(current)  # moved without a history line (hand edit, older registry): still a move
+        return trail
+
+    @contextmanager
+    def _alias_lock(self, model: str) -> Iterator[None]:
+        # aliases.json is read-modify-write: without the lock two processes moving different
+        # aliases at once could drop one move. flock dies with its process, so no stale locks.
+        with open(self.root / model / "aliases.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def register(
         self, model: str, artifact: Path, *, aliases: tuple[str, ...] = ("production",),
@@ -109,7 +223,7 @@ class Registry:
         )
         _write_atomic(folder / f"v{number}" / "version.json", version.model_dump_json(indent=2))
         for alias in aliases:
-            self.set_alias(model, alias, number)
+            self.set_alias(model, alias, number, reason="registered")
         return version
 
     def resolve(self, model: str, ref: str) -> ModelVersion:

@@ -15,6 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from .errors import UnknownModelVersion
 from .runtime import ModelRuntime
 
@@ -100,11 +103,14 @@ class RuntimeSet:
     async def _load_in_background(self, version: str) -> ModelRuntime | None:
         if self._load is None:
             return None
-        try:
-            runtime = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, version)
-        except Exception:  # a bad new version must not take the service down: keep serving the old one
-            log.exception("%s: loading v%s failed; still serving v%s", self.model, version, self.current.version)
-            return None
+        with trace.get_tracer("aiaas").start_as_current_span(f"load {self.model} v{version}") as span:
+            try:
+                runtime = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, version)
+            except Exception as exc:  # a bad new version must not take the service down: keep serving the old one
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                log.exception("%s: loading v%s failed; still serving v%s", self.model, version, self.current.version)
+                return None
         log.info("%s: v%s loaded in the background", self.model, version)
         return runtime
 

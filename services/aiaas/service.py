@@ -17,6 +17,8 @@ import signal
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from .announce import ModelWatcher
 from .pipeline import JobPipeline, PipelineStats
@@ -25,6 +27,7 @@ from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
 from .settings import KafkaSettings, WorkerSettings
 from .topics import ModelTopics, dlq_topic, ensure_topics, models_topic, service_topics
+from . import tracing
 from .tracing import setup_tracing
 from .worker import BatchWorker
 
@@ -57,6 +60,7 @@ class ModelService:
         self.group = worker.group_id or f"{kafka.topic_prefix}.{runtime.model}"
         self._pipeline: JobPipeline | None = None
         self._stop_requested = False
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
 
     def stop(self) -> None:
         """Ask a running service to drain and exit (what SIGTERM does)."""
@@ -120,9 +124,15 @@ class ModelService:
         """Load the served alias's new version in the background whenever the registry announces a move."""
         while True:
             try:
-                async for event in watcher.events():
+                async for event, record in watcher.events():
                     log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version, event.aliases)
-                    await self.runtimes.follow(event.aliases)
+                    # The reload continues the trace of whoever changed the registry (e.g. a training job).
+                    with self._tracer.start_as_current_span(
+                        f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
+                        attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset)
+                        | {tracing.MODEL_VERSION: str(event.version)},
+                    ):
+                        await self.runtimes.follow(event.aliases)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the models topic is advisory: never let it stop the service

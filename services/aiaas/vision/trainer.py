@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from . import MODEL
 from .data import DigitsSplit, load_split
 from .model import DigitsCNN
 
-__all__ = ["TrainParams", "train", "export_onnx", "build"]
+__all__ = ["TrainParams", "train", "export_onnx", "weights_npz", "onnx_accuracy", "build"]
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,42 @@ class TrainParams:
     seed: int = 0
 
 
-def train(split: DigitsSplit, params: TrainParams) -> DigitsCNN:
-    """Adam on cross-entropy; deterministic on CPU for a given seed."""
+EpochCallback = Callable[[int, int, float, DigitsCNN], None]
+"""Called after each epoch with (epoch, steps so far, mean loss, model)."""
+
+
+def train(split: DigitsSplit, params: TrainParams, *, initial: dict[str, np.ndarray] | None = None,
+          on_epoch: EpochCallback | None = None) -> DigitsCNN:
+    """Adam on cross-entropy, from `initial` weights when fine-tuning; deterministic on CPU for a seed."""
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     model = DigitsCNN()
+    if initial is not None:
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in initial.items()})
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     x, y = torch.from_numpy(split.train_x), torch.from_numpy(split.train_y)
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(params.epochs):
+    steps = 0
+    for epoch in range(1, params.epochs + 1):
+        model.train()
         order = torch.randperm(len(x), generator=generator)
+        losses = []
         for start in range(0, len(x), params.batch_size):
             idx = order[start : start + params.batch_size]
             optimiser.zero_grad()
-            loss_fn(model.logits(x[idx]), y[idx]).backward()
+            loss = loss_fn(model.logits(x[idx]), y[idx])
+            loss.backward()
             optimiser.step()
+            losses.append(loss.item())
+            steps += 1
+        if on_epoch is not None:
+            on_epoch(epoch, steps, float(np.mean(losses)), model.eval())
     return model.eval()
+
+
+def weights_npz(model: DigitsCNN, path: Path) -> None:
+    """The weights as plain arrays (`weights.npz`, no pickle): what a fine-tuning job starts from."""
+    np.savez(path, **{name: t.detach().numpy() for name, t in model.state_dict().items()})
 
 
 def export_onnx(model: DigitsCNN, path: Path) -> None:
@@ -77,10 +97,11 @@ def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersi
     model = train(split, params)
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
+        path, weights = Path(tmp) / "model.onnx", Path(tmp) / "weights.npz"
         export_onnx(model, path)
+        weights_npz(model, weights)
         accuracy = onnx_accuracy(path, split)
         return registry.register(
-            MODEL, path, metrics={"accuracy": accuracy, "train_seconds": round(train_seconds, 2)},
+            MODEL, path, companions=(weights,), metrics={"accuracy": accuracy, "train_seconds": round(train_seconds, 2)},
             params=asdict(params), data_hash=split.data_hash(),
         )

@@ -1,0 +1,9 @@
+"""Training jobs: a trainer process per model type consumes `<prefix>.<model>.train`.
+
+Entry point: `python -m aiaas.training <model>`. A training job (`Job(kind="train")`) names
+hyper-parameters, its data (inline, or a Parquet/NPZ/JSONL file checked against a sha256)
+and optionally a base version to fine-tune. The trainer streams `accepted` → `running`
+(epoch, loss, metric, ETA) → `succeeded` (new version, metrics) or `failed` events on the
+model's results topic, registers the new version with the model's promotion policy, and
+announces it on `<prefix>.models` so the inference services hot-reload.
+"""

@@ -1,0 +1,25 @@
+"""`python -m aiaas.training <model>`: run the trainer for one model type until SIGTERM/SIGINT."""
+
+import sys
+
+from .service import run_trainer
+
+TRAINERS = {"vision": "aiaas.vision.training:VisionTrainer", "text": "aiaas.text.training:TextTrainer"}
+"""Model types that take training jobs, and where their trainer lives."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the named model type's trainer."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in TRAINERS:
+        print(f"usage: python -m aiaas.training <{'|'.join(TRAINERS)}>", file=sys.stderr)
+        return 2
+    import importlib
+
+    module, name = TRAINERS[args[0]].split(":")
+    run_trainer(getattr(importlib.import_module(module), name)())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What a training job asks for, read from the job's inputs (and checked) before any training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..contracts import Job, Tensor
+from ..errors import InvalidJob
+from .data_files import read_data_file
+
+__all__ = ["TrainingRequest", "HYPER_PARAMETERS"]
+
+HYPER_PARAMETERS = {"epochs": int, "learning_rate": float, "batch_size": int, "seed": int}
+"""Hyper-parameters any training job may set (each model type has its defaults)."""
+_DATA_INPUTS = ("data_uri", "data_sha256", "base_version")
+
+
+@dataclass
+class TrainingRequest:
+    """A checked training job: hyper-parameter overrides, data columns (if any), base version."""
+
+    job: Job
+    params: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None
+    """Named columns (numpy arrays or lists of strings), inline or read from `data_uri`; None: the built-in set."""
+    base_version: str | None = None
+
+    @classmethod
+    def from_job(cls, job: Job, max_file_bytes: int) -> "TrainingRequest":
+        """Parse and check the inputs; raise InvalidJob with what is wrong."""
+        inputs = dict(job.inputs)
+        params = {}
+        for name, kind in HYPER_PARAMETERS.items():
+            if name in inputs:
+                value = inputs.pop(name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                    raise InvalidJob(f"`{name}` must be {'an integer' if kind is int else 'a number'}")
+                if value <= 0 and name != "seed":
+                    raise InvalidJob(f"`{name}` must be positive")
+                params[name] = kind(value)
+        base = inputs.pop("base_version", None)
+        if base is not None and not isinstance(base, (str, int)):
+            raise InvalidJob("`base_version` must be a version number or alias")
+        uri, digest = inputs.pop("data_uri", None), inputs.pop("data_sha256", None)
+        if uri is not None:
+            if not isinstance(uri, str) or (digest is not None and not isinstance(digest, str)):
+                raise InvalidJob("`data_uri` and `data_sha256` must be strings")
+            if inputs:
+                raise InvalidJob("give the data either inline or as `data_uri`, not both")
+            data = read_data_file(uri, digest, max_file_bytes)
+        else:
+            data = {name: value.to_numpy() if isinstance(value, Tensor) else value for name, value in inputs.items()} or None
+        return cls(job, params, data, None if base is None else str(base))

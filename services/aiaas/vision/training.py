@@ -1,0 +1,91 @@
+"""Vision training jobs: the CNN on the built-in digits or the job's own labelled images.
+
+Inputs (all optional): `epochs`, `learning_rate`, `batch_size`, `seed`; data inline as
+`images` (tensor [N, 8, 8], values 0..16) and `labels` (int tensor [N]), or `data_uri` to a
+file with those columns (NPZ arrays, JSONL rows `{"image": [[...8...]...], "label": 3}`,
+Parquet); `base_version` to fine-tune from (its `weights.npz`). Evaluation is always on the
+built-in held-out digits, so versions are comparable.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..contracts import TrainingProgress
+from ..errors import InvalidJob
+from ..registry import Registry
+from ..training.protocol import Candidate, ProgressCallback
+from ..training.request import TrainingRequest
+from . import MODEL
+from .data import IMAGE_SHAPE, MAX_INTENSITY, DigitsSplit, load_split
+from .trainer import TrainParams, export_onnx, onnx_accuracy, train, weights_npz
+
+__all__ = ["VisionTrainer"]
+
+
+class VisionTrainer:
+    """Trains the digits CNN for a training job."""
+
+    model = MODEL
+    metric = "accuracy"
+
+    def train(self, request: TrainingRequest, registry: Registry, workdir: Path,
+              progress: ProgressCallback) -> Candidate:
+        """Train (or fine-tune), export ONNX + weights, evaluate on the held-out digits."""
+        params = replace(TrainParams(), **request.params)
+        split = _split_for(request.data)
+        initial, parent = None, None
+        if request.base_version is not None:
+            base = registry.resolve(MODEL, request.base_version)
+            files = registry.load_companions(base)
+            if "weights.npz" not in files:
+                raise InvalidJob(f"vision v{base.version} has no weights.npz to fine-tune from")
+            with np.load(io.BytesIO(files["weights.npz"]), allow_pickle=False) as arrays:
+                initial = {name: arrays[name] for name in arrays.files}
+            parent = base.version
+        started = time.perf_counter()
+
+        def on_epoch(epoch: int, steps: int, loss: float, model) -> None:
+            import torch
+
+            with torch.no_grad():
+                probs = model(torch.from_numpy(split.test_x)).numpy()
+            elapsed = time.perf_counter() - started
+            progress(TrainingProgress(
+                epoch=epoch, epochs=params.epochs, step=steps, loss=loss, metric_name=self.metric,
+                metric=float(np.mean(probs.argmax(axis=1) == split.test_y)),
+                eta_s=elapsed / epoch * (params.epochs - epoch),
+            ))
+
+        model = train(split, params, initial=initial, on_epoch=on_epoch)
+        artifact, weights = workdir / "model.onnx", workdir / "weights.npz"
+        export_onnx(model, artifact)
+        weights_npz(model, weights)
+        metrics = {"accuracy": onnx_accuracy(artifact, split), "train_seconds": round(time.perf_counter() - started, 2)}
+        return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent)
+
+
+def _split_for(data: dict | None) -> DigitsSplit:
+    """The built-in split, or the job's images as the training part (held-out digits stay for evaluation)."""
+    builtin = load_split()
+    if data is None:
+        return builtin
+    if set(data) != {"images", "labels"}:
+        raise InvalidJob(f"vision training data needs exactly `images` and `labels`; got {', '.join(sorted(data))}")
+    try:
+        images = np.asarray(data["images"], dtype=np.float32).reshape(-1, 1, *IMAGE_SHAPE)
+        labels = np.asarray(data["labels"], dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise InvalidJob(f"vision training data: images must be [N, 8, 8] numbers, labels [N] integers ({exc})") from exc
+    if len(images) != len(labels) or len(labels) == 0:
+        raise InvalidJob(f"vision training data: {len(images)} images but {len(labels)} labels")
+    if not np.isfinite(images).all() or images.min() < 0 or images.max() > MAX_INTENSITY:
+        raise InvalidJob("vision training images must be finite and within 0..16")
+    if labels.min() < 0 or labels.max() > 9:
+        raise InvalidJob("vision training labels must be digits 0..9")
+    return DigitsSplit(images, labels, builtin.test_x, builtin.test_y)
