@@ -19,17 +19,17 @@ pytestmark = pytest.mark.integration
 class ServiceProcess:
     """`python -m aiaas.<model>` with this test's topics, registry and broker; its log is kept."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, model: str = "vision") -> None:
-        self.env, self.log_path, self.model = env, log_path, model
+    def __init__(self, env: dict[str, str], log_path: Path, model: str = "vision", *args: str) -> None:
+        self.env, self.log_path, self.model, self.args = env, log_path, model, args
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "ServiceProcess":
-        marker = self.log_text().count("service ready")
+        marker = self.log_text().count(" ready: ")  # "<model> service ready: …" / "<model> trainer ready: …"
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", f"aiaas.{self.model}"], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, "-m", f"aiaas.{self.model}", *self.args], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
-        while self.log_text().count("service ready") == marker:
+        while self.log_text().count(" ready: ") == marker:
             if self.proc.poll() is not None or time.time() > deadline:
                 raise AssertionError(f"{self.model} service did not become ready:\n{self.log_text()[-3000:]}")
             time.sleep(0.2)

@@ -81,6 +81,8 @@ def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str,
     texts, labels = data.get("texts", data.get("text")), data.get("labels", data.get("label"))
     if texts is None or labels is None or len(data) != 2:
         raise InvalidJob(f"text training data needs `texts` and `labels`; got {', '.join(sorted(data))}")
+    if isinstance(texts, str) or isinstance(labels, str):
+        raise InvalidJob("text training data: `texts` and `labels` must be lists, not single strings")
     texts, labels = [str(t) for t in list(texts)], [str(label) for label in list(labels)]
     if len(texts) != len(labels) or len(texts) < 10:
         raise InvalidJob(f"text training data: {len(texts)} texts and {len(labels)} labels (at least 10 pairs)")

@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
+    import torch
+
+    from .settings import TrainerSettings
+
+    torch.set_num_threads(TrainerSettings().threads)
     module, name = TRAINERS[args[0]].split(":")
     run_trainer(getattr(importlib.import_module(module), name)())
     return 0

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -45,7 +45,8 @@ def read_data_file(uri: str, sha256: str | None, max_bytes: int) -> dict[str, An
 def _local_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else uri)
+        # file:// URIs are percent-encoded (Path.as_uri() writes a space as %20); a plain path is taken as is.
+        return Path(unquote(parsed.path) if parsed.scheme else uri)
     raise InvalidJob(f"data_uri {uri!r}: only local paths and file:// URIs are supported")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class TrainingRequest:
                 value = inputs.pop(name)
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
                     raise InvalidJob(f"`{name}` must be {'an integer' if kind is int else 'a number'}")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise InvalidJob(f"`{name}` must be a finite number")
                 if value <= 0 and name != "seed":
                     raise InvalidJob(f"`{name}` must be positive")
                 params[name] = kind(value)
@@ -43,6 +46,8 @@ class TrainingRequest:
         if base is not None and not isinstance(base, (str, int)):
             raise InvalidJob("`base_version` must be a version number or alias")
         uri, digest = inputs.pop("data_uri", None), inputs.pop("data_sha256", None)
+        if digest is not None and uri is None:
+            raise InvalidJob("`data_sha256` checks a `data_uri` file; give the file too (inline data needs no hash)")
         if uri is not None:
             if not isinstance(uri, str) or (digest is not None and not isinstance(digest, str)):
                 raise InvalidJob("`data_uri` and `data_sha256` must be strings")
@@ -50,5 +55,15 @@ class TrainingRequest:
                 raise InvalidJob("give the data either inline or as `data_uri`, not both")
             data = read_data_file(uri, digest, max_file_bytes)
         else:
-            data = {name: value.to_numpy() if isinstance(value, Tensor) else value for name, value in inputs.items()} or None
+            data = {name: _column(name, value) for name, value in inputs.items()} or None
         return cls(job, params, data, None if base is None else str(base))
+
+
+def _column(name: str, value: Any) -> Any:
+    """An inline column: a tensor as a numpy array (InvalidJob when its bytes and shape disagree), else as is."""
+    if not isinstance(value, Tensor):
+        return value
+    try:
+        return value.to_numpy()
+    except ValueError as exc:
+        raise InvalidJob(f"`{name}`: {exc}") from exc

@@ -20,6 +20,9 @@ class TrainerSettings(BaseSettings):
         "auto", description="`auto`: production when the eval metric is at least production's; else staging."
     )
     min_delta: float = Field(0.0, description="With `auto`: how much better than production a version must be.")
+    threads: int = Field(
+        1, ge=1, description="CPU threads for training: one is fastest for these small models and leaves cores to serving."
+    )
     poll_interval_s: float = Field(
         1.0, gt=0, description="While a job trains, how often the consumer polls (paused) to stay in its group."
     )

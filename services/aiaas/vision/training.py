@@ -75,11 +75,19 @@ def _split_for(data: dict | None) -> DigitsSplit:
     builtin = load_split()
     if data is None:
         return builtin
-    if set(data) != {"images", "labels"}:
+    # Column names: `images`/`labels` (inline, NPZ, Parquet) or `image`/`label` (JSONL rows, one image each).
+    images, labels = data.get("images", data.get("image")), data.get("labels", data.get("label"))
+    if images is None or labels is None or len(data) != 2:
         raise InvalidJob(f"vision training data needs exactly `images` and `labels`; got {', '.join(sorted(data))}")
     try:
-        images = np.asarray(data["images"], dtype=np.float32).reshape(-1, 1, *IMAGE_SHAPE)
-        labels = np.asarray(data["labels"], dtype=np.int64).reshape(-1)
+        images = np.array(images, dtype=np.float32)  # a writable copy (inline tensors are read-only views)
+        if images.ndim not in (3, 4) or images.shape[-2:] != IMAGE_SHAPE or images.size == 0:
+            raise ValueError(f"got shape {list(images.shape)}")
+        images = images.reshape(-1, 1, *IMAGE_SHAPE)
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels: got {labels.dtype} of shape {list(labels.shape)}")
+        labels = labels.astype(np.int64)
     except (ValueError, TypeError) as exc:
         raise InvalidJob(f"vision training data: images must be [N, 8, 8] numbers, labels [N] integers ({exc})") from exc
     if len(images) != len(labels) or len(labels) == 0:

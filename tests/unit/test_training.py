@@ -1,0 +1,429 @@
+"""Training jobs without Kafka: request parsing, data files, attempt counts, the vision and text trainers."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from aiaas.contracts import Job, Tensor, TrainingProgress
+from aiaas.errors import InvalidJob, UnknownModelVersion
+from aiaas.registry import Registry
+from aiaas.text.head import ClassifierHead
+from aiaas.text.training import TextTrainer
+from aiaas.training.attempts import AttemptCounter
+from aiaas.training.data_files import read_data_file
+from aiaas.training.request import TrainingRequest
+from aiaas.vision.data import load_split
+from aiaas.vision.trainer import TrainParams, build
+from aiaas.vision.training import VisionTrainer
+
+MAX_BYTES = 1 << 20
+
+
+def train_job(model: str = "vision", **inputs) -> Job:
+    return Job(job_id="t1", kind="train", model=model, inputs=inputs)
+
+
+def request(model: str = "vision", **inputs) -> TrainingRequest:
+    return TrainingRequest.from_job(train_job(model, **inputs), MAX_BYTES)
+
+
+def sha256_file(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@functools.cache
+def builtin_split():
+    return load_split()
+
+
+def digits(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` built-in training digits as [n, 8, 8] float32 images and int64 labels."""
+    split = builtin_split()
+    return split.train_x[:n].reshape(n, 8, 8), split.train_y[:n]
+
+
+# --- TrainingRequest.from_job -------------------------------------------------------------------
+
+
+def test_no_inputs_means_defaults_builtin_data_and_no_base():
+    parsed = request()
+    assert (parsed.params, parsed.data, parsed.base_version) == ({}, None, None)
+
+
+def test_hyper_parameters_are_read_with_their_types():
+    parsed = request(epochs=3, learning_rate=1, batch_size=16, seed=0)
+    assert parsed.params == {"epochs": 3, "learning_rate": 1.0, "batch_size": 16, "seed": 0}
+    assert type(parsed.params["learning_rate"]) is float  # an integer learning rate becomes a float
+    assert parsed.data is None  # hyper-parameters are not data columns
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", 2.5, "`epochs` must be an integer"),
+    ("epochs", "3", "`epochs` must be an integer"),
+    ("epochs", True, "`epochs` must be an integer"),
+    ("seed", False, "`seed` must be an integer"),
+    ("learning_rate", True, "`learning_rate` must be a number"),
+    ("learning_rate", "0.1", "`learning_rate` must be a number"),
+    ("epochs", 0, "`epochs` must be positive"),
+    ("batch_size", -8, "`batch_size` must be positive"),
+    ("learning_rate", 0.0, "`learning_rate` must be positive"),
+    ("learning_rate", -1e-3, "`learning_rate` must be positive"),
+    ("learning_rate", float("nan"), "`learning_rate` must be a finite number"),
+    ("learning_rate", float("inf"), "`learning_rate` must be a finite number"),
+])
+def test_bad_hyper_parameters_are_refused_by_name(name, value, message):
+    with pytest.raises(InvalidJob, match=message):
+        request(**{name: value})
+
+
+def test_inline_tensors_become_arrays_and_lists_stay_lists():
+    images = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    parsed = request("text", images=Tensor.from_numpy(images), texts=["a b", "c d"], epochs=2)
+    assert set(parsed.data) == {"images", "texts"} and parsed.params == {"epochs": 2}
+    assert isinstance(parsed.data["images"], np.ndarray)
+    np.testing.assert_array_equal(parsed.data["images"], images)
+    assert parsed.data["texts"] == ["a b", "c d"]
+
+
+def test_an_inline_tensor_whose_bytes_do_not_fit_its_shape_is_an_invalid_job():
+    broken = Tensor(dtype="float32", shape=[2, 8, 8], data=b"\0" * 8)
+    with pytest.raises(InvalidJob, match="`images`.*512"):
+        request(images=broken)
+
+
+def test_data_uri_is_read_and_checked_against_its_sha256(tmp_path):
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=np.ones((3, 8, 8), np.float32), labels=np.array([1, 2, 3]))
+    parsed = request(data_uri=str(path), data_sha256=sha256_file(path), base_version="production")
+    assert set(parsed.data) == {"images", "labels"} and parsed.base_version == "production"
+    np.testing.assert_array_equal(parsed.data["labels"], [1, 2, 3])
+    with pytest.raises(InvalidJob, match="data_sha256"):
+        request(data_uri=str(path), data_sha256="0" * 64)
+
+
+def test_inline_data_together_with_a_data_uri_is_refused(tmp_path):
+    path = tmp_path / "digits.npz"
+    np.savez(path, labels=np.array([1]))
+    with pytest.raises(InvalidJob, match="either inline or as `data_uri`"):
+        request(data_uri=str(path), labels=Tensor.from_numpy(np.array([1])))
+
+
+def test_data_uri_and_sha256_must_be_strings(tmp_path):
+    with pytest.raises(InvalidJob, match="must be strings"):
+        request(data_uri=7)
+    with pytest.raises(InvalidJob, match="must be strings"):
+        request(data_uri=str(tmp_path / "x.npz"), data_sha256=12)
+
+
+@pytest.mark.parametrize("given, expected", [("production", "production"), (2, "2"), ("v3", "v3")])
+def test_base_version_is_a_version_number_or_alias(given, expected):
+    assert request(base_version=given).base_version == expected
+
+
+def test_base_version_of_another_type_is_refused():
+    with pytest.raises(InvalidJob, match="`base_version` must be"):
+        request(base_version=["production"])
+
+
+# --- read_data_file -----------------------------------------------------------------------------
+
+
+def test_npz_columns_are_plain_arrays(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((2, 8, 8), np.float32), labels=np.array([4, 5]))
+    columns = read_data_file(str(path), None, MAX_BYTES)
+    assert set(columns) == {"images", "labels"} and columns["images"].shape == (2, 8, 8)
+    np.testing.assert_array_equal(columns["labels"], [4, 5])
+
+
+def test_npz_with_a_pickled_object_array_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, labels=np.array([{"a": 1}, None], dtype=object))  # savez pickles object arrays
+    with pytest.raises(InvalidJob, match="cannot be read.*allow_pickle"):
+        read_data_file(str(path), None, MAX_BYTES)
+
+
+def test_jsonl_rows_become_columns_and_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "hello there", "label": "greeting"}\n\n{"text": "bye now", "label": "farewell"}\n')
+    assert read_data_file(str(path), None, MAX_BYTES) == {
+        "text": ["hello there", "bye now"], "label": ["greeting", "farewell"]}
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a"}\n[1, 2]\n', "JSONL line 2 is not an object"),
+    ('{"text": "a"}\n{not json\n', "cannot be read: JSONDecodeError"),
+])
+def test_bad_jsonl_is_an_invalid_job(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(InvalidJob, match=message):
+        read_data_file(str(path), None, MAX_BYTES)
+
+
+def test_parquet_columns_are_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"texts": ["one", "two"], "labels": ["a", "b"]}), path)
+    assert read_data_file(str(path), None, MAX_BYTES) == {"texts": ["one", "two"], "labels": ["a", "b"]}
+
+
+def test_a_file_uri_is_read_percent_encoding_included(tmp_path):
+    path = tmp_path / "my data.jsonl"  # Path.as_uri() writes the space as %20
+    path.write_text('{"x": 1}\n')
+    assert "%20" in path.as_uri()
+    assert read_data_file(path.as_uri(), None, MAX_BYTES) == {"x": [1]}
+
+
+def test_the_sha256_is_checked_in_either_case(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"x": 1}\n')
+    assert read_data_file(str(path), sha256_file(path).upper(), MAX_BYTES) == {"x": [1]}
+    with pytest.raises(InvalidJob, match="does not match the given data_sha256"):
+        read_data_file(str(path), hashlib.sha256(b"other").hexdigest(), MAX_BYTES)
+
+
+def test_a_file_over_the_limit_is_refused(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"x": 1}\n')  # 9 bytes
+    assert read_data_file(str(path), None, 9) == {"x": [1]}
+    with pytest.raises(InvalidJob, match="has 9 bytes; the trainer accepts at most 8"):
+        read_data_file(str(path), None, 8)
+
+
+def test_an_unknown_suffix_is_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("x\n1\n")
+    with pytest.raises(InvalidJob, match="use .parquet, .npz or .jsonl"):
+        read_data_file(str(path), None, MAX_BYTES)
+
+
+def test_a_missing_file_or_a_folder_is_refused(tmp_path):
+    with pytest.raises(InvalidJob, match="does not exist"):
+        read_data_file(str(tmp_path / "nope.npz"), None, MAX_BYTES)
+    with pytest.raises(InvalidJob, match="does not exist"):
+        read_data_file(tmp_path.as_uri(), None, MAX_BYTES)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/data.parquet", "https://example.com/d.npz", "ftp://host/d.jsonl"])
+def test_non_local_uris_are_refused(uri):
+    with pytest.raises(InvalidJob, match="only local paths and file:// URIs"):
+        read_data_file(uri, None, MAX_BYTES)
+
+
+def test_a_corrupt_file_is_an_invalid_job(tmp_path):
+    path = tmp_path / "d.npz"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(InvalidJob, match="d.npz cannot be read"):
+        read_data_file(str(path), None, MAX_BYTES)
+
+
+# --- AttemptCounter -----------------------------------------------------------------------------
+
+
+def test_starts_are_counted_per_job_across_counters_on_one_folder(tmp_path):
+    first, second = AttemptCounter(tmp_path / "attempts"), AttemptCounter(tmp_path / "attempts")
+    assert [first.start("a"), second.start("a"), first.start("a")] == [1, 2, 3]
+    assert second.start("b") == 1
+    assert AttemptCounter(tmp_path / "elsewhere").start("a") == 1
+
+
+def test_forget_resets_a_job_and_only_that_job(tmp_path):
+    counter = AttemptCounter(tmp_path)
+    counter.start("a"), counter.start("a"), counter.start("b")
+    counter.forget("a")
+    counter.forget("never-started")  # no error
+    assert (counter.start("a"), counter.start("b")) == (1, 2)
+
+
+def test_odd_job_ids_stay_inside_the_folder(tmp_path):
+    root = tmp_path / "box" / "attempts"
+    counter = AttemptCounter(root)
+    odd = ["../escape", "../../etc/passwd", "a/b/c", "/abs", "..", ".", "x\\y"]
+    assert [counter.start(job_id) for job_id in odd] == [1] * len(odd)
+    assert [counter.start(job_id) for job_id in odd] == [2] * len(odd)  # each id keeps its own count
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == len(odd) and all(p.parent == root for p in written)
+
+
+# --- VisionTrainer ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_vision_registry(tmp_path_factory) -> Registry:
+    """A registry of its own with a quickly trained vision version (2 epochs) as `production`."""
+    registry = Registry(tmp_path_factory.mktemp("vision-training") / "registry")
+    build(registry, TrainParams(epochs=2))
+    return registry
+
+
+def train_vision(registry: Registry, workdir, **inputs):
+    """Run the vision trainer for a job with `inputs`; the candidate and the progress events."""
+    events: list[TrainingProgress] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    candidate = VisionTrainer().train(request("vision", **inputs), registry, workdir, events.append)
+    return candidate, events
+
+
+def weights_of(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def test_vision_training_is_reproducible_for_a_seed(small_vision_registry, tmp_path):
+    runs = [train_vision(small_vision_registry, tmp_path / name, epochs=3, seed=seed)[0]
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))]
+    first, again, other_seed = (weights_of(c.companions[0]) for c in runs)
+    assert runs[0].companions[0].name == "weights.npz" and set(first) == set(again)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert runs[0].metrics["accuracy"] == runs[1].metrics["accuracy"]
+    assert any(not np.array_equal(first[name], other_seed[name]) for name in first)
+    assert runs[0].params["epochs"] == 3 and runs[0].params["seed"] == 5 and runs[0].parent is None
+
+
+def test_vision_progress_is_reported_once_per_epoch(small_vision_registry, tmp_path):
+    candidate, events = train_vision(small_vision_registry, tmp_path, epochs=3, seed=1)
+    assert [e.epoch for e in events] == [1, 2, 3] and {e.epochs for e in events} == {3}
+    assert all(e.loss > 0 and e.metric_name == "accuracy" and 0 <= e.metric <= 1 for e in events)
+    assert events[-1].step > events[0].step > 0 and events[-1].eta_s == 0
+    assert candidate.artifact == tmp_path / "model.onnx" and candidate.artifact.stat().st_size > 0
+
+
+def test_fine_tuning_starts_from_the_base_versions_weights(small_vision_registry, tmp_path):
+    base = small_vision_registry.resolve("vision", "production")
+    tuned, _ = train_vision(small_vision_registry, tmp_path / "tuned", base_version="production",
+                            learning_rate=1e-9, epochs=1)
+    scratch, _ = train_vision(small_vision_registry, tmp_path / "scratch", learning_rate=1e-9, epochs=1)
+    assert tuned.parent == base.version and scratch.parent is None
+    assert abs(tuned.metrics["accuracy"] - base.metrics["accuracy"]) <= 0.01
+    assert scratch.metrics["accuracy"] < base.metrics["accuracy"] - 0.2  # from scratch, a tiny rate learns nothing
+
+
+def test_fine_tuning_from_an_unknown_version_fails_before_training(small_vision_registry, tmp_path):
+    with pytest.raises(UnknownModelVersion):
+        train_vision(small_vision_registry, tmp_path, base_version="99", epochs=1)
+
+
+def test_vision_trains_on_inline_images(small_vision_registry, tmp_path):
+    images, labels = digits(200)
+    candidate, events = train_vision(small_vision_registry, tmp_path, epochs=2, images=Tensor.from_numpy(images),
+                                     labels=Tensor.from_numpy(labels))
+    expected = hashlib.sha256(images.reshape(200, 1, 8, 8).tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+    assert candidate.data_hash == expected != builtin_split().data_hash()
+    assert len(events) == 2 and 0 <= candidate.metrics["accuracy"] <= 1
+
+
+def test_vision_trains_on_a_jsonl_file_of_image_label_rows(small_vision_registry, tmp_path):
+    images, labels = digits(50)
+    path = tmp_path / "digits.jsonl"
+    path.write_text("".join(json.dumps({"image": img.tolist(), "label": int(y)}) + "\n" for img, y in zip(images, labels)))
+    candidate, _ = train_vision(small_vision_registry, tmp_path / "work", epochs=1, data_uri=path.as_uri(),
+                                data_sha256=sha256_file(path))
+    expected = hashlib.sha256(images.reshape(50, 1, 8, 8).tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+    assert candidate.data_hash == expected
+
+
+def _with(images=None, labels=None, **extra):
+    good_images, good_labels = digits(20)
+    columns = {"images": good_images if images is None else images, "labels": good_labels if labels is None else labels}
+    return {name: Tensor.from_numpy(np.asarray(value)) for name, value in (columns | extra).items()}
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (_with(images=np.zeros((20, 7, 7), np.float32)), r"\[N, 8, 8\]"),
+    (_with(labels=np.arange(19) % 10), "20 images but 19 labels"),
+    (_with(labels=np.full(20, 10)), "digits 0..9"),
+    (_with(labels=np.full(20, -1)), "digits 0..9"),
+    (_with(images=np.full((20, 8, 8), np.nan, np.float32)), "finite and within 0..16"),
+    (_with(images=np.full((20, 8, 8), 17, np.float32)), "finite and within 0..16"),
+    (_with(extra=np.zeros(3)), "exactly `images` and `labels`; got extra, images, labels"),
+    ({"images": Tensor.from_numpy(np.zeros((20, 8, 8), np.float32))}, "exactly `images` and `labels`; got images"),
+])
+def test_bad_inline_vision_data_is_an_invalid_job(small_vision_registry, tmp_path, inputs, message):
+    with pytest.raises(InvalidJob, match=message):
+        train_vision(small_vision_registry, tmp_path, epochs=1, **inputs)
+    assert not (tmp_path / "model.onnx").exists()  # refused before any training
+
+
+# --- TextTrainer --------------------------------------------------------------------------------
+
+NEW_TOPICS = {
+    "music": ["the band played three encores after the guitarist broke a string",
+              "she practises the violin scales every morning before school",
+              "this album mixes jazz piano with slow electronic beats",
+              "the choir rehearsed the new hymn for the concert on sunday",
+              "he tuned the drums before the recording session began",
+              "the orchestra conductor raised his baton and the symphony started",
+              "our singer hit the high note in the final chorus",
+              "i bought a vinyl record of classic rock songs",
+              "the festival lineup has four bands and a famous rapper",
+              "learning chords on the ukulele took me a whole summer"],
+    "travel": ["our flight to lisbon was delayed by two hours at the gate",
+               "we packed light and took the night train across the border",
+               "the hotel near the old harbour had a view of the ferries",
+               "remember to renew your passport before booking the trip",
+               "the tour guide showed us the ruins of the ancient temple",
+               "we rented a camper van and drove along the coast for a week",
+               "the airport lounge was crowded with tired tourists",
+               "she collected stamps in her passport from twelve countries",
+               "our luggage was lost during the connecting flight",
+               "the hostel offered free walking tours of the city centre"],
+    "pets": ["my cat sleeps on the windowsill all afternoon",
+             "the puppy chewed through another pair of slippers",
+             "we took the dog to the vet for his vaccinations",
+             "the goldfish tank needs cleaning every two weeks",
+             "our rabbit loves fresh carrots and hay",
+             "the kitten chased a ball of yarn under the sofa",
+             "he walks the two labradors in the park each evening",
+             "the parrot learned to whistle the doorbell sound",
+             "she adopted an old greyhound from the animal shelter",
+             "the hamster runs on its wheel all night long"],
+}
+
+
+def train_text(registry: Registry, workdir, **inputs):
+    events: list[TrainingProgress] = []
+    candidate = TextTrainer().train(request("text", **inputs), registry, workdir, events.append)
+    return candidate, events
+
+
+def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
+    production = text_registry.resolve("text", "production")
+    candidate, events = train_text(text_registry, tmp_path)
+    assert candidate.metrics["accuracy"] >= 0.85 and candidate.parent == production.version
+    assert {p.name for p in (candidate.artifact, *candidate.companions)} == {"encoder.onnx", "tokenizer.json", "head.npz"}
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("encoder.onnx", "tokenizer.json", "head.npz"))
+    assert events[-1].epoch == events[-1].epochs == candidate.params["epochs"]
+    assert candidate.params["encoder"] == "all-MiniLM-L6-v2"
+
+
+def test_text_head_trained_on_the_jobs_own_sentences(text_registry, tmp_path):
+    texts = [text for sentences in NEW_TOPICS.values() for text in sentences]
+    labels = [label for label, sentences in NEW_TOPICS.items() for _ in sentences]
+    candidate, events = train_text(text_registry, tmp_path, texts=texts, labels=labels, epochs=100)
+    head = ClassifierHead.from_bytes((tmp_path / "head.npz").read_bytes())
+    assert set(head.labels) == set(NEW_TOPICS) and len(head.labels) == 3
+    assert candidate.metrics["held_out"] == 6  # a seeded fifth of the 30 pairs
+    assert candidate.metrics["accuracy"] >= 0.8
+    assert [e.epoch for e in events] == [25, 50, 75, 100] and events[-1].metric == candidate.metrics["accuracy"]
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"texts": ["a"] * 9, "labels": ["x", "y"] * 4 + ["x"]}, "9 texts and 9 labels"),
+    ({"texts": ["a"] * 12, "labels": ["x", "y"] * 5}, "12 texts and 10 labels"),
+    ({"texts": ["a"] * 12, "labels": ["x"] * 12}, "at least two different labels"),
+    ({"texts": ["a"] * 12}, "needs `texts` and `labels`; got texts"),
+    ({"texts": ["a"] * 12, "labels": ["x", "y"] * 6, "notes": ["n"]}, "got labels, notes, texts"),
+])
+def test_bad_text_data_is_refused_before_the_registry_is_touched(tmp_path, inputs, message):
+    empty = Registry(tmp_path / "empty")
+    with pytest.raises(InvalidJob, match=message):
+        train_text(empty, tmp_path, **inputs)
