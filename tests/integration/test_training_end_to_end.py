@@ -104,6 +104,19 @@ async def test_a_trainer_killed_mid_job_runs_it_again_after_restart(kafka_settin
     assert events[-1].status == "succeeded"
 
 
+async def test_training_longer_than_max_poll_interval_keeps_the_trainer_in_its_group(kafka_settings, env, tmp_path):
+    training = trainer(env, tmp_path, max_poll_interval_ms=3000, poll_interval_s=0.5).start()
+    async with AiaasClient(kafka_settings) as client:
+        job = await client.train("vision", {"epochs": 40})
+        started = time.time()
+        events = [event async for event in job.events(timeout=120)]
+    took = time.time() - started
+    training.stop()
+    assert events[-1].status == "succeeded" and took > 3 * 1.5, f"training took only {took:.1f}s"
+    assert [e.outputs["attempt"] for e in events if e.status == "accepted"] == [1]  # never handed to another run
+    assert training.log_text().count("Setting newly assigned partitions") == 1, "the trainer lost its group membership"
+
+
 async def test_after_max_attempts_the_job_fails_with_a_dead_letter(kafka_settings, env, tmp_path, topic_prefix):
     training = trainer(env, tmp_path, max_attempts=1).start()
     async with AiaasClient(kafka_settings) as client:

@@ -73,6 +73,7 @@ class TrainerService:
             self.topics.train, **self.kafka.connection_kwargs(), group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"aiaas-{self.trainer.model}-trainer",
             max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
         )
         await self._producer.start()
         await self._consumer.start()
@@ -139,11 +140,16 @@ class TrainerService:
         }) as span:
             training = loop.run_in_executor(self._thread, self.trainer.train, request, self.registry, workdir, report)
             try:
+                polled = loop.time()
                 while not training.done() or not progress.empty():
                     try:
                         event = await asyncio.wait_for(progress.get(), self.settings.poll_interval_s)
                     except TimeoutError:
+                        event = None
+                    if loop.time() - polled >= self.settings.poll_interval_s:
                         await self._consumer.getmany(timeout_ms=0)  # paused: returns nothing, keeps us in the group
+                        polled = loop.time()
+                    if event is None:
                         continue
                     span.add_event("epoch", {"epoch": event.epoch, "loss": event.loss or 0.0, "metric": event.metric or 0.0})
                     await self._emit(job, "running", progress=event)

@@ -23,6 +23,10 @@ class TrainerSettings(BaseSettings):
     threads: int = Field(
         1, ge=1, description="CPU threads for training: one is fastest for these small models and leaves cores to serving."
     )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000,
+        description="Kafka's max.poll.interval.ms for the trainer: the paused consumer polls well within it.",
+    )
     poll_interval_s: float = Field(
         1.0, gt=0, description="While a job trains, how often the consumer polls (paused) to stay in its group."
     )
