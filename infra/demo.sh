@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end: local Kafka; the vision, text and recsys models built into the
 # registry; each service as its own process; jobs published with the CLI, results streamed
-# back, a summary per service, one job of each kind shown, and one job's full trace.
+# back, a summary per service, one job of each kind shown, and one job's full trace; then a
+# training job: a trainer fine-tunes vision, the new version is promoted, and the running
+# vision service switches to it (hot reload) — with the training job's trace.
 # Stops everything it started, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +38,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_service() {  # start `python -m aiaas.$1` and wait for its "service ready" line
-  local model=$1
-  .venv/bin/python -m "aiaas.$model" >"$logs/$model.log" 2>&1 &
+start_service() {  # start `python -m aiaas.$1 [$2]` (log $logs/$3.log) and wait for its "ready:" line
+  local module=$1 arg=${2:-} model=${3:-$1}
+  .venv/bin/python -m "aiaas.$module" $arg >"$logs/$model.log" 2>&1 &
   service_pid[$model]=$!
   for _ in $(seq 1 240); do
-    grep -q "service ready" "$logs/$model.log" && return 0
+    grep -q " ready: " "$logs/$model.log" && return 0
     kill -0 "${service_pid[$model]}" 2>/dev/null || { echo "the $model service exited" >&2; return 1; }
     sleep 0.5
   done
@@ -91,3 +93,16 @@ job_id="$(awk '/example job id/ {print $4}' "$logs/summary-vision-paced.txt")"
 echo
 echo "== the trace of job $job_id (client → service → batch inference → result → client)"
 "$aiaas" trace "$job_id"
+
+echo
+echo "######## training: a vision training job, promotion, hot reload"
+echo "== starting the vision trainer (log: $logs/vision-trainer.log)"
+start_service training vision vision-trainer
+echo "== aiaas train vision --epochs 6 --learning-rate 0.0005 --base-version production --follow"
+"$aiaas" train vision --epochs 6 --learning-rate 0.0005 --base-version production --follow | tee "$logs/training.txt"
+"$aiaas" models list
+echo "== 100 digits after the training job: the service now answers with the new version"
+"$aiaas" submit vision --digits-sample 100 --wait --quiet | grep -E "results|accuracy|model versions"
+train_id="$(awk '/^training job/ {print $3}' "$logs/training.txt")"
+echo "== the trace of training job $train_id (client → trainer → registry → announcement → service reload)"
+"$aiaas" trace "$train_id" | grep -v "status=running"

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                   help="jobs per second, open loop (default: all at once, a burst)")
 
     train = sub.add_parser("train", help="publish a training job (a trainer: python -m aiaas.training <model>)")
-    train.add_argument("model", choices=("vision", "text"))
+    train.add_argument("model", choices=("vision", "text", "recsys"))
     train.add_argument("--epochs", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--batch-size", type=int)
@@ -188,13 +188,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
     directory = HomeSettings().span_dir
     deadline = time.time() + args.wait
+    previous = -1
     while True:
         spans = job_trace(load_spans(directory), args.job_id)
         complete = any(s.name.startswith("process") and s.service == "aiaas-cli" for s in spans) or \
             any(s.kind == "CONSUMER" and s.name.endswith(".results") for s in spans)
-        if complete or time.time() > deadline:
+        # Processes export spans every 0.5 s: once the receipt is in, wait until no more arrive.
+        if (complete and len(spans) == previous) or time.time() > deadline:
             break
-        time.sleep(0.25)
+        previous = len(spans)
+        time.sleep(0.6)
     if not spans:
         raise AiaasError(
             f"no spans for job {args.job_id} in {directory}; spans are stored locally only when no "
