@@ -13,7 +13,7 @@ def test_compose_parses_and_names_every_service():
     for model in ("vision", "text", "recsys"):
         assert {model, f"{model}-build"} <= set(services)
         assert services[model]["command"] == ["python", "-m", f"aiaas.{model}"]
-    for model in ("vision", "text"):
+    for model in ("vision", "text", "recsys"):
         assert services[f"{model}-trainer"]["command"] == ["python", "-m", "aiaas.training", model]
     assert services["kafka"]["image"].startswith("apache/kafka:4.1")
     assert services["vision"]["environment"]["AIAAS_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"

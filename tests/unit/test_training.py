@@ -1,4 +1,4 @@
-"""Training jobs without Kafka: request parsing, data files, attempt counts, the vision and text trainers."""
+"""Training jobs without Kafka: request parsing, data files, attempt counts, the vision, text and recsys trainers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import pytest
 
 from aiaas.contracts import Job, Tensor, TrainingProgress
 from aiaas.errors import InvalidJob, UnknownModelVersion
+from aiaas.recsys import trainer as recsys_trainer
+from aiaas.recsys.data import SERVING_FILE, RatingsConfig, generate_ratings
+from aiaas.recsys.data import load_split as load_ratings_split
+from aiaas.recsys.runtime import RecsysRuntime
+from aiaas.recsys.training import RecsysTrainer
 from aiaas.registry import Registry
 from aiaas.text.head import ClassifierHead
 from aiaas.text.training import TextTrainer
@@ -427,3 +432,175 @@ def test_bad_text_data_is_refused_before_the_registry_is_touched(tmp_path, input
     empty = Registry(tmp_path / "empty")
     with pytest.raises(InvalidJob, match=message):
         train_text(empty, tmp_path, **inputs)
+
+
+# --- RecsysTrainer ------------------------------------------------------------------------------
+
+SMALL_RATINGS = RatingsConfig(n_users=200, n_items=100, seed=5)
+"""A smaller generated data set of its own (other tastes, ids inside the built-in id space)."""
+
+
+@pytest.fixture(scope="module")
+def recsys_training_registry(tmp_path_factory) -> Registry:
+    """A registry of its own with the built recsys version (100 steps, the built-in ratings) as `production`."""
+    registry = Registry(tmp_path_factory.mktemp("recsys-training") / "registry")
+    recsys_trainer.build(registry)
+    return registry
+
+
+def train_recsys(registry: Registry, workdir, **inputs):
+    """Run the recsys trainer for a job with `inputs`; the candidate and the progress events."""
+    events: list[TrainingProgress] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    candidate = RecsysTrainer().train(request("recsys", **inputs), registry, workdir, events.append)
+    return candidate, events
+
+
+@pytest.fixture(scope="module")
+def recsys_default_candidate(recsys_training_registry, tmp_path_factory):
+    """A training job with no inputs: the built-in ratings, the default hyper-parameters."""
+    return train_recsys(recsys_training_registry, tmp_path_factory.mktemp("recsys-default"))
+
+
+def small_ratings(order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    ratings = generate_ratings(SMALL_RATINGS)
+    order = np.arange(len(ratings)) if order is None else order
+    return {"user_id": ratings.users[order], "item_id": ratings.items[order], "rating": ratings.ratings[order]}
+
+
+def factors_of(candidate) -> dict[str, np.ndarray]:
+    return recsys_trainer.read_factors(candidate.artifact.read_bytes())
+
+
+def test_recsys_training_is_reproducible_for_a_seed(recsys_training_registry, tmp_path):
+    runs = [train_recsys(recsys_training_registry, tmp_path / name, epochs=20, seed=seed)[0]
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))]
+    first, again, other_seed = (factors_of(c) for c in runs)
+    for name in recsys_trainer.FACTOR_NAMES:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert runs[0].metrics["hit_rate_at_10"] == runs[1].metrics["hit_rate_at_10"]
+    assert not np.array_equal(first["user_factors"], other_seed["user_factors"])
+    assert runs[0].params["epochs"] == 20 and runs[0].params["seed"] == 5 and runs[0].parent is None
+    assert runs[0].data_hash == load_ratings_split().data_hash()  # the built-in ratings, as `build`
+
+
+def test_recsys_progress_is_reported_every_ten_steps_and_at_the_end(recsys_training_registry, tmp_path):
+    candidate, events = train_recsys(recsys_training_registry, tmp_path, epochs=25, seed=1)
+    assert [e.epoch for e in events] == [e.step for e in events] == [10, 20, 25] and {e.epochs for e in events} == {25}
+    assert all(e.metric_name == "hit_rate_at_10" and 0 <= e.metric <= 1 and e.loss > 0 for e in events)
+    assert events[0].loss > events[-1].loss and events[-1].eta_s == 0
+    assert events[-1].metric == pytest.approx(candidate.metrics["hit_rate_at_10"], abs=0.01)  # torch vs. served graph
+
+
+def test_the_default_job_gives_builds_model_with_builds_artifacts(recsys_training_registry, recsys_default_candidate):
+    candidate, events = recsys_default_candidate
+    built = recsys_training_registry.resolve("recsys", "production")
+    assert [p.name for p in (candidate.artifact, *candidate.companions)] == ["recsys.onnx", SERVING_FILE]
+    assert candidate.data_hash == built.data_hash and candidate.params == built.params
+    for name in ("hit_rate_at_10", "popularity_hit_rate_at_10"):
+        assert candidate.metrics[name] == built.metrics[name]  # same data, same seed, same code path
+    assert candidate.metrics["held_out_users"] == 1000 and len(events) == 10
+
+
+def test_the_trained_candidate_serves_through_the_runtime_and_beats_popularity(recsys_default_candidate, tmp_path):
+    candidate, _ = recsys_default_candidate
+    registry = Registry(tmp_path / "registry")
+    registry.register("recsys", candidate.artifact, companions=candidate.companions, metrics=candidate.metrics,
+                      params=candidate.params, data_hash=candidate.data_hash, parent=candidate.parent)
+    runtime = RecsysRuntime.from_registry(registry, "production", providers="cpu")
+    served = recsys_trainer.hit_rates(runtime, load_ratings_split())
+    assert served["hit_rate_at_10"] == candidate.metrics["hit_rate_at_10"]
+    assert served["hit_rate_at_10"] >= 1.5 * served["popularity_hit_rate_at_10"], served
+    (out,) = runtime.infer([runtime.prepare(Job(job_id="j", model="recsys", task="recommend", inputs={"user_id": 3}))])
+    assert out["strategy"] == "collaborative" and len(out["items"].to_numpy()) == 10
+
+
+def test_warm_start_begins_from_the_base_versions_factors(recsys_training_registry, tmp_path):
+    base = recsys_training_registry.resolve("recsys", "production")
+    warm, _ = train_recsys(recsys_training_registry, tmp_path / "warm", base_version="production",
+                           learning_rate=1e-9, epochs=1)
+    scratch, _ = train_recsys(recsys_training_registry, tmp_path / "scratch", learning_rate=1e-9, epochs=1)
+    assert warm.parent == base.version and scratch.parent is None
+    assert abs(warm.metrics["hit_rate_at_10"] - base.metrics["hit_rate_at_10"]) <= 0.01
+    assert scratch.metrics["hit_rate_at_10"] < base.metrics["popularity_hit_rate_at_10"]  # a tiny rate learns nothing
+
+
+def test_warm_start_from_a_graph_without_named_factors_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "folded",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [None])])
+    path = tmp_path / "recsys.onnx"
+    onnx.save(helper.make_model(graph), path)
+    registry = Registry(tmp_path / "registry")
+    registry.register("recsys", path)
+    with pytest.raises(InvalidJob, match="train without `base_version`"):
+        train_recsys(registry, tmp_path / "work", base_version="production", epochs=1)
+    with pytest.raises(UnknownModelVersion):
+        train_recsys(registry, tmp_path / "work", base_version="7", epochs=1)
+
+
+def test_recsys_trains_on_the_jobs_own_ratings(recsys_training_registry, tmp_path):
+    columns = small_ratings()
+    candidate, events = train_recsys(recsys_training_registry, tmp_path / "inline", epochs=60,
+                                     **{name: Tensor.from_numpy(values) for name, values in columns.items()})
+    assert candidate.data_hash != load_ratings_split().data_hash()
+    assert candidate.params["data"] == {"source": "job", "ratings": len(columns["rating"]), "users": 200, "items": 100}
+    assert candidate.metrics["held_out_users"] == 200  # one of every user's ratings (each has 8+)
+    assert candidate.metrics["hit_rate_at_10"] >= 1.3 * candidate.metrics["popularity_hit_rate_at_10"]
+    assert [e.step for e in events] == [10, 20, 30, 40, 50, 60]
+    registry = Registry(tmp_path / "registry")
+    registry.register("recsys", candidate.artifact, companions=candidate.companions)
+    runtime = RecsysRuntime.from_registry(registry, providers="cpu")
+    assert runtime.n_items == 400  # the built-in id space: items the data never rated are ranked too
+    known, absent = (Job(job_id=str(u), model="recsys", task="recommend", inputs={"user_id": u}) for u in (3, 500))
+    assert [out["strategy"] for out in runtime.infer([runtime.prepare(known), runtime.prepare(absent)])] == [
+        "collaborative", "popularity"]  # a user the data does not name gets the popular items
+
+
+def test_recsys_ratings_file_rows_in_any_order_give_the_same_split(recsys_training_registry, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    inline, _ = train_recsys(recsys_training_registry, tmp_path / "inline", epochs=10,
+                             **{name: Tensor.from_numpy(values) for name, values in small_ratings().items()})
+    shuffled = small_ratings(np.random.default_rng(0).permutation(len(generate_ratings(SMALL_RATINGS))))
+    path = tmp_path / "ratings.parquet"
+    pq.write_table(pa.table(shuffled), path)
+    from_file, _ = train_recsys(recsys_training_registry, tmp_path / "file", epochs=10, data_uri=str(path))
+    assert from_file.data_hash == inline.data_hash
+    assert from_file.metrics["hit_rate_at_10"] == inline.metrics["hit_rate_at_10"]
+
+
+def _ratings_with(**changes):
+    columns = {"user_id": np.repeat(np.arange(12), 3), "item_id": np.tile(np.arange(3), 12),
+               "rating": np.full(36, 4.0, np.float32)} | changes
+    return {name: (Tensor.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value)
+            for name, value in columns.items()}
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (_ratings_with(rating=np.full(35, 4.0, np.float32)), "36 user_id, 36 item_id and 35 rating"),
+    ({k: v for k, v in _ratings_with().items() if k != "rating"},
+     "exactly `user_id`, `item_id` and `rating`; got item_id, user_id"),
+    (_ratings_with(weight=np.ones(36)), "got item_id, rating, user_id, weight"),
+    (_ratings_with(user_id=np.repeat(np.arange(1000, 1012), 3)), r"`user_id` must be within 0..999"),
+    (_ratings_with(item_id=np.tile(np.array([-1, 0, 1]), 12)), r"`item_id` must be within 0..399"),
+    (_ratings_with(item_id=np.tile(np.arange(3.0), 12)), "`item_id` must be integers"),
+    (_ratings_with(user_id="0 1 2"), "not a single string"),
+    (_ratings_with(rating=np.full(36, np.nan)), "finite and ≥ 0"),
+    (_ratings_with(rating=np.full(36, -1.0)), "finite and ≥ 0"),
+    (_ratings_with(rating=["good"] * 36), "`rating` must be numbers"),
+    (_ratings_with(user_id=np.ones(36, bool)), "`user_id` must be integers"),
+    (_ratings_with(item_id=np.zeros(36, np.int64)), "more than once, e.g. user 0, item 0"),
+    (_ratings_with(user_id=np.repeat(np.arange(18), 2), item_id=np.tile(np.arange(2), 18)),
+     "0 users have 3\\+ ratings; at least 10"),
+    ({"batch_size": 64}, "full-batch"),
+])
+def test_bad_recsys_jobs_are_refused_before_the_registry_is_touched(tmp_path, inputs, message):
+    empty = Registry(tmp_path / "empty")
+    with pytest.raises(InvalidJob, match=message):
+        train_recsys(empty, tmp_path / "work", epochs=1, base_version="production", **inputs)
+    assert not (tmp_path / "work" / "recsys.onnx").exists()

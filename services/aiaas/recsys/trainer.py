@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +20,12 @@ from .data import SERVING_FILE, RatingsConfig, RatingsSplit, ServingTables, load
 from .model import INPUT_NAMES, OUTPUT_NAMES, MatrixFactorization, ServingGraph
 from .runtime import RecsysRuntime
 
-__all__ = ["TrainParams", "train", "export_onnx", "hit_rates", "popularity_top_k", "build"]
+__all__ = ["TrainParams", "train", "export_onnx", "read_factors", "package", "hit_rates", "popularity_top_k", "build",
+           "ONNX_FILE", "FACTOR_NAMES"]
 
 ONNX_FILE = "recsys.onnx"
+FACTOR_NAMES = ("user_factors", "item_factors", "item_bias")
+"""The trained tensors; the exported graph keeps them as initializers of these names (a warm start reads them)."""
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,32 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train(split: RatingsSplit, params: TrainParams) -> MatrixFactorization:
-    """Full-batch Adam on the weighted implicit loss (model.py); deterministic on CPU for a seed."""
+def train(split: RatingsSplit, params: TrainParams, initial: Mapping[str, np.ndarray] | None = None,
+          on_step: Callable[[int, float, MatrixFactorization], None] | None = None) -> MatrixFactorization:
+    """Full-batch Adam on the weighted implicit loss (model.py); deterministic on CPU for a seed.
+
+    `params.epochs` is the number of optimiser steps; each step sees every training rating (one
+    step is one epoch). `initial` (the FACTOR_NAMES arrays) replaces the seeded random start: a
+    warm start. `on_step(step, loss, model)` is called after every step, inside the training.
+    """
     torch.manual_seed(params.seed)
     model = MatrixFactorization(split.n_users, split.n_items, params.dim)
+    if initial is not None:
+        with torch.no_grad():
+            for name in FACTOR_NAMES:
+                getattr(model, name).copy_(torch.from_numpy(np.asarray(initial[name], dtype=np.float32)))
     observed = torch.from_numpy(split.train.users * split.n_items + split.train.items)
     weights = 1.0 + params.rating_weight * torch.from_numpy(split.train.ratings)
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     with _one_thread():
-        for _ in range(params.epochs):
+        for step in range(1, params.epochs + 1):
             optimiser.zero_grad()
             loss = model.implicit_loss(observed, weights, params.negative_weight) \
                 + params.regularisation * model.regulariser()
             loss.backward()
             optimiser.step()
+            if on_step is not None:
+                on_step(step, float(loss.detach()), model)
     return model.eval()
 
 
@@ -78,10 +93,23 @@ def export_onnx(model: MatrixFactorization, path: Path) -> None:
             "recommend_items": {0: "users"}, "recommend_scores": {0: "users"},
             "similar_items": {0: "queries"}, "similar_scores": {0: "queries"}}
     # The TorchScript exporter, as for vision: fast, no torch.export tracing, a small opset-17 graph.
+    # No constant folding at export, so the factors stay initializers named as in FACTOR_NAMES (folding
+    # would store `item_factors` transposed under a generated name); ONNX Runtime folds at load anyway.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, example, str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+                          dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=False)
+
+
+def read_factors(onnx_bytes: bytes) -> dict[str, np.ndarray] | None:
+    """The FACTOR_NAMES arrays kept in an exported graph; None when it lacks one (exported with folding)."""
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in onnx.load_model_from_string(onnx_bytes).graph.initializer}
+    if not set(FACTOR_NAMES) <= set(initializers):
+        return None
+    return {name: numpy_helper.to_array(initializers[name]).astype(np.float32) for name in FACTOR_NAMES}
 
 
 def popularity_top_k(tables: ServingTables, user: int, k: int) -> np.ndarray:
@@ -108,6 +136,19 @@ def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: i
             f"popularity_hit_rate_at_{k}": float(np.mean(baseline_hits))}
 
 
+def package(model: MatrixFactorization, split: RatingsSplit, folder: Path) -> tuple[Path, Path, dict[str, float]]:
+    """Export the graph and the serving tables into `folder` and score the graph as served.
+
+    Returns (the ONNX artifact, the `SERVING_FILE` companion, the hit rates of `hit_rates`).
+    """
+    tables = ServingTables.from_split(split)
+    graph, serving = folder / ONNX_FILE, folder / SERVING_FILE
+    export_onnx(model, graph)
+    serving.write_bytes(tables.to_bytes())
+    runtime = RecsysRuntime(graph.read_bytes(), tables, "candidate", providers="cpu")
+    return graph, serving, hit_rates(runtime, split)
+
+
 def build(registry: Registry, params: TrainParams = TrainParams(),
           data: RatingsConfig = RatingsConfig()) -> ModelVersion:
     """Generate, train, export, score the served graph and register a new recsys version (aliased `production`)."""
@@ -115,13 +156,9 @@ def build(registry: Registry, params: TrainParams = TrainParams(),
     started = time.perf_counter()
     model = train(split, params)
     train_seconds = time.perf_counter() - started
-    tables = ServingTables.from_split(split)
     with tempfile.TemporaryDirectory() as tmp:
-        graph, serving = Path(tmp) / ONNX_FILE, Path(tmp) / SERVING_FILE
-        export_onnx(model, graph)
-        serving.write_bytes(tables.to_bytes())
-        runtime = RecsysRuntime(graph.read_bytes(), tables, "candidate", providers="cpu")
-        metrics = hit_rates(runtime, split) | {"train_seconds": round(train_seconds, 2)}
+        graph, serving, scores = package(model, split, Path(tmp))
+        metrics = scores | {"train_seconds": round(train_seconds, 2)}
         return registry.register(
             MODEL, graph, companions=(serving,), metrics=metrics,
             params=asdict(params) | {"data": asdict(data)}, data_hash=split.data_hash(),

@@ -4,7 +4,8 @@ import sys
 
 from .service import run_trainer
 
-TRAINERS = {"vision": "aiaas.vision.training:VisionTrainer", "text": "aiaas.text.training:TextTrainer"}
+TRAINERS = {"vision": "aiaas.vision.training:VisionTrainer", "text": "aiaas.text.training:TextTrainer",
+            "recsys": "aiaas.recsys.training:RecsysTrainer"}
 """Model types that take training jobs, and where their trainer lives."""
 
 
