@@ -65,7 +65,7 @@ class ModelWatcher:
         await ensure_topics(self._kafka, [topic])
         consumer = AIOKafkaConsumer(**self._kafka.connection_kwargs(), group_id=None, enable_auto_commit=False)
         await consumer.start()
-        partitions = [TopicPartition(topic, p) for p in range(await partition_count(self._kafka, topic))]
+        partitions = [TopicPartition(topic, p) for p in range(await partition_count(self._kafka, topic, wait_s=10))]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:

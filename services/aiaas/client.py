@@ -285,7 +285,7 @@ async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) 
                                 max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
     await consumer.start()
     # The consumer's metadata may predate a topic created a moment ago: ask the cluster itself.
-    partitions = consumer.partitions_for_topic(topic) or range(await partition_count(kafka, topic))
+    partitions = consumer.partitions_for_topic(topic) or range(await partition_count(kafka, topic, wait_s=5))
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     if from_beginning:

@@ -96,7 +96,8 @@ class Job(BaseModel):
     deadline: float | None = Field(None, description="After this time (Unix seconds) the job is `expired`, not run.")
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first when a batch is cut.")
     reply_to: str | None = Field(
-        None, max_length=249, description="Topic for the result instead of `<prefix>.<model>.results`."
+        None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Topic for the result instead of `<prefix>.<model>.results` (a valid Kafka topic name).",
     )
     tenant: str | None = Field(None, max_length=128, description="Who the job is for (accounting, quotas).")
     attributes: dict[str, str] = Field(

@@ -91,7 +91,8 @@ class JobPipeline:
         self._window = InFlightWindow(max(max_in_flight, max_batch))
         self._queue: deque[Any] = deque()
         self._publishing: set[asyncio.Task] = set()
-        self._commit_lock = asyncio.Lock()
+        self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
+        self._committer: asyncio.Task | None = None
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
         self._stopping = asyncio.Event()
@@ -111,27 +112,37 @@ class JobPipeline:
         self._arrived.set()
 
     async def run(self) -> PipelineStats:
-        """Consume until `stop()`; then drain, commit and return the counters."""
+        """Consume until `stop()`; then drain, commit and return the counters.
+
+        If the model loop dies (a bug, not a bad job), the pipeline stops at once and re-raises,
+        so the process exits and its unfinished jobs are redelivered — it never hangs silently.
+        """
         model_loop = asyncio.create_task(self._model_loop(), name="aiaas-model-loop")
+        fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
         try:
-            await self._fetch_loop()
+            await asyncio.wait({model_loop, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
+            if model_loop.done():
+                fetch_loop.cancel()
+                await asyncio.gather(fetch_loop, return_exceptions=True)
+                model_loop.result()  # raises what killed it
+                raise RuntimeError("the model loop ended while the service was running")
+            fetch_loop.result()
         finally:
             self._fetching = False
             self._arrived.set()
-            if not await self.drain(self._drain_timeout_s):
+            if not model_loop.done() and not await self.drain(self._drain_timeout_s):
                 log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
-            model_loop.cancel()
-            await asyncio.gather(model_loop, return_exceptions=True)
+            for task in (model_loop, fetch_loop, *self._publishing):
+                task.cancel()
+            await asyncio.gather(model_loop, fetch_loop, *self._publishing, return_exceptions=True)
         return self.stats
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
         async def drained() -> None:
-            while len(self._window) or self._queue or self._publishing:
+            while len(self._window) or self._queue or self._publishing or self._to_commit or self._committing:
                 self._finished.clear()
                 await self._finished.wait()
-            async with self._commit_lock:  # the last commit has returned
-                pass
 
         self._holding += 1
         try:
@@ -147,6 +158,8 @@ class JobPipeline:
         gone = {Partition(*p) for p in partitions}
         self._epoch += 1
         self._window.forget(gone)
+        for partition in gone:
+            self._to_commit.pop(partition, None)
         self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
         self._finished.set()
 
@@ -161,19 +174,24 @@ class JobPipeline:
                 try:
                     await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
                 except TimeoutError:
-                    pass
+                    # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
+                    # After a rebalance the new partitions start unpaused, so keep what it returns.
+                    self._take(await self._consumer.getmany(timeout_ms=0, max_records=self._max_batch))
                 continue
             self._resume()
-            fetched = await self._consumer.getmany(timeout_ms=_IDLE_POLL_MS, max_records=room)
-            records = [record for part in fetched.values() for record in part]
-            if records:
-                self._window.take(records)
-                self._queue.extend(records)
-                self._arrived.set()
+            self._take(await self._consumer.getmany(timeout_ms=_IDLE_POLL_MS, max_records=room))
+
+    def _take(self, fetched: dict) -> None:
+        records = [record for part in fetched.values() for record in part]
+        if records:
+            self._window.take(records)
+            self._queue.extend(records)
+            self._arrived.set()
 
     def _pause(self) -> None:
+        # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
+        self._consumer.pause(*self._consumer.assignment())
         if not self._paused:
-            self._consumer.pause(*self._consumer.assignment())
             self._paused = True
             self.stats.pauses += 1
             log.debug("window full (%d in flight): partitions paused", len(self._window))
@@ -233,22 +251,35 @@ class JobPipeline:
             return
         if epoch != self._epoch:
             return  # a rewind or revocation happened since: these offsets are no longer ours to commit
-        commits = self._window.finish(batch.records)
-        if commits:
-            await self._commit(commits)
+        for partition, offset in self._window.finish(batch.records).items():
+            self._to_commit[partition] = max(offset, self._to_commit.get(partition, 0))
+        if self._to_commit and not self._committing:
+            self._committer = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
 
     def _publish_done(self, task: asyncio.Task) -> None:
         self._publishing.discard(task)
         self._finished.set()
 
-    async def _commit(self, commits: dict[Partition, int]) -> None:
-        # The lock keeps commits in the order their offsets were computed (monotonic per partition).
-        async with self._commit_lock:
-            try:
-                await self._consumer.commit({TopicPartition(*p): offset for p, offset in commits.items()})
-            except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
-                self.stats.commit_failures += 1
-                log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
+    @property
+    def _committing(self) -> bool:
+        return self._committer is not None and not self._committer.done()
+
+    async def _commit_pending(self) -> None:
+        """The single committer: commits the highest safe offsets, coalescing batches that finished meanwhile.
+
+        One committer keeps commits monotonic per partition, and a finished batch's memory is freed
+        at once instead of waiting for its own commit round trip.
+        """
+        try:
+            while self._to_commit:
+                offsets, self._to_commit = self._to_commit, {}
+                try:
+                    await self._consumer.commit({TopicPartition(*p): offset for p, offset in offsets.items()})
+                except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
+                    self.stats.commit_failures += 1
+                    log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
+        finally:
+            self._finished.set()
 
     def _rewind(self, epoch: int) -> None:
         if epoch != self._epoch:

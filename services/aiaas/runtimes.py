@@ -50,7 +50,7 @@ class RuntimeSet:
 
     def swap_if_ready(self) -> ModelRuntime | None:
         """Between batches: start serving the version loaded in the background, if one is ready."""
-        if self._next is None:
+        if self._next is None or self._next.version != self._version_of(self.serve_ref):
             return None
         previous, self.current, self._next = self.current, self._next, None
         self._remember(self.current)
@@ -61,8 +61,10 @@ class RuntimeSet:
         """Take a registry change: remember its aliases; load the served alias's new version if it moved."""
         self._aliases = dict(aliases)
         target = self._version_of(self.serve_ref)
-        pending = self._next.version if self._next else None
-        if target is None or target in (self.current.version, pending):
+        if target == self.current.version:
+            self._next = None  # e.g. a rollback arrived before a pending swap happened: stay
+            return
+        if target is None or (self._next is not None and target == self._next.version):
             return
         runtime = self._loaded.get(target) or await self._load_in_background(target)
         if runtime is not None and self._version_of(self.serve_ref) == runtime.version:  # still the newest

@@ -81,11 +81,13 @@ class ModelService:
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
+            # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
+            # or the group moves on without us and our commits fail (a rebalance storm).
+            rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
         )
         await producer.start()
         watcher = ModelWatcher(self.kafka, self.runtime.model)
-        await watcher.start()  # before "ready": a promotion announced after that is never missed
-        following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
+        following: asyncio.Task | None = None
         worker = BatchWorker(
             self.runtimes, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
             group=self.group, max_message_bytes=self.kafka.max_message_bytes,
@@ -95,6 +97,8 @@ class ModelService:
             max_in_flight=self.settings.max_in_flight, drain_timeout_s=self.settings.graceful_timeout_s,
         )
         try:
+            await watcher.start()  # before "ready": a promotion announced after that is never missed
+            following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
             consumer.subscribe([self.topics.infer], listener=pipeline.rebalance_listener)
             await consumer.start()
             self._pipeline = pipeline
@@ -107,8 +111,9 @@ class ModelService:
             )
             stats = await pipeline.run()
         finally:
-            following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
             await watcher.stop()
             await consumer.stop()  # leaves the group, so its partitions move at once
             await producer.stop()

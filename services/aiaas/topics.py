@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -78,12 +79,21 @@ async def list_topics(settings: KafkaSettings) -> dict[str, int]:
         await admin.close()
 
 
-async def partition_count(settings: KafkaSettings, topic: str) -> int:
-    """How many partitions `topic` has (0 when it does not exist), asked of the cluster now."""
+async def partition_count(settings: KafkaSettings, topic: str, *, wait_s: float = 0.0) -> int:
+    """How many partitions `topic` has (0 when it does not exist), asked of the cluster now.
+
+    A topic created a moment ago may not be in the cluster's metadata yet: with `wait_s`, ask
+    again until it is, for up to that long.
+    """
     admin = AIOKafkaAdminClient(**settings.connection_kwargs())
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
-        return len(described["partitions"]) if described["error_code"] == 0 else 0
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            count = len(described["partitions"]) if described["error_code"] == 0 else 0
+            if count or asyncio.get_running_loop().time() >= deadline:
+                return count
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()

@@ -24,7 +24,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from . import tracing
 from .codec import decode_job, encode
 from .contracts import ErrorInfo, Job, Result, Timings
-from .errors import AiaasError, InvalidJob, ModelFailure, UnknownModelVersion
+from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, UnknownModelVersion
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
@@ -252,7 +252,10 @@ class BatchWorker:
                 return
         timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
         for job, out in zip(runnable, outputs):
-            job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
+            try:  # an output the contract cannot carry fails that job, not the worker
+                job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
+            except Exception as exc:
+                self._fail(job, ModelFailure(f"the model's output for this job is invalid: {exc}"[:500]), picked_at)
 
     def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
         job.error = error
@@ -285,20 +288,29 @@ class BatchWorker:
         """The job's result (in a PRODUCER span under its CONSUMER span), and its dead letter if it failed."""
         parent = trace.set_span_in_context(job.span)
         if job.result is not None:
+            payload = encode(job.result)
+            if len(payload) > self._max_bytes:  # the broker would refuse it: say so instead, and dead-letter the job
+                self._fail(job, PayloadTooLarge(f"the result has {len(payload)} bytes; results may have at most "
+                                                f"{self._max_bytes} (AIAAS_KAFKA_MAX_MESSAGE_BYTES)"), time.time())
+                payload = encode(job.result)
             job.span.set_attribute(tracing.STATUS, job.result.status)
             topic = job.job.reply_to if job.job and job.job.reply_to else self._topics.results
             with self._tracer.start_as_current_span(
                 f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
                 attributes=tracing.producer_attributes(topic, job_id=job.result.job_id) | {tracing.STATUS: job.result.status},
             ):
-                await self._sink.send(topic, encode(job.result), key=job.result.job_id.encode(), headers=tracing.inject_headers())
+                await self._sink.send(topic, payload, key=job.result.job_id.encode(), headers=tracing.inject_headers())
         if job.error is not None:
             with self._tracer.start_as_current_span(
                 f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
                 attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
             ):
                 headers = _dlq_headers(job.record, job.error, job.job_id) + tracing.inject_headers()
-                await self._sink.send(self._dlq, job.record.value or b"", key=job.record.key, headers=headers)
+                value = job.record.value or b""
+                if len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
+                    headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
+                    value = b""
+                await self._sink.send(self._dlq, value, key=job.record.key, headers=headers)
 
 
 def _dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None) -> list[tuple[str, bytes]]:

@@ -117,6 +117,21 @@ async def test_training_longer_than_max_poll_interval_keeps_the_trainer_in_its_g
     assert training.log_text().count("Setting newly assigned partitions") == 1, "the trainer lost its group membership"
 
 
+async def test_a_second_trainer_joining_mid_job_loses_no_queued_job(kafka_settings, env, tmp_path):
+    first = trainer(env, tmp_path).start()
+    second = ServiceProcess(env, tmp_path / "trainer-2.log", "training", "vision")
+    async with AiaasClient(kafka_settings) as client:
+        jobs = [await client.train("vision", {"epochs": 12, "seed": i}) for i in range(5)]
+        async for event in jobs[0].events(timeout=60):  # whichever trainer, one job is training now
+            if event.status == "running":
+                break
+        second.start()  # the group rebalances while that job trains
+        finals = await asyncio.gather(*(job.result(timeout=240) for job in jobs))
+    first.stop()
+    second.stop()
+    assert [f.status for f in finals] == ["succeeded"] * 5
+
+
 async def test_after_max_attempts_the_job_fails_with_a_dead_letter(kafka_settings, env, tmp_path, topic_prefix):
     training = trainer(env, tmp_path, max_attempts=1).start()
     async with AiaasClient(kafka_settings) as client:

@@ -84,3 +84,11 @@ def test_an_unknown_alias_is_a_clear_error():
     runtimes = RuntimeSet(Versioned("1"), aliases={"production": 1})
     with pytest.raises(UnknownModelVersion, match="no version or alias 'canary'"):
         runtimes.route("canary")
+
+
+async def test_a_rollback_before_the_swap_keeps_the_current_version():
+    runtimes, worker, sink = make(lambda version: Versioned(version))
+    await runtimes.follow({"production": 2})  # loaded, waiting for the next batch
+    await runtimes.follow({"production": 1})  # rolled back before that batch
+    await worker.handle([job_record(0, [1.0])])
+    assert versions_of(sink) == {"job-0": "1"}

@@ -127,3 +127,37 @@ async def test_a_sink_failure_propagates_so_the_batch_is_not_committed():
 
     with pytest.raises(ConnectionError):
         await make_worker(sink=BrokenSink()).handle([job_record(0, [1.0])])
+
+
+async def test_outputs_the_contract_cannot_carry_fail_that_job_only():
+    class OddRuntime(SumRuntime):
+        def infer(self, items):
+            return [{"sum": None} if i == 0 else {"sum": 1.0} for i in range(len(items))]
+
+    sink = RecordingSink()
+    await make_worker(OddRuntime(), sink).handle([job_record(0, [1.0]), job_record(1, [1.0])])
+    got = results(sink)
+    assert got["job-0"].status == "error" and got["job-0"].error.type == "ModelFailure"
+    assert got["job-1"].status == "ok"
+
+
+async def test_a_result_too_big_to_publish_becomes_an_error_result_and_a_dead_letter():
+    class HugeRuntime(SumRuntime):
+        def infer(self, items):
+            return [{"blob": "x" * 5000} for _ in items]
+
+    sink = RecordingSink()
+    worker = BatchWorker(HugeRuntime(), sink, topics=TOPICS, dlq_topic="p.dlq", group="g", max_message_bytes=2000)
+    await worker.handle([job_record(0, [1.0])])
+    (result,) = [decode_result(v, 1 << 20) for _, v, _, _ in sink.on(TOPICS.results)]
+    assert result.status == "error" and result.error.type == "PayloadTooLarge" and "2000" in result.error.message
+    assert len(sink.on("p.dlq")) == 1
+
+
+def test_a_reply_to_that_is_not_a_topic_name_is_refused_at_the_contract():
+    from pydantic import ValidationError
+
+    from aiaas.contracts import Job
+
+    with pytest.raises(ValidationError):
+        Job(job_id="j", model="vision", reply_to="bad topic!")

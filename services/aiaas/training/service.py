@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -102,7 +103,15 @@ class TrainerService:
                 await self._train(job, record, span)
             except AiaasError as exc:
                 await self._fail(record, job, exc, span)
-        await self._consumer.commit({TopicPartition(record.topic, record.partition): record.offset + 1})
+        partition = TopicPartition(record.topic, record.partition)
+        if partition not in self._consumer.assignment():
+            log.warning("%s moved to another trainer during the job; it will run the job again", partition)
+            return
+        try:
+            await self._consumer.commit({partition: record.offset + 1})
+        except KafkaError as exc:  # the group rebalanced: the new owner runs the job again (at-least-once)
+            log.warning("commit after job failed (%s); the job may run again", exc)
+            return
         if job is not None:
             self.attempts.forget(job.job_id)
 
@@ -117,9 +126,14 @@ class TrainerService:
                                   f"giving up after max_attempts={self.settings.max_attempts}")
         await self._emit(job, "accepted", outputs={"attempt": attempt})
         request = TrainingRequest.from_job(job, self.settings.max_data_bytes)
-        with tempfile.TemporaryDirectory(prefix="aiaas-train-") as workdir:
-            candidate = await self._run_training(job, request, Path(workdir))
-            version = self._register(job, candidate)
+        done = [v for v in self.registry.versions(self.trainer.model) if v.job_id == job.job_id]
+        if done:  # a rerun after a crash between registering and committing: do not register twice
+            version = done[-1]
+            log.info("%s: job %s already produced v%d; not training again", self.trainer.model, job.job_id, version.version)
+        else:
+            with tempfile.TemporaryDirectory(prefix="aiaas-train-") as workdir:
+                candidate = await self._run_training(job, request, Path(workdir))
+                version = self._register(job, candidate)
         await self._announce(version)
         await self._emit(job, "succeeded", outputs={
             "version": version.version, "aliases": sorted(self._aliases_of(version)),
@@ -132,8 +146,7 @@ class TrainerService:
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[TrainingProgress] = asyncio.Queue()
         report = lambda p: loop.call_soon_threadsafe(progress.put_nowait, p)  # noqa: E731 - called from the thread
-        assignment = self._consumer.assignment()
-        self._consumer.pause(*assignment)
+        self._consumer.pause(*self._consumer.assignment())
         with self._tracer.start_as_current_span(f"train {self.trainer.model}", attributes={
             tracing.MODEL: self.trainer.model, tracing.JOB_ID: job.job_id,
             **{f"aiaas.training.{k}": v for k, v in request.params.items()},
@@ -147,20 +160,44 @@ class TrainerService:
                     except TimeoutError:
                         event = None
                     if loop.time() - polled >= self.settings.poll_interval_s:
-                        await self._consumer.getmany(timeout_ms=0)  # paused: returns nothing, keeps us in the group
+                        await self._keep_alive()
                         polled = loop.time()
-                    if event is None:
-                        continue
-                    span.add_event("epoch", {"epoch": event.epoch, "loss": event.loss or 0.0, "metric": event.metric or 0.0})
-                    await self._emit(job, "running", progress=event)
-                return await training
-            except AiaasError:
-                raise
-            except Exception as exc:
-                span.record_exception(exc)
-                raise TrainingFailed(f"{type(exc).__name__}: {exc}") from exc
+                    if event is not None:
+                        span.add_event("epoch", {"epoch": event.epoch, "loss": event.loss or 0.0,
+                                                 "metric": event.metric or 0.0})
+                        await self._emit_progress(job, event)
+                try:
+                    return await training
+                except AiaasError:
+                    raise
+                except Exception as exc:
+                    span.record_exception(exc)
+                    raise TrainingFailed(f"{type(exc).__name__}: {exc}") from exc
             finally:
-                self._consumer.resume(*(tp for tp in assignment if tp in self._consumer.assignment()))
+                self._consumer.resume(*self._consumer.assignment())
+
+    async def _keep_alive(self) -> None:
+        """Poll the paused consumer so the group keeps us (max.poll.interval); never lose what it returns.
+
+        A rebalance during training hands out partitions unpaused: pause them again first, and if
+        the poll still returns records, seek back so they are read after this job.
+        """
+        self._consumer.pause(*self._consumer.assignment())
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=0)
+        except KafkaError as exc:  # a broker blip must not fail the training job
+            log.warning("polling during training failed (%s); retrying", exc)
+            return
+        for partition, records in fetched.items():
+            if records:
+                self._consumer.seek(partition, records[0].offset)
+
+    async def _emit_progress(self, job: Job, progress: TrainingProgress) -> None:
+        """A `running` event, best effort: a lost progress event must not fail the job."""
+        try:
+            await self._emit(job, "running", progress=progress)
+        except KafkaError as exc:
+            log.warning("progress event for %s not sent (%s)", job.job_id, exc)
 
     def _register(self, job: Job, candidate: Candidate) -> ModelVersion:
         aliases = self.policy.aliases_for(self.registry, self.trainer.model, candidate.metrics)
