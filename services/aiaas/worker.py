@@ -74,6 +74,7 @@ class _InFlight:
     runtime: ModelRuntime | None = None
     pending_version: str | None = None  # a pinned version that must be loaded before this job can run
     item: Any = None
+    prepared: bool = False  # the runtime accepted the job (its item may be anything, even None)
     result: Result | None = None
     error: AiaasError | None = None
 
@@ -144,7 +145,8 @@ class BatchWorker:
         batch = [self._admit(record, picked_at) for record in records]
         try:
             await self._load_pinned(batch, picked_at)
-            runnable = sorted((job for job in batch if job.item is not None), key=lambda j: -j.job.priority)
+            runnable = sorted((job for job in batch if job.prepared and job.result is None),
+                              key=lambda j: -j.job.priority)
             groups: dict[int, list[_InFlight]] = {}
             for job in runnable:
                 groups.setdefault(id(job.runtime), []).append(job)
@@ -190,6 +192,7 @@ class BatchWorker:
                 return job
             job.runtime = routed
             job.item = routed.prepare(job.job)
+            job.prepared = True
         except AiaasError as exc:
             self._fail(job, exc, picked_at)
         except Exception as exc:  # a runtime's unexpected complaint is still the job's fault, not the worker's
@@ -218,6 +221,7 @@ class BatchWorker:
                 job.runtime = runtime
                 try:
                     job.item = runtime.prepare(job.job)
+                    job.prepared = True
                 except AiaasError as exc:
                     self._fail(job, exc, picked_at)
                 except Exception as exc:

@@ -161,3 +161,16 @@ def test_a_reply_to_that_is_not_a_topic_name_is_refused_at_the_contract():
 
     with pytest.raises(ValidationError):
         Job(job_id="j", model="vision", reply_to="bad topic!")
+
+
+async def test_a_runtime_whose_prepared_item_is_none_still_answers_every_job():
+    class NoItemRuntime(SumRuntime):
+        def prepare(self, job):
+            return None
+
+        def infer(self, items):
+            return [{"n": len(items)} for _ in items]
+
+    sink = RecordingSink()
+    await make_worker(NoItemRuntime(), sink).handle([job_record(i, [1.0]) for i in range(3)])
+    assert {r.status for r in results(sink).values()} == {"ok"} and len(results(sink)) == 3

@@ -1,0 +1,388 @@
+"""Load from the client side: bursts (saturated throughput) and open-loop arrivals (latency).
+
+Two load generators with the same interface (`prepare` payloads, `send` one, await its `outcome`):
+
+* `RawLoad` (default): job envelopes encoded before the clock starts (`aiaas.codec.encode`,
+  each with its own W3C `traceparent` header, as a traced client sends them), published with a
+  plain aiokafka producer with the client's settings (acks=all, idempotent, linger 2 ms);
+  results read by key with a plain consumer and decoded (msgpack only) after the clock stops.
+  It publishes tens of thousands of jobs/s here, so the consumer under test is the limit.
+* `ClientLoad`: the project's `aiaas.client.AiaasClient` (`submit`, then `JobHandle.result`;
+  latency = `JobHandle.latency_ms`), tracing as the process has it. What a Python user gets —
+  but on a small machine one client process tops out near the consumers' rates, so its
+  figures are reported beside the consumer's, not instead of them.
+
+* **Burst**: publish N jobs as fast as the generator can (`publish_all`) and await every
+  result. Throughput = N / (last result received − first publish). The publish rate is
+  reported too: close to the throughput means the generator was the limit.
+* **Open loop**: job i is published at t0 + i/rate whatever happened to earlier jobs (no
+  waiting for results; a late scheduler sends what is due at once). Latency per job =
+  publish start → result received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from aiaas.client import AiaasClient, JobHandle
+from aiaas.codec import encode
+from aiaas.contracts import Job, new_job_id
+from aiaas.settings import KafkaSettings
+from aiaas.topics import ModelTopics, ensure_topics, partition_count
+
+from .workloads import Payload
+
+__all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "open_loop", "saturate",
+           "burst_size", "percentiles"]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+@dataclass
+class Burst:
+    """One burst of N jobs."""
+
+    jobs: int
+    seconds: float
+    publish_seconds: float
+    mean_batch: float = float("nan")
+    """Jobs in the model call that ran a job, averaged over jobs (`Result.timings.batch_size`; 0 if not reported)."""
+
+    @property
+    def jobs_per_s(self) -> float:
+        """Jobs answered per second, publish of the first to receipt of the last."""
+        return self.jobs / self.seconds
+
+    @property
+    def publish_per_s(self) -> float:
+        """How fast the generator got the N jobs acknowledged by the broker."""
+        return self.jobs / self.publish_seconds
+
+
+@dataclass
+class Saturation:
+    """Repeated bursts against one consumer; the median is the figure."""
+
+    bursts: list[Burst] = field(default_factory=list)
+
+    def _median(self, value: Callable[[Burst], float]) -> float:
+        return statistics.median(value(b) for b in self.bursts) if self.bursts else float("nan")
+
+    @property
+    def jobs_per_s(self) -> float:
+        """Median throughput of the bursts."""
+        return self._median(lambda b: b.jobs_per_s)
+
+    @property
+    def mean_batch(self) -> float:
+        """Median of the bursts' mean batch sizes."""
+        return self._median(lambda b: b.mean_batch)
+
+    @property
+    def publish_per_s(self) -> float:
+        """Median publish rate of the bursts."""
+        return self._median(lambda b: b.publish_per_s)
+
+    def spread(self) -> str:
+        """min–max of the bursts, for the details."""
+        rates = [b.jobs_per_s for b in self.bursts]
+        return f"{min(rates):,.0f}–{max(rates):,.0f}" if rates else "–"
+
+
+@dataclass
+class OpenLoop:
+    """Latency at one offered rate."""
+
+    share: float
+    """Offered rate as a share of the measured saturated throughput."""
+    target_per_s: float
+    achieved_per_s: float
+    jobs: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_lag_ms: float
+    """How far behind its schedule the publisher fell at worst."""
+    mean_batch: float = float("nan")
+
+
+def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95, p99."""
+    p50, p95, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+# -- load generators -------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One job's end: when its result arrived, its status, the batch it ran in."""
+
+    received_at: float
+    status: str
+    batch_size: int
+
+
+class Sent(Protocol):
+    """A published job."""
+
+    sent_at: float
+
+    async def acked(self) -> None:
+        """Return once the broker has the job."""
+        ...
+
+    async def outcome(self) -> Outcome:
+        """Wait for the job's result."""
+        ...
+
+
+class Load(Protocol):
+    """A load generator bound to one model type and one topic prefix."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def prepare(self, payloads: Sequence[Payload]) -> list[Any]: ...
+    async def send(self, prepared: Any) -> Sent: ...
+    async def publish_all(self, prepared: Sequence[Any]) -> list[Sent]:
+        """Publish all as fast as this generator can; return once the broker acknowledged every one."""
+        ...
+
+
+class _RawSent:
+    __slots__ = ("sent_at", "_ack", "_result")
+
+    def __init__(self, sent_at: float, ack: asyncio.Future, result: asyncio.Future) -> None:
+        self.sent_at, self._ack, self._result = sent_at, ack, result
+
+    async def acked(self) -> None:
+        await self._ack
+
+    async def outcome(self) -> Outcome:
+        received_at, value = await self._result
+        result = msgpack.unpackb(value, raw=False)
+        return Outcome(received_at, result["status"], int(result.get("timings", {}).get("batch_size", 0)))
+
+
+class RawLoad:
+    """Pre-encoded envelopes through a plain aiokafka producer; results matched by key."""
+
+    name = "raw aiokafka producer"
+
+    def __init__(self, kafka: KafkaSettings, model: str) -> None:
+        self.kafka, self.model = kafka, model
+        self.topics = ModelTopics.of(model, kafka.topic_prefix)
+        self._pending: dict[bytes, asyncio.Future] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Connect; the results reader is positioned at the end before this returns."""
+        await ensure_topics(self.kafka, [self.topics.infer, self.topics.results])
+        self._producer = AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
+                                          linger_ms=2, max_request_size=self.kafka.max_message_bytes + 64 * 1024)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(**self.kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
+                                          max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024)
+        await self._consumer.start()
+        partitions = [TopicPartition(self.topics.results, p)
+                      for p in range(await partition_count(self.kafka, self.topics.results))]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    future = self._pending.pop(record.key, None)
+                    if future is not None and not future.done():
+                        future.set_result((now, record.value))
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for client in (self._producer, self._consumer):
+            if client is not None:
+                await client.stop()
+
+    def prepare(self, payloads: Sequence[Payload]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+        """(key, envelope bytes, headers) per payload: a fresh job id and trace context each."""
+        prepared = []
+        for p in payloads:
+            job = Job(job_id=new_job_id(), model=self.model, task=p.task, inputs=dict(p.inputs))
+            ids = os.urandom(24).hex()
+            prepared.append((job.job_id.encode(), encode(job), [("traceparent", f"00-{ids[:32]}-{ids[32:]}-01".encode())]))
+        return prepared
+
+    async def send(self, prepared: tuple[bytes, bytes, list[tuple[str, bytes]]]) -> _RawSent:
+        """Publish (returns once queued in the producer; `acked()` waits for the broker)."""
+        assert self._producer is not None
+        key, value, headers = prepared
+        result = asyncio.get_running_loop().create_future()
+        self._pending[key] = result
+        sent_at = time.time()
+        ack = await self._producer.send(self.topics.infer, value, key=key, headers=headers)
+        return _RawSent(sent_at, ack, result)
+
+    async def publish_all(self, prepared: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> list[_RawSent]:
+        """One send after the other (each only queues its record), then every acknowledgement.
+
+        Not thousands of concurrent `send` calls: aiokafka's accumulator wakes every waiting sender
+        whenever a batch drains, and that herd costs far more than the sends.
+        """
+        sent = [await self.send(item) for item in prepared]
+        await asyncio.gather(*(s.acked() for s in sent))
+        return sent
+
+
+class _ClientSent:
+    __slots__ = ("handle", "sent_at")
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.handle, self.sent_at = handle, handle.sent_at
+
+    async def acked(self) -> None:
+        """`submit` returned: the broker has it."""
+
+    async def outcome(self) -> Outcome:
+        result = await self.handle.result(timeout=None)
+        return Outcome(self.handle.received_at, result.status, result.timings.batch_size)
+
+
+class ClientLoad:
+    """The project's AiaasClient."""
+
+    name = "AiaasClient"
+    window = 64
+    """`submit` awaits each acknowledgement, so submits run concurrently; with hundreds waiting at once
+    aiokafka's producer spends its time waking them (measured here: ~40 % fewer jobs/s at 1000 than at 64)."""
+
+    def __init__(self, kafka: KafkaSettings, model: str) -> None:
+        self.kafka, self.model = kafka, model
+        self.client = AiaasClient(kafka)
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    def prepare(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def send(self, prepared: Payload) -> _ClientSent:
+        return _ClientSent(await self.client.submit(self.model, prepared.inputs, task=prepared.task))
+
+    async def publish_all(self, prepared: Sequence[Payload]) -> list[_ClientSent]:
+        """Up to `window` submits at once."""
+        limit = asyncio.Semaphore(self.window)
+
+        async def one(item: Payload) -> _ClientSent:
+            async with limit:
+                return await self.send(item)
+
+        return list(await asyncio.gather(*(one(item) for item in prepared)))
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+async def _outcomes(sent: Sequence[Sent], timeout: float) -> list[Outcome]:
+    outcomes = await asyncio.wait_for(asyncio.gather(*(s.outcome() for s in sent)), timeout)
+    bad = [o for o in outcomes if o.status != "ok"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(outcomes)} jobs did not succeed (first: {bad[0].status})")
+    return outcomes
+
+
+async def burst(load: Load, payloads: Sequence[Payload], *, timeout: float = 180) -> Burst:
+    """Publish every payload as fast as the generator can, await every result."""
+    prepared = load.prepare(payloads)
+    started = time.time()
+    sent = await load.publish_all(prepared)
+    published = time.time()
+    outcomes = await _outcomes(sent, timeout)
+    finished = max(o.received_at for o in outcomes)
+    return Burst(len(sent), finished - started, published - started, statistics.fmean(o.batch_size for o in outcomes))
+
+
+def burst_size(rate: float, target_s: float, smallest: int = 100, largest: int = 200_000) -> int:
+    """Jobs for a burst of about `target_s` seconds at `rate` jobs/s."""
+    return int(min(max(rate * target_s, smallest), largest))
+
+
+async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], *, target_s: float, repeats: int,
+                   pilot: int, log: Callable[[str], None], names: Sequence[str] | None = None) -> list[Saturation]:
+    """Saturated throughput of one consumer per load generator, bursts alternating between them.
+
+    A pilot burst per generator warms its consumer up and sizes the bursts (N = the first one's
+    rate × `target_s`); then `repeats` rounds of one burst per generator. A round with a burst
+    shorter than 75 % of `target_s` (the pilot underestimated a cold consumer) is discarded and
+    the bursts re-sized from it, at most three times.
+    """
+    names = list(names or [""] * len(loads))
+    first = None
+    for load in loads:
+        warm = await burst(load, take(pilot))
+        first = first or warm
+    n = burst_size(first.jobs_per_s, target_s)
+    results = [Saturation() for _ in loads]
+    resized = 0
+    while len(results[0].bursts) < repeats:
+        round_ = [await burst(load, take(n)) for load in loads]
+        for b, name in zip(round_, names):
+            log(f"    burst {n:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "
+                f"(published at {b.publish_per_s:,.0f}/s)")
+        if resized < 3 and min(b.seconds for b in round_) < 0.75 * target_s:
+            resized += 1
+            n = burst_size(max(b.jobs_per_s for b in round_), target_s)
+            log(f"    (too short: discarded, bursts re-sized to {n:,} jobs)")
+            continue
+        for sat, b in zip(results, round_):
+            sat.bursts.append(b)
+    return results
+
+
+async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
+                    timeout: float = 180) -> OpenLoop:
+    """Publish the payloads at `rate` jobs/s on a fixed schedule; latency percentiles of all of them."""
+    loop = asyncio.get_running_loop()
+    prepared = load.prepare(payloads)
+    tasks: list[asyncio.Task] = []
+    start = loop.time() + 0.05
+    max_lag = 0.0
+    for i, item in enumerate(prepared):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            max_lag = max(max_lag, -delay)
+        tasks.append(asyncio.create_task(load.send(item)))
+    sent: list[Sent] = await asyncio.gather(*tasks)
+    await asyncio.gather(*(s.acked() for s in sent))
+    outcomes = await _outcomes(sent, timeout)
+    times = [s.sent_at for s in sent]
+    span = max(times) - min(times)
+    p50, p95, p99 = percentiles([(o.received_at - s.sent_at) * 1000 for s, o in zip(sent, outcomes)])
+    return OpenLoop(share, rate, (len(sent) - 1) / span if span > 0 else float("nan"), len(sent), p50, p95, p99,
+                    max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes))

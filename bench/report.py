@@ -1,0 +1,275 @@
+"""The report: a Markdown table with absolute figures and ratios, details per stage, and a latency plot."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .ceilings import RuntimeCeiling
+from .load import OpenLoop, Saturation
+from .procs import kafka_version
+
+__all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug"]
+
+
+@dataclass
+class ModelResult:
+    """Everything measured for one model type."""
+
+    model: str
+    max_batch: int
+    runtime: list[RuntimeCeiling] = field(default_factory=list)
+    transport: Saturation | None = None
+    naive: Saturation | None = None
+    service: Saturation | None = None
+    service_untraced: Saturation | None = None
+    service_client: Saturation | None = None
+    """The traced service driven by AiaasClient (with --load raw; with --load client `service` is that already)."""
+    open_loop: list[OpenLoop] = field(default_factory=list)
+    span_share: float | None = None
+    """Spans the traced service stored / spans it made (below 1: the export queue dropped some)."""
+    seconds: float = 0.0
+
+    @property
+    def served_runtime(self) -> RuntimeCeiling | None:
+        """The ONNX Runtime ceiling (what the service serves by default)."""
+        return next((r for r in self.runtime if r.backend == "onnx" and r.points), None)
+
+
+@dataclass
+class MachineInfo:
+    """Where and with what the numbers were taken."""
+
+    cpu: str
+    cores: int
+    python: str
+    versions: dict[str, str]
+    host: str
+    load_before: tuple[float, float, float]
+    other_work: tuple[float, float] | None = None
+    """Cores used by processes that are not this run's: (mean, max) over the run."""
+
+    @classmethod
+    def collect(cls) -> "MachineInfo":
+        """CPU from /proc/cpuinfo, package versions from the installed distributions."""
+        cpu = platform.processor() or platform.machine()
+        try:
+            names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")]
+            cpu = names[0] if names else cpu
+        except OSError:
+            pass
+        versions = {}
+        for dist in ("onnxruntime", "onnxruntime-gpu", "torch", "aiokafka", "faststream", "opentelemetry-sdk", "numpy"):
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        return cls(cpu, os.cpu_count() or 0, platform.python_version(), versions, socket.gethostname(), os.getloadavg())
+
+
+def machine_slug(info: MachineInfo) -> str:
+    """A file-name-safe machine name: CPU model and core count (the host name is random in containers)."""
+    cpu = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", "", info.cpu, flags=re.IGNORECASE)
+    cpu = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return f"{cpu}-{info.cores}c"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def _latency(point: OpenLoop | None) -> str:
+    if point is None:
+        return "–"
+    return f"{point.p50_ms:.1f} / {point.p95_ms:.1f} / {point.p99_ms:.1f}"
+
+
+def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, total_s: float, quick: bool,
+             transport_mode: str, load: str, notes: list[str], burst_s: float, repeats: int, open_loop_s: float) -> str:
+    """The whole report."""
+    ort = info.versions.get("onnxruntime") or info.versions.get("onnxruntime-gpu", "?")
+    shares = sorted({p.share for r in results for p in r.open_loop}) or [0.25, 0.5, 0.75]
+    lines = [
+        f"# aiaas benchmark — {time.strftime('%Y-%m-%d %H:%M')}"
+        + (" (quick smoke run: small N, not for comparison)" if quick else ""),
+        "",
+        f"{info.cpu}, {info.cores} cores · Python {info.python} · ONNX Runtime {ort} · "
+        + " · ".join(f"{k} {v}" for k, v in info.versions.items() if not k.startswith("onnxruntime")),
+        f"Host {info.host}; load average (1/5/15 min) {_load(info.load_before)} before the run; "
+        + (f"other processes used {info.other_work[0]:.2f} cores on average (max {info.other_work[1]:.2f}) during it. "
+           if info.other_work else "")
+        + f"Run: `{command}` in {total_s / 60:.1f} min.",
+        "",
+        "| model | runtime ceiling items/s (batch) | transport ceiling jobs/s | naive jobs/s | service jobs/s "
+        "| service / min(runtime, transport) | service / naive | "
+        + " | ".join(f"p50/p95/p99 ms @ {s:.0%}" for s in shares) + " | tracing on/off | service via AiaasClient jobs/s |",
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(shares) + "---:|---:|",
+    ]
+    for r in results:
+        runtime = r.served_runtime
+        best = runtime.best if runtime else None
+        service = r.service.jobs_per_s if r.service else None
+        transport = r.transport.jobs_per_s if r.transport else None
+        ceiling = min(x for x in (best.items_per_s if best else None, transport) if x is not None) \
+            if (best or transport) else None
+        by_share = {p.share: p for p in r.open_loop}
+        lines.append(
+            f"| {r.model} | {_rate(best.items_per_s) if best else '–'} ({best.batch if best else '–'}) "
+            f"| {_rate(transport)} | {_rate(r.naive.jobs_per_s if r.naive else None)} | {_rate(service)} "
+            f"| {_ratio(service, ceiling)} | {_ratio(service, r.naive.jobs_per_s if r.naive else None)} | "
+            + " | ".join(_latency(by_share.get(s)) for s in shares)
+            + f" | {_ratio(service, r.service_untraced.jobs_per_s if r.service_untraced else None)} "
+            f"| {_rate(r.service_client.jobs_per_s) if r.service_client else ('= service' if load == 'client' else '–')} |"
+        )
+    lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s), ""]
+    if notes:
+        lines += ["Notes on this run:", "", *[f"- {n}" for n in notes], ""]
+    for r in results:
+        lines += _details(r)
+    return "\n".join(lines) + "\n"
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_loop_s: float) -> list[str]:
+    where = ("a child process (load generator and service in separate processes, as for the service)"
+             if transport_mode == "subprocess"
+             else "the benchmark's own process (it shares one event loop with the load generator)")
+    generator = (
+        "pre-encoded job envelopes (each with its own `traceparent`) published with a plain aiokafka producer "
+        "(acks=all, idempotent, linger 2 ms, as AiaasClient's), results read by key with a plain consumer: it publishes "
+        "far faster than any consumer here drains (see publish/s below), so the consumer under test is the limit"
+        if load == "raw" else
+        "`AiaasClient` (submit, at most 64 awaiting their acknowledgement; `JobHandle.latency_ms`), tracing on in "
+        "this process too; one client process may be the limit (see publish/s below)")
+    return [
+        f"How each column is measured (all in this one run, on this machine, against one local Kafka {kafka_version()} broker; "
+        "each stage on its own topic prefix):",
+        "",
+        "- **runtime ceiling**: the runtime's `infer` alone on in-memory prepared batches (ONNX Runtime, as served), "
+        "median per batch size 1…256; best items/s and its batch size. Per-size figures and other backends below.",
+        f"- **load generator** for transport, naive and service: {generator}.",
+        "- **transport ceiling**: the real `ModelService` with a no-op runtime (empty outputs) in "
+        f"{where}, tracing on (local span store).",
+        "- **naive**: a one-message-at-a-time FastStream subscriber (decode → prepare → infer([item]) → publish, "
+        "no tracing) with the same runtime, in a child process.",
+        "- **service**: `python -m aiaas.<model>` as a child process, defaults (tracing to the local span store).",
+        "- Throughputs: bursts of N jobs published at once and every result awaited; N / (last result − first publish). "
+        f"A pilot burst warms the consumer up and sizes N for ~{burst_s:g} s; median of {repeats} burst(s) (a round with "
+        f"a burst under 75 % of {burst_s:g} s is discarded and re-sized).",
+        f"- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate (open loop, {open_loop_s:g} s) of "
+        "25/50/75 % of the service's saturated throughput.",
+        "- **tracing on/off**: service throughput with the default tracing (spans exported to the local span store) "
+        "divided by the same with `OTEL_TRACES_EXPORTER=none`; the two services run side by side and the bursts "
+        "alternate between them. \"Off\" is export off only: `setup_tracing` still installs the SDK TracerProvider "
+        "(without a span processor), so spans are still created, sampled, given attributes and links, and trace "
+        "context still travels in headers; they are dropped when they end instead of being queued, serialised and "
+        "written.",
+        "- **service via AiaasClient**: the traced service again, bursts published with `AiaasClient` from this "
+        "(traced) process: what one Python client process gets end to end.",
+    ]
+
+
+def _details(r: ModelResult) -> list[str]:
+    lines = [f"## {r.model}", "", f"Measured in {r.seconds:.0f} s. Service `max_batch` {r.max_batch}.", ""]
+    measured = [c for c in r.runtime if c.points]
+    if measured:
+        sizes = sorted({p.batch for c in measured for p in c.points})
+        lines += ["Runtime ceiling (median of repeated calls after warm-up):", "",
+                  "| batch | " + " | ".join(f"{c.backend} items/s | {c.backend} ms/batch" for c in measured) + " |",
+                  "|---:|" + "---:|---:|" * len(measured)]
+        for size in sizes:
+            cells = []
+            for c in measured:
+                point = next((p for p in c.points if p.batch == size), None)
+                cells += [_rate(point.items_per_s), f"{point.ms_per_batch:.3f}"] if point else ["–", "–"]
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for c in r.runtime:
+            if c.note:
+                lines.append(f"- {c.backend}: {c.note}")
+        served = r.served_runtime
+        at_max = served.at(r.max_batch) if served else None
+        if at_max:
+            lines.append(f"- ONNX Runtime at the service's max_batch ({at_max.batch}): {_rate(at_max.items_per_s)} items/s")
+        lines.append("")
+    rows = [("transport (no-op model)", r.transport), ("naive FastStream consumer", r.naive),
+            ("service, tracing on", r.service), ("service, tracing export off", r.service_untraced),
+            ("service via AiaasClient", r.service_client)]
+    lines += ["Saturated bursts:", "",
+              "| consumer | jobs/s (median) | bursts min–max | jobs per burst | mean batch | publish/s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, sat in rows:
+        if sat and sat.bursts:
+            batch = f"{sat.mean_batch:.1f}" if sat.mean_batch > 0 else "–"
+            lines.append(f"| {name} | {_rate(sat.jobs_per_s)} | {sat.spread()} | {sat.bursts[0].jobs:,} | {batch} "
+                         f"| {_rate(sat.publish_per_s)} |")
+    lines.append("")
+    if r.open_loop:
+        lines += ["Open-loop latency (publish → result received):", "",
+                  "| offered | target jobs/s | achieved jobs/s | jobs | p50 ms | p95 ms | p99 ms | mean batch "
+                  "| publisher max lag ms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for p in r.open_loop:
+            lines.append(f"| {p.share:.0%} | {_rate(p.target_per_s)} | {_rate(p.achieved_per_s)} | {p.jobs:,} "
+                         f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.mean_batch:.1f} | {p.max_lag_ms:.1f} |")
+        lines.append("")
+    if r.span_share is not None:
+        lines += [f"The traced service stored {r.span_share:.0%} of the spans it made (2 per job: `process` and "
+                  "`send …results`, 1 per batch: `infer`; below 100 % the BatchSpanProcessor queue was full and "
+                  "dropped spans, which makes tracing look cheaper than exporting them all).", ""]
+    return lines
+
+
+def plot(results: list[ModelResult], path: Path, title: str) -> bool:
+    """Latency vs offered load, one line (p50) per model type with a p50–p99 band; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        if not r.open_loop:
+            continue
+        xs = [p.share * 100 for p in r.open_loop]
+        rates = "/".join(f"{p.achieved_per_s:,.0f}" for p in r.open_loop)
+        label = f"{r.model} p50 (offered {rates} jobs/s" + (f"; saturated {r.service.jobs_per_s:,.0f})" if r.service else ")")
+        line, = ax.plot(xs, [p.p50_ms for p in r.open_loop], marker="o", label=label)
+        ax.fill_between(xs, [p.p50_ms for p in r.open_loop], [p.p99_ms for p in r.open_loop], color=line.get_color(),
+                        alpha=0.15, label=f"{r.model} p50–p99")
+    ax.set_xlabel("offered load (% of the service's saturated throughput)")
+    ax.set_ylabel("latency publish → result received (ms)")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xlim(0, 100)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
