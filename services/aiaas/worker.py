@@ -29,7 +29,7 @@ from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
 
-__all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "DLQ_HEADERS"]
+__all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "DLQ_HEADERS", "dlq_headers"]
 
 log = logging.getLogger("aiaas.worker")
 
@@ -309,7 +309,7 @@ class BatchWorker:
                 f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
                 attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
             ):
-                headers = _dlq_headers(job.record, job.error, job.job_id) + tracing.inject_headers()
+                headers = dlq_headers(job.record, job.error, job.job_id) + tracing.inject_headers()
                 value = job.record.value or b""
                 if len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
                     headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
@@ -317,7 +317,8 @@ class BatchWorker:
                 await self._sink.send(self._dlq, value, key=job.record.key, headers=headers)
 
 
-def _dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None) -> list[tuple[str, bytes]]:
+def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None) -> list[tuple[str, bytes]]:
+    """The DLQ_HEADERS of a dead letter for `record` (every service and trainer uses these)."""
     values = (record.topic, record.partition, record.offset, error.type_name, str(error)[:1000],
               str(error.retriable).lower(), job_id or "")
     return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]

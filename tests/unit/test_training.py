@@ -269,12 +269,17 @@ def small_vision_registry(tmp_path_factory) -> Registry:
     return registry
 
 
-def train_vision(registry: Registry, workdir, **inputs):
-    """Run the vision trainer for a job with `inputs`; the candidate and the progress events."""
+def run_trainer(trainer, registry: Registry, workdir, **inputs):
+    """Run `trainer` for a job with `inputs`; the candidate and the progress events."""
     events: list[TrainingProgress] = []
     workdir.mkdir(parents=True, exist_ok=True)
-    candidate = VisionTrainer().train(request("vision", **inputs), registry, workdir, events.append)
+    candidate = trainer.train(request(trainer.model, **inputs), registry, workdir, events.append)
     return candidate, events
+
+
+def train_vision(registry: Registry, workdir, **inputs):
+    """The vision trainer for a job with `inputs`."""
+    return run_trainer(VisionTrainer(), registry, workdir, **inputs)
 
 
 def weights_of(path) -> dict[str, np.ndarray]:
@@ -395,9 +400,8 @@ NEW_TOPICS = {
 
 
 def train_text(registry: Registry, workdir, **inputs):
-    events: list[TrainingProgress] = []
-    candidate = TextTrainer().train(request("text", **inputs), registry, workdir, events.append)
-    return candidate, events
+    """The text trainer for a job with `inputs`."""
+    return run_trainer(TextTrainer(), registry, workdir, **inputs)
 
 
 def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
@@ -449,11 +453,8 @@ def recsys_training_registry(tmp_path_factory) -> Registry:
 
 
 def train_recsys(registry: Registry, workdir, **inputs):
-    """Run the recsys trainer for a job with `inputs`; the candidate and the progress events."""
-    events: list[TrainingProgress] = []
-    workdir.mkdir(parents=True, exist_ok=True)
-    candidate = RecsysTrainer().train(request("recsys", **inputs), registry, workdir, events.append)
-    return candidate, events
+    """The recsys trainer for a job with `inputs`."""
+    return run_trainer(RecsysTrainer(), registry, workdir, **inputs)
 
 
 @pytest.fixture(scope="module")

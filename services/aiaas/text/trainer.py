@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .labelled_sentences import labelled_split
 from .runtime import OnnxEncoder, embed_rows
 from .tokens import TextTokenizer
 
-__all__ = ["HeadParams", "train_head", "build", "BUILD_MAX_SEQ_LEN"]
+__all__ = ["HeadParams", "train_head", "head_accuracy", "embed_texts", "build", "BUILD_MAX_SEQ_LEN"]
 
 BUILD_MAX_SEQ_LEN = 128
 """Token limit used to embed the training sentences (all of them are far shorter)."""
@@ -41,19 +42,35 @@ class HeadParams:
     seed: int = 0
 
 
-def train_head(embeddings: np.ndarray, labels: list[str], params: HeadParams) -> ClassifierHead:
-    """Full-batch Adam on cross-entropy; deterministic on CPU for a seed."""
+def train_head(embeddings: np.ndarray, labels: list[str], params: HeadParams,
+               on_epoch: Callable[[int, ClassifierHead], None] | None = None, every: int = 25) -> ClassifierHead:
+    """Full-batch Adam on cross-entropy; deterministic on CPU for a seed.
+
+    `on_epoch(epoch, head)` is called every `every` epochs and after the last one.
+    """
     names = tuple(sorted(set(labels)))
     torch.manual_seed(params.seed)
     x = torch.from_numpy(embeddings)
     y = torch.tensor([names.index(label) for label in labels])
     layer = torch.nn.Linear(x.shape[1], len(names))
     optimiser = torch.optim.Adam(layer.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    for _ in range(params.epochs):
+    for epoch in range(1, params.epochs + 1):
         optimiser.zero_grad()
         torch.nn.functional.cross_entropy(layer(x), y).backward()
         optimiser.step()
+        if on_epoch is not None and (epoch % every == 0 or epoch == params.epochs):
+            on_epoch(epoch, _head(layer, names))
+    return _head(layer, names)
+
+
+def _head(layer: torch.nn.Linear, names: tuple[str, ...]) -> ClassifierHead:
     return ClassifierHead(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy(), names)
+
+
+def head_accuracy(head: ClassifierHead, embeddings: np.ndarray, labels: list[str]) -> float:
+    """Share of `labels` the head predicts from their embeddings."""
+    predicted = head.scores(embeddings).argmax(axis=1)
+    return float(np.mean([head.labels[p] == label for p, label in zip(predicted, labels)]))
 
 
 def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion:
@@ -66,9 +83,8 @@ def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion
         shutil.copyfile(package_dir() / "tokenizer.json", tokenizer_path)
         encoder = OnnxEncoder(onnx_path.read_bytes(), providers="cpu")
         tokenizer = TextTokenizer(tokenizer_path.read_text(), BUILD_MAX_SEQ_LEN)
-        head = train_head(_embed(encoder, tokenizer, [s for s, _ in train]), [t for _, t in train], params)
-        predicted = head.scores(_embed(encoder, tokenizer, [s for s, _ in held_out])).argmax(axis=1)
-        accuracy = float(np.mean([head.labels[p] == t for p, (_, t) in zip(predicted, held_out)]))
+        head = train_head(embed_texts(encoder, tokenizer, [s for s, _ in train]), [t for _, t in train], params)
+        accuracy = head_accuracy(head, embed_texts(encoder, tokenizer, [s for s, _ in held_out]), [t for _, t in held_out])
         head_path.write_bytes(head.to_bytes())
         return registry.register(
             MODEL, onnx_path, companions=(tokenizer_path, head_path),
@@ -78,7 +94,8 @@ def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion
         )
 
 
-def _embed(encoder: OnnxEncoder, tokenizer: TextTokenizer, texts: list[str]) -> np.ndarray:
+def embed_texts(encoder: OnnxEncoder, tokenizer: TextTokenizer, texts: list[str]) -> np.ndarray:
+    """Unit embeddings of `texts`."""
     # The runtime's own length-grouped path: training sees exactly what serving computes.
     embeddings, _ = embed_rows(encoder, [t.ids for t in tokenizer.encode(texts)])
     return embeddings

@@ -16,8 +16,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
 from ..contracts import TrainingProgress
 from ..errors import InvalidJob
 from ..registry import Registry
@@ -25,9 +23,9 @@ from ..training.protocol import Candidate, ProgressCallback
 from ..training.request import TrainingRequest
 from . import MODEL
 from .labelled_sentences import labelled_split
-from .runtime import OnnxEncoder, embed_rows
+from .runtime import OnnxEncoder
 from .tokens import TextTokenizer
-from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, train_head
+from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, embed_texts, head_accuracy, train_head
 
 __all__ = ["TextTrainer"]
 
@@ -51,25 +49,21 @@ class TextTrainer:
         encoder = OnnxEncoder(onnx_bytes, providers="cpu")
         tokenizer = TextTokenizer(files["tokenizer.json"].decode(), BUILD_MAX_SEQ_LEN)
         started = time.perf_counter()
-        x_train = _embed(encoder, tokenizer, [t for t, _ in train_rows])
-        x_test = _embed(encoder, tokenizer, [t for t, _ in held_out])
+        x_train = embed_texts(encoder, tokenizer, [t for t, _ in train_rows])
+        x_test = embed_texts(encoder, tokenizer, [t for t, _ in held_out])
         y_test = [label for _, label in held_out]
-        head = None
-        for done in range(_EPOCHS_PER_REPORT, params.epochs + _EPOCHS_PER_REPORT, _EPOCHS_PER_REPORT):
-            epochs = min(done, params.epochs)
-            # Full-batch training is cheap: retrain from the seed to `epochs` so each report is exact.
-            head = train_head(x_train, [label for _, label in train_rows], replace(params, epochs=epochs))
-            accuracy = _accuracy(head, x_test, y_test)
+
+        def report(epoch: int, head) -> None:
             elapsed = time.perf_counter() - started
-            progress(TrainingProgress(epoch=epochs, epochs=params.epochs, step=epochs, metric=accuracy,
-                                      metric_name=self.metric, eta_s=elapsed / epochs * (params.epochs - epochs)))
-            if epochs == params.epochs:
-                break
+            progress(TrainingProgress(epoch=epoch, epochs=params.epochs, step=epoch, metric=head_accuracy(head, x_test, y_test),
+                                      metric_name=self.metric, eta_s=elapsed / epoch * (params.epochs - epoch)))
+
+        head = train_head(x_train, [label for _, label in train_rows], params, on_epoch=report, every=_EPOCHS_PER_REPORT)
         artifact, tokenizer_path, head_path = workdir / "encoder.onnx", workdir / "tokenizer.json", workdir / "head.npz"
         artifact.write_bytes(onnx_bytes)
         tokenizer_path.write_bytes(files["tokenizer.json"])
         head_path.write_bytes(head.to_bytes())
-        metrics = {"accuracy": _accuracy(head, x_test, y_test), "held_out": float(len(held_out)),
+        metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out)),
                    "train_seconds": round(time.perf_counter() - started, 2)}
         return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
                          hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path), base.version)
@@ -92,13 +86,3 @@ def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str,
     random.Random(7).shuffle(rows)
     cut = max(1, len(rows) // 5)
     return rows[cut:], rows[:cut]
-
-
-def _embed(encoder: OnnxEncoder, tokenizer: TextTokenizer, texts: list[str]) -> np.ndarray:
-    embeddings, _ = embed_rows(encoder, [t.ids for t in tokenizer.encode(texts)])
-    return embeddings
-
-
-def _accuracy(head, x: np.ndarray, labels: list[str]) -> float:
-    predicted = head.scores(x).argmax(axis=1)
-    return float(np.mean([head.labels[p] == label for p, label in zip(predicted, labels)]))

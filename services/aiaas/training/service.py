@@ -33,7 +33,7 @@ from ..promotion import PromotionPolicy, default_policy
 from ..registry import ModelVersion, Registry
 from ..settings import HomeSettings, KafkaSettings
 from ..topics import ModelTopics, dlq_topic, ensure_topics, models_topic, service_topics
-from ..worker import DLQ_HEADERS
+from ..worker import dlq_headers
 from .attempts import AttemptCounter
 from .protocol import Candidate, ModelTrainer
 from .request import TrainingRequest
@@ -246,9 +246,7 @@ class TrainerService:
         elif job_id:
             stub = Job(job_id=job_id[:128], model=self.trainer.model, kind="train")
             await self._emit(stub, "failed", error=info)
-        values = (record.topic, record.partition, record.offset, error.type_name, str(error)[:1000],
-                  str(error.retriable).lower(), job_id or "")
-        headers = [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
+        headers = dlq_headers(record, error, job_id)
         dlq = dlq_topic(self.kafka.topic_prefix)
         with self._tracer.start_as_current_span(f"send {dlq}", kind=SpanKind.PRODUCER,
                                                 attributes=tracing.producer_attributes(dlq, job_id=job_id)):
