@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from . import tracing
 from .client import AiaasClient, JobHandle
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args) or 0
     except (AiaasError, TimeoutError) as exc:
         print(f"aiaas: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # settings from the environment (AIAAS_KAFKA_*, ...) that do not fit
+        problems = "; ".join(".".join(map(str, e["loc"])) + (": " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        print(f"aiaas: error: invalid {exc.title}: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -210,14 +216,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 def _cmd_topics(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaConnectionError
 
-    from .client import broker_unreachable
+    from .client import explain_connection_failure
     from .topics import list_topics
 
     settings = KafkaSettings()
     try:
         topics = asyncio.run(list_topics(settings))
     except KafkaConnectionError as exc:
-        raise broker_unreachable(settings, exc) from exc
+        raise asyncio.run(explain_connection_failure(settings, exc)) from exc
     for name, partitions in topics.items():
         print(f"{name:40} partitions={partitions}")
     if not topics:

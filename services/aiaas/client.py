@@ -10,12 +10,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, MutableSet
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -27,7 +32,13 @@ from .errors import AiaasError, BrokerUnavailable
 from .settings import KafkaSettings
 from .topics import ModelTopics, ensure_topics, partition_count
 
-__all__ = ["AiaasClient", "JobHandle", "broker_unreachable"]
+__all__ = ["AiaasClient", "JobHandle", "SeenFile", "broker_unreachable", "explain_connection_failure",
+           "KafkaAuthenticationFailed"]
+
+log = logging.getLogger("aiaas.client")
+
+_COMMIT_INTERVAL_S = 1.0
+"""How often a group reader (`results(group_id=...)`) commits the offsets of what it handed over."""
 
 
 def broker_unreachable(settings: KafkaSettings, exc: BaseException) -> BrokerUnavailable:
@@ -37,6 +48,82 @@ def broker_unreachable(settings: KafkaSettings, exc: BaseException) -> BrokerUna
         "Start the local broker with `infra/kafka/kafka.sh start` (or `make kafka`), "
         "or point AIAAS_KAFKA_BOOTSTRAP_SERVERS at your cluster."
     )
+
+
+class KafkaAuthenticationFailed(BrokerUnavailable):
+    """Kafka answered but refused this connection's security settings (SASL credentials or mechanism,
+    TLS trust or client certificate); trying again with the same settings will not help."""
+
+    retriable = False
+
+
+async def explain_connection_failure(settings: KafkaSettings, exc: BaseException) -> BrokerUnavailable:
+    """The error for a client that could not connect: `KafkaAuthenticationFailed` naming the setting to fix
+    when a broker answered but refused the handshake, `broker_unreachable` otherwise.
+
+    aiokafka only logs the broker's reason (wrong SCRAM password, unknown mechanism, untrusted certificate)
+    and raises "Unable to bootstrap"; one connection attempt with the same settings recovers it.
+    """
+    from aiokafka.conn import collect_hosts, create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    kwargs = settings.connection_kwargs()
+    for host, port, _ in collect_hosts(settings.bootstrap_servers, randomize=False):
+        try:
+            async with asyncio.timeout(5):
+                conn = await create_conn(
+                    host, port, request_timeout_ms=5000, security_protocol=settings.security_protocol,
+                    ssl_context=kwargs.get("ssl_context"), sasl_mechanism=kwargs.get("sasl_mechanism"),
+                    sasl_plain_username=kwargs.get("sasl_plain_username"),
+                    sasl_plain_password=kwargs.get("sasl_plain_password"),
+                )
+                try:
+                    await conn.send(MetadataRequest([]))
+                finally:
+                    conn.close()
+        except Exception as refusal:  # noqa: BLE001 - classified below; anything else is "unreachable"
+            refused = _security_refusal(settings, f"{host}:{port}", refusal)
+            if refused is not None:
+                return refused
+    return broker_unreachable(settings, exc)
+
+
+def _security_refusal(settings: KafkaSettings, where: str, exc: Exception) -> KafkaAuthenticationFailed | None:
+    import ssl
+
+    from aiokafka import errors
+
+    protocol, mechanism = settings.security_protocol, settings.sasl_mechanism or "PLAIN"
+    said = f" (broker: {exc.args[0]})" if exc.args and isinstance(exc.args[0], str) and exc.args[0] else ""
+    if isinstance(exc, (errors.SaslAuthenticationFailed, errors.AuthenticationFailedError)):
+        message = (f"Kafka rejected the SASL credentials for user '{settings.sasl_username}' ({mechanism}) at "
+                   f"{where}: check AIAAS_KAFKA_SASL_USERNAME / AIAAS_KAFKA_SASL_PASSWORD{said}")
+    elif isinstance(exc, errors.UnsupportedSaslMechanismError):
+        message = (f"Kafka at {where} does not offer the SASL mechanism {mechanism} on that listener: "
+                   "check AIAAS_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, as the cluster has it)")
+    elif isinstance(exc, errors.IllegalSaslStateError):
+        message = (f"Kafka at {where} does not speak SASL on that listener: check AIAAS_KAFKA_SECURITY_PROTOCOL "
+                   f"({protocol}) and that AIAAS_KAFKA_BOOTSTRAP_SERVERS names the SASL listener's port")
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        message = (f"the TLS certificate of Kafka at {where} is not trusted ({exc.verify_message}): "
+                   "set AIAAS_KAFKA_SSL_CAFILE to the CA (PEM) that signed it")
+    elif isinstance(exc, ssl.SSLError):
+        message = (f"the TLS handshake with Kafka at {where} failed ({exc.reason or exc}): check that this "
+                   f"listener speaks TLS (AIAAS_KAFKA_SECURITY_PROTOCOL={protocol}) and the AIAAS_KAFKA_SSL_* files")
+    elif isinstance(exc, ConnectionResetError) and protocol.endswith("SSL"):
+        message = (f"Kafka at {where} reset the connection at the TLS handshake: that listener probably does not "
+                   f"speak TLS (check AIAAS_KAFKA_SECURITY_PROTOCOL={protocol} and the port)")
+    elif isinstance(exc, errors.KafkaConnectionError) and protocol.endswith("SSL") and not settings.ssl_certfile:
+        # TLS connected, then the broker hung up: the usual reason is a listener that wants a client certificate.
+        message = (f"Kafka at {where} closed the TLS connection: the listener may require a client certificate "
+                   "(AIAAS_KAFKA_SSL_CERTFILE / AIAAS_KAFKA_SSL_KEYFILE)")
+    elif isinstance(exc, errors.KafkaConnectionError) and protocol == "PLAINTEXT":
+        # TCP connected, then the broker hung up on the first request: a listener that expects SASL or TLS.
+        message = (f"Kafka at {where} accepted the connection and closed it: that listener probably needs SASL "
+                   "or TLS (set AIAAS_KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings, see the README)")
+    else:
+        return None
+    return KafkaAuthenticationFailed(message)
 
 
 @dataclass
@@ -115,6 +202,88 @@ class _SeenIds:
         return True
 
 
+class SeenFile(MutableSet[str]):
+    """A durable set of job ids: an append-only file, one id a line, flushed on every `add`.
+
+    The reader-side half of exactly-once processing. Pass it to `results(..., group_id=..., seen=...)`:
+    the reader skips every job id already in it and adds each final result's job id just before
+    handing the result over, so after a crash and restart (same group, same file) no result is
+    handed over twice, even the ones whose offsets the crashed reader had not committed yet::
+
+        seen = SeenFile("processed.ids")
+        async for result in client.results("vision", group_id="billing", seen=seen):
+            handle(result)
+
+    A crash after the `add` and before `handle` finished skips that one result at the restart
+    (at most once, for the result in hand). For exactly-once processing make the mark and the
+    effect one durable step: give `seen` your own MutableSet over the store that `handle` writes
+    to (`__contains__` asks that store, `add` does nothing) and record the job id in the same
+    transaction as the effect.
+
+    One process at a time per file. On load, an incomplete last line (a crash mid-write) is ignored
+    and cut off. `fsync=True` also survives a power cut (an fsync per id: slower).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ids = self._load()
+        self._file = self.path.open("a", encoding="utf-8", newline="\n")
+
+    def _load(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        data = self.path.read_bytes()
+        complete, newline, _ = data.rpartition(b"\n")
+        if len(complete) + len(newline) < len(data):  # an id whose write was cut short: drop it
+            with self.path.open("r+b") as file:
+                file.truncate(len(complete) + len(newline))
+        return {line for line in complete.decode("utf-8", errors="replace").split("\n") if line}
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, job_id: str) -> None:
+        """Record `job_id` (written and flushed before this returns); a no-op when it is already in."""
+        if job_id in self._ids:
+            return
+        if not job_id or "\n" in job_id or "\r" in job_id:
+            raise ValueError(f"a job id for SeenFile must be one non-empty line, not {job_id!r}")
+        self._file.write(job_id + "\n")
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._ids.add(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Forget `job_id` (rewrites the file: rare, unlike `add`)."""
+        if job_id not in self._ids:
+            return
+        self._ids.discard(job_id)
+        self._file.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{i}\n" for i in self._ids), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", encoding="utf-8", newline="\n")
+
+    def close(self) -> None:
+        """Close the file (every `add` is already flushed)."""
+        self._file.close()
+
+    def __enter__(self) -> "SeenFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class AiaasClient:
     """Publishes jobs and reads results over Kafka (aiokafka: idempotent producer, acks=all)."""
 
@@ -143,7 +312,7 @@ class AiaasClient:
             await producer.start()
         except KafkaConnectionError as exc:
             await producer.stop()
-            raise broker_unreachable(self.kafka, exc) from exc
+            raise await explain_connection_failure(self.kafka, exc) from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -222,26 +391,52 @@ class AiaasClient:
         return JobHandle(job, sent_at, meta.partition, meta.offset, future, progress)
 
     async def results(self, model: str, *, from_beginning: bool = False, topic: str | None = None,
-                      idle_timeout: float | None = None) -> AsyncIterator[Result]:
+                      idle_timeout: float | None = None, group_id: str | None = None,
+                      seen: MutableSet[str] | None = None) -> AsyncIterator[Result]:
         """Iterate over a model's results topic, each job id once (duplicates from redelivery dropped).
 
-        Starts at the end (new results only) unless `from_beginning`; with `idle_timeout`, stops
-        after that many seconds without a new result.
+        Without `group_id`: starts at the end (new results only) unless `from_beginning`, and
+        remembers nothing. With `group_id`: joins that consumer group and starts from its committed
+        offsets (the beginning when it has none; `from_beginning` is not used), committing what it
+        handed over every second and when the iteration ends, so a reader that is killed and
+        started again resumes where it left off (results after its last commit come again).
+        `seen` (e.g. a `SeenFile`) holds the job ids already processed: their results are skipped,
+        and each final result's job id is added just before it is handed over, so with a durable
+        set no result is handed over twice across restarts either.
+        With `idle_timeout`, stops after that many seconds without a new result. Only committed
+        results are read (read_committed), so an exactly-once service's aborted attempts never show.
         """
         topic = topic or ModelTopics.of(model, self.kafka.topic_prefix).results
         await self._ensure({topic})
-        consumer = await _start_reader(self.kafka, topic, from_beginning)
-        seen = _SeenIds()
+        done: dict[TopicPartition, int] = {}  # per partition: the offset after the last record handed over
+        if group_id is None:
+            consumer = await _start_reader(self.kafka, topic, from_beginning)
+        else:
+            consumer = await _start_group_reader(self.kafka, topic, group_id, done)
+        dedupe = _SeenIds()
+        committed_at = time.monotonic()
         try:
             while True:
+                if group_id is not None and done and time.monotonic() - committed_at >= _COMMIT_INTERVAL_S:
+                    await _commit_done(consumer, done)
+                    committed_at = time.monotonic()
                 batches = await consumer.getmany(timeout_ms=int((idle_timeout or 1.0) * 1000))
                 if not batches and idle_timeout is not None:
                     return
-                for record in (r for records in batches.values() for r in records):
-                    result = _receive(self._tracer, record, self.kafka.max_message_bytes)
-                    if result is not None and seen.first_time(result):
-                        yield result
+                for tp, records in batches.items():
+                    for record in records:
+                        result = _receive(self._tracer, record, self.kafka.max_message_bytes)
+                        done[tp] = record.offset + 1  # before the yield: a reader closed there has handled it
+                        if result is None or (seen is not None and result.job_id in seen):
+                            continue
+                        if dedupe.first_time(result):
+                            if seen is not None and result.status in TERMINAL_STATUSES:
+                                seen.add(result.job_id)
+                            yield result
         finally:
+            if group_id is not None:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await asyncio.wait_for(_commit_done(consumer, done), 5)
             await consumer.stop()
 
     def _require_producer(self) -> AIOKafkaProducer:
@@ -255,7 +450,7 @@ class AiaasClient:
             try:
                 await ensure_topics(self.kafka, sorted(missing))
             except KafkaConnectionError as exc:
-                raise broker_unreachable(self.kafka, exc) from exc
+                raise await explain_connection_failure(self.kafka, exc) from exc
             self._known_topics |= missing
 
     async def _listener(self, topic: str) -> "_ResultListener":
@@ -282,6 +477,7 @@ def _receive(tracer: trace.Tracer, record: ConsumerRecord, max_bytes: int) -> Re
 async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
     """A group-less consumer on every partition of `topic`, positioned before it returns."""
     consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed",
                                 max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
     await consumer.start()
     # The consumer's metadata may predate a topic created a moment ago: ask the cluster itself.
@@ -295,6 +491,53 @@ async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) 
     for tp in assigned:  # pin the positions now, so nothing published after this call is missed
         await consumer.position(tp)
     return consumer
+
+
+async def _start_group_reader(kafka: KafkaSettings, topic: str, group_id: str,
+                              done: dict[TopicPartition, int]) -> AIOKafkaConsumer:
+    """A member of consumer group `group_id` on `topic`: from its committed offsets, the earliest where none."""
+    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=group_id, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
+    consumer.subscribe([topic], listener=_CommitOnRevoke(consumer, done))
+    await consumer.start()
+    return consumer
+
+
+async def _commit_done(consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
+    """Commit the offsets of what was handed over, on the partitions this member still owns.
+
+    A failed commit (the group rebalanced meanwhile) is only logged: the partition's next owner
+    starts from the last commit that succeeded, and hands those results over again (at least once;
+    a `seen` set drops them).
+    """
+    owned = consumer.assignment()
+    offsets = {tp: offset for tp, offset in done.items() if tp in owned}
+    for tp in set(done) - owned:
+        del done[tp]
+    if not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+    except KafkaError as exc:
+        log.warning("committing the results reader's offsets failed (%s); they will be read again", exc)
+        return
+    for tp, offset in offsets.items():
+        if done.get(tp) == offset:
+            del done[tp]
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move to another reader of the group, commit what was handed over from them."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
+        self._consumer, self._done = consumer, done
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await _commit_done(self._consumer, self._done)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
 
 
 class _ResultListener:

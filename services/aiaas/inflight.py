@@ -80,6 +80,20 @@ class InFlightWindow:
                 commits[key] = last + 1
         return commits
 
+    def offsets_after(self, records: Iterable) -> dict[Partition, int]:
+        """The offsets `finish(records)` would return, without marking anything done (for a transaction)."""
+        finishing = {(Partition(r.topic, r.partition), r.offset) for r in records}
+        commits = {}
+        for key in {partition for partition, _ in finishing}:
+            last = None
+            for entry in self._entries.get(key, ()):
+                if not (entry.done or (key, entry.offset) in finishing):
+                    break
+                last = entry.offset
+            if last is not None:
+                commits[key] = last + 1
+        return commits
+
     def first_pending(self) -> dict[Partition, int]:
         """Per partition, the first offset not yet done: where to rewind to on failure."""
         return {key: queue[0].offset for key, queue in self._entries.items() if queue}

@@ -11,11 +11,17 @@ Three things run at once so the model is never idle waiting for Kafka:
 * a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
   while the next batch is in the model, then commits the offsets that are now safe.
 
-Delivery stays at-least-once: an offset is committed only after every record before it on
-its partition has had its outcome acknowledged (`InFlightWindow`). If publishing fails, the
-partitions are rewound to the first unfinished record and those jobs run again. When
-partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is drained and
-committed first, within `graceful_timeout_s`.
+At-least-once (the default): an offset is committed only after every record before it on
+its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once (with a
+`Transactions` object): each batch's results, dead letters, retries and the offsets it makes
+safe are written in one Kafka transaction, one batch after another. Either way, if
+publishing fails the partitions are rewound to the first unfinished record and those jobs
+run again. When partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is
+drained and committed first, within `graceful_timeout_s`.
+
+Records from the retry topic carry the time before which they may not run; the model loop
+leaves them queued until then and takes the jobs behind them, so a retry never blocks its
+partition's neighbours or the infer topic. Waiting retries hold at most half the window.
 
 We drive aiokafka directly here rather than through a FastStream subscriber: FastStream's
 batch subscriber runs one handler call at a time and its manual `ack()` commits the
@@ -36,6 +42,10 @@ from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+import time
+from collections.abc import Callable
+
+from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
 from .worker import BatchWorker, ProcessedBatch
 
@@ -67,6 +77,8 @@ class PipelineStats:
     pauses: int = 0
     rewinds: int = 0
     commit_failures: int = 0
+    transactions: int = 0
+    aborted_transactions: int = 0
 
 
 class JobPipeline:
@@ -81,6 +93,9 @@ class JobPipeline:
         max_wait_ms: int,
         max_in_flight: int,
         drain_timeout_s: float,
+        due_at: Callable[[Any], float | None] = lambda record: None,
+        delayed_topic: str | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.worker = worker
         self.stats = PipelineStats()
@@ -100,6 +115,11 @@ class JobPipeline:
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._paused = False
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
+        self._due_at = due_at
+        self._delayed_topic = delayed_topic
+        self._delayed_paused = False
+        self._transactions = transactions
+        self._fatal: BaseException | None = None
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -127,6 +147,8 @@ class JobPipeline:
                 model_loop.result()  # raises what killed it
                 raise RuntimeError("the model loop ended while the service was running")
             fetch_loop.result()
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             self._fetching = False
             self._arrived.set()
@@ -140,9 +162,14 @@ class JobPipeline:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
         async def drained() -> None:
-            while len(self._window) or self._queue or self._publishing or self._to_commit or self._committing:
+            # Retries still waiting for their time are not drained: they stay uncommitted and come back later.
+            while (len(self._window) > self._waiting() or self._publishing or self._to_commit
+                   or self._committing or any(self._ready(r) for r in self._queue)):
                 self._finished.clear()
-                await self._finished.wait()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), 0.5)
+                except TimeoutError:
+                    pass
 
         self._holding += 1
         try:
@@ -179,6 +206,7 @@ class JobPipeline:
                     self._take(await self._consumer.getmany(timeout_ms=0, max_records=self._max_batch))
                 continue
             self._resume()
+            self._hold_back_retries()
             self._take(await self._consumer.getmany(timeout_ms=_IDLE_POLL_MS, max_records=room))
 
     def _take(self, fetched: dict) -> None:
@@ -200,6 +228,30 @@ class JobPipeline:
         if self._paused:
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
+            self._delayed_paused = False
+
+    def _hold_back_retries(self) -> None:
+        """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
+        if self._delayed_topic is None:
+            return
+        full = self._waiting() >= self._window.capacity // 2
+        if full != self._delayed_paused:
+            retry_partitions = [tp for tp in self._consumer.assignment() if tp.topic == self._delayed_topic]
+            (self._consumer.pause if full else self._consumer.resume)(*retry_partitions)
+            self._delayed_paused = full
+
+    def _ready(self, record: Any, now: float | None = None) -> bool:
+        if record.topic != self._delayed_topic:
+            return True
+        due = self._due_at(record)
+        return due is None or due <= (now if now is not None else time.time())
+
+    def _waiting(self) -> int:
+        """Queued retry records whose time has not come."""
+        if self._delayed_topic is None:
+            return 0
+        now = time.time()
+        return sum(1 for record in self._queue if record.topic == self._delayed_topic and not self._ready(record, now))
 
     def _on_assigned(self) -> None:
         self._paused = False  # a new assignment starts unpaused
@@ -221,11 +273,14 @@ class JobPipeline:
 
     async def _next_batch(self) -> list[Any] | None:
         """Wait for records, give a small batch `max_wait_ms` to grow, and cut it."""
-        while not self._queue:
+        while not self._cut_ready():
             if not self._fetching:
-                return None
+                return None  # stopping: retries whose time has not come stay uncommitted and come back later
             self._arrived.clear()
-            await self._arrived.wait()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self._until_next_due())
+            except TimeoutError:
+                pass
         if len(self._queue) < self._max_batch and self._max_wait_s > 0 and self._fetching:
             deadline = asyncio.get_running_loop().time() + self._max_wait_s
             while len(self._queue) < self._max_batch and self._fetching:
@@ -237,12 +292,32 @@ class JobPipeline:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
                     break
-        take = min(self._max_batch, len(self._queue))
-        return [self._queue.popleft() for _ in range(take)]
+        return self._cut()
+
+    def _cut(self) -> list[Any]:
+        """Up to max_batch records that may run now, in queue order; waiting retries stay queued."""
+        now, batch, kept = time.time(), [], deque()
+        while self._queue and len(batch) < self._max_batch:
+            record = self._queue.popleft()
+            (batch if self._ready(record, now) else kept).append(record)
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    def _cut_ready(self) -> bool:
+        now = time.time()
+        return any(self._ready(record, now) for record in self._queue)
+
+    def _until_next_due(self) -> float | None:
+        dues = [d for r in self._queue if r.topic == self._delayed_topic and (d := self._due_at(r)) is not None]
+        return max(0.001, min(dues) - time.time()) if dues else None
 
     # -- publish + commit --------------------------------------------------------------------
 
     async def _publish(self, batch: ProcessedBatch, epoch: int) -> None:
+        if self._transactions is not None:
+            await self._publish_in_transaction(batch, epoch)
+            return
         try:
             await self.worker.publish(batch)
         except Exception as exc:  # the broker did not take every outcome: run those jobs again
@@ -255,6 +330,44 @@ class JobPipeline:
             self._to_commit[partition] = max(offset, self._to_commit.get(partition, 0))
         if self._to_commit and not self._committing:
             self._committer = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
+
+    async def _publish_in_transaction(self, batch: ProcessedBatch, epoch: int) -> None:
+        """Exactly-once: the batch's outcomes and the offsets they make safe, in one transaction."""
+        try:
+            async with self._transactions.batch() as transaction:
+                if epoch != self._epoch:
+                    raise _Stale()  # rewound or revoked while waiting for our turn: these jobs run again
+                await self.worker.publish(batch)
+                if epoch != self._epoch:
+                    raise _Stale()
+                await transaction.commit_offsets(self._window.offsets_after(batch.records))
+        except _Stale:
+            self.worker.discard(batch)
+            self.stats.aborted_transactions += 1
+            return
+        except TransactionFenced as exc:
+            log.error("exactly-once: %s; stopping so the replica that took over runs alone", exc)
+            self._fatal = exc
+            self._abandon_all()
+            self.stop()
+            return
+        except Exception as exc:
+            log.error("a transaction of %d jobs failed (%s); aborted, rewinding to the first unfinished job",
+                      len(batch.jobs), exc)
+            self.stats.aborted_transactions += 1
+            self._rewind(epoch)
+            return
+        self.stats.transactions += 1
+        if epoch == self._epoch:
+            self._window.finish(batch.records)
+
+    def _abandon_all(self) -> None:
+        """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""
+        self._epoch += 1
+        self._window.forget(None)
+        self._to_commit.clear()
+        self._queue.clear()
+        self._finished.set()
 
     def _publish_done(self, task: asyncio.Task) -> None:
         self._publishing.discard(task)
@@ -292,6 +405,10 @@ class JobPipeline:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
         self.stats.rewinds += 1
+
+
+class _Stale(Exception):
+    """The batch's epoch ended before its transaction could commit."""
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):

@@ -1,9 +1,12 @@
 """A model type's service process: a Kafka consumer and producer around the worker core.
 
 Each model package calls `run_service(...)` from its `__main__`. The service creates its
-topics, joins its consumer group on `<prefix>.<model>.infer`, and runs a `JobPipeline`
-(fetch → batch → model → publish → commit, with bounded in-flight work and paused partitions
-when it is full). Results and dead letters go out through an idempotent `acks=all` producer.
+topics, joins its consumer group on `<prefix>.<model>.infer` and `.retry`, and runs a
+`JobPipeline` (fetch → batch → model → publish → commit, with bounded in-flight work and
+paused partitions when it is full). Results, retries and dead letters go out through an
+idempotent `acks=all` producer — a transactional one in exactly-once mode (`exactly_once.py`).
+Before it is ready it remembers the outcomes at the tail of its results topic, so a job id
+seen again is answered with the outcome it already had (`idempotency.py`).
 SIGTERM or SIGINT stops fetching, drains in-flight work, commits, and leaves the group.
 The service also follows `<prefix>.models`: when the alias it serves moves, the new version
 is loaded in the background and takes over between two batches (`RuntimeSet`).
@@ -21,7 +24,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from .announce import ModelWatcher
+from .exactly_once import Transactions, transactional_id
+from .idempotency import OutcomeCache, seed_from_results
 from .pipeline import JobPipeline, PipelineStats
+from .retries import RetryPolicy, due_at
 from .registry import Registry
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
@@ -73,43 +79,57 @@ class ModelService:
         created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka))
         if created:
             log.info("created topics %s", ", ".join(created))
+        exactly_once = self.settings.delivery == "exactly-once"
+        txn_id = transactional_id(self.group, self.settings.instance_id) if exactly_once else None
         producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", acks="all",
             enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            transactional_id=txn_id,
         )
         consumer = AIOKafkaConsumer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", group_id=self.group,
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
             # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
             # or the group moves on without us and our commits fail (a rebalance storm).
             rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
         )
-        await producer.start()
+        await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
         watcher = ModelWatcher(self.kafka, self.runtime.model)
         following: asyncio.Task | None = None
+        outcomes = OutcomeCache(self.settings.idempotency_window)
+        remembered = 0
         worker = BatchWorker(
             self.runtimes, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
-            group=self.group, max_message_bytes=self.kafka.max_message_bytes,
+            group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes,
+            retry=RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
+                              self.settings.retry_backoff_max_ms / 1000),
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
             max_in_flight=self.settings.max_in_flight, drain_timeout_s=self.settings.graceful_timeout_s,
+            due_at=due_at, delayed_topic=self.topics.retry,
+            transactions=Transactions(producer, self.group) if exactly_once else None,
         )
+        stats = pipeline.stats
         try:
+            # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
+            remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
             await watcher.start()  # before "ready": a promotion announced after that is never missed
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
-            consumer.subscribe([self.topics.infer], listener=pipeline.rebalance_listener)
+            consumer.subscribe([self.topics.infer, self.topics.retry], listener=pipeline.rebalance_listener)
             await consumer.start()
             self._pipeline = pipeline
             if self._stop_requested:
                 pipeline.stop()
             log.info(
-                "%s service ready: %s v%s (%s), consuming %s as group %s (max_batch %d, max_in_flight %d)",
+                "%s service ready: %s v%s (%s), consuming %s as group %s (max_batch %d, max_in_flight %d, %s%s, "
+                "%d outcomes remembered)",
                 self.runtime.model, self.runtime.model, self.runtime.version, self.runtimes.serve_ref,
                 self.topics.infer, self.group, self.settings.max_batch, self.settings.max_in_flight,
+                self.settings.delivery, f" as {txn_id}" if txn_id else "", remembered,
             )
-            stats = await pipeline.run()
+            await pipeline.run()
         finally:
             if following is not None:
                 following.cancel()
@@ -119,8 +139,10 @@ class ModelService:
             await producer.stop()
             worker.close()
         log.info(
-            "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits",
+            "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits, "
+            "%d transactions (%d aborted), %d repeated job ids answered from memory",
             self.runtime.model, stats.jobs, stats.batches, stats.pauses, stats.rewinds, stats.commit_failures,
+            stats.transactions, stats.aborted_transactions, outcomes.hits,
         )
         return stats
 

@@ -7,13 +7,17 @@ cluster" section).
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KafkaSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["KafkaSettings", "EnvelopeSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
 
 
 class KafkaSettings(BaseSettings):
@@ -26,18 +30,48 @@ class KafkaSettings(BaseSettings):
     partitions: int = Field(3, ge=1, description="Partitions of topics that aiaas creates.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics that aiaas creates.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol."
+        "PLAINTEXT",
+        description="Kafka security protocol: SASL_* authenticates with a user name and password, *SSL encrypts "
+        "with TLS (SASL_SSL does both).",
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism when the protocol is SASL_*."
+        None, description="SASL mechanism when the protocol is SASL_* (default PLAIN)."
     )
-    sasl_username: str | None = Field(None, description="SASL user name.")
-    sasl_password: str | None = Field(None, description="SASL password.")
-    ssl_cafile: str | None = Field(None, description="CA bundle used to verify the brokers (SSL/SASL_SSL).")
+    sasl_username: str | None = Field(None, description="SASL user name (required with SASL_*).")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (required with SASL_*; kept out of reprs and logs)."
+    )
+    ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) used to verify the brokers (SSL/SASL_SSL); default: the system CAs."
+    )
+    ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM, may hold the chain and the key) for brokers that require "
+        "mutual TLS (SSL/SASL_SSL)."
+    )
+    ssl_keyfile: str | None = Field(None, description="Private key (PEM) of ssl_certfile, when it is a separate file.")
+    ssl_password: SecretStr | None = Field(None, description="Password of an encrypted ssl_keyfile.")
     request_timeout_ms: int = Field(30_000, description="Kafka request timeout.")
     max_message_bytes: int = Field(
         4 * 1024 * 1024, description="Largest job or result message aiaas accepts or sends (bytes)."
     )
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> "KafkaSettings":
+        """Refuse half-made security settings at start instead of failing later in a handshake."""
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"AIAAS_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs AIAAS_KAFKA_SASL_USERNAME "
+                "and AIAAS_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (self.sasl_username or self.sasl_mechanism):
+            raise ValueError(
+                "SASL settings are set but AIAAS_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.security_protocol}: use SASL_PLAINTEXT or SASL_SSL to authenticate"
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("AIAAS_KAFKA_SSL_KEYFILE needs AIAAS_KAFKA_SSL_CERTFILE (the client certificate)")
+        return self
 
     def connection_kwargs(self) -> dict[str, object]:
         """Keyword arguments shared by every aiokafka client (producer, consumer, admin)."""
@@ -50,13 +84,21 @@ class KafkaSettings(BaseSettings):
             kwargs |= {
                 "sasl_mechanism": self.sasl_mechanism or "PLAIN",
                 "sasl_plain_username": self.sasl_username,
-                "sasl_plain_password": self.sasl_password,
+                "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None,
             }
         if self.security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+            kwargs["ssl_context"] = self.ssl_context()
         return kwargs
+
+    def ssl_context(self) -> "ssl.SSLContext":
+        """The TLS context for SSL/SASL_SSL: verifies the brokers (ssl_cafile or the system CAs), with the
+        client certificate when one is configured."""
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(
+            cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile,
+            password=self.ssl_password.get_secret_value() if self.ssl_password else None,
+        )
 
 
     def faststream_security(self) -> object | None:
@@ -72,7 +114,8 @@ class KafkaSettings(BaseSettings):
         cls = {"PLAIN": fs.SASLPlaintext, "SCRAM-SHA-256": fs.SASLScram256, "SCRAM-SHA-512": fs.SASLScram512}[
             self.sasl_mechanism or "PLAIN"
         ]
-        return cls(self.sasl_username or "", self.sasl_password or "", ssl_context=ssl_context, use_ssl=use_ssl)
+        password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        return cls(self.sasl_username or "", password, ssl_context=ssl_context, use_ssl=use_ssl)
 
 
 class HomeSettings(BaseSettings):
@@ -115,6 +158,28 @@ class TracingSettings(BaseSettings):
         return self.traces_exporter == "otlp" or (self.traces_exporter is None and bool(self.otlp_endpoint))
 
 
+class EnvelopeSettings(BaseSettings):
+    """Structural limits of a msgpack envelope (job or result), checked while it is decoded. Prefix `AIAAS_ENVELOPE_`.
+
+    With AIAAS_KAFKA_MAX_MESSAGE_BYTES they keep a hostile message cheap to refuse: decoding one never
+    builds more than `max_values` objects, whatever its headers claim. (Nesting is capped by msgpack
+    itself at 1024 levels; the contracts accept 4.)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AIAAS_ENVELOPE_", extra="ignore")
+
+    max_container_items: int = Field(
+        4096, ge=64, le=1 << 20,
+        description="Most elements of one msgpack array or entries of one map; a bigger header is refused before "
+        "anything is allocated.",
+    )
+    max_values: int = Field(
+        16_384, ge=1024,
+        description="Most values in one envelope (every array element, map entry and container counts); decoding "
+        "stops as soon as there are more. Keep it at least max_container_items.",
+    )
+
+
 class WorkerSettings(BaseSettings):
     """Batching and limits of one model service. Each service subclasses it with its own prefix."""
 
@@ -137,3 +202,30 @@ class WorkerSettings(BaseSettings):
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="`at-least-once`: commit offsets after the broker acknowledged every outcome (a crash may "
+        "publish a result twice; readers drop duplicates by job id). `exactly-once`: results, dead letters, retries "
+        "and the consumed offsets go out in one Kafka transaction per batch, so the results topic holds one result "
+        "per job even under kill -9 (readers must use read_committed, which the aiaas client does).",
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable name of this replica (default: the host name). In exactly-once mode the transactional id "
+        "is `<group>.<instance_id>`: a restarted replica with the same id fences its predecessor. Give each replica "
+        "its own (a StatefulSet ordinal, say).",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100,
+        description="How many times a job whose failure is retriable (e.g. ModelFailure) is tried before it ends "
+        "with an error result and a dead letter.",
+    )
+    retry_backoff_ms: int = Field(
+        200, ge=0, description="Delay before the 2nd attempt; each later attempt waits twice as long as the one before."
+    )
+    retry_backoff_max_ms: int = Field(10_000, ge=0, description="The longest delay between two attempts.")
+    idempotency_window: int = Field(
+        20_000, ge=0,
+        description="How many recent job outcomes the service remembers (seeded at start from the tail of the results "
+        "topic): a job id seen again is answered with the same outcome, without running the model. 0 switches it off.",
+    )

@@ -15,20 +15,22 @@ __all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "ensure
 
 @dataclass(frozen=True)
 class ModelTopics:
-    """The three topics of one model type."""
+    """The topics of one model type."""
 
     infer: str
     train: str
     results: str
+    retry: str
 
     @classmethod
     def of(cls, model: str, prefix: str = "aiaas") -> "ModelTopics":
-        """`<prefix>.<model>.infer|train|results`."""
-        return cls(f"{prefix}.{model}.infer", f"{prefix}.{model}.train", f"{prefix}.{model}.results")
+        """`<prefix>.<model>.infer|train|results|retry`."""
+        base = f"{prefix}.{model}"
+        return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry")
 
     def all(self) -> list[str]:
-        """The three names."""
-        return [self.infer, self.train, self.results]
+        """Every name."""
+        return [self.infer, self.train, self.results, self.retry]
 
 
 def dlq_topic(prefix: str = "aiaas") -> str:

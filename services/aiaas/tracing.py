@@ -35,6 +35,8 @@ JOB_ID = "aiaas.job.id"
 MODEL = "aiaas.model"
 MODEL_VERSION = "aiaas.model.version"
 STATUS = "aiaas.result.status"
+ATTEMPT = "aiaas.job.attempt"
+REPLAYED = "aiaas.job.replayed"
 TRACER_NAME = "aiaas"
 
 

@@ -25,6 +25,8 @@ from . import tracing
 from .codec import decode_job, encode
 from .contracts import ErrorInfo, Job, Result, Timings
 from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, UnknownModelVersion
+from .idempotency import Outcome, OutcomeCache
+from .retries import RetryPolicy, attempt_of, origin_of
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
@@ -41,6 +43,7 @@ DLQ_HEADERS = (
     "aiaas.error.message",
     "aiaas.error.retriable",
     "aiaas.job.id",
+    "aiaas.attempts",
 )
 """Headers every dead-letter record carries (its value is the original message bytes)."""
 
@@ -77,6 +80,11 @@ class _InFlight:
     prepared: bool = False  # the runtime accepted the job (its item may be anything, even None)
     result: Result | None = None
     error: AiaasError | None = None
+    attempt: int = 1  # 1 for a job from the infer topic, n for the n-th try from the retry topic
+    retry: bool = False  # failed retriably with attempts left: goes to the retry topic, no result yet
+    payload: bytes | None = None  # the encoded result, once sealed (or remembered from an earlier delivery)
+    replayed: bool = False  # the outcome was remembered, not computed: the model did not run
+    twin: "_InFlight | None" = None  # an earlier record of the same job id in this batch: share its outcome
 
     @property
     def job_id(self) -> str | None:
@@ -115,8 +123,12 @@ class BatchWorker:
         dlq_topic: str,
         group: str,
         max_message_bytes: int,
+        retry: RetryPolicy | None = None,
+        outcomes: OutcomeCache | None = None,
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
+        self.retry = retry or RetryPolicy(max_attempts=1)
+        self.outcomes = outcomes if outcomes is not None else OutcomeCache(0)
         self._sink = sink
         self._topics = topics
         self._dlq = dlq_topic
@@ -143,6 +155,7 @@ class BatchWorker:
         self.runtimes.swap_if_ready()  # a new production version takes over between batches, never inside one
         picked_at = time.time()
         batch = [self._admit(record, picked_at) for record in records]
+        _pair_twins(batch)
         try:
             await self._load_pinned(batch, picked_at)
             runnable = sorted((job for job in batch if job.prepared and job.result is None),
@@ -152,6 +165,7 @@ class BatchWorker:
                 groups.setdefault(id(job.runtime), []).append(job)
             for group in groups.values():
                 await self._infer(group, picked_at)
+            self._seal(batch)
         except BaseException:
             _end_spans(batch)
             raise
@@ -163,6 +177,10 @@ class BatchWorker:
             await asyncio.gather(*(self._publish(job) for job in batch.jobs))
         finally:
             _end_spans(batch.jobs)
+
+    def discard(self, batch: "ProcessedBatch") -> None:
+        """Drop a processed batch without publishing it (its jobs will be delivered again)."""
+        _end_spans(batch.jobs)
 
     def close(self) -> None:
         """Release the model and loader threads."""
@@ -177,11 +195,15 @@ class BatchWorker:
             kind=SpanKind.CONSUMER,
             attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group),
         )
-        job = _InFlight(record, span)
+        job = _InFlight(record, span, attempt=attempt_of(record))
+        if job.attempt > 1:
+            span.set_attribute(tracing.ATTEMPT, job.attempt)
         try:
             job.job = decode_job(record.value or b"", self._max_bytes)
             span.set_attribute(tracing.JOB_ID, job.job.job_id)
             span.set_attribute("messaging.kafka.message.key", job.job.job_id)
+            if self._replay(job):
+                return job
             self._check_routing(job.job)
             if job.job.deadline is not None and job.job.deadline < picked_at:
                 job.result = self._outcome(job.job, "expired", picked_at)
@@ -250,10 +272,17 @@ class BatchWorker:
                 failure = exc if isinstance(exc, AiaasError) else ModelFailure(f"{type(exc).__name__}: {exc}")
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(failure)))
-                log.exception("model call failed for a batch of %d", len(runnable))
-                for job in runnable:
-                    self._fail(job, failure, picked_at)
-                return
+                if len(runnable) == 1:
+                    log.exception("model call failed for job %s", runnable[0].job_id)
+                    self._fail(runnable[0], failure, picked_at)
+                    return
+                log.warning("model call failed for a batch of %d (%s); running its jobs one by one",
+                            len(runnable), failure)
+                outputs = None
+        if outputs is None:  # one poisonous job must not cost its batch-mates their attempts: run each alone
+            for job in runnable:
+                await self._infer([job], picked_at)
+            return
         timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
         for job, out in zip(runnable, outputs):
             try:  # an output the contract cannot carry fails that job, not the worker
@@ -261,12 +290,26 @@ class BatchWorker:
             except Exception as exc:
                 self._fail(job, ModelFailure(f"the model's output for this job is invalid: {exc}"[:500]), picked_at)
 
+    def _replay(self, job: _InFlight) -> bool:
+        """Answer a job id seen before with the outcome it had; True when it was."""
+        outcome = self.outcomes.get(job.job.job_id)
+        if outcome is None:
+            return False
+        job.payload, job.error, job.replayed = outcome.payload, outcome.error, True
+        job.span.set_attribute(tracing.REPLAYED, True)
+        return True
+
     def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
         job.error = error
         job.span.set_status(Status(StatusCode.ERROR, f"{error.type_name}: {error}"))
+        if job.job is not None and self.retry.should_retry(error, job.attempt):
+            job.retry, job.result = True, None  # another attempt via the retry topic; no outcome yet
+            return
+        job.retry = False
         job_id = job.job_id
         if job_id is not None:
-            info = ErrorInfo(type=error.type_name, message=str(error), retriable=error.retriable)
+            message = str(error) + (f" (gave up after {job.attempt} attempts)" if job.attempt > 1 else "")
+            info = ErrorInfo(type=error.type_name, message=message, retriable=error.retriable)
             job.result = Result(
                 job_id=job_id, model=self.runtime.model, status="error", error=info,
                 attributes=job.job.attributes if job.job else {},
@@ -288,28 +331,57 @@ class BatchWorker:
             attributes=job.attributes,
         )
 
-    async def _publish(self, job: _InFlight) -> None:
-        """The job's result (in a PRODUCER span under its CONSUMER span), and its dead letter if it failed."""
-        parent = trace.set_span_in_context(job.span)
-        if job.result is not None:
+    def _seal(self, batch: list[_InFlight]) -> None:
+        """Encode every outcome once, remember it under its job id, and give twins their first's outcome."""
+        for job in batch:
+            if job.twin is not None:
+                first = job.twin
+                job.payload, job.error, job.retry, job.result = first.payload, first.error, first.retry, first.result
+                job.replayed = True
+                continue
+            if job.result is None or job.replayed:
+                continue
             payload = encode(job.result)
             if len(payload) > self._max_bytes:  # the broker would refuse it: say so instead, and dead-letter the job
                 self._fail(job, PayloadTooLarge(f"the result has {len(payload)} bytes; results may have at most "
                                                 f"{self._max_bytes} (AIAAS_KAFKA_MAX_MESSAGE_BYTES)"), time.time())
                 payload = encode(job.result)
+            job.payload = payload
             job.span.set_attribute(tracing.STATUS, job.result.status)
-            topic = job.job.reply_to if job.job and job.job.reply_to else self._topics.results
+            if job.job is not None:
+                self.outcomes.put(job.job.job_id, Outcome(self._result_topic(job), payload, job.error))
+
+    def _result_topic(self, job: _InFlight) -> str:
+        return job.job.reply_to if job.job and job.job.reply_to else self._topics.results
+
+    async def _publish(self, job: _InFlight) -> None:
+        """The job's result (in a PRODUCER span under its CONSUMER span), and its dead letter if it failed.
+
+        A job that failed retriably goes to the retry topic instead, with the next attempt's headers.
+        """
+        parent = trace.set_span_in_context(job.span)
+        if job.retry:
+            topic = self._topics.retry
             with self._tracer.start_as_current_span(
                 f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
-                attributes=tracing.producer_attributes(topic, job_id=job.result.job_id) | {tracing.STATUS: job.result.status},
+                attributes=tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1},
             ):
-                await self._sink.send(topic, payload, key=job.result.job_id.encode(), headers=tracing.inject_headers())
+                headers = self.retry.retry_headers(job.record, job.error, job.attempt) + tracing.inject_headers()
+                await self._sink.send(topic, job.record.value or b"", key=job.record.key, headers=headers)
+            return
+        if job.payload is not None and job.job_id is not None:
+            topic = self._result_topic(job)
+            with self._tracer.start_as_current_span(
+                f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
+                attributes=tracing.producer_attributes(topic, job_id=job.job_id),
+            ):
+                await self._sink.send(topic, job.payload, key=job.job_id.encode(), headers=tracing.inject_headers())
         if job.error is not None:
             with self._tracer.start_as_current_span(
                 f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
                 attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
             ):
-                headers = dlq_headers(job.record, job.error, job.job_id) + tracing.inject_headers()
+                headers = dlq_headers(job.record, job.error, job.job_id, job.attempt) + tracing.inject_headers()
                 value = job.record.value or b""
                 if len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
                     headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
@@ -317,8 +389,23 @@ class BatchWorker:
                 await self._sink.send(self._dlq, value, key=job.record.key, headers=headers)
 
 
-def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None) -> list[tuple[str, bytes]]:
-    """The DLQ_HEADERS of a dead letter for `record` (every service and trainer uses these)."""
-    values = (record.topic, record.partition, record.offset, error.type_name, str(error)[:1000],
-              str(error.retriable).lower(), job_id or "")
+def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, attempts: int = 1) -> list[tuple[str, bytes]]:
+    """The DLQ_HEADERS of a dead letter for `record` (every service and trainer uses these).
+
+    The origin is where the job was first consumed, also when its last attempt came from the retry topic.
+    """
+    topic, partition, offset = origin_of(record)
+    values = (topic, partition, offset, error.type_name, str(error)[:1000], str(error.retriable).lower(), job_id or "",
+              attempts)
     return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
+
+
+def _pair_twins(batch: list[_InFlight]) -> None:
+    """A job id that occurs twice in one batch runs once: later records share the first one's outcome."""
+    first: dict[str, _InFlight] = {}
+    for job in batch:
+        if job.job is None or job.replayed:
+            continue
+        earlier = first.setdefault(job.job.job_id, job)
+        if earlier is not job:
+            job.twin, job.prepared, job.pending_version, job.result = earlier, False, None, None

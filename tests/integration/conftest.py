@@ -19,14 +19,16 @@ pytestmark = pytest.mark.integration
 class ServiceProcess:
     """`python -m aiaas.<model>` with this test's topics, registry and broker; its log is kept."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, model: str = "vision", *args: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, model: str = "vision", *args: str,
+                 module: str | None = None) -> None:
         self.env, self.log_path, self.model, self.args = env, log_path, model, args
+        self.module = module or f"aiaas.{model}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "ServiceProcess":
         marker = self.log_text().count(" ready: ")  # "<model> service ready: …" / "<model> trainer ready: …"
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", f"aiaas.{self.model}", *self.args], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while self.log_text().count(" ready: ") == marker:
