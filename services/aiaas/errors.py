@@ -13,6 +13,7 @@ __all__ = [
     "BrokerUnavailable",
     "TrainingFailed",
     "TooManyAttempts",
+    "Undeliverable",
 ]
 
 
@@ -65,3 +66,7 @@ class TrainingFailed(AiaasError):
 
 class TooManyAttempts(AiaasError):
     """A training job was started `max_attempts` times without finishing (its trainer kept dying)."""
+
+
+class Undeliverable(AiaasError):
+    """The broker refused the job's outcome for good (e.g. too large): only a bare dead letter can be written."""

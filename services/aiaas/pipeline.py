@@ -40,18 +40,38 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 
 import time
 from collections.abc import Callable
 
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
-from .worker import BatchWorker, ProcessedBatch
+from .worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer"]
 
 log = logging.getLogger("aiaas.pipeline")
+
+_REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, TopicAuthorizationFailedError,
+                     CorruptRecordException)
+"""Broker answers that will not change if the same record is sent again."""
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True when sending the same outcome again cannot work: a permanent broker refusal, or a client-side bug
+    (not a Kafka or network error). Timeouts and lost connections are transient: the broker may come back."""
+    if isinstance(exc, _REFUSED_FOR_GOOD):
+        return True
+    return not isinstance(exc, (KafkaError, OSError, TimeoutError, asyncio.CancelledError))
+
 
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
@@ -120,6 +140,7 @@ class JobPipeline:
         self._delayed_paused = False
         self._transactions = transactions
         self._fatal: BaseException | None = None
+        self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -264,7 +285,7 @@ class JobPipeline:
             if records is None:
                 return
             epoch = self._epoch
-            processed = await self.worker.run(records)
+            processed = await self.worker.run(records, self._undeliverable)
             self.stats.batches += 1
             self.stats.jobs += len(records)
             task = asyncio.create_task(self._publish(processed, epoch))
@@ -322,8 +343,10 @@ class JobPipeline:
             await self.worker.publish(batch)
         except Exception as exc:  # the broker did not take every outcome: run those jobs again
             log.error("publishing a batch of %d failed (%s); rewinding to the first unfinished job", len(batch.jobs), exc)
+            self._note_refusals(exc)
             self._rewind(epoch)
             return
+        self._forget_refusals(batch)
         if epoch != self._epoch:
             return  # a rewind or revocation happened since: these offsets are no longer ours to commit
         for partition, offset in self._window.finish(batch.records).items():
@@ -355,11 +378,25 @@ class JobPipeline:
             log.error("a transaction of %d jobs failed (%s); aborted, rewinding to the first unfinished job",
                       len(batch.jobs), exc)
             self.stats.aborted_transactions += 1
+            self._note_refusals(exc)
             self._rewind(epoch)
             return
+        self._forget_refusals(batch)
         self.stats.transactions += 1
         if epoch == self._epoch:
             self._window.finish(batch.records)
+
+    def _note_refusals(self, exc: BaseException) -> None:
+        """Records whose outcome the broker refused for good get only a bare dead letter next time, so a job
+        that can never be answered does not rewind its partition for ever."""
+        for record, error in exc.failures if isinstance(exc, PublishFailed) else ():
+            if refused_for_good(error):
+                self._undeliverable[record_key(record)] = f"{type(error).__name__}: {error}"[:500]
+
+    def _forget_refusals(self, batch: ProcessedBatch) -> None:
+        if self._undeliverable:
+            for record in batch.records:
+                self._undeliverable.pop(record_key(record), None)
 
     def _abandon_all(self) -> None:
         """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""

@@ -20,10 +20,13 @@ import signal
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from .announce import ModelWatcher
+from .client import explain_connection_failure
+from .errors import BrokerUnavailable
 from .exactly_once import Transactions, transactional_id
 from .idempotency import OutcomeCache, seed_from_results
 from .pipeline import JobPipeline, PipelineStats
@@ -76,7 +79,10 @@ class ModelService:
 
     async def run(self) -> PipelineStats:
         """Create topics, join the group, serve until `stop()`, then drain, commit and leave."""
-        created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka))
+        try:
+            created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka))
+        except KafkaConnectionError as exc:  # say why: unreachable, or credentials / TLS refused
+            raise await explain_connection_failure(self.kafka, exc) from exc
         if created:
             log.info("created topics %s", ", ".join(created))
         exactly_once = self.settings.delivery == "exactly-once"
@@ -180,6 +186,9 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
         runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
                               aliases=registry.aliases(model))
         asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
+    except BrokerUnavailable as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     finally:
         provider.shutdown()
 

@@ -24,14 +24,18 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from . import tracing
 from .codec import decode_job, encode
 from .contracts import ErrorInfo, Job, Result, Timings
-from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, UnknownModelVersion
+from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undeliverable, UnknownModelVersion
 from .idempotency import Outcome, OutcomeCache
 from .retries import RetryPolicy, attempt_of, origin_of
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
 
-__all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "DLQ_HEADERS", "dlq_headers"]
+__all__ = ["BatchWorker", "ProcessedBatch", "PublishFailed", "ResultSink", "KafkaRecord", "DLQ_HEADERS", "dlq_headers",
+           "record_key"]
+
+_MAX_ECHOED_KEY = 1024
+"""A Kafka key longer than this is not echoed on the dead letter (it could make the record unsendable)."""
 
 log = logging.getLogger("aiaas.worker")
 
@@ -85,13 +89,33 @@ class _InFlight:
     payload: bytes | None = None  # the encoded result, once sealed (or remembered from an earlier delivery)
     replayed: bool = False  # the outcome was remembered, not computed: the model did not run
     twin: "_InFlight | None" = None  # an earlier record of the same job id in this batch: share its outcome
+    bare: bool = False  # its outcome cannot be published: only a dead letter without key or body
 
     @property
     def job_id(self) -> str | None:
         if self.job is not None:
             return self.job.job_id
         key = self.record.key
-        return key.decode(errors="replace") if key else None
+        if not key or len(key) > 128:  # a key that cannot be a job id (the contract allows 128 characters)
+            return None
+        try:
+            return key.decode()
+        except UnicodeDecodeError:
+            return None
+
+
+class PublishFailed(Exception):
+    """Some outcomes of a batch were not acknowledged; `failures` pairs each such record with its error."""
+
+    def __init__(self, failures: list[tuple[KafkaRecord, BaseException]]) -> None:
+        first = failures[0][1]
+        super().__init__(f"{len(failures)} outcome(s) not published; first: {type(first).__name__}: {first}")
+        self.failures = failures
+
+
+def record_key(record: KafkaRecord) -> tuple[str, int, int]:
+    """(topic, partition, offset): a consumed record's identity."""
+    return record.topic, record.partition, record.offset
 
 
 @dataclass
@@ -147,14 +171,16 @@ class BatchWorker:
         """Process one batch; returns once every outcome is acknowledged by the broker."""
         await self.publish(await self.run(records))
 
-    async def run(self, records: Sequence[KafkaRecord]) -> "ProcessedBatch":
+    async def run(self, records: Sequence[KafkaRecord], undeliverable: dict | None = None) -> "ProcessedBatch":
         """Stage 1: decode and validate every record, then one model call for the valid ones.
 
         The returned batch holds one outcome per job; its spans stay open until `publish`.
+        `undeliverable` maps `record_key`s whose outcome the broker refused for good to the reason:
+        those records get only a bare dead letter.
         """
         self.runtimes.swap_if_ready()  # a new production version takes over between batches, never inside one
         picked_at = time.time()
-        batch = [self._admit(record, picked_at) for record in records]
+        batch = [self._admit(record, picked_at, (undeliverable or {}).get(record_key(record))) for record in records]
         _pair_twins(batch)
         try:
             await self._load_pinned(batch, picked_at)
@@ -172,11 +198,17 @@ class BatchWorker:
         return ProcessedBatch(batch)
 
     async def publish(self, batch: "ProcessedBatch") -> None:
-        """Stage 2: send every result and dead letter; returns once the broker acknowledged them all."""
+        """Stage 2: send every result and dead letter; returns once the broker acknowledged them all.
+
+        Raises PublishFailed, naming the records whose outcomes were not acknowledged.
+        """
         try:
-            await asyncio.gather(*(self._publish(job) for job in batch.jobs))
+            sent = await asyncio.gather(*(self._publish(job) for job in batch.jobs), return_exceptions=True)
         finally:
             _end_spans(batch.jobs)
+        failures = [(job.record, exc) for job, exc in zip(batch.jobs, sent) if isinstance(exc, BaseException)]
+        if failures:
+            raise PublishFailed(failures)
 
     def discard(self, batch: "ProcessedBatch") -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
@@ -187,7 +219,7 @@ class BatchWorker:
         self._executor.shutdown(wait=True)
         self.runtimes.close()
 
-    def _admit(self, record: KafkaRecord, picked_at: float) -> _InFlight:
+    def _admit(self, record: KafkaRecord, picked_at: float, undeliverable: str | None = None) -> _InFlight:
         """Open the job's CONSUMER span, decode and validate it; bad jobs get an error result."""
         span = self._tracer.start_span(
             f"process {record.topic}",
@@ -198,6 +230,10 @@ class BatchWorker:
         job = _InFlight(record, span, attempt=attempt_of(record))
         if job.attempt > 1:
             span.set_attribute(tracing.ATTEMPT, job.attempt)
+        if undeliverable is not None:
+            job.bare, job.error = True, Undeliverable(f"the broker refused this job's outcome: {undeliverable}")
+            span.set_status(Status(StatusCode.ERROR, str(job.error)))
+            return job
         try:
             job.job = decode_job(record.value or b"", self._max_bytes)
             span.set_attribute(tracing.JOB_ID, job.job.job_id)
@@ -360,6 +396,9 @@ class BatchWorker:
         A job that failed retriably goes to the retry topic instead, with the next attempt's headers.
         """
         parent = trace.set_span_in_context(job.span)
+        if job.bare:
+            await self._send_dead_letter(job, parent, bare=True)
+            return
         if job.retry:
             topic = self._topics.retry
             with self._tracer.start_as_current_span(
@@ -377,16 +416,23 @@ class BatchWorker:
             ):
                 await self._sink.send(topic, job.payload, key=job.job_id.encode(), headers=tracing.inject_headers())
         if job.error is not None:
-            with self._tracer.start_as_current_span(
-                f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
-                attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
-            ):
-                headers = dlq_headers(job.record, job.error, job.job_id, job.attempt) + tracing.inject_headers()
-                value = job.record.value or b""
-                if len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
-                    headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
-                    value = b""
-                await self._sink.send(self._dlq, value, key=job.record.key, headers=headers)
+            await self._send_dead_letter(job, parent)
+
+    async def _send_dead_letter(self, job: _InFlight, parent: Context, bare: bool = False) -> None:
+        """The original bytes with origin and error headers; `bare`: headers only (the broker refused more)."""
+        with self._tracer.start_as_current_span(
+            f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
+            attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
+        ):
+            headers = dlq_headers(job.record, job.error, job.job_id, job.attempt) + tracing.inject_headers()
+            value, key = job.record.value or b"", job.record.key
+            if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
+                headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
+                value = b""
+            if key is not None and (bare or len(key) > _MAX_ECHOED_KEY):
+                headers.append(("aiaas.dlq.key.dropped_bytes", str(len(key)).encode()))
+                key = None
+            await self._sink.send(self._dlq, value, key=key, headers=headers)
 
 
 def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, attempts: int = 1) -> list[tuple[str, bytes]]:

@@ -141,7 +141,7 @@ async def test_stop_drains_what_was_taken_and_commits_it():
 
 async def test_a_crashed_model_loop_stops_the_pipeline_with_its_error_instead_of_hanging():
     class BrokenWorker(BatchWorker):
-        async def run(self, records):
+        async def run(self, records, undeliverable=None):
             raise RuntimeError("bug in the worker")
 
     consumer = FakeConsumer({0: partition_log(0, 20)})

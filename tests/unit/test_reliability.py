@@ -268,3 +268,45 @@ async def test_one_poisonous_job_fails_alone_and_its_batch_mates_keep_their_atte
     statuses = {r.job_id: r.status for r in results(sink)}
     assert statuses == {**{f"job-{i}": "ok" for i in range(6)}, "job-3": "error"}
     assert [k for _, _, k, _ in sink.on(TOPICS.retry)] == [b"job-3"]  # only the poisonous job was retried
+
+
+async def test_an_outcome_the_broker_refuses_for_good_ends_as_a_bare_dead_letter_instead_of_rewinding_for_ever():
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    class RefusingSink(LoopbackSink):
+        """Refuses anything keyed `job-1` (as a broker refuses a record over its size limit)."""
+
+        async def send(self, topic, value, *, key, headers):
+            if key == b"job-1":
+                raise MessageSizeTooLargeError()
+            await super().send(topic, value, key=key, headers=headers)
+
+    broker = Broker(job_records(4))
+    sink = RefusingSink(broker)
+    pipeline = make_pipeline(broker, sink, SumRuntime(), max_batch=4)
+    stats = await run_until(pipeline, lambda: {r.job_id for r in results(sink)} == {"job-0", "job-2", "job-3"}
+                            and sink.on(DLQ))
+    ((_, value, key, headers),) = sink.on(DLQ)
+    assert key is None and value == b"" and headers["aiaas.error.type"] == b"Undeliverable"
+    assert headers["aiaas.origin.offset"] == b"1" and b"MessageSizeTooLarge" in headers["aiaas.error.message"]
+    assert stats.rewinds == 1
+    assert broker.committed() == {0: 4}
+
+
+async def test_a_broker_outage_is_not_mistaken_for_a_refusal():
+    from aiokafka.errors import KafkaTimeoutError
+
+    class OutageSink(LoopbackSink):
+        failures = 3
+
+        async def send(self, topic, value, *, key, headers):
+            if self.failures:
+                self.failures -= 1
+                raise KafkaTimeoutError()
+            await super().send(topic, value, key=key, headers=headers)
+
+    broker = Broker(job_records(4))
+    sink = OutageSink(broker)
+    await run_until(make_pipeline(broker, sink, SumRuntime(), max_batch=4),
+                    lambda: {r.job_id for r in results(sink)} == {f"job-{i}" for i in range(4)})
+    assert sink.on(DLQ) == [] and all(r.status == "ok" for r in results(sink))

@@ -9,7 +9,7 @@ from opentelemetry.trace import SpanKind
 from aiaas.codec import decode_result
 from aiaas.topics import ModelTopics
 from aiaas.tracing import inject_headers
-from aiaas.worker import DLQ_HEADERS, BatchWorker
+from aiaas.worker import PublishFailed, DLQ_HEADERS, BatchWorker
 from tests.fakes import FailingRuntime, Record, RecordingSink, SumRuntime, job_record
 
 TOPICS = ModelTopics.of("vision", "p")
@@ -125,8 +125,10 @@ async def test_a_sink_failure_propagates_so_the_batch_is_not_committed():
         async def send(self, *args, **kwargs):
             raise ConnectionError("broker gone")
 
-    with pytest.raises(ConnectionError):
+    with pytest.raises(PublishFailed) as failed:
         await make_worker(sink=BrokenSink()).handle([job_record(0, [1.0])])
+    ((record, error),) = failed.value.failures  # the failing record, with the sink's own error
+    assert record.offset == 0 and isinstance(error, ConnectionError)
 
 
 async def test_outputs_the_contract_cannot_carry_fail_that_job_only():
