@@ -1,19 +1,30 @@
-"""msgpack on the wire, with limits that keep hostile messages cheap to reject."""
+"""msgpack on the wire, with limits that keep hostile messages cheap to reject.
+
+Decoding an envelope builds at most `EnvelopeSettings.max_values` Python objects, whatever the
+bytes claim, so a hostile message costs little time and memory to refuse:
+1. the size limit (AIAAS_KAFKA_MAX_MESSAGE_BYTES) is checked first;
+2. a structural pass (`Unpacker.skip`, which builds nothing) refuses truncated input, headers
+   bigger than `max_container_items` or the message, and nesting deeper than msgpack's stack
+   (1024) — so an array header that promises 4096 elements it does not have never gets its
+   list allocated (1000 such nested headers would reserve 32 MB);
+3. the decode counts the values of every array and map as msgpack completes it and stops past
+   `max_values` (only for messages longer than `max_values` bytes: a shorter one cannot hold more);
+4. pydantic validates the contract; a refused envelope is released before the error travels on.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 import msgpack
 from pydantic import BaseModel, ValidationError
 
 from .contracts import Job, Result
-from .errors import InvalidJob, PayloadTooLarge, UndecodableMessage
+from .errors import AiaasError, InvalidJob, PayloadTooLarge, UndecodableMessage
+from .settings import EnvelopeSettings
 
-__all__ = ["encode", "decode_job", "decode_result", "MAX_CONTAINER_ITEMS"]
-
-MAX_CONTAINER_ITEMS = 4096
-"""Largest array or map in an envelope; msgpack rejects bigger headers before allocating."""
+__all__ = ["encode", "decode_job", "decode_result", "default_limits"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -23,41 +34,88 @@ def encode(envelope: BaseModel) -> bytes:
     return msgpack.packb(envelope.model_dump(mode="python", exclude_none=True), use_bin_type=True)
 
 
-def _unpack(raw: bytes, max_bytes: int) -> object:
+@functools.cache
+def default_limits() -> EnvelopeSettings:
+    """The envelope limits of this process (AIAAS_ENVELOPE_* variables), read once."""
+    return EnvelopeSettings()
+
+
+class _Budget:
+    """msgpack hooks that count values as each array or map is completed, and stop the decode past the limit."""
+
+    def __init__(self, max_values: int) -> None:
+        self._left = max_values
+        self._max_values = max_values
+
+    def array(self, items: list) -> list:
+        self._take(items)
+        return items
+
+    def map(self, entries: dict) -> dict:
+        self._take(entries)
+        return entries
+
+    def _take(self, container: list | dict) -> None:
+        self._left -= 1 + len(container)
+        if self._left < 0:
+            raise UndecodableMessage(
+                f"the envelope has more than {self._max_values} values (AIAAS_ENVELOPE_MAX_VALUES)")
+
+
+def _unpack(raw: bytes, max_bytes: int, limits: EnvelopeSettings) -> object:
     if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"message is {len(raw)} bytes; the limit is {max_bytes}")
+        raise PayloadTooLarge(f"message is {len(raw)} bytes; the limit is {max_bytes} (AIAAS_KAFKA_MAX_MESSAGE_BYTES)")
+    options = dict(
+        raw=False, strict_map_key=True, max_bin_len=max_bytes, max_str_len=max_bytes, max_ext_len=0,
+        max_array_len=limits.max_container_items, max_map_len=limits.max_container_items,
+    )
     try:
-        return msgpack.unpackb(
-            raw,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=max_bytes,
-            max_str_len=max_bytes,
-            max_array_len=MAX_CONTAINER_ITEMS,
-            max_map_len=MAX_CONTAINER_ITEMS,
-            max_ext_len=0,
-        )
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
-        raise UndecodableMessage(f"not a msgpack envelope: {exc}") from exc
+        structure = msgpack.Unpacker(max_buffer_size=max(len(raw), 1), **options)
+        structure.feed(raw)
+        structure.skip()  # builds nothing: lying headers and truncation are refused before any allocation
+        if len(raw) <= limits.max_values:  # every value takes at least one byte: this one cannot hold too many
+            return msgpack.unpackb(raw, **options)
+        budget = _Budget(limits.max_values)
+        return msgpack.unpackb(raw, list_hook=budget.array, object_hook=budget.map, **options)
+    except AiaasError:
+        raise
+    except msgpack.StackError as exc:
+        raise UndecodableMessage("not a msgpack envelope: nested deeper than msgpack allows") from exc
+    except (msgpack.OutOfData, msgpack.ExtraData, msgpack.FormatError, ValueError, TypeError) as exc:
+        reason = "truncated (the message ends inside a value)" if isinstance(exc, msgpack.OutOfData) else str(exc)
+        reason = reason or f"invalid bytes ({type(exc).__name__})"  # msgpack's FormatError says nothing itself
+        raise UndecodableMessage(f"not a msgpack envelope: {reason}") from exc
 
 
-def _decode(raw: bytes, model: type[_Model], max_bytes: int) -> _Model:
-    obj = _unpack(raw, max_bytes)
+def _describe(exc: ValidationError) -> str:
+    """The first problem, short (its location may hold a publisher's field names: cut them)."""
+    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"])[:200] or "envelope"
+    return f"{where}: {first['msg'][:300]} ({exc.error_count()} problem(s))"
+
+
+def _decode(raw: bytes, model: type[_Model], max_bytes: int, limits: EnvelopeSettings | None) -> _Model:
+    obj = _unpack(raw, max_bytes, limits or default_limits())
     if not isinstance(obj, dict):
         raise UndecodableMessage(f"expected a msgpack map, got {type(obj).__name__}")
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "envelope"
-        raise InvalidJob(f"{where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+        problem = _describe(exc)
+    # Raised outside the handler, after `del`: neither the pydantic error nor this frame keeps a refused
+    # (possibly large) envelope alive for as long as the job's error is kept.
+    del obj
+    raise InvalidJob(problem)
 
 
-def decode_job(raw: bytes, max_bytes: int) -> Job:
-    """Bytes from a job topic to a validated Job; raises an AiaasError naming what is wrong."""
-    return _decode(raw, Job, max_bytes)
+def decode_job(raw: bytes, max_bytes: int, limits: EnvelopeSettings | None = None) -> Job:
+    """Bytes from a job topic to a validated Job; raises an AiaasError naming what is wrong.
+
+    `limits` defaults to this process's `EnvelopeSettings` (`default_limits()`).
+    """
+    return _decode(raw, Job, max_bytes, limits)
 
 
-def decode_result(raw: bytes, max_bytes: int) -> Result:
-    """Bytes from a results topic to a validated Result."""
-    return _decode(raw, Result, max_bytes)
+def decode_result(raw: bytes, max_bytes: int, limits: EnvelopeSettings | None = None) -> Result:
+    """Bytes from a results topic to a validated Result (same limits as `decode_job`)."""
+    return _decode(raw, Result, max_bytes, limits)

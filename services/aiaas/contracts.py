@@ -38,6 +38,7 @@ TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
 
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 _MAX_RANK = 8
+_MAX_DIM = 2**31 - 1  # a dimension must fit numpy's int64 indexes with room to spare; no honest one comes near
 
 
 class Tensor(BaseModel):
@@ -60,11 +61,13 @@ class Tensor(BaseModel):
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
         dtype = np.dtype(self.dtype).newbyteorder("<")
-        expected = math.prod(self.shape) * dtype.itemsize
+        expected = math.prod(self.shape) * dtype.itemsize  # Python ints: a hostile shape cannot overflow this
         if len(self.data) != expected:
             raise ValueError(
                 f"tensor data has {len(self.data)} bytes but dtype {self.dtype} x shape {self.shape} needs {expected}"
             )
+        if any(dim > _MAX_DIM for dim in self.shape):  # only possible next to a 0 dimension; numpy would overflow
+            raise ValueError(f"tensor shape {self.shape} has a dimension above {_MAX_DIM}")
         return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
 
 
@@ -92,8 +95,12 @@ class Job(BaseModel):
     inputs: dict[str, InputValue] = Field(
         default_factory=dict, max_length=64, description="Named, typed inputs; tensors as dtype/shape/bytes."
     )
-    created_at: float = Field(default_factory=time.time, description="When the job was made (Unix seconds).")
-    deadline: float | None = Field(None, description="After this time (Unix seconds) the job is `expired`, not run.")
+    created_at: float = Field(
+        default_factory=time.time, allow_inf_nan=False, description="When the job was made (Unix seconds)."
+    )
+    deadline: float | None = Field(
+        None, allow_inf_nan=False, description="After this time (Unix seconds) the job is `expired`, not run."
+    )
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first when a batch is cut.")
     reply_to: str | None = Field(
         None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",

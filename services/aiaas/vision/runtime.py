@@ -45,19 +45,22 @@ class VisionRuntime:
         return ref in self._refs
 
     def prepare(self, job: Job) -> np.ndarray:
-        """Check the `image` input: a finite numeric tensor [8,8] or [1,8,8] with values 0..16."""
+        """Check the job: no task, and `image` a finite numeric tensor [8,8] or [1,8,8] with values 0..16."""
+        if job.task is not None:
+            raise InvalidJob(f"vision jobs have no task (they classify the `image`); got task {job.task!r}")
         image = job.inputs.get("image")
         if not isinstance(image, Tensor):
             raise InvalidJob("vision jobs need an input `image`: a tensor of shape [8, 8] with values 0..16")
         if image.dtype == "bool" or tuple(image.shape) not in (IMAGE_SHAPE, (1, *IMAGE_SHAPE)):
             raise InvalidJob(f"`image` must be a numeric [8, 8] tensor; got {image.dtype} {image.shape}")
         try:
-            pixels = image.to_numpy().astype(np.float32).reshape(1, *IMAGE_SHAPE)
+            values = image.to_numpy()
         except ValueError as exc:
             raise InvalidJob(f"`image`: {exc}") from exc
-        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > MAX_INTENSITY:
+        # Checked in the dtype that was sent: a float64 beyond float32's range must not turn into inf in the cast.
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > MAX_INTENSITY:
             raise InvalidJob("`image` values must be finite and within 0..16")
-        return pixels
+        return values.astype(np.float32).reshape(1, *IMAGE_SHAPE)
 
     def infer(self, items: Sequence[np.ndarray]) -> list[Outputs]:
         """Label and class probabilities for every image, from one session run."""
