@@ -1,0 +1,166 @@
+"""The fault suite's table: one row per scenario and delivery mode, the column definitions, the details."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+from .procs import REPO
+from .scenarios import Row
+
+__all__ = ["table", "markdown", "machine", "machine_slug"]
+
+HEADER = ("| scenario | mode | jobs sent | jobs with a result | lost | duplicate results in topic "
+          "| duplicates seen by client | DLQ records | wall time | bad inputs sent | reader missed |")
+RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+LEGEND = """\
+- **scenario**: 1 kill -9 the worker at three random points (restarted at once, same instance id);
+  2 SIGTERM the worker mid-stream (restarted); 3 stop the broker mid-stream and start it again
+  (same data); 4 start a second worker (its own instance id) mid-stream, SIGTERM it later;
+  5 kill -9 the results reader at two random points and resume it; 6 the hostile corpus
+  (`tests/hostile_corpus.py`) spread evenly between the good jobs. "Random points" are seeded
+  (`--seed`) and placed by progress: "at 37 %" = once 37 % of the good jobs had a result.
+- **mode**: the service's `AIAAS_VISION_DELIVERY` (each worker also gets `AIAAS_VISION_INSTANCE_ID`, `w1` or `w2`).
+- **jobs sent**: good vision jobs (held-out digits) the broker acknowledged, published at a fixed rate
+  by a plain aiokafka producer (acks=all, idempotent); a send that failed is sent again.
+- **jobs with a result**: good jobs with at least one final result in the results topic,
+  read from beginning to end at the end of the run (read_committed).
+- **lost**: jobs sent − jobs with a result. Required: 0.
+- **duplicate results in topic**: results beyond one per message published with that key (good jobs
+  and bad inputs alike), read_committed. Required in exactly-once mode: 0.
+- **duplicates seen by client**: results the results reader handed to its application more than once,
+  counted across its kills: the reader is `AiaasClient.results(group_id=..., seen=SeenFile(...))` in
+  its own process, writing one line per result it is handed. Required: 0 in both modes.
+- **DLQ records**: records in the DLQ topic (read_committed). Scenario 6 requires at least the bad inputs sent.
+- **wall time**: first publish → every good job has a result and the reader has handed them all over.
+- **bad inputs sent**: messages of the hostile corpus published (scenario 6); not counted in jobs sent or lost.
+- **reader missed**: good jobs with a result in the topic that the reader never handed over (should be 0;
+  a kill -9 between the reader marking a job seen and writing its line would show here)."""
+
+
+def _cell(row: Row) -> list[str]:
+    c = row.check
+    if c is None:
+        return [row.scenario.name if row.scenario else "?", row.mode, *["–"] * 7, str(row.bad_sent), "–"]
+    return [f"{row.scenario.number} {row.scenario.name}", row.mode, f"{c.sent:,}", f"{c.answered:,}", f"{c.lost:,}",
+            f"{c.topic_duplicates:,}", f"{c.client_duplicates:,}", f"{c.dlq:,}", f"{row.wall_s:.1f} s",
+            f"{row.bad_sent:,}", f"{c.reader_missed:,}"]
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown table (one line per row; a failed run shows dashes and its error in the details)."""
+    lines = [HEADER, RULE]
+    for row in rows:
+        cells = _cell(row)
+        if row.check is None:
+            cells[0] = f"{row.scenario.number} {row.scenario.name} (failed)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """Which rows break a requirement."""
+    broken = []
+    for row in rows:
+        c, name = row.check, f"{row.scenario.number} {row.scenario.name} / {row.mode}"
+        if c is None:
+            broken.append(f"{name}: the run failed ({row.error})")
+            continue
+        if c.lost:
+            broken.append(f"{name}: {c.lost} lost (e.g. {', '.join(c.lost_ids[:3])})")
+        if c.client_duplicates:
+            broken.append(f"{name}: {c.client_duplicates} duplicates seen by the client")
+        if row.mode == "exactly-once" and c.topic_duplicates:
+            examples = ", ".join(c.duplicate_ids[:3])
+            broken.append(f"{name}: {c.topic_duplicates} duplicate results in the topic (e.g. {examples})")
+        if row.bad_sent and c.dlq < row.bad_sent:
+            broken.append(f"{name}: {c.dlq} DLQ records for {row.bad_sent} bad inputs")
+    return broken
+
+
+def _details(row: Row) -> list[str]:
+    out = [f"**{row.scenario.number} {row.scenario.name} / {row.mode}**", ""]
+    if row.ready_line:
+        out.append(f"- w1: `{row.ready_line.split(': ', 1)[-1][:300]}`")
+    if row.error:
+        out.append(f"- run failed: `{row.error[:1000]}`")
+    c = row.check
+    if c is not None:
+        extra = []
+        if c.not_ok:
+            extra.append("good jobs answered with " + ", ".join(f"{n} {s}" for s, n in c.not_ok.items()))
+        if c.jobs_topic_duplicates:
+            extra.append(f"{c.jobs_topic_duplicates} good jobs reached the jobs topic twice (publisher resends)")
+        if c.undecodable_results:
+            extra.append(f"{c.undecodable_results} undecodable records in the results topic")
+        if row.bad_sent:
+            extra.append(f"{c.bad_results} error results for the {row.bad_sent} bad inputs")
+        out += [f"- {e}" for e in extra]
+    out += [f"- {note}" for note in row.notes]
+    return out + [""]
+
+
+def machine() -> str:
+    """CPU, cores, memory, Python and the versions that matter here."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal"))) / 2**20
+        memory = f", {mem:.0f} GiB memory"
+    except (OSError, StopIteration, ValueError):
+        memory = ""
+    versions = []
+    for dist in ("aiokafka", "onnxruntime", "pydantic"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", (REPO / "infra" / "kafka" / "pom.xml").read_text())
+    kafka = found.group(1) if found else "?"
+    return (f"{cpu}, {os.cpu_count()} cores{memory} · Python {platform.python_version()} · "
+            f"Apache Kafka {kafka} (single local KRaft node) · " + " · ".join(versions))
+
+
+def machine_slug() -> str:
+    """A file-name-safe machine name: CPU model and core count."""
+    cpu = machine().split(",", 1)[0]
+    cpu = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", "", cpu, flags=re.IGNORECASE)
+    return f"{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}-{os.cpu_count()}c"
+
+
+def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int, started: str, total_s: float) -> str:
+    """The whole report: command, machine, N, the table, the column definitions, the details."""
+    broken = verdict(rows)
+    return "\n".join([
+        f"# aiaas fault suite — {started}",
+        "",
+        f"Command: `{command}` ({total_s / 60:.1f} min in all).",
+        f"Machine: {machine()}.",
+        f"N = {jobs:,} good jobs per scenario run, published at {rate:,.0f}/s; seed {seed}. Every run has its own "
+        "topics, consumer groups and processes; the vision service runs as `python -m aiaas.vision` with its "
+        "defaults (trace export off: `OTEL_TRACES_EXPORTER=none`).",
+        "",
+        table(rows),
+        "",
+        "Requirements (lost = 0 everywhere; exactly-once: duplicate results in topic = 0; duplicates seen by "
+        "client = 0 in both modes): " + ("all met." if not broken else "**not met**:"),
+        *[f"- {b}" for b in broken],
+        "",
+        "## Columns",
+        "",
+        LEGEND,
+        "",
+        "## What happened in each run",
+        "",
+        *[line for row in rows for line in _details(row)],
+    ])

@@ -1,0 +1,60 @@
+"""The fault scenarios under pytest, with a small N: nothing lost, no duplicate reaches the reader's
+application; in exactly-once mode no duplicate result in the topic either.
+
+Each test is one scenario in one delivery mode (fresh topics, groups and processes) against a broker
+of this module's own, which scenario 3 restarts. N is AIAAS_FAULT_JOBS (default 1500), published at
+AIAAS_FAULT_RATE jobs/s (default 300). `python -m tests.faults.run` is the full-size program.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.faults.procs import Broker
+from tests.faults.report import markdown
+from tests.faults.scenarios import MODES, SCENARIOS, Options, run_one
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+JOBS = int(os.environ.get("AIAAS_FAULT_JOBS", "1500"))
+RATE = float(os.environ.get("AIAAS_FAULT_RATE", "300"))
+
+
+@pytest.fixture(scope="module")
+async def fault_broker(tmp_path_factory):
+    """A broker of this module's own (scenario 3 restarts it): the test broker's port + 4 (+5 controller)."""
+    if shutil.which("java") is None or shutil.which("mvn") is None:
+        pytest.skip("the fault suite needs Java 17+ and Maven to fetch and run the local Kafka broker")
+    broker = Broker(int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")) + 4, tmp_path_factory.mktemp("fault-kafka"))
+    try:
+        await broker.start()
+    except RuntimeError as exc:
+        pytest.fail(f"the fault suite's broker did not start: {exc}")
+    yield broker
+    await broker.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("number", sorted(SCENARIOS))
+async def test_scenario(number, mode, fault_broker, vision_registry, tmp_path):
+    scenario = SCENARIOS[number]
+    opts = Options(jobs=JOBS, home=vision_registry.root.parent, workdir=tmp_path, rate=RATE, stall_s=60)
+    row = await run_one(scenario, mode, opts, fault_broker)
+    if not fault_broker.running:
+        await fault_broker.start()
+    report = markdown([row], command="pytest tests/faults", jobs=JOBS, rate=RATE, seed=0, started="", total_s=0)
+    print(report.split("| scenario |", 1)[1].split("## Columns")[0])
+    print(report.split("## What happened in each run", 1)[1])
+    assert row.error is None, row.error
+    check = row.check
+    assert check.sent == JOBS
+    assert check.lost == 0, f"lost {check.lost}, e.g. {check.lost_ids}"
+    assert check.client_duplicates == 0
+    assert check.reader_missed == 0
+    if mode == "exactly-once":
+        assert check.topic_duplicates == 0, f"{check.topic_duplicates} duplicate results, e.g. {check.duplicate_ids}"
+    if scenario.hostile:
+        assert row.bad_sent > 0 and check.dlq >= row.bad_sent
