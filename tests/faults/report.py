@@ -38,8 +38,10 @@ LEGEND = """\
 - **DLQ records**: records in the DLQ topic (read_committed). Scenario 6 requires at least the bad inputs sent.
 - **wall time**: first publish → every good job has a result and the reader has handed them all over.
 - **bad inputs sent**: messages of the hostile corpus published (scenario 6); not counted in jobs sent or lost.
-- **reader missed**: good jobs with a result in the topic that the reader never handed over (should be 0;
-  a kill -9 between the reader marking a job seen and writing its line would show here)."""
+- **reader missed**: good jobs with a result in the topic that never reached a line of the reader's file. Not a
+  requirement; by design at most one per kill -9 of the reader (scenario 5), 0 otherwise: the client adds a job id
+  to `seen` just before handing its result over (so it never hands it over twice), and a kill between that
+  mark and the application's own write loses that one result for the application."""
 
 
 def _cell(row: Row) -> list[str]:
@@ -138,14 +140,17 @@ def machine_slug() -> str:
     return f"{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}-{os.cpu_count()}c"
 
 
-def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int, started: str, total_s: float) -> str:
+def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int, started: str, total_s: float,
+             load: tuple[float, float, float] | None = None) -> str:
     """The whole report: command, machine, N, the table, the column definitions, the details."""
     broken = verdict(rows)
+    busy = "" if load is None else (f" Load average (1/5/15 min) when it ended: {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} "
+                                    "(other work on the machine slows the runs down: wall times vary with it).")
     return "\n".join([
         f"# aiaas fault suite — {started}",
         "",
         f"Command: `{command}` ({total_s / 60:.1f} min in all).",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}.{busy}",
         f"N = {jobs:,} good jobs per scenario run, published at {rate:,.0f}/s; seed {seed}. Every run has its own "
         "topics, consumer groups and processes; the vision service runs as `python -m aiaas.vision` with its "
         "defaults (trace export off: `OTEL_TRACES_EXPORTER=none`).",

@@ -3,7 +3,7 @@
     python -m tests.faults.run [--jobs 10000] [--scenarios 1,2,3,4,5,6]
                                [--modes at-least-once,exactly-once] [--out tests/faults/results]
 
-Starts its own broker (infra/kafka/kafka.sh, port --port, state in a temporary folder), builds a
+Starts its own broker (infra/kafka/kafka.sh, port --port (29492), state in a temporary folder), builds a
 vision model into a temporary AIAAS_HOME (or uses --home), runs the scenarios one after the other,
 prints each row as it is done, and writes the table with its definitions and details to
 `<out>/<date>-<machine>.md`. Exit status 1 when a requirement is not met. Everything it started
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -37,8 +38,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for the report ('-' for none)")
     parser.add_argument("--rate", type=float, default=500.0, help="jobs published per second")
     parser.add_argument("--seed", type=int, default=0, help="where the random faults land")
-    parser.add_argument("--port", type=int, default=39492,
-                        help="broker port (the controller uses port+1; port+2 is left free)")
+    parser.add_argument("--port", type=int, default=29492,
+                        help="broker port (the controller uses port+1; port+2 is left free). Keep it below the "
+                        "ephemeral range (32768+ on Linux): while the broker restarts, a client reconnecting to a "
+                        "free port in that range can be given that very port as its own and connect to itself, "
+                        "holding the port so the broker cannot bind it again")
     parser.add_argument("--home", type=Path, help="AIAAS_HOME with a built vision model (default: build one)")
     parser.add_argument("--stall", type=float, default=60.0, help="give up on a run after this long without a result")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, reader files, broker data)")
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     command = "python -m tests.faults.run " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = markdown(rows, command=command.strip(), jobs=args.jobs, rate=args.rate, seed=args.seed,
-                      started=started.strftime("%Y-%m-%d %H:%M"), total_s=time.monotonic() - t0)
+                      started=started.strftime("%Y-%m-%d %H:%M"), total_s=time.monotonic() - t0,
+                      load=os.getloadavg())
     broken = verdict(rows)
     print("\nrequirements: " + ("all met" if not broken else "NOT met:\n  " + "\n  ".join(broken)))
     if str(args.out) != "-":

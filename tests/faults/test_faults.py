@@ -23,12 +23,23 @@ JOBS = int(os.environ.get("AIAAS_FAULT_JOBS", "1500"))
 RATE = float(os.environ.get("AIAAS_FAULT_RATE", "300"))
 
 
+def fault_port() -> int:
+    """AIAAS_FAULT_KAFKA_PORT, else the test broker's port − 9996 (29096 by default; controller + 1).
+
+    Below the ephemeral range on purpose: while scenario 3's broker is down, the services' clients keep
+    reconnecting, and one given the broker's own port as its local port connects to itself and holds it.
+    """
+    if "AIAAS_FAULT_KAFKA_PORT" in os.environ:
+        return int(os.environ["AIAAS_FAULT_KAFKA_PORT"])
+    return int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")) - 9996
+
+
 @pytest.fixture(scope="module")
 async def fault_broker(tmp_path_factory):
-    """A broker of this module's own (scenario 3 restarts it): the test broker's port + 4 (+5 controller)."""
+    """A broker of this module's own (scenario 3 restarts it), on `fault_port()`."""
     if shutil.which("java") is None or shutil.which("mvn") is None:
         pytest.skip("the fault suite needs Java 17+ and Maven to fetch and run the local Kafka broker")
-    broker = Broker(int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")) + 4, tmp_path_factory.mktemp("fault-kafka"))
+    broker = Broker(fault_port(), tmp_path_factory.mktemp("fault-kafka"))
     try:
         await broker.start()
     except RuntimeError as exc:
@@ -53,7 +64,8 @@ async def test_scenario(number, mode, fault_broker, vision_registry, tmp_path):
     assert check.sent == JOBS
     assert check.lost == 0, f"lost {check.lost}, e.g. {check.lost_ids}"
     assert check.client_duplicates == 0
-    assert check.reader_missed == 0
+    # The client marks a job seen just before handing it over: a kill -9 of the reader may lose the one in hand.
+    assert check.reader_missed <= row.reader_kills
     if mode == "exactly-once":
         assert check.topic_duplicates == 0, f"{check.topic_duplicates} duplicate results, e.g. {check.duplicate_ids}"
     if scenario.hostile:
