@@ -59,13 +59,7 @@ class MachineInfo:
     @classmethod
     def collect(cls) -> "MachineInfo":
         """CPU from /proc/cpuinfo, package versions from the installed distributions."""
-        cpu = platform.processor() or platform.machine()
-        try:
-            names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")]
-            cpu = names[0] if names else cpu
-        except OSError:
-            pass
+        cpu = cpu_name()
         versions = {}
         for dist in ("onnxruntime", "onnxruntime-gpu", "torch", "aiokafka", "faststream", "opentelemetry-sdk", "numpy"):
             try:
@@ -273,3 +267,13 @@ def plot(results: list[ModelResult], path: Path, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def cpu_name() -> str:
+    """The processor's model name from /proc/cpuinfo (the platform's name where there is none)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench.report import cpu_name
+
 import os
 import platform
 import re
@@ -108,13 +110,7 @@ def _details(row: Row) -> list[str]:
 
 def machine() -> str:
     """CPU, cores, memory, Python and the versions that matter here."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                        if line.startswith("MemTotal"))) / 2**20

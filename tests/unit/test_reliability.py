@@ -23,6 +23,7 @@ from aiaas.retries import RetryPolicy, attempt_of, due_at
 from aiaas.topics import ModelTopics
 from aiaas.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
+from tests.unit.test_pipeline import run_until
 
 TOPICS = ModelTopics.of("vision", "p")
 DLQ = "p.dlq"
@@ -91,15 +92,6 @@ def make_pipeline(broker, sink, runtime, *, policy=None, outcomes=None, transact
                          retry=policy, outcomes=outcomes)
     return JobPipeline(worker, broker, max_batch=max_batch, max_wait_ms=1, max_in_flight=16, drain_timeout_s=10,
                        due_at=due_at, delayed_topic=TOPICS.retry, transactions=transactions)
-
-
-async def run_until(pipeline, done, timeout=10.0):
-    task = asyncio.create_task(pipeline.run())
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.005)
-    pipeline.stop()
-    return await asyncio.wait_for(task, timeout)
 
 
 async def test_a_retriable_failure_is_retried_later_without_holding_back_the_jobs_behind_it():
