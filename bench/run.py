@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from aiaas.registry import Registry
 from aiaas.settings import HomeSettings, KafkaSettings
+from aiaas.span_store import SUFFIX, count_spans
 from aiaas.topics import ensure_topics, partition_count, service_topics
 from aiaas.tracing import setup_tracing
 
@@ -184,7 +185,7 @@ class Bench:
         finally:
             untraced.stop()
             traced.stop()
-        result.span_share = _span_share(traced, self.home / "spans" / f"aiaas-{model}-{traced.pid}.jsonl")
+        result.span_share = _span_share(traced, self.home / "spans" / f"aiaas-{model}-{traced.pid}{SUFFIX}")
 
     async def model(self, model: str, warm_up: bool) -> ModelResult:
         """Every stage for one model type; a stage that fails is logged and reported, the others still run."""
@@ -242,8 +243,7 @@ def _span_share(service: ChildProcess, spans: Path) -> float | None:
     if not stopped or not spans.exists():
         return None
     jobs, batches = map(int, stopped.groups())
-    with spans.open("rb") as f:
-        stored = sum(1 for _ in f)
+    stored = count_spans(spans)
     spans.unlink()  # large; nobody reads it after this
     return stored / (2 * jobs + batches) if jobs else None
 

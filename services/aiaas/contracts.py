@@ -36,6 +36,9 @@ ResultStatus = Literal["ok", "error", "expired", "accepted", "running", "succeed
 TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
 """A job's last result has one of these; `accepted` and `running` are training progress events."""
 
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DType.__args__}
+"""Each wire dtype as a little-endian numpy dtype (built once: numpy's dtype parsing and naming are slow)."""
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 _MAX_RANK = 8
 _MAX_DIM = 2**31 - 1  # a dimension must fit numpy's int64 indexes with room to spare; no honest one comes near
@@ -56,17 +59,22 @@ class Tensor(BaseModel):
         array = np.ascontiguousarray(array)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        return cls(dtype=str(array.dtype), shape=list(array.shape), data=array.tobytes())
+        name = _DTYPE_NAMES.get(array.dtype)
+        if name is None or array.ndim > _MAX_RANK:  # let validation say what is wrong
+            return cls(dtype=str(array.dtype), shape=list(array.shape), data=array.tobytes())
+        # Everything else a numpy array has is valid by construction: skip validating it again.
+        return cls.model_construct(dtype=name, shape=list(array.shape), data=array.tobytes())
 
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
-        dtype = np.dtype(self.dtype).newbyteorder("<")
+        dtype = _DTYPES[self.dtype]
         expected = math.prod(self.shape) * dtype.itemsize  # Python ints: a hostile shape cannot overflow this
         if len(self.data) != expected:
             raise ValueError(
                 f"tensor data has {len(self.data)} bytes but dtype {self.dtype} x shape {self.shape} needs {expected}"
             )
-        if any(dim > _MAX_DIM for dim in self.shape):  # only possible next to a 0 dimension; numpy would overflow
+        # A dimension above the message size is only possible next to a 0 dimension; numpy would overflow.
+        if not expected and any(dim > _MAX_DIM for dim in self.shape):
             raise ValueError(f"tensor shape {self.shape} has a dimension above {_MAX_DIM}")
         return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
 

@@ -40,38 +40,19 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import (
-    CorruptRecordException,
-    InvalidTopicError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-)
+from aiokafka.errors import KafkaError
 
 import time
 from collections.abc import Callable
 
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
+from .kafka_sink import refused_for_good
 from .worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer"]
 
 log = logging.getLogger("aiaas.pipeline")
-
-_REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, TopicAuthorizationFailedError,
-                     CorruptRecordException)
-"""Broker answers that will not change if the same record is sent again."""
-
-
-def refused_for_good(exc: BaseException) -> bool:
-    """True when sending the same outcome again cannot work: a permanent broker refusal, or a client-side bug
-    (not a Kafka or network error). Timeouts and lost connections are transient: the broker may come back."""
-    if isinstance(exc, _REFUSED_FOR_GOOD):
-        return True
-    return not isinstance(exc, (KafkaError, OSError, TimeoutError, asyncio.CancelledError))
-
 
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""

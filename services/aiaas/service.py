@@ -29,6 +29,7 @@ from .client import explain_connection_failure
 from .errors import BrokerUnavailable
 from .exactly_once import Transactions, transactional_id
 from .idempotency import OutcomeCache, seed_from_results
+from .kafka_sink import KafkaSink
 from .pipeline import JobPipeline, PipelineStats
 from .retries import RetryPolicy, due_at
 from .registry import Registry
@@ -40,21 +41,13 @@ from . import tracing
 from .tracing import setup_tracing
 from .worker import BatchWorker
 
-__all__ = ["ModelService", "KafkaSink", "run_service"]
+__all__ = ["ModelService", "run_service"]
 
 log = logging.getLogger("aiaas.service")
 
-
-class KafkaSink:
-    """ResultSink over an idempotent, acks=all producer."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Publish and await the broker's acknowledgement."""
-        delivery = await self._producer.send(topic, value, key=key, headers=headers)
-        await delivery
+_PRODUCER_BATCH_BYTES = 256 * 1024
+"""A batch's results to one partition go out as one record batch (`KafkaSink.send_many`) up to this size;
+aiokafka's default (16 KiB) would split a batch of text embeddings into many requests."""
 
 
 class ModelService:
@@ -90,6 +83,7 @@ class ModelService:
         producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", acks="all",
             enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            max_batch_size=min(_PRODUCER_BATCH_BYTES, self.kafka.max_message_bytes),
             transactional_id=txn_id,
         )
         consumer = AIOKafkaConsumer(

@@ -1,7 +1,10 @@
-"""The local span store: one JSON-lines file per process, read back by `aiaas trace`.
+"""The local span store: one file of msgpack records per process, read back by `aiaas trace`.
 
 Used when no OTLP exporter is configured, so a laptop or a test run can follow a job
-across the client, the CLI and every service process without a tracing backend.
+across the client, the CLI and every service process without a tracing backend. A service
+stores two spans per job; msgpack writes a span in a quarter of the time `json.dumps` takes,
+and the export runs in the process that serves the jobs (bench/hotpath.py). Files written as
+JSON lines (`*.jsonl`, by earlier versions) are still read.
 """
 
 from __future__ import annotations
@@ -12,26 +15,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .tracing import JOB_ID
 
-__all__ = ["LocalSpanExporter", "StoredSpan", "load_spans", "job_trace", "render_trace"]
+__all__ = ["LocalSpanExporter", "StoredSpan", "load_spans", "job_trace", "render_trace", "count_spans", "SUFFIX"]
+
+SUFFIX = ".spans"
 
 
 class LocalSpanExporter(SpanExporter):
-    """Appends finished spans as JSON lines to `<dir>/<service>-<pid>.jsonl`."""
+    """Appends finished spans as msgpack maps to `<dir>/<service>-<pid>.spans`."""
 
     def __init__(self, directory: Path, service_name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self._path = directory / f"{service_name}-{os.getpid()}.jsonl"
+        self.path = directory / f"{service_name}-{os.getpid()}{SUFFIX}"
+        self._packer = msgpack.Packer(default=str)  # an attribute value msgpack cannot pack is stored as its str
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the batch in one append (one writer per file, so no locking is needed)."""
-        lines = "".join(json.dumps(_to_record(span), default=str) + "\n" for span in spans)
-        with self._path.open("a", encoding="utf-8") as out:
-            out.write(lines)
+        data = b"".join(self._packer.pack(_to_record(span)) for span in spans)
+        with self.path.open("ab") as out:
+            out.write(data)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -73,15 +80,35 @@ class StoredSpan:
 
 
 def load_spans(directory: Path) -> list[StoredSpan]:
-    """Every span in the store (a partly written last line is skipped)."""
+    """Every span in the store (a partly written last record is skipped)."""
     spans = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")) if directory.exists() else []:
+        with path.open("rb") as stored:
+            try:
+                for record in msgpack.Unpacker(stored, raw=False):  # stops at a partly written last record
+                    spans += _stored(record)
+            except (ValueError, msgpack.UnpackException):
+                continue  # a damaged file: what was read before the damage is kept
     for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                spans.append(StoredSpan(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
+                spans += _stored(json.loads(line))
+            except json.JSONDecodeError:
                 continue
     return spans
+
+
+def count_spans(path: Path) -> int:
+    """How many spans one store file holds."""
+    with path.open("rb") as stored:
+        return sum(1 for _ in msgpack.Unpacker(stored, raw=False))
+
+
+def _stored(record: object) -> list[StoredSpan]:
+    try:
+        return [StoredSpan(**record)] if isinstance(record, dict) else []
+    except TypeError:
+        return []
 
 
 def job_trace(spans: list[StoredSpan], job_id: str) -> list[StoredSpan]:

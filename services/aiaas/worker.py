@@ -17,15 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from . import tracing
 from .codec import decode_job, encode
-from .contracts import ErrorInfo, Job, Result, Timings
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings
 from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undeliverable, UnknownModelVersion
 from .idempotency import Outcome, OutcomeCache
+from .job_spans import JobSpans
 from .retries import RetryPolicy, attempt_of, origin_of
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
@@ -64,7 +64,11 @@ class KafkaRecord(Protocol):
 
 
 class ResultSink(Protocol):
-    """Publishes one record and returns when the broker has acknowledged it."""
+    """Publishes one record and returns when the broker has acknowledged it.
+
+    A sink may also offer `send_many(records) -> list[BaseException | None]` (records with `topic`, `value`,
+    `key` and `headers`): the worker then hands it a whole batch's outcomes at once (`KafkaSink` does).
+    """
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         """Send and await the acknowledgement."""
@@ -158,7 +162,8 @@ class BatchWorker:
         self._dlq = dlq_topic
         self._group = group
         self._max_bytes = max_message_bytes
-        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+        self._spans = JobSpans()
+        self._tracer = self._spans.tracer
         # One model call at a time, off the event loop so Kafka heartbeats and I/O keep going.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.runtimes.model}-model")
 
@@ -202,13 +207,21 @@ class BatchWorker:
 
         Raises PublishFailed, naming the records whose outcomes were not acknowledged.
         """
+        outgoing = [record for job in batch.jobs for record in self._outgoing(job)]
+        errors: list[BaseException | None] | None = None
         try:
-            sent = await asyncio.gather(*(self._publish(job) for job in batch.jobs), return_exceptions=True)
+            errors = await self._send_all(outgoing)
         finally:
+            interrupted = asyncio.CancelledError("publishing was interrupted")
+            for record, error in zip(outgoing, errors or [interrupted] * len(outgoing)):
+                record.close(error)
             _end_spans(batch.jobs)
-        failures = [(job.record, exc) for job, exc in zip(batch.jobs, sent) if isinstance(exc, BaseException)]
-        if failures:
-            raise PublishFailed(failures)
+        failed: dict[int, tuple[KafkaRecord, BaseException]] = {}
+        for record, error in zip(outgoing, errors):
+            if error is not None:
+                failed.setdefault(id(record.job), (record.job.record, error))
+        if failed:
+            raise PublishFailed(list(failed.values()))
 
     def discard(self, batch: "ProcessedBatch") -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
@@ -221,11 +234,9 @@ class BatchWorker:
 
     def _admit(self, record: KafkaRecord, picked_at: float, undeliverable: str | None = None) -> _InFlight:
         """Open the job's CONSUMER span, decode and validate it; bad jobs get an error result."""
-        span = self._tracer.start_span(
-            f"process {record.topic}",
-            context=tracing.extract_context(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group),
+        span = self._spans.start_consumer(
+            f"process {record.topic}", record.headers,
+            tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group),
         )
         job = _InFlight(record, span, attempt=attempt_of(record))
         if job.attempt > 1:
@@ -353,19 +364,23 @@ class BatchWorker:
 
     def _outcome(self, job: Job, status: str, picked_at: float, *, outputs=None, version=None, inference_ms=0.0,
                  batch_size=0) -> Result:
-        return Result(
+        outputs = outputs or {}
+        fields = dict(
             job_id=job.job_id,
             model=self.runtime.model,
             status=status,
-            outputs=outputs or {},
+            outputs=outputs,
             model_version=version,
-            timings=Timings(
+            timings=Timings.model_construct(
                 queue_wait_ms=max(0.0, (picked_at - job.created_at) * 1000),
                 inference_ms=inference_ms,
                 batch_size=batch_size,
             ),
             attributes=job.attributes,
         )
+        # Every field but the runtime's outputs is ours and valid; outputs of plain contract types need no pydantic
+        # pass either (a few microseconds per job). Anything else is validated, and refused if it does not fit.
+        return Result.model_construct(**fields) if _fits_contract(outputs) else Result(**fields)
 
     def _seal(self, batch: list[_InFlight]) -> None:
         """Encode every outcome once, remember it under its job id, and give twins their first's outcome."""
@@ -390,49 +405,72 @@ class BatchWorker:
     def _result_topic(self, job: _InFlight) -> str:
         return job.job.reply_to if job.job and job.job.reply_to else self._topics.results
 
-    async def _publish(self, job: _InFlight) -> None:
-        """The job's result (in a PRODUCER span under its CONSUMER span), and its dead letter if it failed.
+    def _outgoing(self, job: _InFlight) -> list["_Outgoing"]:
+        """The records that carry a job's outcome, each with its PRODUCER span (started here) under the job's span.
 
-        A job that failed retriably goes to the retry topic instead, with the next attempt's headers.
+        A result (and a dead letter if the job failed); a dead letter alone when the outcome cannot be published;
+        the original job for the retry topic, with the next attempt's headers, when it failed retriably.
         """
-        parent = trace.set_span_in_context(job.span)
         if job.bare:
-            await self._send_dead_letter(job, parent, bare=True)
-            return
+            return [self._dead_letter(job, bare=True)]
         if job.retry:
             topic = self._topics.retry
-            with self._tracer.start_as_current_span(
-                f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
-                attributes=tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1},
-            ):
-                headers = self.retry.retry_headers(job.record, job.error, job.attempt) + tracing.inject_headers()
-                await self._sink.send(topic, job.record.value or b"", key=job.record.key, headers=headers)
-            return
+            attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}
+            headers = self.retry.retry_headers(job.record, job.error, job.attempt)
+            return [self._record(job, topic, job.record.value or b"", job.record.key, headers, attributes)]
+        out = []
         if job.payload is not None and job.job_id is not None:
             topic = self._result_topic(job)
-            with self._tracer.start_as_current_span(
-                f"send {topic}", context=parent, kind=SpanKind.PRODUCER,
-                attributes=tracing.producer_attributes(topic, job_id=job.job_id),
-            ):
-                await self._sink.send(topic, job.payload, key=job.job_id.encode(), headers=tracing.inject_headers())
+            out.append(self._record(job, topic, job.payload, job.job_id.encode(), [],
+                                    tracing.producer_attributes(topic, job_id=job.job_id)))
         if job.error is not None:
-            await self._send_dead_letter(job, parent)
+            out.append(self._dead_letter(job))
+        return out
 
-    async def _send_dead_letter(self, job: _InFlight, parent: Context, bare: bool = False) -> None:
+    def _dead_letter(self, job: _InFlight, bare: bool = False) -> "_Outgoing":
         """The original bytes with origin and error headers; `bare`: headers only (the broker refused more)."""
-        with self._tracer.start_as_current_span(
-            f"send {self._dlq}", context=parent, kind=SpanKind.PRODUCER,
-            attributes=tracing.producer_attributes(self._dlq, job_id=job.job_id),
-        ):
-            headers = dlq_headers(job.record, job.error, job.job_id, job.attempt) + tracing.inject_headers()
-            value, key = job.record.value or b"", job.record.key
-            if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
-                headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
-                value = b""
-            if key is not None and (bare or len(key) > _MAX_ECHOED_KEY):
-                headers.append(("aiaas.dlq.key.dropped_bytes", str(len(key)).encode()))
-                key = None
-            await self._sink.send(self._dlq, value, key=key, headers=headers)
+        headers = dlq_headers(job.record, job.error, job.job_id, job.attempt)
+        value, key = job.record.value or b"", job.record.key
+        if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
+            headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
+            value = b""
+        if key is not None and (bare or len(key) > _MAX_ECHOED_KEY):
+            headers.append(("aiaas.dlq.key.dropped_bytes", str(len(key)).encode()))
+            key = None
+        return self._record(job, self._dlq, value, key, headers, tracing.producer_attributes(self._dlq, job_id=job.job_id))
+
+    def _record(self, job: _InFlight, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+                attributes: dict[str, object]) -> "_Outgoing":
+        span = self._spans.start_child(f"send {topic}", SpanKind.PRODUCER, job.span, attributes)
+        return _Outgoing(job, topic, value, key, headers + self._spans.headers(span), span)
+
+    async def _send_all(self, outgoing: list["_Outgoing"]) -> list[BaseException | None]:
+        """Send every record; per record, None once the broker acknowledged it, or what went wrong."""
+        send_many = getattr(self._sink, "send_many", None)
+        if send_many is not None:
+            return await send_many(outgoing)
+        sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
+                                      for r in outgoing), return_exceptions=True)
+        return [exc if isinstance(exc, BaseException) else None for exc in sent]
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """One record to publish for a job: a result, a dead letter or a retry, with its open PRODUCER span."""
+
+    job: _InFlight
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    span: Span
+
+    def close(self, error: BaseException | None) -> None:
+        """End the span; a failed send is recorded on it as the SDK's `start_as_current_span` would."""
+        if error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        self.span.end()
 
 
 def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, attempts: int = 1) -> list[tuple[str, bytes]]:
@@ -444,6 +482,19 @@ def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, atte
     values = (topic, partition, offset, error.type_name, str(error)[:1000], str(error.retriable).lower(), job_id or "",
               attempts)
     return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
+
+
+_PLAIN_OUTPUTS = (str, bool, int, float, Tensor)
+
+
+def _fits_contract(outputs: dict) -> bool:
+    """True when every output already is a value `InputValue` allows as it is: a Tensor, str, bool, int, float
+    or list of str (exact types, checked without pydantic: this runs for every job)."""
+    for key, value in outputs.items():
+        kind = type(value)
+        if type(key) is not str or not (kind in _PLAIN_OUTPUTS or kind is list and all(type(v) is str for v in value)):
+            return False
+    return True
 
 
 def _pair_twins(batch: list[_InFlight]) -> None:

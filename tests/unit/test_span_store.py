@@ -3,7 +3,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, set_span_in_context
 
-from aiaas.span_store import LocalSpanExporter, job_trace, load_spans, render_trace
+from aiaas.span_store import SUFFIX, LocalSpanExporter, count_spans, job_trace, load_spans, render_trace
 
 
 def provider_for(directory, service):
@@ -37,6 +37,17 @@ def test_a_job_trace_is_rebuilt_across_processes_with_linked_batch_span(tmp_path
     assert "unrelated" not in text
 
 
-def test_a_half_written_line_is_skipped(tmp_path):
+def test_a_half_written_record_is_skipped_and_the_ones_before_it_kept(tmp_path):
+    tracer = provider_for(tmp_path, "svc")
+    for name in ("first", "second"):
+        with tracer.start_as_current_span(name, attributes={"aiaas.job.id": "J"}):
+            pass
+    (path,) = tmp_path.glob(f"*{SUFFIX}")
+    path.write_bytes(path.read_bytes()[:-5])
+    assert [s.name for s in load_spans(tmp_path)] == ["first"]
+    assert count_spans(path) == 1
+
+
+def test_a_half_written_line_of_an_older_jsonl_store_is_skipped(tmp_path):
     (tmp_path / "x-1.jsonl").write_text('{"trace_id": "1"\n')
     assert load_spans(tmp_path) == []

@@ -58,7 +58,8 @@ class VisionRuntime:
         except ValueError as exc:
             raise InvalidJob(f"`image`: {exc}") from exc
         # Checked in the dtype that was sent: a float64 beyond float32's range must not turn into inf in the cast.
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() > MAX_INTENSITY:
+        # NaN fails both comparisons (min and max propagate it) and ±inf is out of range: no isfinite pass needed.
+        if not (values.min() >= 0 and values.max() <= MAX_INTENSITY):
             raise InvalidJob("`image` values must be finite and within 0..16")
         return values.astype(np.float32).reshape(1, *IMAGE_SHAPE)
 

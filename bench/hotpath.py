@@ -1,0 +1,224 @@
+"""Where a saturated service spends its CPU, per job: a sampling profile of the real service process.
+
+    .venv/bin/python bench/hotpath.py --model vision [--seconds 15] [--out bench/results]
+
+Starts its own broker, builds the model, starts `python -m aiaas.<model>` (tracing on, spans to
+the local store, as in the benchmark), keeps it saturated with bursts from the raw load
+generator, and records the service process with py-spy (`pip install py-spy`; sampling from
+outside the process, so the service runs unmodified and at full speed) for `--seconds`.
+
+Every sample is charged to one stage of the hot path by its innermost recognised frame:
+Kafka in (aiokafka fetch and record parsing), decode (msgpack envelope), validate (pydantic),
+prepare (the runtime's per-job preparation), model (the runtime's batch call), result
+(building result objects), encode, tracing (span creation, context propagation), tracing
+export (the span processor thread serialising and writing spans), Kafka out (aiokafka
+producer), pipeline (batch assembly, in-flight window, commits), event loop (asyncio's own
+scheduling) and other. The table gives each stage's share and its CPU microseconds per job
+(samples ÷ rate ÷ jobs finished during the recording), so a before/after of a change to the
+hot path is one command per side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiaas.registry import Registry
+from aiaas.settings import KafkaSettings
+
+from bench.load import RawLoad, burst
+from bench.procs import REPO, ChildProcess, LocalBroker, child_env, stop_all
+from bench.report import MachineInfo
+from bench.workloads import MODELS, build_model, payloads
+
+__all__ = ["STAGES", "charge", "stage_of", "Profile", "parse_collapsed"]
+
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    # (stage, substrings of a frame "function (/full/path.py:line)"), most specific first; a frame is charged to the
+    # first stage it matches.
+    ("tracing export", ("/aiaas/span_store.py", "/opentelemetry/sdk/trace/export/", "/json/")),
+    ("tracing", ("/opentelemetry/", "/aiaas/tracing.py")),
+    ("decode", ("/aiaas/codec.py:", "/msgpack/")),
+    ("validate", ("/pydantic/", "/pydantic_core/", "/aiaas/contracts.py")),
+    ("prepare", ("prepare (",)),
+    ("model", ("/onnxruntime/", "/aiaas/onnx_session.py", " infer (")),
+    ("result", ("_outcome (", "_fail (", "_seal (")),
+    ("Kafka out", ("/aiokafka/producer/", "/aiaas/kafka_sink.py")),
+    ("Kafka in", ("/aiokafka/",)),
+    ("pipeline", ("/aiaas/",)),
+    ("event loop", ("/asyncio/", "/selectors.py", "/concurrent/futures/", "/threading.py")),
+]
+_ORDER = [name for name, _ in STAGES] + ["other"]
+_EVENT_LOOP = "event loop"
+
+
+def stage_of(frame: str) -> str | None:
+    """The stage a single frame belongs to, or None if it says nothing (a library helper, a builtin)."""
+    for name, needles in STAGES:
+        if any(needle in frame for needle in needles):
+            return name
+    return None
+
+
+def charge(frames: list[str]) -> str:
+    """The stage a sample is charged to: its innermost frame with a stage other than the event loop's.
+
+    Asyncio frames sit at the root of every coroutine's stack and under many calls (futures, tasks, socket
+    writes); they are the event loop's own only when nothing of ours or of a library's is on the stack.
+    """
+    seen_loop = False
+    for frame in reversed(frames):
+        stage = stage_of(frame)
+        if stage == _EVENT_LOOP:
+            seen_loop = True
+        elif stage is not None:
+            return stage
+    return _EVENT_LOOP if seen_loop else "other"
+
+
+def short(frame: str) -> str:
+    """A frame with its path cut to the part after site-packages or the Python library."""
+    for marker in ("site-packages/", "/lib/python3", "/services/"):
+        head, sep, tail = frame.partition(marker)
+        if sep:
+            tail = tail.split("/", 1)[1] if marker == "/lib/python3" else tail
+            return f"{head}{tail}"
+    return frame
+
+
+def parse_collapsed(text: str) -> Counter[str]:
+    """Samples per stage from py-spy's raw (collapsed) output: `frame;frame;...;frame count` per line."""
+    stages: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        stages[charge(stack.split(";"))] += int(count)
+    return stages
+
+
+def top_functions(text: str, n: int = 15) -> list[tuple[str, int]]:
+    """The innermost frames with the most samples (self time)."""
+    own: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            own[short(stack.split(";")[-1])] += int(count)
+    return own.most_common(n)
+
+
+@dataclass
+class Profile:
+    """One recording: samples per stage and the jobs finished while it ran."""
+
+    model: str
+    seconds: float
+    rate: int
+    jobs: int
+    stages: Counter[str]
+    top: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+    def markdown(self) -> str:
+        total = sum(self.stages.values()) or 1
+        lines = [f"{self.jobs:,} jobs in {self.seconds:.1f} s ({self.jobs_per_s:,.0f} jobs/s) while recorded; "
+                 f"{total:,} samples at {self.rate}/s = {total / self.rate / self.seconds:.2f} busy cores "
+                 f"({total / self.rate / self.jobs * 1e6:,.0f} CPU µs per job)", "",
+                 "| stage | share | CPU µs per job |", "|---|---:|---:|"]
+        for name in _ORDER:
+            if self.stages.get(name):
+                n = self.stages[name]
+                lines.append(f"| {name} | {n / total:.1%} | {n / self.rate / self.jobs * 1e6:,.1f} |")
+        lines += ["", "Top functions by own samples:", "", "| samples | frame |", "|---:|---|"]
+        lines += [f"| {count:,} | `{frame}` |" for frame, count in self.top]
+        return "\n".join(lines)
+
+
+async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool: list, seconds: float, rate: int,
+                  raw: Path) -> tuple[int, float]:
+    """Saturate the service with bursts while py-spy records it; returns (jobs finished, seconds recorded)."""
+    load = RawLoad(kafka, model)
+    await load.start()
+    try:
+        for _ in range(2):  # warm-up: JIT-free Python, but caches, the broker and the model's first calls
+            await burst(load, pool[:2000])
+        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+                                "--pid", str(service.pid), "--rate", str(rate), "--duration", str(int(seconds)),
+                                "--format", "raw", "--nonblocking", "--gil", "--full-filenames", "--output", str(raw)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        await asyncio.sleep(0.5)  # py-spy attaching
+        started, jobs = time.perf_counter(), 0
+        while spy.poll() is None:
+            done = await burst(load, pool)
+            if spy.poll() is None:
+                jobs += done.jobs
+        elapsed = time.perf_counter() - started
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-2000:]}")
+        return jobs, elapsed
+    finally:
+        await load.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="vision")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--burst", type=int, default=3000, help="jobs per burst")
+    parser.add_argument("--port", type=int, default=39792)
+    parser.add_argument("--label", default="", help="written into the report's title (e.g. before / after)")
+    parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
+    parser.add_argument("--keep-raw", type=Path, help="copy py-spy's collapsed stacks here")
+    args = parser.parse_args()
+    if not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()):
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    tmp = Path(tempfile.mkdtemp(prefix="aiaas-hotpath-"))
+    try:
+        registry = Registry(tmp / "home" / "registry")
+        build_model(args.model, registry)
+        pool = payloads(args.model, args.burst, registry, seed=2)
+        broker = LocalBroker(args.port, tmp / "kafka").start()
+        prefix = f"profile-{os.getpid()}"
+        env = child_env(broker.bootstrap, prefix, tmp / "home")
+        service = ChildProcess(["-m", f"aiaas.{args.model}"], env, tmp / "service.log").start()
+        raw = tmp / "profile.txt"
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
+        jobs, elapsed = asyncio.run(_record(service, kafka, args.model, pool, args.seconds, args.rate, raw))
+        text = raw.read_text()
+        if args.keep_raw:
+            shutil.copy(raw, args.keep_raw)
+        profile = Profile(args.model, elapsed, args.rate, jobs, parse_collapsed(text), top_functions(text))
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = MachineInfo.collect()
+    title = f"# {args.model} service profile{' — ' + args.label if args.label else ''}"
+    report = (f"{title}\n\n{time.strftime('%Y-%m-%d %H:%M')} · {info.cpu}, {info.cores} cores · "
+              f"`.venv/bin/python bench/hotpath.py {' '.join(sys.argv[1:])}`\n\n{profile.markdown()}\n")
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Where a service's outcomes leave for Kafka: a batch of records in one producer batch per partition.
+
+`AIOKafkaProducer.send` costs one partitioner call, one future, one accumulator wait and one
+task wake-up per record; for a worker that publishes a whole batch of results at once that
+was a tenth of its time (bench/hotpath.py). `KafkaSink.send_many` hashes each key to its
+partition exactly as the producers' default partitioner does (murmur2, as the Java client),
+fills one `BatchBuilder` per partition and submits it with `send_batch`: one future per
+partition. The producer's guarantees stay: idempotence (sequence numbers are given per batch),
+`acks=all`, and in exactly-once mode the batch joins the open transaction.
+
+A batch the broker refuses for good (a record too large, a topic it will never accept) is
+sent again record by record, so the refusal is pinned on the record that caused it and its
+batch-mates are not dead-lettered for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
+
+__all__ = ["KafkaSink", "OutgoingRecord", "refused_for_good", "murmur2", "partition_for"]
+
+_REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, TopicAuthorizationFailedError,
+                     CorruptRecordException)
+"""Broker answers that will not change if the same record is sent again."""
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True when sending the same outcome again cannot work: a permanent broker refusal, or a client-side bug
+    (not a Kafka or network error). Timeouts and lost connections are transient: the broker may come back."""
+    if isinstance(exc, _REFUSED_FOR_GOOD):
+        return True
+    return not isinstance(exc, (KafkaError, OSError, TimeoutError, asyncio.CancelledError))
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of a key (the Java client's `Utils.murmur2`, as an unsigned 32-bit int).
+
+    The same function as aiokafka's, about three times faster: the words are read in one `struct` call.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        end = words * 4
+        if tail == 3:
+            h ^= data[end + 2] << 16
+        if tail >= 2:
+            h ^= data[end + 1] << 8
+        h = ((h ^ data[end]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
+    """The partition the Kafka producers' default partitioner picks for `key` among sorted `partitions`."""
+    if key is None:
+        return random.choice(partitions)
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+class OutgoingRecord(Protocol):
+    """What `send_many` reads of a record."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class KafkaSink:
+    """ResultSink over an idempotent, acks=all (or transactional) producer."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Publish one record and await the broker's acknowledgement."""
+        delivery = await self._producer.send(topic, value, key=key, headers=headers)
+        await delivery
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+        """Publish every record; per record, None once acknowledged or the error that stopped it."""
+        errors: list[BaseException | None] = [None] * len(records)
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        partitions: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            try:
+                if record.topic not in partitions:
+                    partitions[record.topic] = sorted(await self._producer.partitions_for(record.topic))
+                partition = partition_for(record.key, partitions[record.topic])
+            except Exception as exc:  # noqa: BLE001 - e.g. no metadata for the topic in time: this record failed
+                errors[i] = exc
+                continue
+            by_partition.setdefault((record.topic, partition), []).append(i)
+
+        submitted: list[tuple[asyncio.Future | BaseException, list[int]]] = []
+        for (topic, partition), indices in by_partition.items():
+            batch, members = self._producer.create_batch(), []
+            for i in indices:
+                record = records[i]
+                if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
+                    submitted.append((await self._submit(batch, topic, partition), members))
+                    batch, members = self._producer.create_batch(), []
+                    batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers)
+                members.append(i)  # the first record of a batch always fits
+            submitted.append((await self._submit(batch, topic, partition), members))
+
+        answers = await asyncio.gather(*(_settled(sent) for sent, _ in submitted))
+        alone: list[int] = []
+        for (_, members), answer in zip(submitted, answers):
+            if answer is None:
+                continue
+            if len(members) > 1 and refused_for_good(answer):
+                alone += members  # find the record the broker refuses; its batch-mates go through
+            else:
+                for i in members:
+                    errors[i] = answer
+        for i in alone:
+            record = records[i]
+            try:
+                await self.send(record.topic, record.value, key=record.key, headers=record.headers)
+            except Exception as exc:  # noqa: BLE001 - reported per record
+                errors[i] = exc
+        return errors
+
+    async def _submit(self, batch, topic: str, partition: int) -> asyncio.Future | BaseException:
+        batch.close()  # nothing else may join it: its records are exactly `members`
+        try:
+            return await self._producer.send_batch(batch, topic, partition=partition)
+        except Exception as exc:  # noqa: BLE001 - e.g. the accumulator stayed full: the batch failed
+            return exc
+
+
+async def _settled(sent: asyncio.Future | BaseException) -> BaseException | None:
+    if isinstance(sent, BaseException):
+        return sent
+    try:
+        await sent
+    except Exception as exc:  # noqa: BLE001 - the batch's error, reported for each of its records
+        return exc
+    return None
