@@ -1,7 +1,7 @@
 """Per-job spans at a few microseconds each, exported through the SDK's own processors.
 
 A worker opens two spans for every job — `process <topic>` and `send <topic>` — thousands of
-times a second in one Python process. The SDK's general-purpose span costs about 50 µs on the
+times a second in one Python process, and one `infer <model>` span per batch with a link per job. The SDK's general-purpose span costs about 50 µs on the
 benchmark machine (a lock, attribute cleaning against limits, a context attach per `with`, the
 sampler reached through three layers), which was more than everything else the worker does
 for a job (bench/hotpath.py). A `JobSpan` records the same things — a `SpanContext`, its
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -53,10 +53,10 @@ class JobSpan(trace.Span, ReadableSpan):
 
     def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
                  attributes: dict[str, Any], owner: "JobSpans", start_ns: int,
-                 carried: Context | None = None) -> None:
+                 carried: Context | None = None, links: Sequence[trace.Link] = ()) -> None:
         # ReadableSpan's fields, set directly: its __init__ would also build a default Resource.
         self._name, self._context, self._parent, self._kind = name, context, parent, kind
-        self._attributes, self._events, self._links = attributes, [], ()
+        self._attributes, self._events, self._links = attributes, [], links
         self._resource, self._instrumentation_scope = owner.resource, owner.scope
         self._instrumentation_info = None
         self._status, self._start_time, self._end_time = _UNSET, start_ns, None
@@ -143,6 +143,14 @@ class JobSpans:
                                           attributes=attributes)
         return self._start(name, kind, parent.get_span_context(), attributes, carried)
 
+    def start_linked(self, name: str, linked: Sequence[trace.Span], attributes: dict[str, Any]) -> trace.Span:
+        """A span that starts a trace of its own, linked from `linked` (the batch inference span: one model call
+        serves the jobs of many traces, so it is a child of none of them)."""
+        links = [trace.Link(span.get_span_context()) for span in linked]
+        if not self.fast:
+            return self.tracer.start_span(name, context=Context(), links=links, attributes=attributes)
+        return self._start(name, SpanKind.INTERNAL, None, attributes, None, links)
+
     def headers(self, span: trace.Span) -> list[tuple[str, bytes]]:
         """The trace-context headers that make a record's consumer continue from `span`."""
         carried = span.carried if isinstance(span, JobSpan) else None
@@ -156,7 +164,7 @@ class JobSpans:
         return tracing.inject_headers(trace.set_span_in_context(span, carried))
 
     def _start(self, name: str, kind: SpanKind, parent: SpanContext | None, attributes: dict[str, Any],
-               carried: Context | None) -> trace.Span:
+               carried: Context | None, links: Sequence[trace.Link] = ()) -> trace.Span:
         if not self.fast:
             context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried
             return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
@@ -169,7 +177,7 @@ class JobSpans:
             sampled = parent is None or parent.trace_flags.sampled
         else:
             context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried
-            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, None)
+            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links or None)
             sampled, trace_state = decision.decision.is_sampled(), decision.trace_state
             if decision.attributes:
                 attributes = {**attributes, **decision.attributes}
@@ -178,7 +186,7 @@ class JobSpans:
         context = self._context(trace_id, sampled, random_id, trace_state)
         if not sampled:
             return NonRecordingSpan(context)
-        span = JobSpan(name, context, parent, kind, attributes, self, time.time_ns(), carried)
+        span = JobSpan(name, context, parent, kind, attributes, self, time.time_ns(), carried, links)
         self.processor.on_start(span, parent_context=carried)
         return span
 

@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import tracing
 from .codec import decode_job, encode
@@ -304,28 +303,27 @@ class BatchWorker:
             tracing.MODEL: runtime.model,
             tracing.MODEL_VERSION: runtime.version,
         }
-        links = [Link(job.span.get_span_context()) for job in runnable]
-        with self._tracer.start_as_current_span(
-            f"infer {runtime.model}", context=Context(), links=links, attributes=attributes
-        ) as span:
-            started = time.perf_counter()
-            try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, runtime.infer, [job.item for job in runnable]
-                )
-                if len(outputs) != len(runnable):
-                    raise ModelFailure(f"model returned {len(outputs)} outputs for {len(runnable)} jobs")
-            except Exception as exc:  # any model failure becomes error results, never a dead worker
-                failure = exc if isinstance(exc, AiaasError) else ModelFailure(f"{type(exc).__name__}: {exc}")
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(failure)))
-                if len(runnable) == 1:
-                    log.exception("model call failed for job %s", runnable[0].job_id)
-                    self._fail(runnable[0], failure, picked_at)
-                    return
-                log.warning("model call failed for a batch of %d (%s); running its jobs one by one",
-                            len(runnable), failure)
-                outputs = None
+        span = self._spans.start_linked(f"infer {runtime.model}", [job.span for job in runnable], attributes)
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, runtime.infer, [job.item for job in runnable]
+            )
+            if len(outputs) != len(runnable):
+                raise ModelFailure(f"model returned {len(outputs)} outputs for {len(runnable)} jobs")
+        except Exception as exc:  # any model failure becomes error results, never a dead worker
+            failure = exc if isinstance(exc, AiaasError) else ModelFailure(f"{type(exc).__name__}: {exc}")
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(failure)))
+            if len(runnable) == 1:
+                log.exception("model call failed for job %s", runnable[0].job_id)
+                self._fail(runnable[0], failure, picked_at)
+                return
+            log.warning("model call failed for a batch of %d (%s); running its jobs one by one",
+                        len(runnable), failure)
+            outputs = None
+        finally:
+            span.end()
         if outputs is None:  # one poisonous job must not cost its batch-mates their attempts: run each alone
             for job in runnable:
                 await self._infer([job], picked_at)
@@ -377,9 +375,13 @@ class BatchWorker:
                 batch_size=batch_size,
             ),
             attributes=job.attributes,
+            error=None,
+            progress=None,
+            completed_at=time.time(),
         )
         # Every field but the runtime's outputs is ours and valid; outputs of plain contract types need no pydantic
         # pass either (a few microseconds per job). Anything else is validated, and refused if it does not fit.
+        # All fields are given: model_construct would otherwise inspect each default factory's signature, per call.
         return Result.model_construct(**fields) if _fits_contract(outputs) else Result(**fields)
 
     def _seal(self, batch: list[_InFlight]) -> None:

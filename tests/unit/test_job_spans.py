@@ -146,3 +146,15 @@ def test_an_ended_span_is_frozen_and_ends_once():
     span.set_attribute("b", 2), span.set_status(Status(StatusCode.ERROR)), span.end()
     (done,) = exported.get_finished_spans()
     assert dict(done.attributes) == {"a": 1} and done.status.status_code is StatusCode.UNSET
+
+
+def test_the_batch_span_starts_its_own_trace_and_links_every_job():
+    provider, exported = _provider()
+    spans = JobSpans(tracer_provider=provider)
+    jobs = [spans.start_consumer("process t.infer", SAMPLED, {}) for _ in range(3)]
+    batch = spans.start_linked("infer vision", jobs, {"messaging.batch.message_count": 3})
+    batch.end()
+    (done,) = exported.get_finished_spans()
+    assert done.parent is None and done.context.trace_id != int(TRACE_ID, 16) and done.kind is SpanKind.INTERNAL
+    assert [link.context for link in done.links] == [job.get_span_context() for job in jobs]
+    assert dict(done.attributes) == {"messaging.batch.message_count": 3}
