@@ -3,7 +3,7 @@
     .venv/bin/python bench/hotpath.py --model vision [--seconds 15] [--out bench/results]
 
 Starts its own broker, builds the model, starts `python -m aiaas.<model>` (tracing on, spans to
-the local store, as in the benchmark), keeps it saturated with bursts from the raw load
+the local store, as in the benchmark; `--noop`: the transport ceiling's no-op model service), keeps it saturated with bursts from the raw load
 generator, and records the service process with py-spy (`pip install py-spy`; sampling from
 outside the process, so the service runs unmodified and at full speed) for `--seconds`.
 
@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--burst", type=int, default=3000, help="jobs per burst")
     parser.add_argument("--port", type=int, default=39792)
+    parser.add_argument("--noop", action="store_true",
+                        help="profile the transport ceiling's service (bench/transport.py: the no-op model) instead")
     parser.add_argument("--label", default="", help="written into the report's title (e.g. before / after)")
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
     parser.add_argument("--keep-raw", type=Path, help="copy py-spy's collapsed stacks here")
@@ -199,7 +201,8 @@ def main() -> None:
         broker = LocalBroker(args.port, tmp / "kafka").start()
         prefix = f"profile-{os.getpid()}"
         env = child_env(broker.bootstrap, prefix, tmp / "home")
-        service = ChildProcess(["-m", f"aiaas.{args.model}"], env, tmp / "service.log").start()
+        command = ["bench/transport.py", "--model", args.model] if args.noop else ["-m", f"aiaas.{args.model}"]
+        service = ChildProcess(command, env, tmp / "service.log").start()
         raw = tmp / "profile.txt"
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
         jobs, elapsed = asyncio.run(_record(service, kafka, args.model, pool, args.seconds, args.rate, raw))
@@ -211,7 +214,8 @@ def main() -> None:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     info = MachineInfo.collect()
-    title = f"# {args.model} service profile{' — ' + args.label if args.label else ''}"
+    title = (f"# {args.model} {'no-op (transport ceiling) ' if args.noop else ''}service profile"
+             f"{' — ' + args.label if args.label else ''}")
     report = (f"{title}\n\n{time.strftime('%Y-%m-%d %H:%M')} · {info.cpu}, {info.cores} cores · "
               f"`.venv/bin/python bench/hotpath.py {' '.join(sys.argv[1:])}`\n\n{profile.markdown()}\n")
     print(report)

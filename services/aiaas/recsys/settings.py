@@ -13,4 +13,10 @@ class RecsysSettings(WorkerSettings):
 
     model_config = SettingsConfigDict(env_prefix="AIAAS_RECSYS_", extra="ignore")
 
+    intra_op_threads: int = Field(
+        1, ge=0,
+        description="ONNX Runtime intra-op threads (0: one per core). One: this model is small, a batch gains "
+        "little from more, and they would take the cores the service's event loop needs (bench/hotpath.py).",
+    )
+
     max_k: int = Field(100, ge=1, description="Largest `k` a job may ask for (capped at the number of items).")

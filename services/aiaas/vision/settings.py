@@ -1,5 +1,6 @@
 """Settings of the vision service (prefix `AIAAS_VISION_`)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ..settings import WorkerSettings
@@ -11,3 +12,9 @@ class VisionSettings(WorkerSettings):
     """Batching, limits and runtime choice for the vision service."""
 
     model_config = SettingsConfigDict(env_prefix="AIAAS_VISION_", extra="ignore")
+
+    intra_op_threads: int = Field(
+        1, ge=0,
+        description="ONNX Runtime intra-op threads (0: one per core). One: this model is small, a batch gains "
+        "little from more, and they would take the cores the service's event loop needs (bench/hotpath.py).",
+    )
