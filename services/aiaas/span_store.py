@@ -27,16 +27,18 @@ SUFFIX = ".spans"
 
 
 class LocalSpanExporter(SpanExporter):
-    """Appends finished spans as msgpack maps to `<dir>/<service>-<pid>.spans`."""
+    """Appends finished spans to `<dir>/<service>-<pid>.spans`, each a msgpack array of StoredSpan's fields."""
 
     def __init__(self, directory: Path, service_name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{service_name}-{os.getpid()}{SUFFIX}"
         self._packer = msgpack.Packer(default=str)  # an attribute value msgpack cannot pack is stored as its str
+        self._resource, self._service = None, "?"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the batch in one append (one writer per file, so no locking is needed)."""
-        data = b"".join(self._packer.pack(_to_record(span)) for span in spans)
+        pack = self._packer.pack
+        data = b"".join(pack(self._record(span)) for span in spans)
         with self.path.open("ab") as out:
             out.write(data)
         return SpanExportResult.SUCCESS
@@ -44,22 +46,19 @@ class LocalSpanExporter(SpanExporter):
     def shutdown(self) -> None:
         """Nothing is held open between exports."""
 
+    def _record(self, span: ReadableSpan) -> list[object]:
+        """StoredSpan's fields in order (an array: no key names to write for every span)."""
+        if span.resource is not self._resource:  # one resource per process: look its name up once
+            self._resource = span.resource
+            self._service = str(span.resource.attributes.get("service.name", "?"))
+        ctx, parent = span.context, span.parent
+        return [
+            f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", f"{parent.span_id:016x}" if parent else None,
+            span.name, span.kind.name, self._service, span.start_time, span.end_time, span.status.status_code.name,
+            dict(span.attributes), [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"]
+                                    for link in span.links],
+        ]
 
-def _to_record(span: ReadableSpan) -> dict[str, object]:
-    ctx = span.get_span_context()
-    return {
-        "trace_id": f"{ctx.trace_id:032x}",
-        "span_id": f"{ctx.span_id:016x}",
-        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-        "name": span.name,
-        "kind": span.kind.name,
-        "service": span.resource.attributes.get("service.name", "?"),
-        "start_ns": span.start_time,
-        "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
-        "links": [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"] for link in span.links],
-    }
 
 
 @dataclass
@@ -106,7 +105,9 @@ def count_spans(path: Path) -> int:
 
 def _stored(record: object) -> list[StoredSpan]:
     try:
-        return [StoredSpan(**record)] if isinstance(record, dict) else []
+        if isinstance(record, list):
+            return [StoredSpan(*record)]
+        return [StoredSpan(**record)] if isinstance(record, dict) else []  # a JSON line of the older store
     except TypeError:
         return []
 
