@@ -46,6 +46,8 @@ def naive_app(model: str, kafka: KafkaSettings, registry: Registry) -> KafkaBrok
         job = decode_job(body, kafka.max_message_bytes)
         item = runtime.prepare(job)
         (outputs,) = runtime.infer([item])
+        if isinstance(outputs, Exception):  # the runtime refused the item on its batch-wide checks
+            raise outputs
         result = Result(job_id=job.job_id, model=model, status="ok", outputs=outputs, model_version=runtime.version)
         await broker.publish(encode(result), topic=topics.results, key=job.job_id.encode())
 

@@ -65,6 +65,20 @@ class Tensor(BaseModel):
         # Everything else a numpy array has is valid by construction: skip validating it again.
         return cls.model_construct(dtype=name, shape=list(array.shape), data=array.tobytes())
 
+    @classmethod
+    def rows(cls, array: np.ndarray) -> list["Tensor"]:
+        """Each row of `array` (the first axis) as a Tensor: one conversion for the whole array, a slice per row."""
+        array = np.ascontiguousarray(array)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        name = _DTYPE_NAMES.get(array.dtype)
+        if name is None or not 1 <= array.ndim <= _MAX_RANK + 1 or not len(array):
+            return [cls.from_numpy(row) for row in array]
+        data, shape = array.tobytes(), array.shape[1:]
+        step = len(data) // len(array)
+        return [cls.model_construct(dtype=name, shape=list(shape), data=data[i:i + step])
+                for i in range(0, len(data), step)] if step else [cls.from_numpy(row) for row in array]
+
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
         dtype = _DTYPES[self.dtype]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .contracts import InputValue, Job
+from .errors import AiaasError
 
 __all__ = ["ModelRuntime", "Outputs"]
 
@@ -28,6 +29,10 @@ class ModelRuntime(Protocol):
         """Validate one job's inputs and turn them into a batch item; raise InvalidJob if they are wrong."""
         ...
 
-    def infer(self, items: Sequence[Any]) -> list[Outputs]:
-        """Run the model once on a batch of prepared items; one Outputs per item, in order."""
+    def infer(self, items: Sequence[Any]) -> list[Outputs | AiaasError]:
+        """Run the model once on a batch of prepared items; one Outputs per item, in order.
+
+        A check that is cheaper on the whole batch than job by job (e.g. value ranges) may answer an item with
+        an `AiaasError` (usually `InvalidJob`) instead: that job fails with it, its batch-mates are served.
+        """
         ...

@@ -330,6 +330,9 @@ class BatchWorker:
             return
         timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
         for job, out in zip(runnable, outputs):
+            if isinstance(out, AiaasError):  # the runtime refused this item on a batch-wide check
+                self._fail(job, out, picked_at)
+                continue
             try:  # an output the contract cannot carry fails that job, not the worker
                 job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
             except Exception as exc:

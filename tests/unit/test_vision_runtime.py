@@ -38,13 +38,32 @@ def test_outputs_are_a_label_and_a_probability_tensor(runtime):
 
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((4, 4), np.float32), "shape|\\[8, 8\\]"),
-    (np.full((8, 8), np.nan, np.float32), "finite"),
-    (np.full((8, 8), 99, np.float32), "0..16"),
     (np.zeros((8, 8), bool), "numeric"),
 ])
 def test_bad_images_are_refused_with_a_reason(runtime, bad, message):
     with pytest.raises(InvalidJob, match=message):
         runtime.prepare(image_job(bad))
+
+
+def test_out_of_range_values_fail_their_job_only_and_its_batch_mates_are_served(runtime):
+    good = load_split().test_x[0][0]
+    beyond_float32 = np.full((8, 8), 1e300)  # float64: must not become inf (or 16) in a cast first
+    bad = [np.full((8, 8), np.nan, np.float32), np.full((8, 8), 99, np.float32), beyond_float32,
+           np.full((8, 8), -np.inf), np.full((8, 8), -1, np.int64)]
+    batch = [good, *bad, good.astype(np.uint8)]
+    outputs = runtime.infer([runtime.prepare(image_job(image)) for image in batch])
+    alone = runtime.infer([runtime.prepare(image_job(good))])[0]
+    for out in outputs[1:-1]:
+        assert isinstance(out, InvalidJob) and "finite and within 0..16" in str(out)
+    for out in (outputs[0], outputs[-1]):
+        assert out["label"] == alone["label"]
+        np.testing.assert_allclose(out["probabilities"].to_numpy(), alone["probabilities"].to_numpy(), atol=1e-6)
+
+
+def test_rows_become_tensors_like_from_numpy():
+    array = np.arange(24, dtype=">f8").reshape(4, 2, 3)
+    assert Tensor.rows(array) == [Tensor.from_numpy(row) for row in array]
+    assert Tensor.rows(np.zeros((0, 3), np.float32)) == []
 
 
 def test_missing_image_input_is_refused(runtime):
