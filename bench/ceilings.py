@@ -152,7 +152,7 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
 
     def infer(batch: Sequence[np.ndarray]) -> list[dict]:
         with torch.inference_mode():
-            probabilities = model(torch.from_numpy(np.stack(batch)).to(device)).cpu().numpy()
+            probabilities = model(torch.from_numpy(np.stack(batch).astype(np.float32)[:, None]).to(device)).cpu().numpy()
         labels = probabilities.argmax(axis=1)
         return [{"label": int(label), "probabilities": Tensor.from_numpy(row)} for label, row in zip(labels, probabilities)]
 

@@ -332,31 +332,31 @@ def burst_size(rate: float, target_s: float, smallest: int = 100, largest: int =
 
 
 async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], *, target_s: float, repeats: int,
-                   pilot: int, log: Callable[[str], None], names: Sequence[str] | None = None) -> list[Saturation]:
+                   pilot: int | Sequence[int], log: Callable[[str], None],
+                   names: Sequence[str] | None = None) -> list[Saturation]:
     """Saturated throughput of one consumer per load generator, bursts alternating between them.
 
-    A pilot burst per generator warms its consumer up and sizes the bursts (N = the first one's
-    rate × `target_s`); then `repeats` rounds of one burst per generator. A round with a burst
+    A pilot burst per generator (`pilot` jobs, or one count per generator) warms its consumer up and
+    sizes its bursts (N = its rate × `target_s`); then `repeats` rounds of one burst per generator,
+    so every consumer is measured in the same minutes of the same machine. A round with a burst
     shorter than 75 % of `target_s` (the pilot underestimated a cold consumer) is discarded and
-    the bursts re-sized from it, at most three times.
+    that generator's bursts re-sized from it, at most three times.
     """
     names = list(names or [""] * len(loads))
-    first = None
-    for load in loads:
-        warm = await burst(load, take(pilot))
-        first = first or warm
-    n = burst_size(first.jobs_per_s, target_s)
+    pilots = [pilot] * len(loads) if isinstance(pilot, int) else list(pilot)
+    sizes = [burst_size((await burst(load, take(n))).jobs_per_s, target_s) for load, n in zip(loads, pilots)]
     results = [Saturation() for _ in loads]
     resized = 0
     while len(results[0].bursts) < repeats:
-        round_ = [await burst(load, take(n)) for load in loads]
+        round_ = [await burst(load, take(n)) for load, n in zip(loads, sizes)]
         for b, name in zip(round_, names):
-            log(f"    burst {n:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "
+            log(f"    burst {b.jobs:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "
                 f"(published at {b.publish_per_s:,.0f}/s)")
         if resized < 3 and min(b.seconds for b in round_) < 0.75 * target_s:
             resized += 1
-            n = burst_size(max(b.jobs_per_s for b in round_), target_s)
-            log(f"    (too short: discarded, bursts re-sized to {n:,} jobs)")
+            sizes = [burst_size(b.jobs_per_s, target_s) if b.seconds < 0.75 * target_s else n
+                     for b, n in zip(round_, sizes)]
+            log(f"    (too short: discarded, bursts re-sized to {', '.join(f'{n:,}' for n in sizes)} jobs)")
             continue
         for sat, b in zip(results, round_):
             sat.bursts.append(b)

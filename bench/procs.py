@@ -146,6 +146,7 @@ class OtherWork(threading.Thread):
         self._extra, self._interval = extra_pids, interval
         self._stop_event = threading.Event()
         self.samples: list[float] = []
+        self.stolen: float | None = None
 
     @staticmethod
     def _snapshot() -> dict[int, tuple[int, int]]:
@@ -171,9 +172,19 @@ class OtherWork(threading.Thread):
             changed = bool(grown)
         return ours
 
+    @staticmethod
+    def _steal_ticks() -> int:
+        """CPU ticks the hypervisor gave to other guests (the `steal` column of /proc/stat), all cores."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+            return int(fields[8]) if len(fields) > 8 else 0
+        except (OSError, ValueError):
+            return 0
+
     def run(self) -> None:
         hz = os.sysconf("SC_CLK_TCK")
         before, at = self._snapshot(), time.monotonic()
+        self._steal_start, self._steal_since = self._steal_ticks(), at
         while not self._stop_event.wait(self._interval):
             now, now_at = self._snapshot(), time.monotonic()
             ours = self._ours(now)
@@ -182,7 +193,13 @@ class OtherWork(threading.Thread):
             before, at = now, now_at
 
     def stop(self) -> tuple[float, float] | None:
-        """Stop sampling; (mean, max) cores used by other work, None if nothing was sampled."""
+        """Stop sampling; (mean, max) cores used by other work, None if nothing was sampled.
+
+        `stolen` is then the mean number of cores the hypervisor took for other guests (a VM's invisible load).
+        """
         self._stop_event.set()
         self.join(timeout=5)
+        elapsed = time.monotonic() - getattr(self, "_steal_since", time.monotonic())
+        if elapsed > 0 and hasattr(self, "_steal_start"):
+            self.stolen = (self._steal_ticks() - self._steal_start) / os.sysconf("SC_CLK_TCK") / elapsed
         return (sum(self.samples) / len(self.samples), max(self.samples)) if self.samples else None

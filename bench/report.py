@@ -54,6 +54,8 @@ class MachineInfo:
     host: str
     load_before: tuple[float, float, float]
     other_work: tuple[float, float] | None = None
+    stolen: float | None = None
+    """Cores the hypervisor gave to other guests, on average over the run (/proc/stat steal)."""
     """Cores used by processes that are not this run's: (mean, max) over the run."""
 
     @classmethod
@@ -106,6 +108,8 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
         f"Host {info.host}; load average (1/5/15 min) {_load(info.load_before)} before the run; "
         + (f"other processes used {info.other_work[0]:.2f} cores on average (max {info.other_work[1]:.2f}) during it. "
            if info.other_work else "")
+        + (f"The hypervisor took {info.stolen:.2f} cores on average from this VM for other guests (steal time). "
+           if info.stolen is not None else "")
         + f"Run: `{command}` in {total_s / 60:.1f} min.",
         "",
         "| model | runtime ceiling items/s (batch) | transport ceiling jobs/s | naive jobs/s | service jobs/s "
@@ -165,13 +169,14 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "no tracing) with the same runtime, in a child process.",
         "- **service**: `python -m aiaas.<model>` as a child process, defaults (tracing to the local span store).",
         "- Throughputs: bursts of N jobs published at once and every result awaited; N / (last result − first publish). "
-        f"A pilot burst warms the consumer up and sizes N for ~{burst_s:g} s; median of {repeats} burst(s) (a round with "
-        f"a burst under 75 % of {burst_s:g} s is discarded and re-sized).",
+        "Transport, naive, service with tracing on and with export off run at once, each on its own topics, and are "
+        "measured in rounds of one burst each (the others idle meanwhile), so every ratio compares the same minutes "
+        f"of the machine. A pilot burst per consumer warms it up and sizes its N for ~{burst_s:g} s; median of "
+        f"{repeats} round(s) (a round with a burst under 75 % of {burst_s:g} s is discarded and that burst re-sized).",
         f"- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate (open loop, {open_loop_s:g} s) of "
         "25/50/75 % of the service's saturated throughput.",
         "- **tracing on/off**: service throughput with the default tracing (spans exported to the local span store) "
-        "divided by the same with `OTEL_TRACES_EXPORTER=none`; the two services run side by side and the bursts "
-        "alternate between them. \"Off\" is export off only: `setup_tracing` still installs the SDK TracerProvider "
+        "divided by the same with `OTEL_TRACES_EXPORTER=none` (measured side by side, as above). \"Off\" is export off only: `setup_tracing` still installs the SDK TracerProvider "
         "(without a span processor), so spans are still created, sampled, given attributes and links, and trace "
         "context still travels in headers; they are dropped when they end instead of being queued, serialised and "
         "written.",

@@ -4,14 +4,16 @@
     .venv/bin/python bench/run.py --models vision       # one model type
     .venv/bin/python bench/run.py --quick               # smoke run: small N, a few batch sizes
 
-For each model type (vision, text, recsys) it measures, on this machine, in this order:
+For each model type (vision, text, recsys) it measures, on this machine:
 
 1. runtime ceiling — the runtime's `infer` alone on prepared batches, batch sizes 1…256 (ceilings.py);
-2. transport ceiling — the real service machinery with a no-op model (transport.py);
-3. naive consumer — a one-message-at-a-time FastStream subscriber with the same runtime (naive.py);
-4. the service — `python -m aiaas.<model>`: saturated throughput, then latency p50/p95/p99 at
-   25/50/75 % of it under open-loop load (load.py);
-5. tracing cost — service throughput with tracing export on vs `OTEL_TRACES_EXPORTER=none`.
+2. side by side, all four consumers running at once and measured by alternating bursts (so the
+   ratios compare the same minutes of the same machine):
+   transport ceiling — the real service machinery with a no-op model (transport.py);
+   naive consumer — a one-message-at-a-time FastStream subscriber with the same runtime (naive.py);
+   the service — `python -m aiaas.<model>` with tracing on, and again with export off (tracing cost);
+3. latency p50/p95/p99 of the traced service alone at 25/50/75 % of its saturated throughput under
+   open-loop load (load.py), and one AiaasClient burst.
 
 It starts its own broker (`infra/kafka/kafka.sh`, port 39592 and a temporary state dir, so it
 never meets the test suite's broker on 39092), builds the models into a temporary registry
@@ -96,7 +98,7 @@ class Bench:
         env = child_env(self.broker.bootstrap, self.prefix(model, stage), self.home, extra_env)
         return ChildProcess(args, env, self.logs / f"{model}-{stage}.log", marker)
 
-    async def saturated(self, loads: list[Load], pool: list[Payload], *, pilot: int | None = None,
+    async def saturated(self, loads: list[Load], pool: list[Payload], *, pilot: int | list[int] | None = None,
                         names: list[str] | None = None) -> list[Saturation]:
         """Start the generators, pilot burst each (warm-up, sizing), repeated bursts, stop them."""
         for load in loads:
@@ -125,48 +127,36 @@ class Bench:
             service.stop()
             await task
 
-    async def transport(self, model: str, pool: list[Payload]) -> Saturation:
-        """No-op model behind the real service machinery."""
-        load = self.load(model, "transport")
-        await prepare_topics(load.kafka, model)
-        if self.args.transport == "inprocess":
-            service, task = start_inprocess(model, load.kafka)
-            try:
-                (result,) = await self.saturated([load], pool)
-                return result
-            finally:
-                service.stop()
-                await task
-        child = self.child(model, "transport", ["bench/transport.py", "--model", model]).start()
-        try:
-            (result,) = await self.saturated([load], pool)
-            return result
-        finally:
-            child.stop()
-
-    async def naive(self, model: str, pool: list[Payload]) -> Saturation:
-        """The one-message FastStream consumer."""
-        load = self.load(model, "naive")
-        await prepare_topics(load.kafka, model)  # 3 partitions, as the service's
-        child = self.child(model, "naive", ["bench/naive.py", "--model", model], marker="naive consumer ready:").start()
-        try:
-            (result,) = await self.saturated([load], pool, pilot=max(self.pilot // 5, 50))
-            return result
-        finally:
-            child.stop()
-
-    async def service(self, model: str, pool: list[Payload], result: ModelResult) -> None:
-        """The real service: saturation with tracing on and off (alternating), open-loop latency, AiaasClient burst."""
+    async def side_by_side(self, model: str, pool: list[Payload], result: ModelResult) -> None:
+        """Transport ceiling, naive consumer and the service with tracing on and off, all running at once and
+        measured with alternating bursts (each consumer idles while another's burst runs), so machine drift —
+        a VM's neighbours, a throttled CPU — cannot tilt the ratios. Then open-loop latency and an AiaasClient
+        burst on the traced service."""
+        transport, naive = self.load(model, "transport"), self.load(model, "naive")
         on, off = self.load(model, "service"), self.load(model, "untraced")
-        for load in (on, off):
-            await prepare_topics(load.kafka, model)
-        traced = self.child(model, "service", ["-m", f"aiaas.{model}"]).start()
-        untraced = self.child(model, "untraced", ["-m", f"aiaas.{model}"], extra_env={"OTEL_TRACES_EXPORTER": "none"})
-        untraced.start()
+        for load in (transport, naive, on, off):
+            await prepare_topics(load.kafka, model)  # 3 partitions each, as the service's
+        noop_service, others = None, []
+        traced = self.child(model, "service", ["-m", f"aiaas.{model}"])
         try:
-            result.service, result.service_untraced = await self.saturated(
-                [on, off], pool, names=[", tracing on", ", tracing export off"])
-            untraced.stop()
+            if self.args.transport == "inprocess":
+                noop_service = start_inprocess(model, transport.kafka)
+            else:
+                others.append(self.child(model, "transport", ["bench/transport.py", "--model", model]).start())
+            others.append(self.child(model, "naive", ["bench/naive.py", "--model", model],
+                                     marker="naive consumer ready:").start())
+            traced.start()
+            others.append(self.child(model, "untraced", ["-m", f"aiaas.{model}"],
+                                     extra_env={"OTEL_TRACES_EXPORTER": "none"}).start())
+            result.transport, result.naive, result.service, result.service_untraced = await self.saturated(
+                [transport, naive, on, off], pool, pilot=[self.pilot, max(self.pilot // 5, 50), self.pilot, self.pilot],
+                names=[" (transport)", " (naive)", ", tracing on", ", tracing export off"])
+            if noop_service is not None:
+                noop_service[0].stop()
+                await noop_service[1]
+                noop_service = None
+            for child in others:  # the open loop measures the traced service alone
+                child.stop()
             take = _take(pool)
             await on.start()
             try:
@@ -183,8 +173,11 @@ class Bench:
                 client = ClientLoad(on.kafka, model)
                 (result.service_client,) = await self.saturated([client], pool)
         finally:
-            untraced.stop()
-            traced.stop()
+            if noop_service is not None:
+                noop_service[0].stop()
+                await noop_service[1]
+            for child in (*others, traced):
+                child.stop()
         result.span_share = _span_share(traced, self.home / "spans" / f"aiaas-{model}-{traced.pid}{SUFFIX}")
 
     async def model(self, model: str, warm_up: bool) -> ModelResult:
@@ -204,18 +197,11 @@ class Bench:
         async def ceilings() -> None:
             result.runtime = runtime_ceilings(model, self.registry, quick=self.args.quick, log=log)
 
-        async def transport() -> None:
-            result.transport = await self.transport(model, pool)
-
-        async def naive() -> None:
-            result.naive = await self.naive(model, pool)
-
         await stage("runtime ceiling", ceilings)
         if warm_up:
             await stage("broker warm-up (not reported)", lambda: self.warm_up(pool, model))
-        await stage(f"transport ceiling ({self.args.transport})", transport)
-        await stage("naive consumer", naive)
-        await stage("service (tracing on / export off, then open loop)", lambda: self.service(model, pool, result))
+        await stage(f"transport ceiling ({self.args.transport}), naive consumer, service with tracing on and export off: "
+                    "side by side, alternating bursts; then open loop", lambda: self.side_by_side(model, pool, result))
         result.seconds = time.perf_counter() - started
         return result
 
@@ -327,6 +313,7 @@ def main() -> None:
             results.append(asyncio.run(bench.model(model, warm_up=i == 0)))
     finally:
         info.other_work = other_work.stop()
+        info.stolen = other_work.stolen
         stop_all()
         if provider is not None:
             provider.shutdown()
