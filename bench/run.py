@@ -49,7 +49,7 @@ from aiaas.tracing import setup_tracing
 from bench.ceilings import runtime_ceilings
 from bench.load import ClientLoad, Load, RawLoad, Saturation, burst, open_loop, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, child_env, stop_all
-from bench.report import MachineInfo, ModelResult, machine_slug, markdown, plot
+from bench.report import ALONE_PER_S, MachineInfo, ModelResult, machine_slug, markdown, plot
 from bench.transport import start_inprocess
 from bench.workloads import MODELS, Payload, build_model, payloads, settings_class
 
@@ -160,6 +160,8 @@ class Bench:
             take = _take(pool)
             await on.start()
             try:
+                result.alone = await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S, share=0)
+                log(f"    one at a time ({ALONE_PER_S}/s): p50 {result.alone.p50_ms:.1f} p95 {result.alone.p95_ms:.1f} ms")
                 for share in SHARES:
                     rate = share * result.service.jobs_per_s
                     point = await open_loop(on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share)
