@@ -56,7 +56,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("prepare", ("prepare (",)),
     ("model", ("/onnxruntime/", "/aiaas/onnx_session.py", " infer (")),
     ("result", ("_outcome (", "_fail (", "_seal (")),
-    ("Kafka out", ("/aiokafka/producer/", "/aiaas/kafka_sink.py")),
+    ("Kafka out", ("/aiokafka/producer/", "/aiaas/kafka_sink.py", "KafkaSink.")),
     ("Kafka in", ("/aiokafka/",)),
     ("pipeline", ("/aiaas/",)),
     ("event loop", ("/asyncio/", "/selectors.py", "/concurrent/futures/", "/threading.py")),
