@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Literal, Union
 
 import numpy as np
@@ -78,6 +79,20 @@ class Tensor(BaseModel):
         step = len(data) // len(array)
         return [cls.model_construct(dtype=name, shape=list(shape), data=data[i:i + step])
                 for i in range(0, len(data), step)] if step else [cls.from_numpy(row) for row in array]
+
+    @classmethod
+    def row_prefixes(cls, array: np.ndarray, lengths: Sequence[int]) -> list["Tensor"]:
+        """The first `lengths[i]` entries of each row of a 2-D array, each as a 1-D Tensor (one conversion for the
+        whole array, a slice per row)."""
+        array = np.ascontiguousarray(array)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        name = _DTYPE_NAMES.get(array.dtype)
+        if name is None or array.ndim != 2:
+            return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths)]
+        data, itemsize, stride = array.tobytes(), array.dtype.itemsize, array.shape[1] * array.dtype.itemsize
+        return [cls.model_construct(dtype=name, shape=[n], data=data[row * stride:row * stride + n * itemsize])
+                for row, n in enumerate(lengths)]
 
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""

@@ -225,3 +225,21 @@ def test_cli_scores_a_hit_and_describes_a_result_on_one_line(runtime):
     empty = Result(job_id="j", model="recsys", status="ok",
                    outputs={"items": Tensor.from_numpy(np.zeros(0, np.int64)), "strategy": "popularity"})
     assert "no items" in cli.describe(empty)
+
+
+def test_the_batch_top_k_equals_the_per_row_one():
+    """`_tops` slices one conversion per batch; it must give what `_top` gives row by row, also for rows whose
+    kept entries are not a prefix (a NaN score in the middle)."""
+    from aiaas.recsys.runtime import _top, _tops
+
+    rng = np.random.RandomState(0)
+    for _ in range(200):
+        rows, width = rng.randint(1, 6), rng.randint(1, 30)
+        ranked = rng.randint(0, 1000, (rows, width)).astype(np.int64)
+        scores = np.sort(rng.rand(rows, width).astype(np.float32), axis=1)[:, ::-1].copy()
+        for row in range(rows):
+            scores[row, width - rng.randint(0, width + 1):] = -np.inf
+            if rng.rand() < 0.2:
+                scores[row, rng.randint(0, width)] = np.nan
+        ks = [int(rng.randint(1, width + 5)) for _ in range(rows)]
+        assert _tops(ranked, scores, ks) == [_top(ranked[row], scores[row], ks[row]) for row in range(rows)]

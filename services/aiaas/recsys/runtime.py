@@ -146,12 +146,12 @@ class RecsysRuntime:
             if request.exclude_seen:
                 exclude[row, self._tables.seen(request.subject)] = True
         ranked, scores = self._run(["recommend_items", "recommend_scores"], user_id=users, exclude=exclude)
-        return [_top(ranked[row], scores[row], r.k) for row, r in enumerate(batch)]
+        return _tops(ranked, scores, [r.k for r in batch])
 
     def _similar(self, batch: list[_Request]) -> list[Outputs]:
         query = np.array([r.subject for r in batch], dtype=np.int64)
         ranked, scores = self._run(["similar_items", "similar_scores"], item_id=query)
-        return [_top(ranked[row], scores[row], r.k) for row, r in enumerate(batch)]
+        return _tops(ranked, scores, [r.k for r in batch])
 
     def _by_popularity(self, batch: list[_Request]) -> list[Outputs]:
         # A user the model never saw has no seen items to leave out, so exclude_seen changes nothing.
@@ -163,6 +163,22 @@ class RecsysRuntime:
                  "item_id": np.zeros(0, np.int64)}
         self.session_runs += 1
         return self._session.run(names, empty | feeds)
+
+
+def _tops(ranked: np.ndarray, scores: np.ndarray, ks: list[int]) -> list[Outputs]:
+    """`_top` for every row at once: the kept entries of a row are a prefix of it (scores are ranked, the -inf of
+    left-out items come last), so each row's outputs are slices of one conversion. A row where they are not a
+    prefix goes through `_top`."""
+    width = min(max(ks), ranked.shape[1])
+    ranked, scores = ranked[:, :width].astype(np.int64), scores[:, :width].astype(np.float32)
+    columns = np.arange(width)[None, :]
+    keep = np.isfinite(scores) & (columns < np.asarray(ks)[:, None])
+    counts = keep.sum(axis=1)
+    prefix = (keep == (columns < counts[:, None])).all(axis=1)
+    lengths = counts.tolist()
+    items, item_scores = Tensor.row_prefixes(ranked, lengths), Tensor.row_prefixes(scores, lengths)
+    return [{"items": i, "scores": s} if ok else _top(ranked[row], scores[row], ks[row])
+            for row, (i, s, ok) in enumerate(zip(items, item_scores, prefix.tolist()))]
 
 
 def _top(ranked: np.ndarray, scores: np.ndarray, k: int) -> Outputs:
