@@ -90,9 +90,10 @@ class Tensor(BaseModel):
         name = _DTYPE_NAMES.get(array.dtype)
         if name is None or array.ndim != 2:
             return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths)]
-        data, itemsize, stride = array.tobytes(), array.dtype.itemsize, array.shape[1] * array.dtype.itemsize
-        return [cls.model_construct(dtype=name, shape=[n], data=data[row * stride:row * stride + n * itemsize])
-                for row, n in enumerate(lengths)]
+        width, itemsize = array.shape[1], array.dtype.itemsize
+        data, stride = array.tobytes(), width * itemsize
+        return [cls.model_construct(dtype=name, shape=[m], data=data[row * stride:row * stride + m * itemsize])
+                for row, n in enumerate(lengths) for m in (max(0, min(n, width)),)]
 
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ class JobSpan(trace.Span, ReadableSpan):
         self._name, self._context, self._parent, self._kind = name, context, parent, kind
         self._attributes, self._events, self._links = attributes, [], links
         self._resource, self._instrumentation_scope = owner.resource, owner.scope
-        self._instrumentation_info = None
+        self._instrumentation_info = owner.tracer.instrumentation_info
         self._status, self._start_time, self._end_time = _UNSET, start_ns, None
         self._owner = owner
         self.carried = carried  # the extracted context (baggage), when the record carried more than a traceparent
@@ -88,14 +89,23 @@ class JobSpan(trace.Span, ReadableSpan):
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._end_time is not None or self._status.status_code is StatusCode.OK:
-            return  # as the SDK: OK is final
-        self._status = status if isinstance(status, Status) else Status(status, description)
+        status = status if isinstance(status, Status) else Status(status, description)
+        if self._end_time is not None or self._status.status_code is StatusCode.OK \
+                or status.status_code is StatusCode.UNSET:
+            return  # as the SDK: OK is final, UNSET changes nothing
+        self._status = status
 
     def record_exception(self, exception: BaseException, attributes: Mapping[str, Any] | None = None,
                          timestamp: int | None = None, escaped: bool = False) -> None:
-        self.add_event("exception", {"exception.type": type(exception).__qualname__,
-                                     "exception.message": str(exception), **(attributes or {})}, timestamp)
+        """The SDK's exception event (type with its module, message, stack trace, escaped)."""
+        module, name = type(exception).__module__, type(exception).__qualname__
+        self.add_event("exception", {
+            "exception.type": f"{module}.{name}" if module and module != "builtins" else name,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+            **(attributes or {}),
+        }, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is not None:
@@ -116,7 +126,8 @@ class JobSpans:
         if sdk:
             self.processor = self.tracer.span_processor
             self.resource = self.tracer.resource
-            self.scope = InstrumentationScope(tracer_name)
+            # The tracer's own scope (name, version, schema URL), as its spans carry.
+            self.scope = getattr(self.tracer, "_instrumentation_scope", None) or InstrumentationScope(tracer_name)
             self._sampler = self.tracer.sampler
             self._default_sampler = self._sampler.get_description() == _DEFAULT_SAMPLER
             self._ids = self.tracer.id_generator
@@ -167,7 +178,7 @@ class JobSpans:
                carried: Context | None, links: Sequence[trace.Link] = ()) -> trace.Span:
         if not self.fast:
             context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried
-            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+            return self.tracer.start_span(name, context=context or Context(), kind=kind, attributes=attributes)
         if parent is None or not parent.is_valid:
             parent, trace_id, random_id = None, self._ids.generate_trace_id(), self._random_ids
         else:
@@ -176,8 +187,9 @@ class JobSpans:
         if self._default_sampler:
             sampled = parent is None or parent.trace_flags.sampled
         else:
-            context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried
-            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links or None)
+            # No parent: an empty context, not the current one (a batch span is the root of its own trace).
+            context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried or Context()
+            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled, trace_state = decision.decision.is_sampled(), decision.trace_state
             if decision.attributes:
                 attributes = {**attributes, **decision.attributes}

@@ -29,6 +29,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 
 __all__ = ["KafkaSink", "OutgoingRecord", "refused_for_good", "murmur2", "partition_for"]
@@ -104,30 +105,36 @@ class KafkaSink:
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
         """Publish every record; per record, None once acknowledged or the error that stopped it."""
         errors: list[BaseException | None] = [None] * len(records)
+        topics = list(dict.fromkeys(record.topic for record in records))
+        # Each topic's partitions once, all topics at once: a topic that does not exist (a job's reply_to)
+        # costs one metadata timeout for its records, not one per record, and holds no other topic up.
+        found = await asyncio.gather(*(self._producer.partitions_for(topic) for topic in topics), return_exceptions=True)
+        partitions = {topic: sorted(p) if not isinstance(p, BaseException) else p for topic, p in zip(topics, found)}
         by_partition: dict[tuple[str, int], list[int]] = {}
-        partitions: dict[str, list[int]] = {}
         for i, record in enumerate(records):
-            try:
-                if record.topic not in partitions:
-                    partitions[record.topic] = sorted(await self._producer.partitions_for(record.topic))
-                partition = partition_for(record.key, partitions[record.topic])
-            except Exception as exc:  # noqa: BLE001 - e.g. no metadata for the topic in time: this record failed
-                errors[i] = exc
+            known = partitions[record.topic]
+            if isinstance(known, BaseException) or not known:
+                errors[i] = known if isinstance(known, BaseException) else UnknownTopicOrPartitionError(record.topic)
                 continue
-            by_partition.setdefault((record.topic, partition), []).append(i)
+            by_partition.setdefault((record.topic, partition_for(record.key, known)), []).append(i)
 
-        submitted: list[tuple[asyncio.Future | BaseException, list[int]]] = []
-        for (topic, partition), indices in by_partition.items():
-            batch, members = self._producer.create_batch(), []
+        async def submit(topic: str, partition: int, indices: list[int]) -> list[tuple[object, list[int]]]:
+            """One partition's batches, in order (a partition takes one batch at a time)."""
+            done, batch, members = [], self._producer.create_batch(), []
             for i in indices:
                 record = records[i]
                 if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
-                    submitted.append((await self._submit(batch, topic, partition), members))
+                    done.append((await self._submit(batch, topic, partition), members))
                     batch, members = self._producer.create_batch(), []
                     batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers)
                 members.append(i)  # the first record of a batch always fits
-            submitted.append((await self._submit(batch, topic, partition), members))
+            done.append((await self._submit(batch, topic, partition), members))
+            return done
 
+        # The partitions at once: one that still has a batch in flight does not hold the others up.
+        per_partition = await asyncio.gather(*(submit(topic, partition, indices)
+                                               for (topic, partition), indices in by_partition.items()))
+        submitted = [entry for entries in per_partition for entry in entries]
         answers = await asyncio.gather(*(_settled(sent) for sent, _ in submitted))
         alone: list[int] = []
         for (_, members), answer in zip(submitted, answers):

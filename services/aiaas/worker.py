@@ -206,15 +206,19 @@ class BatchWorker:
 
         Raises PublishFailed, naming the records whose outcomes were not acknowledged.
         """
-        outgoing = [record for job in batch.jobs for record in self._outgoing(job)]
-        errors: list[BaseException | None] | None = None
+        outgoing: list[_Outgoing] = []
         try:
+            for job in batch.jobs:
+                outgoing += self._outgoing(job)
             errors = await self._send_all(outgoing)
-        finally:
-            interrupted = asyncio.CancelledError("publishing was interrupted")
-            for record, error in zip(outgoing, errors or [interrupted] * len(outgoing)):
-                record.close(error)
+        except BaseException as exc:  # cancelled (a drain timed out) or a bug: no span is left open
+            for record in outgoing:
+                record.close(exc)
             _end_spans(batch.jobs)
+            raise
+        for record, error in zip(outgoing, errors):
+            record.close(error)
+        _end_spans(batch.jobs)
         failed: dict[int, tuple[KafkaRecord, BaseException]] = {}
         for record, error in zip(outgoing, errors):
             if error is not None:
