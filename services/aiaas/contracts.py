@@ -57,10 +57,7 @@ class Tensor(BaseModel):
     @classmethod
     def from_numpy(cls, array: np.ndarray) -> "Tensor":
         """Wrap a numpy array (copied to C order, little endian)."""
-        array = np.ascontiguousarray(array)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
-        name = _DTYPE_NAMES.get(array.dtype)
+        array, name = _on_the_wire(array)
         if name is None or array.ndim > _MAX_RANK:  # let validation say what is wrong
             return cls(dtype=str(array.dtype), shape=list(array.shape), data=array.tobytes())
         # Everything else a numpy array has is valid by construction: skip validating it again.
@@ -69,31 +66,25 @@ class Tensor(BaseModel):
     @classmethod
     def rows(cls, array: np.ndarray) -> list["Tensor"]:
         """Each row of `array` (the first axis) as a Tensor: one conversion for the whole array, a slice per row."""
-        array = np.ascontiguousarray(array)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
-        name = _DTYPE_NAMES.get(array.dtype)
-        if name is None or not 1 <= array.ndim <= _MAX_RANK + 1 or not len(array):
+        array, name = _on_the_wire(array)
+        if name is None or not 1 <= array.ndim <= _MAX_RANK + 1:
             return [cls.from_numpy(row) for row in array]
-        data, shape = array.tobytes(), array.shape[1:]
-        step = len(data) // len(array)
-        return [cls.model_construct(dtype=name, shape=list(shape), data=data[i:i + step])
-                for i in range(0, len(data), step)] if step else [cls.from_numpy(row) for row in array]
+        shape, data = array.shape[1:], array.tobytes()
+        step = math.prod(shape) * array.itemsize
+        return [cls.model_construct(dtype=name, shape=list(shape), data=data[i * step:(i + 1) * step])
+                for i in range(len(array))]
 
     @classmethod
     def row_prefixes(cls, array: np.ndarray, lengths: Sequence[int]) -> list["Tensor"]:
         """The first `lengths[i]` entries of each row of a 2-D array, each as a 1-D Tensor (one conversion for the
         whole array, a slice per row)."""
-        array = np.ascontiguousarray(array)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
-        name = _DTYPE_NAMES.get(array.dtype)
+        array, name = _on_the_wire(array)
         if name is None or array.ndim != 2:
             return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths)]
-        width, itemsize = array.shape[1], array.dtype.itemsize
-        data, stride = array.tobytes(), width * itemsize
-        return [cls.model_construct(dtype=name, shape=[m], data=data[row * stride:row * stride + m * itemsize])
-                for row, n in enumerate(lengths) for m in (max(0, min(n, width)),)]
+        width, itemsize, data = array.shape[1], array.itemsize, array.tobytes()
+        counts = [max(0, min(n, width)) for n in lengths]
+        return [cls.model_construct(dtype=name, shape=[n], data=data[row * width * itemsize:(row * width + n) * itemsize])
+                for row, n in enumerate(counts)]
 
     def to_numpy(self) -> np.ndarray:
         """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
@@ -107,6 +98,15 @@ class Tensor(BaseModel):
         if not expected and any(dim > _MAX_DIM for dim in self.shape):
             raise ValueError(f"tensor shape {self.shape} has a dimension above {_MAX_DIM}")
         return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
+
+
+def _on_the_wire(array: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The array as a tensor's bytes are laid out (C order, little endian) and its wire dtype name (None if the
+    contract has no such dtype)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array, _DTYPE_NAMES.get(array.dtype)
 
 
 InputValue = Union[Tensor, StrictStr, StrictBool, StrictInt, StrictFloat, list[StrictStr]]
