@@ -20,7 +20,7 @@ from typing import TypeVar
 import msgpack
 from pydantic import BaseModel, ValidationError
 
-from .contracts import Job, Result
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings
 from .errors import AiaasError, InvalidJob, PayloadTooLarge, UndecodableMessage
 from .settings import EnvelopeSettings
 
@@ -30,8 +30,51 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 
 def encode(envelope: BaseModel) -> bytes:
-    """One envelope as msgpack bytes (bytes fields stay binary)."""
-    return msgpack.packb(envelope.model_dump(mode="python", exclude_none=True), use_bin_type=True)
+    """One envelope as msgpack bytes (bytes fields stay binary): its `model_dump(exclude_none=True)`."""
+    plain = _result_map(envelope) if type(envelope) is Result else None
+    return msgpack.packb(envelope.model_dump(mode="python", exclude_none=True) if plain is None else plain,
+                         use_bin_type=True)
+
+
+_RESULT_FIELDS = tuple(Result.model_fields)
+_TIMINGS_FIELDS = tuple(Timings.model_fields)
+_ERROR_FIELDS = tuple(ErrorInfo.model_fields)
+_PLAIN = frozenset({str, int, float, bool})
+
+
+def _result_map(result: Result) -> dict | None:
+    """What `model_dump(mode="python", exclude_none=True)` gives for an inference result, built directly (a few µs
+    less per result); None for anything else (training progress, unusual outputs), which takes pydantic's way."""
+    values = result.__dict__
+    if values["progress"] is not None or type(values["timings"]) is not Timings:
+        return None
+    outputs = {}
+    for key, value in values["outputs"].items():
+        kind = type(value)
+        if kind is Tensor:
+            outputs[key] = {"dtype": value.dtype, "shape": list(value.shape), "data": value.data}
+        elif kind in _PLAIN:
+            outputs[key] = value
+        elif kind is list and all(type(v) is str for v in value):
+            outputs[key] = list(value)
+        else:
+            return None
+    error = values["error"]
+    if error is not None and type(error) is not ErrorInfo:
+        return None
+    timings = values["timings"].__dict__
+    parts = {
+        "outputs": outputs,
+        "timings": {name: timings[name] for name in _TIMINGS_FIELDS},
+        "error": None if error is None else {name: error.__dict__[name] for name in _ERROR_FIELDS},
+        "attributes": dict(values["attributes"]),
+    }
+    plain = {}
+    for name in _RESULT_FIELDS:
+        value = parts[name] if name in parts else values[name]
+        if value is not None:
+            plain[name] = value
+    return plain
 
 
 @functools.cache

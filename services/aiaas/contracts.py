@@ -11,7 +11,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, TypeVar, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -29,6 +29,7 @@ __all__ = [
     "TrainingProgress",
     "TERMINAL_STATUSES",
     "new_job_id",
+    "trusted",
 ]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
@@ -37,10 +38,28 @@ ResultStatus = Literal["ok", "error", "expired", "accepted", "running", "succeed
 TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
 """A job's last result has one of these; `accepted` and `running` are training progress events."""
 
+_M = TypeVar("_M", bound=BaseModel)
+
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DType.__args__}
 """Each wire dtype as a little-endian numpy dtype (built once: numpy's dtype parsing and naming are slow)."""
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+_set = object.__setattr__
+
+
+def trusted(cls: type[_M], values: dict) -> _M:
+    """An instance of a contract model from values that are valid by construction, every field given.
+
+    What pydantic's `model_construct` does for such a model, without its per-call bookkeeping (defaults,
+    aliases, fields-set): about 1 µs instead of 4, paid for every tensor and result the worker builds.
+    Not validated: only for values the caller made itself (a runtime's numpy output, the worker's own fields).
+    """
+    instance = object.__new__(cls)
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", set(values))
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance
 _MAX_RANK = 8
 _MAX_DIM = 2**31 - 1  # a dimension must fit numpy's int64 indexes with room to spare; no honest one comes near
 
@@ -61,7 +80,7 @@ class Tensor(BaseModel):
         if name is None or array.ndim > _MAX_RANK:  # let validation say what is wrong
             return cls(dtype=str(array.dtype), shape=list(array.shape), data=array.tobytes())
         # Everything else a numpy array has is valid by construction: skip validating it again.
-        return cls.model_construct(dtype=name, shape=list(array.shape), data=array.tobytes())
+        return trusted(cls, {"dtype": name, "shape": list(array.shape), "data": array.tobytes()})
 
     @classmethod
     def rows(cls, array: np.ndarray) -> list["Tensor"]:
@@ -71,7 +90,7 @@ class Tensor(BaseModel):
             return [cls.from_numpy(row) for row in array]
         shape, data = array.shape[1:], array.tobytes()
         step = math.prod(shape) * array.itemsize
-        return [cls.model_construct(dtype=name, shape=list(shape), data=data[i * step:(i + 1) * step])
+        return [trusted(cls, {"dtype": name, "shape": list(shape), "data": data[i * step:(i + 1) * step]})
                 for i in range(len(array))]
 
     @classmethod
@@ -83,7 +102,7 @@ class Tensor(BaseModel):
             return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths)]
         width, itemsize, data = array.shape[1], array.itemsize, array.tobytes()
         counts = [max(0, min(n, width)) for n in lengths]
-        return [cls.model_construct(dtype=name, shape=[n], data=data[row * width * itemsize:(row * width + n) * itemsize])
+        return [trusted(cls, {"dtype": name, "shape": [n], "data": data[row * width * itemsize:(row * width + n) * itemsize]})
                 for row, n in enumerate(counts)]
 
     def to_numpy(self) -> np.ndarray:

@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import tracing
 from .codec import decode_job, encode
-from .contracts import ErrorInfo, Job, Result, Tensor, Timings
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings, trusted
 from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undeliverable, UnknownModelVersion
 from .idempotency import Outcome, OutcomeCache
 from .job_spans import JobSpans
@@ -376,20 +376,19 @@ class BatchWorker:
             status=status,
             outputs=outputs,
             model_version=version,
-            timings=Timings.model_construct(
-                queue_wait_ms=max(0.0, (picked_at - job.created_at) * 1000),
-                inference_ms=inference_ms,
-                batch_size=batch_size,
-            ),
-            attributes=job.attributes,
+            timings=trusted(Timings, {
+                "queue_wait_ms": max(0.0, (picked_at - job.created_at) * 1000),
+                "inference_ms": inference_ms,
+                "batch_size": batch_size,
+            }),
             error=None,
             progress=None,
             completed_at=time.time(),
-        )
+            attributes=job.attributes,
+        )  # in the order Result declares them, as pydantic would store them
         # Every field but the runtime's outputs is ours and valid; outputs of plain contract types need no pydantic
         # pass either (a few microseconds per job). Anything else is validated, and refused if it does not fit.
-        # All fields are given: model_construct would otherwise inspect each default factory's signature, per call.
-        return Result.model_construct(**fields) if _fits_contract(outputs) else Result(**fields)
+        return trusted(Result, fields) if _fits_contract(outputs) else Result(**fields)
 
     def _seal(self, batch: list[_InFlight]) -> None:
         """Encode every outcome once, remember it under its job id, and give twins their first's outcome."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from aiaas.codec import decode_job, decode_result, encode
-from aiaas.contracts import ErrorInfo, Job, Result, Tensor, Timings
+from aiaas.contracts import ErrorInfo, Job, Result, Tensor, Timings, TrainingProgress, trusted
 from aiaas.errors import InvalidJob, PayloadTooLarge, UndecodableMessage
 
 LIMIT = 1 << 20
@@ -63,3 +63,56 @@ def test_oversized_message_is_refused_before_decoding():
 def test_invalid_job_message_names_the_field():
     with pytest.raises(InvalidJob, match="priority"):
         decode_job(msgpack.packb({"job_id": "x", "model": "vision", "priority": "high"}), LIMIT)
+
+
+# -- trusted construction and the direct result encoding ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [Tensor, Timings, Result, ErrorInfo])
+def test_trusted_models_have_nothing_model_construct_would_add(cls):
+    # `trusted` skips model_construct's private-attribute and post-init steps: they must not exist.
+    assert not cls.__private_attributes__
+    assert cls.__pydantic_post_init__ is None
+    assert cls.model_config.get("extra") != "allow"
+
+
+def test_trusted_equals_model_construct_and_validation():
+    values = {"dtype": "float32", "shape": [2], "data": b"\x00" * 8}
+    made = trusted(Tensor, dict(values))
+    assert made == Tensor.model_construct(**values) == Tensor(**values)
+    assert made.model_fields_set == set(values)
+    assert made.model_dump() == values
+    with pytest.raises(Exception):
+        made.dtype = "int8"  # still frozen
+
+
+def _results() -> list[Result]:
+    rng = np.random.default_rng(7)
+    timings = Timings(queue_wait_ms=1.5, inference_ms=0.25, batch_size=64)
+    return [
+        Result(job_id="a", model="vision", status="ok", model_version="3", timings=timings, completed_at=1.0,
+               outputs={"label": 7, "probabilities": Tensor.from_numpy(rng.random(10, dtype=np.float32))}),
+        Result(job_id="b", model="text", status="ok", attributes={"team": "x"},
+               outputs={"labels": ["a", "b"], "scores": Tensor.from_numpy(rng.random((2, 3))), "flag": True,
+                        "ratio": 0.5, "name": "n", "empty": Tensor.from_numpy(np.zeros((0, 4), np.int8))}),
+        Result(job_id="c", model="recsys", status="error",
+               error=ErrorInfo(type="InvalidJob", message="bad `k`", retriable=False)),
+        Result(job_id="d", model="recsys", status="expired"),
+        Result(job_id="e", model="text", status="running",
+               progress=TrainingProgress(epoch=1, epochs=3, loss=0.5)),
+    ]
+
+
+@pytest.mark.parametrize("result", _results(), ids=lambda r: r.job_id)
+def test_results_encode_to_the_same_bytes_as_their_pydantic_dump(result):
+    expected = msgpack.packb(result.model_dump(mode="python", exclude_none=True), use_bin_type=True)
+    assert encode(result) == expected
+    assert decode_result(encode(result), 1 << 20) == result
+
+
+def test_a_trusted_result_encodes_like_a_validated_one():
+    tensor = Tensor.from_numpy(np.arange(3, dtype=np.int64))
+    fields = dict(job_id="j", model="recsys", status="ok", outputs={"items": tensor}, model_version="1",
+                  timings=trusted(Timings, {"queue_wait_ms": 2.0, "inference_ms": 1.0, "batch_size": 3}),
+                  error=None, progress=None, completed_at=5.0, attributes={})
+    assert encode(trusted(Result, dict(fields))) == encode(Result(**fields))

@@ -1,0 +1,122 @@
+"""A/B: two versions of one service, saturated side by side with alternating bursts.
+
+    git worktree add /tmp/base HEAD~1                         # the code to compare against
+    .venv/bin/python bench/ab.py --model vision --a /tmp/base # A = that checkout, B = this one
+    .venv/bin/python bench/ab.py --model text --b-env AIAAS_TEXT_INTRA_OP_THREADS=1   # same code, a setting
+
+On a machine whose speed drifts (a VM: up to 2× over minutes here), two runs one after the other
+cannot tell a 10 % change from noise. Here both services run at once, each on its own topics, and
+are measured in rounds of one burst each (the other idles meanwhile), so every round compares the
+same minutes of the machine. The report gives each round's B/A ratio and their median.
+
+A and B are `python -m aiaas.<model>` child processes with tracing on (spans to the local store), as
+in bench/run.py; `--a DIR` / `--b DIR` run the `services/` of another checkout (PYTHONPATH), `--a-env` /
+`--b-env K=V` set variables for one side only, `--noop A` runs the transport ceiling's no-op model on side A
+(`bench/transport.py`). The broker and the model are this checkout's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiaas.registry import Registry
+from aiaas.settings import KafkaSettings
+
+from bench.load import RawLoad, saturate
+from bench.procs import REPO, ChildProcess, LocalBroker, child_env, stop_all
+from bench.run import POOL, _take, log, prepare_topics
+from bench.workloads import MODELS, build_model, payloads
+
+__all__ = ["main"]
+
+
+def _side_env(checkout: Path | None, pairs: list[str]) -> dict[str, str]:
+    env = {}
+    if checkout is not None:
+        services = checkout.resolve() / "services"
+        if not (services / "aiaas").is_dir():
+            raise SystemExit(f"{checkout} has no services/aiaas: give the root of an aiaas checkout")
+        env["PYTHONPATH"] = str(services)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, registry: Registry) -> str:
+    run_id = uuid.uuid4().hex[:6]
+    sides = {"A": _side_env(args.a, args.a_env), "B": _side_env(args.b, args.b_env)}
+    loads, children = [], []
+    for side, extra in sides.items():
+        prefix = f"ab-{run_id}-{args.model}-{side.lower()}"
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
+        await prepare_topics(kafka, args.model)
+        env = child_env(broker.bootstrap, prefix, tmp / "home", extra)
+        command = ["bench/transport.py", "--model", args.model] if side in args.noop else ["-m", f"aiaas.{args.model}"]
+        children.append(ChildProcess(command, env, tmp / f"{side}.log").start())
+        loads.append(RawLoad(kafka, args.model))
+    pool = payloads(args.model, POOL, registry, seed=2)
+    for load in loads:
+        await load.start()
+    try:
+        a, b = await saturate(loads, _take(pool), target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
+                              names=[" (A)", " (B)"])
+    finally:
+        for load in loads:
+            await load.stop()
+        for child in children:
+            child.stop()
+    ratios = [y.jobs_per_s / x.jobs_per_s for x, y in zip(a.bursts, b.bursts)]
+    describe = {side: " ".join([f"code of {getattr(args, side.lower()) or REPO}",
+                                *(["no-op model (bench/transport.py)"] if side in args.noop else []),
+                                *(f"{k}={v}" for k, v in sides[side].items() if k != "PYTHONPATH")])
+                for side in sides}
+    lines = [f"A/B {args.model}, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds of alternating bursts "
+             f"(~{args.seconds:.0f} s each)", "", f"- A: {describe['A']}", f"- B: {describe['B']}", "",
+             "| round | A jobs/s | B jobs/s | B / A | A mean batch | B mean batch |", "|---:|---:|---:|---:|---:|---:|"]
+    for i, (x, y, r) in enumerate(zip(a.bursts, b.bursts, ratios), 1):
+        lines.append(f"| {i} | {x.jobs_per_s:,.0f} | {y.jobs_per_s:,.0f} | {r:.2f} | {x.mean_batch:.1f} | {y.mean_batch:.1f} |")
+    lines.append(f"| median | {a.jobs_per_s:,.0f} | {b.jobs_per_s:,.0f} | **{statistics.median(ratios):.2f}** "
+                 f"(range {min(ratios):.2f}–{max(ratios):.2f}) | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="vision")
+    parser.add_argument("--a", type=Path, help="root of the checkout side A runs (default: this one)")
+    parser.add_argument("--b", type=Path, help="root of the checkout side B runs (default: this one)")
+    parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE", help="a variable for side A only")
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", help="a variable for side B only")
+    parser.add_argument("--noop", action="append", default=[], choices=("A", "B"),
+                        help="this side runs the no-op model of the transport ceiling (bench/transport.py) instead")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each burst")
+    parser.add_argument("--port", type=int, default=39692)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="aiaas-ab-"))
+    broker = LocalBroker(args.port, tmp / "kafka")
+    try:
+        registry = Registry(tmp / "home" / "registry")
+        log(f"building {args.model}")
+        build_model(args.model, registry)
+        broker.start()
+        print(asyncio.run(_compare(args, tmp, broker, registry)))
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    main()
