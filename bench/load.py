@@ -340,7 +340,8 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
 
     A pilot burst per generator (`pilot` jobs, or one count per generator) warms its consumer up and
     sizes its bursts (N = its rate × `target_s`); then `repeats` rounds of one burst per generator,
-    so every consumer is measured in the same minutes of the same machine. A round with a burst
+    so every consumer is measured in the same minutes of the same machine (each round starts with the next
+    generator, so none is always the one measured right after a given other). A round with a burst
     shorter than 75 % of `target_s` (the pilot underestimated a cold consumer) is discarded and
     that generator's bursts re-sized from it, at most three times.
     """
@@ -350,7 +351,12 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
     results = [Saturation() for _ in loads]
     resized = 0
     while len(results[0].bursts) < repeats:
-        round_ = [await burst(load, take(n)) for load, n in zip(loads, sizes)]
+        # Each round starts with the next consumer: a burst right after another's (its commits, its span export,
+        # the broker's log work still running) is not always the same consumer's.
+        first = len(results[0].bursts) % len(loads)
+        order = list(range(first, len(loads))) + list(range(first))
+        measured = {i: await burst(loads[i], take(sizes[i])) for i in order}
+        round_ = [measured[i] for i in range(len(loads))]
         for b, name in zip(round_, names):
             log(f"    burst {b.jobs:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "
                 f"(published at {b.publish_per_s:,.0f}/s)")

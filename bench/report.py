@@ -179,8 +179,9 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "- **service**: `python -m aiaas.<model>` as a child process, defaults (tracing to the local span store).",
         "- Throughputs: bursts of N jobs published at once and every result awaited; N / (last result − first publish). "
         "Transport, naive, service with tracing on and with export off run at once, each on its own topics, and are "
-        "measured in rounds of one burst each (the others idle meanwhile), so every ratio compares the same minutes "
-        f"of the machine. A pilot burst per consumer warms it up and sizes its N for ~{burst_s:g} s; median of "
+        "measured in rounds of one burst each (the others idle meanwhile; each round starts with the next consumer), "
+        "so every ratio compares the same minutes of the machine. "
+        f"A pilot burst per consumer warms it up and sizes its N for ~{burst_s:g} s; median of "
         f"{repeats} round(s) (a round with a burst under 75 % of {burst_s:g} s is discarded and that burst re-sized).",
         f"- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate (open loop, {open_loop_s:g} s) of "
         "25/50/75 % of the service's saturated throughput.",
