@@ -60,6 +60,8 @@ def trusted(cls: type[_M], values: dict) -> _M:
     _set(instance, "__pydantic_extra__", None)
     _set(instance, "__pydantic_private__", None)
     return instance
+
+
 _MAX_RANK = 8
 _MAX_DIM = 2**31 - 1  # a dimension must fit numpy's int64 indexes with room to spare; no honest one comes near
 
