@@ -32,9 +32,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
-from bench.load import RawLoad, saturate
+from bench.load import RawLoad, cycling, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, child_env, stop_all
-from bench.run import POOL, _take, log, prepare_topics
+from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, build_model, payloads
 
 __all__ = ["main"]
@@ -71,7 +71,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     for load in loads:
         await load.start()
     try:
-        a, b = await saturate(loads, _take(pool), target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
+        a, b = await saturate(loads, cycling(pool), target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
                               names=[" (A)", " (B)"])
     finally:
         for load in loads:

@@ -23,6 +23,7 @@ Two load generators with the same interface (`prepare` payloads, `send` one, awa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import statistics
 import time
@@ -42,8 +43,8 @@ from aiaas.topics import ModelTopics, ensure_topics, partition_count
 
 from .workloads import Payload
 
-__all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "open_loop", "saturate",
-           "burst_size", "percentiles"]
+__all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling", "open_loop",
+           "saturate", "burst_size", "percentiles"]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -331,6 +332,12 @@ async def burst(load: Load, payloads: Sequence[Payload], *, timeout: float = 180
 def burst_size(rate: float, target_s: float, smallest: int = 100, largest: int = 200_000) -> int:
     """Jobs for a burst of about `target_s` seconds at `rate` jobs/s."""
     return int(min(max(rate * target_s, smallest), largest))
+
+
+def cycling(pool: Sequence[Payload]) -> Callable[[int], list[Payload]]:
+    """`take(n)`: the next n payloads of the pool, cycling."""
+    cycle = itertools.cycle(pool)
+    return lambda n: list(itertools.islice(cycle, n))
 
 
 async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], *, target_s: float, repeats: int,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import re
 import shutil
@@ -47,7 +46,7 @@ from aiaas.topics import ensure_topics, partition_count, service_topics
 from aiaas.tracing import setup_tracing
 
 from bench.ceilings import runtime_ceilings
-from bench.load import ClientLoad, Load, RawLoad, Saturation, burst, open_loop, saturate
+from bench.load import ClientLoad, Load, RawLoad, Saturation, burst, cycling, open_loop, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, child_env, stop_all
 from bench.report import ALONE_PER_S, MachineInfo, ModelResult, machine_slug, markdown, plot
 from bench.transport import start_inprocess
@@ -104,7 +103,7 @@ class Bench:
         for load in loads:
             await load.start()
         try:
-            return await saturate(loads, _take(pool), target_s=self.target_s, repeats=self.repeats,
+            return await saturate(loads, cycling(pool), target_s=self.target_s, repeats=self.repeats,
                                   pilot=pilot or self.pilot, log=log, names=names)
         finally:
             for load in loads:
@@ -119,7 +118,7 @@ class Bench:
         service, task = start_inprocess(model, load.kafka)
         await load.start()
         try:
-            take = _take(pool)
+            take = cycling(pool)
             for _ in range(2):
                 await burst(load, take(self.pilot * 4))
         finally:
@@ -157,7 +156,7 @@ class Bench:
                 noop_service = None
             for child in others:  # the open loop measures the traced service alone
                 child.stop()
-            take = _take(pool)
+            take = cycling(pool)
             await on.start()
             try:
                 result.alone = await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S, share=0)
@@ -234,12 +233,6 @@ def _span_share(service: ChildProcess, spans: Path) -> float | None:
     stored = count_spans(spans)
     spans.unlink()  # large; nobody reads it after this
     return stored / (2 * jobs + batches) if jobs else None
-
-
-def _take(pool: list[Payload]):
-    """`take(n)`: the next n payloads of the pool, cycling."""
-    cycle = itertools.cycle(pool)
-    return lambda n: list(itertools.islice(cycle, n))
 
 
 def _registry(args: argparse.Namespace, home: Path) -> Registry:

@@ -44,7 +44,8 @@ _PLAIN = frozenset({str, int, float, bool})
 
 def _result_map(result: Result) -> dict | None:
     """What `model_dump(mode="python", exclude_none=True)` gives for an inference result, built directly (a few µs
-    less per result); None for anything else (training progress, unusual outputs), which takes pydantic's way."""
+    less per result; packed at once, so the envelope's own lists and dicts are used, not copied); None for anything
+    else (training progress, unusual outputs), which takes pydantic's way."""
     values = result.__dict__
     if values["progress"] is not None or type(values["timings"]) is not Timings:
         return None
@@ -52,11 +53,11 @@ def _result_map(result: Result) -> dict | None:
     for key, value in values["outputs"].items():
         kind = type(value)
         if kind is Tensor:
-            outputs[key] = {"dtype": value.dtype, "shape": list(value.shape), "data": value.data}
+            outputs[key] = {"dtype": value.dtype, "shape": value.shape, "data": value.data}
         elif kind in _PLAIN:
             outputs[key] = value
         elif kind is list and all(type(v) is str for v in value):
-            outputs[key] = list(value)
+            outputs[key] = value
         else:
             return None
     error = values["error"]
@@ -67,7 +68,7 @@ def _result_map(result: Result) -> dict | None:
         "outputs": outputs,
         "timings": {name: timings[name] for name in _TIMINGS_FIELDS},
         "error": None if error is None else {name: error.__dict__[name] for name in _ERROR_FIELDS},
-        "attributes": dict(values["attributes"]),
+        "attributes": values["attributes"],
     }
     plain = {}
     for name in _RESULT_FIELDS:
