@@ -8,7 +8,8 @@ Run as a child process (`python bench/transport.py --model vision`, the default 
 client and service in separate processes, as with the real service) or in the benchmark's
 own process (`run_inprocess`, `--transport inprocess`). Either way it is
 `ModelService(NoopRuntime(model), KafkaSettings(), <Model>Settings()).run()` in an asyncio task,
-stopped with `.stop()`, with the tracing that `aiaas.tracing.setup_tracing` installs.
+stopped with `.stop()`, with the tracing that `aiaas.tracing.setup_tracing` installs; the child process
+also settles its heap as a service process does (`aiaas.heap`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiaas.contracts import Job
+from aiaas.heap import settle_heap
 from aiaas.runtime import Outputs
 from aiaas.service import ModelService
 from aiaas.settings import KafkaSettings
@@ -78,6 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = setup_tracing(f"aiaas-{args.model}")
+    settle_heap(settings_class(args.model)().gc_young_threshold)  # as `run_service` does
     try:
         asyncio.run(_serve(args.model))
     finally:

@@ -28,6 +28,7 @@ from .announce import ModelWatcher
 from .client import explain_connection_failure
 from .errors import BrokerUnavailable
 from .exactly_once import Transactions, transactional_id
+from .heap import settle_heap
 from .idempotency import OutcomeCache, seed_from_results
 from .kafka_sink import KafkaSink
 from .pipeline import JobPipeline, PipelineStats
@@ -179,6 +180,7 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
     try:
         runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
                               aliases=registry.aliases(model))
+        settle_heap(worker.gc_young_threshold)
         asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
     except BrokerUnavailable as exc:
         log.error("%s", exc)

@@ -202,6 +202,11 @@ class WorkerSettings(BaseSettings):
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+    gc_young_threshold: int = Field(
+        20_000, ge=0,
+        description="Net container allocations between two young-generation garbage collections (Python's default: "
+        "700; 0 keeps it). The objects alive once the model is loaded are frozen out of collection (`heap.py`).",
+    )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",
         description="`at-least-once`: commit offsets after the broker acknowledged every outcome (a crash may "
