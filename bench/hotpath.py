@@ -61,12 +61,18 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("/aiaas/",)),
     ("event loop", ("/asyncio/", "/selectors.py", "/concurrent/futures/", "/threading.py")),
 ]
+_ENTRY = ("run_service (", "/__main__.py:")
+"""Frames at the root of every stack of a service process (`python -m aiaas.<model>` → `asyncio.run`): they say
+nothing about the work, like the no-op service's `bench/transport.py` frames (else the event loop's own samples
+would be charged to the pipeline in the service's profile, and to the event loop in the no-op's)."""
 _ORDER = [name for name, _ in STAGES] + ["other"]
 _EVENT_LOOP = "event loop"
 
 
 def stage_of(frame: str) -> str | None:
-    """The stage a single frame belongs to, or None if it says nothing (a library helper, a builtin)."""
+    """The stage a single frame belongs to, or None if it says nothing (a library helper, a builtin, an entry point)."""
+    if any(entry in frame for entry in _ENTRY):
+        return None
     for name, needles in STAGES:
         if any(needle in frame for needle in needles):
             return name
