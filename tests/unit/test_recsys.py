@@ -243,3 +243,33 @@ def test_the_batch_top_k_equals_the_per_row_one():
                 scores[row, rng.randint(0, width)] = np.nan
         ks = [int(rng.randint(1, width + 5)) for _ in range(rows)]
         assert _tops(ranked, scores, ks) == [_top(ranked[row], scores[row], ks[row]) for row in range(rows)]
+
+
+def test_the_top_k_graph_answers_as_a_graph_that_ranks_every_item(split, tmp_path, monkeypatch):
+    """Graphs exported before the `top_k` input ranked all items and stay servable; the partial sort gives the
+    same items and scores for every k, task and exclude_seen (TopK orders equal scores by index either way)."""
+    import onnxruntime as ort
+
+    from aiaas.recsys import trainer
+    from aiaas.recsys.runtime import TOP_K_INPUT
+
+    model, tables = train(split, TrainParams(epochs=2)), ServingTables.from_split(split)
+    trainer.export_onnx(model, tmp_path / "top_k.onnx")
+    monkeypatch.setattr(trainer, "_rank_top_k", lambda path: None)
+    trainer.export_onnx(model, tmp_path / "every_item.onnx")
+
+    session = ort.InferenceSession(str(tmp_path / "top_k.onnx"), providers=["CPUExecutionProvider"])
+    assert TOP_K_INPUT in [i.name for i in session.get_inputs()]
+    assert [o.shape[1] for o in session.get_outputs()] == ["top_k"] * 4
+    partial, full = (RecsysRuntime((tmp_path / name).read_bytes(), tables, "1", providers="cpu")
+                     for name in ("top_k.onnx", "every_item.onnx"))
+    assert partial._takes_top_k and not full._takes_top_k
+
+    rng = np.random.RandomState(3)
+    for ks in ([1], [10], [100], [3, 100, 7], list(rng.randint(1, 101, 20))):
+        jobs = [job("recommend", user_id=int(rng.randint(0, tables.n_users)), k=int(k),
+                    exclude_seen=bool(rng.rand() < 0.7)) for k in ks]
+        jobs += [job("similar_items", item_id=int(rng.randint(0, tables.n_items)), k=int(k)) for k in ks]
+        got, expected = (runtime.infer([runtime.prepare(j) for j in jobs]) for runtime in (partial, full))
+        assert got == expected
+        assert [len(items_of(o)) for o in got] == [int(k) for k in ks] * 2

@@ -14,9 +14,10 @@ from torch import nn
 __all__ = ["MatrixFactorization", "ServingGraph", "INPUT_NAMES", "OUTPUT_NAMES"]
 
 INPUT_NAMES = ("user_id", "exclude", "item_id")
-"""Graph inputs: users [B] int64, items to leave out per user [B, n_items] bool, query items [C] int64."""
+"""Graph inputs: users [B] int64, items to leave out per user [B, n_items] bool, query items [C] int64.
+The export adds one more, `top_k` (runtime.TOP_K_INPUT): how many items each output row ranks."""
 OUTPUT_NAMES = ("recommend_items", "recommend_scores", "similar_items", "similar_scores")
-"""Graph outputs: every item ranked best first, per user [B, n_items] and per query item [C, n_items]."""
+"""Graph outputs: the best `top_k` items, best first, per user [B, top_k] and per query item [C, top_k]."""
 
 
 class MatrixFactorization(nn.Module):
@@ -52,7 +53,10 @@ class MatrixFactorization(nn.Module):
 
 
 class ServingGraph(nn.Module):
-    """Both tasks of the service over one trained model; outputs are full rankings, best first.
+    """Both tasks of the service over one trained model; outputs are rankings, best first.
+
+    Traced with a ranking of every item; the export makes its length the `top_k` input (a partial sort of
+    the best k is several times cheaper than sorting all items, and jobs ask for 10 by default).
 
     `recommend`: `user · item + bias` with the `exclude`d items pushed to -inf.
     `similar_items`: cosine between item vectors, the query item itself pushed to -inf.

@@ -20,12 +20,15 @@ from ..runtime import Outputs
 from . import MODEL
 from .data import SERVING_FILE, ServingTables
 
-__all__ = ["RecsysRuntime", "TASKS", "DEFAULT_K"]
+__all__ = ["RecsysRuntime", "TASKS", "DEFAULT_K", "TOP_K_INPUT"]
 
 TASKS = {"recommend": ("user_id", "k", "exclude_seen"), "similar_items": ("item_id", "k")}
 """Each task and the inputs it takes (the first one is required)."""
 DEFAULT_K = 10
 """How many items a job gets when it does not say `k`."""
+TOP_K_INPUT = "top_k"
+"""The graph input, int64 [1], that says how many items each output row ranks (1..n_items). The export adds it
+(`trainer.export_onnx`); graphs exported before it have none and rank every item."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,12 @@ class RecsysRuntime:
     def __init__(self, onnx_bytes: bytes, tables: ServingTables, version: str, *, aliases: Sequence[str] = (),
                  providers: str = "auto", intra_op_threads: int = 0, max_k: int = 100) -> None:
         self._session = open_session(onnx_bytes, providers, intra_op_threads)
-        (graph_items,) = [i.shape[1] for i in self._session.get_inputs() if i.name == "exclude"]
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        graph_items = inputs["exclude"].shape[1]
         if graph_items != tables.n_items:
             raise ValueError(f"the graph ranks {graph_items} items but {SERVING_FILE} describes {tables.n_items}")
+        self._takes_top_k = TOP_K_INPUT in inputs
+        """Graphs exported since the top_k input rank only the k a batch needs; earlier ones rank every item."""
         self._tables = tables
         # Unknown users get the most popular items; stable sort so ties keep a fixed order.
         self._popular = np.argsort(-tables.popularity, kind="stable")
@@ -145,22 +151,26 @@ class RecsysRuntime:
         for row, request in enumerate(batch):
             if request.exclude_seen:
                 exclude[row, self._tables.seen(request.subject)] = True
-        ranked, scores = self._run(["recommend_items", "recommend_scores"], user_id=users, exclude=exclude)
-        return _tops(ranked, scores, [r.k for r in batch])
+        ks = [r.k for r in batch]
+        ranked, scores = self._run(["recommend_items", "recommend_scores"], max(ks), user_id=users, exclude=exclude)
+        return _tops(ranked, scores, ks)
 
     def _similar(self, batch: list[_Request]) -> list[Outputs]:
         query = np.array([r.subject for r in batch], dtype=np.int64)
-        ranked, scores = self._run(["similar_items", "similar_scores"], item_id=query)
-        return _tops(ranked, scores, [r.k for r in batch])
+        ks = [r.k for r in batch]
+        ranked, scores = self._run(["similar_items", "similar_scores"], max(ks), item_id=query)
+        return _tops(ranked, scores, ks)
 
     def _by_popularity(self, batch: list[_Request]) -> list[Outputs]:
         # A user the model never saw has no seen items to leave out, so exclude_seen changes nothing.
         return [_top(self._popular, self._popular_share[self._popular], r.k) for r in batch]
 
-    def _run(self, names: list[str], **feeds: np.ndarray) -> list[np.ndarray]:
-        """One session run for one route; the other route's inputs are fed empty (zero rows)."""
+    def _run(self, names: list[str], k: int, **feeds: np.ndarray) -> list[np.ndarray]:
+        """One session run for one route, ranking the best `k` items; the other route's inputs are fed empty."""
         empty = {"user_id": np.zeros(0, np.int64), "exclude": np.zeros((0, self.n_items), bool),
                  "item_id": np.zeros(0, np.int64)}
+        if self._takes_top_k:
+            empty[TOP_K_INPUT] = np.array([min(k, self.n_items)], np.int64)
         self.session_runs += 1
         return self._session.run(names, empty | feeds)
 

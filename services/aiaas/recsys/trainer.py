@@ -18,7 +18,7 @@ from ..registry import ModelVersion, Registry
 from . import MODEL
 from .data import SERVING_FILE, RatingsConfig, RatingsSplit, ServingTables, load_split
 from .model import INPUT_NAMES, OUTPUT_NAMES, MatrixFactorization, ServingGraph
-from .runtime import RecsysRuntime
+from .runtime import TOP_K_INPUT, RecsysRuntime
 
 __all__ = ["TrainParams", "train", "export_onnx", "read_factors", "package", "hit_rates", "popularity_top_k", "build",
            "ONNX_FILE", "FACTOR_NAMES"]
@@ -99,6 +99,43 @@ def export_onnx(model: MatrixFactorization, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, example, str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                           dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=False)
+    _rank_top_k(path)
+
+
+def _rank_top_k(path: Path) -> None:
+    """Every TopK of the exported graph takes its k from the graph input TOP_K_INPUT instead of the traced n_items.
+
+    The runtime feeds the largest k its batch asks for, so ONNX Runtime sorts partially: at batch 64 on this
+    project's 2-core machine, 0.29 ms for k = 10 and 0.84 ms for k = 100 against 1.9 ms for all 400 items.
+    ONNX's TopK orders equal scores by index, so a row is the prefix of the full ranking whatever k is.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    top_ks = [node for node in graph.node if node.op_type == "TopK"]
+    if len(top_ks) != 2:
+        raise RuntimeError(f"expected the two rankings of ServingGraph, found {len(top_ks)} TopK nodes")
+    for node in top_ks:
+        node.input[1] = TOP_K_INPUT
+    graph.input.append(helper.make_tensor_value_info(TOP_K_INPUT, TensorProto.INT64, [1]))
+    for output in graph.output:
+        output.type.tensor_type.shape.dim[1].dim_param = "top_k"
+    _drop_unused_nodes(graph)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _drop_unused_nodes(graph) -> None:  # noqa: ANN001 (an onnx GraphProto)
+    """Remove nodes none of whose outputs is used (the constants that held the traced k)."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+        unused = [node for node in graph.node if not any(name in used for name in node.output)]
+        if not unused:
+            return
+        for node in unused:
+            graph.node.remove(node)
 
 
 def read_factors(onnx_bytes: bytes) -> dict[str, np.ndarray] | None:
