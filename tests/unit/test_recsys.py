@@ -242,7 +242,7 @@ def test_the_batch_top_k_equals_the_per_row_one():
             if rng.rand() < 0.2:
                 scores[row, rng.randint(0, width)] = np.nan
         ks = [int(rng.randint(1, width + 5)) for _ in range(rows)]
-        assert _tops(ranked, scores, ks) == [_top(ranked[row], scores[row], ks[row]) for row in range(rows)]
+        assert _tops(ranked, scores, ks, "s") == [_top(ranked[row], scores[row], ks[row], "s") for row in range(rows)]
 
 
 def test_the_top_k_graph_answers_as_a_graph_that_ranks_every_item(split, tmp_path, monkeypatch):
@@ -273,3 +273,17 @@ def test_the_top_k_graph_answers_as_a_graph_that_ranks_every_item(split, tmp_pat
         got, expected = (runtime.infer([runtime.prepare(j) for j in jobs]) for runtime in (partial, full))
         assert got == expected
         assert [len(items_of(o)) for o in got] == [int(k) for k in ks] * 2
+
+
+def test_the_batch_exclusions_are_each_users_training_items_where_asked(runtime, split):
+    tables = ServingTables.from_split(split)
+    rng = np.random.RandomState(5)
+    for size in (1, 2, 17, 64):
+        batch = [runtime.prepare(job("recommend", user_id=int(u), exclude_seen=bool(rng.rand() < 0.6)))
+                 for u in rng.randint(0, tables.n_users, size)]
+        exclude = runtime._exclusions(batch, np.array([r.subject for r in batch], np.int64))
+        for row, request in enumerate(batch):
+            expected = np.zeros(tables.n_items, bool)
+            if request.exclude_seen:
+                expected[tables.seen(request.subject)] = True
+            np.testing.assert_array_equal(exclude[row], expected)

@@ -8,7 +8,7 @@ ONNX route runs the session once for all of its jobs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,8 +31,10 @@ TOP_K_INPUT = "top_k"
 (`trainer.export_onnx`); graphs exported before it have none and rank every item."""
 
 
-@dataclass(frozen=True)
-class _Request:
+_ALLOWED = {task: frozenset(inputs) for task, inputs in TASKS.items()}
+
+
+class _Request(NamedTuple):
     """One validated job: its task, the user or item it is about, and how many items it wants."""
 
     task: str
@@ -66,6 +68,8 @@ class RecsysRuntime:
         self._takes_top_k = TOP_K_INPUT in inputs
         """Graphs exported since the top_k input rank only the k a batch needs; earlier ones rank every item."""
         self._tables = tables
+        self._known = (np.diff(tables.seen_indptr) > 0).tolist()
+        """Per user id: whether the user rated anything in training (else the popularity route)."""
         # Unknown users get the most popular items; stable sort so ties keep a fixed order.
         self._popular = np.argsort(-tables.popularity, kind="stable")
         self._popular_share = (tables.popularity / max(tables.n_users, 1)).astype(np.float32)
@@ -104,10 +108,10 @@ class RecsysRuntime:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
         if job.task not in TASKS:
             raise InvalidJob(f"recsys jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
-        unexpected = sorted(set(job.inputs) - set(TASKS[job.task]))
+        unexpected = job.inputs.keys() - _ALLOWED[job.task]
         if unexpected:
             raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
-                             f"unexpected: {', '.join(unexpected)}")
+                             f"unexpected: {', '.join(sorted(unexpected))}")
         k = _integer(job, "k", min(DEFAULT_K, self.max_k))
         if not 1 <= k <= self.max_k:
             raise InvalidJob(f"`k` must be within 1..{self.max_k}; got {k}")
@@ -132,38 +136,52 @@ class RecsysRuntime:
         routes: dict[str, list[int]] = {}
         for index, request in enumerate(items):
             routes.setdefault(self._route(request), []).append(index)
+        if len(routes) == 1:  # the usual batch: one route, in order
+            ((route, _),) = routes.items()
+            return self._runners[route](list(items))
         outputs: list[Outputs] = [{} for _ in items]
         for route, indices in routes.items():
-            batch = [items[i] for i in indices]
-            for index, out in zip(indices, self._runners[route](batch)):
-                outputs[index] = out | {"strategy": route}
+            for index, out in zip(indices, self._runners[route]([items[i] for i in indices])):
+                outputs[index] = out
         return outputs
 
     def _route(self, request: _Request) -> str:
         if request.task == "similar_items":
             return "item_cosine"
-        known = 0 <= request.subject < self._tables.n_users and len(self._tables.seen(request.subject)) > 0
+        known = 0 <= request.subject < len(self._known) and self._known[request.subject]
         return "collaborative" if known else "popularity"
 
     def _recommend(self, batch: list[_Request]) -> list[Outputs]:
         users = np.array([r.subject for r in batch], dtype=np.int64)
-        exclude = np.zeros((len(batch), self.n_items), dtype=bool)
-        for row, request in enumerate(batch):
-            if request.exclude_seen:
-                exclude[row, self._tables.seen(request.subject)] = True
         ks = [r.k for r in batch]
-        ranked, scores = self._run(["recommend_items", "recommend_scores"], max(ks), user_id=users, exclude=exclude)
-        return _tops(ranked, scores, ks)
+        ranked, scores = self._run(["recommend_items", "recommend_scores"], max(ks), user_id=users,
+                                   exclude=self._exclusions(batch, users))
+        return _tops(ranked, scores, ks, "collaborative")
+
+    def _exclusions(self, batch: list[_Request], users: np.ndarray) -> np.ndarray:
+        """[len(batch), n_items] bool: each row's user's training items where the job says exclude_seen.
+
+        One scatter for the batch: the rows' CSR slices of the seen items, gathered at once."""
+        exclude = np.zeros((len(batch), self.n_items), dtype=bool)
+        rows = np.flatnonzero([r.exclude_seen for r in batch])
+        if rows.size:
+            indptr = self._tables.seen_indptr
+            starts = indptr[users[rows]]
+            counts = indptr[users[rows] + 1] - starts
+            firsts = np.cumsum(counts) - counts  # where each row's run begins in the gathered list
+            gathered = np.arange(counts.sum()) + np.repeat(starts - firsts, counts)
+            exclude[np.repeat(rows, counts), self._tables.seen_items[gathered]] = True
+        return exclude
 
     def _similar(self, batch: list[_Request]) -> list[Outputs]:
         query = np.array([r.subject for r in batch], dtype=np.int64)
         ks = [r.k for r in batch]
         ranked, scores = self._run(["similar_items", "similar_scores"], max(ks), item_id=query)
-        return _tops(ranked, scores, ks)
+        return _tops(ranked, scores, ks, "item_cosine")
 
     def _by_popularity(self, batch: list[_Request]) -> list[Outputs]:
         # A user the model never saw has no seen items to leave out, so exclude_seen changes nothing.
-        return [_top(self._popular, self._popular_share[self._popular], r.k) for r in batch]
+        return [_top(self._popular, self._popular_share[self._popular], r.k, "popularity") for r in batch]
 
     def _run(self, names: list[str], k: int, **feeds: np.ndarray) -> list[np.ndarray]:
         """One session run for one route, ranking the best `k` items; the other route's inputs are fed empty."""
@@ -175,7 +193,7 @@ class RecsysRuntime:
         return self._session.run(names, empty | feeds)
 
 
-def _tops(ranked: np.ndarray, scores: np.ndarray, ks: list[int]) -> list[Outputs]:
+def _tops(ranked: np.ndarray, scores: np.ndarray, ks: list[int], strategy: str) -> list[Outputs]:
     """`_top` for every row at once: the kept entries of a row are a prefix of it (scores are ranked, the -inf of
     left-out items come last), so each row's outputs are slices of one conversion. A row where they are not a
     prefix goes through `_top`."""
@@ -187,12 +205,12 @@ def _tops(ranked: np.ndarray, scores: np.ndarray, ks: list[int]) -> list[Outputs
     prefix = (keep == (columns < counts[:, None])).all(axis=1)
     lengths = counts.tolist()
     items, item_scores = Tensor.row_prefixes(ranked, lengths), Tensor.row_prefixes(scores, lengths)
-    return [{"items": i, "scores": s} if ok else _top(ranked[row], scores[row], ks[row])
+    return [{"items": i, "scores": s, "strategy": strategy} if ok else _top(ranked[row], scores[row], ks[row], strategy)
             for row, (i, s, ok) in enumerate(zip(items, item_scores, prefix.tolist()))]
 
 
-def _top(ranked: np.ndarray, scores: np.ndarray, k: int) -> Outputs:
-    """The first k ranked entries whose score is finite (-inf marks left-out items)."""
+def _top(ranked: np.ndarray, scores: np.ndarray, k: int, strategy: str) -> Outputs:
+    """The first k ranked entries whose score is finite (-inf marks left-out items), and the route's name."""
     keep = np.isfinite(scores[:k])
     return {"items": Tensor.from_numpy(ranked[:k][keep].astype(np.int64)),
-            "scores": Tensor.from_numpy(scores[:k][keep].astype(np.float32))}
+            "scores": Tensor.from_numpy(scores[:k][keep].astype(np.float32)), "strategy": strategy}
