@@ -9,10 +9,15 @@ covers the device work: every call ends synchronised.
 
 Backends: ONNX Runtime for all (what the services serve); PyTorch for text (`backend="torch"`,
 the service's alternative) and for the vision CNN (DigitsCNN with the version's weights.npz).
+
+`RuntimeBursts` measures the same (ONNX Runtime, the sweep's best batch size) once more as one of the
+consumers of bench/run.py's rounds of alternating bursts: the sweep runs minutes before the services'
+bursts, and on a VM whose speed drifts by up to 2× the ratio to it would compare different machines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import statistics
 import time
@@ -24,9 +29,10 @@ import numpy as np
 
 from aiaas.registry import Registry
 
-from .workloads import as_jobs, load_runtime, payloads
+from .load import Burst
+from .workloads import Payload, as_jobs, load_runtime, payloads
 
-__all__ = ["CeilingPoint", "RuntimeCeiling", "batch_sizes", "measure", "runtime_ceilings"]
+__all__ = ["CeilingPoint", "RuntimeCeiling", "RuntimeBursts", "batch_sizes", "measure", "runtime_ceilings"]
 
 
 @dataclass
@@ -158,3 +164,37 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
 
     threads = torch.get_num_threads()
     return infer, items, f"DigitsCNN in PyTorch {torch.__version__} ({device}, {threads} threads), outputs as served"
+
+
+class RuntimeBursts:
+    """The runtime ceiling as a consumer of `load.saturate`'s rounds: a burst of N jobs is N / batch calls of
+    the served runtime's `infer` on one prepared batch (as `measure` times them), run in a worker thread of
+    this process while the other consumers idle. No Kafka: `start` and `stop` do nothing."""
+
+    name = "runtime alone"
+
+    def __init__(self, model: str, registry: Registry, batch: int) -> None:
+        runtime = load_runtime(model, registry)
+        self.batch = batch
+        self._infer = runtime.infer
+        self._items = [runtime.prepare(job) for job in as_jobs(model, payloads(model, batch, registry, seed=1))]
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to disconnect."""
+
+    async def burst(self, jobs: Sequence[Payload]) -> Burst:
+        """About len(jobs) items in whole batches; the payloads themselves are not used (the batch is prepared)."""
+        calls = max(1, round(len(jobs) / self.batch))
+
+        def run() -> float:
+            self._infer(self._items)  # warm: the first call after idling pays for waking the thread pool
+            started = time.perf_counter()
+            for _ in range(calls):
+                self._infer(self._items)
+            return time.perf_counter() - started
+
+        seconds = await asyncio.to_thread(run)
+        return Burst(calls * self.batch, seconds, seconds, float(self.batch))

@@ -340,6 +340,12 @@ def cycling(pool: Sequence[Payload]) -> Callable[[int], list[Payload]]:
     return lambda n: list(itertools.islice(cycle, n))
 
 
+async def _burst(load: Load, payloads: Sequence[Payload]) -> Burst:
+    """A burst against a consumer through Kafka, or a participant's own kind of burst (`RuntimeBursts`)."""
+    own = getattr(load, "burst", None)
+    return await own(payloads) if own is not None else await burst(load, payloads)
+
+
 async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], *, target_s: float, repeats: int,
                    pilot: int | Sequence[int], log: Callable[[str], None],
                    names: Sequence[str] | None = None) -> list[Saturation]:
@@ -354,7 +360,7 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
     """
     names = list(names or [""] * len(loads))
     pilots = [pilot] * len(loads) if isinstance(pilot, int) else list(pilot)
-    sizes = [burst_size((await burst(load, take(n))).jobs_per_s, target_s) for load, n in zip(loads, pilots)]
+    sizes = [burst_size((await _burst(load, take(n))).jobs_per_s, target_s) for load, n in zip(loads, pilots)]
     results = [Saturation() for _ in loads]
     resized = 0
     while len(results[0].bursts) < repeats:
@@ -362,7 +368,7 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
         # the broker's log work still running) is not always the same consumer's.
         first = len(results[0].bursts) % len(loads)
         order = list(range(first, len(loads))) + list(range(first))
-        measured = {i: await burst(loads[i], take(sizes[i])) for i in order}
+        measured = {i: await _burst(loads[i], take(sizes[i])) for i in order}
         round_ = [measured[i] for i in range(len(loads))]
         for b, name in zip(round_, names):
             log(f"    burst {b.jobs:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "

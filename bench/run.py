@@ -45,7 +45,7 @@ from aiaas.span_store import SUFFIX, count_spans
 from aiaas.topics import ensure_topics, partition_count, service_topics
 from aiaas.tracing import setup_tracing
 
-from bench.ceilings import runtime_ceilings
+from bench.ceilings import RuntimeBursts, runtime_ceilings
 from bench.load import ClientLoad, Load, RawLoad, Saturation, burst, cycling, open_loop, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, child_env, stop_all
 from bench.report import ALONE_PER_S, MachineInfo, ModelResult, machine_slug, markdown, plot
@@ -147,9 +147,14 @@ class Bench:
             traced.start()
             others.append(self.child(model, "untraced", ["-m", f"aiaas.{model}"],
                                      extra_env={"OTEL_TRACES_EXPORTER": "none"}).start())
-            result.transport, result.naive, result.service, result.service_untraced = await self.saturated(
-                [transport, naive, on, off], pool, pilot=[self.pilot, max(self.pilot // 5, 50), self.pilot, self.pilot],
-                names=[" (transport)", " (naive)", ", tracing on", ", tracing export off"])
+            served = result.served_runtime
+            runtime = [RuntimeBursts(model, self.registry, served.best.batch)] if served and served.best else []
+            result.transport, result.naive, result.service, result.service_untraced, *in_rounds = await self.saturated(
+                [transport, naive, on, off, *runtime], pool,
+                pilot=[self.pilot, max(self.pilot // 5, 50), self.pilot, self.pilot] + [self.pilot] * len(runtime),
+                names=[" (transport)", " (naive)", ", tracing on", ", tracing export off"]
+                + [f" (runtime alone, batch {r.batch})" for r in runtime])
+            result.runtime_in_rounds = in_rounds[0] if in_rounds else None
             if noop_service is not None:
                 noop_service[0].stop()
                 await noop_service[1]
