@@ -13,12 +13,18 @@ A and B are `python -m aiaas.<model>` child processes with tracing on (spans to 
 in bench/run.py; `--a DIR` / `--b DIR` run the `services/` of another checkout (PYTHONPATH), `--a-env` /
 `--b-env K=V` set variables for one side only, `--noop A` runs the transport ceiling's no-op model on side A
 (`bench/transport.py`). The broker and the model are this checkout's.
+
+Each burst also meters the CPU that the side's service, the broker and this process (the load generator)
+used per job, and how many of the machine's cores were busy: where a side's extra cost lands, and whether
+the machine was saturated at all (on the 2-core VM a service process is bound by its GIL at ~0.9 cores
+while the machine still has idle time, so its CPU per job, not the machine's, sets its throughput).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -32,12 +38,37 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
-from bench.load import RawLoad, cycling, saturate
-from bench.procs import REPO, ChildProcess, LocalBroker, child_env, stop_all
+from bench.load import Burst, RawLoad, burst, cycling, saturate
+from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds, stop_all
+from bench.workloads import Payload
 from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, build_model, payloads
 
 __all__ = ["main"]
+
+
+class _MeteredLoad:
+    """A side's load generator whose bursts also record CPU per job of the processes involved."""
+
+    def __init__(self, load: RawLoad, pids: dict[str, int]) -> None:
+        self.load, self.pids = load, pids
+        self.cpu: list[dict[str, float]] = []
+        """Per burst: µs of CPU per job for each of `pids`, and "busy cores" of the whole machine."""
+
+    async def start(self) -> None:
+        await self.load.start()
+
+    async def stop(self) -> None:
+        await self.load.stop()
+
+    async def burst(self, payloads: list[Payload]) -> Burst:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        busy, started = busy_cpu_seconds(), time.perf_counter()
+        result = await burst(self.load, payloads)
+        elapsed = time.perf_counter() - started
+        used = {name: (cpu_seconds(pid) - before[name]) / result.jobs * 1e6 for name, pid in self.pids.items()}
+        self.cpu.append(used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed})
+        return result
 
 
 def _side_env(checkout: Path | None, pairs: list[str]) -> dict[str, str]:
@@ -68,6 +99,9 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         children.append(ChildProcess(command, env, tmp / f"{side}.log").start())
         loads.append(RawLoad(kafka, args.model))
     pool = payloads(args.model, POOL, registry, seed=2)
+    loads = [_MeteredLoad(load, {"service": child.pid, "load generator": os.getpid()}
+                          | ({"broker": broker.pid} if broker.pid else {}))
+             for load, child in zip(loads, children)]
     for load in loads:
         await load.start()
     try:
@@ -90,6 +124,13 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         lines.append(f"| {i} | {x.jobs_per_s:,.0f} | {y.jobs_per_s:,.0f} | {r:.2f} | {x.mean_batch:.1f} | {y.mean_batch:.1f} |")
     lines.append(f"| median | {a.jobs_per_s:,.0f} | {b.jobs_per_s:,.0f} | **{statistics.median(ratios):.2f}** "
                  f"(range {min(ratios):.2f}–{max(ratios):.2f}) | | |")
+    measured = ["service", "broker", "load generator"]
+    lines += ["", "CPU per job, median over the bursts (each process all threads; busy cores: the whole machine):", "",
+              "| side | " + " | ".join(f"{name} µs" for name in measured) + " | busy cores |", "|---|---:|---:|---:|---:|"]
+    for side, load in zip(sides, loads):
+        rounds = load.cpu[-args.rounds:]  # the measured rounds, not the pilot
+        cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–" for name in measured]
+        lines.append(f"| {side} | " + " | ".join(cells) + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
 from bench.load import RawLoad, burst
-from bench.procs import REPO, ChildProcess, LocalBroker, child_env, stop_all
+from bench.procs import REPO, ChildProcess, LocalBroker, child_env, cpu_seconds, stop_all
 from bench.report import MachineInfo
 from bench.workloads import MODELS, build_model, payloads
 
@@ -160,12 +160,6 @@ class Profile:
         return "\n".join(lines)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool: list, seconds: float, rate: int,
                   raw: Path, cpu: dict[str, int]) -> tuple[int, float, dict[str, float]]:
     """Saturate the service with bursts while py-spy records it; returns (jobs finished, seconds recorded)."""
@@ -180,12 +174,12 @@ async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool:
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         await asyncio.sleep(0.5)  # py-spy attaching
         started, jobs = time.perf_counter(), 0
-        before = {name: _cpu_seconds(pid) for name, pid in cpu.items()}
+        before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
         while spy.poll() is None:
             done = await burst(load, pool)
             if spy.poll() is None:
                 jobs += done.jobs
-                used = {name: _cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+                used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
         elapsed = time.perf_counter() - started
         if spy.returncode != 0:
             raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-2000:]}")

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "child_env", "kafka_version", "stop_all"]
+__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "child_env", "cpu_seconds", "kafka_version",
+           "stop_all"]
 
 REPO = Path(__file__).resolve().parents[1]
 _KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
@@ -132,6 +133,18 @@ def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
     found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", (REPO / "infra" / "kafka" / "pom.xml").read_text())
     return found.group(1) if found else "?"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time all cores of the machine have spent on anything but idling and waiting for I/O, so far."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class OtherWork(threading.Thread):
