@@ -10,7 +10,8 @@ covers the device work: every call ends synchronised.
 Backends: ONNX Runtime for all (what the services serve); PyTorch for text (`backend="torch"`,
 the service's alternative) and for the vision CNN (DigitsCNN with the version's weights.npz).
 
-`RuntimeBursts` measures the same (ONNX Runtime, the sweep's best batch size) once more as one of the
+`RuntimeBursts` measures the same (ONNX Runtime, the sweep's best batch size or the service's max_batch,
+whichever is larger) once more as one of the
 consumers of bench/run.py's rounds of alternating bursts: the sweep runs minutes before the services'
 bursts, and on a VM whose speed drifts by up to 2× the ratio to it would compare different machines.
 """

@@ -27,7 +27,7 @@ class ModelResult:
     max_batch: int
     runtime: list[RuntimeCeiling] = field(default_factory=list)
     runtime_in_rounds: Saturation | None = None
-    """The served runtime at the sweep's best batch size again, as a consumer of the rounds of bursts."""
+    """The served runtime at the sweep's best batch size (at least max_batch) again, as a consumer of the rounds of bursts."""
     transport: Saturation | None = None
     naive: Saturation | None = None
     service: Saturation | None = None
@@ -176,7 +176,8 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "",
         "- **runtime ceiling**: the runtime's `infer` alone on in-memory prepared batches (ONNX Runtime, as served), "
         "median per batch size 1…256; best items/s and its batch size. Per-size figures and other backends below. "
-        "Then the same call at that batch size once more as one of the consumers of the rounds of bursts described "
+        "Then the same call at that batch size (or the service's max_batch where that is larger) once more as one "
+        "of the consumers of the rounds of bursts described "
         "below (\"in the rounds\"), and the ratio service / min(runtime, transport) uses that figure: the sweep runs "
         "minutes before the bursts, and this VM's speed drifts by up to 2× over minutes.",
         f"- **load generator** for transport, naive and service: {generator}.",

@@ -148,7 +148,10 @@ class Bench:
             others.append(self.child(model, "untraced", ["-m", f"aiaas.{model}"],
                                      extra_env={"OTEL_TRACES_EXPORTER": "none"}).start())
             served = result.served_runtime
-            runtime = [RuntimeBursts(model, self.registry, served.best.batch)] if served and served.best else []
+            # At the sweep's best batch size, or the service's max_batch where that is larger: a sweep on a VM in a
+            # slow minute can crown a small batch that is not the runtime's best (text's curve is flat from 8 to 64).
+            runtime = [RuntimeBursts(model, self.registry, max(served.best.batch, result.max_batch))] \
+                if served and served.best else []
             result.transport, result.naive, result.service, result.service_untraced, *in_rounds = await self.saturated(
                 [transport, naive, on, off, *runtime], pool,
                 pilot=[self.pilot, max(self.pilot // 5, 50), self.pilot, self.pilot] + [self.pilot] * len(runtime),
