@@ -52,8 +52,9 @@ class _MeteredLoad:
 
     def __init__(self, load: RawLoad, pids: dict[str, int]) -> None:
         self.load, self.pids = load, pids
-        self.cpu: list[dict[str, float]] = []
-        """Per burst: µs of CPU per job for each of `pids`, and "busy cores" of the whole machine."""
+        self.cpu: list[tuple[Burst, dict[str, float]]] = []
+        """Per burst (the pilot and discarded ones too): µs of CPU per job for each of `pids`, and "busy cores" of
+        the whole machine. Work a side defers past its burst (span export on its 5 s timer) lands in the next."""
 
     async def start(self) -> None:
         await self.load.start()
@@ -67,8 +68,12 @@ class _MeteredLoad:
         result = await burst(self.load, payloads)
         elapsed = time.perf_counter() - started
         used = {name: (cpu_seconds(pid) - before[name]) / result.jobs * 1e6 for name, pid in self.pids.items()}
-        self.cpu.append(used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed})
+        self.cpu.append((result, used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed}))
         return result
+
+    def of(self, bursts: list[Burst]) -> list[dict[str, float]]:
+        """The records of these bursts (the measured rounds: not the pilot, not a discarded round)."""
+        return [record for burst_, record in self.cpu if any(burst_ is b for b in bursts)]
 
 
 def _side_env(checkout: Path | None, pairs: list[str]) -> dict[str, str]:
@@ -127,8 +132,8 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     measured = ["service", "broker", "load generator"]
     lines += ["", "CPU per job, median over the bursts (each process all threads; busy cores: the whole machine):", "",
               "| side | " + " | ".join(f"{name} µs" for name in measured) + " | busy cores |", "|---|---:|---:|---:|---:|"]
-    for side, load in zip(sides, loads):
-        rounds = load.cpu[-args.rounds:]  # the measured rounds, not the pilot
+    for side, load, saturation in zip(sides, loads, (a, b)):
+        rounds = load.of(saturation.bursts)
         cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–" for name in measured]
         lines.append(f"| {side} | " + " | ".join(cells) + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     return "\n".join(lines)

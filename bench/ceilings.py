@@ -168,15 +168,16 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
 
 
 class RuntimeBursts:
-    """The runtime ceiling as a consumer of `load.saturate`'s rounds: a burst of N jobs is N / batch calls of
-    the served runtime's `infer` on one prepared batch (as `measure` times them), run in a worker thread of
-    this process while the other consumers idle. No Kafka: `start` and `stop` do nothing."""
+    """The runtime ceiling as a consumer of `load.saturate`'s rounds: a burst is calls of the served runtime's
+    `infer` on one prepared batch (as `measure` times them) for `seconds`, whatever N the round asks for (no
+    burst-size cap applies, none is too short), run in a worker thread of this process while the other
+    consumers idle. No Kafka: `start` and `stop` do nothing."""
 
     name = "runtime alone"
 
-    def __init__(self, model: str, registry: Registry, batch: int) -> None:
+    def __init__(self, model: str, registry: Registry, batch: int, seconds: float) -> None:
         runtime = load_runtime(model, registry)
-        self.batch = batch
+        self.batch, self.seconds = batch, seconds
         self._infer = runtime.infer
         self._items = [runtime.prepare(job) for job in as_jobs(model, payloads(model, batch, registry, seed=1))]
 
@@ -187,15 +188,17 @@ class RuntimeBursts:
         """Nothing to disconnect."""
 
     async def burst(self, jobs: Sequence[Payload]) -> Burst:
-        """About len(jobs) items in whole batches; the payloads themselves are not used (the batch is prepared)."""
-        calls = max(1, round(len(jobs) / self.batch))
+        """Whole batches for `seconds` (at least one); the payloads are not used (the batch is prepared)."""
 
-        def run() -> float:
+        def run() -> tuple[int, float]:
             self._infer(self._items)  # warm: the first call after idling pays for waking the thread pool
             started = time.perf_counter()
-            for _ in range(calls):
+            deadline, calls = started + self.seconds, 0
+            while True:
                 self._infer(self._items)
-            return time.perf_counter() - started
+                calls += 1
+                if (now := time.perf_counter()) >= deadline:
+                    return calls, now - started
 
-        seconds = await asyncio.to_thread(run)
+        calls, seconds = await asyncio.to_thread(run)
         return Burst(calls * self.batch, seconds, seconds, float(self.batch))

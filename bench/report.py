@@ -134,7 +134,8 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
         by_share = {p.share: p for p in r.open_loop}
         lines.append(
             f"| {r.model} | {_rate(best.items_per_s) if best else '–'} ({best.batch if best else '–'})"
-            + (f"; {_rate(in_rounds)} in the rounds " if in_rounds is not None else " ")
+            + (f"; {_rate(in_rounds)} ({r.runtime_in_rounds.bursts[0].mean_batch:.0f}) in the rounds "
+               if in_rounds is not None else " ")
             + f"| {_rate(transport)} | {_rate(r.naive.jobs_per_s if r.naive else None)} | {_rate(service)} "
             f"| {_ratio(service, ceiling)} | {_ratio(service, r.naive.jobs_per_s if r.naive else None)} | "
             + " | ".join(_latency(by_share.get(s)) for s in shares)
@@ -178,8 +179,9 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "median per batch size 1…256; best items/s and its batch size. Per-size figures and other backends below. "
         "Then the same call at that batch size (or the service's max_batch where that is larger) once more as one "
         "of the consumers of the rounds of bursts described "
-        "below (\"in the rounds\"), and the ratio service / min(runtime, transport) uses that figure: the sweep runs "
-        "minutes before the bursts, and this VM's speed drifts by up to 2× over minutes.",
+        "below (\"in the rounds\", for ~the burst length, in a thread of the benchmark's own process), and the ratio "
+        "service / min(runtime, transport) uses that figure: the sweep runs minutes before the bursts, and this VM's "
+        "speed drifts by up to 2× over minutes.",
         f"- **load generator** for transport, naive and service: {generator}.",
         "- **transport ceiling**: the real `ModelService` with a no-op runtime (empty outputs) in "
         f"{where}, tracing on (local span store).",

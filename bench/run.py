@@ -150,7 +150,7 @@ class Bench:
             served = result.served_runtime
             # At the sweep's best batch size, or the service's max_batch where that is larger: a sweep on a VM in a
             # slow minute can crown a small batch that is not the runtime's best (text's curve is flat from 8 to 64).
-            runtime = [RuntimeBursts(model, self.registry, max(served.best.batch, result.max_batch))] \
+            runtime = [RuntimeBursts(model, self.registry, max(served.best.batch, result.max_batch), self.target_s)] \
                 if served and served.best else []
             result.transport, result.naive, result.service, result.service_untraced, *in_rounds = await self.saturated(
                 [transport, naive, on, off, *runtime], pool,

@@ -12,13 +12,16 @@ So, once the model is loaded and before the first job: one full collection, then
 moves everything that survived out of the collector's sight, and the first threshold is raised so
 a collection comes every `young_threshold` net allocations instead of every 700. Jobs make few
 reference cycles (an exception's traceback, say); they are still collected, only less often.
+
+Frozen objects are never collected, so when a model version is swapped in (`RuntimeSet`), the heap is
+settled again (`resettle`): the version it replaced may be garbage by then, and the new one is long-lived.
 """
 
 from __future__ import annotations
 
 import gc
 
-__all__ = ["settle_heap"]
+__all__ = ["settle_heap", "resettle"]
 
 
 def settle_heap(young_threshold: int) -> None:
@@ -28,3 +31,12 @@ def settle_heap(young_threshold: int) -> None:
     if young_threshold:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young_threshold, middle, old)
+
+
+def resettle() -> None:
+    """After a model swap: unfreeze, collect (an evicted version is freed), freeze again. Nothing if this process
+    never settled its heap (a test, a library user's process)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()

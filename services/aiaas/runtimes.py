@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from .errors import UnknownModelVersion
+from .heap import resettle
 from .runtime import ModelRuntime
 
 __all__ = ["RuntimeSet"]
@@ -54,6 +55,7 @@ class RuntimeSet:
             return None
         previous, self.current, self._next = self.current, self._next, None
         self._remember(self.current)
+        resettle()  # the versions just let go of are collectable; the new one is long-lived
         log.info("%s: now serving v%s (was v%s)", self.model, self.current.version, previous.version)
         return self.current
 

@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-from aiaas.heap import settle_heap
+from aiaas.heap import resettle, settle_heap
 from aiaas.settings import WorkerSettings
 
 
@@ -54,3 +54,22 @@ def test_young_collections_still_free_cycles_after_settling(restored_gc) -> None
 
 def test_services_default_to_a_raised_threshold() -> None:
     assert WorkerSettings().gc_young_threshold == 20_000
+
+
+def test_resettling_frees_what_became_garbage_while_frozen(restored_gc) -> None:
+    settle_heap(20_000)
+    held = [_Cycle()]
+    probe = weakref.ref(held[0])
+    resettle()  # frozen now
+    held.clear()
+    gc.collect()
+    assert probe() is not None, "a frozen cycle is out of the collector's sight"
+    resettle()
+    assert probe() is None
+    assert gc.get_freeze_count() > 0
+
+
+def test_resettling_a_process_that_never_settled_does_nothing(restored_gc) -> None:
+    gc.unfreeze()
+    resettle()
+    assert gc.get_freeze_count() == 0

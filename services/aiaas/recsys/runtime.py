@@ -65,7 +65,9 @@ class RecsysRuntime:
         graph_items = inputs["exclude"].shape[1]
         if graph_items != tables.n_items:
             raise ValueError(f"the graph ranks {graph_items} items but {SERVING_FILE} describes {tables.n_items}")
-        self._takes_top_k = TOP_K_INPUT in inputs
+        # An input with a default (an initializer of its name) is listed among the overridable initializers only.
+        self._takes_top_k = TOP_K_INPUT in inputs or any(
+            i.name == TOP_K_INPUT for i in self._session.get_overridable_initializers())
         """Graphs exported since the top_k input rank only the k a batch needs; earlier ones rank every item."""
         self._tables = tables
         self._known = (np.diff(tables.seen_indptr) > 0).tolist()
@@ -78,8 +80,9 @@ class RecsysRuntime:
         self._refs = {version, f"v{version}", *aliases}
         self.session_runs = 0
         """ONNX Runtime runs so far (at most one per route per batch)."""
-        self._runners: dict[str, Callable[[list[_Request]], list[Outputs]]] = {
-            "collaborative": self._recommend, "popularity": self._by_popularity, "item_cosine": self._similar,
+        self._runners: dict[str, Callable[[RecsysRuntime, list[_Request]], list[Outputs]]] = {  # unbound: no cycle
+            "collaborative": RecsysRuntime._recommend, "popularity": RecsysRuntime._by_popularity,
+            "item_cosine": RecsysRuntime._similar,
         }
 
     @classmethod
@@ -138,10 +141,10 @@ class RecsysRuntime:
             routes.setdefault(self._route(request), []).append(index)
         if len(routes) == 1:  # the usual batch: one route, in order
             ((route, _),) = routes.items()
-            return self._runners[route](list(items))
+            return self._runners[route](self, list(items))
         outputs: list[Outputs] = [{} for _ in items]
         for route, indices in routes.items():
-            for index, out in zip(indices, self._runners[route]([items[i] for i in indices])):
+            for index, out in zip(indices, self._runners[route](self, [items[i] for i in indices])):
                 outputs[index] = out
         return outputs
 
