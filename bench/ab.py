@@ -40,9 +40,8 @@ from aiaas.settings import KafkaSettings
 
 from bench.load import Burst, RawLoad, burst, cycling, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds, stop_all
-from bench.workloads import Payload
 from bench.run import POOL, log, prepare_topics
-from bench.workloads import MODELS, build_model, payloads
+from bench.workloads import MODELS, Payload, build_model, payloads
 
 __all__ = ["main"]
 

@@ -176,10 +176,9 @@ class RuntimeBursts:
     name = "runtime alone"
 
     def __init__(self, model: str, registry: Registry, batch: int, seconds: float) -> None:
-        runtime = load_runtime(model, registry)
         self.batch, self.seconds = batch, seconds
-        self._infer = runtime.infer
-        self._items = [runtime.prepare(job) for job in as_jobs(model, payloads(model, batch, registry, seed=1))]
+        jobs = as_jobs(model, payloads(model, batch, registry, seed=1))
+        self._infer, self._items, _ = _backend(model, "onnx", registry, jobs)  # as the sweep measures it
 
     async def start(self) -> None:
         """Nothing to connect."""

@@ -40,7 +40,7 @@ from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
 from bench.load import RawLoad, burst
-from bench.procs import REPO, ChildProcess, LocalBroker, child_env, cpu_seconds, stop_all
+from bench.procs import ChildProcess, LocalBroker, child_env, cpu_seconds, stop_all
 from bench.report import MachineInfo
 from bench.workloads import MODELS, build_model, payloads
 

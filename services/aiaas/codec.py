@@ -20,7 +20,7 @@ from typing import TypeVar
 import msgpack
 from pydantic import BaseModel, ValidationError
 
-from .contracts import ErrorInfo, Job, Result, Tensor, Timings
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings, is_plain_value
 from .errors import AiaasError, InvalidJob, PayloadTooLarge, UndecodableMessage
 from .settings import EnvelopeSettings
 
@@ -39,7 +39,6 @@ def encode(envelope: BaseModel) -> bytes:
 _RESULT_FIELDS = tuple(Result.model_fields)
 _TIMINGS_FIELDS = tuple(Timings.model_fields)
 _ERROR_FIELDS = tuple(ErrorInfo.model_fields)
-_PLAIN = frozenset({str, int, float, bool})
 
 
 def _result_map(result: Result) -> dict | None:
@@ -51,12 +50,9 @@ def _result_map(result: Result) -> dict | None:
         return None
     outputs = {}
     for key, value in values["outputs"].items():
-        kind = type(value)
-        if kind is Tensor:
+        if type(value) is Tensor:
             outputs[key] = {"dtype": value.dtype, "shape": value.shape, "data": value.data}
-        elif kind in _PLAIN:
-            outputs[key] = value
-        elif kind is list and all(type(v) is str for v in value):
+        elif is_plain_value(value):
             outputs[key] = value
         else:
             return None

@@ -30,6 +30,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "new_job_id",
     "trusted",
+    "is_plain_value",
 ]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
@@ -132,6 +133,14 @@ def _on_the_wire(array: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 InputValue = Union[Tensor, StrictStr, StrictBool, StrictInt, StrictFloat, list[StrictStr]]
 """One named input of a job: a tensor, or a plain value (text, number, flag, list of texts)."""
+_PLAIN = frozenset({str, bool, int, float})
+
+
+def is_plain_value(value: object) -> bool:
+    """True for a value `InputValue` allows as it is, other than a Tensor: exactly a str, bool, int, float or list of
+    str (exact types, checked without pydantic: the worker and the codec ask for every output of every job)."""
+    kind = type(value)
+    return kind in _PLAIN or kind is list and all(type(v) is str for v in value)
 
 
 def new_job_id() -> str:

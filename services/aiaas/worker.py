@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import tracing
 from .codec import decode_job, encode
-from .contracts import ErrorInfo, Job, Result, Tensor, Timings, trusted
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings, is_plain_value, trusted
 from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undeliverable, UnknownModelVersion
 from .idempotency import Outcome, OutcomeCache
 from .job_spans import JobSpans
@@ -492,15 +492,13 @@ def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, atte
     return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
 
 
-_PLAIN_OUTPUTS = (str, bool, int, float, Tensor)
 
 
 def _fits_contract(outputs: dict) -> bool:
     """True when every output already is a value `InputValue` allows as it is: a Tensor, str, bool, int, float
     or list of str (exact types, checked without pydantic: this runs for every job)."""
     for key, value in outputs.items():
-        kind = type(value)
-        if type(key) is not str or not (kind in _PLAIN_OUTPUTS or kind is list and all(type(v) is str for v in value)):
+        if type(key) is not str or not (type(value) is Tensor or is_plain_value(value)):
             return False
     return True
 

@@ -139,9 +139,6 @@ class RecsysRuntime:
         routes: dict[str, list[int]] = {}
         for index, request in enumerate(items):
             routes.setdefault(self._route(request), []).append(index)
-        if len(routes) == 1:  # the usual batch: one route, in order
-            ((route, _),) = routes.items()
-            return self._runners[route](self, list(items))
         outputs: list[Outputs] = [{} for _ in items]
         for route, indices in routes.items():
             for index, out in zip(indices, self._runners[route](self, [items[i] for i in indices])):
