@@ -64,6 +64,18 @@ class JobSpan(trace.Span, ReadableSpan):
         self._owner = owner
         self.carried = carried  # the extracted context (baggage), when the record carried more than a traceparent
 
+    # -- for exporters that only read (the local span store): no copy per call -------------
+
+    @property
+    def plain_attributes(self) -> dict[str, Any]:
+        """The attributes themselves, where `attributes` wraps them in a new read-only view on each call."""
+        return self._attributes
+
+    @property
+    def plain_links(self) -> Sequence[trace.Link]:
+        """The links themselves, where `links` copies them into a new tuple on each call."""
+        return self._links
+
     # -- the Span API ----------------------------------------------------------------------
 
     def get_span_context(self) -> SpanContext:

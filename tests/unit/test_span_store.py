@@ -1,8 +1,10 @@
+import msgpack
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.trace import Link, SpanKind, set_span_in_context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
+from aiaas.job_spans import JobSpans
 from aiaas.span_store import SUFFIX, LocalSpanExporter, count_spans, job_trace, load_spans, render_trace
 
 
@@ -51,3 +53,34 @@ def test_a_half_written_record_is_skipped_and_the_ones_before_it_kept(tmp_path):
 def test_a_half_written_line_of_an_older_jsonl_store_is_skipped(tmp_path):
     (tmp_path / "x-1.jsonl").write_text('{"trace_id": "1"\n')
     assert load_spans(tmp_path) == []
+
+
+def test_job_spans_are_stored_with_the_ids_links_and_attributes_they_carry(tmp_path):
+    provider = TracerProvider(resource=Resource.create({"service.name": "worker"}))
+    provider.add_span_processor(SimpleSpanProcessor(LocalSpanExporter(tmp_path, "worker")))
+    spans = JobSpans(tracer_provider=provider)
+    headers = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01")]
+    process = spans.start_consumer("process a.infer", headers, {"aiaas.job.id": "J", "messaging.kafka.offset": 7})
+    batch = spans.start_linked("infer vision", [process], {"messaging.batch.message_count": 1})
+    batch.set_status(Status(StatusCode.ERROR, "boom"))
+    batch.end()
+    process.end()
+
+    stored = {s.name: s for s in load_spans(tmp_path)}
+    ctx = process.get_span_context()
+    assert (stored["process a.infer"].trace_id, stored["process a.infer"].span_id) == (
+        "0af7651916cd43dd8448eb211c80319c", f"{ctx.span_id:016x}")
+    assert stored["process a.infer"].parent_id == "00f067aa0ba902b7"
+    assert stored["process a.infer"].kind == "CONSUMER" and stored["process a.infer"].service == "worker"
+    assert stored["process a.infer"].attributes == {"aiaas.job.id": "J", "messaging.kafka.offset": 7}
+    assert stored["infer vision"].links == [["0af7651916cd43dd8448eb211c80319c", f"{ctx.span_id:016x}"]]
+    assert stored["infer vision"].parent_id is None and stored["infer vision"].status == "ERROR"
+    assert [s.name for s in job_trace(load_spans(tmp_path), "J")] == ["process a.infer", "infer vision"]
+
+
+def test_a_store_of_an_earlier_version_with_hex_ids_is_still_read(tmp_path):
+    record = ["0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7", None, "send a.infer", "PRODUCER", "client",
+              1, 2, "UNSET", {"aiaas.job.id": "J"}, [["0af7651916cd43dd8448eb211c80319d", "00f067aa0ba902b8"]]]
+    (tmp_path / f"client-1{SUFFIX}").write_bytes(msgpack.packb(record))
+    (span,) = load_spans(tmp_path)
+    assert span.trace_id == record[0] and span.span_id == record[1] and span.links == record[10]
