@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import os
 import platform
 import re
@@ -92,6 +93,28 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def round_ratios(numerator: Saturation | None, *denominators: Saturation | float | None) -> list[float]:
+    """Per round of bursts: the numerator's jobs/s ÷ the smallest of the denominators' in the same round (a float
+    denominator, e.g. a sweep's figure, counts in every round). Every consumer of one `saturate` call has one burst
+    per round, so each ratio compares the same minutes of the machine; empty when one side has no bursts."""
+    if numerator is None or not numerator.bursts:
+        return []
+    rounds = len(numerator.bursts)
+    per_round = []
+    for d in denominators:
+        if isinstance(d, Saturation) and len(d.bursts) == rounds:
+            per_round.append([b.jobs_per_s for b in d.bursts])
+        elif isinstance(d, (int, float)) and not math.isnan(d):
+            per_round.append([float(d)] * rounds)
+    if not per_round:
+        return []
+    return [b.jobs_per_s / min(column) for b, column in zip(numerator.bursts, zip(*per_round)) if min(column) > 0]
+
+
+def _median_ratio(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}" if ratios else "–"
+
+
 def _latency(point: OpenLoop | None) -> str:
     if point is None:
         return "–"
@@ -128,20 +151,17 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
         service = r.service.jobs_per_s if r.service else None
         transport = r.transport.jobs_per_s if r.transport else None
         in_rounds = r.runtime_in_rounds.jobs_per_s if r.runtime_in_rounds and r.runtime_in_rounds.bursts else None
-        runtime_rate = in_rounds if in_rounds is not None else (best.items_per_s if best else None)
-        ceiling = min(x for x in (runtime_rate, transport) if x is not None) \
-            if (runtime_rate or transport) else None
         by_share = {p.share: p for p in r.open_loop}
         lines.append(
             f"| {r.model} | {_rate(best.items_per_s) if best else '–'} ({best.batch if best else '–'})"
             + (f"; {_rate(in_rounds)} ({r.runtime_in_rounds.bursts[0].mean_batch:.0f}) in the rounds "
                if in_rounds is not None else " ")
             + f"| {_rate(transport)} | {_rate(r.naive.jobs_per_s if r.naive else None)} | {_rate(service)} "
-            f"| {_ratio(service, ceiling)} | {_ratio(service, r.naive.jobs_per_s if r.naive else None)} | "
+            f"| {_median_ratio(ceiling_ratios(r))} | {_median_ratio(round_ratios(r.service, r.naive))} | "
             + " | ".join(_latency(by_share.get(s)) for s in shares)
             + f" | {r.alone.p50_ms if r.alone else float('nan'):.1f} "
             f"| {_ratio(by_share[0.25].p50_ms if 0.25 in by_share else None, r.alone.p50_ms if r.alone else None)} "
-            f"| {_ratio(service, r.service_untraced.jobs_per_s if r.service_untraced else None)} "
+            f"| {_median_ratio(round_ratios(r.service, r.service_untraced))} "
             f"| {_rate(r.service_client.jobs_per_s) if r.service_client else ('= service' if load == 'client' else '–')} |"
         )
     lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s), ""]
@@ -150,6 +170,14 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
     for r in results:
         lines += _details(r)
     return "\n".join(lines) + "\n"
+
+
+def ceiling_ratios(r: ModelResult) -> list[float]:
+    """service / min(runtime, transport) per round: the runtime as measured in the rounds, or the sweep's best
+    where it was not (a run without the sweep's figure compares with the transport alone)."""
+    runtime = r.runtime_in_rounds if r.runtime_in_rounds and r.runtime_in_rounds.bursts else (
+        r.served_runtime.best.items_per_s if r.served_runtime and r.served_runtime.best else None)
+    return round_ratios(r.service, runtime, r.transport)
 
 
 ALONE_PER_S = 20
@@ -192,8 +220,10 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "Transport, naive, service with tracing on and with export off run at once, each on its own topics, and are "
         "measured in rounds of one burst each (the others idle meanwhile; each round starts with the next consumer), "
         "so every ratio compares the same minutes of the machine. "
-        f"A pilot burst per consumer warms it up and sizes its N for ~{burst_s:g} s; median of "
-        f"{repeats} round(s) (a round with a burst under 75 % of {burst_s:g} s is discarded and that burst re-sized).",
+        f"A pilot burst per consumer warms it up and sizes its N for ~{burst_s:g} s; {repeats} round(s) (a round "
+        f"with a burst under 75 % of {burst_s:g} s is discarded and that burst re-sized). jobs/s: the median of a "
+        "consumer's bursts. Ratios: the median over the rounds of each round's own ratio (per round below each "
+        "model), not the ratio of the medians, so a slow minute counts on both sides of a ratio.",
         f"- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate (open loop, {open_loop_s:g} s) of "
         "25/50/75 % of the service's saturated throughput.",
         f"- **one at a time**: the same at {ALONE_PER_S} jobs/s, so every job is alone in its batch: one small batch's "
@@ -247,6 +277,20 @@ def _details(r: ModelResult) -> list[str]:
             lines.append(f"| {name} | {_rate(sat.jobs_per_s)} | {sat.spread()} | {sat.bursts[0].jobs:,} | {batch} "
                          f"| {published} |")
     lines.append("")
+    per_round = [("service / min(runtime, transport)", ceiling_ratios(r)),
+                 ("service / naive", round_ratios(r.service, r.naive)),
+                 ("tracing on/off", round_ratios(r.service, r.service_untraced))]
+    if any(ratios for _, ratios in per_round):
+        rounds = max(len(ratios) for _, ratios in per_round)
+        lines += ["Ratios per round of bursts (the table gives their median):", "",
+                  "| ratio | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " | median | min–max |",
+                  "|---|" + "---:|" * (rounds + 2)]
+        for name, ratios in per_round:
+            if ratios:
+                cells = [f"{x:.2f}" for x in ratios] + ["–"] * (rounds - len(ratios))
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {_median_ratio(ratios)} "
+                             f"| {min(ratios):.2f}–{max(ratios):.2f} |")
+        lines.append("")
     if r.open_loop:
         lines += ["Open-loop latency (publish → result received):", "",
                   "| offered | target jobs/s | achieved jobs/s | jobs | p50 ms | p95 ms | p99 ms | mean batch "

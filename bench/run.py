@@ -72,8 +72,8 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_id = uuid.uuid4().hex[:6]
         quick = args.quick
-        self.target_s = 0.5 if quick else 3.0
-        self.repeats = 1 if quick else 3
+        self.target_s = 0.5 if quick else 2.0
+        self.repeats = 1 if quick else 7
         self.open_loop_s = 1.5 if quick else 5.0
         self.pilot = 100 if quick else 500
         self.notes: list[str] = []

@@ -1,0 +1,44 @@
+"""The benchmark report's ratios: per round of bursts, then the median (bench/report.py)."""
+
+import math
+
+from bench.load import Burst, Saturation
+from bench.report import MachineInfo, ModelResult, ceiling_ratios, markdown, round_ratios
+
+
+def saturation(*rates: float) -> Saturation:
+    return Saturation([Burst(jobs=int(rate), seconds=1.0, publish_seconds=0.5, mean_batch=8.0) for rate in rates])
+
+
+def test_each_round_is_divided_by_its_own_round_not_by_the_median():
+    # The machine ran at half speed in round 2: both consumers slowed down together.
+    service, transport = saturation(900, 450, 880), saturation(1000, 500, 1000)
+    assert round_ratios(service, transport) == [0.9, 0.9, 0.88]
+    assert service.jobs_per_s / transport.jobs_per_s == 0.88  # the ratio of the medians mixes minutes
+
+
+def test_the_smallest_denominator_of_each_round_counts_and_a_fixed_figure_counts_in_every_round():
+    service = saturation(800, 800)
+    assert round_ratios(service, saturation(1000, 2000), saturation(2000, 1000)) == [0.8, 0.8]
+    assert round_ratios(service, 1000.0, saturation(4000, 500)) == [0.8, 1.6]
+
+
+def test_no_ratio_without_the_same_rounds_on_both_sides():
+    assert round_ratios(saturation(800, 800), saturation(1000)) == []
+    assert round_ratios(None, saturation(1000)) == []
+    assert round_ratios(saturation(800), None, math.nan) == []
+
+
+def test_the_table_gives_the_median_of_the_rounds_and_the_details_every_round():
+    result = ModelResult("recsys", max_batch=64, runtime_in_rounds=saturation(9000, 9000, 9000),
+                         transport=saturation(1000, 500, 1000), naive=saturation(100, 50, 100),
+                         service=saturation(900, 400, 700), service_untraced=saturation(1000, 400, 1000))
+    assert ceiling_ratios(result) == [0.9, 0.8, 0.7]
+    info = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0))
+    text = markdown([result], info, command="x", total_s=1, quick=False, transport_mode="subprocess", load="raw",
+                    notes=[], burst_s=2, repeats=3, open_loop_s=5)
+    row = next(line for line in text.splitlines() if line.startswith("| recsys |"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[6:8] == ["0.80", "8.00"]  # service / min(runtime, transport); service / naive
+    assert "| service / min(runtime, transport) | 0.90 | 0.80 | 0.70 | 0.80 | 0.70–0.90 |" in text
+    assert "| tracing on/off | 0.90 | 1.00 | 0.70 | 0.90 | 0.70–1.00 |" in text
