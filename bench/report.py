@@ -302,7 +302,7 @@ def _details(r: ModelResult) -> list[str]:
         lines.append("")
     if r.span_share is not None:
         lines += [f"The traced service stored {r.span_share:.0%} of the spans it made (2 per job: `process` and "
-                  "`send …results`, 1 per batch: `infer`; below 100 % the BatchSpanProcessor queue was full and "
+                  "`send …results`, 1 per batch: `infer`; below 100 % the span processor's queue was full and "
                   "dropped spans, which makes tracing look cheaper than exporting them all).", ""]
     return lines
 

@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-
-import time
-from collections.abc import Callable
 
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from .settings import HomeSettings, TracingSettings
@@ -40,16 +40,16 @@ REPLAYED = "aiaas.job.replayed"
 TRACER_NAME = "aiaas"
 
 
-def _exporter(service_name: str, tracing: TracingSettings, home: HomeSettings) -> SpanExporter | None:
+def _processor(service_name: str, tracing: TracingSettings, home: HomeSettings) -> SpanProcessor | None:
     if tracing.traces_exporter == "none":
         return None
     if tracing.use_otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()  # reads OTEL_EXPORTER_OTLP_* itself
-    from .span_store import LocalSpanExporter
+        return BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=500)  # reads OTEL_EXPORTER_OTLP_* itself
+    from .span_store import LocalSpanExporter, LocalSpanProcessor
 
-    return LocalSpanExporter(home.span_dir, service_name)
+    return LocalSpanProcessor(LocalSpanExporter(home.span_dir, service_name))
 
 
 def setup_tracing(
@@ -61,12 +61,16 @@ def setup_tracing(
 ) -> TracerProvider:
     """Install a TracerProvider for this process and return it (call `shutdown()` to flush).
 
-    `exporter` overrides the choice made from the settings (tests pass an in-memory one).
+    `exporter` overrides the choice made from the settings (tests pass an in-memory one); it is fed by a
+    BatchSpanProcessor, as OTLP is. The local span store has its own processor (`span_store.LocalSpanProcessor`).
     """
     provider = TracerProvider(resource=Resource.create({"service.name": service_name, "process.pid": os.getpid()}))
-    chosen = exporter or _exporter(service_name, tracing or TracingSettings(), home or HomeSettings())
-    if chosen is not None:
-        provider.add_span_processor(BatchSpanProcessor(chosen, schedule_delay_millis=500))
+    if exporter is not None:
+        processor = BatchSpanProcessor(exporter, schedule_delay_millis=500)
+    else:
+        processor = _processor(service_name, tracing or TracingSettings(), home or HomeSettings())
+    if processor is not None:
+        provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
 

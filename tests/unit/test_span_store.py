@@ -1,11 +1,17 @@
+import time
+
 import msgpack
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
 from aiaas.job_spans import JobSpans
-from aiaas.span_store import SUFFIX, LocalSpanExporter, count_spans, job_trace, load_spans, render_trace
+from aiaas.settings import HomeSettings
+from aiaas.span_store import (SUFFIX, LocalSpanExporter, LocalSpanProcessor, count_spans, job_trace, load_spans,
+                               render_trace)
+from aiaas.tracing import setup_tracing
 
 
 def provider_for(directory, service):
@@ -84,3 +90,63 @@ def test_a_store_of_an_earlier_version_with_hex_ids_is_still_read(tmp_path):
     (tmp_path / f"client-1{SUFFIX}").write_bytes(msgpack.packb(record))
     (span,) = load_spans(tmp_path)
     assert span.trace_id == record[0] and span.span_id == record[1] and span.links == record[10]
+
+
+def local_store(directory, service, **kwargs):
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    processor = LocalSpanProcessor(LocalSpanExporter(directory, service), **kwargs)
+    provider.add_span_processor(processor)
+    return provider, processor
+
+
+def test_the_local_processor_stores_every_span_once_flushed_and_at_shutdown(tmp_path):
+    provider, processor = local_store(tmp_path, "svc", flush_interval_s=3600)
+    tracer = provider.get_tracer("t")
+    for name in ("first", "second"):
+        with tracer.start_as_current_span(name, attributes={"aiaas.job.id": "J"}):
+            pass
+    assert load_spans(tmp_path) == []  # packed, waiting for the next append
+    processor.force_flush()
+    assert [s.name for s in load_spans(tmp_path)] == ["first", "second"]
+    with tracer.start_as_current_span("third"):
+        pass
+    provider.shutdown()
+    assert [s.name for s in load_spans(tmp_path)] == ["first", "second", "third"]
+    with tracer.start_as_current_span("after shutdown"):
+        pass
+    processor.force_flush()
+    assert len(load_spans(tmp_path)) == 3
+
+
+def test_the_local_processor_appends_on_its_own_thread(tmp_path):
+    provider, _ = local_store(tmp_path, "svc", flush_interval_s=0.05)
+    with provider.get_tracer("t").start_as_current_span("one"):
+        pass
+    deadline = time.monotonic() + 5
+    while not load_spans(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [s.name for s in load_spans(tmp_path)] == ["one"]
+    provider.shutdown()
+
+
+def test_the_local_processor_drops_and_counts_spans_beyond_its_bound(tmp_path):
+    provider, processor = local_store(tmp_path, "svc", flush_interval_s=3600, max_pending=2)
+    tracer = provider.get_tracer("t")
+    for name in ("a", "b", "c"):
+        with tracer.start_as_current_span(name):
+            pass
+    assert processor.dropped == 1
+    provider.shutdown()
+    assert [s.name for s in load_spans(tmp_path)] == ["a", "b"]
+
+
+def test_setup_tracing_stores_locally_through_the_local_processor(tmp_path, monkeypatch):
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)  # leave the process's provider alone
+    provider = setup_tracing("svc", home=HomeSettings(home=tmp_path))
+    with provider.get_tracer("t").start_as_current_span("stored"):
+        pass
+    provider.shutdown()
+    assert [s.name for s in load_spans(tmp_path / "spans")] == ["stored"]
+    assert any(isinstance(p, LocalSpanProcessor) for p in provider._active_span_processor._span_processors)
