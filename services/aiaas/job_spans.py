@@ -64,17 +64,15 @@ class JobSpan(trace.Span, ReadableSpan):
         self._owner = owner
         self.carried = carried  # the extracted context (baggage), when the record carried more than a traceparent
 
-    # -- for exporters that only read (the local span store): no copy per call -------------
+    # -- for exporters that read every field (the local span store) ---------------------------
 
-    @property
-    def plain_attributes(self) -> dict[str, Any]:
-        """The attributes themselves, where `attributes` wraps them in a new read-only view on each call."""
-        return self._attributes
-
-    @property
-    def plain_links(self) -> Sequence[trace.Link]:
-        """The links themselves, where `links` copies them into a new tuple on each call."""
-        return self._links
+    def fields(self) -> tuple[SpanContext, SpanContext | None, str, SpanKind, int, int | None, Status,
+                              dict[str, Any], Sequence[trace.Link]]:
+        """(context, parent, name, kind, start_time, end_time, status, attributes, links) in one call, where the
+        ReadableSpan properties cost a call each and copy the attributes and links. Read-only use: the attributes
+        and links are the span's own."""
+        return (self._context, self._parent, self._name, self._kind, self._start_time, self._end_time, self._status,
+                self._attributes, self._links)
 
     # -- the Span API ----------------------------------------------------------------------
 

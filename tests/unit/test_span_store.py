@@ -5,6 +5,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
 from aiaas.job_spans import JobSpans
@@ -150,3 +151,21 @@ def test_setup_tracing_stores_locally_through_the_local_processor(tmp_path, monk
     provider.shutdown()
     assert [s.name for s in load_spans(tmp_path / "spans")] == ["stored"]
     assert any(isinstance(p, LocalSpanProcessor) for p in provider._active_span_processor._span_processors)
+
+
+class RecordOnly(Sampler):
+    def should_sample(self, *args, **kwargs):
+        return SamplingResult(Decision.RECORD_ONLY)
+
+    def get_description(self):
+        return "record only"
+
+
+def test_the_local_processor_stores_only_sampled_spans(tmp_path):
+    provider = TracerProvider(sampler=RecordOnly())
+    processor = LocalSpanProcessor(LocalSpanExporter(tmp_path, "svc"), flush_interval_s=3600)
+    provider.add_span_processor(processor)
+    with provider.get_tracer("t").start_as_current_span("recorded, not sampled") as span:
+        assert span.is_recording()
+    provider.shutdown()
+    assert load_spans(tmp_path) == []
