@@ -34,7 +34,8 @@ from opentelemetry.trace import TraceFlags
 from .job_spans import JobSpan
 from .tracing import JOB_ID
 
-__all__ = ["LocalSpanProcessor", "LocalSpanExporter", "StoredSpan", "load_spans", "job_trace", "render_trace", "count_spans", "SUFFIX"]
+__all__ = ["LocalSpanProcessor", "LocalSpanExporter", "StoredSpan", "load_spans", "job_trace", "render_trace",
+           "count_spans", "SUFFIX"]
 
 SUFFIX = ".spans"
 
@@ -196,7 +197,7 @@ def _stored(record: object) -> list[StoredSpan]:
         if isinstance(record, list):
             return [StoredSpan(*_hex_ids(record))]
         return [StoredSpan(**record)] if isinstance(record, dict) else []  # a JSON line of the older store
-    except TypeError:
+    except (TypeError, ValueError, AttributeError):  # not a span record: skipped, the next one is read
         return []
 
 

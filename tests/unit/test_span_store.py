@@ -169,3 +169,9 @@ def test_the_local_processor_stores_only_sampled_spans(tmp_path):
         assert span.is_recording()
     provider.shutdown()
     assert load_spans(tmp_path) == []
+
+
+def test_a_record_that_is_not_a_span_is_skipped_and_the_next_one_read(tmp_path):
+    good = [bytes(16), bytes(8), None, "kept", "INTERNAL", "svc", 1, 2, "UNSET", {}, []]
+    (tmp_path / f"svc-1{SUFFIX}").write_bytes(msgpack.packb([1, 2]) + msgpack.packb(["x"]) + msgpack.packb(good))
+    assert [s.name for s in load_spans(tmp_path)] == ["kept"]
