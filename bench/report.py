@@ -95,24 +95,34 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def round_ratios(numerator: Saturation | None, *denominators: Saturation | float | None) -> list[float]:
     """Per round of bursts: the numerator's jobs/s ÷ the smallest of the denominators' in the same round (a float
-    denominator, e.g. a sweep's figure, counts in every round). Every consumer of one `saturate` call has one burst
-    per round, so each ratio compares the same minutes of the machine; empty when one side has no bursts."""
+    denominator, e.g. a sweep's figure, counts in every round; None or a consumer without bursts does not count).
+    Every consumer of one `saturate` call has one burst per round, so each ratio compares the same minutes of the
+    machine. Empty when there is nothing to divide, or when a denominator's rounds are not the numerator's; NaN
+    for a round whose denominator is 0."""
     if numerator is None or not numerator.bursts:
         return []
     rounds = len(numerator.bursts)
     per_round = []
     for d in denominators:
-        if isinstance(d, Saturation) and len(d.bursts) == rounds:
+        if isinstance(d, Saturation) and d.bursts:
+            if len(d.bursts) != rounds:
+                return []  # not measured in the same rounds: no ratio rather than a different one
             per_round.append([b.jobs_per_s for b in d.bursts])
         elif isinstance(d, (int, float)) and not math.isnan(d):
             per_round.append([float(d)] * rounds)
     if not per_round:
         return []
-    return [b.jobs_per_s / min(column) for b, column in zip(numerator.bursts, zip(*per_round)) if min(column) > 0]
+    return [b.jobs_per_s / min(column) if min(column) > 0 else math.nan
+            for b, column in zip(numerator.bursts, zip(*per_round))]
+
+
+def _measured(ratios: list[float]) -> list[float]:
+    return [x for x in ratios if not math.isnan(x)]
 
 
 def _median_ratio(ratios: list[float]) -> str:
-    return f"{statistics.median(ratios):.2f}" if ratios else "–"
+    measured = _measured(ratios)
+    return f"{statistics.median(measured):.2f}" if measured else "–"
 
 
 def _latency(point: OpenLoop | None) -> str:
@@ -286,10 +296,10 @@ def _details(r: ModelResult) -> list[str]:
                   "| ratio | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " | median | min–max |",
                   "|---|" + "---:|" * (rounds + 2)]
         for name, ratios in per_round:
-            if ratios:
-                cells = [f"{x:.2f}" for x in ratios] + ["–"] * (rounds - len(ratios))
+            if _measured(ratios):
+                cells = ["–" if math.isnan(x) else f"{x:.2f}" for x in ratios] + ["–"] * (rounds - len(ratios))
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {_median_ratio(ratios)} "
-                             f"| {min(ratios):.2f}–{max(ratios):.2f} |")
+                             f"| {min(_measured(ratios)):.2f}–{max(_measured(ratios)):.2f} |")
         lines.append("")
     if r.open_loop:
         lines += ["Open-loop latency (publish → result received):", "",

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,15 @@ class LocalSpanExporter(SpanExporter):
 
     def __init__(self, directory: Path, service_name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._directory, self._service_name = directory, service_name
         self.path = directory / f"{service_name}-{os.getpid()}{SUFFIX}"
-        self._packer = msgpack.Packer(default=str)  # an attribute value msgpack cannot pack is stored as its str
+        # A packer per thread: one packer is not re-entrant while its `default` runs Python code.
+        self._packers = threading.local()
         self._resource, self._service = None, "?"
+
+    def reopen_for_this_process(self) -> None:
+        """After a fork: the child writes its own `<service>-<pid>` file."""
+        self.path = self._directory / f"{self._service_name}-{os.getpid()}{SUFFIX}"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the batch in one append."""
@@ -62,7 +69,11 @@ class LocalSpanExporter(SpanExporter):
 
     def pack(self, span: ReadableSpan) -> bytes:
         """One span's record, as the store holds it."""
-        return self._packer.pack(self._record(span))
+        try:
+            packer = self._packers.packer
+        except AttributeError:
+            packer = self._packers.packer = msgpack.Packer(default=str)  # what msgpack cannot pack is stored as str
+        return packer.pack(self._record(span))
 
     def write(self, data: bytes) -> None:
         """Append packed records (one write: a reader sees whole records, or a partly written last one it skips)."""
@@ -96,18 +107,19 @@ class LocalSpanProcessor(SpanProcessor):
     """Packs every sampled span as it ends and appends the packed spans to the store from a background thread
     every `flush_interval_s` (see the module docstring). Holds at most `max_pending` packed spans between two
     appends; beyond that a span is dropped and counted (`dropped`), as the SDK's BatchSpanProcessor drops from
-    a full queue."""
+    a full queue. Spans that cannot be packed or written are dropped and counted too, and logged: tracing never
+    fails the code that ends a span, nor a shutdown."""
 
     def __init__(self, exporter: LocalSpanExporter, flush_interval_s: float = 0.5, max_pending: int = 200_000) -> None:
         self.exporter = exporter
         self.dropped = 0
         self._interval, self._max_pending = flush_interval_s, max_pending
         self._pending: deque[bytes] = deque()  # append and popleft are atomic: the ending thread takes no lock
-        self._write_lock = threading.Lock()  # the flush thread and force_flush append one after the other
-        self._stop = threading.Event()
         self._stopped = False
-        self._flusher = threading.Thread(target=self._flush_every_interval, name="aiaas-span-store", daemon=True)
-        self._flusher.start()
+        self._start_flusher()
+        if hasattr(os, "register_at_fork"):  # a forked child starts its own thread and file, without our spans
+            reference = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (processor := reference()) and processor._after_fork())
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Nothing: a span is stored when it ends."""
@@ -118,12 +130,15 @@ class LocalSpanProcessor(SpanProcessor):
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             return
-        self._pending.append(self.exporter.pack(span))
+        try:
+            self._pending.append(self.exporter.pack(span))
+        except Exception as exc:  # e.g. a string attribute msgpack cannot encode: lose the span, not the job
+            self.dropped += 1
+            log.warning("a span could not be stored (%s: %s)", type(exc).__name__, exc)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Append what is pending now, in the calling thread."""
-        self._flush()
-        return True
+        """Append what is pending now, in the calling thread; False if the write failed."""
+        return self._flush()
 
     def shutdown(self) -> None:
         """Stop the flush thread and append what is left."""
@@ -134,20 +149,36 @@ class LocalSpanProcessor(SpanProcessor):
         self._flusher.join(timeout=5)
         self._flush()
         if self.dropped:
-            log.warning("the local span store dropped %d spans (more than %d waiting to be written)",
-                        self.dropped, self._max_pending)
+            log.warning("the local span store %s lost %d spans (dropped beyond %d waiting, or not written)",
+                        self.exporter.path, self.dropped, self._max_pending)
+
+    def _start_flusher(self) -> None:
+        self._write_lock = threading.Lock()  # the flush thread and force_flush append one after the other
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_every_interval, name="aiaas-span-store", daemon=True)
+        self._flusher.start()
+
+    def _after_fork(self) -> None:
+        self._pending.clear()
+        self.exporter.reopen_for_this_process()
+        if not self._stopped:
+            self._start_flusher()
 
     def _flush_every_interval(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._flush()
-            except OSError as exc:  # a full or vanished disk must not end the thread: the next interval tries again
-                log.warning("could not write spans to %s: %s", self.exporter.path, exc)
+            self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         with self._write_lock:
-            pending, pop = self._pending, self._pending.popleft
-            self.exporter.write(b"".join([pop() for _ in range(len(pending))]))
+            pop = self._pending.popleft
+            batch = [pop() for _ in range(len(self._pending))]
+            try:
+                self.exporter.write(b"".join(batch))
+            except OSError as exc:  # a full or vanished disk: these spans are lost, the next append tries again
+                self.dropped += len(batch)
+                log.warning("could not write %d spans to %s: %s", len(batch), self.exporter.path, exc)
+                return False
+        return True
 
 
 @dataclass

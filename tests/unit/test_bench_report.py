@@ -25,8 +25,14 @@ def test_the_smallest_denominator_of_each_round_counts_and_a_fixed_figure_counts
 
 def test_no_ratio_without_the_same_rounds_on_both_sides():
     assert round_ratios(saturation(800, 800), saturation(1000)) == []
+    assert round_ratios(saturation(800, 800), 1000.0, saturation(1000)) == []  # not a ratio to the float alone
     assert round_ratios(None, saturation(1000)) == []
-    assert round_ratios(saturation(800), None, math.nan) == []
+    assert round_ratios(saturation(800), None, math.nan, Saturation()) == []
+
+
+def test_a_round_with_nothing_to_divide_by_keeps_its_place():
+    ratios = round_ratios(saturation(800, 800, 900), saturation(1000, 0.0, 1000))
+    assert ratios[0] == 0.8 and math.isnan(ratios[1]) and ratios[2] == 0.9
 
 
 def test_the_table_gives_the_median_of_the_rounds_and_the_details_every_round():

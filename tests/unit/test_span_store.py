@@ -1,6 +1,8 @@
+import os
 import time
 
 import msgpack
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -10,8 +12,8 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_
 
 from aiaas.job_spans import JobSpans
 from aiaas.settings import HomeSettings
-from aiaas.span_store import (SUFFIX, LocalSpanExporter, LocalSpanProcessor, count_spans, job_trace, load_spans,
-                               render_trace)
+from aiaas.span_store import (SUFFIX, LocalSpanExporter, LocalSpanProcessor, _stored, count_spans, job_trace,
+                               load_spans, render_trace)
 from aiaas.tracing import setup_tracing
 
 
@@ -175,3 +177,55 @@ def test_a_record_that_is_not_a_span_is_skipped_and_the_next_one_read(tmp_path):
     good = [bytes(16), bytes(8), None, "kept", "INTERNAL", "svc", 1, 2, "UNSET", {}, []]
     (tmp_path / f"svc-1{SUFFIX}").write_bytes(msgpack.packb([1, 2]) + msgpack.packb(["x"]) + msgpack.packb(good))
     assert [s.name for s in load_spans(tmp_path)] == ["kept"]
+
+
+def test_a_span_that_cannot_be_packed_is_counted_and_its_end_does_not_fail(tmp_path):
+    provider, processor = local_store(tmp_path, "svc", flush_interval_s=3600)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("bad", attributes={"text": "\ud800"}):  # a lone surrogate: not UTF-8
+        pass
+    with tracer.start_as_current_span("good"):
+        pass
+    provider.shutdown()
+    assert processor.dropped == 1
+    assert [s.name for s in load_spans(tmp_path)] == ["good"]
+
+
+def test_a_failed_write_loses_only_those_spans_counts_them_and_does_not_fail_the_shutdown(tmp_path):
+    provider, processor = local_store(tmp_path / "spans", "svc", flush_interval_s=3600)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("lost"):
+        pass
+    (tmp_path / "spans").rename(tmp_path / "moved")  # the store's directory is gone
+    assert processor.force_flush() is False
+    assert processor.dropped == 1
+    (tmp_path / "spans").mkdir()
+    with tracer.start_as_current_span("kept"):
+        pass
+    provider.shutdown()
+    assert [s.name for s in load_spans(tmp_path / "spans")] == ["kept"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_writes_its_own_file_without_the_parents_pending_spans(tmp_path):
+    provider, processor = local_store(tmp_path, "svc", flush_interval_s=3600)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("parent's"):
+        pass
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            with tracer.start_as_current_span("child's"):
+                pass
+            processor.force_flush()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    provider.shutdown()
+    by_file = {path.name: [s.name for s in load_spans_of(path)] for path in tmp_path.glob(f"*{SUFFIX}")}
+    assert by_file == {f"svc-{os.getpid()}{SUFFIX}": ["parent's"], f"svc-{pid}{SUFFIX}": ["child's"]}
+
+
+def load_spans_of(path):
+    with path.open("rb") as stored:
+        return [span for record in msgpack.Unpacker(stored, raw=False) for span in _stored(record)]
