@@ -40,6 +40,7 @@ from aiaas.settings import KafkaSettings
 
 from bench.load import Burst, RawLoad, burst, cycling, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds, stop_all
+from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, Payload, build_model, payloads
 
@@ -53,7 +54,7 @@ class _MeteredLoad:
         self.load, self.pids = load, pids
         self.cpu: list[tuple[Burst, dict[str, float]]] = []
         """Per burst (the pilot and discarded ones too): µs of CPU per job for each of `pids`, and "busy cores" of
-        the whole machine. Work a side defers past its burst (span export on its 5 s timer) lands in the next."""
+        the whole machine. Work a side defers past its burst (the span store's append, every 0.5 s) lands in the next."""
 
     async def start(self) -> None:
         await self.load.start()
@@ -116,7 +117,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
             await load.stop()
         for child in children:
             child.stop()
-    ratios = [y.jobs_per_s / x.jobs_per_s for x, y in zip(a.bursts, b.bursts)]
+    ratios = round_ratios(b, a)  # B / A per round, as bench/run.py's ratios
     describe = {side: " ".join([f"code of {getattr(args, side.lower()) or REPO}",
                                 *(["no-op model (bench/transport.py)"] if side in args.noop else []),
                                 *(f"{k}={v}" for k, v in sides[side].items() if k != "PYTHONPATH")])

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "child_env", "cpu_seconds", "kafka_version",
-           "stop_all"]
+__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "child_env", "cpu_seconds",
+           "kafka_version", "stop_all"]
 
 REPO = Path(__file__).resolve().parents[1]
 _KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import statistics
 import os
 import platform
 import re
 import socket
+import statistics
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
