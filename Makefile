@@ -17,7 +17,7 @@ install: $(STAMP)  ## virtual environment with aiaas, PyTorch (training) and the
 demo: install  ## broker + vision service + 300 jobs + summary + one trace, then stops what it started
 	bash infra/demo.sh
 
-test: install  ## the whole suite: unit and integration (starts its own broker on port 39092)
+test: install  ## the whole suite: unit and integration (starts its own broker on port 29092)
 	infra/kafka/kafka.sh fetch
 	$(PY) -m pytest
 

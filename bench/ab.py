@@ -150,7 +150,7 @@ def main() -> None:
                         help="this side runs the no-op model of the transport ceiling (bench/transport.py) instead")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each burst")
-    parser.add_argument("--port", type=int, default=39692)
+    parser.add_argument("--port", type=int, default=29692)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="aiaas-ab-"))
     broker = LocalBroker(args.port, tmp / "kafka")

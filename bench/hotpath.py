@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--burst", type=int, default=3000, help="jobs per burst")
-    parser.add_argument("--port", type=int, default=39792)
+    parser.add_argument("--port", type=int, default=29792)
     parser.add_argument("--noop", action="store_true",
                         help="profile the transport ceiling's service (bench/transport.py: the no-op model) instead")
     parser.add_argument("--label", default="", help="written into the report's title (e.g. before / after)")

@@ -26,7 +26,7 @@ _started: list["ChildProcess | LocalBroker"] = []
 
 
 class LocalBroker:
-    """`infra/kafka/kafka.sh start|stop` on its own port and state dir (never the test suite's 39092)."""
+    """`infra/kafka/kafka.sh start|stop` on its own port and state dir (never the test suite's 29092)."""
 
     def __init__(self, port: int, state_dir: Path) -> None:
         self.port, self.state_dir = port, state_dir

@@ -15,8 +15,8 @@ For each model type (vision, text, recsys) it measures, on this machine:
 3. latency p50/p95/p99 of the traced service alone at 25/50/75 % of its saturated throughput under
    open-loop load (load.py), and one AiaasClient burst.
 
-It starts its own broker (`infra/kafka/kafka.sh`, port 39592 and a temporary state dir, so it
-never meets the test suite's broker on 39092), builds the models into a temporary registry
+It starts its own broker (`infra/kafka/kafka.sh`, port 29592 and a temporary state dir, so it
+never meets the test suite's broker on 29092), builds the models into a temporary registry
 (unless `--registry DIR`), gives every stage its own topic prefix, and stops everything it
 started at the end, also on failure. The report (Markdown table + details) is printed and
 written to `<out>/<date>-<machine>.md` with a latency plot `<date>-<machine>.png` (report.py).
@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: small bursts, few batch sizes")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the report goes")
     parser.add_argument("--registry", type=Path, help="use this registry (or AIAAS_HOME) instead of building the models")
-    parser.add_argument("--port", type=int, default=39592, help="port of the benchmark's own broker")
+    parser.add_argument("--port", type=int, default=29592, help="port of the benchmark's own broker")
     parser.add_argument("--transport", choices=("subprocess", "inprocess"), default="subprocess",
                         help="where the no-op service of the transport ceiling runs")
     parser.add_argument("--load", choices=("raw", "client"), default="raw",

@@ -47,8 +47,14 @@ def vision_registry(session_registry: Registry) -> Registry:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The real single-node Kafka from infra/kafka, on its own port and state dir, for the whole run."""
-    port = os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")
+    """The real single-node Kafka from infra/kafka, on its own port and state dir, for the whole run.
+
+    The suite's brokers listen on 29092-29093 (this one), 29096-29097 (the fault suite's) and 29392-29396
+    (the secure one's): all below the kernel's ephemeral range (32768-60999 on Linux, 49152+ elsewhere),
+    where any outgoing connection on the machine may take a port as its local one just before the broker
+    binds it. CI once failed that way on 39396.
+    """
+    port = os.environ.get("AIAAS_TEST_KAFKA_PORT", "29092")
     state = tmp_path_factory.mktemp("kafka")
     env = os.environ | {"AIAAS_KAFKA_PORT": port, "AIAAS_KAFKA_STATE_DIR": str(state)}
     script = ROOT / "infra" / "kafka" / "kafka.sh"

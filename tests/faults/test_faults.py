@@ -24,14 +24,15 @@ RATE = float(os.environ.get("AIAAS_FAULT_RATE", "300"))
 
 
 def fault_port() -> int:
-    """AIAAS_FAULT_KAFKA_PORT, else the test broker's port − 9996 (29096 by default; controller + 1).
+    """AIAAS_FAULT_KAFKA_PORT, else the test broker's port + 4 (29096 by default; controller + 1).
 
-    Below the ephemeral range on purpose: while scenario 3's broker is down, the services' clients keep
-    reconnecting, and one given the broker's own port as its local port connects to itself and holds it.
+    Below the ephemeral range on purpose, like every port the suite uses: while scenario 3's broker is
+    down, the services' clients keep reconnecting, and one given the broker's own port as its local port
+    connects to itself and holds it.
     """
     if "AIAAS_FAULT_KAFKA_PORT" in os.environ:
         return int(os.environ["AIAAS_FAULT_KAFKA_PORT"])
-    return int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "39092")) - 9996
+    return int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "29092")) + 4
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def _port_taken(port: int) -> bool:
 def secure_broker(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> SecureBroker:
     if shutil.which("java") is None or shutil.which("mvn") is None:
         pytest.skip("the security tests need Java 17+ and Maven to fetch and run the local Kafka broker")
-    port = int(os.environ.get("AIAAS_TEST_SECURE_KAFKA_PORT", "39392"))
+    port = int(os.environ.get("AIAAS_TEST_SECURE_KAFKA_PORT", "29392"))
     if taken := [p for p in range(port, port + 5) if _port_taken(p)]:
         pytest.skip(f"ports {taken} are in use: set AIAAS_TEST_SECURE_KAFKA_PORT to a free range of 5 ports")
     state = tmp_path_factory.mktemp("kafka-secure")
