@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aiaas.registry import Registry
+from aiaas.text.settings import TextSettings
 
 from .load import Burst
 from .workloads import Payload, as_jobs, load_runtime, payloads
@@ -138,6 +139,8 @@ def _backend(model: str, backend: str, registry: Registry, jobs: list) -> tuple[
         note += "; recommend for known users (collaborative route, one session run per batch)"
     if model == "text":
         note += "; one sentence per job, length groups as served"
+        if backend == "onnx":
+            note += f"; {TextSettings().precision} graph"
     return runtime.infer, items, note
 
 

@@ -94,14 +94,20 @@ def settings_class(model: str) -> type[WorkerSettings]:
 
 
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
-    """The model's runtime loaded from the registry as its service loads it (`backend=` for text)."""
+    """The model's runtime loaded from the registry as its service loads it (`backend=` for text).
+
+    Text on ONNX Runtime takes the service's precision (AIAAS_TEXT_PRECISION), so the naive consumer and the
+    runtime ceiling run the graph the service runs."""
     if model == "vision":
         from aiaas.vision.runtime import VisionRuntime
 
         return VisionRuntime.from_registry(registry, ref, **kwargs)
     if model == "text":
         from aiaas.text.runtime import TextRuntime
+        from aiaas.text.settings import TextSettings
 
+        if kwargs.get("backend", "onnx") == "onnx":
+            kwargs.setdefault("precision", TextSettings().precision)
         return TextRuntime.from_registry(registry, ref, **kwargs)
     from aiaas.recsys.runtime import RecsysRuntime
 

@@ -14,6 +14,7 @@ __all__ = [
     "TrainingFailed",
     "TooManyAttempts",
     "Undeliverable",
+    "ServiceMisconfigured",
 ]
 
 
@@ -70,3 +71,7 @@ class TooManyAttempts(AiaasError):
 
 class Undeliverable(AiaasError):
     """The broker refused the job's outcome for good (e.g. too large): only a bare dead letter can be written."""
+
+
+class ServiceMisconfigured(AiaasError):
+    """The service's settings ask for what it cannot serve (e.g. a precision its backend or model version lacks)."""

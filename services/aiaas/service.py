@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from .announce import ModelWatcher
 from .client import explain_connection_failure
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, ServiceMisconfigured
 from .exactly_once import Transactions, transactional_id
 from .heap import settle_heap
 from .idempotency import OutcomeCache, seed_from_results
@@ -182,7 +182,7 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
                               aliases=registry.aliases(model))
         settle_heap(worker.gc_young_threshold)
         asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, ServiceMisconfigured) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     finally:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aiaas.contracts import Job
-from aiaas.errors import InvalidJob
+from aiaas.errors import InvalidJob, ServiceMisconfigured
 from aiaas.text.labelled_sentences import labelled_split
 from aiaas.text.runtime import TextLimits, TextRuntime
 
@@ -88,6 +88,46 @@ def test_pytorch_backend_agrees_with_onnx_runtime(runtime, text_registry):
     (torch_out,) = run(torch_runtime, job("embed", texts=SENTENCES))
     difference = np.abs(onnx_out["embeddings"].to_numpy() - torch_out["embeddings"].to_numpy()).max()
     assert difference < 1e-4
+
+
+def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_registry):
+    int8 = TextRuntime.from_registry(text_registry, precision="int8")
+    assert int8.encoder._session.get_providers() == ["CPUExecutionProvider"]
+    (fp32_out,) = run(runtime, job("embed", texts=SENTENCES))
+    (int8_out,) = run(int8, job("embed", texts=SENTENCES))
+    fp32_vectors, int8_vectors = fp32_out["embeddings"].to_numpy(), int8_out["embeddings"].to_numpy()
+    cosine = np.sum(fp32_vectors * int8_vectors, axis=1)
+    # Close (a one-word text, padded in a batch of longer ones, is the farthest), and truly another graph.
+    assert cosine.min() >= 0.93 and cosine.mean() >= 0.98 and np.abs(int8_vectors - fp32_vectors).max() > 1e-4
+    _, held_out = labelled_split()
+    outs = run(int8, *[job("classify", texts=[text]) for text, _ in held_out])
+    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out)])
+    metrics = text_registry.resolve("text", "production").metrics
+    assert accuracy >= 0.85 and metrics["int8_accuracy"] == pytest.approx(accuracy)
+    assert 0.95 <= metrics["int8_cosine_min"] < 1
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "int8", "backend": "torch"}, "AIAAS_TEXT_BACKEND=onnx"),
+    ({"precision": "int8", "providers": "cuda"}, "CPU kernels"),
+    ({"precision": "fp16"}, "one of fp32, int8"),
+])
+def test_a_precision_the_backend_cannot_serve_is_refused_before_loading(text_registry, settings, message):
+    with pytest.raises(ServiceMisconfigured, match=message):
+        TextRuntime.from_registry(text_registry, **settings)
+
+
+def test_a_version_built_before_int8_graphs_says_how_to_serve_it(text_registry, tmp_path):
+    from aiaas.registry import Registry
+
+    old = Registry(tmp_path / "registry")
+    version = text_registry.resolve("text", "production")
+    folder = text_registry.root / "text" / f"v{version.version}"
+    companions = [folder / name for name in version.files if name != "encoder.int8.onnx"]
+    old.register("text", folder / version.artifact, companions=tuple(companions), params=version.params)
+    assert TextRuntime.from_registry(old).version == "1"  # fp32 serves it as before
+    with pytest.raises(ServiceMisconfigured, match="no int8 encoder graph.*AIAAS_TEXT_PRECISION=fp32"):
+        TextRuntime.from_registry(old, precision="int8")
 
 
 @pytest.mark.gpu

@@ -408,8 +408,11 @@ def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
     production = text_registry.resolve("text", "production")
     candidate, events = train_text(text_registry, tmp_path)
     assert candidate.metrics["accuracy"] >= 0.85 and candidate.parent == production.version
-    assert {p.name for p in (candidate.artifact, *candidate.companions)} == {"encoder.onnx", "tokenizer.json", "head.npz"}
-    assert all((tmp_path / name).stat().st_size > 0 for name in ("encoder.onnx", "tokenizer.json", "head.npz"))
+    files = {"encoder.onnx", "tokenizer.json", "head.npz", "encoder.int8.onnx"}
+    assert {p.name for p in (candidate.artifact, *candidate.companions)} == files
+    assert all((tmp_path / name).stat().st_size > 0 for name in files)
+    assert (tmp_path / "encoder.int8.onnx").read_bytes() == text_registry.load_companions(production)["encoder.int8.onnx"]
+    assert candidate.metrics["int8_accuracy"] >= 0.85 and candidate.metrics["int8_cosine_min"] >= 0.95
     assert events[-1].epoch == events[-1].epochs == candidate.params["epochs"]
     assert candidate.params["encoder"] == "all-MiniLM-L6-v2"
 

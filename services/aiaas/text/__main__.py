@@ -16,8 +16,9 @@ def main() -> None:
     run_service(
         MODEL,
         lambda ref: TextRuntime.from_registry(
-            registry, ref, backend=settings.backend, providers=settings.execution_provider,
-            intra_op_threads=settings.intra_op_threads, max_seq_len=settings.max_seq_len, limits=limits,
+            registry, ref, backend=settings.backend, precision=settings.precision,
+            providers=settings.execution_provider, intra_op_threads=settings.intra_op_threads,
+            max_seq_len=settings.max_seq_len, limits=limits,
         ),
         settings,
         registry,

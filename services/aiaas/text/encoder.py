@@ -3,7 +3,8 @@
 The weights are loaded offline from the package folder (`HF_HUB_OFFLINE=1`; nothing is
 fetched). `SentenceEncoder` is the transformer plus mean pooling and L2 normalisation, so the
 exported ONNX graph maps token ids straight to unit embeddings, with dynamic batch and
-sequence axes.
+sequence axes. `quantize_int8` derives the int8 graph that CPU hosts may serve instead
+(`AIAAS_TEXT_PRECISION=int8`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["package_dir", "weights_sha256", "load_encoder", "SentenceEncoder", "export_onnx"]
-
+__all__ = ["package_dir", "weights_sha256", "load_encoder", "SentenceEncoder", "export_onnx", "quantize_int8"]
 
 
 def package_dir() -> Path:
@@ -79,3 +79,22 @@ def export_onnx(encoder: SentenceEncoder, path: Path) -> None:
             dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                           "embeddings": {0: "batch"}},
         )
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """The fp32 graph with its MatMul/Gather weights in int8, one scale per output channel.
+
+    ONNX Runtime's dynamic quantization: no calibration data is needed, and the graph is the
+    same for the same fp32 graph. On a CPU with VNNI it embeds ~1.8x faster. The price: each
+    call quantizes its activations with one scale for the whole batch, so an embedding moves a
+    little with the texts it is batched with; measured against fp32, cosines are ~0.99 for
+    sentences and down to ~0.95 for a one-word text padded among longer ones. The build records
+    the lowest cosine on the held-out sentences and the head's accuracy under this graph.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per channel: per-tensor scales cost this encoder ~6 % of cosine, per-channel ones under 1 %.
+    # DefaultTensorType: shape inference cannot type every MatMul output of the exported graph.
+    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..contracts import Job, Tensor
-from ..errors import InvalidJob
+from ..errors import InvalidJob, ServiceMisconfigured
 from ..onnx_session import open_session
 from ..registry import Registry
 from ..runtime import Outputs
@@ -22,9 +22,17 @@ from . import MODEL
 from .head import ClassifierHead
 from .tokens import TextTokenizer, Tokenized, length_groups, pad, padding_waste
 
-__all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows"]
+__all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows",
+           "INT8_GRAPH", "PRECISIONS"]
 
 EMBEDDING_DIM = 384
+
+INT8_GRAPH = "encoder.int8.onnx"
+"""The encoder with int8 weights (`encoder.quantize_int8`), a companion of every text version built since it exists."""
+
+PRECISIONS = ("fp32", "int8")
+"""fp32: the exported graph as it is; int8: `INT8_GRAPH` on ONNX Runtime's CPU kernels (~1.8x faster on CPU; see
+`encoder.quantize_int8` for what it costs in fidelity)."""
 
 TASKS = ("embed", "similarity", "classify")
 
@@ -113,13 +121,24 @@ class TextRuntime:
 
     @classmethod
     def from_registry(cls, registry: Registry, ref: str = "production", *, backend: str = "onnx",
-                      providers: str = "auto", intra_op_threads: int = 0, max_seq_len: int = 128,
-                      limits: TextLimits = TextLimits()) -> "TextRuntime":
-        """Load a verified version: encoder graph, tokenizer and head, all sha256-checked."""
+                      precision: str = "fp32", providers: str = "auto", intra_op_threads: int = 0,
+                      max_seq_len: int = 128, limits: TextLimits = TextLimits()) -> "TextRuntime":
+        """Load a verified version: encoder graph, tokenizer and head, all sha256-checked.
+
+        `precision="int8"` serves the version's int8 graph on the CPU (ONNX Runtime only); a
+        version built before int8 graphs existed has none, and says so.
+        """
+        _check_precision(precision, backend, providers)
         version, onnx_bytes = registry.load_verified(MODEL, ref)
         files = registry.load_companions(version)
         if backend == "torch":
             encoder: Encoder = TorchEncoder(str(version.params.get("encoder_weights_sha256") or "") or None)
+        elif precision == "int8":
+            if INT8_GRAPH not in files:
+                raise ServiceMisconfigured(
+                    f"text v{version.version} has no int8 encoder graph ({INT8_GRAPH}): it was built before int8 graphs "
+                    "existed. Build a new version (`aiaas models build text`) or serve this one with AIAAS_TEXT_PRECISION=fp32")
+            encoder = OnnxEncoder(files[INT8_GRAPH], "cpu", intra_op_threads)
         else:
             encoder = OnnxEncoder(onnx_bytes, providers, intra_op_threads)
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
@@ -187,6 +206,18 @@ class TextRuntime:
             "label_names": list(self.head.labels),
             "truncated": truncated,
         }
+
+
+def _check_precision(precision: str, backend: str, providers: str) -> None:
+    """int8 is an ONNX Runtime graph whose quantized kernels are CPU ones."""
+    if precision not in PRECISIONS:
+        raise ServiceMisconfigured(f"text precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "int8" and backend != "onnx":
+        raise ServiceMisconfigured("text precision int8 is served by ONNX Runtime: set AIAAS_TEXT_BACKEND=onnx, "
+                         "or AIAAS_TEXT_PRECISION=fp32 for the PyTorch backend")
+    if precision == "int8" and providers == "cuda":
+        raise ServiceMisconfigured("text precision int8 runs on ONNX Runtime's CPU kernels: on a GPU keep "
+                         "AIAAS_TEXT_PRECISION=fp32, or set AIAAS_TEXT_EXECUTION_PROVIDER=auto/cpu for int8 on the CPU")
 
 
 def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:

@@ -23,9 +23,9 @@ from ..training.protocol import Candidate, ProgressCallback
 from ..training.request import TrainingRequest
 from . import MODEL
 from .labelled_sentences import labelled_split
-from .runtime import OnnxEncoder
+from .runtime import INT8_GRAPH, OnnxEncoder
 from .tokens import TextTokenizer
-from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, embed_texts, head_accuracy, train_head
+from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, embed_texts, head_accuracy, int8_metrics, train_head
 
 __all__ = ["TextTrainer"]
 
@@ -63,10 +63,16 @@ class TextTrainer:
         artifact.write_bytes(onnx_bytes)
         tokenizer_path.write_bytes(files["tokenizer.json"])
         head_path.write_bytes(head.to_bytes())
-        metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out)),
-                   "train_seconds": round(time.perf_counter() - started, 2)}
+        companions = [tokenizer_path, head_path]
+        metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out))}
+        if INT8_GRAPH in files:  # the base's int8 encoder goes on with the new head (bases built before it have none)
+            (workdir / INT8_GRAPH).write_bytes(files[INT8_GRAPH])
+            companions.append(workdir / INT8_GRAPH)
+            metrics |= int8_metrics(OnnxEncoder(files[INT8_GRAPH], providers="cpu"), tokenizer, head,
+                                    [t for t, _ in held_out], x_test, y_test)
+        metrics["train_seconds"] = round(time.perf_counter() - started, 2)
         return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
-                         hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path), base.version)
+                         hashlib.sha256(repr(train_rows).encode()).hexdigest(), tuple(companions), base.version)
 
 
 def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
