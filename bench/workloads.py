@@ -96,8 +96,8 @@ def settings_class(model: str) -> type[WorkerSettings]:
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
     """The model's runtime loaded from the registry as its service loads it (`backend=` for text).
 
-    Text on ONNX Runtime takes the service's precision (AIAAS_TEXT_PRECISION), so the naive consumer and the
-    runtime ceiling run the graph the service runs."""
+    Text on ONNX Runtime takes the service's precision (AIAAS_TEXT_PRECISION; its other settings keep their
+    defaults here), so the naive consumer and the runtime ceiling run the graph the service runs."""
     if model == "vision":
         from aiaas.vision.runtime import VisionRuntime
 

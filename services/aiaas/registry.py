@@ -249,6 +249,10 @@ class Registry:
         """The companion files of a version, each after checking its sha256."""
         return {name: self._read_checked(version, name, digest) for name, digest in version.files.items()}
 
+    def load_companion(self, version: ModelVersion, name: str) -> bytes:
+        """One companion file of a version, after checking its sha256 (KeyError: the version has no such file)."""
+        return self._read_checked(version, name, version.files[name])
+
     def _read_checked(self, version: ModelVersion, name: str, digest: str) -> bytes:
         data = (self.root / version.model / f"v{version.version}" / name).read_bytes()
         if sha256_of(data) != digest:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from .errors import UnknownModelVersion
+from .errors import ServiceMisconfigured, UnknownModelVersion
 from .heap import resettle
 from .runtime import ModelRuntime
 
@@ -113,7 +113,10 @@ class RuntimeSet:
             except Exception as exc:  # a bad new version must not take the service down: keep serving the old one
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
-                log.exception("%s: loading v%s failed; still serving v%s", self.model, version, self.current.version)
+                if isinstance(exc, ServiceMisconfigured):  # the settings cannot serve it: say why, no traceback
+                    log.error("%s: cannot serve v%s: %s; still serving v%s", self.model, version, exc, self.current.version)
+                else:
+                    log.exception("%s: loading v%s failed; still serving v%s", self.model, version, self.current.version)
                 return None
         log.info("%s: v%s loaded in the background", self.model, version)
         return runtime

@@ -51,7 +51,6 @@ async def test_every_task_answers_through_kafka_as_the_model_does_in_process(kaf
     assert {r.model_version for r in classified} == {str(text_registry.resolve("text", "production").version)}
 
 
-
 async def test_the_int8_graph_serves_when_the_service_is_told_to(kafka_settings, service_env, text_registry, tmp_path):
     service = ServiceProcess(service_env | {"AIAAS_TEXT_PRECISION": "int8"}, tmp_path / "text-int8.log", model="text")
     service.start()
@@ -59,17 +58,17 @@ async def test_the_int8_graph_serves_when_the_service_is_told_to(kafka_settings,
         _, held_out = labelled_split()
         sample, texts = held_out[:30], ["a cup of tea", "stock prices fell"]
         async with AiaasClient(kafka_settings) as client:
-            # Alone in its batch, as in process below: int8 activations are scaled per batch.
+            # Alone in its batch, as in process below: int8 activations are scaled per encoder call.
             embedded = await (await client.submit("text", {"texts": texts}, task="embed")).result(timeout=60)
             handles = await asyncio.gather(*(client.submit("text", {"texts": [s]}, task="classify") for s, _ in sample))
             classified = await asyncio.gather(*(h.result(timeout=60) for h in handles))
     finally:
         service.stop()
     served = embedded.outputs["embeddings"].to_numpy()
-    for precision, close in (("int8", True), ("fp32", False)):
+    for precision, expect_match in (("int8", True), ("fp32", False)):
         local = TextRuntime.from_registry(text_registry, precision=precision)
         (expected,) = local.infer([local.prepare(Job(job_id="x", model="text", task="embed", inputs={"texts": texts}))])
-        assert np.allclose(served, expected["embeddings"].to_numpy(), atol=1e-5) == close, precision
+        assert np.allclose(served, expected["embeddings"].to_numpy(), atol=1e-5) == expect_match, precision
     accuracy = np.mean([r.outputs["labels"] == [topic] for r, (_, topic) in zip(classified, sample)])
     assert accuracy >= 0.85
 
@@ -80,6 +79,7 @@ def test_a_service_asked_for_int8_on_pytorch_stops_and_says_why(service_env, tex
     assert ended.returncode == 2
     assert "int8 is served by ONNX Runtime: set AIAAS_TEXT_BACKEND=onnx" in ended.stderr
     assert "Traceback" not in ended.stderr
+
 
 async def test_one_trace_runs_from_the_client_through_the_text_service(kafka_settings, text_service, text_registry, spans):
     async with AiaasClient(kafka_settings) as client:

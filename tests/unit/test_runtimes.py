@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from aiaas.codec import decode_result
-from aiaas.errors import UnknownModelVersion
+from aiaas.errors import ServiceMisconfigured, UnknownModelVersion
 from aiaas.runtimes import RuntimeSet
 from aiaas.topics import ModelTopics
 from aiaas.worker import BatchWorker
@@ -58,6 +58,19 @@ async def test_a_failed_load_keeps_the_old_version_serving():
     await runtimes.follow({"production": 2})
     await worker.handle([job_record(0, [1.0])])
     assert versions_of(sink) == {"job-0": "1"}
+
+
+async def test_a_version_the_settings_cannot_serve_is_logged_with_why_and_the_old_one_keeps_serving(caplog):
+    def misconfigured(version):
+        raise ServiceMisconfigured(f"text v{version} has no int8 encoder graph")
+
+    runtimes, worker, sink = make(misconfigured)
+    await runtimes.follow({"production": 2})
+    await worker.handle([job_record(0, [1.0])])
+    assert versions_of(sink) == {"job-0": "1"}
+    (record,) = [r for r in caplog.records if "cannot serve" in r.getMessage()]
+    assert record.getMessage() == "vision: cannot serve v2: text v2 has no int8 encoder graph; still serving v1"
+    assert record.exc_info is None  # a reason, not a traceback
 
 
 async def test_pinned_versions_load_on_first_use_run_in_their_own_model_call_and_are_kept():

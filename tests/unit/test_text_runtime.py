@@ -90,9 +90,11 @@ def test_pytorch_backend_agrees_with_onnx_runtime(runtime, text_registry):
     assert difference < 1e-4
 
 
-def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_registry):
+def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_registry, caplog):
+    caplog.set_level("INFO", logger="aiaas.text.runtime")
     int8 = TextRuntime.from_registry(text_registry, precision="int8")
-    assert int8.encoder._session.get_providers() == ["CPUExecutionProvider"]
+    assert int8.encoder.providers == ["CPUExecutionProvider"]
+    assert "ONNX Runtime int8 encoder on CPUExecutionProvider" in caplog.text
     (fp32_out,) = run(runtime, job("embed", texts=SENTENCES))
     (int8_out,) = run(int8, job("embed", texts=SENTENCES))
     fp32_vectors, int8_vectors = fp32_out["embeddings"].to_numpy(), int8_out["embeddings"].to_numpy()
@@ -112,9 +114,12 @@ def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_reg
     ({"precision": "int8", "providers": "cuda"}, "CPU kernels"),
     ({"precision": "fp16"}, "one of fp32, int8"),
 ])
-def test_a_precision_the_backend_cannot_serve_is_refused_before_loading(text_registry, settings, message):
+def test_a_precision_the_backend_cannot_serve_is_refused_before_loading(tmp_path, settings, message):
+    from aiaas.registry import Registry
+
+    empty = Registry(tmp_path / "registry")  # loading anything first would raise UnknownModelVersion instead
     with pytest.raises(ServiceMisconfigured, match=message):
-        TextRuntime.from_registry(text_registry, **settings)
+        TextRuntime.from_registry(empty, **settings)
 
 
 def test_a_version_built_before_int8_graphs_says_how_to_serve_it(text_registry, tmp_path):

@@ -411,11 +411,24 @@ def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
     files = {"encoder.onnx", "tokenizer.json", "head.npz", "encoder.int8.onnx"}
     assert {p.name for p in (candidate.artifact, *candidate.companions)} == files
     assert all((tmp_path / name).stat().st_size > 0 for name in files)
-    assert (tmp_path / "encoder.int8.onnx").read_bytes() == text_registry.load_companions(production)["encoder.int8.onnx"]
+    base_int8 = text_registry.load_companion(production, "encoder.int8.onnx")
+    assert (tmp_path / "encoder.int8.onnx").read_bytes() == base_int8
     assert candidate.metrics["int8_accuracy"] >= 0.85 and candidate.metrics["int8_cosine_min"] >= 0.95
     assert events[-1].epoch == events[-1].epochs == candidate.params["epochs"]
     assert candidate.params["encoder"] == "all-MiniLM-L6-v2"
 
+
+
+def test_text_training_from_a_version_without_an_int8_graph_derives_the_same_one_a_build_makes(text_registry, tmp_path):
+    production = text_registry.resolve("text", "production")
+    folder = text_registry.root / "text" / f"v{production.version}"
+    old = Registry(tmp_path / "registry")  # a version as built before int8 graphs existed
+    old.register("text", folder / production.artifact, params=production.params,
+                 companions=tuple(folder / name for name in production.files if name != "encoder.int8.onnx"))
+    candidate, _ = train_text(old, tmp_path / "work", epochs=25)
+    assert "encoder.int8.onnx" in {p.name for p in candidate.companions}
+    assert (tmp_path / "work" / "encoder.int8.onnx").read_bytes() == text_registry.load_companion(production, "encoder.int8.onnx")
+    assert candidate.metrics["int8_cosine_min"] >= 0.95
 
 def test_text_head_trained_on_the_jobs_own_sentences(text_registry, tmp_path):
     texts = [text for sentences in NEW_TOPICS.values() for text in sentences]

@@ -7,6 +7,7 @@ fed to the model, and builds each job's outputs for its task.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,20 +26,27 @@ from .tokens import TextTokenizer, Tokenized, length_groups, pad, padding_waste
 __all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows",
            "INT8_GRAPH", "PRECISIONS"]
 
+log = logging.getLogger(__name__)
+
 EMBEDDING_DIM = 384
 
 INT8_GRAPH = "encoder.int8.onnx"
 """The encoder with int8 weights (`encoder.quantize_int8`), a companion of every text version built since it exists."""
 
 PRECISIONS = ("fp32", "int8")
-"""fp32: the exported graph as it is; int8: `INT8_GRAPH` on ONNX Runtime's CPU kernels (~1.8x faster on CPU; see
-`encoder.quantize_int8` for what it costs in fidelity)."""
+"""fp32: the exported graph as it is; int8: `INT8_GRAPH` on ONNX Runtime's CPU kernels (the text service answers
+~1.7x the jobs/s on a 2-core VM; see `encoder.quantize_int8` for what it costs in fidelity)."""
 
 TASKS = ("embed", "similarity", "classify")
 
 
 class Encoder(Protocol):
     """Token ids → unit embeddings."""
+
+    @property
+    def providers(self) -> list[str]:
+        """Where it runs (execution providers or device), for the log."""
+        ...
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """float32 [rows, 384] for int64 [rows, seq] ids and mask."""
@@ -50,6 +58,11 @@ class OnnxEncoder:
 
     def __init__(self, onnx_bytes: bytes, providers: str = "auto", intra_op_threads: int = 0) -> None:
         self._session = open_session(onnx_bytes, providers, intra_op_threads)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use, best first."""
+        return self._session.get_providers()
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One session run."""
@@ -68,6 +81,11 @@ class TorchEncoder:
         self._torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self._encoder = load_encoder(expected_sha256=weights_sha256).to(self.device)
+
+    @property
+    def providers(self) -> list[str]:
+        """The PyTorch device, in the words of the log line."""
+        return [f"torch {self.device}"]
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One forward pass without autograd."""
@@ -123,24 +141,27 @@ class TextRuntime:
     def from_registry(cls, registry: Registry, ref: str = "production", *, backend: str = "onnx",
                       precision: str = "fp32", providers: str = "auto", intra_op_threads: int = 0,
                       max_seq_len: int = 128, limits: TextLimits = TextLimits()) -> "TextRuntime":
-        """Load a verified version: encoder graph, tokenizer and head, all sha256-checked.
+        """Load a verified version: encoder graph, tokenizer and head, each read once and sha256-checked.
 
         `precision="int8"` serves the version's int8 graph on the CPU (ONNX Runtime only); a
-        version built before int8 graphs existed has none, and says so.
+        version built before int8 graphs existed has none, and says so before anything is read.
         """
         _check_precision(precision, backend, providers)
-        version, onnx_bytes = registry.load_verified(MODEL, ref)
-        files = registry.load_companions(version)
+        version = registry.resolve(MODEL, ref)
         if backend == "torch":
             encoder: Encoder = TorchEncoder(str(version.params.get("encoder_weights_sha256") or "") or None)
         elif precision == "int8":
-            if INT8_GRAPH not in files:
+            if INT8_GRAPH not in version.files:
                 raise ServiceMisconfigured(
-                    f"text v{version.version} has no int8 encoder graph ({INT8_GRAPH}): it was built before int8 graphs "
-                    "existed. Build a new version (`aiaas models build text`) or serve this one with AIAAS_TEXT_PRECISION=fp32")
-            encoder = OnnxEncoder(files[INT8_GRAPH], "cpu", intra_op_threads)
+                    f"text v{version.version} has no int8 encoder graph ({INT8_GRAPH}): it was built before int8 "
+                    "graphs existed. Serve it with AIAAS_TEXT_PRECISION=fp32, or make a version that has one: a "
+                    "training job based on it, or `aiaas models build text`")
+            encoder = OnnxEncoder(registry.load_companion(version, INT8_GRAPH), "cpu", intra_op_threads)
         else:
-            encoder = OnnxEncoder(onnx_bytes, providers, intra_op_threads)
+            encoder = OnnxEncoder(registry.load_verified(MODEL, str(version.version))[1], providers, intra_op_threads)
+        files = {name: registry.load_companion(version, name) for name in ("tokenizer.json", "head.npz")}
+        engine = "PyTorch fp32" if backend == "torch" else f"ONNX Runtime {precision}"
+        log.info("text v%s: %s encoder on %s", version.version, engine, ", ".join(encoder.providers))
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
         return cls(encoder, TextTokenizer(files["tokenizer.json"].decode(), max_seq_len),
                    ClassifierHead.from_bytes(files["head.npz"]), str(version.version), aliases=aliases, limits=limits)
@@ -214,10 +235,11 @@ def _check_precision(precision: str, backend: str, providers: str) -> None:
         raise ServiceMisconfigured(f"text precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "int8" and backend != "onnx":
         raise ServiceMisconfigured("text precision int8 is served by ONNX Runtime: set AIAAS_TEXT_BACKEND=onnx, "
-                         "or AIAAS_TEXT_PRECISION=fp32 for the PyTorch backend")
+                                   "or AIAAS_TEXT_PRECISION=fp32 for the PyTorch backend")
     if precision == "int8" and providers == "cuda":
         raise ServiceMisconfigured("text precision int8 runs on ONNX Runtime's CPU kernels: on a GPU keep "
-                         "AIAAS_TEXT_PRECISION=fp32, or set AIAAS_TEXT_EXECUTION_PROVIDER=auto/cpu for int8 on the CPU")
+                                   "AIAAS_TEXT_PRECISION=fp32, or set AIAAS_TEXT_EXECUTION_PROVIDER=auto/cpu for int8 "
+                                   "on the CPU")
 
 
 def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:

@@ -90,22 +90,22 @@ def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion
         head = train_head(embed_texts(encoder, tokenizer, [s for s, _ in train]), [t for _, t in train], params)
         x_held_out, y_held_out = embed_texts(encoder, tokenizer, [s for s, _ in held_out]), [t for _, t in held_out]
         accuracy = head_accuracy(head, x_held_out, y_held_out)
-        int8 = int8_metrics(OnnxEncoder(int8_path.read_bytes(), providers="cpu"), tokenizer, head,
-                            [s for s, _ in held_out], x_held_out, y_held_out)
+        int8_scores = int8_metrics(OnnxEncoder(int8_path.read_bytes(), providers="cpu"), tokenizer, head,
+                                   [s for s, _ in held_out], x_held_out, y_held_out)
         head_path.write_bytes(head.to_bytes())
         return registry.register(
             MODEL, onnx_path, companions=(tokenizer_path, head_path, int8_path),
-            metrics={"accuracy": accuracy, "held_out": len(held_out), **int8,
+            metrics={"accuracy": accuracy, "held_out": len(held_out), **int8_scores,
                      "train_seconds": round(time.perf_counter() - started, 2)},
             params=asdict(params) | {"encoder": "all-MiniLM-L6-v2", "encoder_weights_sha256": weights_sha256()},
             data_hash=hashlib.sha256(repr(train).encode()).hexdigest(),
         )
 
 
-def int8_metrics(int8: OnnxEncoder, tokenizer: TextTokenizer, head: ClassifierHead, texts: list[str],
+def int8_metrics(int8_encoder: OnnxEncoder, tokenizer: TextTokenizer, head: ClassifierHead, texts: list[str],
                  fp32_embeddings: np.ndarray, labels: list[str]) -> dict[str, float]:
     """The head's accuracy under the int8 graph, and the lowest cosine between int8 and fp32 embeddings of `texts`."""
-    embeddings = embed_texts(int8, tokenizer, texts)
+    embeddings = embed_texts(int8_encoder, tokenizer, texts)
     cosine = np.sum(embeddings * fp32_embeddings, axis=1)
     return {"int8_accuracy": head_accuracy(head, embeddings, labels), "int8_cosine_min": round(float(cosine.min()), 4)}
 

@@ -22,6 +22,7 @@ from ..registry import Registry
 from ..training.protocol import Candidate, ProgressCallback
 from ..training.request import TrainingRequest
 from . import MODEL
+from .encoder import quantize_int8
 from .labelled_sentences import labelled_split
 from .runtime import INT8_GRAPH, OnnxEncoder
 from .tokens import TextTokenizer
@@ -63,16 +64,18 @@ class TextTrainer:
         artifact.write_bytes(onnx_bytes)
         tokenizer_path.write_bytes(files["tokenizer.json"])
         head_path.write_bytes(head.to_bytes())
-        companions = [tokenizer_path, head_path]
+        int8_path = workdir / INT8_GRAPH
+        if INT8_GRAPH in files:  # the base's int8 encoder goes on with the new head
+            int8_path.write_bytes(files[INT8_GRAPH])
+        else:  # a base built before int8 graphs existed: derive it (deterministic, the same graph a build makes)
+            quantize_int8(artifact, int8_path)
         metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out))}
-        if INT8_GRAPH in files:  # the base's int8 encoder goes on with the new head (bases built before it have none)
-            (workdir / INT8_GRAPH).write_bytes(files[INT8_GRAPH])
-            companions.append(workdir / INT8_GRAPH)
-            metrics |= int8_metrics(OnnxEncoder(files[INT8_GRAPH], providers="cpu"), tokenizer, head,
-                                    [t for t, _ in held_out], x_test, y_test)
+        metrics |= int8_metrics(OnnxEncoder(int8_path.read_bytes(), providers="cpu"), tokenizer, head,
+                                [t for t, _ in held_out], x_test, y_test)
         metrics["train_seconds"] = round(time.perf_counter() - started, 2)
         return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
-                         hashlib.sha256(repr(train_rows).encode()).hexdigest(), tuple(companions), base.version)
+                         hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path, int8_path),
+                         base.version)
 
 
 def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
