@@ -113,10 +113,11 @@ class RuntimeSet:
             except Exception as exc:  # a bad new version must not take the service down: keep serving the old one
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                serving = self.current.version
                 if isinstance(exc, ServiceMisconfigured):  # the settings cannot serve it: say why, no traceback
-                    log.error("%s: cannot serve v%s: %s; still serving v%s", self.model, version, exc, self.current.version)
+                    log.error("%s: cannot serve v%s: %s; still serving v%s", self.model, version, exc, serving)
                 else:
-                    log.exception("%s: loading v%s failed; still serving v%s", self.model, version, self.current.version)
+                    log.exception("%s: loading v%s failed; still serving v%s", self.model, version, serving)
                 return None
         log.info("%s: v%s loaded in the background", self.model, version)
         return runtime

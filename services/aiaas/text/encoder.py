@@ -87,9 +87,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     ONNX Runtime's dynamic quantization: no calibration data is needed, and the graph is the
     same for the same fp32 graph. On the 2-core CI VM (VNNI) the encoder alone runs 1.4-1.7x and
     the text service 1.7x as fast. The price: each encoder call quantizes its activations with
-    one scale for all its rows, so an embedding moves a little with the texts it is batched with; measured against fp32, cosines are ~0.99 for
-    sentences and down to ~0.95 for a one-word text padded among longer ones. The build records
-    the lowest cosine on the held-out sentences and the head's accuracy under this graph.
+    one scale for all its rows, so an embedding moves a little with the texts it is batched
+    with. Measured against fp32, cosines are ~0.99 for sentences and down to ~0.95 for a
+    one-word text padded among longer ones. The build records the lowest cosine on the
+    held-out sentences and the head's accuracy under this graph.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -21,8 +21,8 @@ class TextSettings(WorkerSettings):
     )
     precision: Literal["fp32", "int8"] = Field(
         "fp32", description="`fp32`: the encoder as exported; `int8`: its int8-weight graph on the CPU (ONNX "
-        "Runtime only): ~1.7x the service's throughput on a 2-core VNNI CPU; embeddings within a cosine of ~0.99 of fp32 "
-        "(~0.95 for one-word texts) that move slightly with the batch they share.",
+        "Runtime only): ~1.7x the service's throughput on a 2-core VNNI CPU; embeddings within a cosine of "
+        "~0.99 of fp32 (~0.95 for one-word texts) that move slightly with the batch they share.",
     )
     max_seq_len: int = Field(128, ge=8, le=512, description="Tokens per text; longer texts are cut and flagged.")
     max_texts_per_job: int = Field(64, ge=1, description="Most texts one job may carry (per input list).")
