@@ -86,6 +86,17 @@ def text_registry(session_registry: Registry) -> Registry:
     return session_registry
 
 
+@pytest.fixture
+def pre_int8_text_registry(text_registry: Registry, tmp_path: Path) -> Registry:
+    """A registry of its own holding the session's text version as built before int8 graphs existed (no int8 file)."""
+    version = text_registry.resolve("text", "production")
+    folder = text_registry.root / "text" / f"v{version.version}"
+    old = Registry(tmp_path / "pre-int8-registry")
+    old.register("text", folder / version.artifact, params=version.params,
+                 companions=tuple(folder / name for name in version.files if name != "encoder.int8.onnx"))
+    return old
+
+
 @pytest.fixture(scope="session")
 def recsys_registry(session_registry: Registry) -> Registry:
     """The session registry with one real recsys version (ratings generated, model trained: a few seconds)."""

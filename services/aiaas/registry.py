@@ -243,7 +243,11 @@ class Registry:
     def load_verified(self, model: str, ref: str) -> tuple[ModelVersion, bytes]:
         """The version and its artifact bytes, after checking the sha256."""
         version = self.resolve(model, ref)
-        return version, self._read_checked(version, version.artifact, version.sha256)
+        return version, self.load_artifact(version)
+
+    def load_artifact(self, version: ModelVersion) -> bytes:
+        """The artifact of a resolved version, after checking its sha256."""
+        return self._read_checked(version, version.artifact, version.sha256)
 
     def load_companions(self, version: ModelVersion) -> dict[str, bytes]:
         """The companion files of a version, each after checking its sha256."""

@@ -122,14 +122,8 @@ def test_a_precision_the_backend_cannot_serve_is_refused_before_loading(tmp_path
         TextRuntime.from_registry(empty, **settings)
 
 
-def test_a_version_built_before_int8_graphs_says_how_to_serve_it(text_registry, tmp_path):
-    from aiaas.registry import Registry
-
-    old = Registry(tmp_path / "registry")
-    version = text_registry.resolve("text", "production")
-    folder = text_registry.root / "text" / f"v{version.version}"
-    companions = [folder / name for name in version.files if name != "encoder.int8.onnx"]
-    old.register("text", folder / version.artifact, companions=tuple(companions), params=version.params)
+def test_a_version_built_before_int8_graphs_says_how_to_serve_it(pre_int8_text_registry):
+    old = pre_int8_text_registry
     assert TextRuntime.from_registry(old).version == "1"  # fp32 serves it as before
     with pytest.raises(ServiceMisconfigured, match="no int8 encoder graph.*AIAAS_TEXT_PRECISION=fp32"):
         TextRuntime.from_registry(old, precision="int8")

@@ -419,13 +419,10 @@ def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
 
 
 
-def test_text_training_from_a_version_without_an_int8_graph_derives_the_same_one_a_build_makes(text_registry, tmp_path):
+def test_text_training_from_a_version_without_an_int8_graph_derives_the_same_one_a_build_makes(
+        text_registry, pre_int8_text_registry, tmp_path):
     production = text_registry.resolve("text", "production")
-    folder = text_registry.root / "text" / f"v{production.version}"
-    old = Registry(tmp_path / "registry")  # a version as built before int8 graphs existed
-    old.register("text", folder / production.artifact, params=production.params,
-                 companions=tuple(folder / name for name in production.files if name != "encoder.int8.onnx"))
-    candidate, _ = train_text(old, tmp_path / "work", epochs=25)
+    candidate, _ = train_text(pre_int8_text_registry, tmp_path / "work", epochs=25)
     assert "encoder.int8.onnx" in {p.name for p in candidate.companions}
     derived = (tmp_path / "work" / "encoder.int8.onnx").read_bytes()
     assert derived == text_registry.load_companion(production, "encoder.int8.onnx")

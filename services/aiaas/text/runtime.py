@@ -158,7 +158,7 @@ class TextRuntime:
                     "training job based on it, or `aiaas models build text`")
             encoder = OnnxEncoder(registry.load_companion(version, INT8_GRAPH), "cpu", intra_op_threads)
         else:
-            encoder = OnnxEncoder(registry.load_verified(MODEL, str(version.version))[1], providers, intra_op_threads)
+            encoder = OnnxEncoder(registry.load_artifact(version), providers, intra_op_threads)
         files = {name: registry.load_companion(version, name) for name in ("tokenizer.json", "head.npz")}
         engine = "PyTorch fp32" if backend == "torch" else f"ONNX Runtime {precision}"
         log.info("text v%s: %s encoder on %s", version.version, engine, ", ".join(encoder.providers))

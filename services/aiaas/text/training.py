@@ -69,9 +69,9 @@ class TextTrainer:
             int8_path.write_bytes(files[INT8_GRAPH])
         else:  # a base built before int8 graphs existed: derive it (deterministic, the same graph a build makes)
             quantize_int8(artifact, int8_path)
+        int8_encoder = OnnxEncoder(files.get(INT8_GRAPH) or int8_path.read_bytes(), providers="cpu")
         metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out))}
-        metrics |= int8_metrics(OnnxEncoder(int8_path.read_bytes(), providers="cpu"), tokenizer, head,
-                                [t for t, _ in held_out], x_test, y_test)
+        metrics |= int8_metrics(int8_encoder, tokenizer, head, [t for t, _ in held_out], x_test, y_test)
         metrics["train_seconds"] = round(time.perf_counter() - started, 2)
         return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
                          hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path, int8_path),
