@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "child_env", "cpu_seconds",
-           "kafka_version", "stop_all"]
+           "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all"]
 
 REPO = Path(__file__).resolve().parents[1]
 _KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
@@ -133,6 +133,25 @@ def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
     found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", (REPO / "infra" / "kafka" / "pom.xml").read_text())
     return found.group(1) if found else "?"
+
+
+def broker_jvm_opts() -> str:
+    """The JVM options kafka.sh starts the broker with: AIAAS_KAFKA_JVM_OPTS, or kafka.sh's default."""
+    found = re.search(r'AIAAS_KAFKA_JVM_OPTS:-([^}"]+)\}', _KAFKA_SH.read_text())
+    return os.environ.get("AIAAS_KAFKA_JVM_OPTS") or (found.group(1) if found else "?")
+
+
+def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
+    """User + system CPU each thread of a process has used so far, by (thread id, thread name)."""
+    used = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        used[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def cpu_seconds(pid: int) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
-from .procs import kafka_version
+from .procs import broker_jvm_opts, kafka_version
 
 __all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug"]
 
@@ -210,7 +210,8 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "`AiaasClient` (submit, at most 64 awaiting their acknowledgement; `JobHandle.latency_ms`), tracing on in "
         "this process too; one client process may be the limit (see publish/s below)")
     return [
-        f"How each column is measured (all in this one run, on this machine, against one local Kafka {kafka_version()} broker; "
+        f"How each column is measured (all in this one run, on this machine, against one local Kafka {kafka_version()} broker, "
+        f"JVM options `{broker_jvm_opts()}` (infra/kafka/kafka.sh); "
         "each stage on its own topic prefix):",
         "",
         "- **runtime ceiling**: the runtime's `infer` alone on in-memory prepared batches (ONNX Runtime, as served), "

@@ -10,6 +10,12 @@
 #   AIAAS_KAFKA_PORT        client port (default 9092); the controller uses port + 1
 #   AIAAS_KAFKA_STATE_DIR   where data, log and pid live (default infra/kafka/.state/<port>)
 #   AIAAS_KAFKA_HEAP        JVM heap (default 512m)
+#   AIAAS_KAFKA_JVM_OPTS    other JVM options (default "-XX:+UseG1GC -XX:TieredStopAtLevel=1"). The second one
+#                           keeps the JVM to its quick C1 compiler: a fresh broker's just-in-time compiling then
+#                           settles in seconds instead of taking a share of the cores for minutes, which on a
+#                           small machine shared with services, tests and benchmarks cost them more than C2's
+#                           faster code saves (bench/results/2026-11-23-broker-jit-intel-xeon-2-50ghz-2c.md).
+#                           For a long-lived broker on its own machine, "-XX:+UseG1GC" restores tiered compiling.
 #   AIAAS_KAFKA_PARTITIONS  default partitions of auto-created topics (default 3)
 #
 # Opt-in security (off by default; PLAINTEXT on the client port always stays, for tools and tests):
@@ -36,7 +42,8 @@ tls="${AIAAS_KAFKA_TLS:-}"
 case "$tls" in 1|true|yes) tls=1 ;; ""|0|false|no) tls="" ;;
   *) echo "kafka.sh: AIAAS_KAFKA_TLS must be 1 or empty, not '$tls'" >&2; exit 2 ;; esac
 tls_dir="$state/tls"
-java_cmd=(java "-Xmx${AIAAS_KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true
+read -ra jvm_opts <<<"${AIAAS_KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:TieredStopAtLevel=1}"
+java_cmd=(java "-Xmx${AIAAS_KAFKA_HEAP:-512m}" "${jvm_opts[@]}" -Djava.awt.headless=true
   "-Dlog4j2.configurationFile=$state/log4j2.properties" -cp "$libs/*")
 
 fetch() {
