@@ -32,7 +32,7 @@ from aiaas.registry import Registry
 from aiaas.text.settings import TextSettings
 
 from .load import Burst
-from .workloads import Payload, as_jobs, load_runtime, payloads
+from .workloads import Payload, as_jobs, load_runtime, payloads, settings_class
 
 __all__ = ["CeilingPoint", "RuntimeCeiling", "RuntimeBursts", "batch_sizes", "measure", "runtime_ceilings"]
 
@@ -174,14 +174,24 @@ class RuntimeBursts:
     """The runtime ceiling as a consumer of `load.saturate`'s rounds: a burst is calls of the served runtime's
     `infer` on one prepared batch (as `measure` times them) for `seconds`, whatever N the round asks for (no
     burst-size cap applies, none is too short), run in a worker thread of this process while the other
-    consumers idle. No Kafka: `start` and `stop` do nothing."""
+    consumers idle. No Kafka: `start` and `stop` do nothing.
+
+    With the service set to several model instances (AIAAS_<MODEL>_MODEL_INSTANCES), the runtime runs as the
+    service runs it: that many threads, each calling `infer` on its own batch, on a runtime whose session has the
+    service's intra-op threads per instance."""
 
     name = "runtime alone"
 
     def __init__(self, model: str, registry: Registry, batch: int, seconds: float) -> None:
         self.batch, self.seconds = batch, seconds
         jobs = as_jobs(model, payloads(model, batch, registry, seed=1))
-        self._infer, self._items, _ = _backend(model, "onnx", registry, jobs)  # as the sweep measures it
+        served = settings_class(model)()
+        self.instances = served.model_instances
+        if self.instances == 1:
+            self._infer, self._items, _ = _backend(model, "onnx", registry, jobs)  # as the sweep measures it
+        else:
+            runtime = load_runtime(model, registry, intra_op_threads=served.session_threads())
+            self._infer, self._items = runtime.infer, [runtime.prepare(job) for job in jobs]
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -202,5 +212,10 @@ class RuntimeBursts:
                 if (now := time.perf_counter()) >= deadline:
                     return calls, now - started
 
-        calls, seconds = await asyncio.to_thread(run)
+        if self.instances == 1:
+            calls, seconds = await asyncio.to_thread(run)
+        else:  # every instance's thread at once; the burst lasts until the last one is done
+            started = time.perf_counter()
+            done = await asyncio.gather(*(asyncio.to_thread(run) for _ in range(self.instances)))
+            calls, seconds = sum(c for c, _ in done), time.perf_counter() - started
         return Burst(calls * self.batch, seconds, seconds, float(self.batch))

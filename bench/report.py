@@ -16,6 +16,7 @@ from pathlib import Path
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
 from .procs import broker_jvm_opts, kafka_version
+from .workloads import settings_class
 
 __all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug"]
 
@@ -273,7 +274,9 @@ def _details(r: ModelResult) -> list[str]:
         if at_max:
             lines.append(f"- ONNX Runtime at the service's max_batch ({at_max.batch}): {_rate(at_max.items_per_s)} items/s")
         lines.append("")
-    rows = [(f"runtime alone (batch {r.runtime_in_rounds.bursts[0].mean_batch:.0f}, no Kafka)", r.runtime_in_rounds)
+    instances = settings_class(r.model)().model_instances
+    rows = [(f"runtime alone (batch {r.runtime_in_rounds.bursts[0].mean_batch:.0f}"
+             f"{f', {instances} instances at once' if instances > 1 else ''}, no Kafka)", r.runtime_in_rounds)
             if r.runtime_in_rounds and r.runtime_in_rounds.bursts else ("", None),
             ("transport (no-op model)", r.transport), ("naive FastStream consumer", r.naive),
             ("service, tracing on", r.service), ("service, tracing export off", r.service_untraced),

@@ -7,7 +7,9 @@ Three things run at once so the model is never idle waiting for Kafka:
   fetcher stops prefetching, memory stays bounded, the group membership stays alive);
 * the **model loop** cuts a batch from the queue as soon as the model is free — up to
   `max_batch` records, waiting at most `max_wait_ms` for a batch to grow, never for it to
-  fill — and runs it (`BatchWorker.run`);
+  fill — and runs it (`BatchWorker.run`); with `model_instances` > 1 that many model loops
+  run, each with a batch in the model at once, and their batches are published in the order
+  they were cut, so results of one key keep their order;
 * a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
   while the next batch is in the model, then commits the offsets that are now safe.
 
@@ -95,6 +97,7 @@ class JobPipeline:
         due_at: Callable[[Any], float | None] = lambda record: None,
         delayed_topic: str | None = None,
         transactions: Transactions | None = None,
+        model_instances: int = 1,
     ) -> None:
         self.worker = worker
         self.stats = PipelineStats()
@@ -119,6 +122,8 @@ class JobPipeline:
         self._delayed_paused = False
         self._transactions = transactions
         self._fatal: BaseException | None = None
+        self._instances = model_instances
+        self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
 
     @property
@@ -137,14 +142,17 @@ class JobPipeline:
         If the model loop dies (a bug, not a bad job), the pipeline stops at once and re-raises,
         so the process exits and its unfinished jobs are redelivered — it never hangs silently.
         """
-        model_loop = asyncio.create_task(self._model_loop(), name="aiaas-model-loop")
+        model_loops = [asyncio.create_task(self._model_loop(), name=f"aiaas-model-loop-{i}")
+                       for i in range(self._instances)]
         fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
         try:
-            await asyncio.wait({model_loop, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
-            if model_loop.done():
-                fetch_loop.cancel()
-                await asyncio.gather(fetch_loop, return_exceptions=True)
-                model_loop.result()  # raises what killed it
+            await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
+            ended = [loop for loop in model_loops if loop.done()]
+            if ended:
+                for task in (fetch_loop, *model_loops):
+                    task.cancel()
+                await asyncio.gather(fetch_loop, *model_loops, return_exceptions=True)
+                ended[0].result()  # raises what killed it
                 raise RuntimeError("the model loop ended while the service was running")
             fetch_loop.result()
             if self._fatal is not None:
@@ -152,11 +160,11 @@ class JobPipeline:
         finally:
             self._fetching = False
             self._arrived.set()
-            if not model_loop.done() and not await self.drain(self._drain_timeout_s):
+            if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
                 log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
-            for task in (model_loop, fetch_loop, *self._publishing):
+            for task in (*model_loops, fetch_loop, *self._publishing):
                 task.cancel()
-            await asyncio.gather(model_loop, fetch_loop, *self._publishing, return_exceptions=True)
+            await asyncio.gather(*model_loops, fetch_loop, *self._publishing, return_exceptions=True)
         return self.stats
 
     async def drain(self, timeout_s: float) -> bool:
@@ -263,13 +271,43 @@ class JobPipeline:
             records = await self._next_batch()
             if records is None:
                 return
+            if not records:
+                continue  # another model instance took them while this one let the batch grow
             epoch = self._epoch
-            processed = await self.worker.run(records, self._undeliverable)
+            turn = self._publish_turn()
+            try:
+                processed = await self.worker.run(records, self._undeliverable)
+            except BaseException:
+                if turn is not None:
+                    turn[1].set_result(None)  # the batch cut after this one need not wait (the pipeline stops)
+                raise
             self.stats.batches += 1
             self.stats.jobs += len(records)
-            task = asyncio.create_task(self._publish(processed, epoch))
+            task = asyncio.create_task(self._publish(processed, epoch) if turn is None else
+                                       self._publish_in_turn(turn, processed, epoch))
             self._publishing.add(task)
             task.add_done_callback(self._publish_done)
+
+    def _publish_turn(self) -> tuple[asyncio.Future | None, asyncio.Future] | None:
+        """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
+
+        Called as the batch is cut: (the previous batch's "published" future, this batch's own). One instance
+        needs none: its batches finish in the order they were cut."""
+        if self._instances == 1:
+            return None
+        previous, self._last_cut_published = self._last_cut_published, asyncio.get_running_loop().create_future()
+        return previous, self._last_cut_published
+
+    async def _publish_in_turn(self, turn: tuple[asyncio.Future | None, asyncio.Future], batch: ProcessedBatch,
+                               epoch: int) -> None:
+        previous, mine = turn
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._publish(batch, epoch)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
 
     async def _next_batch(self) -> list[Any] | None:
         """Wait for records, give a small batch `max_wait_ms` to grow, and cut it."""

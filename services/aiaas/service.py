@@ -105,12 +105,14 @@ class ModelService:
             group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes,
             retry=RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
                               self.settings.retry_backoff_max_ms / 1000),
+            model_instances=self.settings.model_instances,
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
             max_in_flight=self.settings.max_in_flight, drain_timeout_s=self.settings.graceful_timeout_s,
             due_at=due_at, delayed_topic=self.topics.retry,
             transactions=Transactions(producer, self.group) if exactly_once else None,
+            model_instances=self.settings.model_instances,
         )
         stats = pipeline.stats
         try:

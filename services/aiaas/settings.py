@@ -7,6 +7,7 @@ cluster" section).
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -201,7 +202,18 @@ class WorkerSettings(BaseSettings):
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+    intra_op_threads: int = Field(
+        0, ge=0,
+        description="ONNX Runtime intra-op threads of each model instance (0: its default with one instance; with "
+        "several, the cores shared out among them).",
+    )
+    model_instances: int = Field(
+        1, ge=1, le=64,
+        description="Batches in the model at once, each on its own model thread (Triton's instance count). On a "
+        "CPU, several instances with a few intra-op threads each can beat one with them all: an operator's threads "
+        "wait for each other at its end, and any other work on the cores stalls them all. Results are still "
+        "published in the order the batches were cut.",
+    )
     gc_young_threshold: int = Field(
         20_000, ge=0,
         description="Net container allocations between two young-generation garbage collections (Python's default: "
@@ -234,3 +246,10 @@ class WorkerSettings(BaseSettings):
         description="How many recent job outcomes the service remembers (seeded at start from the tail of the results "
         "topic): a job id seen again is answered with the same outcome, without running the model. 0 switches it off.",
     )
+
+    def session_threads(self) -> int:
+        """Intra-op threads for each instance's ONNX Runtime session: `intra_op_threads` when set; with several
+        instances, the cores shared out among them; else 0 (ONNX Runtime's default: one per core)."""
+        if self.intra_op_threads or self.model_instances == 1:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.model_instances)

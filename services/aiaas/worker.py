@@ -152,6 +152,7 @@ class BatchWorker:
         max_message_bytes: int,
         retry: RetryPolicy | None = None,
         outcomes: OutcomeCache | None = None,
+        model_instances: int = 1,
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.retry = retry or RetryPolicy(max_attempts=1)
@@ -163,8 +164,8 @@ class BatchWorker:
         self._max_bytes = max_message_bytes
         self._spans = JobSpans()
         self._tracer = self._spans.tracer
-        # One model call at a time, off the event loop so Kafka heartbeats and I/O keep going.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.runtimes.model}-model")
+        # Model calls off the event loop so Kafka heartbeats and I/O keep going; one thread per model instance.
+        self._executor = ThreadPoolExecutor(max_workers=model_instances, thread_name_prefix=f"{self.runtimes.model}-model")
 
     @property
     def runtime(self) -> ModelRuntime:

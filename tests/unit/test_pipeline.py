@@ -1,6 +1,8 @@
 """The pipeline with a fake consumer: bounded in-flight work, pausing, safe commits, rewind, drain."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -148,6 +150,54 @@ async def test_a_crashed_model_loop_stops_the_pipeline_with_its_error_instead_of
     worker = BrokenWorker(SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
                           max_message_bytes=1 << 20)
     pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=8, drain_timeout_s=1)
+    with pytest.raises(RuntimeError, match="bug in the worker"):
+        await asyncio.wait_for(pipeline.run(), 5)
+    assert consumer.commits == []
+
+
+class TwoAtOnceRuntime(SumRuntime):
+    """The first batch takes long, the rest are quick; counts how many batches were in the model at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.inside, self.most_inside = 0, 0, 0
+        self._lock = threading.Lock()
+
+    def infer(self, items):
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        time.sleep(0.3 if first else 0.01)
+        with self._lock:
+            self.inside -= 1
+        return [{"sum": float(item.sum())} for item in items]
+
+
+async def test_with_two_model_instances_two_batches_run_at_once_and_results_keep_the_order_they_were_cut_in():
+    consumer, sink, runtime = FakeConsumer({0: partition_log(0, 40)}), RecordingSink(), TwoAtOnceRuntime()
+    worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_instances=2)
+    pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=32, drain_timeout_s=10,
+                           model_instances=2)
+    stats = await run_until(pipeline, lambda: len(answered(sink)) == 40)
+    assert runtime.most_inside == 2  # the slow first batch did not hold the second instance up
+    order = [decode_result(value, 1 << 20).job_id for _, value, _, _ in sink.on(TOPICS.results)]
+    assert order == [f"p0-{i}" for i in range(40)]  # batches that finished first still waited for their turn
+    assert consumer.committed() == {0: 40} and stats.jobs == 40 and stats.rewinds == 0
+
+
+async def test_a_crashed_model_loop_stops_the_pipeline_when_there_are_several():
+    class BrokenWorker(BatchWorker):
+        async def run(self, records, undeliverable=None):
+            raise RuntimeError("bug in the worker")
+
+    consumer = FakeConsumer({0: partition_log(0, 20)})
+    worker = BrokenWorker(SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                          max_message_bytes=1 << 20, model_instances=3)
+    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=8, drain_timeout_s=1,
+                           model_instances=3)
     with pytest.raises(RuntimeError, match="bug in the worker"):
         await asyncio.wait_for(pipeline.run(), 5)
     assert consumer.commits == []

@@ -16,7 +16,7 @@ def main() -> None:
         MODEL,
         lambda ref: RecsysRuntime.from_registry(
             registry, ref, providers=settings.execution_provider,
-            intra_op_threads=settings.intra_op_threads, max_k=settings.max_k,
+            intra_op_threads=settings.session_threads(), max_k=settings.max_k,
         ),
         settings,
         registry,

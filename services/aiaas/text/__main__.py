@@ -17,7 +17,7 @@ def main() -> None:
         MODEL,
         lambda ref: TextRuntime.from_registry(
             registry, ref, backend=settings.backend, precision=settings.precision,
-            providers=settings.execution_provider, intra_op_threads=settings.intra_op_threads,
+            providers=settings.execution_provider, intra_op_threads=settings.session_threads(),
             max_seq_len=settings.max_seq_len, limits=limits,
         ),
         settings,

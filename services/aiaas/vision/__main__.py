@@ -16,7 +16,7 @@ def main() -> None:
         MODEL,
         lambda ref: VisionRuntime.from_registry(
             registry, ref, providers=settings.execution_provider,
-            intra_op_threads=settings.intra_op_threads,
+            intra_op_threads=settings.session_threads(),
         ),
         settings,
         registry,
