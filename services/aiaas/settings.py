@@ -211,8 +211,10 @@ class WorkerSettings(BaseSettings):
         1, ge=1, le=64,
         description="Batches in the model at once, each on its own model thread (Triton's instance count). On a "
         "CPU, several instances with a few intra-op threads each can beat one with them all: an operator's threads "
-        "wait for each other at its end, and any other work on the cores stalls them all. Results are still "
-        "published in the order the batches were cut.",
+        "wait for each other at its end, and any other work on the cores stalls them all. But each batch then "
+        "runs on fewer threads, so a job below saturation waits for a slower batch (text on 2 cores: 1.2x the "
+        "saturated jobs/s; README). Results are still published in the order the batches were cut. For ONNX "
+        "Runtime sessions; PyTorch's callers share one thread pool.",
     )
     gc_young_threshold: int = Field(
         20_000, ge=0,

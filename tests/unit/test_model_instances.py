@@ -8,8 +8,8 @@ from aiaas.text.settings import TextSettings
 
 def test_one_instance_keeps_onnx_runtime_s_default_and_several_share_out_the_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert TextSettings(model_instances=1).session_threads() == 0  # ONNX Runtime's own default: a thread per core
-    assert TextSettings().session_threads() == 4  # text runs two instances by default
+    assert TextSettings().session_threads() == 0  # one instance: ONNX Runtime's own default (a thread per core)
+    assert TextSettings(model_instances=2).session_threads() == 4
     assert TextSettings(model_instances=3).session_threads() == 2
     assert TextSettings(model_instances=16).session_threads() == 1  # never fewer than one
 
@@ -24,9 +24,3 @@ def test_the_instance_count_is_read_from_the_model_s_environment(monkeypatch):
     monkeypatch.setenv("AIAAS_TEXT_MODEL_INSTANCES", "2")
     assert TextSettings().model_instances == 2
 
-
-def test_the_torch_backend_runs_one_instance_unless_told_otherwise(monkeypatch):
-    monkeypatch.setenv("AIAAS_TEXT_BACKEND", "torch")
-    assert TextSettings().model_instances == 1
-    monkeypatch.setenv("AIAAS_TEXT_MODEL_INSTANCES", "2")
-    assert TextSettings().model_instances == 2

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ..settings import WorkerSettings
@@ -16,13 +16,6 @@ class TextSettings(WorkerSettings):
     model_config = SettingsConfigDict(env_prefix="AIAAS_TEXT_", extra="ignore")
 
     max_batch: int = Field(32, ge=1, le=4096, description="Most jobs in one model call.")
-    model_instances: int = Field(
-        2, ge=1, le=64,
-        description="Batches in the encoder at once, each with the cores shared out (WorkerSettings). Two: on the "
-        "2-core CPU the service answered 1.21x (int8) and 1.25x (fp32) the jobs per second of one instance with "
-        "both threads (bench/ab.py), as its threads no longer wait for each other at every operator; a job alone "
-        "runs on fewer threads. The torch backend runs one unless this is set.",
-    )
     backend: Literal["onnx", "torch"] = Field(
         "onnx", description="`onnx`: the exported graph under ONNX Runtime; `torch`: the same model in PyTorch."
     )
@@ -37,10 +30,3 @@ class TextSettings(WorkerSettings):
     max_batch_tokens: int = Field(
         8192, ge=64, description="Most token slots (rows × longest) in one encoder call; bigger batches are split."
     )
-
-    @model_validator(mode="after")
-    def _one_torch_instance(self) -> "TextSettings":
-        """PyTorch shares one intra-op pool between its callers: two instances would only contend for it."""
-        if self.backend == "torch" and "model_instances" not in self.model_fields_set:
-            self.model_instances = 1
-        return self
