@@ -65,24 +65,23 @@ async def _measure(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     def snapshot() -> tuple[float, dict, dict[str, float]]:
         return time.monotonic(), thread_cpu_seconds(broker.pid), {name: cpu_seconds(pid) for name, pid in pids.items()}
 
+    def row(label: str, jobs_per_s: str, before: tuple, after: tuple) -> str:
+        (t0, b0, p0), (t1, b1, p1) = before, after
+        seconds = t1 - t0
+        jit, rest = _jit_and_rest(b0, b1)
+        return (f"| {label} | {jobs_per_s} | {jit / seconds:.3f} | {rest / seconds:.3f} | "
+                f"{(p1['service'] - p0['service']) / seconds:.2f} | "
+                f"{(p1['load generator'] - p0['load generator']) / seconds:.3f} |")
+
     try:
         await burst(load, take(200))  # the service's first batch (model warm-up), not measured
-        t0, b0, p0 = snapshot()
+        before = snapshot()
         await asyncio.sleep(8)
-        t1, b1, p1 = snapshot()
-        jit, rest = _jit_and_rest(b0, b1)
-        lines.append(f"| idle (8 s) | – | {jit / (t1 - t0):.3f} | {rest / (t1 - t0):.3f} | "
-                     f"{(p1['service'] - p0['service']) / (t1 - t0):.3f} | "
-                     f"{(p1['load generator'] - p0['load generator']) / (t1 - t0):.3f} |")
+        lines.append(row("idle (8 s)", "–", before, snapshot()))
         for i in range(1, args.bursts + 1):
-            t0, b0, p0 = snapshot()
+            before = snapshot()
             done = await burst(load, take(args.jobs))
-            t1, b1, p1 = snapshot()
-            jit, rest = _jit_and_rest(b0, b1)
-            seconds = t1 - t0
-            lines.append(f"| {i} | {done.jobs_per_s:,.0f} | {jit / seconds:.3f} | {rest / seconds:.3f} | "
-                         f"{(p1['service'] - p0['service']) / seconds:.2f} | "
-                         f"{(p1['load generator'] - p0['load generator']) / seconds:.3f} |")
+            lines.append(row(str(i), f"{done.jobs_per_s:,.0f}", before, snapshot()))
             log(lines[-1])
     finally:
         await load.stop()

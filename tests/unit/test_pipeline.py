@@ -141,15 +141,17 @@ async def test_stop_drains_what_was_taken_and_commits_it():
     assert consumer.committed() == {0: taken}
 
 
-async def test_a_crashed_model_loop_stops_the_pipeline_with_its_error_instead_of_hanging():
+@pytest.mark.parametrize("instances", [1, 3])
+async def test_a_crashed_model_loop_stops_the_pipeline_with_its_error_instead_of_hanging(instances):
     class BrokenWorker(BatchWorker):
         async def run(self, records, undeliverable=None):
             raise RuntimeError("bug in the worker")
 
     consumer = FakeConsumer({0: partition_log(0, 20)})
     worker = BrokenWorker(SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
-                          max_message_bytes=1 << 20)
-    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=8, drain_timeout_s=1)
+                          max_message_bytes=1 << 20, model_instances=instances)
+    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=8, drain_timeout_s=1,
+                           model_instances=instances)
     with pytest.raises(RuntimeError, match="bug in the worker"):
         await asyncio.wait_for(pipeline.run(), 5)
     assert consumer.commits == []
@@ -187,17 +189,3 @@ async def test_with_two_model_instances_two_batches_run_at_once_and_results_keep
     assert order == [f"p0-{i}" for i in range(40)]  # batches that finished first still waited for their turn
     assert consumer.committed() == {0: 40} and stats.jobs == 40 and stats.rewinds == 0
 
-
-async def test_a_crashed_model_loop_stops_the_pipeline_when_there_are_several():
-    class BrokenWorker(BatchWorker):
-        async def run(self, records, undeliverable=None):
-            raise RuntimeError("bug in the worker")
-
-    consumer = FakeConsumer({0: partition_log(0, 20)})
-    worker = BrokenWorker(SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
-                          max_message_bytes=1 << 20, model_instances=3)
-    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=8, drain_timeout_s=1,
-                           model_instances=3)
-    with pytest.raises(RuntimeError, match="bug in the worker"):
-        await asyncio.wait_for(pipeline.run(), 5)
-    assert consumer.commits == []
