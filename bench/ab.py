@@ -3,6 +3,7 @@
     git worktree add /tmp/base HEAD~1                         # the code to compare against
     .venv/bin/python bench/ab.py --model vision --a /tmp/base # A = that checkout, B = this one
     .venv/bin/python bench/ab.py --model text --b-env AIAAS_TEXT_INTRA_OP_THREADS=1   # same code, a setting
+    .venv/bin/python bench/ab.py --model text --a-env AIAAS_TEXT_MODEL_INSTANCES=1 --latency 0.25 0.5 0.75
 
 On a machine whose speed drifts (a VM: up to 2× over minutes here), two runs one after the other
 cannot tell a 10 % change from noise. Here both services run at once, each on its own topics, and
@@ -18,6 +19,11 @@ Each burst also meters the CPU that the side's service, the broker and this proc
 used per job, and how many of the machine's cores were busy: where a side's extra cost lands, and whether
 the machine was saturated at all (on the 2-core VM a service process is bound by its GIL at ~0.9 cores
 while the machine still has idle time, so its CPU per job, not the machine's, sets its throughput).
+
+`--latency SHARE ...` adds latency side by side: after the saturated rounds, each share of A's saturated
+throughput is offered to both sides at the same rate, open loop (a fixed schedule, as bench/run.py's latency), in
+`--rounds` rounds of alternating `--seconds`-long runs (the other side idles meanwhile); the report gives each side's
+median p50/p95/p99 over the rounds and the median of the per-round B/A of p50 and of p95.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -38,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
-from bench.load import Burst, RawLoad, burst, cycling, saturate
+from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, saturate
 from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds, stop_all
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
@@ -109,9 +116,12 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
              for load, child in zip(loads, children)]
     for load in loads:
         await load.start()
+    take = cycling(pool)
     try:
-        a, b = await saturate(loads, cycling(pool), target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
+        a, b = await saturate(loads, take, target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
                               names=[" (A)", " (B)"])
+        latency = {share: await _latency_rounds([load.load for load in loads], take, share * a.jobs_per_s, share, args)
+                   for share in args.latency}
     finally:
         for load in loads:
             await load.stop()
@@ -136,7 +146,38 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         rounds = load.of(saturation.bursts)
         cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–" for name in measured]
         lines.append(f"| {side} | " + " | ".join(cells) + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
+    if latency:
+        lines += ["", f"Latency side by side (publish → result received; open loop at a share of A's {a.jobs_per_s:,.0f} "
+                  f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
+                  "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms | B / A p50 (range) | B / A p95 (range) |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for share, (on_a, on_b) in latency.items():
+            lines.append(f"| {share:.0%} | {share * a.jobs_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} | "
+                         f"{_ratio(on_a, on_b, 'p50_ms')} | {_ratio(on_a, on_b, 'p95_ms')} |")
     return "\n".join(lines)
+
+
+async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Payload]], rate: float, share: float,
+                          args: argparse.Namespace) -> tuple[list[OpenLoop], list[OpenLoop]]:
+    """Open loop at `rate` on each side in turn, `args.rounds` times; each side's points, in round order."""
+    sides: tuple[list[OpenLoop], list[OpenLoop]] = ([], [])
+    for round_ in range(1, args.rounds + 1):
+        for name, load, points in zip("AB", loads, sides):
+            point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share)
+            points.append(point)
+            log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
+                f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s")
+    return sides
+
+
+def _percentiles(points: list[OpenLoop]) -> str:
+    return " / ".join(f"{statistics.median(getattr(p, name) for p in points):.1f}"
+                      for name in ("p50_ms", "p95_ms", "p99_ms"))
+
+
+def _ratio(on_a: list[OpenLoop], on_b: list[OpenLoop], name: str) -> str:
+    ratios = [getattr(b, name) / getattr(a, name) for a, b in zip(on_a, on_b)]
+    return f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f})"
 
 
 def main() -> None:
@@ -150,6 +191,8 @@ def main() -> None:
                         help="this side runs the no-op model of the transport ceiling (bench/transport.py) instead")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each burst")
+    parser.add_argument("--latency", type=float, nargs="+", default=[], metavar="SHARE",
+                        help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
     parser.add_argument("--port", type=int, default=29692)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="aiaas-ab-"))

@@ -109,7 +109,7 @@ class ModelService:
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
-            max_in_flight=self.settings.max_in_flight, drain_timeout_s=self.settings.graceful_timeout_s,
+            max_in_flight=self.settings.in_flight_bound(), drain_timeout_s=self.settings.graceful_timeout_s,
             due_at=due_at, delayed_topic=self.topics.retry,
             transactions=Transactions(producer, self.group) if exactly_once else None,
             model_instances=self.settings.model_instances,
@@ -129,7 +129,7 @@ class ModelService:
                 "%s service ready: %s v%s (%s), consuming %s as group %s (max_batch %d, max_in_flight %d, %s%s, "
                 "%d outcomes remembered)",
                 self.runtime.model, self.runtime.model, self.runtime.version, self.runtimes.serve_ref,
-                self.topics.infer, self.group, self.settings.max_batch, self.settings.max_in_flight,
+                self.topics.infer, self.group, self.settings.max_batch, self.settings.in_flight_bound(),
                 self.settings.delivery, f" as {txn_id}" if txn_id else "", remembered,
             )
             await pipeline.run()

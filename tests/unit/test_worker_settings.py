@@ -1,0 +1,49 @@
+"""Worker settings derived from others (settings.WorkerSettings): each model instance's ONNX Runtime threads, and the
+in-flight window."""
+
+import os
+
+from aiaas.recsys.settings import RecsysSettings
+from aiaas.text.settings import TextSettings
+from aiaas.vision.settings import VisionSettings
+
+
+def test_one_instance_keeps_onnx_runtime_s_default_and_several_share_out_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert TextSettings(model_instances=1).session_threads() == 0  # one: ONNX Runtime's own default (one per core)
+    assert TextSettings().session_threads() == 4  # text runs two instances by default
+    assert TextSettings(model_instances=3).session_threads() == 2
+    assert TextSettings(model_instances=16).session_threads() == 1  # never fewer than one
+
+
+def test_threads_set_by_hand_win_over_the_share(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert TextSettings(model_instances=2, intra_op_threads=3).session_threads() == 3
+    assert RecsysSettings(model_instances=4).session_threads() == 1  # recsys defaults to one thread per session
+
+
+def test_the_instance_count_is_read_from_the_model_s_environment(monkeypatch):
+    monkeypatch.setenv("AIAAS_TEXT_MODEL_INSTANCES", "3")
+    assert TextSettings().model_instances == 3
+    assert TextSettings(backend="torch").model_instances == 3  # set by hand: kept for PyTorch too
+
+
+def test_text_runs_two_instances_on_onnx_runtime_and_one_on_pytorch_unless_told():
+    assert TextSettings().model_instances == 2
+    assert TextSettings(backend="torch").model_instances == 1
+    assert VisionSettings().model_instances == RecsysSettings().model_instances == 1
+
+
+
+def test_the_in_flight_window_holds_four_batches_per_instance_and_at_least_256():
+    assert VisionSettings().in_flight_bound() == 256  # 4 x 64
+    assert TextSettings().in_flight_bound() == 256  # 4 x 32 x 2 instances
+    assert TextSettings(model_instances=1).in_flight_bound() == 256  # 4 x 32 is less: the floor
+    assert RecsysSettings().in_flight_bound() == 1024  # 4 x 256
+    assert RecsysSettings(model_instances=2).in_flight_bound() == 2048
+    assert VisionSettings(max_batch=8).in_flight_bound() == 256
+
+
+def test_an_in_flight_window_set_by_hand_is_kept(monkeypatch):
+    monkeypatch.setenv("AIAAS_RECSYS_MAX_IN_FLIGHT", "100")
+    assert RecsysSettings().in_flight_bound() == 100  # below a batch: the pipeline still takes one whole batch
