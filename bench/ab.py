@@ -22,8 +22,9 @@ while the machine still has idle time, so its CPU per job, not the machine's, se
 
 `--latency SHARE ...` adds latency side by side: after the saturated rounds, each share of A's saturated
 throughput is offered to both sides at the same rate, open loop (a fixed schedule, as bench/run.py's latency), in
-`--rounds` rounds of alternating `--seconds`-long runs (the other side idles meanwhile); the report gives each side's
-median p50/p95/p99 over the rounds and the median of the per-round B/A of p50 and of p95.
+`--rounds` rounds of alternating `--seconds`-long runs (the other side idles meanwhile; each round starts with the
+other side); the report gives each side's median p50/p95/p99 over the rounds and the median of the per-round B/A of
+p50 and of p95.
 """
 
 from __future__ import annotations
@@ -159,10 +160,12 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
 
 async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Payload]], rate: float, share: float,
                           args: argparse.Namespace) -> tuple[list[OpenLoop], list[OpenLoop]]:
-    """Open loop at `rate` on each side in turn, `args.rounds` times; each side's points, in round order."""
+    """Open loop at `rate` on each side in turn, `args.rounds` times (each round starts with the other side, as
+    `saturate`'s rounds do); each side's points, in round order."""
     sides: tuple[list[OpenLoop], list[OpenLoop]] = ([], [])
     for round_ in range(1, args.rounds + 1):
-        for name, load, points in zip("AB", loads, sides):
+        turns = list(zip("AB", loads, sides))
+        for name, load, points in turns if round_ % 2 else turns[::-1]:
             point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share)
             points.append(point)
             log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
