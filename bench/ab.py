@@ -148,13 +148,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–" for name in measured]
         lines.append(f"| {side} | " + " | ".join(cells) + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     if latency:
-        lines += ["", f"Latency side by side (publish → result received; open loop at a share of A's {a.jobs_per_s:,.0f} "
-                  f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
-                  "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms | B / A p50 (range) | B / A p95 (range) |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for share, (on_a, on_b) in latency.items():
-            lines.append(f"| {share:.0%} | {share * a.jobs_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} | "
-                         f"{_ratio(on_a, on_b, 'p50_ms')} | {_ratio(on_a, on_b, 'p95_ms')} |")
+        lines += _latency_table(latency, a.jobs_per_s, args)
     return "\n".join(lines)
 
 
@@ -171,6 +165,25 @@ async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Paylo
             log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
                 f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s")
     return sides
+
+
+def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]], a_per_s: float,
+                   args: argparse.Namespace) -> list[str]:
+    lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
+             f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
+             "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms | B / A p50 (range) | B / A p95 (range) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for share, (on_a, on_b) in latency.items():
+        lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} | "
+                     f"{_ratio(on_a, on_b, 'p50_ms')} | {_ratio(on_a, on_b, 'p95_ms')} |")
+    return lines
+
+
+def _share(text: str) -> float:
+    share = float(text)
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"a share of A's saturated throughput is in (0, 1]; got {text}")
+    return share
 
 
 def _percentiles(points: list[OpenLoop]) -> str:
@@ -194,7 +207,7 @@ def main() -> None:
                         help="this side runs the no-op model of the transport ceiling (bench/transport.py) instead")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each burst")
-    parser.add_argument("--latency", type=float, nargs="+", default=[], metavar="SHARE",
+    parser.add_argument("--latency", type=_share, nargs="+", default=[], metavar="SHARE",
                         help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
     parser.add_argument("--port", type=int, default=29692)
     args = parser.parse_args()

@@ -195,7 +195,7 @@ class WorkerSettings(BaseSettings):
     max_in_flight: int | None = Field(
         None, ge=1,
         description="Most jobs taken from Kafka and not yet answered; at this bound the partitions are paused. "
-        "Default: room for four batches per model instance, at least 256 (`in_flight_bound`).",
+        "Default: room for four batches per model instance, within 256..4,096 (`in_flight_bound`).",
     )
     group_id: str | None = Field(None, description="Consumer group; default `<prefix>.<model>`.")
     graceful_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight work may take to drain.")
@@ -212,10 +212,10 @@ class WorkerSettings(BaseSettings):
         1, ge=1, le=64,
         description="Batches in the model at once, each on its own model thread (Triton's instance count). On a "
         "CPU, several instances with a few intra-op threads each can beat one with them all: an operator's threads "
-        "wait for each other at its end, and any other work on the cores stalls them all. But each batch then "
-        "runs on fewer threads, so a job below saturation waits for a slower batch (text on 2 cores: 1.2x the "
-        "saturated jobs/s; README). Results are still published in the order the batches were cut. For ONNX "
-        "Runtime sessions; PyTorch's callers share one thread pool.",
+        "wait for each other at its end, and any other work on the cores stalls them all. Each batch runs on fewer "
+        "threads, so a job alone is a little slower, but under load the queue stays shorter (text on 2 cores: 1.22x "
+        "the saturated jobs/s, p50 at 50 % load 0.36x; README). Results are still published in the order the "
+        "batches were cut. For ONNX Runtime sessions; PyTorch's callers share one thread pool.",
     )
     gc_young_threshold: int = Field(
         20_000, ge=0,
@@ -251,12 +251,12 @@ class WorkerSettings(BaseSettings):
     )
 
     def in_flight_bound(self) -> int:
-        """`max_in_flight`, or by default 4 × max_batch × model_instances (at least 256): one window must hold the
-        batch in the model, the one being cut and the results still being published, or the consumer stalls between
-        batches (recsys at max_batch 256: 1.15x the jobs/s with a window of 1,024 instead of 256; bench/results)."""
-        if self.max_in_flight is not None:
-            return self.max_in_flight
-        return max(256, 4 * self.max_batch * self.model_instances)
+        """The in-flight window: `max_in_flight`, or by default 4 × max_batch × model_instances within 256..4,096;
+        never less than one batch. One window must hold the batch in the model, the next one being cut and the
+        results still being published, or the consumer stalls between batches (recsys at max_batch 256: 1.15x the
+        jobs/s with a window of 1,024 instead of 256; bench/results). The cap bounds the memory of the default."""
+        wanted = self.max_in_flight or min(4096, max(256, 4 * self.max_batch * self.model_instances))
+        return max(wanted, self.max_batch)
 
     def session_threads(self) -> int:
         """Intra-op threads for each instance's ONNX Runtime session: `intra_op_threads` when set; with several

@@ -3,9 +3,19 @@ in-flight window."""
 
 import os
 
+import pytest
+
 from aiaas.recsys.settings import RecsysSettings
 from aiaas.text.settings import TextSettings
 from aiaas.vision.settings import VisionSettings
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_settings_from_the_environment(monkeypatch):
+    """The defaults under test, whatever the shell running the tests exports."""
+    for name in list(os.environ):
+        if name.startswith(("AIAAS_VISION_", "AIAAS_TEXT_", "AIAAS_RECSYS_")):
+            monkeypatch.delenv(name)
 
 
 def test_one_instance_keeps_onnx_runtime_s_default_and_several_share_out_the_cores(monkeypatch):
@@ -28,22 +38,27 @@ def test_the_instance_count_is_read_from_the_model_s_environment(monkeypatch):
     assert TextSettings(backend="torch").model_instances == 3  # set by hand: kept for PyTorch too
 
 
-def test_text_runs_two_instances_on_onnx_runtime_and_one_on_pytorch_unless_told():
+def test_text_runs_two_instances_on_onnx_runtime_and_one_on_pytorch_unless_told(monkeypatch):
     assert TextSettings().model_instances == 2
     assert TextSettings(backend="torch").model_instances == 1
     assert VisionSettings().model_instances == RecsysSettings().model_instances == 1
+    monkeypatch.setenv("AIAAS_TEXT_BACKEND", "torch")
+    assert TextSettings().model_instances == 1
 
 
-
-def test_the_in_flight_window_holds_four_batches_per_instance_and_at_least_256():
+def test_the_in_flight_window_holds_four_batches_per_instance_within_256_and_4096():
     assert VisionSettings().in_flight_bound() == 256  # 4 x 64
     assert TextSettings().in_flight_bound() == 256  # 4 x 32 x 2 instances
     assert TextSettings(model_instances=1).in_flight_bound() == 256  # 4 x 32 is less: the floor
     assert RecsysSettings().in_flight_bound() == 1024  # 4 x 256
     assert RecsysSettings(model_instances=2).in_flight_bound() == 2048
     assert VisionSettings(max_batch=8).in_flight_bound() == 256
+    assert VisionSettings(max_batch=2048).in_flight_bound() == 4096  # the cap on the default
+    assert VisionSettings(max_batch=4096, model_instances=4).in_flight_bound() == 4096
 
 
-def test_an_in_flight_window_set_by_hand_is_kept(monkeypatch):
-    monkeypatch.setenv("AIAAS_RECSYS_MAX_IN_FLIGHT", "100")
-    assert RecsysSettings().in_flight_bound() == 100  # below a batch: the pipeline still takes one whole batch
+def test_an_in_flight_window_set_by_hand_is_kept_but_never_below_one_batch(monkeypatch):
+    monkeypatch.setenv("AIAAS_RECSYS_MAX_IN_FLIGHT", "300")
+    assert RecsysSettings().in_flight_bound() == 300
+    assert RecsysSettings(max_in_flight=100).in_flight_bound() == 256  # the pipeline takes one whole batch
+    assert VisionSettings(max_in_flight=10_000).in_flight_bound() == 10_000  # no cap on a window set by hand

@@ -20,8 +20,8 @@ class TextSettings(WorkerSettings):
         2, ge=1, le=64,
         description="Batches in the encoder at once, each on its own thread with the cores shared out (the worker "
         "setting). Two by default for ONNX Runtime: on the 2-core CI VM, 1.22x the saturated jobs/s of one, p50 at "
-        "50 % and 75 % of one's saturation 0.36x and 0.59x, a job alone ~1 ms slower (bench/results). One for "
-        "the torch backend unless set: PyTorch's callers share one thread pool.",
+        "50 % and 75 % of one's saturation 0.36x and 0.59x, a job alone ~1-4 ms slower (bench/results; measured on "
+        "CPU cores only). One for the torch backend unless set: PyTorch's callers share one thread pool.",
     )
     backend: Literal["onnx", "torch"] = Field(
         "onnx", description="`onnx`: the exported graph under ONNX Runtime; `torch`: the same model in PyTorch."
