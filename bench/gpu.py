@@ -1,6 +1,6 @@
 """Runtime ceiling on a GPU: vision and text in PyTorch on CUDA, against the device's own ceilings.
 
-    python bench/gpu.py [--minilm DIR] [--vision-weights FILE] [--out DIR] [--quick]
+    python bench/gpu.py [--minilm DIR] [--vision-weights FILE] [--out DIR] [--quick] [--graphs-only]
 
 What it measures, on one CUDA device (it exits with a clear message where there is none):
 
@@ -238,6 +238,26 @@ def _measure(name: str, shape: str, model: torch.nn.Module, host: tuple[np.ndarr
     return Point(name, precision, shape, batch, device_ms, call_ms, counter.get_total_flops() / batch)
 
 
+def capture_safe_attention_masks() -> None:
+    """Make the text encoder's eager attention mask capturable in a CUDA graph.
+
+    transformers' `eager_mask` (5.17, as on the lent H100) builds its 0.0 with `torch.tensor(0.0, device=...)`:
+    a host tensor copied to the GPU, which a graph capture refuses ("Cannot copy between CPU and CUDA tensors
+    during CUDA graph capture"). Later versions build it on the device (`torch.zeros((), device=...)`); this
+    registers that same mask under "eager" for any version: the boolean mask of `sdpa_mask`, 0 where a token is
+    attended and the dtype's minimum elsewhere."""
+    from transformers import masking_utils
+
+    def eager_mask(*args: object, dtype: torch.dtype = torch.float32, **kwargs: object) -> torch.Tensor | None:
+        kwargs.pop("allow_is_causal_skip", None)
+        mask = masking_utils.sdpa_mask(*args, allow_is_causal_skip=False, **kwargs)
+        if mask is None:
+            return None
+        return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
+
+    masking_utils.ALL_MASK_ATTENTION_FUNCTIONS["eager"] = eager_mask
+
+
 def _graphed(model: torch.nn.Module, static: list[torch.Tensor], host: tuple[np.ndarray, ...]) -> tuple[Callable, Callable]:
     """The fp32 forward captured once as a CUDA graph: replays cost one launch, not one per kernel."""
     side = torch.cuda.Stream()
@@ -256,6 +276,13 @@ def _graphed(model: torch.nn.Module, static: list[torch.Tensor], host: tuple[np.
         graph.replay()
         return out.cpu().numpy()
 
+    with torch.inference_mode():
+        out.fill_(float("nan"))  # every element must be written again by the replay
+        replayed = torch.from_numpy(served_call())
+        eager = model(*(torch.from_numpy(x).cuda() for x in host)).float().cpu()
+    error = ((replayed - eager).norm() / eager.norm()).item()
+    if not error < 1e-5:  # NaN fails too
+        raise RuntimeError(f"the captured graph's output differs from the eager forward's: relative error {error:.1e}")
     return graph.replay, served_call
 
 
@@ -338,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision-weights", type=Path, default=None, help="a vision version's weights.npz")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--graphs-only", action="store_true",
+                        help="only the fp32 CUDA-graph sweeps (with the ceilings and the correctness check)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device here (torch.cuda.is_available() is False); nothing to measure.")
@@ -360,12 +389,13 @@ def main(argv: list[str] | None = None) -> int:
         errors[f"text/{precision}"] = relative_error(text, text_inputs(16)(64, rng), precision == "bf16")
     log(json.dumps(errors))
 
+    capture_safe_attention_masks()
     top = 8 if args.quick else 20
     cases = [("vision", "1x8x8", vision, vision_inputs, [2**i for i in range(0, top + 1)]),
              ("text", "seq 16", text, text_inputs(16), [2**i for i in range(0, min(top, 14) + 1)]),
              ("text", "seq 128", text, text_inputs(128), [2**i for i in range(0, min(top, 12) + 1)])]
     points: list[Point] = []
-    for name, shape, model, make, sizes in cases:
+    for name, shape, model, make, sizes in cases if not args.graphs_only else []:
         for precision in ("fp32", "bf16"):
             points += sweep(name, shape, model, make, precision, sizes, log)
     # Small batches are bound by launching kernels one by one from Python; a CUDA graph shows the device's own time.
