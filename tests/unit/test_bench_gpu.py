@@ -1,8 +1,7 @@
 """The GPU benchmark's capture-safe attention mask (bench/gpu.py) computes what transformers' own does."""
 
 import torch
-from transformers import BertConfig, BertModel
-from transformers import masking_utils
+from transformers import BertConfig, BertModel, masking_utils
 
 from bench.gpu import capture_safe_attention_masks
 

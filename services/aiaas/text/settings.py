@@ -40,6 +40,7 @@ class TextSettings(WorkerSettings):
 
     @model_validator(mode="after")
     def _one_instance_for_torch(self) -> "TextSettings":
+        """The torch backend runs one instance unless told otherwise (PyTorch's callers share one thread pool)."""
         if self.backend == "torch" and "model_instances" not in self.model_fields_set:
             self.model_instances = 1
         return self
