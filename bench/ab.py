@@ -34,7 +34,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -47,10 +46,10 @@ from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
 from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, saturate
-from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds, stop_all
+from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
-from bench.workloads import MODELS, Payload, build_model, payloads
+from bench.workloads import MODELS, Payload, built_model_and_broker, payloads
 
 __all__ = ["main"]
 
@@ -211,16 +210,9 @@ def main() -> None:
                         help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
     parser.add_argument("--port", type=int, default=29692)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="aiaas-ab-"))
-    broker = LocalBroker(args.port, tmp / "kafka")
-    try:
-        registry = Registry(tmp / "home" / "registry")
-        log(f"building {args.model}")
-        build_model(args.model, registry)
-        broker.start()
+    log(f"building {args.model}")
+    with built_model_and_broker(args.model, args.port, "aiaas-ab-") as (tmp, broker, registry):
         print(asyncio.run(_compare(args, tmp, broker, registry)))
-    finally:
-        stop_all()
 
 
 if __name__ == "__main__":

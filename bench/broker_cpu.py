@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,9 +28,9 @@ from aiaas.registry import Registry
 from aiaas.settings import KafkaSettings
 
 from bench.load import RawLoad, burst, cycling
-from bench.procs import ChildProcess, LocalBroker, broker_jvm_opts, child_env, cpu_seconds, stop_all, thread_cpu_seconds
+from bench.procs import ChildProcess, LocalBroker, broker_jvm_opts, child_env, cpu_seconds, thread_cpu_seconds
 from bench.run import POOL, log, prepare_topics
-from bench.workloads import MODELS, build_model, payloads
+from bench.workloads import MODELS, built_model_and_broker, payloads
 
 __all__ = ["main"]
 
@@ -96,18 +95,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=12000, help="jobs per burst")
     parser.add_argument("--port", type=int, default=29892)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="aiaas-brokercpu-"))
-    broker = LocalBroker(args.port, tmp / "kafka")
-    try:
-        registry = Registry(tmp / "home" / "registry")
-        log(f"building {args.model}")
-        build_model(args.model, registry)
-        started = time.monotonic()
-        broker.start()
-        log(f"broker started in {time.monotonic() - started:.1f} s, CPU {cpu_seconds(broker.pid or 0):.1f} s so far")
+    log(f"building {args.model}")
+    with built_model_and_broker(args.model, args.port, "aiaas-brokercpu-") as (tmp, broker, registry):
+        log(f"broker started: CPU {cpu_seconds(broker.pid or 0):.1f} s so far")
         lines = asyncio.run(_measure(args, tmp, broker, registry))
-    finally:
-        stop_all()
     print(f"{args.model}: {args.bursts} bursts of {args.jobs:,} jobs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"broker JVM options: {broker_jvm_opts()}\n")
     print("\n".join(lines))

@@ -11,13 +11,18 @@ the messages on the wire have the same size everywhere.
 from __future__ import annotations
 
 import random
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiaas.contracts import InputValue, Job, Tensor, new_job_id
 from aiaas.registry import Registry
 from aiaas.settings import WorkerSettings
+
+from bench.procs import LocalBroker, stop_all
 
 __all__ = ["MODELS", "Payload", "payloads", "as_jobs", "load_runtime", "settings_class", "payload_stream"]
 
@@ -123,3 +128,18 @@ def build_model(model: str, registry: Registry) -> None:
     else:
         from aiaas.recsys.trainer import build
     build(registry)
+
+
+@contextmanager
+def built_model_and_broker(model: str, port: int, prefix: str) -> Iterator[tuple[Path, LocalBroker, Registry]]:
+    """A fresh temporary folder, `model` built into its registry (`<tmp>/home/registry`) and a local broker on
+    `port` (`<tmp>/kafka`); on leaving, everything bench/procs.py started is stopped."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    broker = LocalBroker(port, tmp / "kafka")
+    try:
+        registry = Registry(tmp / "home" / "registry")
+        build_model(model, registry)
+        broker.start()
+        yield tmp, broker, registry
+    finally:
+        stop_all()
