@@ -31,6 +31,7 @@ import numpy as np
 from aiaas.registry import Registry
 from aiaas.text.settings import TextSettings
 
+from .compute import ComputeShare, compute_share
 from .load import Burst
 from .workloads import Payload, as_jobs, load_runtime, payloads, settings_class
 
@@ -59,6 +60,8 @@ class RuntimeCeiling:
     backend: str
     points: list[CeilingPoint] = field(default_factory=list)
     note: str = ""
+    compute: ComputeShare | None = None
+    """The served backend at its best batch size against this CPU's fp32 matmul rate (compute.py)."""
 
     @property
     def best(self) -> CeilingPoint | None:
@@ -123,8 +126,27 @@ def runtime_ceilings(model: str, registry: Registry, *, quick: bool, log: Callab
         best = ceiling.best
         log(f"  runtime {model}/{backend}: best {best.items_per_s:,.0f} items/s at batch {best.batch} "
             f"({best.ms_per_batch:.2f} ms/batch)")
+        if backend == "onnx":
+            ceiling.compute = _compute_share(model, registry, infer, items[: best.batch], quick, log)
         results.append(ceiling)
     return results
+
+
+def _compute_share(model: str, registry: Registry, infer: Callable, items: list, quick: bool,
+                   log: Callable[[str], None]) -> ComputeShare | None:
+    """The served runtime against the CPU's fp32 matmul rate; None for an int8 graph or where it cannot be counted."""
+    if model == "text" and TextSettings().precision != "fp32":
+        log("  compute share: not measured for the int8 text graph (its products are int8, the rate is fp32's)")
+        return None
+    try:
+        share = compute_share(model, registry, infer, items, rounds=2 if quick else 5, budget_s=0.1 if quick else 0.4)
+    except Exception as exc:  # noqa: BLE001 - a missing counter must not lose the sweep
+        log(f"  compute share of {model}: not measured ({type(exc).__name__}: {exc})")
+        return None
+    log(f"  compute share of {model}: {share.flops_per_item / 1e6:.3f} MFLOP/item, runtime at {share.share:.0%} of "
+        f"the CPU's fp32 matmul rate ({share.matmul_gflops:.0f} GFLOP/s), products {share.product_share:.0%} of its "
+        f"kernel time: {share.headroom:.2f}x as fast with the products at that rate")
+    return share
 
 
 def _backend(model: str, backend: str, registry: Registry, jobs: list) -> tuple[Callable, list, str]:

@@ -175,12 +175,42 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
             f"| {_median_ratio(round_ratios(r.service, r.service_untraced))} "
             f"| {_rate(r.service_client.jobs_per_s) if r.service_client else ('= service' if load == 'client' else '–')} |"
         )
+    lines += ["", *_compute_table(results)]
     lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s), ""]
     if notes:
         lines += ["Notes on this run:", "", *[f"- {n}" for n in notes], ""]
     for r in results:
         lines += _details(r)
     return "\n".join(lines) + "\n"
+
+
+def _compute_table(results: list[ModelResult]) -> list[str]:
+    """The served runtime's arithmetic against this CPU's fp32 matmul rate (bench/compute.py), where it was measured."""
+    measured = [(r, r.served_runtime.compute) for r in results if r.served_runtime and r.served_runtime.compute]
+    if not measured:
+        return []
+    lines = ["How close each runtime runs to this CPU's arithmetic (bench/compute.py, the served runtime at its best "
+             "batch size): matrix-product FLOPs per item as served; its rate against the machine's fp32 matmul rate, "
+             "timed in alternation; the products' share of ONNX Runtime's kernel time (a profile); the headroom: how "
+             "many times faster the runtime would be with its products at the matmul rate and the rest of its time as "
+             "measured. The runtime's own ratio to the naive consumer (in the rounds of bursts) times that headroom "
+             "is the most `service / naive` could be on this machine with this model at this precision, whatever "
+             "the serving layer.",
+             "",
+             "| model | batch | MFLOP/item | runtime GFLOP/s | fp32 matmul GFLOP/s (fastest library, shape) "
+             "| runtime / matmul rate | products' share of kernel time | headroom | runtime / naive (rounds) "
+             "| most service / naive |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, c in measured:
+        best = max(c.matmul, key=lambda m: m.gflops)
+        runtime_naive = _measured(round_ratios(r.runtime_in_rounds, r.naive))
+        most = statistics.median(runtime_naive) * c.headroom if runtime_naive and c.headroom else None
+        lines.append(f"| {r.model} | {c.batch} | {c.flops_per_item / 1e6:.3f} | {c.runtime_gflops_median:.1f} "
+                     f"| {c.matmul_gflops:.0f} ({best.how}) | {c.share:.0%} "
+                     f"| {'–' if c.product_share is None else f'{c.product_share:.0%}'} "
+                     f"| {'–' if c.headroom is None else f'{c.headroom:.2f}'} | {_median_ratio(round_ratios(r.runtime_in_rounds, r.naive))} "
+                     f"| {'–' if most is None else f'{most:.2f}'} |")
+    return lines
 
 
 def ceiling_ratios(r: ModelResult) -> list[float]:

@@ -48,3 +48,19 @@ def test_the_table_gives_the_median_of_the_rounds_and_the_details_every_round():
     assert cells[6:8] == ["0.80", "8.00"]  # service / min(runtime, transport); service / naive
     assert "| service / min(runtime, transport) | 0.90 | 0.80 | 0.70 | 0.80 | 0.70–0.90 |" in text
     assert "| tracing on/off | 0.90 | 1.00 | 0.70 | 0.90 | 0.70–1.00 |" in text
+
+
+def test_the_compute_table_gives_the_most_service_over_naive_can_be():
+    from bench.ceilings import CeilingPoint, RuntimeCeiling
+    from bench.compute import ComputeShare, MatmulRate
+
+    # products 50 % of the kernel time; the runtime at 60 % of the matmul rate: 1 / (0.5 + 0.6) = 0.91x, no headroom
+    compute = ComputeShare("text", 32, 400e6, runtime_gflops=[120.0], matmul=[MatmulRate(200.0, "numpy, square")],
+                           product_share=0.5)
+    ceiling = RuntimeCeiling("text", "onnx", [CeilingPoint(32, 100.0, 3)], compute=compute)
+    result = ModelResult("text", max_batch=32, runtime=[ceiling], naive=saturation(100, 100, 120),
+                         runtime_in_rounds=saturation(250, 300, 300))
+    info = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0))
+    text = markdown([result], info, command="x", total_s=1, quick=False, transport_mode="subprocess", load="raw",
+                    notes=[], burst_s=2, repeats=3, open_loop_s=5)
+    assert "| text | 32 | 400.000 | 120.0 | 200 (numpy, square) | 60% | 50% | 0.91 | 2.50 | 2.27 |" in text
