@@ -230,7 +230,7 @@ def main() -> None:
     info = MachineInfo.collect()
     title = (f"# {args.model} {'no-op (transport ceiling) ' if args.noop else ''}service profile"
              f"{' — ' + args.label if args.label else ''}")
-    report = (f"{title}\n\n{time.strftime('%Y-%m-%d %H:%M')} · {info.cpu}, {info.cores} cores · "
+    report = (f"{title}\n\n{time.strftime('%Y-%m-%d %H:%M')} · {info.cpu_described} · "
               f"`.venv/bin/python bench/hotpath.py {' '.join(sys.argv[1:])}`\n\n{profile.markdown()}\n")
     print(report)
     if args.out:

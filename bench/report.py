@@ -60,9 +60,17 @@ class MachineInfo:
     host: str
     load_before: tuple[float, float, float]
     other_work: tuple[float, float] | None = None
+    """Cores used by processes that are not this run's: (mean, max) over the run."""
     stolen: float | None = None
     """Cores the hypervisor gave to other guests, on average over the run (/proc/stat steal)."""
-    """Cores used by processes that are not this run's: (mean, max) over the run."""
+    vector_extensions: tuple[str, ...] = ()
+    """The CPU's vector/matrix extensions that decide its fp32 and int8 rates (see `vector_extensions`)."""
+
+    @property
+    def cpu_described(self) -> str:
+        """"<model name>, <n> cores (<extensions>)": this VM's CPU model differs from one CI machine to the next."""
+        extensions = f" ({', '.join(self.vector_extensions)})" if self.vector_extensions else ""
+        return f"{self.cpu}, {self.cores} cores{extensions}"
 
     @classmethod
     def collect(cls) -> "MachineInfo":
@@ -74,7 +82,8 @@ class MachineInfo:
                 versions[dist] = metadata.version(dist)
             except metadata.PackageNotFoundError:
                 pass
-        return cls(cpu, os.cpu_count() or 0, platform.python_version(), versions, socket.gethostname(), os.getloadavg())
+        return cls(cpu, os.cpu_count() or 0, platform.python_version(), versions, socket.gethostname(), os.getloadavg(),
+                   vector_extensions=vector_extensions())
 
 
 def machine_slug(info: MachineInfo) -> str:
@@ -141,7 +150,7 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
         f"# aiaas benchmark — {time.strftime('%Y-%m-%d %H:%M')}"
         + (" (quick smoke run: small N, not for comparison)" if quick else ""),
         "",
-        f"{info.cpu}, {info.cores} cores · Python {info.python} · ONNX Runtime {ort} · "
+        f"{info.cpu_described} · Python {info.python} · ONNX Runtime {ort} · "
         + " · ".join(f"{k} {v}" for k, v in info.versions.items() if not k.startswith("onnxruntime")),
         f"Host {info.host}; load average (1/5/15 min) {_load(info.load_before)} before the run; "
         + (f"other processes used {info.other_work[0]:.2f} cores on average (max {info.other_work[1]:.2f}) during it. "
@@ -387,6 +396,22 @@ def plot(results: list[ModelResult], path: Path, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+NOTABLE_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+"""/proc/cpuinfo flags that set the runtimes' kernels: AVX2 or AVX-512 fp32, VNNI int8, bf16/fp16, AMX tiles."""
+
+
+def vector_extensions(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The NOTABLE_EXTENSIONS this CPU has, in that order (none where /proc/cpuinfo cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ()
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())
+    return tuple(name for name in NOTABLE_EXTENSIONS if name in flags)
 
 
 def cpu_name() -> str:

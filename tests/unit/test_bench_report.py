@@ -3,7 +3,7 @@
 import math
 
 from bench.load import Burst, Saturation
-from bench.report import MachineInfo, ModelResult, ceiling_ratios, markdown, round_ratios
+from bench.report import MachineInfo, ModelResult, ceiling_ratios, markdown, round_ratios, vector_extensions
 
 
 def saturation(*rates: float) -> Saturation:
@@ -64,3 +64,13 @@ def test_the_compute_table_gives_the_most_service_over_naive_can_be():
     text = markdown([result], info, command="x", total_s=1, quick=False, transport_mode="subprocess", load="raw",
                     notes=[], burst_s=2, repeats=3, open_loop_s=5)
     assert "| text | 32 | 400.000 | 120.0 | 200 (numpy, square) | 60% | 50% | 0.91 | 2.50 | 2.27 |" in text
+
+
+def test_vector_extensions_names_the_notable_flags_in_order():
+    cpuinfo = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+               "flags\t\t: fpu sse2 avx512_fp16 avx2 avx512f avx512_vnni amx_tile\n")
+    assert vector_extensions(cpuinfo) == ("avx2", "avx512f", "avx512_vnni", "avx512_fp16")
+    assert vector_extensions("model name\t: no flags line\n") == ()
+    described = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0), vector_extensions=("avx2",))
+    assert described.cpu_described == "cpu, 2 cores (avx2)"
+    assert MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0)).cpu_described == "cpu, 2 cores"
