@@ -3,8 +3,10 @@ matrix-product rate of the machine.
 
 A runtime ceiling says how fast the model runs; this says how fast it *could* run here. When the
 runtime's best batch already runs its matrix products near the machine's rate, no serving layer can
-go faster with that model at that precision: `items/s at the matmul rate` is the most any consumer
-gets, and divided by the naive consumer's jobs/s it is the most `service / naive` can be.
+go faster with that model at that precision *making the same calls*: `items/s at the matmul rate` is the
+most any consumer gets, and divided by the naive consumer's jobs/s it is the most `service / naive` can be.
+The FLOPs are those of the calls as made, padding included: a serving layer that pads less (text's length
+groups) does fewer of them, which this bound does not see.
 
 - **FLOPs per item**: matrix products and convolutions only (2 per multiply-add), counted by PyTorch's
   `FlopCounterMode` on the model's PyTorch twin fed what the served runtime computes: text in the
@@ -221,7 +223,7 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
         rows = [t.ids for job in jobs for t in runtime.prepare(job).tokens]
         encoder = TorchEncoder(None, device="cpu")
         with FlopCounterMode(display=False) as counter:
-            embed_rows(encoder, rows, runtime.limits.max_batch_tokens)
+            embed_rows(encoder, rows, runtime.limits.max_batch_tokens, runtime.limits.call_overhead_tokens)
         return counter.get_total_flops() / len(rows)
     if model == "vision":
         import torch

@@ -203,8 +203,9 @@ def _compute_table(results: list[ModelResult]) -> list[str]:
              "timed in alternation; the products' share of ONNX Runtime's kernel time (a profile); the headroom: how "
              "many times faster the runtime would be with its products at the matmul rate and the rest of its time as "
              "measured. The runtime's own ratio to the naive consumer (in the rounds of bursts) times that headroom "
-             "is the most `service / naive` could be on this machine with this model at this precision, whatever "
-             "the serving layer.",
+             "is the most `service / naive` could be on this machine with this model at this precision and with "
+             "the runtime's calls as they are made (batch size and, for text, the padding of its length groups: "
+             "padded token slots count as work; fewer of them is a serving-layer gain this bound does not see).",
              "",
              "| model | batch | MFLOP/item | runtime GFLOP/s | fp32 matmul GFLOP/s (fastest library, shape) "
              "| runtime / matmul rate | products' share of kernel time | headroom | runtime / naive (rounds) "

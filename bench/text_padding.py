@@ -66,7 +66,8 @@ def main() -> None:
     for n, long_share in [(32, 0.1), (64, 0.1), (64, 0.3), (256, 0.1), (256, 0.3)]:
         rows = [t.ids for t in runtime.tokenizer.encode(mixed_texts(n, long_share))]
         lengths = [len(r) for r in rows]
-        one, grouped = [list(range(n))], length_groups(lengths, runtime.limits.max_batch_tokens)
+        one, grouped = [list(range(n))], length_groups(lengths, runtime.limits.max_batch_tokens,
+                                                              runtime.limits.call_overhead_tokens)
         one_ms, grouped_ms = time_calls(runtime, rows, one, args.repeats), time_calls(runtime, rows, grouped, args.repeats)
         lines.append(f"| {n} | {long_share:.0%} | {padding_waste(lengths, one):.0%} | {padding_waste(lengths, grouped):.0%} "
                      f"| {len(grouped)} | {one_ms:.0f} | {grouped_ms:.0f} | {one_ms / grouped_ms:.1f}x |")

@@ -6,7 +6,7 @@ import pytest
 from aiaas.contracts import Job
 from aiaas.errors import InvalidJob, ServiceMisconfigured
 from aiaas.text.labelled_sentences import labelled_split
-from aiaas.text.runtime import TextLimits, TextRuntime
+from aiaas.text.runtime import MAX_CALL_OVERHEAD_TOKENS, TextLimits, TextRuntime, measure_call_overhead
 
 SENTENCES = [
     "The striker scored twice in the second half.",
@@ -140,3 +140,42 @@ def test_pytorch_backend_on_cuda_agrees_with_cpu(runtime, text_registry):
     (cpu_out,) = run(runtime, job("embed", texts=SENTENCES))
     (gpu_out,) = run(cuda, job("embed", texts=SENTENCES))
     assert np.abs(cpu_out["embeddings"].to_numpy() - gpu_out["embeddings"].to_numpy()).max() < 1e-3
+
+
+class TimedEncoder:
+    """An encoder whose call takes `fixed` + `per_slot` × rows × width seconds on a fake clock."""
+
+    providers = ["fake"]
+
+    def __init__(self, fixed: float, per_slot: float) -> None:
+        self.fixed, self.per_slot, self.now = fixed, per_slot, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def embed(self, input_ids, attention_mask):
+        self.now += self.fixed + self.per_slot * input_ids.size
+        return np.zeros((len(input_ids), 384), dtype=np.float32)
+
+
+def test_the_call_overhead_is_measured_in_token_slots_and_capped_for_calls_that_cost_the_same_at_any_size():
+    cpu_like = TimedEncoder(fixed=0.002, per_slot=0.0001)  # a call costs as much as 20 token slots
+    assert measure_call_overhead(cpu_like, clock=cpu_like.clock) == 20
+    gpu_like = TimedEncoder(fixed=0.004, per_slot=0.0)  # kernel launches dominate whatever the size
+    assert measure_call_overhead(gpu_like, clock=gpu_like.clock) == MAX_CALL_OVERHEAD_TOKENS
+
+
+def test_the_runtime_groups_lengths_by_its_call_overhead_measured_or_set(runtime, text_registry):
+    assert 0 <= runtime.limits.call_overhead_tokens <= MAX_CALL_OVERHEAD_TOKENS  # measured on load
+    texts = ["one two three four five six seven"] * 6 + ["one two three four five six seven eight nine ten"] * 6
+    jobs = [job("embed", texts=[t]) for t in texts]
+
+    def calls(overhead):
+        limits = TextLimits(max_batch_tokens=8192, call_overhead_tokens=overhead)
+        served = TextRuntime(runtime.encoder, runtime.tokenizer, runtime.head, runtime.version, limits=limits)
+        embeddings = [o["embeddings"].to_numpy() for o in served.infer([served.prepare(j) for j in jobs])]
+        return served.last_batch.encoder_calls, np.concatenate(embeddings)
+
+    (apart, apart_rows), (together, together_rows) = calls(0), calls(1000)
+    assert (apart, together) == (2, 1)  # 6 rows × 3 tokens of padding: worth a call at 0, not at 1000
+    np.testing.assert_allclose(apart_rows, together_rows, atol=1e-5)

@@ -12,7 +12,8 @@ def main() -> None:
     """Load the configured registry version with the configured backend and serve it."""
     settings = TextSettings()
     registry = Registry(HomeSettings().registry_dir)
-    limits = TextLimits(settings.max_texts_per_job, settings.max_chars_per_text, settings.max_batch_tokens)
+    limits = TextLimits(settings.max_texts_per_job, settings.max_chars_per_text, settings.max_batch_tokens,
+                        settings.call_overhead_tokens)
     run_service(
         MODEL,
         lambda ref: TextRuntime.from_registry(

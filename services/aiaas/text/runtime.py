@@ -8,8 +8,10 @@ fed to the model, and builds each job's outputs for its task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +26,7 @@ from .head import ClassifierHead
 from .tokens import TextTokenizer, Tokenized, length_groups, pad, padding_waste
 
 __all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows",
-           "INT8_GRAPH", "PRECISIONS"]
+           "measure_call_overhead", "INT8_GRAPH", "PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,9 @@ class TextLimits:
     max_texts: int = 64
     max_chars: int = 2000
     max_batch_tokens: int = 8192
+    call_overhead_tokens: int | None = None
+    """The fixed cost of one encoder call, in token slots: a longer text joins a length group unless that adds more
+    padding than this. None: measured on the encoder when the runtime is made (`measure_call_overhead`)."""
 
 
 @dataclass
@@ -133,6 +138,10 @@ class TextRuntime:
                  aliases: Sequence[str] = (), limits: TextLimits = TextLimits()) -> None:
         self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
         self.version = version
+        if limits.call_overhead_tokens is None:
+            limits = replace(limits, call_overhead_tokens=measure_call_overhead(encoder))
+            log.info("text v%s: one encoder call costs as much as %d token slots (measured; length groups split "
+                     "where joining would pad more)", version, limits.call_overhead_tokens)
         self.limits = limits
         self.last_batch = BatchStats()
         self._refs = {version, f"v{version}", *aliases}
@@ -209,7 +218,8 @@ class TextRuntime:
 
     def embed_all(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Unit embeddings for token rows, in order; one encoder call per length group."""
-        embeddings, self.last_batch = embed_rows(self.encoder, rows, self.limits.max_batch_tokens)
+        embeddings, self.last_batch = embed_rows(self.encoder, rows, self.limits.max_batch_tokens,
+                                                 self.limits.call_overhead_tokens)
         return embeddings
 
     def _outputs(self, item: TextItem, rows: np.ndarray) -> Outputs:
@@ -242,13 +252,48 @@ def _check_precision(precision: str, backend: str, providers: str) -> None:
                                    "on the CPU")
 
 
-def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
-    """Unit embeddings for token rows, in order, and the padding it cost; one call per length group."""
+def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192,
+               call_overhead_tokens: int | None = None) -> tuple[np.ndarray, BatchStats]:
+    """Unit embeddings for token rows, in order, and the padding it cost; one call per length group
+    (`length_groups`' own call overhead where none is given)."""
     lengths = [len(r) for r in rows]
-    groups = length_groups(lengths, max_batch_tokens)
+    groups = (length_groups(lengths, max_batch_tokens) if call_overhead_tokens is None
+              else length_groups(lengths, max_batch_tokens, call_overhead_tokens))
     out = np.empty((len(rows), EMBEDDING_DIM), dtype=np.float32)
     for group in groups:
         ids, mask = pad([rows[i] for i in group])
         out[group] = encoder.embed(ids, mask)
     stats = BatchStats(len(rows), len(groups), padding_waste(lengths, groups), padding_waste(lengths, [range(len(rows))]))
     return out, stats
+
+
+MAX_CALL_OVERHEAD_TOKENS = 8192
+"""The measured overhead is capped here: an encoder whose calls cost nearly the same whatever their size (a GPU's
+kernel launches) batches everything the token budget allows."""
+
+
+def measure_call_overhead(encoder: Encoder, width: int = 16, rows: int = 4, rounds: int = 7,
+                          clock: Callable[[], float] = time.perf_counter) -> int:
+    """The fixed cost of one `encoder.embed` call in token slots, as this encoder runs here.
+
+    Times one row and `rows` rows of `width` tokens in alternation; per round, the cost of a token slot is the
+    difference over the extra slots and the call's fixed cost what one row takes beyond its own slots; the median
+    over the rounds, rounded, within 0..MAX_CALL_OVERHEAD_TOKENS. A compute-bound CPU encoder costs a few token
+    slots per call (so close lengths already deserve their own call); a GPU's calls cost thousands.
+    """
+    ids = np.full((rows, width), 1000, dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] … [SEP]
+    mask = np.ones_like(ids)
+
+    def seconds(n: int) -> float:
+        started = clock()
+        encoder.embed(ids[:n], mask[:n])
+        return clock() - started
+
+    seconds(1), seconds(rows)  # warm-up: first calls allocate
+    estimates = []
+    for _ in range(rounds):
+        one, many = seconds(1), seconds(rows)
+        per_slot = (many - one) / ((rows - 1) * width)
+        estimates.append(MAX_CALL_OVERHEAD_TOKENS if per_slot <= 0 else max(0.0, one / per_slot - width))
+    return int(min(MAX_CALL_OVERHEAD_TOKENS, round(statistics.median(estimates))))

@@ -37,6 +37,12 @@ class TextSettings(WorkerSettings):
     max_batch_tokens: int = Field(
         8192, ge=64, description="Most token slots (rows × longest) in one encoder call; bigger batches are split."
     )
+    call_overhead_tokens: int | None = Field(
+        None, ge=0, le=8192,
+        description="The fixed cost of one encoder call in token slots: a longer text joins a length group unless "
+        "that adds more padding than this. Unset: measured on the encoder at start (a few to tens on a CPU, "
+        "thousands on a GPU); the log line says what was measured.",
+    )
 
     @model_validator(mode="after")
     def _one_instance_for_torch(self) -> "TextSettings":

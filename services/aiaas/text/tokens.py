@@ -51,7 +51,8 @@ def length_groups(lengths: Sequence[int], max_batch_tokens: int, call_overhead_t
 
     Greedy over the sorted lengths: a text joins the current group unless that would exceed
     `max_batch_tokens` (rows × longest), or would add more padding than a separate model call
-    costs (`call_overhead_tokens`, the fixed cost of one call expressed in token slots).
+    costs (`call_overhead_tokens`, the fixed cost of one call expressed in token slots). The text runtime
+    measures that cost on its encoder (`runtime.measure_call_overhead`); the default is for callers without one.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
