@@ -160,7 +160,9 @@ def _backend(model: str, backend: str, registry: Registry, jobs: list) -> tuple[
     if model == "recsys":
         note += "; recommend for known users (collaborative route, one session run per batch)"
     if model == "text":
-        note += "; one sentence per job, length groups as served"
+        note += (f"; one sentence per job, length groups as served (a group ends where joining it would pad more "
+                 f"than one call costs: {runtime.limits.call_overhead_tokens} token slots, "
+                 f"{'set' if TextSettings().call_overhead_tokens is not None else 'measured on load'})")
         if backend == "onnx":
             note += f"; {TextSettings().precision} graph"
     return runtime.infer, items, note

@@ -6,6 +6,11 @@ unless AIAAS_HOME points at one that has it). Prints a Markdown table; `--out FI
 A realistic batch mixes short and long texts: the labelled sentences (5–20 words) plus a
 share of paragraph-length texts. Padding every text to the longest one feeds the encoder
 mostly pad tokens; sorting by token count and cutting into groups of similar length does not.
+
+A second table is about where a group ends: a longer text joins a group unless that adds more padding than one
+more call costs (`call_overhead_tokens`). On batches of sentences only (the benchmark's text jobs) it times the
+groups that each overhead value gives, in alternation over rounds, against a fixed 256 (the value before the
+runtime measured its encoder's), with the value the runtime measured here.
 """
 
 from __future__ import annotations
@@ -44,9 +49,35 @@ def time_calls(runtime: TextRuntime, rows: list[list[int]], groups: list[list[in
     return statistics.median(samples)
 
 
+def overhead_sweep(runtime: TextRuntime, rounds: int, repeats: int) -> list[str]:
+    """Markdown rows: per batch size and call overhead, groups, padding, items/s and speed against 256."""
+    measured = runtime.limits.call_overhead_tokens
+    lines = [f"Where a length group ends: sentences only, the runtime measured one call at {measured} token slots; "
+             f"{rounds} rounds, each value's median of {repeats} calls per round; speed: median of each round's "
+             "ratio to 256.", "",
+             "| texts | call overhead (token slots) | calls | padding | items/s | speed vs 256 |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n in (32, 64):
+        rows = [t.ids for t in runtime.tokenizer.encode(mixed_texts(n, 0.0, seed=1))]
+        lengths = [len(r) for r in rows]
+        values = sorted({0, 8, 16, 32, 64, 128, 256, measured})
+        groups = {v: length_groups(lengths, runtime.limits.max_batch_tokens, v) for v in values}
+        ms: dict[int, list[float]] = {v: [] for v in values}
+        for _ in range(rounds):
+            for v in values:
+                ms[v].append(time_calls(runtime, rows, groups[v], repeats))
+        for v in values:
+            speed = statistics.median(base / mine for base, mine in zip(ms[256], ms[v]))
+            lines.append(f"| {n} | {v}{' (measured)' if v == measured else ''} | {len(groups[v])} "
+                         f"| {padding_waste(lengths, groups[v]):.0%} | {n / statistics.median(ms[v]) * 1000:,.0f} "
+                         f"| {speed:.2f}x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of the call-overhead sweep")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     registry = Registry(HomeSettings().registry_dir)
@@ -71,6 +102,7 @@ def main() -> None:
         one_ms, grouped_ms = time_calls(runtime, rows, one, args.repeats), time_calls(runtime, rows, grouped, args.repeats)
         lines.append(f"| {n} | {long_share:.0%} | {padding_waste(lengths, one):.0%} | {padding_waste(lengths, grouped):.0%} "
                      f"| {len(grouped)} | {one_ms:.0f} | {grouped_ms:.0f} | {one_ms / grouped_ms:.1f}x |")
+    lines += ["", *overhead_sweep(runtime, args.rounds, args.repeats)]
     table = "\n".join(lines)
     print(table)
     if args.out:

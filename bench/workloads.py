@@ -101,8 +101,9 @@ def settings_class(model: str) -> type[WorkerSettings]:
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
     """The model's runtime loaded from the registry as its service loads it (`backend=` for text).
 
-    Text on ONNX Runtime takes the service's precision (AIAAS_TEXT_PRECISION; its other settings keep their
-    defaults here), so the naive consumer and the runtime ceiling run the graph the service runs."""
+    Text takes the service's limits (AIAAS_TEXT_CALL_OVERHEAD_TOKENS among them: how its length groups are cut)
+    and on ONNX Runtime its precision (AIAAS_TEXT_PRECISION; its other settings keep their defaults here), so the
+    naive consumer and the runtime ceiling run the graph and the calls the service runs."""
     if model == "vision":
         from aiaas.vision.runtime import VisionRuntime
 
@@ -111,8 +112,10 @@ def load_runtime(model: str, registry: Registry, ref: str = "production", **kwar
         from aiaas.text.runtime import TextRuntime
         from aiaas.text.settings import TextSettings
 
+        settings = TextSettings()
+        kwargs.setdefault("limits", settings.limits())
         if kwargs.get("backend", "onnx") == "onnx":
-            kwargs.setdefault("precision", TextSettings().precision)
+            kwargs.setdefault("precision", settings.precision)
         return TextRuntime.from_registry(registry, ref, **kwargs)
     from aiaas.recsys.runtime import RecsysRuntime
 

@@ -62,3 +62,11 @@ def test_an_in_flight_window_set_by_hand_is_kept_but_never_below_one_batch(monke
     assert RecsysSettings().in_flight_bound() == 300
     assert RecsysSettings(max_in_flight=100).in_flight_bound() == 256  # the pipeline takes one whole batch
     assert VisionSettings(max_in_flight=10_000).in_flight_bound() == 10_000  # no cap on a window set by hand
+
+
+def test_text_limits_come_from_the_settings_and_the_call_overhead_is_measured_unless_set(monkeypatch):
+    assert TextSettings().limits().call_overhead_tokens is None  # measured on the encoder when the runtime loads
+    monkeypatch.setenv("AIAAS_TEXT_CALL_OVERHEAD_TOKENS", "256")
+    monkeypatch.setenv("AIAAS_TEXT_MAX_BATCH_TOKENS", "4096")
+    limits = TextSettings().limits()
+    assert (limits.call_overhead_tokens, limits.max_batch_tokens) == (256, 4096)

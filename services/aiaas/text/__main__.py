@@ -4,7 +4,7 @@ from ..registry import Registry
 from ..service import run_service
 from ..settings import HomeSettings
 from . import MODEL
-from .runtime import TextLimits, TextRuntime
+from .runtime import TextRuntime
 from .settings import TextSettings
 
 
@@ -12,14 +12,12 @@ def main() -> None:
     """Load the configured registry version with the configured backend and serve it."""
     settings = TextSettings()
     registry = Registry(HomeSettings().registry_dir)
-    limits = TextLimits(settings.max_texts_per_job, settings.max_chars_per_text, settings.max_batch_tokens,
-                        settings.call_overhead_tokens)
     run_service(
         MODEL,
         lambda ref: TextRuntime.from_registry(
             registry, ref, backend=settings.backend, precision=settings.precision,
             providers=settings.execution_provider, intra_op_threads=settings.session_threads(),
-            max_seq_len=settings.max_seq_len, limits=limits,
+            max_seq_len=settings.max_seq_len, limits=settings.limits(),
         ),
         settings,
         registry,

@@ -1,11 +1,14 @@
 """Settings of the text service (prefix `AIAAS_TEXT_`)."""
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ..settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from .runtime import TextLimits
 
 __all__ = ["TextSettings"]
 
@@ -43,6 +46,13 @@ class TextSettings(WorkerSettings):
         "that adds more padding than this. Unset: measured on the encoder at start (a few to tens on a CPU, "
         "thousands on a GPU); the log line says what was measured.",
     )
+
+    def limits(self) -> "TextLimits":
+        """What one job may carry and how the encoder's calls are cut, as the runtime takes them."""
+        from .runtime import TextLimits
+
+        return TextLimits(self.max_texts_per_job, self.max_chars_per_text, self.max_batch_tokens,
+                          self.call_overhead_tokens)
 
     @model_validator(mode="after")
     def _one_instance_for_torch(self) -> "TextSettings":
