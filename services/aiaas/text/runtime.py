@@ -278,8 +278,8 @@ def measure_call_overhead(encoder: Encoder, width: int = 16, rows: int = 4, roun
 
     Times one row and `rows` rows of `width` tokens in alternation; per round, the cost of a token slot is the
     difference over the extra slots and the call's fixed cost what one row takes beyond its own slots; the median
-    over the rounds, rounded, within 0..MAX_CALL_OVERHEAD_TOKENS. A compute-bound CPU encoder costs a few token
-    slots per call (so close lengths already deserve their own call); a GPU's calls cost thousands.
+    over the rounds, rounded, within 0..MAX_CALL_OVERHEAD_TOKENS. A compute-bound CPU encoder costs tens of token
+    slots per call (so close lengths already deserve their own call); a GPU's, launch-bound, should cost thousands.
     """
     ids = np.full((rows, width), 1000, dtype=np.int64)
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] … [SEP]
@@ -290,7 +290,8 @@ def measure_call_overhead(encoder: Encoder, width: int = 16, rows: int = 4, roun
         encoder.embed(ids[:n], mask[:n])
         return clock() - started
 
-    seconds(1), seconds(rows)  # warm-up: first calls allocate
+    seconds(1)  # warm-up: first calls allocate
+    seconds(rows)
     estimates = []
     for _ in range(rounds):
         one, many = seconds(1), seconds(rows)
