@@ -100,11 +100,12 @@ class ComputeShare:
         of its time stayed as measured; None without a profile. Both sides measured in the same rounds.
 
         An upper bound: the rest is taken as the runtime's time × (1 − product share of kernel time), which is at
-        most what it is (Python and session overhead fall outside the kernels). Per round, then the median."""
+        most what it is (Python and session overhead fall outside the kernels). Per round, then the median; at least
+        1 (products that already beat the measured matmul rate leave no headroom, not a slow-down)."""
         if self.product_share is None:
             return None
-        return statistics.median(1 / ((1 - self.product_share) + runtime / matmul.gflops)
-                                 for runtime, matmul in zip(self.runtime_gflops, self.matmul))
+        return max(1.0, statistics.median(1 / ((1 - self.product_share) + runtime / matmul.gflops)
+                                          for runtime, matmul in zip(self.runtime_gflops, self.matmul)))
 
 
 def compute_share(model: str, registry: Registry, infer: Callable[[Sequence[Any]], Any], items: Sequence[Any],

@@ -27,6 +27,7 @@ from aiaas.registry import Registry
 from aiaas.settings import HomeSettings
 from aiaas.text.labelled_sentences import SENTENCES
 from aiaas.text.runtime import TextRuntime
+from aiaas.text.settings import TextSettings
 from aiaas.text.tokens import length_groups, pad, padding_waste
 
 
@@ -86,7 +87,7 @@ def main() -> None:
 
         registry = Registry(Path(tempfile.mkdtemp()) / "registry")
         build(registry)
-    runtime = TextRuntime.from_registry(registry, max_seq_len=128)
+    runtime = TextRuntime.from_registry(registry, max_seq_len=128, limits=TextSettings().limits())
     lines = [
         f"text batching: padding waste and encoder time ({time.strftime('%Y-%m-%d')}, "
         f"{platform.processor() or platform.machine()}, ONNX Runtime CPU, max_seq_len 128)",

@@ -98,6 +98,11 @@ def settings_class(model: str) -> type[WorkerSettings]:
     return RecsysSettings
 
 
+_text_limits: dict[tuple[Any, ...], Any] = {}
+"""The text limits of the first runtime per (backend, precision, threads), its measured call cost included: the
+sweep, the rounds, the FLOP count and the profile of one run cut their length groups alike."""
+
+
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
     """The model's runtime loaded from the registry as its service loads it (`backend=` for text).
 
@@ -113,10 +118,13 @@ def load_runtime(model: str, registry: Registry, ref: str = "production", **kwar
         from aiaas.text.settings import TextSettings
 
         settings = TextSettings()
-        kwargs.setdefault("limits", settings.limits())
         if kwargs.get("backend", "onnx") == "onnx":
             kwargs.setdefault("precision", settings.precision)
-        return TextRuntime.from_registry(registry, ref, **kwargs)
+        key = (kwargs.get("backend", "onnx"), kwargs.get("precision"), kwargs.get("intra_op_threads", 0))
+        kwargs.setdefault("limits", _text_limits.get(key) or settings.limits())
+        runtime = TextRuntime.from_registry(registry, ref, **kwargs)
+        _text_limits.setdefault(key, runtime.limits)
+        return runtime
     from aiaas.recsys.runtime import RecsysRuntime
 
     return RecsysRuntime.from_registry(registry, ref, **kwargs)

@@ -7,6 +7,7 @@ from aiaas.contracts import Job
 from aiaas.errors import InvalidJob, ServiceMisconfigured
 from aiaas.text.labelled_sentences import labelled_split
 from aiaas.text.runtime import MAX_CALL_OVERHEAD_TOKENS, TextLimits, TextRuntime, measure_call_overhead
+from aiaas.text.tokens import DEFAULT_CALL_OVERHEAD_TOKENS
 
 SENTENCES = [
     "The striker scored twice in the second half.",
@@ -163,10 +164,12 @@ def test_the_call_overhead_is_measured_in_token_slots_and_capped_for_calls_that_
     assert measure_call_overhead(cpu_like, clock=cpu_like.clock) == 20
     gpu_like = TimedEncoder(fixed=0.004, per_slot=0.0)  # kernel launches dominate whatever the size
     assert measure_call_overhead(gpu_like, clock=gpu_like.clock) == MAX_CALL_OVERHEAD_TOKENS
+    free_calls = TimedEncoder(fixed=0.0, per_slot=0.0001)  # nothing but token slots
+    assert measure_call_overhead(free_calls, clock=free_calls.clock) == 0
 
 
 def test_the_runtime_groups_lengths_by_its_call_overhead_measured_or_set(runtime, text_registry):
-    assert 0 <= runtime.limits.call_overhead_tokens <= MAX_CALL_OVERHEAD_TOKENS  # measured on load
+    assert isinstance(runtime.limits.call_overhead_tokens, int)  # measured on load
     texts = ["one two three four five six seven"] * 6 + ["one two three four five six seven eight nine ten"] * 6
     jobs = [job("embed", texts=[t]) for t in texts]
 
@@ -179,3 +182,27 @@ def test_the_runtime_groups_lengths_by_its_call_overhead_measured_or_set(runtime
     (apart, apart_rows), (together, together_rows) = calls(0), calls(1000)
     assert (apart, together) == (2, 1)  # 6 rows × 3 tokens of padding: worth a call at 0, not at 1000
     np.testing.assert_allclose(apart_rows, together_rows, atol=1e-5)
+
+
+class CountingEncoder(TimedEncoder):
+    def __init__(self, providers):
+        super().__init__(fixed=0.002, per_slot=0.0001)
+        self.providers, self.calls = providers, 0
+
+    def embed(self, input_ids, attention_mask):
+        self.calls += 1
+        return super().embed(input_ids, attention_mask)
+
+
+@pytest.mark.parametrize("providers, set_by_hand, calls, overhead", [
+    (["CPUExecutionProvider"], None, 16, None),  # measured: 2 warm-up calls, then 7 rounds of 2 sizes
+    (["CPUExecutionProvider"], 40, 0, 40),  # set: kept, nothing measured
+    (["torch cuda"], None, 0, DEFAULT_CALL_OVERHEAD_TOKENS),  # off the CPU: not measured yet, the default
+])
+def test_the_call_overhead_is_measured_on_a_cpu_encoder_only_when_not_set(runtime, providers, set_by_hand, calls,
+                                                                           overhead):
+    encoder = CountingEncoder(providers)
+    made = TextRuntime(encoder, runtime.tokenizer, runtime.head, "1", limits=TextLimits(call_overhead_tokens=set_by_hand))
+    assert encoder.calls == calls
+    if overhead is not None:
+        assert made.limits.call_overhead_tokens == overhead

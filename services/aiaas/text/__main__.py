@@ -12,16 +12,21 @@ def main() -> None:
     """Load the configured registry version with the configured backend and serve it."""
     settings = TextSettings()
     registry = Registry(HomeSettings().registry_dir)
-    run_service(
-        MODEL,
-        lambda ref: TextRuntime.from_registry(
+    first: list[TextRuntime] = []
+
+    def load(ref: str) -> TextRuntime:
+        """The encoder's call cost is measured on the first load only: later versions load while batches run, which
+        would skew it, and share the encoder's backend, precision and threads."""
+        limits = first[0].limits if first else settings.limits()
+        runtime = TextRuntime.from_registry(
             registry, ref, backend=settings.backend, precision=settings.precision,
             providers=settings.execution_provider, intra_op_threads=settings.session_threads(),
-            max_seq_len=settings.max_seq_len, limits=settings.limits(),
-        ),
-        settings,
-        registry,
-    )
+            max_seq_len=settings.max_seq_len, limits=limits,
+        )
+        first[:] = first or [runtime]
+        return runtime
+
+    run_service(MODEL, load, settings, registry)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ fed to the model, and builds each job's outputs for its task.
 from __future__ import annotations
 
 import logging
-import statistics
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +23,7 @@ from ..registry import Registry
 from ..runtime import Outputs
 from . import MODEL
 from .head import ClassifierHead
-from .tokens import TextTokenizer, Tokenized, length_groups, pad, padding_waste
+from .tokens import DEFAULT_CALL_OVERHEAD_TOKENS, TextTokenizer, Tokenized, length_groups, pad, padding_waste
 
 __all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows",
            "measure_call_overhead", "INT8_GRAPH", "PRECISIONS"]
@@ -99,14 +99,15 @@ class TorchEncoder:
 
 @dataclass(frozen=True)
 class TextLimits:
-    """What one job may carry."""
+    """What one job may carry, and how the encoder's calls are cut."""
 
     max_texts: int = 64
     max_chars: int = 2000
     max_batch_tokens: int = 8192
     call_overhead_tokens: int | None = None
     """The fixed cost of one encoder call, in token slots: a longer text joins a length group unless that adds more
-    padding than this. None: measured on the encoder when the runtime is made (`measure_call_overhead`)."""
+    padding than this. None: measured on a CPU encoder when the runtime is made (`measure_call_overhead`);
+    DEFAULT_CALL_OVERHEAD_TOKENS on a GPU, where it has not been measured yet."""
 
 
 @dataclass
@@ -139,9 +140,12 @@ class TextRuntime:
         self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
         self.version = version
         if limits.call_overhead_tokens is None:
-            limits = replace(limits, call_overhead_tokens=measure_call_overhead(encoder))
-            log.info("text v%s: one encoder call costs as much as %d token slots (measured; length groups split "
-                     "where joining would pad more)", version, limits.call_overhead_tokens)
+            on_cpu = all("cpu" in provider.lower() for provider in encoder.providers)
+            limits = replace(limits, call_overhead_tokens=measure_call_overhead(encoder) if on_cpu
+                             else DEFAULT_CALL_OVERHEAD_TOKENS)
+            log.info("text v%s: one encoder call costs as much as %d token slots (%s; length groups split where "
+                     "joining would pad more)", version, limits.call_overhead_tokens,
+                     "measured" if on_cpu else "not measured off the CPU yet")
         self.limits = limits
         self.last_batch = BatchStats()
         self._refs = {version, f"v{version}", *aliases}
@@ -253,12 +257,10 @@ def _check_precision(precision: str, backend: str, providers: str) -> None:
 
 
 def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens: int = 8192,
-               call_overhead_tokens: int | None = None) -> tuple[np.ndarray, BatchStats]:
-    """Unit embeddings for token rows, in order, and the padding it cost; one call per length group
-    (`length_groups`' own call overhead where none is given)."""
+               call_overhead_tokens: int = DEFAULT_CALL_OVERHEAD_TOKENS) -> tuple[np.ndarray, BatchStats]:
+    """Unit embeddings for token rows, in order, and the padding it cost; one call per length group."""
     lengths = [len(r) for r in rows]
-    groups = (length_groups(lengths, max_batch_tokens) if call_overhead_tokens is None
-              else length_groups(lengths, max_batch_tokens, call_overhead_tokens))
+    groups = length_groups(lengths, max_batch_tokens, call_overhead_tokens)
     out = np.empty((len(rows), EMBEDDING_DIM), dtype=np.float32)
     for group in groups:
         ids, mask = pad([rows[i] for i in group])
@@ -268,18 +270,19 @@ def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens
 
 
 MAX_CALL_OVERHEAD_TOKENS = 8192
-"""The measured overhead is capped here: an encoder whose calls cost nearly the same whatever their size (a GPU's
-kernel launches) batches everything the token budget allows."""
+"""The measured overhead is capped here: an encoder whose calls cost nearly the same whatever their size batches
+everything the token budget allows."""
 
 
 def measure_call_overhead(encoder: Encoder, width: int = 16, rows: int = 4, rounds: int = 7,
                           clock: Callable[[], float] = time.perf_counter) -> int:
     """The fixed cost of one `encoder.embed` call in token slots, as this encoder runs here.
 
-    Times one row and `rows` rows of `width` tokens in alternation; per round, the cost of a token slot is the
-    difference over the extra slots and the call's fixed cost what one row takes beyond its own slots; the median
-    over the rounds, rounded, within 0..MAX_CALL_OVERHEAD_TOKENS. A compute-bound CPU encoder costs tens of token
-    slots per call (so close lengths already deserve their own call); a GPU's, launch-bound, should cost thousands.
+    Times one row and `rows` rows of `width` tokens, `rounds` times each in alternation, and keeps each size's
+    fastest call (a busy machine only ever adds time): the cost of a token slot is the difference over the extra
+    slots, the call's fixed cost what one row takes beyond its own slots; rounded, within
+    0..MAX_CALL_OVERHEAD_TOKENS. A compute-bound CPU encoder costs tens of token slots per call (so close lengths
+    already deserve their own call).
     """
     ids = np.full((rows, width), 1000, dtype=np.int64)
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] … [SEP]
@@ -292,9 +295,10 @@ def measure_call_overhead(encoder: Encoder, width: int = 16, rows: int = 4, roun
 
     seconds(1)  # warm-up: first calls allocate
     seconds(rows)
-    estimates = []
+    one, many = math.inf, math.inf
     for _ in range(rounds):
-        one, many = seconds(1), seconds(rows)
-        per_slot = (many - one) / ((rows - 1) * width)
-        estimates.append(MAX_CALL_OVERHEAD_TOKENS if per_slot <= 0 else max(0.0, one / per_slot - width))
-    return int(min(MAX_CALL_OVERHEAD_TOKENS, round(statistics.median(estimates))))
+        one, many = min(one, seconds(1)), min(many, seconds(rows))
+    per_slot = (many - one) / ((rows - 1) * width)
+    if per_slot <= 0:
+        return MAX_CALL_OVERHEAD_TOKENS
+    return int(min(MAX_CALL_OVERHEAD_TOKENS, max(0, round(one / per_slot - width))))

@@ -43,8 +43,8 @@ class TextSettings(WorkerSettings):
     call_overhead_tokens: int | None = Field(
         None, ge=0, le=8192,
         description="The fixed cost of one encoder call in token slots: a longer text joins a length group unless "
-        "that adds more padding than this. Unset: measured on the encoder at start (tens on a 2-core CPU; a GPU's "
-        "calls cost about the same at any size, so thousands); the log line says what was measured.",
+        "that adds more padding than this. Unset: measured on a CPU encoder at start (tens on a 2-core CPU), 256 "
+        "on a GPU (not measured there yet); the log line says which.",
     )
 
     def limits(self) -> "TextLimits":
