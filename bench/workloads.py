@@ -14,7 +14,7 @@ import random
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,9 @@ def settings_class(model: str) -> type[WorkerSettings]:
     return RecsysSettings
 
 
-_text_limits: dict[tuple[Any, ...], Any] = {}
-"""The text limits of the first runtime per (backend, precision, threads), its measured call cost included: the
-sweep, the rounds, the FLOP count and the profile of one run cut their length groups alike."""
+_measured_call_overhead: dict[tuple[Any, ...], int] = {}
+"""The call cost the first text runtime per (backend, precision, threads) measured, where none is set: the sweep,
+the rounds, the FLOP count and the profile of one run cut their length groups alike."""
 
 
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
@@ -121,9 +121,13 @@ def load_runtime(model: str, registry: Registry, ref: str = "production", **kwar
         if kwargs.get("backend", "onnx") == "onnx":
             kwargs.setdefault("precision", settings.precision)
         key = (kwargs.get("backend", "onnx"), kwargs.get("precision"), kwargs.get("intra_op_threads", 0))
-        kwargs.setdefault("limits", _text_limits.get(key) or settings.limits())
+        limits = settings.limits()
+        if limits.call_overhead_tokens is None and key in _measured_call_overhead:
+            limits = replace(limits, call_overhead_tokens=_measured_call_overhead[key])
+        kwargs.setdefault("limits", limits)
         runtime = TextRuntime.from_registry(registry, ref, **kwargs)
-        _text_limits.setdefault(key, runtime.limits)
+        if settings.call_overhead_tokens is None:
+            _measured_call_overhead.setdefault(key, runtime.limits.call_overhead_tokens)
         return runtime
     from aiaas.recsys.runtime import RecsysRuntime
 

@@ -12,18 +12,18 @@ def main() -> None:
     """Load the configured registry version with the configured backend and serve it."""
     settings = TextSettings()
     registry = Registry(HomeSettings().registry_dir)
-    first: list[TextRuntime] = []
+    limits = settings.limits()
 
     def load(ref: str) -> TextRuntime:
         """The encoder's call cost is measured on the first load only: later versions load while batches run, which
         would skew it, and share the encoder's backend, precision and threads."""
-        limits = first[0].limits if first else settings.limits()
+        nonlocal limits
         runtime = TextRuntime.from_registry(
             registry, ref, backend=settings.backend, precision=settings.precision,
             providers=settings.execution_provider, intra_op_threads=settings.session_threads(),
             max_seq_len=settings.max_seq_len, limits=limits,
         )
-        first[:] = first or [runtime]
+        limits = runtime.limits
         return runtime
 
     run_service(MODEL, load, settings, registry)
