@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .contracts import InputValue, Job
 from .errors import AiaasError
 
-__all__ = ["ModelRuntime", "Outputs"]
+__all__ = ["ModelRuntime", "Outputs", "ModelCalls", "computes_on_cpu"]
 
 Outputs = dict[str, InputValue]
+
+ModelCalls = Literal["auto", "thread", "event-loop"]
+"""Where a service runs its model's batch calls: on a model thread, on the event loop, or `auto` (the worker's
+`calls_on_event_loop` says which)."""
+
+_CPU_PROVIDERS = frozenset({"CPUExecutionProvider", "torch cpu"})
 
 
 class ModelRuntime(Protocol):
@@ -36,3 +42,10 @@ class ModelRuntime(Protocol):
         an `AiaasError` (usually `InvalidJob`) instead: that job fails with it, its batch-mates are served.
         """
         ...
+
+
+def computes_on_cpu(runtime: object) -> bool:
+    """True unless the runtime's `providers` (best first, as ONNX Runtime lists them; `torch <device>` for PyTorch)
+    name an accelerator first. A runtime that names none is taken to compute on the CPU."""
+    providers = getattr(runtime, "providers", None)
+    return not providers or providers[0] in _CPU_PROVIDERS

@@ -105,7 +105,7 @@ class ModelService:
             group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes,
             retry=RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
                               self.settings.retry_backoff_max_ms / 1000),
-            model_instances=self.settings.model_instances,
+            model_instances=self.settings.model_instances, model_calls=self.settings.model_calls,
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,

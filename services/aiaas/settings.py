@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .runtime import ModelCalls
+
 if TYPE_CHECKING:
     import ssl
 
@@ -216,6 +218,13 @@ class WorkerSettings(BaseSettings):
         "threads, so a job alone is a little slower, but under load the queue stays shorter (text on 2 cores: 1.22x "
         "the saturated jobs/s, p50 at 50 % load 0.36x; README). Results are still published in the order the "
         "batches were cut. For ONNX Runtime sessions; PyTorch's callers share one thread pool.",
+    )
+    model_calls: ModelCalls = Field(
+        "thread",
+        description="Where the model's batch calls run: `thread` (a model thread per instance: fetching and "
+        "publishing go on during a call), `event-loop` (no hand-over to a thread and back: for short calls on a "
+        "busy CPU that costs less than it wins), or `auto` (on the event loop when one instance computes on the CPU, "
+        "else on threads). Each service's default is measured (bench/ab.py).",
     )
     gc_young_threshold: int = Field(
         20_000, ge=0,

@@ -26,7 +26,7 @@ from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undel
 from .idempotency import Outcome, OutcomeCache
 from .job_spans import JobSpans
 from .retries import RetryPolicy, attempt_of, origin_of
-from .runtime import ModelRuntime
+from .runtime import ModelCalls, ModelRuntime, computes_on_cpu
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
 
@@ -153,6 +153,7 @@ class BatchWorker:
         retry: RetryPolicy | None = None,
         outcomes: OutcomeCache | None = None,
         model_instances: int = 1,
+        model_calls: ModelCalls = "thread",
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.retry = retry or RetryPolicy(max_attempts=1)
@@ -164,8 +165,10 @@ class BatchWorker:
         self._max_bytes = max_message_bytes
         self._spans = JobSpans()
         self._tracer = self._spans.tracer
-        # Model calls off the event loop so Kafka heartbeats and I/O keep going; one thread per model instance.
+        # Model calls off the event loop, so fetching and publishing go on meanwhile; one thread per model instance.
         self._executor = ThreadPoolExecutor(max_workers=model_instances, thread_name_prefix=f"{self.runtimes.model}-model")
+        self._model_calls = model_calls
+        self._instances = model_instances
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -311,9 +314,11 @@ class BatchWorker:
         span = self._spans.start_linked(f"infer {runtime.model}", [job.span for job in runnable], attributes)
         started = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, runtime.infer, [job.item for job in runnable]
-            )
+            items = [job.item for job in runnable]
+            if self.calls_on_event_loop(runtime):
+                outputs = runtime.infer(items)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, runtime.infer, items)
             if len(outputs) != len(runnable):
                 raise ModelFailure(f"model returned {len(outputs)} outputs for {len(runnable)} jobs")
         except Exception as exc:  # any model failure becomes error results, never a dead worker
@@ -342,6 +347,19 @@ class BatchWorker:
                 job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
             except Exception as exc:
                 self._fail(job, ModelFailure(f"the model's output for this job is invalid: {exc}"[:500]), picked_at)
+
+    def calls_on_event_loop(self, runtime: ModelRuntime) -> bool:
+        """Whether `runtime`'s batch calls run on the event loop rather than on a model thread (`model_calls`).
+
+        `auto`: on the loop when one model instance computes on the CPU. Handing a short call to a thread costs
+        more there than the thread wins: the call waits for the GIL while the loop holds it (up to CPython's switch
+        interval, 5 ms) and the loop waits for the call's wake-up, and on a small machine the other cores are busy
+        with the broker and the publishers anyway. On a GPU the thread lets the loop fetch and publish while the
+        device computes; with several instances, their batches must run at once.
+        """
+        if self._model_calls == "auto":
+            return self._instances == 1 and computes_on_cpu(runtime)
+        return self._model_calls == "event-loop"
 
     def _replay(self, job: _InFlight) -> bool:
         """Answer a job id seen before with the outcome it had; True when it was."""

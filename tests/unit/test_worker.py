@@ -1,5 +1,6 @@
 """The worker core with fake runtimes: batching, bad input, failures, DLQ, priorities, spans."""
 
+import threading
 import time
 
 import pytest
@@ -176,3 +177,60 @@ async def test_a_runtime_whose_prepared_item_is_none_still_answers_every_job():
     sink = RecordingSink()
     await make_worker(NoItemRuntime(), sink).handle([job_record(i, [1.0]) for i in range(3)])
     assert {r.status for r in results(sink).values()} == {"ok"} and len(results(sink)) == 3
+
+
+class ThreadRecordingRuntime(SumRuntime):
+    """SumRuntime that records the thread of every model call and names where it computes."""
+
+    def __init__(self, providers=None):
+        super().__init__()
+        self.threads = []
+        if providers is not None:
+            self.providers = providers
+
+    def infer(self, items):
+        self.threads.append(threading.get_ident())
+        return super().infer(items)
+
+
+def worker_calling(runtime, model_calls, model_instances=1):
+    return BatchWorker(runtime, RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                       max_message_bytes=1 << 20, model_instances=model_instances, model_calls=model_calls)
+
+
+@pytest.mark.parametrize(("model_calls", "providers", "instances", "on_loop"), [
+    ("thread", None, 1, False),
+    ("event-loop", None, 1, True),
+    ("event-loop", ["CUDAExecutionProvider", "CPUExecutionProvider"], 2, True),  # asked for: as asked
+    ("auto", ["CPUExecutionProvider"], 1, True),
+    ("auto", ["torch cpu"], 1, True),
+    ("auto", None, 1, True),  # a runtime that names no device computes on the CPU
+    ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], 1, False),  # the loop works while the GPU computes
+    ("auto", ["torch cuda"], 1, False),
+    ("auto", ["CPUExecutionProvider"], 2, False),  # several instances' batches run at once, on their threads
+])
+async def test_model_calls_run_on_the_event_loop_or_a_model_thread_as_set(model_calls, providers, instances, on_loop):
+    runtime = ThreadRecordingRuntime(providers)
+    worker = worker_calling(runtime, model_calls, instances)
+    assert worker.calls_on_event_loop(runtime) is on_loop
+    await worker.handle([job_record(i, [i, 1.0]) for i in range(3)])
+    assert runtime.threads and (runtime.threads[0] == threading.get_ident()) is on_loop
+    assert {r.outputs["sum"] for r in results(worker._sink).values()} == {1.0, 2.0, 3.0}
+
+
+async def test_a_model_failing_on_the_event_loop_fails_its_jobs_and_the_worker_goes_on():
+    class PoisonedBy13(SumRuntime):
+        def infer(self, items):
+            if any(item.sum() == 13 for item in items):
+                raise RuntimeError("GPU on fire")
+            return super().infer(items)
+
+    sink = RecordingSink()
+    worker = BatchWorker(PoisonedBy13(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_calls="event-loop")
+    await worker.handle([job_record(0, [13.0]), job_record(1, [1.0])])  # the batch fails, then each runs alone
+    await worker.handle([job_record(i, [float(i)]) for i in range(5, 7)])
+    got = results(sink)
+    assert got["job-0"].status == "error" and got["job-0"].error.type == "ModelFailure"
+    assert got["job-1"].status == "ok" and got["job-1"].outputs["sum"] == 1.0
+    assert {got[f"job-{i}"].outputs["sum"] for i in (5, 6)} == {5.0, 6.0}

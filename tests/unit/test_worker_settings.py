@@ -70,3 +70,13 @@ def test_text_limits_come_from_the_settings_and_the_call_overhead_is_measured_un
     monkeypatch.setenv("AIAAS_TEXT_MAX_BATCH_TOKENS", "4096")
     limits = TextSettings().limits()
     assert (limits.call_overhead_tokens, limits.max_batch_tokens) == (256, 4096)
+
+
+def test_small_models_call_on_the_event_loop_when_they_compute_on_the_cpu_and_text_on_its_threads(monkeypatch):
+    assert VisionSettings().model_calls == RecsysSettings().model_calls == "auto"
+    assert TextSettings().model_calls == "thread"  # calls of ~100 ms: fetching and publishing go on meanwhile
+    monkeypatch.setenv("AIAAS_RECSYS_MODEL_CALLS", "thread")
+    assert RecsysSettings().model_calls == "thread"
+    monkeypatch.setenv("AIAAS_VISION_MODEL_CALLS", "sideways")
+    with pytest.raises(ValueError, match="model_calls"):
+        VisionSettings()
