@@ -7,7 +7,7 @@ batch, tracing spans, publish the result with acks=all, commit) → broker → c
 Run as a child process (`python bench/transport.py --model vision`, the default in run.py:
 client and service in separate processes, as with the real service) or in the benchmark's
 own process (`run_inprocess`, `--transport inprocess`). Either way it is
-`ModelService(NoopRuntime(model), KafkaSettings(), <Model>Settings()).run()` in an asyncio task,
+`ModelService(NoopRuntime(model, <the providers the model would use>), KafkaSettings(), <Model>Settings()).run()` in an asyncio task,
 stopped with `.stop()`, with the tracing that `aiaas.tracing.setup_tracing` installs; the child process
 also settles its heap as a service process does (`aiaas.heap`).
 """
@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from aiaas.contracts import Job
 from aiaas.heap import settle_heap
+from aiaas.onnx_session import choose_providers
 from aiaas.runtime import Outputs
 from aiaas.service import ModelService
 from aiaas.settings import KafkaSettings
@@ -38,11 +39,13 @@ __all__ = ["NoopRuntime", "start_inprocess"]
 
 
 class NoopRuntime:
-    """A ModelRuntime that does nothing: model name = the model type, version "0"."""
+    """A ModelRuntime that does nothing: model name = the model type, version "0". `providers`: where the real
+    model would compute, so the worker runs its calls where it would run the real model's (`model_calls`)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         self.model = model
         self.version = "0"
+        self.providers = list(providers)
 
     def serves(self, ref: str) -> bool:
         """Only its own version."""
@@ -59,7 +62,8 @@ class NoopRuntime:
 
 def start_inprocess(model: str, kafka: KafkaSettings) -> tuple[ModelService, asyncio.Task]:
     """The no-op service as a task of the running loop (the caller's tracer provider applies)."""
-    service = ModelService(NoopRuntime(model), kafka, settings_class(model)())
+    settings = settings_class(model)()
+    service = ModelService(NoopRuntime(model, choose_providers(settings.execution_provider)), kafka, settings)
     return service, asyncio.create_task(service.run(), name=f"noop-{model}")
 
 

@@ -45,7 +45,11 @@ class ModelRuntime(Protocol):
 
 
 def computes_on_cpu(runtime: object) -> bool:
-    """True unless the runtime's `providers` (best first, as ONNX Runtime lists them; `torch <device>` for PyTorch)
-    name an accelerator first. A runtime that names none is taken to compute on the CPU."""
-    providers = getattr(runtime, "providers", None)
-    return not providers or providers[0] in _CPU_PROVIDERS
+    """True when the runtime's `providers` (best first, as ONNX Runtime lists them; `torch <device>` for PyTorch)
+    name the CPU first. False when they name an accelerator, when the runtime names none, or when asking fails:
+    a model thread is the choice that is never wrong, only sometimes slower."""
+    try:
+        providers = getattr(runtime, "providers", None)
+        return isinstance(providers, (list, tuple)) and bool(providers) and providers[0] in _CPU_PROVIDERS
+    except Exception:  # a runtime's property that fails must not fail its jobs
+        return False

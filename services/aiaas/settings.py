@@ -223,8 +223,8 @@ class WorkerSettings(BaseSettings):
         "thread",
         description="Where the model's batch calls run: `thread` (a model thread per instance: fetching and "
         "publishing go on during a call), `event-loop` (no hand-over to a thread and back: for short calls on a "
-        "busy CPU that costs less than it wins), or `auto` (on the event loop when one instance computes on the CPU, "
-        "else on threads). Each service's default is measured (bench/ab.py).",
+        "busy CPU that costs less than it wins; several instances then run one after another), or `auto` (on the event "
+        "loop when one instance computes on the CPU, else on threads). Each service's default is measured (bench/ab.py).",
     )
     gc_young_threshold: int = Field(
         20_000, ge=0,

@@ -165,7 +165,8 @@ class BatchWorker:
         self._max_bytes = max_message_bytes
         self._spans = JobSpans()
         self._tracer = self._spans.tracer
-        # Model calls off the event loop, so fetching and publishing go on meanwhile; one thread per model instance.
+        # Model calls on threads (unless `model_calls` puts them on the event loop), so fetching and publishing go
+        # on meanwhile; one thread per model instance.
         self._executor = ThreadPoolExecutor(max_workers=model_instances, thread_name_prefix=f"{self.runtimes.model}-model")
         self._model_calls = model_calls
         self._instances = model_instances
@@ -312,11 +313,15 @@ class BatchWorker:
             tracing.MODEL_VERSION: runtime.version,
         }
         span = self._spans.start_linked(f"infer {runtime.model}", [job.span for job in runnable], attributes)
+        on_loop = self.calls_on_event_loop(runtime)
         started = time.perf_counter()
         try:
             items = [job.item for job in runnable]
-            if self.calls_on_event_loop(runtime):
+            if on_loop:
                 outputs = runtime.infer(items)
+                # Let the tasks that are ready run before the next batch: the previous batch's publishing, the fetch
+                # loop, the producer's sender (a model loop with a backlog would otherwise not yield between batches).
+                await asyncio.sleep(0)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, runtime.infer, items)
             if len(outputs) != len(runnable):

@@ -189,3 +189,28 @@ async def test_with_two_model_instances_two_batches_run_at_once_and_results_keep
     assert order == [f"p0-{i}" for i in range(40)]  # batches that finished first still waited for their turn
     assert consumer.committed() == {0: 40} and stats.jobs == 40 and stats.rewinds == 0
 
+
+
+async def test_on_the_event_loop_a_backlog_of_batches_does_not_hold_back_publishing_until_it_ends():
+    events = []
+
+    class Recorded(SumRuntime):
+        def infer(self, items):
+            events.append("infer")
+            return super().infer(items)
+
+    class RecordedSink(RecordingSink):
+        async def send(self, topic, value, *, key, headers):
+            events.append("send")
+            await super().send(topic, value, key=key, headers=headers)
+
+    consumer, sink = FakeConsumer({0: partition_log(0, 32)}), RecordedSink()
+    worker = BatchWorker(Recorded(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_calls="event-loop")
+    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=32, drain_timeout_s=10)
+    await run_until(pipeline, lambda: len(answered(sink)) == 32)
+    infers = [i for i, e in enumerate(events) if e == "infer"]
+    assert len(infers) >= 8
+    # Each call yields once to the loop: the first batch's results go out while the third batch is cut (its
+    # publish task starts, then its sends), not after the last of the eight.
+    assert events.index("send") < infers[3]

@@ -5,6 +5,7 @@ import pytest
 
 from aiaas.contracts import Job
 from aiaas.errors import InvalidJob, ServiceMisconfigured
+from aiaas.runtime import computes_on_cpu
 from aiaas.text.labelled_sentences import labelled_split
 from aiaas.text.runtime import MAX_CALL_OVERHEAD_TOKENS, TextLimits, TextRuntime, measure_call_overhead
 from aiaas.text.tokens import DEFAULT_CALL_OVERHEAD_TOKENS
@@ -206,3 +207,11 @@ def test_the_call_overhead_is_measured_on_a_cpu_encoder_only_when_not_set(runtim
     assert encoder.calls == calls
     if overhead is not None:
         assert made.limits.call_overhead_tokens == overhead
+
+
+@pytest.mark.parametrize("providers, on_cpu", [(["CPUExecutionProvider"], True), (["torch cuda"], False)])
+def test_the_runtime_says_where_its_encoder_computes_so_a_gpu_encoder_keeps_a_model_thread(runtime, providers, on_cpu):
+    made = TextRuntime(CountingEncoder(providers), runtime.tokenizer, runtime.head, "1",
+                       limits=TextLimits(call_overhead_tokens=20))
+    assert made.providers == providers
+    assert computes_on_cpu(made) is on_cpu

@@ -204,7 +204,7 @@ def worker_calling(runtime, model_calls, model_instances=1):
     ("event-loop", ["CUDAExecutionProvider", "CPUExecutionProvider"], 2, True),  # asked for: as asked
     ("auto", ["CPUExecutionProvider"], 1, True),
     ("auto", ["torch cpu"], 1, True),
-    ("auto", None, 1, True),  # a runtime that names no device computes on the CPU
+    ("auto", None, 1, False),  # a runtime that names no device: a model thread, never wrong
     ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], 1, False),  # the loop works while the GPU computes
     ("auto", ["torch cuda"], 1, False),
     ("auto", ["CPUExecutionProvider"], 2, False),  # several instances' batches run at once, on their threads
@@ -234,3 +234,24 @@ async def test_a_model_failing_on_the_event_loop_fails_its_jobs_and_the_worker_g
     assert got["job-0"].status == "error" and got["job-0"].error.type == "ModelFailure"
     assert got["job-1"].status == "ok" and got["job-1"].outputs["sum"] == 1.0
     assert {got[f"job-{i}"].outputs["sum"] for i in (5, 6)} == {5.0, 6.0}
+
+
+class BrokenProviders(SumRuntime):
+    @property
+    def providers(self):
+        raise RuntimeError("the session is gone")
+
+
+class ProvidersMethod(SumRuntime):
+    def providers(self):
+        return ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("runtime_class", [BrokenProviders, ProvidersMethod])
+async def test_a_runtime_that_cannot_say_where_it_computes_gets_a_model_thread_and_its_jobs_run(runtime_class):
+    sink = RecordingSink()
+    worker = BatchWorker(runtime_class(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_calls="auto")
+    assert worker.calls_on_event_loop(worker.runtime) is False
+    await worker.handle([job_record(i, [float(i)]) for i in range(2)])
+    assert {r.status for r in results(sink).values()} == {"ok"}

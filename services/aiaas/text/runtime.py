@@ -150,6 +150,11 @@ class TextRuntime:
         self.last_batch = BatchStats()
         self._refs = {version, f"v{version}", *aliases}
 
+    @property
+    def providers(self) -> list[str]:
+        """Where the encoder runs, best first (the worker keeps a GPU encoder's calls on a model thread)."""
+        return self.encoder.providers
+
     @classmethod
     def from_registry(cls, registry: Registry, ref: str = "production", *, backend: str = "onnx",
                       precision: str = "fp32", providers: str = "auto", intra_op_threads: int = 0,
