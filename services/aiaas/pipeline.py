@@ -11,7 +11,9 @@ Three things run at once so the model is never idle waiting for Kafka:
   run, each with a batch in the model at once, and their batches are published in the order
   they were cut, so results of one key keep their order;
 * a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
-  while the next batch is in the model, then commits the offsets that are now safe.
+  while the next batch is in the model, then commits the offsets that are now safe. (A small
+  model's calls may run on the event loop itself, `model_calls`: the publish task and the
+  fetch loop then go on between the batches, the producer's sends in the background.)
 
 At-least-once (the default): an offset is committed only after every record before it on
 its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once (with a

@@ -2,7 +2,8 @@
 
 A batch goes through two stages: `run` (decode, validate, one model call) and `publish`
 (every result and dead letter, returning only once the broker acknowledged them all). The
-service pipelines them — batch N+1 is in the model while batch N's results are in flight —
+service pipelines them — batch N+1 is in the model while batch N's results are in flight (a call on
+the event loop, `model_calls`, lets them go on between batches) —
 and commits a record's offset only after its batch's `publish` returned (at-least-once). Kafka stays at the edge: records come in,
 `ResultSink.send` goes out, and the model is a `ModelRuntime` that knows nothing of Kafka.
 """
