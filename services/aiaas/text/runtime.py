@@ -20,7 +20,7 @@ from ..contracts import Job, Tensor
 from ..errors import InvalidJob, ServiceMisconfigured
 from ..onnx_session import open_session
 from ..registry import Registry
-from ..runtime import Outputs
+from ..runtime import Outputs, computes_on_cpu
 from . import MODEL
 from .head import ClassifierHead
 from .tokens import DEFAULT_CALL_OVERHEAD_TOKENS, TextTokenizer, Tokenized, length_groups, pad, padding_waste
@@ -140,7 +140,7 @@ class TextRuntime:
         self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
         self.version = version
         if limits.call_overhead_tokens is None:
-            on_cpu = all("cpu" in provider.lower() for provider in encoder.providers)
+            on_cpu = computes_on_cpu(encoder)
             limits = replace(limits, call_overhead_tokens=measure_call_overhead(encoder) if on_cpu
                              else DEFAULT_CALL_OVERHEAD_TOKENS)
             log.info("text v%s: one encoder call costs as much as %d token slots (%s; length groups split where "
