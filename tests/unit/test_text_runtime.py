@@ -64,6 +64,22 @@ def test_classify_reaches_85_percent_on_the_held_out_sentences(runtime, text_reg
     assert outs[0]["scores"].to_numpy().shape == (1, len(outs[0]["label_names"]))
 
 
+def test_a_batch_of_mixed_tasks_gives_each_job_what_it_gets_alone(runtime):
+    jobs = [job("classify", texts=SENTENCES[:3]), job("embed", texts=SENTENCES[3:5]),
+            job("similarity", left=SENTENCES[5:6], right=SENTENCES[6:7]), job("classify", texts=SENTENCES[7:]),
+            job("classify", texts=SENTENCES[:1])]
+    together = run(runtime, *jobs)
+    for out, alone in zip(together, (run(runtime, j)[0] for j in jobs), strict=True):
+        assert out.keys() == alone.keys()
+        for name, value in out.items():
+            if isinstance(value, list):
+                assert value == alone[name]
+            else:
+                np.testing.assert_allclose(value.to_numpy(), alone[name].to_numpy(), atol=1e-5)
+    assert together[0]["scores"].to_numpy().shape == (3, len(together[0]["label_names"]))
+    assert len(together[0]["labels"]) == 3 and len(together[3]["labels"]) == 1
+
+
 def test_over_long_text_is_truncated_and_flagged_not_refused(text_registry):
     runtime = TextRuntime.from_registry(text_registry, max_seq_len=12)
     (out,) = run(runtime, job("embed", texts=["short", SENTENCES[-1]]))

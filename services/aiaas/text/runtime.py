@@ -216,14 +216,21 @@ class TextRuntime:
         return value
 
     def infer(self, items: Sequence[TextItem]) -> list[Outputs]:
-        """Embed every text of the batch (grouped by length), then each job's task outputs."""
+        """Embed every text of the batch (grouped by length), then each job's task outputs.
+
+        The classification head runs once over the rows of every `classify` job in the batch, not once per job."""
         embeddings = self.embed_all([t.ids for item in items for t in item.tokens])
-        outputs, start = [], 0
-        for item in items:
-            rows = embeddings[start : start + len(item.tokens)]
-            start += len(item.tokens)
-            outputs.append(self._outputs(item, rows))
-        return outputs
+        starts = np.cumsum([0] + [len(item.tokens) for item in items])
+        classify = [i for i, item in enumerate(items) if item.task == "classify"]
+        classified: dict[int, tuple[np.ndarray, list[str]]] = {}
+        if classify:
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in classify])
+            scores = self.head.scores(embeddings[rows])
+            labels = [self.head.labels[k] for k in scores.argmax(axis=1)]
+            at = np.cumsum([0] + [len(items[i].tokens) for i in classify])
+            classified = {i: (scores[at[n] : at[n + 1]], labels[at[n] : at[n + 1]]) for n, i in enumerate(classify)}
+        return [self._outputs(item, embeddings[starts[i] : starts[i + 1]], classified.get(i))
+                for i, item in enumerate(items)]
 
     def embed_all(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Unit embeddings for token rows, in order; one encoder call per length group."""
@@ -231,7 +238,8 @@ class TextRuntime:
                                                  self.limits.call_overhead_tokens)
         return embeddings
 
-    def _outputs(self, item: TextItem, rows: np.ndarray) -> Outputs:
+    def _outputs(self, item: TextItem, rows: np.ndarray,
+                 classified: tuple[np.ndarray, list[str]] | None) -> Outputs:
         truncated = Tensor.from_numpy(item.truncated)
         if item.task == "embed":
             return {"embeddings": Tensor.from_numpy(rows), "truncated": truncated}
@@ -239,9 +247,9 @@ class TextRuntime:
             left, right = rows[: item.pairs], rows[item.pairs :]
             cosine = np.clip(np.sum(left * right, axis=1), -1.0, 1.0).astype(np.float32)
             return {"scores": Tensor.from_numpy(cosine), "truncated": truncated}
-        scores = self.head.scores(rows)
+        scores, labels = classified  # every classify job's rows went through the head once, in `infer`
         return {
-            "labels": [self.head.labels[i] for i in scores.argmax(axis=1)],
+            "labels": labels,
             "scores": Tensor.from_numpy(scores),
             "label_names": list(self.head.labels),
             "truncated": truncated,

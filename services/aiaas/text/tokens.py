@@ -86,10 +86,9 @@ def padding_waste(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> fl
 
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded `input_ids` and `attention_mask`, int64 [rows, longest]."""
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    mask = (np.arange(lengths.max()) < lengths[:, None]).astype(np.int64)
+    ids = np.zeros_like(mask)
+    ids[mask.astype(bool)] = np.fromiter((token for row in rows for token in row), dtype=np.int64,
+                                         count=int(lengths.sum()))
     return ids, mask
