@@ -218,19 +218,19 @@ class TextRuntime:
     def infer(self, items: Sequence[TextItem]) -> list[Outputs]:
         """Embed every text of the batch (grouped by length), then each job's task outputs.
 
-        The classification head runs once over the rows of every `classify` job in the batch, not once per job."""
+        The classification head runs once per batch, not once per `classify` job."""
         embeddings = self.embed_all([t.ids for item in items for t in item.tokens])
-        starts = np.cumsum([0] + [len(item.tokens) for item in items])
-        classify = [i for i, item in enumerate(items) if item.task == "classify"]
-        classified: dict[int, tuple[np.ndarray, list[str]]] = {}
-        if classify:
-            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in classify])
-            scores = self.head.scores(embeddings[rows])
-            labels = [self.head.labels[k] for k in scores.argmax(axis=1)]
-            at = np.cumsum([0] + [len(items[i].tokens) for i in classify])
-            classified = {i: (scores[at[n] : at[n + 1]], labels[at[n] : at[n + 1]]) for n, i in enumerate(classify)}
-        return [self._outputs(item, embeddings[starts[i] : starts[i + 1]], classified.get(i))
-                for i, item in enumerate(items)]
+        if any(item.task == "classify" for item in items):  # the head on every row: a trifle next to the encoder
+            scores = self.head.scores(embeddings)
+            best = scores.argmax(axis=1)
+        outputs, start = [], 0
+        for item in items:
+            rows = slice(start, start + len(item.tokens))
+            start = rows.stop
+            classified = ((scores[rows], [self.head.labels[k] for k in best[rows]]) if item.task == "classify"
+                          else None)
+            outputs.append(self._outputs(item, embeddings[rows], classified))
+        return outputs
 
     def embed_all(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Unit embeddings for token rows, in order; one encoder call per length group."""

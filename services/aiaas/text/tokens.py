@@ -87,8 +87,7 @@ def padding_waste(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> fl
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded `input_ids` and `attention_mask`, int64 [rows, longest]."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    mask = (np.arange(lengths.max()) < lengths[:, None]).astype(np.int64)
-    ids = np.zeros_like(mask)
-    ids[mask.astype(bool)] = np.fromiter((token for row in rows for token in row), dtype=np.int64,
-                                         count=int(lengths.sum()))
-    return ids, mask
+    present = np.arange(lengths.max()) < lengths[:, None]
+    ids = np.zeros(present.shape, dtype=np.int64)
+    ids[present] = np.fromiter((token for row in rows for token in row), dtype=np.int64, count=int(lengths.sum()))
+    return ids, present.astype(np.int64)
