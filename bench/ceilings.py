@@ -172,7 +172,8 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
     """DigitsCNN in PyTorch with the production version's weights.npz; the same outputs as the ONNX runtime."""
     import torch
 
-    from aiaas.contracts import Tensor
+    from aiaas.contracts import Tensor, stack_tensors
+    from aiaas.vision.data import IMAGE_SHAPE
     from aiaas.vision.model import DigitsCNN
 
     version = registry.resolve("vision", "production")
@@ -184,9 +185,10 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
     model.to(device)
     items = [load_runtime("vision", registry).prepare(job) for job in jobs]  # the served input checks
 
-    def infer(batch: Sequence[np.ndarray]) -> list[dict]:
+    def infer(batch: Sequence[Tensor]) -> list[dict]:
+        images = stack_tensors(batch, IMAGE_SHAPE).astype(np.float32)[:, None]
         with torch.inference_mode():
-            probabilities = model(torch.from_numpy(np.stack(batch).astype(np.float32)[:, None]).to(device)).cpu().numpy()
+            probabilities = model(torch.from_numpy(images).to(device)).cpu().numpy()
         labels = probabilities.argmax(axis=1)
         return [{"label": int(label), "probabilities": Tensor.from_numpy(row)} for label, row in zip(labels, probabilities)]
 

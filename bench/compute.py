@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from aiaas.contracts import Tensor, stack_tensors
 from aiaas.registry import Registry
 
 from .workloads import as_jobs, load_runtime, payloads
@@ -238,5 +239,7 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
     raise ValueError(f"unknown model {model!r}")
 
 
-def _stack(items: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack(items).astype(np.float32)
+def _stack(items: Sequence[Tensor]) -> np.ndarray:
+    from aiaas.vision.data import IMAGE_SHAPE  # scikit-learn's import is slow: only where vision is measured
+
+    return stack_tensors(items, IMAGE_SHAPE).astype(np.float32)

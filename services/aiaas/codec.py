@@ -50,8 +50,8 @@ def _result_map(result: Result) -> dict | None:
         return None
     outputs = {}
     for key, value in values["outputs"].items():
-        if type(value) is Tensor:
-            outputs[key] = {"dtype": value.dtype, "shape": value.shape, "data": value.data}
+        if type(value) is Tensor:  # its __dict__ is its fields in order, {dtype, shape, data}: packed as it is
+            outputs[key] = value.__dict__
         elif is_plain_value(value):
             outputs[key] = value
         else:

@@ -31,6 +31,7 @@ __all__ = [
     "new_job_id",
     "trusted",
     "is_plain_value",
+    "stack_tensors",
 ]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
@@ -108,18 +109,32 @@ class Tensor(BaseModel):
         return [trusted(cls, {"dtype": name, "shape": [n], "data": data[row * width * itemsize:(row * width + n) * itemsize]})
                 for row, n in enumerate(counts)]
 
-    def to_numpy(self) -> np.ndarray:
-        """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
-        dtype = _DTYPES[self.dtype]
-        expected = math.prod(self.shape) * dtype.itemsize  # Python ints: a hostile shape cannot overflow this
+    def check_size(self) -> None:
+        """Raise ValueError when the bytes are not what dtype and shape need (what `to_numpy` checks first)."""
+        expected = math.prod(self.shape) * _DTYPES[self.dtype].itemsize  # Python ints: a hostile shape cannot overflow
         if len(self.data) != expected:
             raise ValueError(
                 f"tensor data has {len(self.data)} bytes but dtype {self.dtype} x shape {self.shape} needs {expected}"
             )
+
+    def to_numpy(self) -> np.ndarray:
+        """The array, read-only, without copying. Raises ValueError when bytes and shape disagree."""
+        self.check_size()
         # A dimension above the message size is only possible next to a 0 dimension; numpy would overflow.
-        if not expected and any(dim > _MAX_DIM for dim in self.shape):
+        if not self.data and any(dim > _MAX_DIM for dim in self.shape):
             raise ValueError(f"tensor shape {self.shape} has a dimension above {_MAX_DIM}")
-        return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
+        return np.frombuffer(self.data, dtype=_DTYPES[self.dtype]).reshape(self.shape)
+
+
+def stack_tensors(tensors: Sequence[Tensor], shape: tuple[int, ...]) -> np.ndarray:
+    """Tensors that each hold `shape`'s elements (sizes checked: `Tensor.check_size`) as one array
+    `[len(tensors), *shape]`, in their common dtype as `np.stack` gives it. Tensors of one dtype, the usual batch,
+    are one join of their bytes read in place, not an array per tensor."""
+    first = tensors[0].dtype
+    if all(tensor.dtype == first for tensor in tensors):
+        data = b"".join([tensor.data for tensor in tensors])
+        return np.frombuffer(data, dtype=_DTYPES[first]).reshape(len(tensors), *shape)
+    return np.stack([tensor.to_numpy().reshape(shape) for tensor in tensors])
 
 
 def _on_the_wire(array: np.ndarray) -> tuple[np.ndarray, str | None]:

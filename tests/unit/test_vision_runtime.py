@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job, Tensor
+from aiaas.contracts import Job, Tensor, stack_tensors
 from aiaas.errors import InvalidJob
 from aiaas.vision.data import load_split
 from aiaas.vision.runtime import VisionRuntime
@@ -58,6 +58,21 @@ def test_out_of_range_values_fail_their_job_only_and_its_batch_mates_are_served(
     for out in (outputs[0], outputs[-1]):
         assert out["label"] == alone["label"]
         np.testing.assert_allclose(out["probabilities"].to_numpy(), alone["probabilities"].to_numpy(), atol=1e-6)
+
+
+def test_an_image_whose_bytes_do_not_fit_its_shape_is_refused(runtime):
+    short = Tensor(dtype="float32", shape=[8, 8], data=bytes(4 * 63))
+    with pytest.raises(InvalidJob, match="252 bytes but dtype float32 x shape \\[8, 8\\] needs 256"):
+        runtime.prepare(Job(job_id="j", model="vision", inputs={"image": short}))
+
+
+@pytest.mark.parametrize("dtypes", [("float32",) * 3, ("uint8", "float32", "int64")])
+def test_stacked_tensors_are_what_numpy_stacks(dtypes):
+    arrays = [np.arange(64).reshape(1, 8, 8).astype(dtype) * (i + 1) for i, dtype in enumerate(dtypes)]
+    stacked = stack_tensors([Tensor.from_numpy(array) for array in arrays], (8, 8))
+    expected = np.stack([array.reshape(8, 8) for array in arrays])
+    assert stacked.dtype == expected.dtype and stacked.shape == (len(arrays), 8, 8)
+    np.testing.assert_array_equal(stacked, expected)
 
 
 def test_rows_become_tensors_like_from_numpy():

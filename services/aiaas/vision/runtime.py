@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..contracts import Job, Tensor
+from ..contracts import Job, Tensor, stack_tensors
 from ..errors import InvalidJob
 from ..onnx_session import choose_providers, open_session
 from ..registry import Registry
@@ -44,7 +44,7 @@ class VisionRuntime:
         """True for this version's number or one of its aliases."""
         return ref in self._refs
 
-    def prepare(self, job: Job) -> np.ndarray:
+    def prepare(self, job: Job) -> Tensor:
         """Check the job: no task, and `image` a numeric tensor [8,8] or [1,8,8] (its values: in `infer`)."""
         if job.task is not None:
             raise InvalidJob(f"vision jobs have no task (they classify the `image`); got task {job.task!r}")
@@ -54,18 +54,19 @@ class VisionRuntime:
         if image.dtype == "bool" or tuple(image.shape) not in (IMAGE_SHAPE, (1, *IMAGE_SHAPE)):
             raise InvalidJob(f"`image` must be a numeric [8, 8] tensor; got {image.dtype} {image.shape}")
         try:
-            return image.to_numpy().reshape(IMAGE_SHAPE)
+            image.check_size()
         except ValueError as exc:
             raise InvalidJob(f"`image`: {exc}") from exc
+        return image
 
-    def infer(self, items: Sequence[np.ndarray]) -> list[Outputs | InvalidJob]:
-        """Label and class probabilities for every image, from one session run.
+    def infer(self, items: Sequence[Tensor]) -> list[Outputs | InvalidJob]:
+        """Label and class probabilities for every image (as `prepare` passed it), from one session run.
 
         The value range is checked here, on the whole batch at once (two numpy calls instead of four per job),
         in the dtypes that were sent: a float64 beyond float32's range must not turn into inf in the cast.
         NaN fails both comparisons (min and max propagate it) and ±inf is out of range.
         """
-        images = np.stack(items)  # the common dtype of the batch: no value changes
+        images = stack_tensors(items, IMAGE_SHAPE)  # the common dtype of the batch: no value changes
         flat = images.reshape(len(items), -1)
         valid = (flat.min(axis=1) >= 0) & (flat.max(axis=1) <= MAX_INTENSITY)
         if not valid.all():
