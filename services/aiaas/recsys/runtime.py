@@ -46,6 +46,8 @@ class _Request(NamedTuple):
 def _integer(job: Job, name: str, default: int | None = None) -> int:
     """A plain integer input (booleans are not integers here)."""
     value = job.inputs.get(name, default)
+    if type(value) is int:  # the usual case, first
+        return value
     if value is None:
         raise InvalidJob(f"task {job.task!r} needs an integer input `{name}`")
     if isinstance(value, bool) or not isinstance(value, int):
@@ -76,6 +78,7 @@ class RecsysRuntime:
         self._popular = np.argsort(-tables.popularity, kind="stable")
         self._popular_share = (tables.popularity / max(tables.n_users, 1)).astype(np.float32)
         self.max_k = min(max_k, tables.n_items)
+        self._default_k = min(DEFAULT_K, self.max_k)
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
         self.session_runs = 0
@@ -109,13 +112,13 @@ class RecsysRuntime:
 
     def prepare(self, job: Job) -> _Request:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
-        if job.task not in TASKS:
+        allowed = _ALLOWED.get(job.task)
+        if allowed is None:
             raise InvalidJob(f"recsys jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
-        unexpected = job.inputs.keys() - _ALLOWED[job.task]
-        if unexpected:
+        if not job.inputs.keys() <= allowed:
             raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
-                             f"unexpected: {', '.join(sorted(unexpected))}")
-        k = _integer(job, "k", min(DEFAULT_K, self.max_k))
+                             f"unexpected: {', '.join(sorted(job.inputs.keys() - allowed))}")
+        k = _integer(job, "k", self._default_k)
         if not 1 <= k <= self.max_k:
             raise InvalidJob(f"`k` must be within 1..{self.max_k}; got {k}")
         if job.task == "similar_items":
