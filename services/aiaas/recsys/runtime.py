@@ -62,7 +62,9 @@ class RecsysRuntime:
 
     def __init__(self, onnx_bytes: bytes, tables: ServingTables, version: str, *, aliases: Sequence[str] = (),
                  providers: str = "auto", intra_op_threads: int = 0, max_k: int = 100) -> None:
-        self._session = open_session(onnx_bytes, providers, intra_op_threads)
+        # Without warnings: ONNX Runtime warns at every load that `top_k`, an initializer, is also a graph input.
+        # It is one by design, a default that a run may override (TOP_K_INPUT).
+        self._session = open_session(onnx_bytes, providers, intra_op_threads, warnings=False)
         inputs = {i.name: i for i in self._session.get_inputs()}
         graph_items = inputs["exclude"].shape[1]
         if graph_items != tables.n_items:
