@@ -127,7 +127,7 @@ class Tensor(BaseModel):
 
 
 def stack_tensors(tensors: Sequence[Tensor], shape: tuple[int, ...]) -> np.ndarray:
-    """Tensors that each hold `shape`'s elements (sizes checked: `Tensor.check_size`) as one array
+    """Tensors (at least one) that each hold `shape`'s elements (sizes checked: `Tensor.check_size`) as one array
     `[len(tensors), *shape]`, in their common dtype as `np.stack` gives it. Tensors of one dtype, the usual batch,
     are one join of their bytes read in place, not an array per tensor."""
     first = tensors[0].dtype
