@@ -8,6 +8,7 @@ one msgpack map (see `codec.py`); tensors travel as `{dtype, shape, data}` with 
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ __all__ = [
     "trusted",
     "is_plain_value",
     "stack_tensors",
+    "job_id_of_key",
+    "JOB_ID_PATTERN",
 ]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
@@ -46,6 +49,9 @@ _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DType.__args__}
 """Each wire dtype as a little-endian numpy dtype (built once: numpy's dtype parsing and naming are slow)."""
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+JOB_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+"""A job id: 1 to 128 characters, none of them a control character (ids travel in keys, headers and logs)."""
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 _set = object.__setattr__
 
 
@@ -158,6 +164,17 @@ def is_plain_value(value: object) -> bool:
     return kind in _PLAIN or kind is list and all(type(v) is str for v in value)
 
 
+def job_id_of_key(key: bytes | None) -> str | None:
+    """The job id a Kafka key stands for: UTF-8 text that is a valid job id; None for any other key."""
+    if not key or len(key) > 512:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if _JOB_ID.fullmatch(text) else None
+
+
 def new_job_id() -> str:
     """A fresh, unique job id (UUID4 hex)."""
     return uuid.uuid4().hex
@@ -168,7 +185,8 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    job_id: str = Field(min_length=1, max_length=128, description="Unique id; the Kafka key; results carry it.")
+    job_id: str = Field(min_length=1, max_length=128, pattern=JOB_ID_PATTERN,
+                        description="Unique id (no control characters); the Kafka key; results carry it.")
     kind: JobKind = Field("infer", description="`infer` or `train`.")
     model: str = Field(pattern=_MODEL_NAME, description="Model type, e.g. `vision`; names the topics.")
     model_version: str | None = Field(

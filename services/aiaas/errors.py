@@ -13,8 +13,12 @@ __all__ = [
     "BrokerUnavailable",
     "TrainingFailed",
     "TooManyAttempts",
+    "TimeLimitExceeded",
     "Undeliverable",
     "ServiceMisconfigured",
+    "InvalidHeaders",
+    "RefusedReplyTo",
+    "UnparseableRecord",
 ]
 
 
@@ -39,6 +43,19 @@ class PayloadTooLarge(AiaasError):
 
 class InvalidJob(AiaasError):
     """The envelope decoded but breaks the contract (types, shapes, model, values)."""
+
+
+class UnparseableRecord(UndecodableMessage):
+    """The Kafka client itself could not parse the record (e.g. a header key that is not UTF-8): it was stepped
+    over, and its dead letter carries only its coordinates."""
+
+
+class InvalidHeaders(InvalidJob):
+    """A Kafka header that aiaas reads is missing its value, is not text, is malformed, or there are too many."""
+
+
+class RefusedReplyTo(InvalidJob):
+    """The job's `reply_to` names a topic the operator does not allow results to go to, or one that does not exist."""
 
 
 class UnknownModelVersion(AiaasError):
@@ -67,6 +84,13 @@ class TrainingFailed(AiaasError):
 
 class TooManyAttempts(AiaasError):
     """A training job was started `max_attempts` times without finishing (its trainer kept dying)."""
+
+
+class TimeLimitExceeded(AiaasError):
+    """A training job ran past the trainer's wall-time limit (`AIAAS_TRAINER_MAX_TRAIN_S`) and was stopped.
+
+    Not retriable: the same job would run out of time again; ask for fewer epochs or less data.
+    """
 
 
 class Undeliverable(AiaasError):

@@ -22,11 +22,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import tracing
 from .codec import decode_job, encode
-from .contracts import ErrorInfo, Job, Result, Tensor, Timings, is_plain_value, trusted
-from .errors import AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, Undeliverable, UnknownModelVersion
+from .contracts import ErrorInfo, Job, Result, Tensor, Timings, is_plain_value, job_id_of_key, trusted
+from .errors import (AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, RefusedReplyTo, Undeliverable,
+                     UnknownModelVersion, UnparseableRecord)
+from .headers import NO_HEADERS, HeaderLimits, read_headers
 from .idempotency import Outcome, OutcomeCache
 from .job_spans import JobSpans
-from .retries import RetryPolicy, attempt_of, origin_of
+from .reply_topics import ReplyTopics, TopicCatalog
+from .retries import Origin, RetryPolicy, first_attempt
 from .runtime import ModelCalls, ModelRuntime, computes_on_cpu
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
@@ -81,7 +84,10 @@ class _InFlight:
 
     record: KafkaRecord
     span: Span
+    origin: Origin
     job: Job | None = None
+    tenant: str | None = None  # from the topic the job arrived on, never from the job itself
+    result_topic: str | None = None  # where its result goes, once its reply_to is checked
     runtime: ModelRuntime | None = None
     pending_version: str | None = None  # a pinned version that must be loaded before this job can run
     item: Any = None
@@ -97,15 +103,10 @@ class _InFlight:
 
     @property
     def job_id(self) -> str | None:
+        """The job's id; before (or without) a valid envelope, the record's key when that is a valid job id."""
         if self.job is not None:
             return self.job.job_id
-        key = self.record.key
-        if not key or len(key) > 128:  # a key that cannot be a job id (the contract allows 128 characters)
-            return None
-        try:
-            return key.decode()
-        except UnicodeDecodeError:
-            return None
+        return job_id_of_key(self.record.key)
 
 
 class PublishFailed(Exception):
@@ -155,6 +156,9 @@ class BatchWorker:
         outcomes: OutcomeCache | None = None,
         model_instances: int = 1,
         model_calls: ModelCalls = "thread",
+        header_limits: HeaderLimits = HeaderLimits(),
+        reply_topics: ReplyTopics | None = None,
+        topic_catalog: TopicCatalog | None = None,
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.retry = retry or RetryPolicy(max_attempts=1)
@@ -171,6 +175,9 @@ class BatchWorker:
         self._executor = ThreadPoolExecutor(max_workers=model_instances, thread_name_prefix=f"{self.runtimes.model}-model")
         self._model_calls = model_calls
         self._instances = model_instances
+        self._header_limits = header_limits
+        self.reply_topics = reply_topics or ReplyTopics(topics, topics.infer.rsplit(".", 2)[0])
+        self._catalog = topic_catalog
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -193,6 +200,7 @@ class BatchWorker:
         batch = [self._admit(record, picked_at, (undeliverable or {}).get(record_key(record))) for record in records]
         _pair_twins(batch)
         try:
+            await self._check_result_topics(batch, picked_at)
             await self._load_pinned(batch, picked_at)
             runnable = sorted((job for job in batch if job.prepared and job.result is None),
                               key=lambda j: -j.job.priority)
@@ -242,25 +250,49 @@ class BatchWorker:
         self.runtimes.close()
 
     def _admit(self, record: KafkaRecord, picked_at: float, undeliverable: str | None = None) -> _InFlight:
-        """Open the job's CONSUMER span, decode and validate it; bad jobs get an error result."""
-        span = self._spans.start_consumer(
-            f"process {record.topic}", record.headers,
-            tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group),
-        )
-        job = _InFlight(record, span, attempt=attempt_of(record))
-        if job.attempt > 1:
-            span.set_attribute(tracing.ATTEMPT, job.attempt)
+        """Open the job's CONSUMER span, check its headers, decode and validate it; bad jobs get an error result.
+
+        Never raises: whatever a record carries ends in exactly one outcome (a result, an error result with a
+        dead letter, or a dead letter alone), and the records after it are served.
+        """
+        try:
+            return self._admit_checked(record, picked_at, undeliverable)
+        except Exception as exc:  # a bug of ours on a record nobody foresaw: the record is still answered
+            log.exception("admitting %s[%s]@%s failed", record.topic, record.partition, record.offset)
+            job = _InFlight(record, self._spans.start_consumer(f"process {record.topic}", (), {}), Origin.of(record))
+            self._fail(job, InvalidJob(f"the record could not be admitted ({type(exc).__name__})"), picked_at)
+            return job
+
+    def _admit_checked(self, record: KafkaRecord, picked_at: float, undeliverable: str | None) -> _InFlight:
+        attributes = tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group)
+        try:
+            headers, refused = read_headers(record.headers, self._header_limits), None
+        except AiaasError as exc:  # the trace context is unreadable too: this hop starts a trace of its own
+            headers, refused = NO_HEADERS, exc
+        span = self._spans.start_consumer(f"process {record.topic}", headers.trace_context(), attributes)
+        job = _InFlight(record, span, Origin.of(record))
         if undeliverable is not None:
             job.bare, job.error = True, Undeliverable(f"the broker refused this job's outcome: {undeliverable}")
             span.set_status(Status(StatusCode.ERROR, str(job.error)))
             return job
         try:
+            unreadable = getattr(record, "unreadable", None)  # set by the pipeline on a record it stepped over
+            if unreadable is not None:
+                raise UnparseableRecord(f"the Kafka client could not parse this record: {unreadable}")
+            if refused is not None:
+                raise refused
+            if record.topic == self._topics.retry:
+                state = self.retry.state_of(headers)
+                job.attempt, job.origin = state.attempt, state.origin
+                span.set_attribute(tracing.ATTEMPT, job.attempt)
+            job.tenant = self._topics.tenant_of(job.origin.topic)
             job.job = decode_job(record.value or b"", self._max_bytes)
             span.set_attribute(tracing.JOB_ID, job.job.job_id)
             span.set_attribute("messaging.kafka.message.key", job.job.job_id)
             if self._replay(job):
                 return job
-            self._check_routing(job.job)
+            self._check_routing(job)
+            job.result_topic = self.reply_topics.result_topic(job.job.reply_to, job.tenant)
             if job.job.deadline is not None and job.job.deadline < picked_at:
                 job.result = self._outcome(job.job, "expired", picked_at)
                 return job
@@ -273,11 +305,42 @@ class BatchWorker:
             job.prepared = True
         except AiaasError as exc:
             self._fail(job, exc, picked_at)
+        except ValueError as exc:  # the origin a retry record names is none of our infer topics
+            self._fail(job, InvalidJob(f"{exc}"[:500]), picked_at)
         except Exception as exc:  # a runtime's unexpected complaint is still the job's fault, not the worker's
-            self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"), picked_at)
+            self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"[:500]), picked_at)
         return job
 
-    def _check_routing(self, job: Job) -> None:
+    async def _check_result_topics(self, batch: list[_InFlight], picked_at: float) -> None:
+        """Refuse jobs whose result topic does not exist (the broker creates none by itself), before they run.
+
+        A missing reply_to ends the job with an error result on its default results topic; a missing default
+        (a tenant's results topic nobody created) leaves only a dead letter.
+        """
+        if self._catalog is None:
+            return
+        wanted = {topic for job in batch if job.job is not None and not job.bare
+                  for topic in (job.result_topic, self.reply_topics.default(job.tenant)) if topic}
+        missing = await self._catalog.missing(wanted) if wanted else set()
+        for job in batch:
+            if not missing or job.job is None or job.bare:
+                continue
+            default = self.reply_topics.default(job.tenant)
+            if default in missing:  # no result can be sent: the dead letter alone says what happened
+                job.prepared, job.result, job.retry = False, None, False
+                job.error = Undeliverable(f"results topic {default} does not exist; an operator creates it "
+                                          "(aiaas topics create, or aiaas acl apply)")
+                job.span.set_status(Status(StatusCode.ERROR, str(job.error)))
+            elif job.result_topic in missing:
+                job.result_topic, job.prepared, job.result = None, False, None
+                self._fail(job, RefusedReplyTo(f"reply_to {job.job.reply_to!r} is refused: the topic does not "
+                                               "exist (create it before publishing jobs that name it)"), picked_at)
+
+    def _check_routing(self, flight: _InFlight) -> None:
+        job = flight.job
+        if job.tenant is not None and job.tenant != flight.tenant:
+            raise InvalidJob(f"the job names tenant {job.tenant[:64]!r}, but a job's tenant is the one whose topic it "
+                             f"was published to ({flight.tenant or 'none: the shared infer topic'}); leave it unset")
         if job.model != self.runtimes.model:
             raise InvalidJob(f"job is for model {job.model!r} but this topic is served by {self.runtimes.model!r}")
         if job.kind != "infer":
@@ -369,10 +432,11 @@ class BatchWorker:
 
     def _replay(self, job: _InFlight) -> bool:
         """Answer a job id seen before with the outcome it had; True when it was."""
-        outcome = self.outcomes.get(job.job.job_id)
+        outcome = self.outcomes.get(job.job.job_id, tenant=job.tenant)
         if outcome is None:
             return False
         job.payload, job.error, job.replayed = outcome.payload, outcome.error, True
+        job.result_topic = outcome.topic
         job.span.set_attribute(tracing.REPLAYED, True)
         return True
 
@@ -433,10 +497,11 @@ class BatchWorker:
             job.payload = payload
             job.span.set_attribute(tracing.STATUS, job.result.status)
             if job.job is not None:
-                self.outcomes.put(job.job.job_id, Outcome(self._result_topic(job), payload, job.error))
+                self.outcomes.put(job.job.job_id, Outcome(self._result_topic(job), payload, job.error), tenant=job.tenant)
 
     def _result_topic(self, job: _InFlight) -> str:
-        return job.job.reply_to if job.job and job.job.reply_to else self._topics.results
+        """Its checked reply topic; the default one for a job whose reply_to was refused or not yet checked."""
+        return job.result_topic or self.reply_topics.default(job.tenant)
 
     def _outgoing(self, job: _InFlight) -> list["_Outgoing"]:
         """The records that carry a job's outcome, each with its PRODUCER span (started here) under the job's span.
@@ -449,7 +514,7 @@ class BatchWorker:
         if job.retry:
             topic = self._topics.retry
             attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}
-            headers = self.retry.retry_headers(job.record, job.error, job.attempt)
+            headers = self.retry.retry_headers(job.origin, job.error, job.attempt)
             return [self._record(job, topic, job.record.value or b"", job.record.key, headers, attributes)]
         out = []
         if job.payload is not None and job.job_id is not None:
@@ -462,7 +527,7 @@ class BatchWorker:
 
     def _dead_letter(self, job: _InFlight, bare: bool = False) -> "_Outgoing":
         """The original bytes with origin and error headers; `bare`: headers only (the broker refused more)."""
-        headers = dlq_headers(job.record, job.error, job.job_id, job.attempt)
+        headers = dlq_headers(job.record, job.error, job.job_id, job.attempt, origin=job.origin)
         value, key = job.record.value or b"", job.record.key
         if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
             headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
@@ -506,13 +571,15 @@ class _Outgoing:
         self.span.end()
 
 
-def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, attempts: int = 1) -> list[tuple[str, bytes]]:
+def dlq_headers(record: KafkaRecord, error: AiaasError, job_id: str | None, attempts: int = 1, *,
+                origin: Origin | None = None) -> list[tuple[str, bytes]]:
     """The DLQ_HEADERS of a dead letter for `record` (every service and trainer uses these).
 
-    The origin is where the job was first consumed, also when its last attempt came from the retry topic.
+    `origin` is where the job was first consumed (from a retry record's checked headers); by default the
+    record's own coordinates.
     """
-    topic, partition, offset = origin_of(record)
-    values = (topic, partition, offset, error.type_name, str(error)[:1000], str(error.retriable).lower(), job_id or "",
+    origin = origin or Origin.of(record)
+    values = (origin.topic, origin.partition, origin.offset, error.type_name, str(error)[:1000], str(error.retriable).lower(), job_id or "",
               attempts)
     return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
 

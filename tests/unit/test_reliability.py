@@ -19,7 +19,8 @@ from aiaas.errors import ModelFailure
 from aiaas.exactly_once import TransactionFenced, Transactions
 from aiaas.idempotency import Outcome, OutcomeCache
 from aiaas.pipeline import JobPipeline
-from aiaas.retries import RetryPolicy, attempt_of, due_at
+from aiaas.headers import read_headers
+from aiaas.retries import Origin, RetryPolicy
 from aiaas.topics import ModelTopics
 from aiaas.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
@@ -91,7 +92,8 @@ def make_pipeline(broker, sink, runtime, *, policy=None, outcomes=None, transact
     worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic=DLQ, group="p.vision", max_message_bytes=1 << 20,
                          retry=policy, outcomes=outcomes)
     return JobPipeline(worker, broker, max_batch=max_batch, max_wait_ms=1, max_in_flight=16, drain_timeout_s=10,
-                       due_at=due_at, delayed_topic=TOPICS.retry, transactions=transactions)
+                       due_at=(policy or RetryPolicy(max_attempts=1)).due_at, delayed_topic=TOPICS.retry,
+                       transactions=transactions)
 
 
 async def test_a_retriable_failure_is_retried_later_without_holding_back_the_jobs_behind_it():
@@ -143,14 +145,16 @@ async def test_errors_that_are_not_retriable_go_straight_to_the_dead_letter_topi
 def test_retry_headers_round_trip():
     policy = RetryPolicy(max_attempts=4, backoff_s=1, max_backoff_s=3)
     record = Record(TOPICS.infer, 2, 41, b"k", b"v")
-    headers = policy.retry_headers(record, ModelFailure("x"), attempt=1, now=100.0)
+    headers = policy.retry_headers(Origin.of(record), ModelFailure("x"), attempt=1, now=100.0)
     retried = Record(TOPICS.retry, 0, 0, b"k", b"v", headers)
-    assert attempt_of(retried) == 2 and due_at(retried) == 101.0
-    again = Record(TOPICS.retry, 0, 1, b"k", b"v", policy.retry_headers(retried, ModelFailure("x"), 2, now=200.0))
-    assert attempt_of(again) == 3 and due_at(again) == 202.0
-    assert dict(again.headers)["aiaas.origin.offset"] == b"41"  # still the first attempt's origin
+    state = policy.state_of(read_headers(retried.headers), now=100.0)
+    assert state.attempt == 2 and policy.due_at(retried) == 101.0
+    again = Record(TOPICS.retry, 0, 1, b"k", b"v", policy.retry_headers(state.origin, ModelFailure("x"), 2, now=200.0))
+    state = policy.state_of(read_headers(again.headers), now=200.0)
+    assert state.attempt == 3 and policy.due_at(again) == 202.0
+    assert state.origin == Origin(TOPICS.infer, 2, 41)  # still the first attempt's origin
     assert policy.delay_s(5) == 3  # capped
-    assert attempt_of(record) == 1 and due_at(record) is None
+    assert policy.due_at(record) is None
 
 
 async def test_a_repeated_job_id_gets_the_same_outcome_without_running_the_model_again():

@@ -88,8 +88,8 @@ async def test_higher_priority_goes_first_in_the_batch():
 
 async def test_results_go_to_reply_to_when_the_job_names_one():
     sink = RecordingSink()
-    await make_worker(sink=sink).handle([job_record(0, [1.0], reply_to="my.replies")])
-    assert [s[0] for s in sink.sent] == ["my.replies"]
+    await make_worker(sink=sink).handle([job_record(0, [1.0], reply_to="p.vision.results.dashboard")])
+    assert [s[0] for s in sink.sent] == ["p.vision.results.dashboard"]
 
 
 async def test_spans_continue_the_publisher_trace_and_link_the_batch(spans):
