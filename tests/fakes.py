@@ -87,7 +87,7 @@ class FakeConsumer:
         from aiokafka import TopicPartition
 
         self.log = {TopicPartition(topic, p): list(records) for p, records in records_by_partition.items()}
-        self.position = {tp: 0 for tp in self.log}
+        self.offsets = {tp: 0 for tp in self.log}
         self.paused: set = set()
         self.pause_calls = 0
         self.commits: list[dict] = []
@@ -105,10 +105,18 @@ class FakeConsumer:
 
     def seek(self, tp, offset: int) -> None:
         self.seeks.append((tp, offset))
-        self.position[tp] = offset
+        self.offsets[tp] = offset
 
     async def commit(self, offsets: dict) -> None:
         self.commits.append(dict(offsets))
+
+    async def position(self, tp) -> int:
+        return self.offsets[tp]
+
+    async def seek_to_committed(self, *tps) -> dict:
+        for tp in tps:
+            self.offsets[tp] = max((commit[tp] for commit in self.commits if tp in commit), default=0)
+        return {}
 
     async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
         out: dict = {}
@@ -116,10 +124,10 @@ class FakeConsumer:
         for tp, records in self.log.items():
             if tp in self.paused or budget == 0:
                 continue
-            taken = records[self.position[tp]:self.position[tp] + budget]
+            taken = records[self.offsets[tp]:self.offsets[tp] + budget]
             if taken:
                 out[tp] = taken
-                self.position[tp] += len(taken)
+                self.offsets[tp] += len(taken)
                 budget -= len(taken)
         if not out:
             import asyncio

@@ -28,6 +28,14 @@
 #                           that requires a client certificate (mutual TLS), plus, with SCRAM users, a
 #                           SASL_SSL listener on port + 4. Clients trust <state dir>/tls/ca.pem; the client
 #                           certificate is tls/client.pem with its key tls/client.key.
+#   AIAAS_KAFKA_ACLS=1      turns authorization on (needs SCRAM users or TLS): Kafka's StandardAuthorizer with
+#                           allow.everyone.if.no.acl.found=false, so an authenticated principal may do only what an
+#                           ACL allows (`aiaas acl apply` writes them; docs/security.md). Super users: the SCRAM
+#                           users named in AIAAS_KAFKA_SUPER_USERS and User:ANONYMOUS, the principal of the
+#                           PLAINTEXT and CONTROLLER listeners, which the node's broker uses to reach its own
+#                           controller and itself (both bound to 127.0.0.1). Those two listeners are thus the local
+#                           operator's door, never a tenant's: tenants and services connect to the SASL listener.
+#   AIAAS_KAFKA_SUPER_USERS "name[,name ...]" SCRAM users who may do anything with AIAAS_KAFKA_ACLS=1 (default admin)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +49,10 @@ scram_users="${AIAAS_KAFKA_SCRAM_USERS:-}"
 tls="${AIAAS_KAFKA_TLS:-}"
 case "$tls" in 1|true|yes) tls=1 ;; ""|0|false|no) tls="" ;;
   *) echo "kafka.sh: AIAAS_KAFKA_TLS must be 1 or empty, not '$tls'" >&2; exit 2 ;; esac
+acls="${AIAAS_KAFKA_ACLS:-}"
+case "$acls" in 1|true|yes) acls=1 ;; ""|0|false|no) acls="" ;;
+  *) echo "kafka.sh: AIAAS_KAFKA_ACLS must be 1 or empty, not '$acls'" >&2; exit 2 ;; esac
+super_users="${AIAAS_KAFKA_SUPER_USERS:-admin}"
 tls_dir="$state/tls"
 read -ra jvm_opts <<<"${AIAAS_KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:TieredStopAtLevel=1}"
 java_cmd=(java "-Xmx${AIAAS_KAFKA_HEAP:-512m}" "${jvm_opts[@]}" -Djava.awt.headless=true
@@ -84,6 +96,14 @@ write_config() {
         extra+="listener.name.$name.$mechanism.sasl.jaas.config=$login"$'\n'
       done
     done
+  fi
+  if [ -n "$acls" ]; then
+    # Deny by default; the broker's own principal (ANONYMOUS, on the loopback PLAINTEXT and CONTROLLER
+    # listeners) must be a super user: the controller authorizes the broker's registration and heartbeats
+    # before any ACL is loaded, and the transaction coordinator writes its markers through PLAINTEXT.
+    extra+="authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"$'\n'
+    extra+="allow.everyone.if.no.acl.found=false"$'\n'
+    extra+="super.users=$(super_user_list)"$'\n'
   fi
   if [ -n "$tls" ]; then
     # PEM files straight from openssl (make_tls); the key is unencrypted and readable by its owner only.
@@ -147,6 +167,21 @@ scram_user_list() {
   done
 }
 
+super_user_list() {
+  # super.users for AIAAS_KAFKA_ACLS: User:ANONYMOUS and each AIAAS_KAFKA_SUPER_USERS name, ';'-separated.
+  local name list="User:ANONYMOUS"
+  local -a names
+  IFS=',' read -ra names <<<"$super_users"
+  for name in "${names[@]}"; do
+    case "$name" in ""|*[!A-Za-z0-9._@-]*)
+      echo "kafka.sh: AIAAS_KAFKA_SUPER_USERS holds user names (letters, digits, . _ @ -) separated by commas, not '$name'" >&2
+      exit 2 ;;
+    esac
+    list+=";User:$name"
+  done
+  printf '%s' "$list"
+}
+
 make_tls() {
   # A local CA, a broker certificate for 127.0.0.1/localhost and a client certificate, once per state dir.
   if [ -f "$tls_dir/broker-keystore.pem" ] && [ -f "$tls_dir/client.pem" ]; then return 0; fi
@@ -175,6 +210,11 @@ make_tls() {
 start() {
   fetch
   if running; then echo "kafka already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+  if [ -n "$acls" ] && [ -z "$scram_users" ] && [ -z "$tls" ]; then
+    echo "kafka.sh: AIAAS_KAFKA_ACLS=1 needs authenticated clients: set AIAAS_KAFKA_SCRAM_USERS or AIAAS_KAFKA_TLS=1" >&2
+    exit 2
+  fi
+  [ -z "$acls" ] || super_user_list >/dev/null || exit 2  # it said why
   local -a users=() scram_args=()
   local entry name password mechanism list formatted_now=""
   if [ -n "$scram_users" ]; then
@@ -220,6 +260,7 @@ start() {
     echo "  CA $tls_dir/ca.pem, client certificate $tls_dir/client.pem, its key $tls_dir/client.key"
     if [ -n "$scram_users" ]; then echo "  SASL_SSL (SCRAM-SHA-256/512) on 127.0.0.1:$((port + 4))"; fi
   fi
+  if [ -n "$acls" ]; then echo "  ACLs enforced (StandardAuthorizer); super users: $(super_user_list | tr ';' ' ')"; fi
 }
 
 cluster_id() {

@@ -66,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("topics", help="list aiaas topics and their partitions")
 
+    acl = sub.add_parser("acl", help="Kafka ACLs for tenants, services and trainers (docs/security.md)")
+    acl.add_argument("action", choices=("print", "apply"),
+                     help="print: kafka-topics.sh/kafka-acls.sh commands; apply: create the topics and ACLs now "
+                     "(as a super user, with the AIAAS_KAFKA_* settings)")
+    acl.add_argument("--tenants", required=True, help="comma-separated tenant names (each its SASL user name)")
+    acl.add_argument("--models", default=",".join(MODEL_TYPES), help="comma-separated model types (default: all)")
+    acl.add_argument("--service-user", default="aiaas-{model}", help="SASL user of each model's service")
+    acl.add_argument("--trainer-user", default="aiaas-{model}-trainer",
+                     help="SASL user of each model's trainer; '' for none (then only super users announce models)")
+    acl.add_argument("--no-topics", action="store_true", help="ACLs only: create (or print) no topic")
+    acl.add_argument("--command-config", default="admin.properties",
+                     help="print: the super user's client properties file the commands pass to Kafka's tools")
+
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="action", required=True)
     models_sub.add_parser("list", help="versions and aliases")
@@ -399,6 +412,29 @@ def _training_line(event: Result) -> str:
     return f"{event.status}: {detail}"
 
 
+def _cmd_acl(args: argparse.Namespace) -> int:
+    from .acl import AclPlan, apply_acls, kafka_acls_commands
+
+    settings = KafkaSettings()
+    try:
+        plan = AclPlan(settings.topic_prefix, _csv(args.models), _csv(args.tenants), args.service_user,
+                       args.trainer_user or None)
+    except ValueError as exc:
+        raise AiaasError(str(exc)) from exc
+    if args.action == "print":
+        print("\n".join(kafka_acls_commands(plan, settings, args.command_config, topics=not args.no_topics)))
+        return 0
+    created = asyncio.run(apply_acls(plan, settings, topics=not args.no_topics))
+    print(f"topics created: {', '.join(created) or 'none (all there)'}")
+    print(f"{len(plan.rules())} ACLs in place for tenants {', '.join(plan.tenants)} and users "
+          f"{', '.join(plan.internal_users())} (prefix {plan.prefix})")
+    return 0
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "submit": _cmd_submit,
@@ -407,6 +443,7 @@ _COMMANDS = {
     "topics": _cmd_topics,
     "models": _cmd_models,
     "schemas": _cmd_schemas,
+    "acl": _cmd_acl,
 }
 
 

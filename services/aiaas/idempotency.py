@@ -3,10 +3,19 @@
 A job id can reach a service twice: a producer that retried, a user who re-published, or a
 replay after a crash (the job's result was sent but its offset not yet committed). Between
 the two, the served model version may have changed, so running the model again could give a
-different answer. The service therefore remembers the encoded outcome of the last
-`idempotency_window` jobs and answers a repeated id with the very same bytes (and the same
-dead letter, if it had one). At start it seeds that memory from the tail of its results
-topic (read_committed), so a replay after a crash or restart is covered too.
+different answer. The service therefore remembers the encoded outcome of its most recent
+jobs and answers a repeated id with the very same bytes (and the same dead letter, if it had
+one). At start it seeds that memory from the tail of its results topic (read_committed), so a
+replay after a crash or restart is covered too.
+
+The memory is bounded twice: at most `idempotency_window` outcomes and at most
+`outcome_memory_bytes` of them (payloads plus a fixed allowance per entry), whichever is
+reached first, so a service whose results are large (long texts) cannot grow without bound.
+An outcome larger than the whole byte budget is not remembered: a repeat of that job runs again.
+
+Memory is per tenant: an outcome is stored under (tenant, job id), and a job id reused by
+another tenant is a different job, so it never gets the first tenant's outcome. The tenant is
+whatever the caller trusts (the topic a job arrived on), never a field of the job itself.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ __all__ = ["Outcome", "OutcomeCache", "seed_from_results"]
 log = logging.getLogger("aiaas.idempotency")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What a job got: its encoded result on `topic`, and the error that dead-lettered it, if any."""
 
@@ -37,40 +46,72 @@ class Outcome:
     error: AiaasError | None = None
 
 
-class OutcomeCache:
-    """The outcomes of the most recent `capacity` job ids (least recently stored are dropped first)."""
+_ENTRY_OVERHEAD = 300
+"""Bytes charged per remembered outcome besides its payload and ids: the dict entry, the key tuple, the
+Outcome and the bytes and str headers (measured with tracemalloc in tests/unit/test_idempotency.py)."""
 
-    def __init__(self, capacity: int) -> None:
+
+class OutcomeCache:
+    """The outcomes of the most recent job ids, per tenant: at most `capacity` of them and, when `max_bytes` is
+    set, at most that many bytes (least recently stored are dropped first)."""
+
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
-        self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._outcomes: OrderedDict[tuple[str | None, str], Outcome] = OrderedDict()
+        self._bytes = 0
         self.hits = 0
 
     def __len__(self) -> int:
         return len(self._outcomes)
 
-    def get(self, job_id: str) -> Outcome | None:
-        """The remembered outcome of `job_id`, if any."""
-        outcome = self._outcomes.get(job_id)
+    @property
+    def memory_bytes(self) -> int:
+        """The bytes charged for what is remembered now (payloads, ids and a fixed allowance per entry)."""
+        return self._bytes
+
+    def get(self, job_id: str, tenant: str | None = None) -> Outcome | None:
+        """The remembered outcome of `tenant`'s job `job_id`, if any."""
+        outcome = self._outcomes.get((tenant, job_id))
         if outcome is not None:
             self.hits += 1
         return outcome
 
-    def put(self, job_id: str, outcome: Outcome) -> None:
-        """Remember (or refresh) `job_id`'s outcome."""
+    def put(self, job_id: str, outcome: Outcome, tenant: str | None = None) -> None:
+        """Remember (or refresh) `tenant`'s job `job_id`'s outcome, forgetting the oldest past either bound."""
         if self.capacity <= 0:
             return
-        self._outcomes[job_id] = outcome
-        self._outcomes.move_to_end(job_id)
-        while len(self._outcomes) > self.capacity:
-            self._outcomes.popitem(last=False)
+        key = (tenant, job_id)
+        self._drop(key)
+        cost = _cost(key, outcome)
+        if self.max_bytes is not None and cost > self.max_bytes:
+            return  # keeping it would mean forgetting everything else; a repeat of this one job runs again
+        self._outcomes[key] = outcome
+        self._bytes += cost
+        while len(self._outcomes) > self.capacity or (self.max_bytes is not None and self._bytes > self.max_bytes):
+            self._drop(next(iter(self._outcomes)))
+
+    def _drop(self, key: tuple[str | None, str]) -> None:
+        outcome = self._outcomes.pop(key, None)
+        if outcome is not None:
+            self._bytes -= _cost(key, outcome)
 
 
-async def seed_from_results(cache: OutcomeCache, kafka: KafkaSettings, topic: str) -> int:
+def _cost(key: tuple[str | None, str], outcome: Outcome) -> int:
+    tenant, job_id = key
+    return len(outcome.payload) + len(job_id) + len(tenant or "") + _ENTRY_OVERHEAD
+
+
+async def seed_from_results(
+    cache: OutcomeCache, kafka: KafkaSettings, topic: str, tenant: str | None = None
+) -> int:
     """Fill `cache` from the last records of every partition of `topic`; returns how many were read.
 
-    Only committed records are read, so in exactly-once mode the results of aborted
-    transactions are not remembered. Errors are remembered as results only: their dead letter
-    was already written when the result was.
+    What is read is remembered as `tenant`'s: the tenant whose results `topic` holds (None for the
+    results topic of a service without tenants), never a field of the records. Only committed
+    records are read, so in exactly-once mode the results of aborted transactions are not
+    remembered. Errors are remembered as results only: their dead letter was already written
+    when the result was.
     """
     if cache.capacity <= 0:
         return 0
@@ -98,7 +139,7 @@ async def seed_from_results(cache: OutcomeCache, kafka: KafkaSettings, topic: st
             for tp, records in batches.items():
                 for record in records:
                     read += 1
-                    _remember(cache, topic, record.value)
+                    _remember(cache, topic, record.value, tenant)
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
         return read
@@ -110,7 +151,7 @@ async def seed_from_results(cache: OutcomeCache, kafka: KafkaSettings, topic: st
 _INFERENCE_OUTCOMES = frozenset({"ok", "error", "expired"})
 
 
-def _remember(cache: OutcomeCache, topic: str, value: bytes | None) -> None:
+def _remember(cache: OutcomeCache, topic: str, value: bytes | None, tenant: str | None) -> None:
     """Remember an inference result's bytes under its job id (training events are not outcomes of this kind)."""
     try:
         envelope = msgpack.unpackb(value or b"", raw=False)
@@ -118,4 +159,4 @@ def _remember(cache: OutcomeCache, topic: str, value: bytes | None) -> None:
     except Exception:  # a record we cannot read tells us nothing
         return
     if isinstance(job_id, str) and status in _INFERENCE_OUTCOMES:
-        cache.put(job_id, Outcome(topic, value or b""))
+        cache.put(job_id, Outcome(topic, value or b""), tenant)

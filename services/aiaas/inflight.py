@@ -4,6 +4,12 @@ Records of one partition arrive in offset order but may finish out of order (a l
 results can be acknowledged before an earlier one's). A partition's offset is committed only
 up to the first record that is not done yet, so a crash never skips a job (at-least-once).
 The window also bounds the work in flight: the service pauses its partitions when it is full.
+It is full at `capacity` records or, with a byte budget, once the records taken hold that many
+bytes (key and value), whichever comes first: a service fed large jobs stays within its memory.
+It lets the consumer fetch only as many records as fit at the recent mean record size, so a
+fetch overshoots the budget only by how much its records exceed that mean. A record
+larger than the whole budget is still taken when the window is empty, or the partition behind
+it would stall for ever.
 """
 
 from __future__ import annotations
@@ -22,44 +28,74 @@ class Partition(NamedTuple):
     partition: int
 
 
-class _Entry:
-    __slots__ = ("offset", "done")
+_MEAN_WEIGHT = 1 / 32
+"""Weight of each new record in the moving mean of record sizes: it follows a change of job sizes within a
+few hundred records, and one odd record barely moves it."""
 
-    def __init__(self, offset: int) -> None:
-        self.offset, self.done = offset, False
+
+class _Entry:
+    __slots__ = ("offset", "size", "done")
+
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset, self.size, self.done = offset, size, False
 
 
 class InFlightWindow:
     """Tracks records from consumption until their outcome is acknowledged."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._entries: dict[Partition, deque[_Entry]] = {}
         self._by_offset: dict[tuple[Partition, int], _Entry] = {}
+        self._bytes = 0  # of the records taken and not yet done
+        self._mean_size: float | None = None  # a moving mean of the sizes taken: how many more fit
 
     def __len__(self) -> int:
         """Records taken and not yet done."""
         return len(self._by_offset)
 
     @property
+    def bytes(self) -> int:
+        """Bytes (keys and values) of the records taken and not yet done."""
+        return self._bytes
+
+    @property
     def full(self) -> bool:
         """True when no more records may be taken until some finish."""
-        return len(self) >= self.capacity
+        return self.room == 0
 
     @property
     def room(self) -> int:
-        """How many more records may be taken now."""
-        return max(0, self.capacity - len(self))
+        """How many more records may be taken now: 0 at the record bound; with a byte budget, as many as fit in
+        what is left of it at the mean size of recent records (one before any was seen, or when the window is
+        empty)."""
+        room = self.capacity - len(self)
+        if room <= 0 or self.max_bytes is None:
+            return max(0, room)
+        if self._mean_size is None:
+            return 1  # nothing to estimate from yet: one record, and the next fetch knows its size
+        fits = int((self.max_bytes - self._bytes) // max(self._mean_size, 1.0))
+        if fits <= 0:
+            return 0 if self._by_offset else 1  # an empty window takes even a record larger than the budget
+        return min(room, fits)
 
     def take(self, records: Iterable) -> None:
-        """Start tracking consumed records (anything with topic, partition and offset)."""
+        """Start tracking consumed records (anything with topic, partition, offset, key and value)."""
         for record in records:
             key = Partition(record.topic, record.partition)
-            entry = _Entry(record.offset)
+            size = len(record.key or b"") + len(record.value or b"")
+            entry = _Entry(record.offset, size)
             self._entries.setdefault(key, deque()).append(entry)
+            replaced = self._by_offset.get((key, record.offset))
             self._by_offset[(key, record.offset)] = entry
+            self._bytes += size - (replaced.size if replaced is not None else 0)
+            mean = self._mean_size
+            self._mean_size = size if mean is None else mean + (size - mean) * _MEAN_WEIGHT
 
     def finish(self, records: Iterable) -> dict[Partition, int]:
         """Mark records done; return the offsets that may now be committed (next offset to read)."""
@@ -69,6 +105,7 @@ class InFlightWindow:
             entry = self._by_offset.pop((key, record.offset), None)
             if entry is not None:  # records forgotten by `forget` (rewind, revocation) are ignored
                 entry.done = True
+                self._bytes -= entry.size
                 touched.add(key)
         commits = {}
         for key in touched:
@@ -103,4 +140,5 @@ class InFlightWindow:
         keys = list(self._entries) if partitions is None else [Partition(*p) for p in partitions]
         for key in keys:
             for entry in self._entries.pop(key, ()):
-                self._by_offset.pop((key, entry.offset), None)
+                if self._by_offset.pop((key, entry.offset), None) is not None:
+                    self._bytes -= entry.size

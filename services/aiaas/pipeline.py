@@ -45,14 +45,14 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError
 
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
 from .kafka_sink import refused_for_good
 from .worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
 
-__all__ = ["JobPipeline", "PipelineStats", "Consumer"]
+__all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
 
 log = logging.getLogger("aiaas.pipeline")
 
@@ -69,6 +69,8 @@ class Consumer(Protocol):
     def assignment(self) -> set[TopicPartition]: ...
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    async def position(self, partition: TopicPartition) -> int: ...
+    async def seek_to_committed(self, *partitions: TopicPartition) -> dict: ...
 
 
 @dataclass
@@ -79,6 +81,7 @@ class PipelineStats:
     jobs: int = 0
     pauses: int = 0
     rewinds: int = 0
+    unreadable: int = 0
     commit_failures: int = 0
     transactions: int = 0
     aborted_transactions: int = 0
@@ -95,6 +98,7 @@ class JobPipeline:
         max_batch: int,
         max_wait_ms: int,
         max_in_flight: int,
+        max_in_flight_bytes: int | None = None,
         drain_timeout_s: float,
         due_at: Callable[[Any], float | None] = lambda record: None,
         delayed_topic: str | None = None,
@@ -107,7 +111,7 @@ class JobPipeline:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._drain_timeout_s = drain_timeout_s
-        self._window = InFlightWindow(max(max_in_flight, max_batch))
+        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes)
         self._queue: deque[Any] = deque()
         self._publishing: set[asyncio.Task] = set()
         self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
@@ -127,6 +131,7 @@ class JobPipeline:
         self._instances = model_instances
         self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
+        self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -197,6 +202,7 @@ class JobPipeline:
         self._window.forget(gone)
         for partition in gone:
             self._to_commit.pop(partition, None)
+            self._next_offset.pop(TopicPartition(*partition), None)
         self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
         self._finished.set()
 
@@ -213,18 +219,90 @@ class JobPipeline:
                 except TimeoutError:
                     # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
                     # After a rebalance the new partitions start unpaused, so keep what it returns.
-                    self._take(await self._consumer.getmany(timeout_ms=0, max_records=self._max_batch))
+                    self._take(await self._poll(0, self._max_batch))
                 continue
             self._resume()
             self._hold_back_retries()
-            self._take(await self._consumer.getmany(timeout_ms=_IDLE_POLL_MS, max_records=room))
+            self._take(await self._poll(_IDLE_POLL_MS, room))
 
     def _take(self, fetched: dict) -> None:
         records = [record for part in fetched.values() for record in part]
         if records:
+            for tp, part in fetched.items():
+                if part:
+                    self._next_offset[tp] = part[-1].offset + 1
             self._window.take(records)
             self._queue.extend(records)
             self._arrived.set()
+
+    async def _poll(self, timeout_ms: int, max_records: int) -> dict:
+        """The consumer's next records; a record the client cannot parse is stepped over, never a dead loop."""
+        try:
+            return await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not isinstance(exc, CorruptRecordException):
+                raise  # the broker or the connection: not a record's fault
+            return await self._step_over_unreadable(exc)
+        except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
+            return await self._step_over_unreadable(exc)
+
+    async def _step_over_unreadable(self, error: BaseException) -> dict:
+        """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
+
+        The failed call may have moved other partitions past records it never returned, so every partition first
+        goes back to the record after the last one taken. Then each partition is read one record at a time: a
+        partition that fails twice at the same position holds an unreadable record there. It becomes an
+        `UnreadableRecord` (the worker dead-letters it with its coordinates) and reading resumes after it.
+        """
+        log.warning("the Kafka client could not parse a record (%s: %s); finding it", type(error).__name__, error)
+        assignment = self._consumer.assignment()
+        for tp in assignment:
+            if tp in self._next_offset:
+                self._consumer.seek(tp, self._next_offset[tp])
+        untaken = [tp for tp in assignment if tp not in self._next_offset]
+        if untaken:
+            await self._consumer.seek_to_committed(*untaken)
+        found: dict = {}
+        for tp in sorted(assignment):
+            records = await self._read_one_by_one(tp, error)
+            if records:
+                found[tp] = records
+        return found
+
+    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException) -> list:
+        """Records of `tp` one per call (bounded), ending with an UnreadableRecord if one is found."""
+        records: list = []
+        failed_at: int | None = None
+        empty_polls = 0
+        for _ in range(4 * self._max_batch + 8):
+            try:
+                got = await self._consumer.getmany(tp, timeout_ms=_IDLE_POLL_MS * 3, max_records=1)
+            except KafkaError as exc:
+                if not isinstance(exc, CorruptRecordException):
+                    raise
+                got, error = None, exc
+            except Exception as exc:
+                got, error = None, exc
+            if got is None:
+                position = await self._consumer.position(tp)
+                if position == failed_at:
+                    self.stats.unreadable += 1
+                    log.error("%s[%d]@%d cannot be parsed (%s: %s); dead-lettering it and reading on after it",
+                              tp.topic, tp.partition, position, type(error).__name__, error)
+                    records.append(UnreadableRecord(tp.topic, tp.partition, position,
+                                                    f"{type(error).__name__}: {error}"[:500]))
+                    self._consumer.seek(tp, position + 1)
+                    return records
+                failed_at, empty_polls = position, 0
+                continue
+            if got.get(tp):
+                records += got[tp]
+                empty_polls = 0
+                continue
+            empty_polls += 1  # right after a failure the client answers empty once before it fetches again
+            if empty_polls > 2:
+                return records
+        return records
 
     def _pause(self) -> None:
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
@@ -463,6 +541,20 @@ class JobPipeline:
         self.stats.rewinds += 1
 
 
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """Stands in for a record the Kafka client could not parse: the worker dead-letters it by its coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    unreadable: str
+    """What the client said when parsing it."""
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: tuple = ()
+
+
 class _Stale(Exception):
     """The batch's epoch ended before its transaction could commit."""
 
@@ -478,7 +570,10 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
             return
         if not await self._pipeline.drain(self._pipeline._drain_timeout_s):  # noqa: SLF001 - same module
             log.warning("rebalance: in-flight work not drained in time; abandoning it to the new owner")
-            self._pipeline.forget(revoked)
+        # Whatever is left of these partitions — retries still waiting for their time, or work that did not drain —
+        # is uncommitted and goes to the new owner: dropped here, or it would hold back this window and its
+        # partitions' commits, and run twice if the partitions came back.
+        self._pipeline.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._pipeline._on_assigned()  # noqa: SLF001 - same module

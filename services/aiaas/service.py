@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from collections.abc import Callable
 
@@ -27,17 +28,19 @@ from opentelemetry.trace import SpanKind
 from .announce import ModelWatcher
 from .client import explain_connection_failure
 from .errors import BrokerUnavailable, ServiceMisconfigured
-from .exactly_once import Transactions, transactional_id
+from .exactly_once import Transactions, claim_transactional_id
 from .heap import settle_heap
 from .idempotency import OutcomeCache, seed_from_results
 from .kafka_sink import KafkaSink
 from .pipeline import JobPipeline, PipelineStats
-from .retries import RetryPolicy, due_at
+from .reply_topics import ReplyTopics
+from .retries import RetryPolicy
 from .registry import Registry
 from .runtime import ModelRuntime
 from .runtimes import RuntimeSet
-from .settings import KafkaSettings, WorkerSettings
-from .topics import ModelTopics, dlq_topic, ensure_topics, models_topic, service_topics
+from .settings import EnvelopeSettings, KafkaSettings, WorkerSettings
+from .topic_catalog import KafkaTopicCatalog
+from .topics import ModelTopics, dlq_topic, ensure_topics, list_topics, models_topic, service_topics
 from . import tracing
 from .tracing import setup_tracing
 from .worker import BatchWorker
@@ -45,6 +48,9 @@ from .worker import BatchWorker
 __all__ = ["ModelService", "run_service"]
 
 log = logging.getLogger("aiaas.service")
+
+_TOPIC_DISCOVERY_MS = 10_000
+"""How often the consumer refreshes its metadata, so a tenant's infer topic created now is consumed this soon."""
 
 _PRODUCER_BATCH_BYTES = 256 * 1024
 """A batch's results to one partition go out as one record batch (`KafkaSink.send_many`) up to this size;
@@ -80,7 +86,12 @@ class ModelService:
         if created:
             log.info("created topics %s", ", ".join(created))
         exactly_once = self.settings.delivery == "exactly-once"
-        txn_id = transactional_id(self.group, self.settings.instance_id) if exactly_once else None
+        # Held until the process ends (released in `finally`): no other replica on this host takes the same id.
+        claim = claim_transactional_id(
+            self.group, self.settings.instance_id, cluster=self.kafka.bootstrap_servers,
+            numbered="instance_id" not in self.settings.model_fields_set,
+        ) if exactly_once else None
+        txn_id = claim.id if claim is not None else None
         producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", acks="all",
             enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
@@ -94,33 +105,39 @@ class ModelService:
             # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
             # or the group moves on without us and our commits fail (a rebalance storm).
             rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
+            # The subscription is a pattern (every tenant's infer topic): a new tenant's topic is found this soon.
+            metadata_max_age_ms=_TOPIC_DISCOVERY_MS,
         )
         await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
         watcher = ModelWatcher(self.kafka, self.runtime.model)
         following: asyncio.Task | None = None
-        outcomes = OutcomeCache(self.settings.idempotency_window)
+        outcomes = OutcomeCache(self.settings.idempotency_window, self.settings.outcome_memory_bytes)
         remembered = 0
+        retry = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
+                            self.settings.retry_backoff_max_ms / 1000)
         worker = BatchWorker(
             self.runtimes, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
-            group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes,
-            retry=RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
-                              self.settings.retry_backoff_max_ms / 1000),
+            group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes, retry=retry,
             model_instances=self.settings.model_instances, model_calls=self.settings.model_calls,
+            header_limits=EnvelopeSettings().header_limits(),
+            reply_topics=ReplyTopics(self.topics, self.kafka.topic_prefix, self.settings.reply_to_pattern),
+            topic_catalog=KafkaTopicCatalog(producer),
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
-            max_in_flight=self.settings.in_flight_bound(), drain_timeout_s=self.settings.graceful_timeout_s,
-            due_at=due_at, delayed_topic=self.topics.retry,
+            max_in_flight=self.settings.in_flight_bound(), max_in_flight_bytes=self.settings.max_in_flight_bytes,
+            drain_timeout_s=self.settings.graceful_timeout_s,
+            due_at=retry.due_at, delayed_topic=self.topics.retry,
             transactions=Transactions(producer, self.group) if exactly_once else None,
             model_instances=self.settings.model_instances,
         )
         stats = pipeline.stats
         try:
             # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
-            remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
+            remembered = await self._remember_outcomes(outcomes)
             await watcher.start()  # before "ready": a promotion announced after that is never missed
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
-            consumer.subscribe([self.topics.infer, self.topics.retry], listener=pipeline.rebalance_listener)
+            consumer.subscribe(pattern=self._subscription(), listener=pipeline.rebalance_listener)
             await consumer.start()
             self._pipeline = pipeline
             if self._stop_requested:
@@ -140,6 +157,8 @@ class ModelService:
             await watcher.stop()
             await consumer.stop()  # leaves the group, so its partitions move at once
             await producer.stop()
+            if claim is not None:
+                claim.release()
             worker.close()
         log.info(
             "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits, "
@@ -149,6 +168,24 @@ class ModelService:
         )
         return stats
 
+
+    def _subscription(self) -> str:
+        """The infer topic, every tenant's infer topic and the retry topic, as one pattern."""
+        return f"^(?:{self.topics.infer_pattern()}|{re.escape(self.topics.retry)})$"
+
+    async def _remember_outcomes(self, outcomes: OutcomeCache) -> int:
+        """Seed the outcome memory from the results topic and every tenant's (each under its tenant)."""
+        remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
+        existing = set(await list_topics(self.kafka))
+        for topic in sorted(existing):
+            try:
+                tenant = self.topics.tenant_of(topic) if topic.startswith(self.topics.infer + ".") else None
+            except ValueError:
+                continue
+            results = self.topics.tenant_results(tenant) if tenant else None
+            if results in existing:  # a tenant is a tenant by its infer topic, not by a results-like name
+                remembered += await seed_from_results(outcomes, self.kafka, results, tenant=tenant)
+        return remembered
 
     async def _follow_registry(self, watcher: ModelWatcher) -> None:
         """Load the served alias's new version in the background whenever the registry announces a move."""

@@ -20,6 +20,8 @@ from .runtime import ModelCalls
 if TYPE_CHECKING:
     import ssl
 
+    from .headers import HeaderLimits
+
 __all__ = ["KafkaSettings", "EnvelopeSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
 
 
@@ -181,6 +183,20 @@ class EnvelopeSettings(BaseSettings):
         description="Most values in one envelope (every array element, map entry and container counts); decoding "
         "stops as soon as there are more. Keep it at least max_container_items.",
     )
+    max_headers: int = Field(
+        64, ge=8, le=10_000,
+        description="Most Kafka headers a job record may carry; a record with more is a dead letter (InvalidHeaders).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024,
+        description="Most bytes (keys and values) all of a job record's headers may hold; more is a dead letter.",
+    )
+
+    def header_limits(self) -> "HeaderLimits":
+        """The header limits as the worker takes them."""
+        from .headers import HeaderLimits
+
+        return HeaderLimits(self.max_headers, self.max_header_bytes)
 
 
 class WorkerSettings(BaseSettings):
@@ -198,6 +214,12 @@ class WorkerSettings(BaseSettings):
         None, ge=1,
         description="Most jobs taken from Kafka and not yet answered; at this bound the partitions are paused. "
         "Default: room for four batches per model instance, within 256..4,096 (`in_flight_bound`).",
+    )
+    max_in_flight_bytes: int = Field(
+        128 * 1024 * 1024, ge=1,
+        description="Most bytes (keys and values) of jobs taken from Kafka and not yet answered; at this bound the "
+        "partitions are paused as at max_in_flight, whichever comes first. A job larger than this is still taken "
+        "when nothing else is in flight.",
     )
     group_id: str | None = Field(None, description="Consumer group; default `<prefix>.<model>`.")
     graceful_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight work may take to drain.")
@@ -242,7 +264,8 @@ class WorkerSettings(BaseSettings):
         default_factory=socket.gethostname,
         description="Stable name of this replica (default: the host name). In exactly-once mode the transactional id "
         "is `<group>.<instance_id>`: a restarted replica with the same id fences its predecessor. Give each replica "
-        "its own (a StatefulSet ordinal, say).",
+        "its own (a StatefulSet ordinal, say): a second live process on one host with the id set here refuses to "
+        "start. Left unset, the replicas of one host are numbered (`<group>.<host>`, `<group>.<host>.1`, ...).",
     )
     max_attempts: int = Field(
         3, ge=1, le=100,
@@ -253,10 +276,23 @@ class WorkerSettings(BaseSettings):
         200, ge=0, description="Delay before the 2nd attempt; each later attempt waits twice as long as the one before."
     )
     retry_backoff_max_ms: int = Field(10_000, ge=0, description="The longest delay between two attempts.")
+    reply_to_pattern: str | None = Field(
+        None,
+        description="Topics a job's `reply_to` may name: a regular expression matched in full, where `{results}` "
+        "stands for the job's results topic (the tenant's, for a tenant's job). Default: `{results}` and "
+        "`{results}.<name>`. Infer, retry, train, dead-letter and registry topics and other model types' topics are "
+        "refused whatever it says; a job whose reply_to is refused gets an error result on its results topic.",
+    )
     idempotency_window: int = Field(
         20_000, ge=0,
         description="How many recent job outcomes the service remembers (seeded at start from the tail of the results "
         "topic): a job id seen again is answered with the same outcome, without running the model. 0 switches it off.",
+    )
+    outcome_memory_bytes: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="Most bytes of remembered outcomes (encoded results plus a few hundred bytes each): the oldest "
+        "are forgotten past it or past idempotency_window, whichever comes first. An outcome larger than this is not "
+        "remembered. 0 remembers nothing.",
     )
 
     def in_flight_bound(self) -> int:

@@ -135,7 +135,7 @@ async def test_stop_drains_what_was_taken_and_commits_it():
     sink = SlowSink(delay_s=0.005)
     pipeline = make_pipeline(consumer, sink, max_batch=8, max_in_flight=64)
     await run_until(pipeline, lambda: len(sink.sent) >= 20)
-    taken = consumer.position[next(iter(consumer.log))]
+    taken = consumer.offsets[next(iter(consumer.log))]
     assert 20 <= taken < 400
     assert answered(sink) == {f"p0-{i}" for i in range(taken)}  # everything taken was answered
     assert consumer.committed() == {0: taken}
@@ -214,3 +214,48 @@ async def test_on_the_event_loop_a_backlog_of_batches_does_not_hold_back_publish
     # Each call yields once to the loop: the first batch's results go out while the third batch is cut (its
     # publish task starts, then its sends), not after the last of the eight.
     assert events.index("send") < infers[3]
+
+
+class UnparseableConsumer(FakeConsumer):
+    """Raises as aiokafka does on a record it cannot parse (a header key that is not UTF-8): the call fails, the
+    failing partition's position stays where it was, and partitions drained earlier in the same call lose the
+    records the call took (their positions moved on)."""
+
+    def __init__(self, records_by_partition, poison: set[tuple[int, int]]) -> None:
+        super().__init__(records_by_partition)
+        self.poison = poison
+        self.raised = 0
+
+    async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        out: dict = {}
+        budget = max_records or 1 << 30
+        for tp, records in self.log.items():
+            if tp in self.paused or budget == 0 or (partitions and tp not in partitions):
+                continue
+            taken = records[self.offsets[tp]:self.offsets[tp] + budget]
+            for record in taken:
+                if (tp.partition, record.offset) in self.poison:
+                    self.raised += 1
+                    out.clear()  # what this call drained from other partitions is lost with the exception
+                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+            if taken:
+                out[tp] = taken
+                self.offsets[tp] += len(taken)
+                budget -= len(taken)
+        if not out:
+            await asyncio.sleep(timeout_ms / 1000)
+        return out
+
+
+async def test_a_record_the_client_cannot_parse_is_dead_lettered_by_its_coordinates_and_nothing_else_is_lost():
+    consumer = UnparseableConsumer({0: partition_log(0, 30), 1: partition_log(1, 30)}, poison={(1, 12)})
+    sink = RecordingSink()
+    pipeline = make_pipeline(consumer, sink, max_batch=8, max_in_flight=16)
+    stats = await run_until(pipeline, lambda: len(answered(sink)) == 59)
+    assert answered(sink) == {f"p{p}-{o}" for p in (0, 1) for o in range(30)} - {"p1-12"}
+    (dead,) = sink.on("p.dlq")
+    headers = dead[3]
+    assert headers["aiaas.error.type"] == b"UnparseableRecord"
+    assert (headers["aiaas.origin.partition"], headers["aiaas.origin.offset"]) == (b"1", b"12")
+    assert stats.unreadable == 1 and consumer.raised >= 1
+    assert consumer.committed() == {0: 30, 1: 30}  # the partition's commits went on past it

@@ -46,7 +46,7 @@ class Broker(FakeConsumer):
         super().__init__({0: infer}, topic=TOPICS.infer)
         self.retry_tp = TopicPartition(TOPICS.retry, 0)
         self.log[self.retry_tp] = []
-        self.position[self.retry_tp] = 0
+        self.offsets[self.retry_tp] = 0
 
     def deliver(self, topic, value, key, headers) -> None:
         if topic == TOPICS.retry:
@@ -249,7 +249,7 @@ async def test_waiting_retries_do_not_keep_a_stopping_service_from_draining():
     pipeline = make_pipeline(broker, sink, FlakyRuntime({"job-0"}, times=1), policy=policy)
     started = time.monotonic()
     await run_until(pipeline, lambda: len(results(sink)) == 2 and broker.log[broker.retry_tp]
-                    and broker.position[broker.retry_tp] == 1)
+                    and broker.offsets[broker.retry_tp] == 1)
     assert time.monotonic() - started < 5
     committed = {tp.topic: offset for commit in broker.commits for tp, offset in commit.items()}
     assert committed.get(TOPICS.retry, 0) == 0  # the waiting retry stays uncommitted: it comes back after a restart
@@ -306,3 +306,32 @@ async def test_a_broker_outage_is_not_mistaken_for_a_refusal():
     await run_until(make_pipeline(broker, sink, SumRuntime(), max_batch=4),
                     lambda: {r.job_id for r in results(sink)} == {f"job-{i}" for i in range(4)})
     assert sink.on(DLQ) == [] and all(r.status == "ok" for r in results(sink))
+
+
+async def test_retries_waiting_out_their_backoff_are_dropped_when_their_partition_is_revoked():
+    broker = Broker(job_records(6))
+    sink = LoopbackSink(broker)
+    runtime = FlakyRuntime({"job-1"}, times=99)
+    policy = RetryPolicy(max_attempts=2, backoff_s=1.0, max_backoff_s=1.0)
+    pipeline = make_pipeline(broker, sink, runtime, policy=policy)
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(10):
+        while len(results(sink)) < 5 or not broker.offsets[broker.retry_tp]:
+            await asyncio.sleep(0.01)  # five answers, and the retry record taken: it now waits in the window
+    listener = pipeline.rebalance_listener
+    started = time.monotonic()
+    await listener.on_partitions_revoked({broker.retry_tp})
+    assert time.monotonic() - started < 0.5  # the waiting retry did not hold the rebalance up
+    # The partition comes back (to this member, as the next rebalance may decide): it reads from the committed offset.
+    await listener.on_partitions_assigned({broker.retry_tp})
+    await broker.seek_to_committed(broker.retry_tp)
+    async with asyncio.timeout(10):
+        while not sink.on(DLQ):
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(1.5)  # time for a second copy to run, if one were still queued
+    pipeline.stop()
+    await asyncio.wait_for(task, 10)
+    assert runtime.failures["job-1"] == 2  # the first attempt and the one retry: never run twice
+    assert len(sink.on(DLQ)) == 1
+    committed = {tp.topic: offset for commit in broker.commits for tp, offset in commit.items()}
+    assert committed == {TOPICS.infer: 6, TOPICS.retry: 1}  # and the retry partition committed past it
