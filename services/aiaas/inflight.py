@@ -10,12 +10,16 @@ It lets the consumer fetch only as many records as fit at the recent mean record
 fetch overshoots the budget only by how much its records exceed that mean. A record
 larger than the whole budget is still taken when the window is empty, or the partition behind
 it would stall for ever.
+
+It counts what is in flight per owner too (`owner_of(topic)`: the tenant whose topic a record came from), so the
+pipeline can hold one tenant's partitions back while it has its share in flight, and another tenant's jobs still
+find room.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
 __all__ = ["InFlightWindow", "Partition"]
@@ -34,16 +38,17 @@ few hundred records, and one odd record barely moves it."""
 
 
 class _Entry:
-    __slots__ = ("offset", "size", "done")
+    __slots__ = ("offset", "size", "done", "owner")
 
-    def __init__(self, offset: int, size: int) -> None:
-        self.offset, self.size, self.done = offset, size, False
+    def __init__(self, offset: int, size: int, owner: Hashable) -> None:
+        self.offset, self.size, self.done, self.owner = offset, size, False, owner
 
 
 class InFlightWindow:
     """Tracks records from consumption until their outcome is acknowledged."""
 
-    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None,
+                 owner_of: Callable[[str], Hashable] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if max_bytes is not None and max_bytes < 1:
@@ -54,6 +59,16 @@ class InFlightWindow:
         self._by_offset: dict[tuple[Partition, int], _Entry] = {}
         self._bytes = 0  # of the records taken and not yet done
         self._mean_size: float | None = None  # a moving mean of the sizes taken: how many more fit
+        self._owner_of = owner_of or (lambda topic: None)
+        self._load: Counter[Hashable] = Counter()  # records taken and not yet done, per owner (tenant)
+
+    def load(self, owner: Hashable) -> int:
+        """Records of `owner` (a tenant, as `owner_of(topic)` says) taken and not yet done."""
+        return self._load[owner]
+
+    def owners(self) -> list[Hashable]:
+        """The owners with records in flight."""
+        return [owner for owner, count in self._load.items() if count > 0]
 
     def __len__(self) -> int:
         """Records taken and not yet done."""
@@ -89,11 +104,14 @@ class InFlightWindow:
         for record in records:
             key = Partition(record.topic, record.partition)
             size = len(record.key or b"") + len(record.value or b"")
-            entry = _Entry(record.offset, size)
+            entry = _Entry(record.offset, size, self._owner_of(record.topic))
             self._entries.setdefault(key, deque()).append(entry)
             replaced = self._by_offset.get((key, record.offset))
             self._by_offset[(key, record.offset)] = entry
             self._bytes += size - (replaced.size if replaced is not None else 0)
+            self._load[entry.owner] += 1
+            if replaced is not None:
+                self._load[replaced.owner] -= 1
             mean = self._mean_size
             self._mean_size = size if mean is None else mean + (size - mean) * _MEAN_WEIGHT
 
@@ -106,6 +124,7 @@ class InFlightWindow:
             if entry is not None:  # records forgotten by `forget` (rewind, revocation) are ignored
                 entry.done = True
                 self._bytes -= entry.size
+                self._load[entry.owner] -= 1
                 touched.add(key)
         commits = {}
         for key in touched:
@@ -142,3 +161,4 @@ class InFlightWindow:
             for entry in self._entries.pop(key, ()):
                 if self._by_offset.pop((key, entry.offset), None) is not None:
                     self._bytes -= entry.size
+                    self._load[entry.owner] -= 1

@@ -36,10 +36,11 @@ commit out-of-order completions safely.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,6 +105,8 @@ class JobPipeline:
         delayed_topic: str | None = None,
         transactions: Transactions | None = None,
         model_instances: int = 1,
+        tenant_of: Callable[[str], Hashable] | None = None,
+        max_in_flight_per_tenant: int | None = None,
     ) -> None:
         self.worker = worker
         self.stats = PipelineStats()
@@ -111,7 +114,12 @@ class JobPipeline:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._drain_timeout_s = drain_timeout_s
-        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes)
+        self._tenant_of = functools.lru_cache(maxsize=4096)(tenant_of or (lambda topic: None))
+        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes, self._tenant_of)
+        # One tenant may hold at most this much of the window; the rest stays free for the others' jobs.
+        capacity = self._window.capacity
+        self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
+        self._held_tenants: set[Hashable] = set()  # tenants whose partitions are paused for holding their share
         self._queue: deque[Any] = deque()
         self._publishing: set[asyncio.Task] = set()
         self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
@@ -223,6 +231,7 @@ class JobPipeline:
                 continue
             self._resume()
             self._hold_back_retries()
+            self._hold_back_tenants()
             self._take(await self._poll(_IDLE_POLL_MS, room))
 
     def _take(self, fetched: dict) -> None:
@@ -317,6 +326,23 @@ class JobPipeline:
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
             self._delayed_paused = False
+            self._held_tenants.clear()
+
+    def _hold_back_tenants(self) -> None:
+        """Pause the partitions of each tenant that holds its share of the window, resume the others.
+
+        A tenant flooding the service past its capacity then fills at most its share; the jobs of every other
+        tenant are still fetched, and `_cut` takes them into the next batch beside the flood's.
+        """
+        held = {owner for owner in self._window.owners() if self._window.load(owner) >= self._tenant_share}
+        if held == self._held_tenants:
+            return
+        changed = held ^ self._held_tenants
+        for tp in [tp for tp in self._consumer.assignment() if self._tenant_of(tp.topic) in changed]:
+            (self._consumer.pause if self._tenant_of(tp.topic) in held else self._consumer.resume)(tp)
+        if self._delayed_paused:  # a tenant resumed here must not resume the retry topic _hold_back_retries paused
+            self._consumer.pause(*[tp for tp in self._consumer.assignment() if tp.topic == self._delayed_topic])
+        self._held_tenants = held
 
     def _hold_back_retries(self) -> None:
         """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
@@ -413,13 +439,38 @@ class JobPipeline:
         return self._cut()
 
     def _cut(self) -> list[Any]:
-        """Up to max_batch records that may run now, in queue order; waiting retries stay queued."""
-        now, batch, kept = time.time(), [], deque()
+        """Up to max_batch records that may run now; waiting retries stay queued.
+
+        In queue order, except while several tenants have records in flight: then the batch takes from each
+        tenant's ready records in turn (each tenant's in queue order), so a tenant with a long queue does not make
+        the others wait behind it.
+        """
+        now = time.time()
+        if len(self._window.owners()) > 1:
+            return self._cut_in_turns(now)
+        batch, kept = [], deque()
         while self._queue and len(batch) < self._max_batch:
             record = self._queue.popleft()
             (batch if self._ready(record, now) else kept).append(record)
         kept.extend(self._queue)
         self._queue = kept
+        return batch
+
+    def _cut_in_turns(self, now: float) -> list[Any]:
+        """A batch that takes from each tenant's ready records in turn (see `_cut`)."""
+        lines: dict[Hashable, list[Any]] = {}
+        for record in self._queue:
+            if self._ready(record, now):
+                lines.setdefault(self._tenant_of(record.topic), []).append(record)
+        batch: list[Any] = []
+        for turn in range(self._max_batch):
+            for line in lines.values():
+                if turn < len(line) and len(batch) < self._max_batch:
+                    batch.append(line[turn])
+            if len(batch) == self._max_batch or all(turn >= len(line) for line in lines.values()):
+                break
+        taken = {id(record) for record in batch}
+        self._queue = deque(record for record in self._queue if id(record) not in taken)
         return batch
 
     def _cut_ready(self) -> bool:

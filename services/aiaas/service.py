@@ -130,6 +130,7 @@ class ModelService:
             due_at=retry.due_at, delayed_topic=self.topics.retry,
             transactions=Transactions(producer, self.group) if exactly_once else None,
             model_instances=self.settings.model_instances,
+            tenant_of=self._owner_of, max_in_flight_per_tenant=self.settings.max_in_flight_per_tenant,
         )
         stats = pipeline.stats
         try:
@@ -168,6 +169,15 @@ class ModelService:
         )
         return stats
 
+
+    def _owner_of(self, topic: str) -> str | None:
+        """Whose share of the in-flight window a record of `topic` counts against: its tenant (retries: their own)."""
+        if topic == self.topics.retry:
+            return "<retries>"  # not a tenant name: those have no "<"
+        try:
+            return self.topics.tenant_of(topic)
+        except ValueError:
+            return None
 
     def _subscription(self) -> str:
         """The infer topic, every tenant's infer topic and the retry topic, as one pattern."""

@@ -276,6 +276,12 @@ class WorkerSettings(BaseSettings):
         200, ge=0, description="Delay before the 2nd attempt; each later attempt waits twice as long as the one before."
     )
     retry_backoff_max_ms: int = Field(10_000, ge=0, description="The longest delay between two attempts.")
+    max_in_flight_per_tenant: int | None = Field(
+        None, ge=1,
+        description="Most of the in-flight window one tenant's jobs may hold (a tenant is the topic a job came from: "
+        "`<prefix>.<model>.infer.<tenant>`); at this bound that tenant's partitions are paused while the others' are "
+        "still fetched, and batches take from each tenant in turn. Default: the window less one batch.",
+    )
     reply_to_pattern: str | None = Field(
         None,
         description="Topics a job's `reply_to` may name: a regular expression matched in full, where `{results}` "

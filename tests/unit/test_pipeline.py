@@ -259,3 +259,44 @@ async def test_a_record_the_client_cannot_parse_is_dead_lettered_by_its_coordina
     assert (headers["aiaas.origin.partition"], headers["aiaas.origin.offset"]) == (b"1", b"12")
     assert stats.unreadable == 1 and consumer.raised >= 1
     assert consumer.committed() == {0: 30, 1: 30}  # the partition's commits went on past it
+
+
+def tenant_log(tenant: str, n: int) -> list[Record]:
+    topic = TOPICS.tenant_infer(tenant)
+    records = []
+    for offset in range(n):
+        job = Job(job_id=f"{tenant}-{offset}", model="vision",
+                  inputs={"x": Tensor.from_numpy(np.array([offset], dtype=np.float32))})
+        records.append(Record(topic, 0, offset, job.job_id.encode(), encode(job)))
+    return records
+
+
+async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_go_into_the_next_batches():
+    from aiokafka import TopicPartition
+
+    consumer = FakeConsumer({})
+    consumer.log = {TopicPartition(TOPICS.tenant_infer("alice"), 0): tenant_log("alice", 400),
+                    TopicPartition(TOPICS.tenant_infer("bob"), 0): []}
+    consumer.offsets = {tp: 0 for tp in consumer.log}
+    runtime = SumRuntime(delay_s=0.01)  # 10 ms a batch: alice's 400 jobs take 50 batches
+    sink = RecordingSink()
+    worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision", max_message_bytes=1 << 20)
+    pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
+                           tenant_of=TOPICS.tenant_of, max_in_flight_per_tenant=32)
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(10):
+        while len(sink.sent) < 40:
+            await asyncio.sleep(0.002)
+    assert max(len(b) for b in runtime.batches) == 8
+    consumer.log[TopicPartition(TOPICS.tenant_infer("bob"), 0)].extend(tenant_log("bob", 4))  # bob publishes now
+    asked_at = len(sink.sent)
+    async with asyncio.timeout(10):
+        while len([s for s in sink.sent if s[0].endswith(".bob")]) < 4:
+            await asyncio.sleep(0.002)
+    answered_between = len(sink.sent) - asked_at
+    pipeline.stop()
+    await asyncio.wait_for(task, 20)
+    # Bob's jobs were fetched although alice had the window's worth queued, and cut into the next batches:
+    # at most alice's share (32 queued) plus a batch or two went out before all of bob's were answered.
+    assert answered_between <= 32 + 16, answered_between
+    assert consumer.pause_calls > 0  # alice's partition was held back at her share
