@@ -12,33 +12,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import re
+import struct
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableSet
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableSet
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaConnectionError, KafkaError
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from . import tracing
 from .codec import decode_result, encode
-from .contracts import TERMINAL_STATUSES, InputValue, Job, Result, new_job_id
-from .errors import AiaasError, BrokerUnavailable
+from .contracts import JOB_ID_PATTERN, TERMINAL_STATUSES, InputValue, Job, Result, new_job_id
+from .errors import BrokerUnavailable
+from .seen_file import SeenFile, SeenFileLocked
 from .settings import KafkaSettings
 from .topics import ModelTopics, ensure_topics, partition_count
 
-__all__ = ["AiaasClient", "JobHandle", "SeenFile", "broker_unreachable", "explain_connection_failure",
-           "KafkaAuthenticationFailed"]
+__all__ = ["AiaasClient", "JobHandle", "SeenFile", "SeenFileLocked", "broker_unreachable",
+           "explain_connection_failure", "KafkaAuthenticationFailed"]
 
 log = logging.getLogger("aiaas.client")
 
 _COMMIT_INTERVAL_S = 1.0
 """How often a group reader (`results(group_id=...)`) commits the offsets of what it handed over."""
+_METADATA_MAX_AGE_MS = 5_000
+"""How often a reader refreshes its view of the cluster, and so how soon it sees partitions added to its
+topic (aiokafka's default, five minutes, would leave the results on a new partition unread that long)."""
+_FOLLOW_INTERVAL_S = 1.0
+"""How often a group-less reader compares its partitions with the topic's (a look at cached metadata)."""
+_PROBE_TIMEOUT_MS = 1_500
+"""How long a reader waits for one partition's records while it looks for a record it cannot parse: a
+fetch already in flight (up to aiokafka's fetch_max_wait_ms, 500 ms) must come back before a new one."""
+_PROBE_MAX_RECORDS = 500
+"""The most records one search for an unparseable record steps through, per partition."""
+_RESTART_BACKOFF_S = (0.1, 30.0)
+"""The result listener's wait before restarting after an error: the first, doubling up to the last."""
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+"""The contract's job id: 1 to 128 characters, no control characters."""
+_UNPARSEABLE = (CorruptRecordException, ValueError, IndexError, struct.error)
+"""What aiokafka raises from `getmany` for a record it cannot parse (a header key that is not UTF-8 raises
+UnicodeDecodeError from its C parser, CorruptRecordException from its Python one); its position stays put."""
 
 
 def broker_unreachable(settings: KafkaSettings, exc: BaseException) -> BrokerUnavailable:
@@ -128,7 +147,12 @@ def _security_refusal(settings: KafkaSettings, where: str, exc: Exception) -> Ka
 
 @dataclass
 class JobHandle:
-    """A published job; `await handle.result(timeout)` returns its result."""
+    """A published job; `await handle.result(timeout)` returns its result.
+
+    A handle that times out is forgotten by the client's result listener (nothing of it is kept while
+    nobody waits); waiting on it again watches for the job's result anew, from then on. Any number of
+    handles may wait for one job id (the same job submitted twice): each gets the result.
+    """
 
     job: Job
     sent_at: float
@@ -138,6 +162,7 @@ class JobHandle:
     _progress: asyncio.Queue[Result] = field(default_factory=asyncio.Queue, repr=False)
     received_at: float | None = None
     """When the result reached this client (Unix seconds); set once `result()` has returned."""
+    _listener: "_ResultListener | None" = field(default=None, repr=False)
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[Result]:
         """A training job's events as they arrive (`accepted`, `running`…), ending with its final result.
@@ -145,6 +170,7 @@ class JobHandle:
         `timeout` bounds the wait for each next event (TimeoutError names the job).
         """
         while True:
+            self._watch()
             progress = asyncio.ensure_future(self._progress.get())
             done, _ = await asyncio.wait({progress, self._future}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +179,7 @@ class JobHandle:
                 continue
             progress.cancel()
             if not done:
+                self._forget()
                 raise TimeoutError(f"no event for job {self.job_id} within {timeout}s: is the {self.job.model} trainer running?")
             while not self._progress.empty():  # events that arrived together with the final one
                 yield self._progress.get_nowait()
@@ -166,9 +193,11 @@ class JobHandle:
 
     async def result(self, timeout: float | None = 30.0) -> Result:
         """Wait for this job's result; raises TimeoutError naming the job when none arrives in time."""
+        self._watch()
         try:
             result, self.received_at = await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except TimeoutError:
+            self._forget()
             raise TimeoutError(
                 f"no result for job {self.job_id} within {timeout}s: is the {self.job.model} service running?"
             ) from None
@@ -178,6 +207,14 @@ class JobHandle:
     def latency_ms(self) -> float | None:
         """Publish → result receipt, in milliseconds (None until the result is in)."""
         return None if self.received_at is None else (self.received_at - self.sent_at) * 1000
+
+    def _watch(self) -> None:
+        if self._listener is not None and not self._future.done():
+            self._listener.watch(self.job_id, self._future, self._progress)
+
+    def _forget(self) -> None:
+        if self._listener is not None:
+            self._listener.forget(self.job_id, self._future)
 
 
 class _SeenIds:
@@ -200,88 +237,6 @@ class _SeenIds:
         if len(self._ids) > self._capacity:
             self._ids.popitem(last=False)
         return True
-
-
-class SeenFile(MutableSet[str]):
-    """A durable set of job ids: an append-only file, one id a line, flushed on every `add`.
-
-    The reader-side half of exactly-once processing. Pass it to `results(..., group_id=..., seen=...)`:
-    the reader skips every job id already in it and adds each final result's job id just before
-    handing the result over, so after a crash and restart (same group, same file) no result is
-    handed over twice, even the ones whose offsets the crashed reader had not committed yet::
-
-        seen = SeenFile("processed.ids")
-        async for result in client.results("vision", group_id="billing", seen=seen):
-            handle(result)
-
-    A crash after the `add` and before `handle` finished skips that one result at the restart
-    (at most once, for the result in hand). For exactly-once processing make the mark and the
-    effect one durable step: give `seen` your own MutableSet over the store that `handle` writes
-    to (`__contains__` asks that store, `add` does nothing) and record the job id in the same
-    transaction as the effect.
-
-    One process at a time per file. On load, an incomplete last line (a crash mid-write) is ignored
-    and cut off. `fsync=True` also survives a power cut (an fsync per id: slower).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
-        self.path = Path(path)
-        self._fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._ids = self._load()
-        self._file = self.path.open("a", encoding="utf-8", newline="\n")
-
-    def _load(self) -> set[str]:
-        if not self.path.exists():
-            return set()
-        data = self.path.read_bytes()
-        complete, newline, _ = data.rpartition(b"\n")
-        if len(complete) + len(newline) < len(data):  # an id whose write was cut short: drop it
-            with self.path.open("r+b") as file:
-                file.truncate(len(complete) + len(newline))
-        return {line for line in complete.decode("utf-8", errors="replace").split("\n") if line}
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._ids
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def add(self, job_id: str) -> None:
-        """Record `job_id` (written and flushed before this returns); a no-op when it is already in."""
-        if job_id in self._ids:
-            return
-        if not job_id or "\n" in job_id or "\r" in job_id:
-            raise ValueError(f"a job id for SeenFile must be one non-empty line, not {job_id!r}")
-        self._file.write(job_id + "\n")
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
-        self._ids.add(job_id)
-
-    def discard(self, job_id: str) -> None:
-        """Forget `job_id` (rewrites the file: rare, unlike `add`)."""
-        if job_id not in self._ids:
-            return
-        self._ids.discard(job_id)
-        self._file.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{i}\n" for i in self._ids), encoding="utf-8")
-        os.replace(tmp, self.path)
-        self._file = self.path.open("a", encoding="utf-8", newline="\n")
-
-    def close(self) -> None:
-        """Close the file (every `add` is already flushed)."""
-        self._file.close()
-
-    def __enter__(self) -> "SeenFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class AiaasClient:
@@ -374,7 +329,7 @@ class AiaasClient:
         async with self._setup_lock:
             await self._ensure({target, results_topic})
             listener = await self._listener(results_topic)
-        future, progress = listener.expect(job.job_id)
+        future, progress = listener.expect(job.job_id)  # before the send: the result may come back at once
         with self._tracer.start_as_current_span(
             f"send {target}", kind=SpanKind.PRODUCER,
             attributes=tracing.producer_attributes(target, job_id=job.job_id) | {tracing.MODEL: job.model},
@@ -384,11 +339,14 @@ class AiaasClient:
                 meta = await producer.send_and_wait(
                     target, encode(job), key=job.job_id.encode(), headers=tracing.inject_headers()
                 )
-            except KafkaError as exc:
-                raise broker_unreachable(self.kafka, exc) from exc
+            except BaseException as exc:
+                listener.forget(job.job_id, future)  # no handle will ever wait on it
+                if isinstance(exc, KafkaError):
+                    raise broker_unreachable(self.kafka, exc) from exc
+                raise
             span.set_attribute("messaging.destination.partition.id", str(meta.partition))
             span.set_attribute("messaging.kafka.offset", meta.offset)
-        return JobHandle(job, sent_at, meta.partition, meta.offset, future, progress)
+        return JobHandle(job, sent_at, meta.partition, meta.offset, future, progress, _listener=listener)
 
     async def results(self, model: str, *, from_beginning: bool = False, topic: str | None = None,
                       idle_timeout: float | None = None, group_id: str | None = None,
@@ -405,23 +363,30 @@ class AiaasClient:
         set no result is handed over twice across restarts either.
         With `idle_timeout`, stops after that many seconds without a new result. Only committed
         results are read (read_committed), so an exactly-once service's aborted attempts never show.
+        Partitions added to the topic while reading are read too, from their beginning (within
+        seconds: the reader's metadata is refreshed every few). A record that is not a result (a body
+        that does not decode, a job id that is not one, or one the Kafka client itself cannot parse)
+        is logged with its coordinates and passed over: it never ends the iteration.
         """
         topic = topic or ModelTopics.of(model, self.kafka.topic_prefix).results
         await self._ensure({topic})
         done: dict[TopicPartition, int] = {}  # per partition: the offset after the last record handed over
         if group_id is None:
-            consumer = await _start_reader(self.kafka, topic, from_beginning)
+            reader = await _start_reader(self.kafka, topic, from_beginning=from_beginning)
         else:
-            consumer = await _start_group_reader(self.kafka, topic, group_id, done)
-        dedupe = _SeenIds()
-        committed_at = time.monotonic()
+            reader = await _start_group_reader(self.kafka, topic, group_id, done)
+        consumer, dedupe = reader.consumer, _SeenIds()
+        committed_at = active_at = time.monotonic()
         try:
             while True:
                 if group_id is not None and done and time.monotonic() - committed_at >= _COMMIT_INTERVAL_S:
                     await _commit_done(consumer, done)
                     committed_at = time.monotonic()
-                batches = await consumer.getmany(timeout_ms=int((idle_timeout or 1.0) * 1000))
-                if not batches and idle_timeout is not None:
+                wait_s = 1.0 if idle_timeout is None else max(0.0, idle_timeout - (time.monotonic() - active_at))
+                batches = await reader.getmany(timeout_ms=int(wait_s * 1000))
+                if batches:
+                    active_at = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - active_at >= idle_timeout:
                     return
                 for tp, records in batches.items():
                     for record in records:
@@ -460,48 +425,183 @@ class AiaasClient:
 
 
 def _receive(tracer: trace.Tracer, record: ConsumerRecord, max_bytes: int) -> Result | None:
-    """Decode one result inside a CONSUMER span continuing the job's trace (None if undecodable)."""
-    with tracer.start_as_current_span(
-        f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
-        attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset),
-    ) as span:
-        try:
+    """Decode one result inside a CONSUMER span continuing the job's trace.
+
+    Never raises: a record that is not a result (a body that does not decode, a job id that is not
+    one) is logged with its coordinates and None is returned.
+    """
+    try:
+        with tracer.start_as_current_span(
+            f"process {record.topic}", context=_trace_context(record), kind=SpanKind.CONSUMER,
+            attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset),
+        ) as span:
             result = decode_result(record.value or b"", max_bytes)
-        except AiaasError:
-            return None
-        span.set_attribute(tracing.JOB_ID, result.job_id)
-        span.set_attribute(tracing.STATUS, result.status)
-        return result
+            if not isinstance(result.job_id, str) or not _JOB_ID.fullmatch(result.job_id):
+                raise ValueError(f"its job id {result.job_id!r:.200} is not a job id")
+            span.set_attribute(tracing.JOB_ID, result.job_id)
+            span.set_attribute(tracing.STATUS, result.status)
+            return result
+    except Exception as exc:  # noqa: BLE001 - one bad record must not stop a reader; it is reported here
+        _log_skipped(record, exc)
+        return None
 
 
-async def _start_reader(kafka: KafkaSettings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
-    """A group-less consumer on every partition of `topic`, positioned before it returns."""
-    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
-                                isolation_level="read_committed",
-                                max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
+def _trace_context(record: ConsumerRecord) -> Context:
+    """The trace context the record carries; an empty one when its headers hold none that can be read."""
+    try:
+        return tracing.extract_context(record.headers)
+    except Exception as exc:  # noqa: BLE001 - junk trace headers only cost the result its trace link
+        log.debug("%s[%d] offset %d: unreadable trace context (%s)", record.topic, record.partition,
+                  record.offset, exc)
+        return Context()
+
+
+def _log_skipped(record: ConsumerRecord, exc: BaseException) -> None:
+    log.warning("skipped the record at %s[%d] offset %d: not a result this client can use (%s: %.300s)",
+                record.topic, record.partition, record.offset, type(exc).__name__, exc)
+
+
+class _Reader:
+    """A client reader's consumer, fetched so that no single record can stop it.
+
+    * aiokafka raises out of `getmany` on a record it cannot parse (a header key that is not UTF-8,
+      a corrupt batch) and stays before it, so a plain loop would fail on it for ever. The reader
+      steps up to it one record at a time, logs its coordinates, seeks past it and goes on. The
+      failed `getmany` has also moved past the records it took from other partitions before it
+      failed, without returning them: the reader moves those back first.
+    * A group-less reader (`follow=True`) follows partitions added to its topic: aiokafka's `assign`
+      is fixed, so it re-assigns with the new ones (read from their beginning: everything on them is
+      new), carrying the positions of the others over. A group reader's coordinator does that itself.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str, *, follow: bool,
+                 positions: dict[TopicPartition, int] | None = None,
+                 follow_every_s: float = _FOLLOW_INTERVAL_S) -> None:
+        self.consumer, self.topic, self._follow, self._follow_every_s = consumer, topic, follow, follow_every_s
+        self.positions = positions if positions is not None else {}
+        """Per partition: the offset after the last record `getmany` returned (a group reader drops the
+        partitions it gives up)."""
+        self._followed_at = time.monotonic()
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Records of the topic, as `AIOKafkaConsumer.getmany`, minus the ones aiokafka cannot parse."""
+        if self._follow and time.monotonic() - self._followed_at >= self._follow_every_s:
+            await self._follow_new_partitions()
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=timeout_ms)
+        except _UNPARSEABLE as exc:
+            fetched = await self._pass_unparseable(exc)
+        for tp, records in fetched.items():
+            if records:
+                self.positions[tp] = records[-1].offset + 1
+        return fetched
+
+    async def _follow_new_partitions(self) -> None:
+        self._followed_at = time.monotonic()
+        owned = self.consumer.assignment()
+        new = {TopicPartition(self.topic, p) for p in self.consumer.partitions_for_topic(self.topic) or ()} - owned
+        if not new:
+            return
+        at = {tp: await self.consumer.position(tp) for tp in owned}
+        self.consumer.assign(sorted(owned | new))  # resets every position: put the others back
+        for tp, offset in at.items():
+            self.consumer.seek(tp, offset)
+        await self.consumer.seek_to_beginning(*new)
+        for tp in new:
+            self.positions[tp] = await self.consumer.position(tp)
+        log.info("reading %s: %d new partition(s) %s, from their beginning", self.topic, len(new),
+                 sorted(tp.partition for tp in new))
+
+    async def _pass_unparseable(self, exc: BaseException) -> dict[TopicPartition, list[ConsumerRecord]]:
+        log.warning("reading %s: the Kafka client cannot parse a record (%s: %.300s); looking for it",
+                    self.topic, type(exc).__name__, exc)
+        owned = sorted(self.consumer.assignment())
+        for tp in owned:
+            if tp in self.positions:
+                self.consumer.seek(tp, self.positions[tp])
+            else:  # a group reader's partition it has returned nothing from yet: where the group left it
+                committed = await self.consumer.seek_to_committed(tp)
+                if not committed.get(tp):
+                    await self.consumer.seek_to_beginning(tp)
+        fetched = {}
+        for tp in owned:
+            records = await self._step_through(tp)
+            if records:
+                fetched[tp] = records
+        return fetched
+
+    async def _step_through(self, tp: TopicPartition) -> list[ConsumerRecord]:
+        """Up to `_PROBE_MAX_RECORDS` of `tp`'s records, one fetch each, seeking past any it cannot parse."""
+        records: list[ConsumerRecord] = []
+        for _ in range(_PROBE_MAX_RECORDS):
+            end = self.consumer.last_stable_offset(tp)
+            if end is not None and await self.consumer.position(tp) >= end:
+                break  # nothing more to read there now: do not wait for it
+            try:
+                got = await self.consumer.getmany(tp, timeout_ms=_PROBE_TIMEOUT_MS, max_records=1)
+            except _UNPARSEABLE as exc:
+                offset = await self.consumer.position(tp)
+                log.warning("skipped the record at %s[%d] offset %d: the Kafka client cannot parse it (%s: %.300s)",
+                            tp.topic, tp.partition, offset, type(exc).__name__, exc)
+                self.consumer.seek(tp, offset + 1)
+                self.positions[tp] = offset + 1
+                continue
+            if not got:
+                break
+            records.extend(got[tp])
+        return records
+
+
+def _reader_consumer(kafka: KafkaSettings, **options: object) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**kafka.connection_kwargs(), enable_auto_commit=False, isolation_level="read_committed",
+                            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+                            max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024, **options)
+
+
+async def _start_reader(kafka: KafkaSettings, topic: str, *, from_beginning: bool = False,
+                        positions: Mapping[TopicPartition, int] | None = None) -> _Reader:
+    """A group-less reader of every partition of `topic`, positioned before it returns.
+
+    At the end of each partition (the beginning with `from_beginning`); with `positions`, at those,
+    and at the beginning of any partition they do not name (one added since they were taken).
+    """
+    consumer = _reader_consumer(kafka, group_id=None)
     await consumer.start()
-    # The consumer's metadata may predate a topic created a moment ago: ask the cluster itself.
-    partitions = consumer.partitions_for_topic(topic) or range(await partition_count(kafka, topic, wait_s=5))
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    if from_beginning:
-        await consumer.seek_to_beginning(*assigned)
-    else:
-        await consumer.seek_to_end(*assigned)
-    for tp in assigned:  # pin the positions now, so nothing published after this call is missed
-        await consumer.position(tp)
-    return consumer
+    try:
+        # The consumer's metadata may predate a topic created a moment ago: ask the cluster itself.
+        partitions = consumer.partitions_for_topic(topic) or range(await partition_count(kafka, topic, wait_s=5))
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        if positions is not None:
+            for tp in assigned:
+                if tp in positions:
+                    consumer.seek(tp, positions[tp])
+            if unknown := [tp for tp in assigned if tp not in positions]:
+                await consumer.seek_to_beginning(*unknown)
+        elif from_beginning:
+            await consumer.seek_to_beginning(*assigned)
+        else:
+            await consumer.seek_to_end(*assigned)
+        # Pin the positions now, so nothing published after this call is missed.
+        pinned = {tp: await consumer.position(tp) for tp in assigned}
+    except BaseException:
+        await consumer.stop()
+        raise
+    return _Reader(consumer, topic, follow=True, positions=pinned)
 
 
 async def _start_group_reader(kafka: KafkaSettings, topic: str, group_id: str,
-                              done: dict[TopicPartition, int]) -> AIOKafkaConsumer:
-    """A member of consumer group `group_id` on `topic`: from its committed offsets, the earliest where none."""
-    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=group_id, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
-    consumer.subscribe([topic], listener=_CommitOnRevoke(consumer, done))
+                              done: dict[TopicPartition, int]) -> _Reader:
+    """A member of consumer group `group_id` on `topic`: from its committed offsets, the earliest where none.
+
+    Partitions added to the topic reach the group at the next metadata refresh: its coordinator
+    rebalances, and a new partition, having no committed offset, is read from its beginning.
+    """
+    consumer = _reader_consumer(kafka, group_id=group_id, auto_offset_reset="earliest")
+    positions: dict[TopicPartition, int] = {}
+    consumer.subscribe([topic], listener=_CommitOnRevoke(consumer, done, positions))
     await consumer.start()
-    return consumer
+    return _Reader(consumer, topic, follow=False, positions=positions)
 
 
 async def _commit_done(consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
@@ -530,55 +630,146 @@ async def _commit_done(consumer: AIOKafkaConsumer, done: dict[TopicPartition, in
 class _CommitOnRevoke(ConsumerRebalanceListener):
     """Before partitions move to another reader of the group, commit what was handed over from them."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
-        self._consumer, self._done = consumer, done
+    def __init__(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int],
+                 positions: dict[TopicPartition, int]) -> None:
+        self._consumer, self._done, self._positions = consumer, done, positions
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await _commit_done(self._consumer, self._done)
+        for tp in revoked:  # another member moves on with them; if they come back, it is from its commits
+            self._positions.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass
 
 
-class _ResultListener:
-    """Reads one results topic from 'now' and completes the futures of jobs this client sent."""
+_OpenReader = Callable[[Mapping[TopicPartition, int] | None], Awaitable[_Reader]]
 
-    def __init__(self, client: AiaasClient, consumer: AIOKafkaConsumer) -> None:
+
+@dataclass(eq=False)
+class _Waiter:
+    """One handle's wait for a job's result: its future, and its queue of progress events."""
+
+    future: asyncio.Future[tuple[Result, float]]
+    progress: asyncio.Queue[Result]
+
+
+class _ResultListener:
+    """Reads one results topic from 'now' and completes the futures of jobs this client sent.
+
+    No record stops it: one it cannot use is logged and passed over. Any other error is logged and
+    the listener starts a fresh consumer after a backoff, from the positions it had reached, while
+    the handles keep waiting. It keeps only the job ids some handle is waiting for.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, open_reader: _OpenReader | None = None) -> None:
+        """`open_reader(positions)` starts a reader of `topic` at `positions` (None: at its end); the default
+        is `_start_reader`'s group-less consumer."""
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
-        self._max_bytes = client.kafka.max_message_bytes
-        self._consumer = consumer
-        self._waiting: dict[str, tuple[asyncio.Future[tuple[Result, float]], asyncio.Queue[Result]]] = {}
-        self._task = asyncio.create_task(self._run())
+        self._max_bytes = kafka.max_message_bytes
+        self._topic = topic
+        self._open = open_reader or (lambda positions: _start_reader(kafka, topic, positions=positions))
+        self._reader: _Reader | None = None
+        self._positions: Mapping[TopicPartition, int] | None = None
+        self._waiting: dict[str, list[_Waiter]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0
+        """How many times the listener has started a fresh consumer after an error."""
 
     @classmethod
     async def start(cls, client: AiaasClient, topic: str) -> "_ResultListener":
-        return cls(client, await _start_reader(client.kafka, topic, from_beginning=False))
+        """A listener reading `topic` from its end: positioned before this returns, so no result is missed."""
+        listener = cls(client.kafka, topic)
+        await listener.open()
+        return listener
+
+    async def open(self) -> None:
+        """Position the first consumer and start reading."""
+        self._reader = await self._open(None)
+        self._task = asyncio.create_task(self._run(), name=f"aiaas result listener {self._topic}")
 
     def expect(self, job_id: str) -> tuple[asyncio.Future[tuple[Result, float]], asyncio.Queue[Result]]:
-        future = asyncio.get_running_loop().create_future()
+        """A new future (and progress queue) completed by `job_id`'s final result."""
+        future: asyncio.Future[tuple[Result, float]] = asyncio.get_running_loop().create_future()
         progress: asyncio.Queue[Result] = asyncio.Queue()
-        self._waiting[job_id] = (future, progress)
+        self.watch(job_id, future, progress)
         return future, progress
 
+    def watch(self, job_id: str, future: asyncio.Future[tuple[Result, float]], progress: asyncio.Queue[Result]) -> None:
+        """Complete `future` with `job_id`'s final result (again after a `forget`; once per future)."""
+        waiters = self._waiting.setdefault(job_id, [])
+        if all(w.future is not future for w in waiters):
+            waiters.append(_Waiter(future, progress))
+
+    def forget(self, job_id: str, future: asyncio.Future[tuple[Result, float]]) -> None:
+        """Stop watching for `future` (a handle that timed out); the job id is dropped with its last waiter."""
+        waiters = [w for w in self._waiting.get(job_id, ()) if w.future is not future]
+        if waiters:
+            self._waiting[job_id] = waiters
+        else:
+            self._waiting.pop(job_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many job ids some handle is waiting for."""
+        return len(self._waiting)
+
     async def _run(self) -> None:
-        async for record in self._consumer:
-            key = record.key.decode(errors="replace") if record.key else None
-            if key not in self._waiting:
-                continue  # someone else's job, or a duplicate of one already answered
-            result = _receive(self._tracer, record, self._max_bytes)
-            if result is None or result.job_id not in self._waiting:
+        failures = 0
+        while True:
+            try:
+                if self._reader is None:
+                    self._reader = await self._open(self._positions)
+                batches = await self._reader.getmany(timeout_ms=1000)
+            except Exception as exc:  # noqa: BLE001 - logged; the listener must outlive any error
+                failures += 1
+                delay = min(_RESTART_BACKOFF_S[0] * 2 ** (failures - 1), _RESTART_BACKOFF_S[1])
+                log.error("the result listener on %s failed (%s: %s); restarting in %.1f s, %d job(s) waiting",
+                          self._topic, type(exc).__name__, exc, delay, len(self._waiting), exc_info=exc)
+                await self._close_reader()
+                await asyncio.sleep(delay)
+                self.restarts += 1
                 continue
-            if result.status not in TERMINAL_STATUSES:
-                self._waiting[result.job_id][1].put_nowait(result)
-                continue
-            future, _ = self._waiting.pop(result.job_id)
-            if not future.done():
-                future.set_result((result, time.time()))
+            failures = 0
+            for records in batches.values():
+                for record in records:
+                    self._deliver(record)
+
+    def _deliver(self, record: ConsumerRecord) -> None:
+        """Hand one record to the handles waiting for it; never raises."""
+        try:
+            self._complete(record)
+        except Exception as exc:  # noqa: BLE001 - one record must not stop the listener
+            _log_skipped(record, exc)
+
+    def _complete(self, record: ConsumerRecord) -> None:
+        key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else None
+        if key not in self._waiting:
+            return  # someone else's job, a duplicate of one already answered, or a key no job id has
+        result = _receive(self._tracer, record, self._max_bytes)
+        if result is None or result.job_id not in self._waiting:
+            return
+        if result.status not in TERMINAL_STATUSES:
+            for waiter in self._waiting[result.job_id]:
+                waiter.progress.put_nowait(result)
+            return
+        received_at = time.time()
+        for waiter in self._waiting.pop(result.job_id):
+            if not waiter.future.done():
+                waiter.future.set_result((result, received_at))
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        self._positions = dict(reader.positions)  # what was delivered: the next consumer starts there
+        with contextlib.suppress(Exception):
+            await reader.consumer.stop()
 
     async def stop(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except (asyncio.CancelledError, Exception):
-            pass
-        await self._consumer.stop()
+        """Stop reading (waiting handles are not completed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._close_reader()
