@@ -16,7 +16,8 @@
 #                           small machine shared with services, tests and benchmarks cost them more than C2's
 #                           faster code saves (bench/results/2026-11-23-broker-jit-intel-xeon-2-50ghz-2c.md).
 #                           For a long-lived broker on its own machine, "-XX:+UseG1GC" restores tiered compiling.
-#   AIAAS_KAFKA_PARTITIONS  default partitions of auto-created topics (default 3)
+#   AIAAS_KAFKA_PARTITIONS  default partitions of topics created without a count (default 3); the broker
+#                           creates no topic by itself (auto.create.topics.enable=false): aiaas creates its own
 #
 # Opt-in security (off by default; PLAINTEXT on the client port always stays, for tools and tests):
 #   AIAAS_KAFKA_SCRAM_USERS "user:password[,user:password ...]" (no "," or '"' in a password): adds a
@@ -130,7 +131,7 @@ transaction.state.log.num.partitions=3
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
+auto.create.topics.enable=false
 message.max.bytes=8388608
 PROPS
   cat >"$state/log4j2.properties" <<PROPS

@@ -140,6 +140,7 @@ class JobPipeline:
         self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
         self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
+        self._searches = 0  # searches for an unparseable record in a row that found none (each waits longer)
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -258,34 +259,39 @@ class JobPipeline:
     async def _step_over_unreadable(self, error: BaseException) -> dict:
         """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
 
-        The failed call may have moved other partitions past records it never returned, so every partition first
-        goes back to the record after the last one taken. Then each partition is read one record at a time: a
-        partition that fails twice at the same position holds an unreadable record there. It becomes an
-        `UnreadableRecord` (the worker dead-letters it with its coordinates) and reading resumes after it.
+        The failed call may have moved other partitions past records it never returned, so those go back to the
+        record after the last one taken. Then each partition is read one record at a time: one that fails twice at
+        the same position holds an unreadable record there. It becomes an `UnreadableRecord` (the worker
+        dead-letters it with its coordinates) and reading resumes after it. A search that finds nothing (the
+        record was not fetched again in time) leaves the next poll to fail and search again, waiting longer.
         """
         log.warning("the Kafka client could not parse a record (%s: %s); finding it", type(error).__name__, error)
+        self._searches += 1
         assignment = self._consumer.assignment()
         for tp in assignment:
-            if tp in self._next_offset:
+            if tp in self._next_offset and await self._consumer.position(tp) != self._next_offset[tp]:
                 self._consumer.seek(tp, self._next_offset[tp])
         untaken = [tp for tp in assignment if tp not in self._next_offset]
         if untaken:
             await self._consumer.seek_to_committed(*untaken)
+        wait_ms = min(1000, 100 * self._searches)
         found: dict = {}
         for tp in sorted(assignment):
-            records = await self._read_one_by_one(tp, error)
+            records = await self._read_one_by_one(tp, error, wait_ms)
             if records:
                 found[tp] = records
+        if any(isinstance(r, UnreadableRecord) for records in found.values() for r in records):
+            self._searches = 0
         return found
 
-    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException) -> list:
+    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException, wait_ms: int) -> list:
         """Records of `tp` one per call (bounded), ending with an UnreadableRecord if one is found."""
         records: list = []
         failed_at: int | None = None
         empty_polls = 0
         for _ in range(4 * self._max_batch + 8):
             try:
-                got = await self._consumer.getmany(tp, timeout_ms=_IDLE_POLL_MS * 3, max_records=1)
+                got = await self._consumer.getmany(tp, timeout_ms=wait_ms, max_records=1)
             except KafkaError as exc:
                 if not isinstance(exc, CorruptRecordException):
                     raise
@@ -308,8 +314,10 @@ class JobPipeline:
                 records += got[tp]
                 empty_polls = 0
                 continue
-            empty_polls += 1  # right after a failure the client answers empty once before it fetches again
-            if empty_polls > 2:
+            empty_polls += 1
+            # Right after a failure the client answers empty once or twice before it has fetched the records again;
+            # a partition that answers empty without having failed has nothing (more) for us now.
+            if failed_at is None or empty_polls > 3:
                 return records
         return records
 

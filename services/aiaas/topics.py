@@ -7,12 +7,12 @@ import re
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from .settings import KafkaSettings
 
 __all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "ensure_topics", "list_topics",
-           "TENANT_PATTERN", "check_tenant"]
+           "TENANT_PATTERN", "check_tenant", "TopicNotCreated"]
 
 TENANT_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
 """A tenant's name: it is also a Kafka principal's name and the last part of the tenant's topic names."""
@@ -94,23 +94,41 @@ def service_topics(model: str, settings: KafkaSettings) -> list[str]:
 
 
 async def ensure_topics(settings: KafkaSettings, names: list[str]) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created. Safe to call from many processes."""
+    """Create the topics that do not exist yet; returns the ones created. Safe to call from many processes.
+
+    The broker creates no topic by itself (auto-creation is off, as it should be on a shared cluster), so every
+    aiaas process creates what it needs here. A topic the broker refuses to create (no CREATE permission, a bad
+    name) raises TopicNotCreated saying which and why; one that another process created meanwhile is fine.
+    """
     admin = AIOKafkaAdminClient(**settings.connection_kwargs())
     await admin.start()
     try:
-        missing = [name for name in names if name not in set(await admin.list_topics())]
-        created = []
-        for name in missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)]
-                )
-                created.append(name)
-            except TopicAlreadyExistsError:  # another process won the race
-                pass
+        existing = set(await admin.list_topics())
+        missing = [name for name in dict.fromkeys(names) if name not in existing]
+        if not missing:
+            return []
+        try:
+            response = await admin.create_topics([NewTopic(name, num_partitions=settings.partitions,
+                                                           replication_factor=settings.replication_factor)
+                                                  for name in missing])
+        except TopicAlreadyExistsError:  # older brokers answer a lone topic's race this way
+            return []
+        created, refused = [], []
+        for topic, code, *rest in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code != TopicAlreadyExistsError.errno:  # another process won the race: fine
+                error = for_code(code)
+                refused.append(f"{topic}: {error.__name__}{f' ({rest[0]})' if rest and rest[0] else ''}")
+        if refused:
+            raise TopicNotCreated("the broker refused to create " + "; ".join(refused))
         return created
     finally:
         await admin.close()
+
+
+class TopicNotCreated(Exception):
+    """The broker refused to create a topic aiaas needs (permissions, name, or the cluster's policy)."""
 
 
 async def list_topics(settings: KafkaSettings) -> dict[str, int]:

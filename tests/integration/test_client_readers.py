@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,29 +20,9 @@ from aiaas.client import AiaasClient
 from aiaas.codec import encode
 from aiaas.contracts import Result
 from aiaas.topics import ModelTopics, ensure_topics
+from tests.integration.unparseable import publish_unparseable
 
 pytestmark = pytest.mark.integration
-
-_UNPARSEABLE_PRODUCER = """
-import asyncio, sys
-from aiokafka import AIOKafkaProducer
-
-class NotUtf8(str):
-    # aiokafka's pure-Python record builder (AIOKAFKA_NO_EXTENSIONS=1) writes what encode() returns.
-    def encode(self, *args, **kwargs):
-        return b"\\xff\\xfe-not-utf-8"
-
-async def main(servers, topic, partition, key, value):
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=key, partition=partition, headers=[(NotUtf8("x"), b"v")])
-    finally:
-        await producer.stop()
-
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode(), bytes.fromhex(sys.argv[5])))
-"""
-
 
 def result(job_id: str) -> bytes:
     return encode(Result(job_id=job_id, model="vision", status="ok"))
@@ -59,15 +37,6 @@ async def publish(settings, topic: str, records: list[tuple[bytes | None, bytes,
             await producer.send_and_wait(topic, value, key=key, headers=headers, partition=partition)
     finally:
         await producer.stop()
-
-
-async def publish_unparseable(settings, topic: str, *, key: str, value: bytes, partition: int = 0) -> None:
-    """One record whose header key is not UTF-8 (a Java or librdkafka client cannot even write one; a raw one can)."""
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", _UNPARSEABLE_PRODUCER, settings.bootstrap_servers, topic,
-                         str(partition), key, value.hex()],
-        env={"AIOKAFKA_NO_EXTENSIONS": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
 
 
 def hostile(job_id: str, partition: int = 0) -> tuple[list[tuple], list[str]]:
