@@ -92,6 +92,8 @@ class FakeConsumer:
         self.pause_calls = 0
         self.commits: list[dict] = []
         self.seeks: list[tuple] = []
+        self.unparseable: set[tuple[int, int]] = set()  # (partition, offset) of records getmany raises on
+        self.raised = 0
 
     def assignment(self) -> set:
         return set(self.log)
@@ -118,13 +120,18 @@ class FakeConsumer:
             self.offsets[tp] = max((commit[tp] for commit in self.commits if tp in commit), default=0)
         return {}
 
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+    async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
         out: dict = {}
         budget = max_records or 1 << 30
         for tp, records in self.log.items():
-            if tp in self.paused or budget == 0:
+            if tp in self.paused or budget == 0 or (partitions and tp not in partitions):
                 continue
             taken = records[self.offsets[tp]:self.offsets[tp] + budget]
+            if any((tp.partition, record.offset) in self.unparseable for record in taken):
+                # As aiokafka on a record it cannot parse: the call raises, the failing partition stays where it
+                # was, and what the call drained from other partitions is lost (their positions moved on).
+                self.raised += 1
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
             if taken:
                 out[tp] = taken
                 self.offsets[tp] += len(taken)

@@ -293,11 +293,15 @@ class AiaasClient:
         attributes: Mapping[str, str] | None = None,
         job_id: str | None = None,
     ) -> JobHandle:
-        """Publish one inference job; returns once the broker has it. Await `.result()` for the outcome."""
+        """Publish one inference job; returns once the broker has it. Await `.result()` for the outcome.
+
+        `tenant` (default: the `AIAAS_KAFKA_TENANT` setting) publishes to that tenant's infer topic; the service
+        takes the tenant from the topic, and Kafka ACLs decide who may write there.
+        """
         now = time.time()
         job = Job(
             model=model, inputs=dict(inputs), task=task, model_version=version, priority=priority,
-            deadline=now + deadline_s if deadline_s else None, reply_to=reply_to, tenant=tenant,
+            deadline=now + deadline_s if deadline_s else None, reply_to=reply_to, tenant=tenant or self.kafka.tenant,
             attributes=dict(attributes or {}), created_at=now, job_id=job_id or new_job_id(),
         )
         return await self.submit_job(job)
@@ -324,8 +328,11 @@ class AiaasClient:
         """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise)."""
         producer = self._require_producer()
         topics = ModelTopics.of(job.model, self.kafka.topic_prefix)
-        target = topics.train if job.kind == "train" else topics.infer
-        results_topic = job.reply_to or topics.results
+        if job.tenant is not None and job.kind == "infer":
+            target, results_topic = topics.tenant_infer(job.tenant), job.reply_to or topics.tenant_results(job.tenant)
+        else:
+            target = topics.train if job.kind == "train" else topics.infer
+            results_topic = job.reply_to or topics.results
         async with self._setup_lock:
             await self._ensure({target, results_topic})
             listener = await self._listener(results_topic)
@@ -368,7 +375,8 @@ class AiaasClient:
         that does not decode, a job id that is not one, or one the Kafka client itself cannot parse)
         is logged with its coordinates and passed over: it never ends the iteration.
         """
-        topic = topic or ModelTopics.of(model, self.kafka.topic_prefix).results
+        topics = ModelTopics.of(model, self.kafka.topic_prefix)
+        topic = topic or (topics.tenant_results(self.kafka.tenant) if self.kafka.tenant else topics.results)
         await self._ensure({topic})
         done: dict[TopicPartition, int] = {}  # per partition: the offset after the last record handed over
         if group_id is None:

@@ -32,6 +32,12 @@ class KafkaSettings(BaseSettings):
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
     topic_prefix: str = Field("aiaas", description="First part of every topic name: <prefix>.<model>.infer.")
+    tenant: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_-]{0,62}$",
+        description="The tenant a client publishes as (with SASL: its user name): jobs go to "
+        "`<prefix>.<model>.infer.<tenant>` and results are read from `<prefix>.<model>.results.<tenant>`, topics "
+        "that Kafka ACLs let only this tenant use (docs/security.md). Unset: the shared topics.",
+    )
     partitions: int = Field(3, ge=1, description="Partitions of topics that aiaas creates.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics that aiaas creates.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

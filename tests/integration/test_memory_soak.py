@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiaas.codec import encode
 from aiaas.contracts import Job
 from tests.integration.conftest import ServiceProcess
+from tests.integration.test_hostile_input import rss_kib
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,15 +30,6 @@ BUDGET = 8 * 1024 * 1024  # outcome memory and in-flight window alike
 RSS_GROWTH_BOUND_KIB = 24 * 1024
 """What resident memory may grow by after the first round; every later round passes ~31 MiB of results through the
 outcome memory, so one that kept them would grow by ~94 MiB."""
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, from /proc (kB)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 @pytest.fixture

@@ -216,39 +216,9 @@ async def test_on_the_event_loop_a_backlog_of_batches_does_not_hold_back_publish
     assert events.index("send") < infers[3]
 
 
-class UnparseableConsumer(FakeConsumer):
-    """Raises as aiokafka does on a record it cannot parse (a header key that is not UTF-8): the call fails, the
-    failing partition's position stays where it was, and partitions drained earlier in the same call lose the
-    records the call took (their positions moved on)."""
-
-    def __init__(self, records_by_partition, poison: set[tuple[int, int]]) -> None:
-        super().__init__(records_by_partition)
-        self.poison = poison
-        self.raised = 0
-
-    async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
-        out: dict = {}
-        budget = max_records or 1 << 30
-        for tp, records in self.log.items():
-            if tp in self.paused or budget == 0 or (partitions and tp not in partitions):
-                continue
-            taken = records[self.offsets[tp]:self.offsets[tp] + budget]
-            for record in taken:
-                if (tp.partition, record.offset) in self.poison:
-                    self.raised += 1
-                    out.clear()  # what this call drained from other partitions is lost with the exception
-                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
-            if taken:
-                out[tp] = taken
-                self.offsets[tp] += len(taken)
-                budget -= len(taken)
-        if not out:
-            await asyncio.sleep(timeout_ms / 1000)
-        return out
-
-
 async def test_a_record_the_client_cannot_parse_is_dead_lettered_by_its_coordinates_and_nothing_else_is_lost():
-    consumer = UnparseableConsumer({0: partition_log(0, 30), 1: partition_log(1, 30)}, poison={(1, 12)})
+    consumer = FakeConsumer({0: partition_log(0, 30), 1: partition_log(1, 30)})
+    consumer.unparseable = {(1, 12)}
     sink = RecordingSink()
     pipeline = make_pipeline(consumer, sink, max_batch=8, max_in_flight=16)
     stats = await run_until(pipeline, lambda: len(answered(sink)) == 59)
