@@ -3,6 +3,10 @@
 A trainer registers every version it makes, but only one that scores at least as well as the
 version in production should replace it without a person deciding. The rest land on
 `staging`, where `aiaas models promote` can still put them live (and `rollback` undo that).
+
+A version scored on the job's own data (a hold-out of the data the job brought, or evaluation
+data the job also trained on) lands on `staging` whatever the mode: a training job is untrusted
+input, and a score it could choose the test set for says nothing about what production serves.
 """
 
 from __future__ import annotations
@@ -47,8 +51,15 @@ class PromotionPolicy(BaseModel):
         "(negative: how much worse it may be).",
     )
 
-    def aliases_for(self, registry: Registry, model: str, metrics: dict[str, float]) -> tuple[str, ...]:
-        """The aliases to register a version with `metrics` under: `("production",)` or `("staging",)`."""
+    def aliases_for(self, registry: Registry, model: str, metrics: dict[str, float], *,
+                    scored_on_job_data: bool = False) -> tuple[str, ...]:
+        """The aliases to register a version with `metrics` under: `("production",)` or `("staging",)`.
+
+        `scored_on_job_data`: the metrics were measured on data the training job chose; such a
+        version is never made `production` here (only a person can, with `aiaas models promote`).
+        """
+        if scored_on_job_data:
+            return (STAGING,)
         if self.mode == "always":
             return (PRODUCTION,)
         if self.mode == "never":

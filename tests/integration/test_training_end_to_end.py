@@ -148,9 +148,10 @@ async def test_after_max_attempts_the_job_fails_with_a_dead_letter(kafka_setting
     assert [dict(r.headers)["aiaas.error.type"] for r in dead] == [b"TooManyAttempts"]
 
 
-async def test_a_bad_training_job_fails_with_a_dead_letter_and_the_next_one_trains(kafka_settings, env, tmp_path,
+async def test_a_bad_training_job_fails_with_a_dead_letter_and_the_next_one_trains(kafka_settings, env, home, tmp_path,
                                                                                   topic_prefix):
-    data = tmp_path / "digits.jsonl"
+    data = home.root.parent / "data" / "digits.jsonl"  # under the trainer's default data root
+    data.parent.mkdir()
     data.write_text('{"image": [[0]], "label": 1}\n')
     training = trainer(env, tmp_path).start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +21,20 @@ from aiaas.registry import Registry
 from aiaas.text.head import ClassifierHead
 from aiaas.text.training import TextTrainer
 from aiaas.training.attempts import AttemptCounter
-from aiaas.training.data_files import read_data_file
+from aiaas.training.data_files import DataLimits, read_data_file
 from aiaas.training.request import TrainingRequest
+from aiaas.training.settings import TrainerSettings
 from aiaas.vision.data import load_split
 from aiaas.vision.trainer import TrainParams, build
 from aiaas.vision.training import VisionTrainer
 
 MAX_BYTES = 1 << 20
+ANYWHERE = TrainerSettings(data_roots=[Path("/")], max_data_bytes=MAX_BYTES)
+"""For tests of parsing and training: any file may be read (tests of the data roots give their own)."""
+
+
+def limits(root, max_bytes: int = MAX_BYTES, max_rows: int = 1000) -> DataLimits:
+    return DataLimits((Path(root),), max_bytes, max_rows)
 
 
 def train_job(model: str = "vision", **inputs) -> Job:
@@ -34,7 +42,7 @@ def train_job(model: str = "vision", **inputs) -> Job:
 
 
 def request(model: str = "vision", **inputs) -> TrainingRequest:
-    return TrainingRequest.from_job(train_job(model, **inputs), MAX_BYTES)
+    return TrainingRequest.from_job(train_job(model, **inputs), ANYWHERE)
 
 
 def sha256_file(path) -> str:
@@ -141,7 +149,7 @@ def test_base_version_of_another_type_is_refused():
 def test_npz_columns_are_plain_arrays(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, images=np.zeros((2, 8, 8), np.float32), labels=np.array([4, 5]))
-    columns = read_data_file(str(path), None, MAX_BYTES)
+    columns = read_data_file(str(path), None, limits(tmp_path))
     assert set(columns) == {"images", "labels"} and columns["images"].shape == (2, 8, 8)
     np.testing.assert_array_equal(columns["labels"], [4, 5])
 
@@ -150,13 +158,13 @@ def test_npz_with_a_pickled_object_array_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, labels=np.array([{"a": 1}, None], dtype=object))  # savez pickles object arrays
     with pytest.raises(InvalidJob, match="cannot be read.*allow_pickle"):
-        read_data_file(str(path), None, MAX_BYTES)
+        read_data_file(str(path), None, limits(tmp_path))
 
 
 def test_jsonl_rows_become_columns_and_blank_lines_are_skipped(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "hello there", "label": "greeting"}\n\n{"text": "bye now", "label": "farewell"}\n')
-    assert read_data_file(str(path), None, MAX_BYTES) == {
+    assert read_data_file(str(path), None, limits(tmp_path)) == {
         "text": ["hello there", "bye now"], "label": ["greeting", "farewell"]}
 
 
@@ -168,7 +176,7 @@ def test_bad_jsonl_is_an_invalid_job(tmp_path, content, message):
     path = tmp_path / "d.jsonl"
     path.write_text(content)
     with pytest.raises(InvalidJob, match=message):
-        read_data_file(str(path), None, MAX_BYTES)
+        read_data_file(str(path), None, limits(tmp_path))
 
 
 def test_parquet_columns_are_read(tmp_path):
@@ -177,57 +185,57 @@ def test_parquet_columns_are_read(tmp_path):
 
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"texts": ["one", "two"], "labels": ["a", "b"]}), path)
-    assert read_data_file(str(path), None, MAX_BYTES) == {"texts": ["one", "two"], "labels": ["a", "b"]}
+    assert read_data_file(str(path), None, limits(tmp_path)) == {"texts": ["one", "two"], "labels": ["a", "b"]}
 
 
 def test_a_file_uri_is_read_percent_encoding_included(tmp_path):
     path = tmp_path / "my data.jsonl"  # Path.as_uri() writes the space as %20
     path.write_text('{"x": 1}\n')
     assert "%20" in path.as_uri()
-    assert read_data_file(path.as_uri(), None, MAX_BYTES) == {"x": [1]}
+    assert read_data_file(path.as_uri(), None, limits(tmp_path)) == {"x": [1]}
 
 
 def test_the_sha256_is_checked_in_either_case(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"x": 1}\n')
-    assert read_data_file(str(path), sha256_file(path).upper(), MAX_BYTES) == {"x": [1]}
+    assert read_data_file(str(path), sha256_file(path).upper(), limits(tmp_path)) == {"x": [1]}
     with pytest.raises(InvalidJob, match="does not match the given data_sha256"):
-        read_data_file(str(path), hashlib.sha256(b"other").hexdigest(), MAX_BYTES)
+        read_data_file(str(path), hashlib.sha256(b"other").hexdigest(), limits(tmp_path))
 
 
 def test_a_file_over_the_limit_is_refused(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"x": 1}\n')  # 9 bytes
-    assert read_data_file(str(path), None, 9) == {"x": [1]}
-    with pytest.raises(InvalidJob, match="has 9 bytes; the trainer accepts at most 8"):
-        read_data_file(str(path), None, 8)
+    assert read_data_file(str(path), None, limits(tmp_path, 9)) == {"x": [1]}
+    with pytest.raises(InvalidJob, match="larger than 8 bytes"):
+        read_data_file(str(path), None, limits(tmp_path, 8))
 
 
 def test_an_unknown_suffix_is_refused(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("x\n1\n")
     with pytest.raises(InvalidJob, match="use .parquet, .npz or .jsonl"):
-        read_data_file(str(path), None, MAX_BYTES)
+        read_data_file(str(path), None, limits(tmp_path))
 
 
 def test_a_missing_file_or_a_folder_is_refused(tmp_path):
     with pytest.raises(InvalidJob, match="does not exist"):
-        read_data_file(str(tmp_path / "nope.npz"), None, MAX_BYTES)
-    with pytest.raises(InvalidJob, match="does not exist"):
-        read_data_file(tmp_path.as_uri(), None, MAX_BYTES)
+        read_data_file(str(tmp_path / "nope.npz"), None, limits(tmp_path))
+    with pytest.raises(InvalidJob, match="not a regular file"):
+        read_data_file(tmp_path.as_uri(), None, limits(tmp_path))
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/data.parquet", "https://example.com/d.npz", "ftp://host/d.jsonl"])
 def test_non_local_uris_are_refused(uri):
     with pytest.raises(InvalidJob, match="only local paths and file:// URIs"):
-        read_data_file(uri, None, MAX_BYTES)
+        read_data_file(uri, None, limits("/"))
 
 
 def test_a_corrupt_file_is_an_invalid_job(tmp_path):
     path = tmp_path / "d.npz"
     path.write_bytes(b"not a zip file at all")
     with pytest.raises(InvalidJob, match="d.npz cannot be read"):
-        read_data_file(str(path), None, MAX_BYTES)
+        read_data_file(str(path), None, limits(tmp_path))
 
 
 # --- AttemptCounter -----------------------------------------------------------------------------
@@ -329,6 +337,7 @@ def test_vision_trains_on_inline_images(small_vision_registry, tmp_path):
     expected = hashlib.sha256(images.reshape(200, 1, 8, 8).tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
     assert candidate.data_hash == expected != builtin_split().data_hash()
     assert len(events) == 2 and 0 <= candidate.metrics["accuracy"] <= 1
+    assert candidate.scored_on == "reference"  # its own training digits; evaluated on the held-out ones
 
 
 def test_vision_trains_on_a_jsonl_file_of_image_label_rows(small_vision_registry, tmp_path):
@@ -416,6 +425,7 @@ def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
     assert candidate.metrics["int8_accuracy"] >= 0.85 and candidate.metrics["int8_cosine_min"] >= 0.95
     assert events[-1].epoch == events[-1].epochs == candidate.params["epochs"]
     assert candidate.params["encoder"] == "all-MiniLM-L6-v2"
+    assert candidate.scored_on == "reference"
 
 
 
@@ -437,6 +447,7 @@ def test_text_head_trained_on_the_jobs_own_sentences(text_registry, tmp_path):
     assert candidate.metrics["held_out"] == 6  # a seeded fifth of the 30 pairs
     assert candidate.metrics["accuracy"] >= 0.8
     assert [e.epoch for e in events] == [25, 50, 75, 100] and events[-1].metric == candidate.metrics["accuracy"]
+    assert candidate.scored_on == "job_data"  # a fifth of its own sentences: never production by itself
 
 
 @pytest.mark.parametrize("inputs, message", [
@@ -515,6 +526,7 @@ def test_the_default_job_gives_builds_model_with_builds_artifacts(recsys_trainin
     for name in ("hit_rate_at_10", "popularity_hit_rate_at_10"):
         assert candidate.metrics[name] == built.metrics[name]  # same data, same seed, same code path
     assert candidate.metrics["held_out_users"] == 1000 and len(events) == 10
+    assert candidate.scored_on == "reference"
 
 
 def test_the_trained_candidate_serves_through_the_runtime_and_beats_popularity(recsys_default_candidate, tmp_path):
@@ -564,6 +576,7 @@ def test_recsys_trains_on_the_jobs_own_ratings(recsys_training_registry, tmp_pat
     assert candidate.data_hash != load_ratings_split().data_hash()
     assert candidate.params["data"] == {"source": "job", "ratings": len(columns["rating"]), "users": 200, "items": 100}
     assert candidate.metrics["held_out_users"] == 200  # one of every user's ratings (each has 8+)
+    assert candidate.scored_on == "job_data"  # a hold-out of its own ratings: never production by itself
     assert candidate.metrics["hit_rate_at_10"] >= 1.3 * candidate.metrics["popularity_hit_rate_at_10"]
     assert [e.step for e in events] == [10, 20, 30, 40, 50, 60]
     registry = Registry(tmp_path / "registry")

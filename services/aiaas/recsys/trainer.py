@@ -55,12 +55,15 @@ def _one_thread() -> Iterator[None]:
 
 
 def train(split: RatingsSplit, params: TrainParams, initial: Mapping[str, np.ndarray] | None = None,
-          on_step: Callable[[int, float, MatrixFactorization], None] | None = None) -> MatrixFactorization:
+          on_step: Callable[[int, float, MatrixFactorization], None] | None = None,
+          interrupt: Callable[[], None] | None = None) -> MatrixFactorization:
     """Full-batch Adam on the weighted implicit loss (model.py); deterministic on CPU for a seed.
 
     `params.epochs` is the number of optimiser steps; each step sees every training rating (one
     step is one epoch). `initial` (the FACTOR_NAMES arrays) replaces the seeded random start: a
     warm start. `on_step(step, loss, model)` is called after every step, inside the training.
+    `interrupt()` is called before every step; it raises to end the run there (a trainer that is
+    stopping, a job out of time).
     """
     torch.manual_seed(params.seed)
     model = MatrixFactorization(split.n_users, split.n_items, params.dim)
@@ -73,6 +76,8 @@ def train(split: RatingsSplit, params: TrainParams, initial: Mapping[str, np.nda
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     with _one_thread():
         for step in range(1, params.epochs + 1):
+            if interrupt is not None:
+                interrupt()
             optimiser.zero_grad()
             loss = model.implicit_loss(observed, weights, params.negative_weight) \
                 + params.regularisation * model.regulariser()

@@ -16,7 +16,8 @@ Inputs (all optional):
   Evaluation: one rating of every user with at least 3 ratings is held out (a fixed seed, not
   the job's, so the same data always gives the same split); at least 10 such users are needed.
   These scores are on the job's own hold-out, so they compare only with versions trained on the
-  same data.
+  same data: such a version (`scored_on: job_data`) is never promoted to `production`
+  automatically, and neither is one warm-started from it.
 - `base_version`: warm start from that version's factors (the `user_factors`, `item_factors`
   and `item_bias` initializers of its ONNX graph); it becomes the new version's parent. A
   version whose graph does not keep them by name (exported with constant folding, before
@@ -41,8 +42,9 @@ import torch
 from ..contracts import TrainingProgress
 from ..errors import InvalidJob
 from ..registry import Registry
-from ..training.protocol import Candidate, ProgressCallback
+from ..training.protocol import Candidate, ProgressCallback, scored_on_job_data
 from ..training.request import TrainingRequest
+from ..training.stopping import StopSignal
 from . import MODEL
 from .data import Ratings, RatingsConfig, RatingsSplit, load_split
 from .model import MatrixFactorization
@@ -66,16 +68,21 @@ class RecsysTrainer:
     metric = f"hit_rate_at_{DEFAULT_K}"
 
     def train(self, request: TrainingRequest, registry: Registry, workdir: Path,
-              progress: ProgressCallback) -> Candidate:
+              progress: ProgressCallback, stop: StopSignal | None = None) -> Candidate:
         """Check the data, train (or warm-start), export graph + serving tables, score the served graph."""
+        stop = stop or StopSignal()
         if "batch_size" in request.params:
             raise InvalidJob("recsys trains full-batch (every step sees every rating); `batch_size` does not apply")
         params = replace(TrainParams(), **request.params)
         split, data_params = _split_for(request.data)
         initial, parent = None, None
+        # The generated ratings are reproducible, so a job's own data may hold the built-in held-out ones:
+        # its hold-out, and anything warm-started from a version scored on one, is the job's own data.
+        job_data = request.data is not None
         if request.base_version is not None:
             initial, parent = _base_factors(registry, request.base_version, split)
             params = replace(params, dim=initial["user_factors"].shape[1])
+            job_data = job_data or scored_on_job_data(registry.resolve(MODEL, str(parent)))
         evaluate = _HitRate(split, DEFAULT_K)
         started = time.perf_counter()
 
@@ -86,12 +93,14 @@ class RecsysTrainer:
             progress(TrainingProgress(epoch=step, epochs=params.epochs, step=step, loss=loss, metric=evaluate(model),
                                       metric_name=self.metric, eta_s=elapsed / step * (params.epochs - step)))
 
-        model = train(split, params, initial=initial, on_step=on_step)
+        stop.check()
+        model = train(split, params, initial=initial, on_step=on_step, interrupt=stop)
         train_seconds = time.perf_counter() - started
+        stop.check()
         artifact, serving, scores = package(model, split, workdir)
         metrics = scores | {"held_out_users": float(len(split.held_out())), "train_seconds": round(train_seconds, 2)}
         return Candidate(artifact, metrics, asdict(params) | {"data": data_params}, split.data_hash(),
-                         (serving,), parent)
+                         (serving,), parent, scored_on="job_data" if job_data else "reference")
 
 
 class _HitRate:

@@ -45,10 +45,12 @@ class HeadParams:
 
 
 def train_head(embeddings: np.ndarray, labels: list[str], params: HeadParams,
-               on_epoch: Callable[[int, ClassifierHead], None] | None = None, every: int = 25) -> ClassifierHead:
+               on_epoch: Callable[[int, ClassifierHead], None] | None = None, every: int = 25,
+               interrupt: Callable[[], None] | None = None) -> ClassifierHead:
     """Full-batch Adam on cross-entropy; deterministic on CPU for a seed.
 
-    `on_epoch(epoch, head)` is called every `every` epochs and after the last one.
+    `on_epoch(epoch, head)` is called every `every` epochs and after the last one. `interrupt()` is
+    called before every epoch (one optimiser step); it raises to end the run there.
     """
     names = tuple(sorted(set(labels)))
     torch.manual_seed(params.seed)
@@ -57,6 +59,8 @@ def train_head(embeddings: np.ndarray, labels: list[str], params: HeadParams,
     layer = torch.nn.Linear(x.shape[1], len(names))
     optimiser = torch.optim.Adam(layer.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     for epoch in range(1, params.epochs + 1):
+        if interrupt is not None:
+            interrupt()
         optimiser.zero_grad()
         torch.nn.functional.cross_entropy(layer(x), y).backward()
         optimiser.step()

@@ -5,7 +5,8 @@ Inputs (all optional): `epochs`, `learning_rate`, `seed`; data inline as `texts`
 (NPZ string arrays, JSONL rows `{"text": ..., "label": ...}` or `{"texts":…}`-style columns,
 Parquet); `base_version` whose encoder to use (the new version's parent), default
 `production`. Evaluation: the built-in held-out sentences, or for the job's own data a
-seeded 20 % of it.
+seeded 20 % of it — a version scored that way (`scored_on: job_data`) is never promoted to
+`production` automatically.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..contracts import TrainingProgress
 from ..errors import InvalidJob
 from ..registry import Registry
 from ..training.protocol import Candidate, ProgressCallback
 from ..training.request import TrainingRequest
+from ..training.stopping import StopSignal
 from . import MODEL
 from .encoder import quantize_int8
 from .labelled_sentences import labelled_split
@@ -31,6 +35,8 @@ from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, embed_texts, head_accuracy, 
 __all__ = ["TextTrainer"]
 
 _EPOCHS_PER_REPORT = 25
+_TEXTS_PER_EMBED_CALL = 1024
+"""Embedding runs in slices of this many texts so a stop or time limit is seen between them."""
 
 
 class TextTrainer:
@@ -40,8 +46,9 @@ class TextTrainer:
     metric = "accuracy"
 
     def train(self, request: TrainingRequest, registry: Registry, workdir: Path,
-              progress: ProgressCallback) -> Candidate:
+              progress: ProgressCallback, stop: StopSignal | None = None) -> Candidate:
         """Embed the data with the base version's encoder, train and evaluate a head, write the artifacts."""
+        stop = stop or StopSignal()
         params = replace(HeadParams(), **{k: v for k, v in request.params.items() if k != "batch_size"})
         train_rows, held_out = _labelled(request.data)
         base = registry.resolve(MODEL, request.base_version or "production")
@@ -50,8 +57,8 @@ class TextTrainer:
         encoder = OnnxEncoder(onnx_bytes, providers="cpu")
         tokenizer = TextTokenizer(files["tokenizer.json"].decode(), BUILD_MAX_SEQ_LEN)
         started = time.perf_counter()
-        x_train = embed_texts(encoder, tokenizer, [t for t, _ in train_rows])
-        x_test = embed_texts(encoder, tokenizer, [t for t, _ in held_out])
+        x_train = _embed(encoder, tokenizer, [t for t, _ in train_rows], stop)
+        x_test = _embed(encoder, tokenizer, [t for t, _ in held_out], stop)
         y_test = [label for _, label in held_out]
 
         def report(epoch: int, head) -> None:
@@ -59,7 +66,9 @@ class TextTrainer:
             progress(TrainingProgress(epoch=epoch, epochs=params.epochs, step=epoch, metric=head_accuracy(head, x_test, y_test),
                                       metric_name=self.metric, eta_s=elapsed / epoch * (params.epochs - epoch)))
 
-        head = train_head(x_train, [label for _, label in train_rows], params, on_epoch=report, every=_EPOCHS_PER_REPORT)
+        head = train_head(x_train, [label for _, label in train_rows], params, on_epoch=report, every=_EPOCHS_PER_REPORT,
+                          interrupt=stop)
+        stop.check()
         artifact, tokenizer_path, head_path = workdir / "encoder.onnx", workdir / "tokenizer.json", workdir / "head.npz"
         artifact.write_bytes(onnx_bytes)
         tokenizer_path.write_bytes(files["tokenizer.json"])
@@ -75,7 +84,16 @@ class TextTrainer:
         metrics["train_seconds"] = round(time.perf_counter() - started, 2)
         return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
                          hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path, int8_path),
-                         base.version)
+                         base.version, scored_on="reference" if request.data is None else "job_data")
+
+
+def _embed(encoder: OnnxEncoder, tokenizer: TextTokenizer, texts: list[str], stop: StopSignal) -> np.ndarray:
+    """`embed_texts` in slices, checking `stop` before each (a job's own data may take minutes to embed)."""
+    slices = []
+    for start in range(0, len(texts), _TEXTS_PER_EMBED_CALL):
+        stop.check()
+        slices.append(embed_texts(encoder, tokenizer, texts[start : start + _TEXTS_PER_EMBED_CALL]))
+    return np.concatenate(slices) if len(slices) != 1 else slices[0]
 
 
 def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -8,13 +8,17 @@ from typing import Any
 
 from ..contracts import Job, Tensor
 from ..errors import InvalidJob
-from .data_files import read_data_file
+from .data_files import DataLimits, read_data_file, rows_of
+from .settings import TrainerSettings
 
 __all__ = ["TrainingRequest", "HYPER_PARAMETERS"]
 
 HYPER_PARAMETERS = {"epochs": int, "learning_rate": float, "batch_size": int, "seed": int}
 """Hyper-parameters any training job may set (each model type has its defaults)."""
 _DATA_INPUTS = ("data_uri", "data_sha256", "base_version")
+_BOUNDED = {"epochs": ("max_epochs", "AIAAS_TRAINER_MAX_EPOCHS"),
+            "batch_size": ("max_batch_size", "AIAAS_TRAINER_MAX_BATCH_SIZE")}
+"""Hyper-parameters with an upper bound, and the setting that holds it."""
 
 
 @dataclass
@@ -28,8 +32,8 @@ class TrainingRequest:
     base_version: str | None = None
 
     @classmethod
-    def from_job(cls, job: Job, max_file_bytes: int) -> "TrainingRequest":
-        """Parse and check the inputs; raise InvalidJob with what is wrong."""
+    def from_job(cls, job: Job, settings: TrainerSettings) -> "TrainingRequest":
+        """Parse and check the inputs against the trainer's limits; raise InvalidJob with what is wrong."""
         inputs = dict(job.inputs)
         params = {}
         for name, kind in HYPER_PARAMETERS.items():
@@ -41,6 +45,9 @@ class TrainingRequest:
                     raise InvalidJob(f"`{name}` must be a finite number")
                 if value <= 0 and name != "seed":
                     raise InvalidJob(f"`{name}` must be positive")
+                if name in _BOUNDED and value > getattr(settings, _BOUNDED[name][0]):
+                    limit, setting = getattr(settings, _BOUNDED[name][0]), _BOUNDED[name][1]
+                    raise InvalidJob(f"`{name}` must be at most {limit} on this trainer ({setting})")
                 params[name] = kind(value)
         base = inputs.pop("base_version", None)
         if base is not None and not isinstance(base, (str, int)):
@@ -53,9 +60,13 @@ class TrainingRequest:
                 raise InvalidJob("`data_uri` and `data_sha256` must be strings")
             if inputs:
                 raise InvalidJob("give the data either inline or as `data_uri`, not both")
-            data = read_data_file(uri, digest, max_file_bytes)
+            limits = DataLimits(tuple(settings.data_roots), settings.max_data_bytes, settings.max_data_rows)
+            data = read_data_file(uri, digest, limits)
         else:
             data = {name: _column(name, value) for name, value in inputs.items()} or None
+        if data is not None and rows_of(data) > settings.max_data_rows:
+            raise InvalidJob(f"the training data has {rows_of(data)} rows; the trainer accepts at most "
+                             f"{settings.max_data_rows} (AIAAS_TRAINER_MAX_DATA_ROWS)")
         return cls(job, params, data, None if base is None else str(base))
 
 

@@ -37,8 +37,12 @@ EpochCallback = Callable[[int, int, float, DigitsCNN], None]
 
 
 def train(split: DigitsSplit, params: TrainParams, *, initial: dict[str, np.ndarray] | None = None,
-          on_epoch: EpochCallback | None = None) -> DigitsCNN:
-    """Adam on cross-entropy, from `initial` weights when fine-tuning; deterministic on CPU for a seed."""
+          on_epoch: EpochCallback | None = None, interrupt: Callable[[], None] | None = None) -> DigitsCNN:
+    """Adam on cross-entropy, from `initial` weights when fine-tuning; deterministic on CPU for a seed.
+
+    `interrupt()` is called before every optimiser step; it raises to end the run there (a trainer
+    that is stopping, a job out of time).
+    """
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     model = DigitsCNN()
@@ -53,6 +57,8 @@ def train(split: DigitsSplit, params: TrainParams, *, initial: dict[str, np.ndar
         order = torch.randperm(len(x), generator=generator)
         losses = []
         for start in range(0, len(x), params.batch_size):
+            if interrupt is not None:
+                interrupt()
             idx = order[start : start + params.batch_size]
             optimiser.zero_grad()
             loss = loss_fn(model.logits(x[idx]), y[idx])

@@ -4,7 +4,10 @@ Inputs (all optional): `epochs`, `learning_rate`, `batch_size`, `seed`; data inl
 `images` (tensor [N, 8, 8], values 0..16) and `labels` (int tensor [N]), or `data_uri` to a
 file with those columns (NPZ arrays, JSONL rows `{"image": [[...8...]...], "label": 3}`,
 Parquet); `base_version` to fine-tune from (its `weights.npz`). Evaluation is always on the
-built-in held-out digits, so versions are comparable.
+built-in held-out digits, so versions are comparable. Those digits ship with scikit-learn, so a
+job could train on them: when the job's images include any of them (to the nearest intensity),
+or its base version was itself scored on job data, the version is marked as scored on the job's
+own data (`scored_on: job_data`) and is never promoted to `production` automatically.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 from ..contracts import TrainingProgress
 from ..errors import InvalidJob
 from ..registry import Registry
-from ..training.protocol import Candidate, ProgressCallback
+from ..training.protocol import Candidate, ProgressCallback, ScoredOn, scored_on_job_data
 from ..training.request import TrainingRequest
+from ..training.stopping import StopSignal
 from . import MODEL
 from .data import IMAGE_SHAPE, MAX_INTENSITY, DigitsSplit, load_split
 from .trainer import TrainParams, export_onnx, onnx_accuracy, train, weights_npz
@@ -35,13 +39,17 @@ class VisionTrainer:
     metric = "accuracy"
 
     def train(self, request: TrainingRequest, registry: Registry, workdir: Path,
-              progress: ProgressCallback) -> Candidate:
+              progress: ProgressCallback, stop: StopSignal | None = None) -> Candidate:
         """Train (or fine-tune), export ONNX + weights, evaluate on the held-out digits."""
+        stop = stop or StopSignal()
         params = replace(TrainParams(), **request.params)
         split = _split_for(request.data)
+        scored_on: ScoredOn = "job_data" if request.data is not None and _includes_held_out(split) else "reference"
         initial, parent = None, None
         if request.base_version is not None:
             base = registry.resolve(MODEL, request.base_version)
+            if scored_on_job_data(base):  # it may have learnt the held-out digits: so may this one
+                scored_on = "job_data"
             files = registry.load_companions(base)
             if "weights.npz" not in files:
                 raise InvalidJob(f"vision v{base.version} has no weights.npz to fine-tune from")
@@ -62,12 +70,21 @@ class VisionTrainer:
                 eta_s=elapsed / epoch * (params.epochs - epoch),
             ))
 
-        model = train(split, params, initial=initial, on_epoch=on_epoch)
+        stop.check()
+        model = train(split, params, initial=initial, on_epoch=on_epoch, interrupt=stop)
+        stop.check()
         artifact, weights = workdir / "model.onnx", workdir / "weights.npz"
         export_onnx(model, artifact)
         weights_npz(model, weights)
         metrics = {"accuracy": onnx_accuracy(artifact, split), "train_seconds": round(time.perf_counter() - started, 2)}
-        return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent)
+        return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent, scored_on=scored_on)
+
+
+def _includes_held_out(split: DigitsSplit) -> bool:
+    """Whether any training image is one of the held-out digits, to the nearest intensity (a copy of the test set)."""
+    rounded = lambda images: np.rint(images).astype(np.int16).reshape(len(images), -1)  # noqa: E731
+    held_out = {row.tobytes() for row in rounded(split.test_x)}
+    return any(row.tobytes() in held_out for row in rounded(split.train_x))
 
 
 def _split_for(data: dict | None) -> DigitsSplit:
