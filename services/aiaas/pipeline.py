@@ -497,11 +497,13 @@ class JobPipeline:
             return
         try:
             await self.worker.publish(batch)
-        except Exception as exc:  # the broker did not take every outcome: run those jobs again
-            log.error("publishing a batch of %d failed (%s); rewinding to the first unfinished job", len(batch.jobs), exc)
-            self._note_refusals(exc)
-            self._rewind(epoch)
-            return
+        except Exception as exc:
+            if not await self._dead_letter_refusals(exc):  # the broker did not take every outcome: run them again
+                log.error("publishing a batch of %d failed (%s); rewinding to the first unfinished job",
+                          len(batch.jobs), exc)
+                self._note_refusals(exc)
+                self._rewind(epoch)
+                return
         self._forget_refusals(batch)
         if epoch != self._epoch:
             return  # a rewind or revocation happened since: these offsets are no longer ours to commit
@@ -541,6 +543,23 @@ class JobPipeline:
         self.stats.transactions += 1
         if epoch == self._epoch:
             self._window.finish(batch.records)
+
+    async def _dead_letter_refusals(self, exc: BaseException) -> bool:
+        """When the broker refused some outcomes for good (a topic it will not take, a record too large) and took
+        the rest, dead-letter those jobs now, so the batch is finished without a rewind; True when that worked.
+        (In a transaction a refused send spoils the whole transaction: those batches rewind, `_note_refusals`.)"""
+        failures = exc.failures if isinstance(exc, PublishFailed) else []
+        if not failures or not all(refused_for_good(error) for _, error in failures):
+            return False
+        refused = [(record, f"{type(error).__name__}: {error}"[:500]) for record, error in failures]
+        log.warning("the broker refused the outcome of %d job(s) for good (%s); dead-lettering them",
+                    len(refused), refused[0][1])
+        try:
+            await self.worker.dead_letter_undeliverable(refused)
+        except Exception as again:  # noqa: BLE001 - then the rewind and the bare dead letters on the rerun
+            log.error("dead-lettering refused outcomes failed too (%s)", again)
+            return False
+        return True
 
     def _note_refusals(self, exc: BaseException) -> None:
         """Records whose outcome the broker refused for good get only a bare dead letter next time, so a job

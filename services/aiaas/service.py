@@ -27,7 +27,8 @@ from opentelemetry.trace import SpanKind
 
 from .announce import ModelWatcher
 from .client import explain_connection_failure
-from .errors import BrokerUnavailable, ServiceMisconfigured
+from .errors import BrokerUnavailable, InvalidHeaders, ServiceMisconfigured
+from .headers import read_headers
 from .exactly_once import Transactions, claim_transactional_id
 from .heap import settle_heap
 from .idempotency import OutcomeCache, seed_from_results
@@ -105,6 +106,9 @@ class ModelService:
             # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
             # or the group moves on without us and our commits fail (a rebalance storm).
             rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
             # The subscription is a pattern (every tenant's infer topic): a new tenant's topic is found this soon.
             metadata_max_age_ms=_TOPIC_DISCOVERY_MS,
         )
@@ -205,7 +209,7 @@ class ModelService:
                     log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version, event.aliases)
                     # The reload continues the trace of whoever changed the registry (e.g. a training job).
                     with self._tracer.start_as_current_span(
-                        f"process {record.topic}", context=tracing.extract_context(record.headers), kind=SpanKind.CONSUMER,
+                        f"process {record.topic}", context=_trace_context(record), kind=SpanKind.CONSUMER,
                         attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset)
                         | {tracing.MODEL_VERSION: str(event.version)},
                     ):
@@ -215,6 +219,14 @@ class ModelService:
             except Exception:  # the models topic is advisory: never let it stop the service
                 log.exception("following %s failed; retrying in 5 s", models_topic(self.kafka.topic_prefix))
                 await asyncio.sleep(5)
+
+
+def _trace_context(record) -> object:
+    """The trace context a registry event carries, when its headers pass the checks (else a trace of its own)."""
+    try:
+        return tracing.extract_context(read_headers(record.headers).trace_context())
+    except InvalidHeaders:
+        return tracing.extract_context(())
 
 
 def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker: WorkerSettings,

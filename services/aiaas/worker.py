@@ -240,6 +240,12 @@ class BatchWorker:
         if failed:
             raise PublishFailed(list(failed.values()))
 
+    async def dead_letter_undeliverable(self, refused: Sequence[tuple[KafkaRecord, str]]) -> None:
+        """A bare dead letter (headers only) for each record whose outcome the broker refused for good, with the
+        reason; returns once the broker acknowledged them all (raises PublishFailed otherwise)."""
+        picked_at = time.time()
+        await self.publish(ProcessedBatch([self._admit(record, picked_at, reason) for record, reason in refused]))
+
     def discard(self, batch: "ProcessedBatch") -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
         _end_spans(batch.jobs)
