@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 
 from .settings import KafkaSettings
 
@@ -76,6 +76,10 @@ class ModelTopics:
         """A regular expression for the shared infer topic and every tenant's (for a pattern subscription)."""
         return re.escape(self.infer) + rf"(\.{TENANT_PATTERN})?"
 
+    def train_pattern(self) -> str:
+        """A regular expression for the shared train topic and every tenant's (the trainer's pattern subscription)."""
+        return re.escape(self.train) + rf"(\.{TENANT_PATTERN})?"
+
 
 def dlq_topic(prefix: str = "aiaas") -> str:
     """Dead letters of every model type: the original bytes plus origin and error headers."""
@@ -113,18 +117,26 @@ async def ensure_topics(settings: KafkaSettings, names: list[str]) -> list[str]:
                                                   for name in missing])
         except TopicAlreadyExistsError:  # older brokers answer a lone topic's race this way
             return []
-        created, refused = [], []
+        created, refused, codes = [], [], set()
         for topic, code, *rest in response.topic_errors:
             if code == 0:
                 created.append(topic)
             elif code != TopicAlreadyExistsError.errno:  # another process won the race: fine
                 error = for_code(code)
+                codes.add(code)
                 refused.append(f"{topic}: {error.__name__}{f' ({rest[0]})' if rest and rest[0] else ''}")
         if refused:
-            raise TopicNotCreated("the broker refused to create " + "; ".join(refused))
+            hint = _NOT_AUTHORIZED_HINT if TopicAuthorizationFailedError.errno in codes else ""
+            raise TopicNotCreated("the broker refused to create " + "; ".join(refused) + hint)
         return created
     finally:
         await admin.close()
+
+
+_NOT_AUTHORIZED_HINT = (
+    ". Under Kafka ACLs a topic this user may not use looks missing whether it exists or not, and creating it is "
+    "refused: it may be another tenant's topic, or one only an operator creates (docs/security.md)"
+)
 
 
 class TopicNotCreated(Exception):
