@@ -314,7 +314,7 @@ class AiaasClient:
         attributes: Mapping[str, str] | None = None,
         job_id: str | None = None,
     ) -> JobHandle:
-        """Publish a training job to `<prefix>.<model>.train`.
+        """Publish a training job to `<prefix>.<model>.train` (`.train.<tenant>` with `AIAAS_KAFKA_TENANT` set).
 
         `inputs` holds hyper-parameters (`epochs`, `learning_rate`, `batch_size`, `seed`), the data
         (inline columns, or `data_uri` + `data_sha256`) and `base_version`; all optional.
@@ -325,11 +325,18 @@ class AiaasClient:
         return await self.submit_job(job)
 
     async def submit_job(self, job: Job) -> JobHandle:
-        """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise)."""
+        """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise).
+
+        A job for a tenant goes to that tenant's topic (`.infer.<tenant>` / `.train.<tenant>`) and is answered on
+        `.results.<tenant>`: an inference job's tenant is its `tenant`, a training job's its `tenant` or else the
+        `AIAAS_KAFKA_TENANT` setting. The services take the tenant from the topic.
+        """
         producer = self._require_producer()
         topics = ModelTopics.of(job.model, self.kafka.topic_prefix)
-        if job.tenant is not None and job.kind == "infer":
-            target, results_topic = topics.tenant_infer(job.tenant), job.reply_to or topics.tenant_results(job.tenant)
+        tenant = job.tenant or (self.kafka.tenant if job.kind == "train" else None)
+        if tenant is not None:
+            target = (topics.tenant_train if job.kind == "train" else topics.tenant_infer)(tenant)
+            results_topic = job.reply_to or topics.tenant_results(tenant)
         else:
             target = topics.train if job.kind == "train" else topics.infer
             results_topic = job.reply_to or topics.results

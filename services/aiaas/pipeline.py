@@ -46,11 +46,12 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CorruptRecordException, KafkaError
+from aiokafka.errors import KafkaError
 
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
 from .kafka_sink import refused_for_good
+from .unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from .worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
@@ -140,7 +141,7 @@ class JobPipeline:
         self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
         self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
-        self._searches = 0  # searches for an unparseable record in a row that found none (each waits longer)
+        self._unparseable = UnparseableSearch(consumer, max_steps=4 * max_batch + 8, logger=log)
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -249,77 +250,21 @@ class JobPipeline:
         """The consumer's next records; a record the client cannot parse is stepped over, never a dead loop."""
         try:
             return await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except KafkaError as exc:
-            if not isinstance(exc, CorruptRecordException):
-                raise  # the broker or the connection: not a record's fault
-            return await self._step_over_unreadable(exc)
         except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
+            if not is_unparseable(exc):
+                raise  # the broker or the connection: not a record's fault
             return await self._step_over_unreadable(exc)
 
     async def _step_over_unreadable(self, error: BaseException) -> dict:
         """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
 
-        The failed call may have moved other partitions past records it never returned, so those go back to the
-        record after the last one taken. Then each partition is read one record at a time: one that fails twice at
-        the same position holds an unreadable record there. It becomes an `UnreadableRecord` (the worker
-        dead-letters it with its coordinates) and reading resumes after it. A search that finds nothing (the
-        record was not fetched again in time) leaves the next poll to fail and search again, waiting longer.
+        `UnparseableSearch.step_over` does it: the partitions go back to the record after the last one taken, then
+        are read one record at a time until the unreadable record is found. It becomes an `UnreadableRecord` (the
+        worker dead-letters it with its coordinates) and reading resumes after it.
         """
-        log.warning("the Kafka client could not parse a record (%s: %s); finding it", type(error).__name__, error)
-        self._searches += 1
-        assignment = self._consumer.assignment()
-        for tp in assignment:
-            if tp in self._next_offset and await self._consumer.position(tp) != self._next_offset[tp]:
-                self._consumer.seek(tp, self._next_offset[tp])
-        untaken = [tp for tp in assignment if tp not in self._next_offset]
-        if untaken:
-            await self._consumer.seek_to_committed(*untaken)
-        wait_ms = min(1000, 100 * self._searches)
-        found: dict = {}
-        for tp in sorted(assignment):
-            records = await self._read_one_by_one(tp, error, wait_ms)
-            if records:
-                found[tp] = records
-        if any(isinstance(r, UnreadableRecord) for records in found.values() for r in records):
-            self._searches = 0
+        found = await self._unparseable.step_over(error, self._next_offset)
+        self.stats.unreadable += sum(isinstance(r, UnreadableRecord) for records in found.values() for r in records)
         return found
-
-    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException, wait_ms: int) -> list:
-        """Records of `tp` one per call (bounded), ending with an UnreadableRecord if one is found."""
-        records: list = []
-        failed_at: int | None = None
-        empty_polls = 0
-        for _ in range(4 * self._max_batch + 8):
-            try:
-                got = await self._consumer.getmany(tp, timeout_ms=wait_ms, max_records=1)
-            except KafkaError as exc:
-                if not isinstance(exc, CorruptRecordException):
-                    raise
-                got, error = None, exc
-            except Exception as exc:
-                got, error = None, exc
-            if got is None:
-                position = await self._consumer.position(tp)
-                if position == failed_at:
-                    self.stats.unreadable += 1
-                    log.error("%s[%d]@%d cannot be parsed (%s: %s); dead-lettering it and reading on after it",
-                              tp.topic, tp.partition, position, type(error).__name__, error)
-                    records.append(UnreadableRecord(tp.topic, tp.partition, position,
-                                                    f"{type(error).__name__}: {error}"[:500]))
-                    self._consumer.seek(tp, position + 1)
-                    return records
-                failed_at, empty_polls = position, 0
-                continue
-            if got.get(tp):
-                records += got[tp]
-                empty_polls = 0
-                continue
-            empty_polls += 1
-            # Right after a failure the client answers empty once or twice before it has fetched the records again;
-            # a partition that answers empty without having failed has nothing (more) for us now.
-            if failed_at is None or empty_polls > 3:
-                return records
-        return records
 
     def _pause(self) -> None:
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
@@ -617,20 +562,6 @@ class JobPipeline:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
         self.stats.rewinds += 1
-
-
-@dataclass(frozen=True)
-class UnreadableRecord:
-    """Stands in for a record the Kafka client could not parse: the worker dead-letters it by its coordinates."""
-
-    topic: str
-    partition: int
-    offset: int
-    unreadable: str
-    """What the client said when parsing it."""
-    key: bytes | None = None
-    value: bytes | None = None
-    headers: tuple = ()
 
 
 class _Stale(Exception):
