@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from .settings import KafkaSettings
 from .topics import ensure_topics, models_topic, partition_count
+from .unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 
 __all__ = ["ModelEvent", "announce", "ModelWatcher"]
 
@@ -58,6 +59,8 @@ class ModelWatcher:
     def __init__(self, kafka: KafkaSettings, model: str) -> None:
         self._kafka, self._model = kafka, model
         self._consumer: AIOKafkaConsumer | None = None
+        self._next: dict[TopicPartition, int] = {}  # per partition: the offset after the last record read
+        self._search: UnparseableSearch | None = None
 
     async def start(self) -> None:
         """Connect and pin the position at the end of the topic: later events are not missed."""
@@ -69,16 +72,27 @@ class ModelWatcher:
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:
-            await consumer.position(tp)
+            self._next[tp] = await consumer.position(tp)
         self._consumer = consumer
+        self._search = UnparseableSearch(consumer, max_steps=64, logger=log)
 
     async def events(self) -> AsyncIterator[tuple[ModelEvent, ConsumerRecord]]:
-        """The events, with their records (headers carry the trace context), as they arrive, until `stop()`."""
+        """The events, with their records (headers carry the trace context), as they arrive, until `stop()`.
+
+        A record that is not an event is passed over; one the Kafka client cannot parse is stepped over.
+        """
         assert self._consumer is not None, "call start() first"
         while True:
-            for records in (await self._consumer.getmany(timeout_ms=1000)).values():
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=1000)
+            except Exception as exc:
+                if not is_unparseable(exc):
+                    raise
+                fetched = await self._search.step_over(exc, self._next)
+            for tp, records in fetched.items():
                 for record in records:
-                    event = _decode(record.value)
+                    self._next[tp] = record.offset + 1
+                    event = None if isinstance(record, UnreadableRecord) else _decode(record.value)
                     if event is not None and event.model == self._model:
                         yield event, record
 

@@ -147,3 +147,28 @@ async def _wait_for(seen: dict, job_id: str, timeout: float) -> float:
             raise AssertionError(f"no result for {job_id} within {timeout} s")
         await asyncio.sleep(0.005)
     return seen[job_id][0]
+
+
+async def test_the_registry_follower_passes_over_any_record_on_the_models_topic(kafka_settings):
+    from aiaas.announce import ModelEvent, ModelWatcher, announce
+    from aiaas.topics import models_topic
+
+    watcher = ModelWatcher(kafka_settings, "vision")
+    await watcher.start()
+    topic = models_topic(kafka_settings.topic_prefix)
+    try:
+        producer = AIOKafkaProducer(**kafka_settings.connection_kwargs(), acks="all")
+        await producer.start()
+        try:
+            for partition in range(3):  # junk, null headers and an unparseable record ahead of the real event
+                await producer.send_and_wait(topic, b"\xc1 junk", key=b"vision", partition=partition,
+                                             headers=[("traceparent", None)])
+                await publish_unparseable(kafka_settings, topic, key="vision", value=b"\xc1", partition=partition)
+        finally:
+            await producer.stop()
+        await announce(kafka_settings, ModelEvent(model="vision", action="promoted", version=7, aliases={"production": 7}))
+        events = watcher.events()
+        event, _ = await asyncio.wait_for(anext(events), 60)
+        assert (event.action, event.version) == ("promoted", 7)
+    finally:
+        await watcher.stop()
