@@ -269,4 +269,3 @@ async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_g
     # Bob's jobs were fetched although alice had the window's worth queued, and cut into the next batches:
     # at most alice's share (32 queued) plus a batch or two went out before all of bob's were answered.
     assert answered_between <= 32 + 16, answered_between
-    assert consumer.pause_calls > 0  # alice's partition was held back at her share
