@@ -35,7 +35,8 @@ class KafkaSettings(BaseSettings):
     tenant: str | None = Field(
         None, pattern=r"^[a-z][a-z0-9_-]{0,62}$",
         description="The tenant a client publishes as (with SASL: its user name): jobs go to "
-        "`<prefix>.<model>.infer.<tenant>` and results are read from `<prefix>.<model>.results.<tenant>`, topics "
+        "`<prefix>.<model>.infer.<tenant>` (training jobs to `.train.<tenant>`) and results are read from "
+        "`<prefix>.<model>.results.<tenant>`, topics "
         "that Kafka ACLs let only this tenant use (docs/security.md). Unset: the shared topics.",
     )
     partitions: int = Field(3, ge=1, description="Partitions of topics that aiaas creates.")
@@ -229,6 +230,22 @@ class WorkerSettings(BaseSettings):
     )
     group_id: str | None = Field(None, description="Consumer group; default `<prefix>.<model>`.")
     graceful_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight work may take to drain.")
+    session_timeout_ms: int = Field(
+        10_000, ge=1,
+        description="Consumer group session timeout: a replica whose heartbeats stop this long (a frozen or cut-off "
+        "process) is dropped from the group and its partitions move to the others. The broker bounds it "
+        "(group.min.session.timeout.ms and group.max.session.timeout.ms, 6 s and 30 min by default).",
+    )
+    heartbeat_interval_ms: int = Field(
+        3_000, ge=1,
+        description="How often the consumer heartbeats to its group; below session_timeout_ms (a third of it, as "
+        "Kafka advises).",
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1,
+        description="Longest time between two fetches of the service's consumer before it leaves the group by "
+        "itself, so a stuck replica gives its partitions back even while its heartbeats go on.",
+    )
     model_version: str = Field("production", description="Registry version or alias the service serves.")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."
@@ -306,6 +323,14 @@ class WorkerSettings(BaseSettings):
         "are forgotten past it or past idempotency_window, whichever comes first. An outcome larger than this is not "
         "remembered. 0 remembers nothing.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> "WorkerSettings":
+        """Refuse a heartbeat interval that would let the session expire between two heartbeats."""
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below session_timeout_ms "
+                             f"({self.session_timeout_ms})")
+        return self
 
     def in_flight_bound(self) -> int:
         """The in-flight window: `max_in_flight`, or by default 4 × max_batch × model_instances within 256..4,096;

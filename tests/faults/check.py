@@ -48,6 +48,10 @@ class Check:
     undecodable_results: int = 0
     lost_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    bad_checked: int = 0
+    """Bad inputs whose outcome was checked (`Message.expect_result`)."""
+    bad_unexpected: list[str] = field(default_factory=list)
+    """Those whose result was not the one expected: `job id: expected …, got …`."""
 
 
 async def read_all(kafka: KafkaSettings, topic: str, stall_s: float = 30) -> list:
@@ -83,14 +87,25 @@ def read_received(path: Path) -> Counter:
 
 
 async def check(kafka: KafkaSettings, good_ids: set[str], sends_per_key: Counter, acked: int,
-                received: Path) -> Check:
-    """Count what the topics and the reader hold for one scenario."""
+                received: Path | Counter, *, infer_topics: list[str] | None = None,
+                results_topics: list[str] | None = None, expected: dict[str, str] | None = None) -> Check:
+    """Count what the topics and the reader hold for one scenario.
+
+    `infer_topics`/`results_topics`: every jobs and results topic of the run (default: the vision ones);
+    `received`: the reader's file, or what the run's readers handed over; `expected`: job id → the outcome a
+    bad input must end in (`ok` or an error type), checked against its first result.
+    """
     topics = ModelTopics.of("vision", kafka.topic_prefix)
-    jobs, results, dead = await asyncio.gather(read_all(kafka, topics.infer), read_all(kafka, topics.results),
-                                               read_all(kafka, dlq_topic(kafka.topic_prefix)))
+    infer_topics, results_topics = infer_topics or [topics.infer], results_topics or [topics.results]
+    read = await asyncio.gather(*(read_all(kafka, t) for t in [*infer_topics, *results_topics,
+                                                                 dlq_topic(kafka.topic_prefix)]))
+    jobs = [r for records in read[:len(infer_topics)] for r in records]
+    results = [r for records in read[len(infer_topics):-1] for r in records]
+    dead = read[-1]
     per_job = Counter(r.key.decode(errors="replace") for r in jobs if r.key)
     per_result: Counter = Counter()
     not_ok: Counter = Counter()
+    first: dict[str, str] = {}
     undecodable = 0
     for record in results:
         try:
@@ -99,11 +114,14 @@ async def check(kafka: KafkaSettings, good_ids: set[str], sends_per_key: Counter
             undecodable += 1
             continue
         per_result[result.job_id] += 1
+        first.setdefault(result.job_id, result.error.type if result.error else result.status)
         if result.job_id in good_ids and result.status != "ok":
             not_ok[result.status] += 1
     answered = sum(1 for job_id in good_ids if per_result[job_id])
     duplicate_ids = sorted(k for k, n in per_result.items() if n > max(1, sends_per_key[k]))
-    seen = read_received(received)
+    seen = received if isinstance(received, Counter) else read_received(received)
+    unexpected = [f"{job_id}: expected {want}, got {first.get(job_id, 'no result')}"
+                  for job_id, want in (expected or {}).items() if first.get(job_id) != want]
     return Check(
         sent=acked,
         answered=answered,
@@ -118,4 +136,6 @@ async def check(kafka: KafkaSettings, good_ids: set[str], sends_per_key: Counter
         undecodable_results=undecodable,
         lost_ids=sorted(job_id for job_id in good_ids if not per_result[job_id])[:10],
         duplicate_ids=duplicate_ids[:10],
+        bad_checked=len(expected or {}),
+        bad_unexpected=unexpected,
     )

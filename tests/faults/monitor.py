@@ -1,4 +1,5 @@
-"""How far a scenario's stream got, while it runs: results and dead letters seen so far (read_committed).
+"""How far a scenario's stream got, while it runs: results and dead letters seen so far (read_committed),
+and when each job's first result was seen (the tenant flood's latencies).
 
 The faults are placed by progress (e.g. "kill the worker once 37 % of the jobs have a result"),
 not by time, so they land mid-stream whatever the machine's speed and whatever N is.
@@ -20,14 +21,16 @@ __all__ = ["Monitor"]
 class Monitor:
     """Follows the results and DLQ topics from the beginning; counts the good jobs answered."""
 
-    def __init__(self, kafka: KafkaSettings, good_ids: set[str]) -> None:
+    def __init__(self, kafka: KafkaSettings, good_ids: set[str], results_topics: list[str] | None = None) -> None:
         self.kafka, self.good_ids = kafka, good_ids
-        self.results_topic = ModelTopics.of("vision", kafka.topic_prefix).results
+        self.results_topics = results_topics or [ModelTopics.of("vision", kafka.topic_prefix).results]
         self.dlq_topic = dlq_topic(kafka.topic_prefix)
         self.answered: set[str] = set()
         """Good job ids with a (committed) result."""
         self.other_ids: set[str] = set()
-        """Job ids of results that are not good jobs (the hostile corpus's error results)."""
+        """Job ids of results that are not good jobs (the bad inputs' error results)."""
+        self.first_seen: dict[str, float] = {}
+        """Job id → when its first result was read here (wall clock): the end of its latency."""
         self.dlq = 0
         self.changed_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -48,7 +51,7 @@ class Monitor:
                                           isolation_level="read_committed")
         await self._consumer.start()
         parts = []
-        for topic in (self.results_topic, self.dlq_topic):
+        for topic in (*self.results_topics, self.dlq_topic):
             parts += [TopicPartition(topic, p) for p in range(await partition_count(self.kafka, topic, wait_s=10))]
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
@@ -65,6 +68,7 @@ class Monitor:
                         continue
                     key = record.key.decode(errors="replace") if record.key else ""
                     (self.answered if key in self.good_ids else self.other_ids).add(key)
+                    self.first_seen.setdefault(key, time.time())
                 self.changed_at = time.monotonic()
 
     async def stop(self) -> None:

@@ -91,6 +91,9 @@ class Child:
         self.exits: list[tuple[str, int]] = []
         """(how it was stopped: `kill -9`, `SIGTERM` or `by itself`, exit status) for every run that ended."""
         self.starts = 0
+        self.stopping = False
+        """True while `terminate` waits for the exit it asked for (that exit is not `by itself`)."""
+        self.frozen = False
 
     @property
     def alive(self) -> bool:
@@ -130,18 +133,37 @@ class Child:
         """SIGTERM and wait for it to exit (SIGKILL after `timeout`); its exit status."""
         if not self.alive:
             return None
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.exits.append(("SIGTERM, then kill -9 after %.0f s" % timeout, self.proc.wait()))
-        else:
-            self.exits.append(("SIGTERM", self.proc.returncode))
+        self.stopping = True
+        try:
+            self.thaw()
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.exits.append(("SIGTERM, then kill -9 after %.0f s" % timeout, self.proc.wait()))
+            else:
+                self.exits.append(("SIGTERM", self.proc.returncode))
+        finally:
+            self.stopping = False
         return self.exits[-1][1]
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops where it is (no heartbeats, no fetches) until `thaw`."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGSTOP)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen process goes on from where it stopped."""
+        if self.alive and self.frozen:
+            self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
     def _note_unexpected_exit(self) -> None:
+        if self.stopping:
+            return
         if self.proc is not None and self.proc.poll() is not None and not self._reaped():
             self.exits.append(("by itself", self.proc.returncode))
 
@@ -157,6 +179,7 @@ class Child:
         """SIGTERM, then SIGKILL after 30 s (synchronous: cleanup)."""
         if not self.alive:
             return
+        self.thaw()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)

@@ -16,15 +16,34 @@ from .scenarios import Row
 __all__ = ["table", "markdown", "machine", "machine_slug"]
 
 HEADER = ("| scenario | mode | jobs sent | jobs with a result | lost | duplicate results in topic "
-          "| duplicates seen by client | DLQ records | wall time | bad inputs sent | reader missed |")
-RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+          "| duplicates seen by client | service restarts caused by input | DLQ records | wall time | bad inputs sent "
+          "| reader missed | rewinds |")
+RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 LEGEND = """\
 - **scenario**: 1 kill -9 the worker at three random points (restarted at once, same instance id);
   2 SIGTERM the worker mid-stream (restarted); 3 stop the broker mid-stream and start it again
   (same data); 4 start a second worker (its own instance id) mid-stream, SIGTERM it later;
   5 kill -9 the results reader at two random points and resume it; 6 the hostile corpus
-  (`tests/hostile_corpus.py`) spread evenly between the good jobs. "Random points" are seeded
+  (`tests/hostile_corpus.py`) spread evenly between the good jobs; 7 hostile headers between the good
+  jobs, 3 of each case (`load.hostile_headers`: null `traceparent` and `aiaas.attempt`, non-UTF-8 `aiaas.*`
+  values, junk/oversized/repeated `traceparent`, `tracestate` and `baggage`, 5,000 headers, control characters
+  in `aiaas.*` values, header keys and record keys; retry-topic records with null or no retry headers), each
+  checked against the outcome it must have (InvalidHeaders error result + dead letter; `ok` for headers aiaas
+  does not read; a dead letter alone for a key that cannot be a job id); 8 jobs whose `reply_to` is `.`, `..`,
+  `<prefix>.dlq`, `<prefix>.text.results` (created) or `<prefix>.vision.results.nobody` (not created) between
+  the good jobs, 3 of each: each must get a RefusedReplyTo error result on the results topic and a dead letter,
+  and the workers must not rewind; 9 as 4, with the service's model failing once per worker process on every
+  20th job (`tests/integration/flaky_vision.py`: a retriable ModelFailure, retried through the retry topic
+  after 1 s): retries are waiting and in flight during both rebalances, and every job must end `ok`;
+  10 a second worker joins early, then w1 is frozen with SIGSTOP for 14 s, past its session timeout (6 s)
+  and poll timeout (10 s) (`AIAAS_VISION_SESSION_TIMEOUT_MS`, `_HEARTBEAT_INTERVAL_MS`,
+  `_MAX_POLL_INTERVAL_MS`, both workers), then resumed with SIGCONT: it wakes up as a zombie holding the
+  batches it had taken; 11 tenant flood: tenant `bob` publishes to `<prefix>.vision.infer.bob` at 50 jobs/s,
+  and after 8 s tenant `alice` (a process of her own: `bench/tenant_flood.py flood`) publishes N jobs to
+  `<prefix>.vision.infer.alice` as fast as her producer takes them, far past the service's capacity; one
+  results reader per tenant on its own results topic; bob's p50/p99 alone and during the flood are in the
+  details (`bench/tenant_flood.py` measures them properly). "Random points" are seeded
   (`--seed`) and placed by progress: "at 37 %" = once 37 % of the good jobs had a result.
 - **mode**: the service's `AIAAS_VISION_DELIVERY` (each worker also gets `AIAAS_VISION_INSTANCE_ID`, `w1` or `w2`).
 - **jobs sent**: good vision jobs (held-out digits) the broker acknowledged, published at a fixed rate
@@ -37,22 +56,31 @@ LEGEND = """\
 - **duplicates seen by client**: results the results reader handed to its application more than once,
   counted across its kills: the reader is `AiaasClient.results(group_id=..., seen=SeenFile(...))` in
   its own process, writing one line per result it is handed. Required: 0 in both modes.
-- **DLQ records**: records in the DLQ topic (read_committed). Scenario 6 requires at least the bad inputs sent.
+- **service restarts caused by input**: worker exits the scenario did not cause, i.e. every exit that was not
+  its own kill -9 or SIGTERM (so it bounds the exits caused by input from above); each such worker is started
+  again at once, as a supervisor would. Required: 0.
+- **DLQ records**: records in the DLQ topic (read_committed). Scenarios 6–8 require at least the bad inputs that
+  must end as dead letters.
 - **wall time**: first publish → every good job has a result and the reader has handed them all over.
-- **bad inputs sent**: messages of the hostile corpus published (scenario 6); not counted in jobs sent or lost.
+- **bad inputs sent**: bad messages published (scenarios 6–8); not counted in jobs sent or lost.
 - **reader missed**: good jobs with a result in the topic that never reached a line of the reader's file. Not a
   requirement; by design at most one per kill -9 of the reader (scenario 5), 0 otherwise: the client adds a job id
   to `seen` just before handing its result over (so it never hands it over twice), and a kill between that
-  mark and the application's own write loses that one result for the application."""
+  mark and the application's own write loses that one result for the application.
+- **rewinds**: times the workers went back to a partition's first unfinished job after a batch's outcomes could
+  not be published or its transaction failed, summed from their `service stopped` lines (a worker killed with
+  kill -9 prints none; "–": none printed). Required 0 in scenarios 7 and 8: a bad input is a final outcome."""
 
 
 def _cell(row: Row) -> list[str]:
     c = row.check
+    rewinds = "–" if row.rewinds is None else f"{row.rewinds:,}"
     if c is None:
-        return [row.scenario.name if row.scenario else "?", row.mode, *["–"] * 7, str(row.bad_sent), "–"]
+        return [row.scenario.name if row.scenario else "?", row.mode, *["–"] * 5, f"{row.input_restarts:,}",
+                "–", "–", str(row.bad_sent), "–", rewinds]
     return [f"{row.scenario.number} {row.scenario.name}", row.mode, f"{c.sent:,}", f"{c.answered:,}", f"{c.lost:,}",
-            f"{c.topic_duplicates:,}", f"{c.client_duplicates:,}", f"{c.dlq:,}", f"{row.wall_s:.1f} s",
-            f"{row.bad_sent:,}", f"{c.reader_missed:,}"]
+            f"{c.topic_duplicates:,}", f"{c.client_duplicates:,}", f"{row.input_restarts:,}", f"{c.dlq:,}",
+            f"{row.wall_s:.1f} s", f"{row.bad_sent:,}", f"{c.reader_missed:,}", rewinds]
 
 
 def table(rows: list[Row]) -> str:
@@ -81,9 +109,31 @@ def verdict(rows: list[Row]) -> list[str]:
         if row.mode == "exactly-once" and c.topic_duplicates:
             examples = ", ".join(c.duplicate_ids[:3])
             broken.append(f"{name}: {c.topic_duplicates} duplicate results in the topic (e.g. {examples})")
-        if row.bad_sent and c.dlq < row.bad_sent:
-            broken.append(f"{name}: {c.dlq} DLQ records for {row.bad_sent} bad inputs")
+        if row.dlq_expected and c.dlq < row.dlq_expected:
+            broken.append(f"{name}: {c.dlq} DLQ records for {row.dlq_expected} bad inputs that must be dead letters")
+        if c.bad_unexpected:
+            broken.append(f"{name}: {len(c.bad_unexpected)} of {c.bad_checked} bad inputs ended otherwise than they "
+                          f"must (e.g. {'; '.join(c.bad_unexpected[:3])})")
+        if row.input_restarts:
+            broken.append(f"{name}: {row.input_restarts} worker exit(s) the scenario did not cause")
+        if row.scenario.no_rewinds and row.rewinds:
+            broken.append(f"{name}: the workers rewound {row.rewinds} time(s)")
+        if row.scenario.all_ok and c.not_ok:
+            broken.append(f"{name}: good jobs not ok: " + ", ".join(f"{n} {s}" for s, n in c.not_ok.items()))
     return broken
+
+
+def _latency(row: Row) -> list[str]:
+    """Bob's p50/p99 by phase (the tenant flood)."""
+    from bench.tenant_flood import percentile
+
+    phases = {phase: (len(ms), percentile(ms, 50), percentile(ms, 99)) for phase, ms in row.latency.items()}
+    if not phases:
+        return []
+    text = "; ".join(f"{phase}: {n} jobs, p50 {p50:.1f} ms, p99 {p99:.1f} ms" for phase, (n, p50, p99) in phases.items())
+    solo, flood = phases.get("alone"), phases.get("during the flood")
+    ratio = f" → p99 during the flood / alone = **{flood[2] / solo[2]:.2f}x**" if solo and flood and solo[2] else ""
+    return [f"bob's latency (publish → result seen) {text}{ratio}"]
 
 
 def _details(row: Row) -> list[str]:
@@ -102,7 +152,11 @@ def _details(row: Row) -> list[str]:
         if c.undecodable_results:
             extra.append(f"{c.undecodable_results} undecodable records in the results topic")
         if row.bad_sent:
-            extra.append(f"{c.bad_results} error results for the {row.bad_sent} bad inputs")
+            extra.append(f"{c.bad_results} results for the {row.bad_sent} bad inputs"
+                         + (f"; {c.bad_checked - len(c.bad_unexpected)} of the {c.bad_checked} checked ended as they "
+                            "must" if c.bad_checked else ""))
+        extra += [f"bad input ended otherwise: {u}" for u in c.bad_unexpected[:5]]
+        extra += _latency(row)
         out += [f"- {e}" for e in extra]
     out += [f"- {note}" for note in row.notes]
     return out + [""]
@@ -154,7 +208,8 @@ def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int
         table(rows),
         "",
         "Requirements (lost = 0 everywhere; exactly-once: duplicate results in topic = 0; duplicates seen by "
-        "client = 0 in both modes): " + ("all met." if not broken else "**not met**:"),
+        "client = 0 and service restarts caused by input = 0 in both modes; every checked bad input ends as it must; "
+        "no rewinds for bad inputs; scenario 9: every job ok): " + ("all met." if not broken else "**not met**:"),
         *[f"- {b}" for b in broken],
         "",
         "## Columns",

@@ -80,3 +80,17 @@ def test_small_models_call_on_the_event_loop_when_they_compute_on_the_cpu_and_te
     monkeypatch.setenv("AIAAS_VISION_MODEL_CALLS", "sideways")
     with pytest.raises(ValueError, match="model_calls"):
         VisionSettings()
+
+
+def test_consumer_group_timeouts_are_settings_and_a_heartbeat_must_fit_in_the_session(monkeypatch):
+    default = VisionSettings()
+    assert (default.session_timeout_ms, default.heartbeat_interval_ms, default.max_poll_interval_ms) == \
+        (10_000, 3_000, 300_000)  # aiokafka's defaults
+    monkeypatch.setenv("AIAAS_VISION_SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("AIAAS_VISION_HEARTBEAT_INTERVAL_MS", "2000")
+    monkeypatch.setenv("AIAAS_VISION_MAX_POLL_INTERVAL_MS", "10000")
+    short = VisionSettings()
+    assert (short.session_timeout_ms, short.heartbeat_interval_ms, short.max_poll_interval_ms) == (6000, 2000, 10000)
+    monkeypatch.setenv("AIAAS_VISION_HEARTBEAT_INTERVAL_MS", "6000")
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        VisionSettings()

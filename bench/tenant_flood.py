@@ -1,0 +1,462 @@
+"""Tenant flood: bob's latency alone, and while alice floods the vision service past its capacity.
+
+    .venv/bin/python bench/tenant_flood.py [--runs 3] [--bob-rate 50] [--solo-s 20] [--flood-jobs 60000]
+                                           [--flood-rate 0] [--port 29592] [--out FILE]
+
+The issue's target: a second tenant's p99 stays within 3x of its solo p99 while a first tenant floods past the
+service's capacity (the per-tenant share of the in-flight window and turn-taking batches, `pipeline.py`).
+Each run has its own topic prefix and its own `python -m aiaas.vision` (defaults; trace export off, as in the
+fault suite: `OTEL_TRACES_EXPORTER=none`), on a broker of this program's own (`infra/kafka/kafka.sh`):
+
+1. **capacity**: after a warm-up job of each tenant, alice (her own process, `flood` below) publishes
+   `--capacity-jobs` jobs as fast as she can to `<prefix>.vision.infer.alice` while bob is quiet; capacity = jobs /
+   (first publish → the last of their results in `<prefix>.vision.results.alice`): what the service does for one
+   tenant's burst.
+2. **solo**: bob publishes to `<prefix>.vision.infer.bob` at `--bob-rate` jobs/s (open loop: job i at t0 + i/rate,
+   whatever happened to earlier ones) for `--solo-s`. Latency per job = publish start → its result read from
+   `<prefix>.vision.results.bob` (one clock: both in this process).
+3. **flood**: bob goes on at the same rate while alice publishes `--flood-jobs` jobs as fast as her producer
+   takes them (tens of thousands a second here: several times any capacity of the service), or at `--flood-rate`.
+   Bob's jobs published from alice's first publish until her last result was written count as "during the
+   flood"; alice's jobs / that time is the rate the service drained her backlog at, beside bob.
+
+Prints one table row per run, then the medians; `--out FILE` writes the table (Markdown) with the command.
+`flood` is the subcommand alice's process runs: `bench/tenant_flood.py flood --topic T --prefix P --count N
+[--rate R]` (Kafka settings from AIAAS_KAFKA_*), also used by the fault suite's tenant flood scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from aiaas.codec import decode_result, encode
+from aiaas.contracts import Job, Tensor
+from aiaas.settings import KafkaSettings
+from aiaas.topics import ModelTopics, ensure_topics, partition_count, service_topics
+
+__all__ = ["flood_job_ids", "flood", "percentile"]
+
+TENANTS = ("alice", "bob")
+
+
+def flood_job_ids(prefix: str, count: int) -> list[str]:
+    """The job ids alice's `flood` publishes, in order (the fault suite checks every one has a result)."""
+    return [f"{prefix}-{i:07d}" for i in range(count)]
+
+
+def _images() -> list[Tensor]:
+    from aiaas.vision.data import load_split
+
+    return [Tensor.from_numpy(image[0]) for image in load_split().test_x]
+
+
+async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate: float) -> tuple[int, float, float]:
+    """Publish `count` vision jobs to `topic`, at `rate` jobs/s (open loop; 0: as fast as the producer takes them).
+
+    Jobs are encoded before the clock starts. Returns (acknowledged, wall time of the first send, seconds).
+    """
+    images = _images()
+    payloads = [(job_id.encode(), encode(Job(job_id=job_id, model="vision", inputs={"image": images[i % len(images)]})))
+                for i, job_id in enumerate(flood_job_ids(prefix, count))]
+    producer = AIOKafkaProducer(**kafka.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        print(f"alice flood ready: {count} jobs to {topic} at {'full speed' if not rate else f'{rate:,.0f}/s'}",
+              flush=True)
+        first_at, start, acks = time.time(), time.monotonic(), []
+        for i, (key, value) in enumerate(payloads):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0.001:  # a shorter sleep costs more than it paces: send now, the next ones catch up
+                    await asyncio.sleep(delay)
+            acks.append(await producer.send(topic, value, key=key))
+            if len(acks) >= 2000:  # bound what waits in memory; a failure raises here
+                await asyncio.gather(*acks)
+                acks.clear()
+        await asyncio.gather(*acks)
+        return count, first_at, time.monotonic() - start
+    finally:
+        await producer.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank on the sorted values; NaN for none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout gets the table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunResult:
+    """One run's figures."""
+
+    capacity: float = float("nan")
+    flood_rate: float = float("nan")
+    """Alice's publishing rate during the flood (achieved)."""
+    alice_jobs: int = 0
+    alice_publish_s: float = float("nan")
+    flood_s: float = float("nan")
+    """Alice's first publish → her last result written."""
+    solo: list[float] = field(default_factory=list)
+    during: list[float] = field(default_factory=list)
+    parts: dict[str, tuple[list[float], list[float], list[float]]] = field(default_factory=dict)
+    """Phase → bob's (latency, publish → batch cut, model done → result read) in ms; the flood also split into
+    alice publishing and the service draining her backlog after she stopped."""
+    missing: int = 0
+    """Bob's jobs without a result at the end."""
+    other_cores: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Bob's p99 during the flood / alone."""
+        return percentile(self.during, 99) / percentile(self.solo, 99)
+
+
+class Bob:
+    """Bob's open-loop publisher and his results reader, in this process: send time and receipt time per job."""
+
+    def __init__(self, kafka: KafkaSettings, rate: float) -> None:
+        topics = ModelTopics.of("vision", kafka.topic_prefix)
+        self.kafka, self.rate = kafka, rate
+        self.infer, self.results = topics.tenant_infer("bob"), topics.tenant_results("bob")
+        self.sent: dict[str, float] = {}
+        self.received: dict[str, float] = {}
+        self.timings: dict[str, tuple[float, float]] = {}
+        """Job id → (ms from publish to the batch being cut, ms from the model call's end to the result read)."""
+        self._images = _images()
+        self._stop = asyncio.Event()
+        self._go = asyncio.Event()
+        self._go.set()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Start reading bob's results topic (from its end) and publishing."""
+        self._consumer = AIOKafkaConsumer(**self.kafka.connection_kwargs(), group_id=None, enable_auto_commit=False)
+        await self._consumer.start()
+        parts = [TopicPartition(self.results, p) for p in range(await partition_count(self.kafka, self.results,
+                                                                                          wait_s=10))]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_end(*parts)
+        for tp in parts:
+            await self._consumer.position(tp)  # resolve the end now, before the first job is sent
+        self._producer = AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
+                                          linger_ms=0)
+        await self._producer.start()
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._publish())]
+
+    @property
+    def started(self) -> bool:
+        """Publishing and reading (until `stop`)."""
+        return bool(self._tasks)
+
+    async def _read(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=100)).values():
+                now = time.time()
+                for record in records:
+                    job_id = record.key.decode(errors="replace") if record.key else ""
+                    if job_id in self.received:
+                        continue
+                    self.received[job_id] = now
+                    result = decode_result(record.value or b"", self.kafka.max_message_bytes)
+                    if result.timings is not None and result.completed_at and job_id in self.sent:
+                        # picked_at − created_at (the job was made just before its send), and completion → read here
+                        self.timings[job_id] = (result.timings.queue_wait_ms, (now - result.completed_at) * 1000)
+
+    def pause(self) -> None:
+        """Stop publishing for now (the results reader goes on)."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        """Publish again, on a fresh schedule from now."""
+        self._go.set()
+
+    async def _publish(self) -> None:
+        i, i0, start = 0, 0, time.monotonic()
+        while not self._stop.is_set():
+            if not self._go.is_set():
+                await self._go.wait()
+                start, i0 = time.monotonic(), i
+            delay = start + (i - i0) / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            job_id = f"{self.kafka.topic_prefix}-bob-{i:06d}"
+            job = Job(job_id=job_id, model="vision", inputs={"image": self._images[i % len(self._images)]})
+            self.sent[job_id] = time.time()
+            await self._producer.send(self.infer, encode(job), key=job_id.encode())
+            i += 1
+
+    async def stop_publishing(self, drain_s: float = 30) -> None:
+        """Stop publishing and wait (up to `drain_s`) for the results of everything sent."""
+        self._stop.set()
+        self._go.set()
+        await self._tasks[1]
+        await self._producer.flush()
+        deadline = time.monotonic() + drain_s
+        while set(self.sent) - set(self.received) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        """Stop reading; close both clients."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._producer.stop()
+        await self._consumer.stop()
+
+    def latencies_ms(self, since: float, until: float) -> list[float]:
+        """Latency of each of bob's jobs sent in [since, until) (wall clock) that has a result."""
+        return [(self.received[j] - t) * 1000 for j, t in self.sent.items() if since <= t < until and j in self.received]
+
+    def parts_ms(self, since: float, until: float) -> tuple[list[float], list[float]]:
+        """For bob's jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
+        parts = [self.timings[j] for j, t in self.sent.items() if since <= t < until and j in self.timings]
+        return [p[0] for p in parts], [p[1] for p in parts]
+
+
+async def _results_written(kafka: KafkaSettings, topic: str) -> int:
+    """How many records `topic` holds (end offsets summed; nothing is deleted during a run)."""
+    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(await partition_count(kafka, topic, wait_s=10))]
+        return sum((await consumer.end_offsets(parts)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _wait_for_results(kafka: KafkaSettings, topic: str, want: int, stall_s: float = 60) -> float:
+    """Poll `topic`'s end offsets until it holds `want` records; the wall time that was first seen."""
+    consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(await partition_count(kafka, topic, wait_s=10))]
+        count, moved_at = -1, time.monotonic()
+        while True:
+            now = sum((await consumer.end_offsets(parts)).values())
+            if now >= want:
+                return time.time()
+            if now != count:
+                count, moved_at = now, time.monotonic()
+            elif time.monotonic() - moved_at > stall_s:
+                raise TimeoutError(f"{topic} stopped at {now} of {want} records")
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+
+
+class Bench:
+    """Broker, registry and the runs."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        from bench.procs import LocalBroker
+
+        self.args, self.tmp = args, tmp
+        self.home = tmp / "home"
+        self.broker = LocalBroker(args.port, tmp / "kafka")
+
+    def alice(self, kafka: KafkaSettings, name: str, count: int, rate: float):
+        """Alice's flood, as a process of its own (so her publishing is not on bob's event loop)."""
+        from bench.procs import ChildProcess, child_env
+
+        topic = ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
+        args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
+                "--count", str(count), "--rate", str(rate)]
+        return ChildProcess(args, child_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
+                            self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
+
+    async def one_run(self, number: int) -> RunResult:
+        """Capacity, bob alone, bob during alice's flood; a fresh prefix and service."""
+        from bench.procs import ChildProcess, OtherWork, child_env
+
+        args, result = self.args, RunResult()
+        kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap, topic_prefix=f"tf{number}-{uuid.uuid4().hex[:6]}")
+        topics = ModelTopics.of("vision", kafka.topic_prefix)
+        await ensure_topics(kafka, service_topics("vision", kafka) + [
+            name for tenant in TENANTS for name in (topics.tenant_infer(tenant), topics.tenant_results(tenant))])
+        env = child_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
+        service = ChildProcess(["-m", "aiaas.vision"], env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
+        other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
+        other.start()
+        bob = Bob(kafka, args.bob_rate)
+        try:
+            # The service logs "ready" before its group has assigned it the partitions: wait for one job of each tenant.
+            await asyncio.to_thread(lambda: self.alice(kafka, "warm-up", 100, 0).start())
+            await _wait_for_results(kafka, topics.tenant_results("alice"), 100)
+            await bob.start()
+            await _wait_for_results(kafka, topics.tenant_results("bob"), 1)
+            bob.pause()
+            log(f"run {number}: capacity burst of {args.capacity_jobs:,} jobs")
+            burst = await asyncio.to_thread(lambda: self.alice(kafka, "capacity", args.capacity_jobs, 0).start())
+            first_at = float(burst.log_text().split("first send at ", 1)[1].split()[0])
+            last_at = await _wait_for_results(kafka, topics.tenant_results("alice"), 100 + args.capacity_jobs)
+            result.capacity = args.capacity_jobs / (last_at - first_at)
+            await asyncio.sleep(2)
+            solo_from = time.time()
+            bob.resume()
+            log(f"run {number}: capacity {result.capacity:,.0f} jobs/s; bob alone for {args.solo_s:.0f} s")
+            await asyncio.sleep(args.solo_s)
+            solo_until = time.time()
+            result.alice_jobs = args.flood_jobs
+            log(f"run {number}: alice floods {result.alice_jobs:,} jobs")
+            before = await _results_written(kafka, topics.tenant_results("alice"))
+            flooder = self.alice(kafka, "flood", result.alice_jobs, args.flood_rate)
+            await asyncio.to_thread(lambda: flooder.start(timeout=600))
+            flood_from = float(flooder.log_text().split("first send at ", 1)[1].split()[0])
+            result.alice_publish_s = float(flooder.log_text().split(" in ", 1)[1].split(" s")[0])
+            result.flood_rate = result.alice_jobs / result.alice_publish_s
+            flood_until = await _wait_for_results(kafka, topics.tenant_results("alice"), before + result.alice_jobs)
+            result.flood_s = flood_until - flood_from
+            await bob.stop_publishing()
+            result.solo = bob.latencies_ms(solo_from, solo_until)
+            result.during = bob.latencies_ms(flood_from, flood_until)
+            published_at = flood_from + result.alice_publish_s
+            result.parts = {phase: (bob.latencies_ms(lo, hi), *bob.parts_ms(lo, hi)) for phase, lo, hi in (
+                ("alone", solo_from, solo_until), ("during the flood", flood_from, flood_until),
+                ("· while alice publishes", flood_from, published_at),
+                ("· while her backlog drains", published_at, flood_until))}
+            result.missing = len(set(bob.sent) - set(bob.received))
+        finally:
+            if bob.started:
+                await bob.stop()
+            used = other.stop()
+            result.other_cores = used[0] if used else None
+            service.stop()
+        return result
+
+
+def _row(number: int | str, r: RunResult) -> str:
+    p = percentile
+    return (f"| {number} | {r.capacity:,.0f} | {r.alice_jobs:,} | {r.flood_rate:,.0f} | {r.flood_s:.1f} s "
+            f"| {r.alice_jobs / r.flood_s:,.0f} | {len(r.solo)} | {p(r.solo, 50):.1f} | {p(r.solo, 99):.1f} | {len(r.during)} "
+            f"| {p(r.during, 50):.1f} | {p(r.during, 99):.1f} | **{r.ratio:.2f}x** | {r.missing} "
+            f"| {'–' if r.other_cores is None else f'{r.other_cores:.2f}'} |")
+
+
+HEADER = ("| run | capacity, alice alone (jobs/s) | alice's flood: jobs | published at (jobs/s) | first publish → "
+          "last result | drained at (jobs/s) | bob alone: jobs | p50 ms | p99 ms | bob during flood: jobs | p50 ms "
+          "| p99 ms | p99 flood / alone | bob missing | other work (cores) |")
+RULE = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def breakdown(results: list[RunResult]) -> str:
+    """Where bob's time goes, per run and phase: before his job is in a batch, and after the model call."""
+    p = percentile
+    lines = ["| run | phase | bob's jobs | latency p50 ms | p99 ms | publish → batch cut: p50 ms | p99 ms "
+             "| model done → result read: p50 ms | p99 ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(results, 1):
+        for phase, (total, before, after) in r.parts.items():
+            lines.append(f"| {i} | {phase} | {len(total)} | {p(total, 50):.1f} | {p(total, 99):.1f} "
+                         f"| {p(before, 50):.1f} | {p(before, 99):.1f} | {p(after, 50):.1f} | {p(after, 99):.1f} |")
+    return "\n".join(lines)
+
+
+def table(results: list[RunResult]) -> str:
+    """One row per run and the medians of the per-run figures."""
+    lines = [HEADER, RULE, *(_row(i + 1, r) for i, r in enumerate(results))]
+    if len(results) > 1:
+        med = statistics.median
+        ratios = [r.ratio for r in results]
+        lines.append(f"\nMedian over runs: bob p99 alone {med(percentile(r.solo, 99) for r in results):.1f} ms, "
+                     f"during the flood {med(percentile(r.during, 99) for r in results):.1f} ms; p99 ratio "
+                     f"{med(ratios):.2f}x (runs: {', '.join(f'{x:.2f}x' for x in ratios)}); target ≤ 3x.")
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    f = sub.add_parser("flood", help="alice's publishing process (run by the benchmark and the fault suite)")
+    f.add_argument("--topic", required=True)
+    f.add_argument("--prefix", required=True, help="job ids are <prefix>-0000000 …")
+    f.add_argument("--count", type=int, required=True)
+    f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
+    parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
+    parser.add_argument("--capacity-jobs", type=int, default=10_000, help="alice's burst that measures capacity")
+    parser.add_argument("--flood-jobs", type=int, default=60_000, help="how many jobs alice floods")
+    parser.add_argument("--flood-rate", type=float, default=0.0,
+                        help="alice's jobs/s during the flood (0: as fast as her producer takes them)")
+    parser.add_argument("--port", type=int, default=29592, help="the broker's port (controller: port + 1)")
+    parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    return parser.parse_args(argv)
+
+
+async def _main_async(args: argparse.Namespace, tmp: Path) -> list[RunResult]:
+    from aiaas.registry import Registry
+    from aiaas.vision.trainer import build
+
+    build(Registry(tmp / "home" / "registry"))
+    bench = Bench(args, tmp)
+    await asyncio.to_thread(bench.broker.start)
+    results = []
+    try:
+        for number in range(1, args.runs + 1):
+            results.append(await bench.one_run(number))
+            log(_row(number, results[-1]))
+    finally:
+        bench.broker.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with `flood`, alice's publishing); print the table."""
+    args = _parse(argv)
+    if args.command == "flood":
+        acked, first_at, seconds = asyncio.run(flood(KafkaSettings(), args.topic, args.prefix, args.count, args.rate))
+        print(f"alice flood done: {acked} acked, first send at {first_at:.6f} in {seconds:.3f} s "
+              f"({acked / seconds:,.0f}/s)", flush=True)
+        return 0
+    from bench.procs import stop_all
+    from bench.report import cpu_name
+
+    tmp = Path(tempfile.mkdtemp(prefix="aiaas-tenant-flood-"))
+    try:
+        results = asyncio.run(_main_async(args, tmp))
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    command = ".venv/bin/python bench/tenant_flood.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
+    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("AIAAS_VISION_"))
+    text = (f"Tenant flood ({date.today()}, {cpu_name()}, {os.cpu_count()} cores): bob at {args.bob_rate:g} jobs/s "
+            f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}"
+            f"{f' (service settings: {settings})' if settings else ''}.\n"
+            f"Command: `{command.strip()}`\n\n{table(results)}\n\nWhere bob's time went (his results' "
+            f"`timings.queue_wait_ms`: job made just before its send → its batch cut; then `completed_at` → read "
+            f"here):\n\n{breakdown(results)}")
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
