@@ -126,6 +126,7 @@ class JobPipeline:
         # One tenant may hold at most this much of the window; the rest stays free for the others' jobs.
         capacity = self._window.capacity
         self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
+        self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
         self._queue: deque[Any] = deque()
         self._publishing: set[asyncio.Task] = set()
@@ -227,7 +228,10 @@ class JobPipeline:
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
             room = 0 if self._holding else self._window.room
-            if room == 0:
+            # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
+            # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
+            # carries one or two jobs).
+            if room == 0 or (self._paused and room < self._resume_room):
                 self._pause()
                 self._finished.clear()
                 try:
@@ -291,9 +295,8 @@ class JobPipeline:
             self._delayed_paused = False
 
     async def _take_fairly(self, room: int) -> bool:
-        """Take the other tenants' records before the largest one's (so a tenant's first job is taken as soon as
-        there is room, whatever another has prefetched); with several tenants active, also none of the largest
-        one's past its share. True when that was all (else the caller polls as usual).
+        """Take the other tenants' records before the largest one's once it holds its share; with several tenants
+        active, also none of the largest one's past its share. True when that was all (else the caller polls).
 
         A tenant flooding the service past its capacity then holds at most its share of the window, and `_cut` puts
         the other tenants' jobs into the next batch beside the flood's. Its partitions are not paused: their records
@@ -306,11 +309,16 @@ class JobPipeline:
         if not loads:
             return False
         largest = max(loads, key=loads.__getitem__)
+        now = time.monotonic()
+        several = sum(1 for seen in self._owners_seen.values() if now - seen < _ACTIVE_S) >= 2
+        if not several and loads[largest] < self._tenant_share:
+            return False  # one tenant with room to spare: nothing to be fair about
+        # Past its share (or beside others), the largest tenant's records wait for the others' to be taken first:
+        # so another tenant's first job gets in as soon as there is room, whatever the largest has prefetched.
         others = [tp for tp in self._consumer.assignment() if self._tenant_of(tp.topic) != largest]
         if others:
             self._take(await self._poll(0, room, others))
-        now = time.monotonic()
-        if sum(1 for seen in self._owners_seen.values() if now - seen < _ACTIVE_S) < 2:
+        if not several:
             return False
         left = min(self._window.room, self._tenant_share - loads[largest])
         if left > 0:
