@@ -12,26 +12,14 @@ import pytest
 
 from aiaas.client import AiaasClient
 from aiaas.contracts import Tensor
-from aiaas.registry import Registry
 from aiaas.vision.data import load_split
-from aiaas.vision.trainer import TrainParams, build
 from tests.integration.conftest import ServiceProcess
+from tests.integration.test_training_end_to_end import env, home  # noqa: F401 - the same fixtures
 from tests.integration.test_vision_end_to_end import read_topic
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def home(tmp_path) -> Registry:
-    """A registry of this test's own, with a quickly trained vision v1 as `production`."""
-    registry = Registry(tmp_path / "home" / "registry")
-    build(registry, TrainParams(epochs=3))
-    return registry
-
-
-@pytest.fixture
-def env(service_env, home) -> dict[str, str]:
-    return service_env | {"AIAAS_HOME": str(home.root.parent)}
 
 
 def trainer(env, tmp_path, module: str | None = None, **settings) -> ServiceProcess:
