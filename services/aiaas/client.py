@@ -139,7 +139,7 @@ def _security_refusal(settings: KafkaSettings, where: str, exc: Exception) -> Ka
     elif isinstance(exc, errors.KafkaConnectionError) and protocol == "PLAINTEXT":
         # TCP connected, then the broker hung up on the first request: a listener that expects SASL or TLS.
         message = (f"Kafka at {where} accepted the connection and closed it: that listener probably needs SASL "
-                   "or TLS (set AIAAS_KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings, see the README)")
+                   "or TLS (set AIAAS_KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings, see docs/configuration.md)")
     else:
         return None
     return KafkaAuthenticationFailed(message)

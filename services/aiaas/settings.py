@@ -1,8 +1,7 @@
 """Settings: the only place that reads the environment.
 
 Every class here is a pydantic-settings class with its own prefix, so a deployment can be
-configured with environment variables alone (see the README's "Configure a real Kafka
-cluster" section).
+configured with environment variables alone (docs/configuration.md).
 """
 
 from __future__ import annotations
