@@ -27,10 +27,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidHeaders
 
-__all__ = ["HeaderLimits", "RecordHeaders", "read_headers", "TRACE_HEADERS"]
-
-TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
-"""The W3C trace-context headers (the default OpenTelemetry propagators read these)."""
+__all__ = ["HeaderLimits", "RecordHeaders", "read_headers"]
 
 _OURS = "aiaas."
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?")
@@ -52,6 +49,8 @@ class RecordHeaders:
     """The checked headers aiaas reads, as text: trace context and `aiaas.*` ones (others are left out)."""
 
     values: dict[str, str]
+    trace: tuple[tuple[str, bytes], ...] = ()
+    """The W3C trace-context headers as they came (checked), for continuing the publisher's trace."""
 
     def get(self, name: str) -> str | None:
         """The value of header `name`, or None when the record does not carry it."""
@@ -59,7 +58,7 @@ class RecordHeaders:
 
     def trace_context(self) -> list[tuple[str, bytes]]:
         """The W3C trace-context headers, for continuing the publisher's trace."""
-        return [(name, value.encode()) for name, value in self.values.items() if name in _TRACE_LIMITS]
+        return list(self.trace)
 
 
 NO_HEADERS = RecordHeaders({})
@@ -70,6 +69,7 @@ def read_headers(raw: Iterable[tuple[object, object]] | None, limits: HeaderLimi
     if not raw:
         return NO_HEADERS
     values: dict[str, str] = {}
+    trace: list[tuple[str, bytes]] = []
     count = size = 0
     for pair in raw:
         count += 1
@@ -89,10 +89,12 @@ def read_headers(raw: Iterable[tuple[object, object]] | None, limits: HeaderLimi
             if key in values:
                 raise InvalidHeaders(f"header {_shown(key)} appears more than once")
             values[key] = _text(key, value)
+            if key in _TRACE_LIMITS:
+                trace.append((key, bytes(value)))
     traceparent = values.get("traceparent")
     if traceparent is not None:
         _check_traceparent(traceparent)
-    return RecordHeaders(values) if values else NO_HEADERS
+    return RecordHeaders(values, tuple(trace)) if values else NO_HEADERS
 
 
 def _text(key: str, value: object) -> str:

@@ -68,7 +68,13 @@ class InFlightWindow:
 
     def owners(self) -> list[Hashable]:
         """The owners with records in flight."""
-        return [owner for owner, count in self._load.items() if count > 0]
+        return list(self._load)
+
+    def _release(self, owner: Hashable) -> None:
+        """One record of `owner` is no longer in flight (an owner with none left is dropped: tenants come and go)."""
+        self._load[owner] -= 1
+        if self._load[owner] <= 0:
+            del self._load[owner]
 
     def __len__(self) -> int:
         """Records taken and not yet done."""
@@ -111,7 +117,7 @@ class InFlightWindow:
             self._bytes += size - (replaced.size if replaced is not None else 0)
             self._load[entry.owner] += 1
             if replaced is not None:
-                self._load[replaced.owner] -= 1
+                self._release(replaced.owner)
             mean = self._mean_size
             self._mean_size = size if mean is None else mean + (size - mean) * _MEAN_WEIGHT
 
@@ -124,7 +130,7 @@ class InFlightWindow:
             if entry is not None:  # records forgotten by `forget` (rewind, revocation) are ignored
                 entry.done = True
                 self._bytes -= entry.size
-                self._load[entry.owner] -= 1
+                self._release(entry.owner)
                 touched.add(key)
         commits = {}
         for key in touched:
@@ -161,4 +167,4 @@ class InFlightWindow:
             for entry in self._entries.pop(key, ()):
                 if self._by_offset.pop((key, entry.offset), None) is not None:
                     self._bytes -= entry.size
-                    self._load[entry.owner] -= 1
+                    self._release(entry.owner)

@@ -231,7 +231,7 @@ class JobPipeline:
             # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
-            if room == 0 or (self._paused and room < self._resume_room):
+            if room == 0 or (self._paused and not self._may_reopen(room)):
                 self._pause()
                 self._finished.clear()
                 try:
@@ -280,6 +280,14 @@ class JobPipeline:
         self.stats.unreadable += sum(isinstance(r, UnreadableRecord) for records in found.values() for r in records)
         return found
 
+    def _may_reopen(self, room: int) -> bool:
+        """Whether a full window has room enough to take records again: a batch's worth, or half its byte budget
+        free (large records may never leave a batch's worth of room), or nothing in flight."""
+        if room >= self._resume_room or not len(self._window):
+            return True
+        budget = self._window.max_bytes
+        return budget is not None and self._window.bytes <= budget // 2
+
     def _pause(self) -> None:
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
         self._consumer.pause(*self._consumer.assignment())
@@ -310,7 +318,9 @@ class JobPipeline:
             return False
         largest = max(loads, key=loads.__getitem__)
         now = time.monotonic()
-        several = sum(1 for seen in self._owners_seen.values() if now - seen < _ACTIVE_S) >= 2
+        for owner in [owner for owner, seen in self._owners_seen.items() if now - seen >= _ACTIVE_S]:
+            del self._owners_seen[owner]  # tenants come and go: only the active ones are kept
+        several = len(self._owners_seen) >= 2
         if not several and loads[largest] < self._tenant_share:
             return False  # one tenant with room to spare: nothing to be fair about
         # Past its share (or beside others), the largest tenant's records wait for the others' to be taken first:

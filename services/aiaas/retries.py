@@ -25,7 +25,7 @@ from .errors import AiaasError, InvalidHeaders
 from .headers import RecordHeaders
 
 __all__ = ["RetryPolicy", "RetryState", "Origin", "ATTEMPT", "NOT_BEFORE", "ORIGIN_TOPIC", "ORIGIN_PARTITION",
-           "ORIGIN_OFFSET", "first_attempt"]
+           "ORIGIN_OFFSET"]
 
 ATTEMPT = "aiaas.attempt"
 NOT_BEFORE = "aiaas.retry.not_before"
@@ -56,11 +56,6 @@ class RetryState:
 
     attempt: int
     origin: Origin
-
-
-def first_attempt(record) -> RetryState:
-    """The state of a record straight from an infer topic."""
-    return RetryState(1, Origin.of(record))
 
 
 @dataclass(frozen=True)

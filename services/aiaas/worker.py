@@ -23,13 +23,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from . import tracing
 from .codec import decode_job, encode
 from .contracts import ErrorInfo, Job, Result, Tensor, Timings, is_plain_value, job_id_of_key, trusted
-from .errors import (AiaasError, InvalidJob, ModelFailure, PayloadTooLarge, RefusedReplyTo, Undeliverable,
-                     UnknownModelVersion, UnparseableRecord)
+from .errors import (AiaasError, InvalidHeaders, InvalidJob, ModelFailure, PayloadTooLarge, RefusedReplyTo,
+                     Undeliverable, UnknownModelVersion, UnparseableRecord)
 from .headers import NO_HEADERS, HeaderLimits, read_headers
 from .idempotency import Outcome, OutcomeCache
 from .job_spans import JobSpans
 from .reply_topics import ReplyTopics, TopicCatalog
-from .retries import Origin, RetryPolicy, first_attempt
+from .retries import Origin, RetryPolicy
 from .runtime import ModelCalls, ModelRuntime, computes_on_cpu
 from .runtimes import RuntimeSet
 from .topics import ModelTopics
@@ -291,7 +291,7 @@ class BatchWorker:
                 state = self.retry.state_of(headers)
                 job.attempt, job.origin = state.attempt, state.origin
                 span.set_attribute(tracing.ATTEMPT, job.attempt)
-            job.tenant = self._topics.tenant_of(job.origin.topic)
+            job.tenant = self._tenant_of_origin(job.origin.topic)
             job.job = decode_job(record.value or b"", self._max_bytes)
             span.set_attribute(tracing.JOB_ID, job.job.job_id)
             span.set_attribute("messaging.kafka.message.key", job.job.job_id)
@@ -311,11 +311,16 @@ class BatchWorker:
             job.prepared = True
         except AiaasError as exc:
             self._fail(job, exc, picked_at)
-        except ValueError as exc:  # the origin a retry record names is none of our infer topics
-            self._fail(job, InvalidJob(f"{exc}"[:500]), picked_at)
         except Exception as exc:  # a runtime's unexpected complaint is still the job's fault, not the worker's
             self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"[:500]), picked_at)
         return job
+
+    def _tenant_of_origin(self, topic: str) -> str | None:
+        """The tenant of the infer topic a job came from; InvalidHeaders when a retry record names another topic."""
+        try:
+            return self._topics.tenant_of(topic)
+        except ValueError as exc:
+            raise InvalidHeaders(f"{exc}"[:500]) from None
 
     async def _check_result_topics(self, batch: list[_InFlight], picked_at: float) -> None:
         """Refuse jobs whose result topic does not exist (the broker creates none by itself), before they run.
@@ -325,12 +330,14 @@ class BatchWorker:
         """
         if self._catalog is None:
             return
-        wanted = {topic for job in batch if job.job is not None and not job.bare
-                  for topic in (job.result_topic, self.reply_topics.default(job.tenant)) if topic}
+        # A replayed job's outcome (and topic) was decided when it first ran: it is sent as it was.
+        checked = [job for job in batch if job.job is not None and not job.bare and not job.replayed]
+        wanted = {topic for job in checked for topic in (job.result_topic, self.reply_topics.default(job.tenant))
+                  if topic}
         missing = await self._catalog.missing(wanted) if wanted else set()
-        for job in batch:
-            if not missing or job.job is None or job.bare:
-                continue
+        if not missing:
+            return
+        for job in checked:
             default = self.reply_topics.default(job.tenant)
             if default in missing:  # no result can be sent: the dead letter alone says what happened
                 job.prepared, job.result, job.retry = False, None, False
