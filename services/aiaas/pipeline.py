@@ -285,8 +285,10 @@ class JobPipeline:
         free (large records may never leave a batch's worth of room), or nothing in flight."""
         if room >= self._resume_room or not len(self._window):
             return True
-        budget = self._window.max_bytes
-        return budget is not None and self._window.bytes <= budget // 2
+        budget, window = self._window.max_bytes, self._window
+        # Bytes are the bound (the record count has a batch's worth free): half the budget free will do.
+        return (budget is not None and window.capacity - len(window) >= self._resume_room
+                and window.bytes <= budget // 2)
 
     def _pause(self) -> None:
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
