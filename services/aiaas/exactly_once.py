@@ -33,11 +33,14 @@ spans partitions and would need one transaction per partition: not worth it whil
 host-wide lock covers the one case the host-name default gets wrong.
 
 A limit to know: aiokafka's `send_offsets_to_transaction` does not send the consumer
-group's generation (KIP-447), so fencing is by transactional id only. A replica that stalls
-past its rebalance timeout and wakes up after its partitions moved could still commit one
-transaction; give every replica a stable, distinct instance id (a StatefulSet ordinal, say)
-so a restart fences it, and keep `graceful_timeout_s` (which sizes the rebalance timeout) above
-the longest batch.
+group's generation (KIP-447), so the broker fences by transactional id only and would take
+the transaction of a replica that stalled past its session and woke after its partitions
+moved (a zombie). The pipeline guards against that itself: a replica whose event loop stood
+still longer than its session (less one heartbeat) aborts what it holds and rejoins the group
+before it takes another record (`stall_watch.py`), and a revocation that comes after the group
+dropped it commits nothing. What is left is a freeze that falls between that last check and
+the commit request leaving the process (microseconds of every transaction); give every replica
+a stable, distinct instance id (a StatefulSet ordinal, say) so a restart fences it.
 """
 
 from __future__ import annotations

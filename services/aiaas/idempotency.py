@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,11 +39,13 @@ log = logging.getLogger("aiaas.idempotency")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a job got: its encoded result on `topic`, and the error that dead-lettered it, if any."""
+    """What a job got: its encoded result on `topic`, and the error that dead-lettered it, if any; `delivered` once
+    it is known to be on the topic (acknowledged, or committed in a transaction), not only computed."""
 
     topic: str
     payload: bytes
     error: AiaasError | None = None
+    delivered: bool = False
 
 
 _ENTRY_OVERHEAD = 300
@@ -90,6 +92,12 @@ class OutcomeCache:
         self._bytes += cost
         while len(self._outcomes) > self.capacity or (self.max_bytes is not None and self._bytes > self.max_bytes):
             self._drop(next(iter(self._outcomes)))
+
+    def confirm(self, job_id: str, outcome: Outcome, tenant: str | None = None) -> None:
+        """`outcome` (as it was put) is on its topic now; nothing when it was replaced or forgotten since."""
+        key = (tenant, job_id)
+        if self._outcomes.get(key) is outcome:
+            self._outcomes[key] = replace(outcome, delivered=True)  # same size: the byte count stands
 
     def _drop(self, key: tuple[str | None, str]) -> None:
         outcome = self._outcomes.pop(key, None)
@@ -159,4 +167,4 @@ def _remember(cache: OutcomeCache, topic: str, value: bytes | None, tenant: str 
     except Exception:  # a record we cannot read tells us nothing
         return
     if isinstance(job_id, str) and status in _INFERENCE_OUTCOMES:
-        cache.put(job_id, Outcome(topic, value or b""), tenant)
+        cache.put(job_id, Outcome(topic, value or b"", delivered=True), tenant)  # read from the topic: it is there

@@ -21,7 +21,11 @@ its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once 
 safe are written in one Kafka transaction, one batch after another. Either way, if
 publishing fails the partitions are rewound to the first unfinished record and those jobs
 run again. When partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is
-drained and committed first, within `graceful_timeout_s`.
+drained and committed first, within `graceful_timeout_s`. When the process stood still past its
+group session (`stall_after_s`: frozen, paused, its loop blocked), the group may have given its
+partitions away: what it holds is dropped uncommitted, nothing of it is published, and it rejoins
+the group before it takes records again (`LoopStallWatch`; the partitions' new owner runs them). The same when a
+revocation comes after the group already dropped us (its generation reset).
 
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
@@ -51,6 +55,7 @@ from aiokafka.errors import KafkaError
 from .exactly_once import Transactions, TransactionFenced
 from .inflight import InFlightWindow, Partition
 from .kafka_sink import refused_for_good
+from .stall_watch import LoopStallWatch
 from .unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from .worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
 
@@ -93,6 +98,7 @@ class PipelineStats:
     commit_failures: int = 0
     transactions: int = 0
     aborted_transactions: int = 0
+    stalls: int = 0
 
 
 class JobPipeline:
@@ -114,6 +120,8 @@ class JobPipeline:
         model_instances: int = 1,
         tenant_of: Callable[[str], Hashable] | None = None,
         max_in_flight_per_tenant: int | None = None,
+        stall_after_s: float | None = None,
+        rejoin: Callable[[], None] | None = None,
     ) -> None:
         self.worker = worker
         self.stats = PipelineStats()
@@ -149,6 +157,10 @@ class JobPipeline:
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
         self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
         self._unparseable = UnparseableSearch(consumer, max_steps=4 * max_batch + 8, logger=log)
+        self._stall = LoopStallWatch(stall_after_s, self._on_stall) if stall_after_s else None
+        self._rejoin = rejoin  # leaves and rejoins the group (unsubscribe + subscribe); None: seek to committed
+        self._rejoining: asyncio.Task | None = None
+        self._assigned = asyncio.Event()
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -169,6 +181,7 @@ class JobPipeline:
         model_loops = [asyncio.create_task(self._model_loop(), name=f"aiaas-model-loop-{i}")
                        for i in range(self._instances)]
         fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
+        watch = asyncio.create_task(self._stall.run(), name="aiaas-stall-watch") if self._stall else None
         try:
             await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
             ended = [loop for loop in model_loops if loop.done()]
@@ -186,9 +199,10 @@ class JobPipeline:
             self._arrived.set()
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
                 log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
-            for task in (*model_loops, fetch_loop, *self._publishing):
+            background = [task for task in (watch, self._rejoining) if task is not None]
+            for task in (*model_loops, fetch_loop, *self._publishing, *background):
                 task.cancel()
-            await asyncio.gather(*model_loops, fetch_loop, *self._publishing, return_exceptions=True)
+            await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
         return self.stats
 
     async def drain(self, timeout_s: float) -> bool:
@@ -368,6 +382,7 @@ class JobPipeline:
 
     def _on_assigned(self) -> None:
         self._paused = False  # a new assignment starts unpaused
+        self._assigned.set()
 
     # -- model loop ------------------------------------------------------------------------
 
@@ -486,6 +501,9 @@ class JobPipeline:
         if self._transactions is not None:
             await self._publish_in_transaction(batch, epoch)
             return
+        if self._stale(epoch):  # rewound, revoked or frozen since it was cut: its jobs run again (or elsewhere)
+            self.worker.discard(batch)
+            return
         try:
             await self.worker.publish(batch)
         except Exception as exc:
@@ -495,6 +513,8 @@ class JobPipeline:
                 self._note_refusals(exc)
                 self._rewind(epoch)
                 return
+        else:
+            self.worker.delivered(batch)
         self._forget_refusals(batch)
         if epoch != self._epoch:
             return  # a rewind or revocation happened since: these offsets are no longer ours to commit
@@ -513,6 +533,8 @@ class JobPipeline:
                 if epoch != self._epoch:
                     raise _Stale()
                 await transaction.commit_offsets(self._window.offsets_after(batch.records))
+                if self._stale(epoch):  # the last moment: a zombie's transaction must not commit
+                    raise _Stale()
         except _Stale:
             self.worker.discard(batch)
             self.stats.aborted_transactions += 1
@@ -530,6 +552,7 @@ class JobPipeline:
             self._note_refusals(exc)
             self._rewind(epoch)
             return
+        self.worker.delivered(batch)
         self._forget_refusals(batch)
         self.stats.transactions += 1
         if epoch == self._epoch:
@@ -563,6 +586,52 @@ class JobPipeline:
         if self._undeliverable:
             for record in batch.records:
                 self._undeliverable.pop(record_key(record), None)
+
+    def _stale(self, epoch: int) -> bool:
+        """Whether a batch cut in `epoch` may no longer publish or commit (looks for a stall first)."""
+        if self._stall is not None:
+            self._stall.check()
+        return epoch != self._epoch
+
+    def _on_stall(self, gap_s: float) -> None:
+        """The loop stood still past the group session: drop everything held, and rejoin before taking more."""
+        self.stats.stalls += 1
+        log.warning("this replica stood still for %.1f s (frozen, paused or blocked), past its group session: its "
+                    "partitions may have moved. Dropping the %d jobs it held, uncommitted, and rejoining the group",
+                    gap_s, len(self._window))
+        self._abandon_all()
+        if self._rejoining is None or self._rejoining.done():
+            self._holding += 1  # released by the task: no record is taken until the group has answered
+            self._rejoining = asyncio.create_task(self._rejoin_after_stall(), name="aiaas-rejoin")
+
+    async def _rejoin_after_stall(self) -> None:
+        try:
+            # Batches already cut are stale: they discard or abort. Wait for them, so none commits after this.
+            deadline = time.monotonic() + self._drain_timeout_s
+            while (self._publishing or self._committing) and time.monotonic() < deadline:
+                self._finished.clear()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), 0.5)
+                except TimeoutError:
+                    pass
+            self._abandon_all()
+            if self._rejoin is not None:
+                self._assigned.clear()
+                self._rejoin()  # a new member: its assignment starts from the committed offsets
+                try:
+                    await asyncio.wait_for(self._assigned.wait(), self._drain_timeout_s + 30)
+                except TimeoutError:
+                    log.warning("no assignment %.0f s after rejoining the group", self._drain_timeout_s + 30)
+            else:
+                assigned = self._consumer.assignment()
+                if assigned:
+                    await self._consumer.seek_to_committed(*assigned)
+                self._abandon_all()
+        except Exception as exc:  # noqa: BLE001 - the fetch loop must get going again whatever happened
+            log.error("rejoining the group after a stall failed (%s)", exc)
+        finally:
+            self._holding -= 1
+            self._finished.set()
 
     def _abandon_all(self) -> None:
         """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""
@@ -623,6 +692,13 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
+        if _membership_lost(self._pipeline._consumer):  # noqa: SLF001 - same module
+            # The group dropped us already (session expired): the partitions are someone else's, and committing
+            # what we hold of them would answer those jobs twice. Drop it all, uncommitted.
+            log.warning("rebalance after this replica was dropped from its group: abandoning the %d jobs it held",
+                        len(self._pipeline._window))  # noqa: SLF001
+            self._pipeline._abandon_all()  # noqa: SLF001
+            return
         if not await self._pipeline.drain(self._pipeline._drain_timeout_s):  # noqa: SLF001 - same module
             log.warning("rebalance: in-flight work not drained in time; abandoning it to the new owner")
         # Whatever is left of these partitions — retries still waiting for their time, or work that did not drain —
@@ -632,3 +708,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._pipeline._on_assigned()  # noqa: SLF001 - same module
+
+
+def _membership_lost(consumer: Consumer) -> bool:
+    """Whether the group coordinator no longer knows this member (aiokafka resets the generation to -1 on
+    UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION, before it calls the revocation listener). aiokafka has no public
+    "partitions lost" callback (Java's onPartitionsLost), so this reads its coordinator; False where there is none."""
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+    return isinstance(generation, int) and generation < 0

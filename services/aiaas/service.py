@@ -135,6 +135,9 @@ class ModelService:
             transactions=Transactions(producer, self.group) if exactly_once else None,
             model_instances=self.settings.model_instances,
             tenant_of=self._owner_of, max_in_flight_per_tenant=self.settings.max_in_flight_per_tenant,
+            # Heartbeats run on the event loop: one that stood still this long sent none, and may be out of the group.
+            stall_after_s=max(1.0, (self.settings.session_timeout_ms - self.settings.heartbeat_interval_ms) / 1000),
+            rejoin=lambda: self._resubscribe(consumer, pipeline),
         )
         stats = pipeline.stats
         try:
@@ -142,7 +145,7 @@ class ModelService:
             remembered = await self._remember_outcomes(outcomes)
             await watcher.start()  # before "ready": a promotion announced after that is never missed
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
-            consumer.subscribe(pattern=self._subscription(), listener=pipeline.rebalance_listener)
+            self._resubscribe(consumer, pipeline, first=True)
             await consumer.start()
             self._pipeline = pipeline
             if self._stop_requested:
@@ -167,9 +170,9 @@ class ModelService:
             worker.close()
         log.info(
             "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits, "
-            "%d transactions (%d aborted), %d repeated job ids answered from memory",
+            "%d transactions (%d aborted), %d stalls past the group session, %d repeated job ids answered from memory",
             self.runtime.model, stats.jobs, stats.batches, stats.pauses, stats.rewinds, stats.commit_failures,
-            stats.transactions, stats.aborted_transactions, outcomes.hits,
+            stats.transactions, stats.aborted_transactions, stats.stalls, outcomes.hits,
         )
         return stats
 
@@ -182,6 +185,14 @@ class ModelService:
             return self.topics.tenant_of(topic)
         except ValueError:
             return None
+
+    def _resubscribe(self, consumer: AIOKafkaConsumer, pipeline: JobPipeline, *, first: bool = False) -> None:
+        """Join the group (`first`), or leave it and join again as a new member: after a stall the pipeline must
+        not take a record before the group has answered, and a new member's assignment starts from the committed
+        offsets."""
+        if not first:
+            consumer.unsubscribe()
+        consumer.subscribe(pattern=self._subscription(), listener=pipeline.rebalance_listener)
 
     def _subscription(self) -> str:
         """The infer topic, every tenant's infer topic and the retry topic, as one pattern."""

@@ -37,6 +37,8 @@ MODEL_VERSION = "aiaas.model.version"
 STATUS = "aiaas.result.status"
 ATTEMPT = "aiaas.job.attempt"
 REPLAYED = "aiaas.job.replayed"
+SUPERSEDED = "aiaas.job.superseded"
+"""A retry record delivered again after its job was answered, or beside a later attempt of it: nothing is sent."""
 TRACER_NAME = "aiaas"
 
 

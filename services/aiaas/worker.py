@@ -100,6 +100,8 @@ class _InFlight:
     replayed: bool = False  # the outcome was remembered, not computed: the model did not run
     twin: "_InFlight | None" = None  # an earlier record of the same job id in this batch: share its outcome
     bare: bool = False  # its outcome cannot be published: only a dead letter without key or body
+    superseded: bool = False  # a retry record of a job already answered (or run in this batch): publishes nothing
+    remembered: Outcome | None = None  # its outcome as put in the outcome memory, to confirm once delivered
 
     @property
     def job_id(self) -> str | None:
@@ -245,6 +247,13 @@ class BatchWorker:
         reason; returns once the broker acknowledged them all (raises PublishFailed otherwise)."""
         picked_at = time.time()
         await self.publish(ProcessedBatch([self._admit(record, picked_at, reason) for record, reason in refused]))
+
+    def delivered(self, batch: "ProcessedBatch") -> None:
+        """The batch's outcomes are on their topics (acknowledged; in exactly-once mode, committed): a retry record
+        of one of these jobs delivered again from now on publishes nothing."""
+        for job in batch.jobs:
+            if job.remembered is not None and job.job is not None:
+                self.outcomes.confirm(job.job.job_id, job.remembered, tenant=job.tenant)
 
     def discard(self, batch: "ProcessedBatch") -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
@@ -451,7 +460,16 @@ class BatchWorker:
         job.payload, job.error, job.replayed = outcome.payload, outcome.error, True
         job.result_topic = outcome.topic
         job.span.set_attribute(tracing.REPLAYED, True)
+        if outcome.delivered and job.record.topic == self._topics.retry:
+            # Its job was answered already: this retry record came again (its offset was not committed when its
+            # partition moved, or it ran as the twin of a later attempt). A client's repeat gets the answer again;
+            # a retry record the service wrote itself must not answer twice.
+            self._supersede(job)
         return True
+
+    def _supersede(self, job: _InFlight) -> None:
+        job.superseded = True
+        job.span.set_attribute(tracing.SUPERSEDED, True)
 
     def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
         job.error = error
@@ -499,6 +517,8 @@ class BatchWorker:
                 first = job.twin
                 job.payload, job.error, job.retry, job.result = first.payload, first.error, first.retry, first.result
                 job.replayed = True
+                if job.record.topic == self._topics.retry:  # two attempts of one job: the first one's outcome stands
+                    self._supersede(job)
                 continue
             if job.result is None or job.replayed:
                 continue
@@ -510,7 +530,8 @@ class BatchWorker:
             job.payload = payload
             job.span.set_attribute(tracing.STATUS, job.result.status)
             if job.job is not None:
-                self.outcomes.put(job.job.job_id, Outcome(self._result_topic(job), payload, job.error), tenant=job.tenant)
+                job.remembered = Outcome(self._result_topic(job), payload, job.error)
+                self.outcomes.put(job.job.job_id, job.remembered, tenant=job.tenant)
 
     def _result_topic(self, job: _InFlight) -> str:
         """Its checked reply topic; the default one for a job whose reply_to was refused or not yet checked."""
@@ -524,6 +545,8 @@ class BatchWorker:
         """
         if job.bare:
             return [self._dead_letter(job, bare=True)]
+        if job.superseded:
+            return []
         if job.retry:
             topic = self._topics.retry
             attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}

@@ -1,0 +1,84 @@
+"""A retry record delivered again after its job was answered publishes nothing; a client's repeat still gets its answer.
+
+A retry-topic partition commits its offsets only as a contiguous prefix, so a retry record that has run can come
+again when the partition moves (and beside the next attempt the first run wrote). Those must not answer the job twice.
+"""
+
+import asyncio
+
+from aiaas.codec import decode_result
+from aiaas.errors import ModelFailure
+from aiaas.idempotency import Outcome, OutcomeCache
+from aiaas.retries import Origin, RetryPolicy
+from aiaas.worker import BatchWorker
+from tests.fakes import RecordingSink, SumRuntime, job_record
+from tests.unit.test_pipeline import TOPICS
+
+
+def _worker(sink, outcomes):
+    return BatchWorker(SumRuntime(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                       max_message_bytes=1 << 20, retry=RetryPolicy(max_attempts=5), outcomes=outcomes)
+
+
+def _retry_record(offset: int, job_offset: int, attempt: int):
+    record = job_record(job_offset, [1.0, 2.0], topic=TOPICS.retry)
+    record.offset = offset
+    policy = RetryPolicy(max_attempts=5)
+    record.headers = policy.retry_headers(Origin(TOPICS.infer, 0, job_offset), ModelFailure("flaky"), attempt - 1,
+                                          now=0.0)
+    return record
+
+
+def _handle(worker, records):
+    try:
+        asyncio.run(worker.handle(records))
+    finally:
+        worker.close()
+
+
+def _results(sink):
+    return [decode_result(v, 1 << 20).job_id for t, v, _, _ in sink.sent if t == TOPICS.results]
+
+
+def test_a_retry_record_of_a_job_answered_and_delivered_publishes_nothing():
+    first, again = RecordingSink(), RecordingSink()
+    outcomes = OutcomeCache(64)
+    worker = _worker(first, outcomes)
+    batch = asyncio.run(worker.run([job_record(3, [1.0])]))
+    asyncio.run(worker.publish(batch))
+    worker.delivered(batch)
+    worker._sink = again  # noqa: SLF001 - the same worker and memory, a fresh view of what it sends
+    _handle(worker, [_retry_record(40, 3, attempt=2)])
+    assert first.sent and again.sent == []
+
+
+def test_a_client_repeat_of_an_answered_job_still_gets_its_answer():
+    sink, outcomes = RecordingSink(), OutcomeCache(64)
+    outcomes.put("job-3", Outcome(TOPICS.results, b"remembered", delivered=True))
+    _handle(_worker(sink, outcomes), [job_record(3, [1.0])])
+    assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"remembered")]
+
+
+def test_an_outcome_computed_but_not_delivered_is_sent_again_for_a_retry_record():
+    # Its transaction may have aborted: silence here would lose the job.
+    sink, outcomes = RecordingSink(), OutcomeCache(64)
+    outcomes.put("job-3", Outcome(TOPICS.results, b"remembered"))
+    _handle(_worker(sink, outcomes), [_retry_record(40, 3, attempt=2)])
+    assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"remembered")]
+
+
+def test_two_attempts_of_one_job_in_one_batch_answer_it_once():
+    sink = RecordingSink()
+    _handle(_worker(sink, OutcomeCache(64)), [_retry_record(162, 7, attempt=2), _retry_record(191, 7, attempt=3)])
+    assert _results(sink) == ["job-7"] and sink.on(TOPICS.retry) == []
+
+
+def test_the_outcome_memory_confirms_only_the_outcome_it_still_holds():
+    outcomes = OutcomeCache(64)
+    old, new = Outcome("t", b"old"), Outcome("t", b"new")
+    outcomes.put("j", old)
+    outcomes.put("j", new)
+    outcomes.confirm("j", old)
+    assert outcomes.get("j") is new and not new.delivered
+    outcomes.confirm("j", new)
+    assert outcomes.get("j").delivered and outcomes.memory_bytes > 0
