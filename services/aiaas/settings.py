@@ -245,6 +245,12 @@ class WorkerSettings(BaseSettings):
         description="Longest time between two fetches of the service's consumer before it leaves the group by "
         "itself, so a stuck replica gives its partitions back even while its heartbeats go on.",
     )
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, le=500,
+        description="Longest the broker holds a fetch of the service's consumer that finds nothing new. A "
+        "partition ready for more (a tenant's turn again) waits for the fetch in flight, so this bounds that wait; "
+        "each idle replica sends about 1000/fetch_max_wait_ms fetches a second (Kafka's default is 500).",
+    )
     model_version: str = Field("production", description="Registry version or alias the service serves.")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."
