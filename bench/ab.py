@@ -42,11 +42,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-
 from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, saturate
-from bench.procs import REPO, ChildProcess, LocalBroker, busy_cpu_seconds, child_env, cpu_seconds
+from bench.procs import (
+    REPO,
+    ChildProcess,
+    LocalBroker,
+    busy_cpu_seconds,
+    child_env,
+    cpu_seconds,
+)
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, Payload, built_model_and_broker, payloads

@@ -24,11 +24,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-
 from bench.load import RawLoad, burst, cycling
-from bench.procs import ChildProcess, LocalBroker, broker_jvm_opts, child_env, cpu_seconds, thread_cpu_seconds
+from bench.procs import (
+    ChildProcess,
+    LocalBroker,
+    broker_jvm_opts,
+    child_env,
+    cpu_seconds,
+    thread_cpu_seconds,
+)
 from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, built_model_and_broker, payloads
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.text.settings import TextSettings
 
 from .compute import ComputeShare, compute_share
@@ -172,7 +172,7 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
     """DigitsCNN in PyTorch with the production version's weights.npz; the same outputs as the ONNX runtime."""
     import torch
 
-    from aiaas.contracts import Tensor, stack_tensors
+    from aiaas.contract.envelopes import Tensor, stack_tensors
     from aiaas.vision.data import IMAGE_SHAPE
     from aiaas.vision.model import DigitsCNN
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from aiaas.contracts import Tensor, stack_tensors
-from aiaas.registry import Registry
+from aiaas.contract.envelopes import Tensor, stack_tensors
+from aiaas.registry.store import Registry
 
 from .workloads import as_jobs, load_runtime, payloads
 
@@ -186,7 +186,7 @@ def _one_matmul_session(weights: np.ndarray) -> Any:
     """An ONNX Runtime CPU session of `a @ weights` (weights a constant, as a model's are)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from aiaas.onnx_session import open_session
+    from aiaas.serving.onnx_session import open_session
 
     k, n = weights.shape
     graph = helper.make_graph(
@@ -240,6 +240,8 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
 
 
 def _stack(items: Sequence[Tensor]) -> np.ndarray:
-    from aiaas.vision.data import IMAGE_SHAPE  # scikit-learn's import is slow: only where vision is measured
+    from aiaas.vision.data import (
+        IMAGE_SHAPE,  # scikit-learn's import is slow: only where vision is measured
+    )
 
     return stack_tensors(items, IMAGE_SHAPE).astype(np.float32)

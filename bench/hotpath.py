@@ -36,9 +36,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-
 from bench.load import RawLoad, burst
 from bench.procs import ChildProcess, LocalBroker, child_env, cpu_seconds, stop_all
 from bench.report import MachineInfo
@@ -49,14 +48,14 @@ __all__ = ["STAGES", "charge", "stage_of", "Profile", "parse_collapsed"]
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     # (stage, substrings of a frame "function (/full/path.py:line)"), most specific first; a frame is charged to the
     # first stage it matches.
-    ("tracing export", ("/aiaas/span_store.py", "/opentelemetry/sdk/trace/export/", "/json/")),
-    ("tracing", ("/opentelemetry/", "/aiaas/tracing.py")),
-    ("decode", ("/aiaas/codec.py:", "/msgpack/")),
-    ("validate", ("/pydantic/", "/pydantic_core/", "/aiaas/contracts.py")),
+    ("tracing export", ("/aiaas/tracing/span_store.py", "/opentelemetry/sdk/trace/export/", "/json/")),
+    ("tracing", ("/opentelemetry/", "/aiaas/tracing/")),
+    ("decode", ("/aiaas/contract/codec.py:", "/msgpack/")),
+    ("validate", ("/pydantic/", "/pydantic_core/", "/aiaas/contract/envelopes.py")),
     ("prepare", ("prepare (",)),
-    ("model", ("/onnxruntime/", "/aiaas/onnx_session.py", " infer (")),
+    ("model", ("/onnxruntime/", "/aiaas/serving/onnx_session.py", " infer (")),
     ("result", ("_outcome (", "_fail (", "_seal (")),
-    ("Kafka out", ("/aiokafka/producer/", "/aiaas/kafka_sink.py", "KafkaSink.")),
+    ("Kafka out", ("/aiokafka/producer/", "/aiaas/kafka/sink.py", "KafkaSink.")),
     ("Kafka in", ("/aiokafka/",)),
     ("pipeline", ("/aiaas/",)),
     ("event loop", ("/asyncio/", "/selectors.py", "/concurrent/futures/", "/threading.py")),

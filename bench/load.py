@@ -35,11 +35,12 @@ import msgpack
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from aiaas.client import AiaasClient, JobHandle
-from aiaas.codec import encode
-from aiaas.contracts import Job, new_job_id
+from aiaas.client.client import AiaasClient, JobHandle
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job, new_job_id
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics, ensure_topics, partition_count
 
 from .workloads import Payload
 

@@ -24,12 +24,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from faststream.kafka import KafkaBroker
 
-from aiaas.codec import decode_job, encode
-from aiaas.contracts import Result
-from aiaas.registry import Registry
+from aiaas.contract.codec import decode_job, encode
+from aiaas.contract.envelopes import Result
+from aiaas.contract.topics import ModelTopics
+from aiaas.registry.store import Registry
 from aiaas.settings import HomeSettings, KafkaSettings
-from aiaas.topics import ModelTopics
-
 from bench.workloads import MODELS, load_runtime
 
 __all__ = ["naive_app"]

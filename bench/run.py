@@ -39,16 +39,32 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaas.registry import Registry
+from aiaas.contract.topics import service_topics
+from aiaas.kafka.admin import ensure_topics, partition_count
+from aiaas.registry.store import Registry
 from aiaas.settings import HomeSettings, KafkaSettings
-from aiaas.span_store import SUFFIX, count_spans
-from aiaas.topics import ensure_topics, partition_count, service_topics
-from aiaas.tracing import setup_tracing
-
+from aiaas.tracing.setup import setup_tracing
+from aiaas.tracing.span_store import SUFFIX, count_spans
 from bench.ceilings import RuntimeBursts, runtime_ceilings
-from bench.load import ClientLoad, Load, RawLoad, Saturation, burst, cycling, open_loop, saturate
+from bench.load import (
+    ClientLoad,
+    Load,
+    RawLoad,
+    Saturation,
+    burst,
+    cycling,
+    open_loop,
+    saturate,
+)
 from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, child_env, stop_all
-from bench.report import ALONE_PER_S, MachineInfo, ModelResult, machine_slug, markdown, plot
+from bench.report import (
+    ALONE_PER_S,
+    MachineInfo,
+    ModelResult,
+    machine_slug,
+    markdown,
+    plot,
+)
 from bench.transport import start_inprocess
 from bench.workloads import MODELS, Payload, build_model, payloads, settings_class
 

@@ -17,7 +17,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from aiaas.seen_file import SeenFile
+from aiaas.client.seen_file import SeenFile
 
 
 def one_round(folder: Path, ids: int, fsync: bool) -> float:

@@ -46,10 +46,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics, service_topics
+from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics, ensure_topics, partition_count, service_topics
 
 __all__ = ["flood_job_ids", "flood", "percentile"]
 
@@ -410,7 +411,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _main_async(args: argparse.Namespace, tmp: Path) -> list[RunResult]:
-    from aiaas.registry import Registry
+    from aiaas.registry.store import Registry
     from aiaas.vision.trainer import build
 
     build(Registry(tmp / "home" / "registry"))

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.settings import HomeSettings
 from aiaas.text.labelled_sentences import SENTENCES
 from aiaas.text.runtime import TextRuntime

@@ -26,13 +26,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaas.contracts import Job
-from aiaas.heap import settle_heap
-from aiaas.onnx_session import choose_providers
-from aiaas.runtime import Outputs
-from aiaas.service import ModelService
+from aiaas.contract.envelopes import Job
+from aiaas.serving.heap import settle_heap
+from aiaas.serving.onnx_session import choose_providers
+from aiaas.serving.runtime import Outputs
+from aiaas.serving.service import ModelService
 from aiaas.settings import KafkaSettings
-
 from bench.workloads import MODELS, settings_class
 
 __all__ = ["NoopRuntime", "start_inprocess"]
@@ -77,7 +76,7 @@ async def _serve(model: str) -> None:
 
 def main() -> None:
     """Child process: tracing as a service sets it up (OTEL_* honoured), serve until SIGTERM."""
-    from aiaas.tracing import setup_tracing
+    from aiaas.tracing.setup import setup_tracing
 
     parser = argparse.ArgumentParser(description="no-op model service (transport ceiling)")
     parser.add_argument("--model", choices=MODELS, required=True)

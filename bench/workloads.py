@@ -18,10 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiaas.contracts import InputValue, Job, Tensor, new_job_id
-from aiaas.registry import Registry
+from aiaas.contract.envelopes import InputValue, Job, Tensor, new_job_id
+from aiaas.registry.store import Registry
 from aiaas.settings import WorkerSettings
-
 from bench.procs import LocalBroker, stop_all
 
 __all__ = ["MODELS", "Payload", "payloads", "as_jobs", "load_runtime", "settings_class", "payload_stream"]

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXPORTER = InMemorySpanExporter()

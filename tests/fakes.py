@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiaas.codec import encode
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
 
 

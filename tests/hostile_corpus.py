@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from aiaas.codec import encode
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job, Tensor
 
 __all__ = ["HostileMessage", "hostile_messages", "oversize_key_message", "job_id_of_key", "good_vision_job",
            "GOOD_IMAGE"]

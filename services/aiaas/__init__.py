@@ -1,8 +1,9 @@
 """aiaas: AI models served as event-driven async microservices over Apache Kafka.
 
-The shared core lives here (contracts, codec, topics, settings, tracing, worker, registry,
-client, CLI); each model type is a subpackage with its own service entry point
-(`python -m aiaas.vision`).
+The layers, each a package that imports only those before it: `contract/` (what travels on the wire),
+`kafka/` (Kafka plumbing), `tracing/`, `registry/`, then `serving/` and `training/`, then `client/` and
+`cli/`. `errors.py` and `settings.py` sit under all of them. Each model type is a package of its own
+(`vision/`, `text/`, `recsys/`) with its service entry point (`python -m aiaas.vision`).
 
 The public names below load on first use, so that importing a model definition
 (`aiaas.vision.model`, `aiaas.text.encoder`) needs only its own libraries, not the Kafka client.
@@ -16,8 +17,8 @@ from typing import Any
 __all__ = ["AiaasClient", "JobHandle", "Job", "Result", "Tensor", "ErrorInfo", "Timings"]
 __version__ = "0.1.0"
 
-_HOMES = {"AiaasClient": "client", "JobHandle": "client", "Job": "contracts", "Result": "contracts",
-          "Tensor": "contracts", "ErrorInfo": "contracts", "Timings": "contracts"}
+_HOMES = {"AiaasClient": "client", "JobHandle": "client", "Job": "contract.envelopes", "Result": "contract.envelopes",
+          "Tensor": "contract.envelopes", "ErrorInfo": "contract.envelopes", "Timings": "contract.envelopes"}
 
 
 def __getattr__(name: str) -> Any:

@@ -99,3 +99,14 @@ class Undeliverable(AiaasError):
 
 class ServiceMisconfigured(AiaasError):
     """The service's settings ask for what it cannot serve (e.g. a precision its backend or model version lacks)."""
+
+
+class KafkaAuthenticationFailed(BrokerUnavailable):
+    """Kafka answered but refused this connection's security settings (SASL credentials or mechanism,
+    TLS trust or client certificate); trying again with the same settings will not help."""
+
+    retriable = False
+
+
+class TopicNotCreated(AiaasError):
+    """The broker refused to create a topic aiaas needs (permissions, name, or the cluster's policy)."""

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .runtime import ModelCalls
-
 if TYPE_CHECKING:
     import ssl
 
-    from .headers import HeaderLimits
+__all__ = ["ModelCalls", "KafkaSettings", "EnvelopeSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
 
-__all__ = ["KafkaSettings", "EnvelopeSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
+ModelCalls = Literal["auto", "thread", "event-loop"]
+"""Where a service runs its model's batch calls: on a model thread, on the event loop, or `auto` (the worker's
+`calls_on_event_loop` says which)."""
 
 
 class KafkaSettings(BaseSettings):
@@ -198,11 +198,6 @@ class EnvelopeSettings(BaseSettings):
         description="Most bytes (keys and values) all of a job record's headers may hold; more is a dead letter.",
     )
 
-    def header_limits(self) -> "HeaderLimits":
-        """The header limits as the worker takes them."""
-        from .headers import HeaderLimits
-
-        return HeaderLimits(self.max_headers, self.max_header_bytes)
 
 
 class WorkerSettings(BaseSettings):
@@ -279,7 +274,7 @@ class WorkerSettings(BaseSettings):
     gc_young_threshold: int = Field(
         20_000, ge=0,
         description="Net container allocations between two young-generation garbage collections (Python's default: "
-        "700; 0 keeps it). The objects alive once the model is loaded are frozen out of collection (`heap.py`).",
+        "700; 0 keeps it). The objects alive once the model is loaded are frozen out of collection (`serving/heap.py`).",
     )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aiaas.codec import decode_result
+from aiaas.contract.codec import decode_result
+from aiaas.contract.topics import ModelTopics, dlq_topic
 from aiaas.errors import AiaasError
+from aiaas.kafka.admin import partition_count
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics, dlq_topic, partition_count
 
 __all__ = ["Check", "check", "read_received"]
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from aiaas.codec import encode
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics
 
 __all__ = ["Message", "good_jobs", "hostile_messages", "hostile_headers", "bad_reply_to", "interleave", "Publisher",
            "Published"]

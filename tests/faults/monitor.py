@@ -12,8 +12,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from aiaas.contract.topics import ModelTopics, dlq_topic
+from aiaas.kafka.admin import partition_count
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics, dlq_topic, partition_count
 
 __all__ = ["Monitor"]
 

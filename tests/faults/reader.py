@@ -16,7 +16,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from aiaas.client import AiaasClient, SeenFile
+from aiaas.client.client import AiaasClient, SeenFile
 from aiaas.settings import KafkaSettings
 
 

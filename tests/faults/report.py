@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bench.report import cpu_name
-
 import os
 import platform
 import re
 from importlib import metadata
 from pathlib import Path
+
+from bench.report import cpu_name
 
 from .procs import REPO
 from .scenarios import Row

@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def build_home(workdir: Path) -> Path:
     """A fresh AIAAS_HOME whose registry holds the vision model (trained here, a few seconds)."""
-    from aiaas.registry import Registry
+    from aiaas.registry.store import Registry
     from aiaas.vision.trainer import build
 
     home = workdir / "home"

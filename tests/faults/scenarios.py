@@ -23,11 +23,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiaas.contract.topics import ModelTopics, service_topics
+from aiaas.kafka.admin import ensure_topics
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics, ensure_topics, service_topics
 
 from .check import Check, check, read_received
-from .load import Message, Published, Publisher, bad_reply_to, good_jobs, hostile_headers, hostile_messages, interleave
+from .load import (
+    Message,
+    Published,
+    Publisher,
+    bad_reply_to,
+    good_jobs,
+    hostile_headers,
+    hostile_messages,
+    interleave,
+)
 from .monitor import Monitor
 from .procs import Broker, Child, base_env
 

@@ -8,8 +8,8 @@ ONNX model, Kafka, the retry topic, the dead-letter path — is the real service
 from collections import Counter
 
 from aiaas.errors import ModelFailure
-from aiaas.registry import Registry
-from aiaas.service import run_service
+from aiaas.registry.store import Registry
+from aiaas.serving.service import run_service
 from aiaas.settings import HomeSettings
 from aiaas.vision import MODEL
 from aiaas.vision.runtime import VisionRuntime

@@ -8,10 +8,10 @@ for the service to remember. The memory soak test runs it.
 import os
 from collections.abc import Sequence
 
-from aiaas.contracts import Job
+from aiaas.contract.envelopes import Job
 from aiaas.errors import InvalidJob
-from aiaas.registry import Registry
-from aiaas.service import run_service
+from aiaas.registry.store import Registry
+from aiaas.serving.service import run_service
 from aiaas.settings import HomeSettings
 from aiaas.text.settings import TextSettings
 

@@ -16,10 +16,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from aiaas.client import AiaasClient
-from aiaas.codec import encode
-from aiaas.contracts import Result
-from aiaas.topics import ModelTopics, ensure_topics
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Result
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.admin import ensure_topics
 from tests.integration.unparseable import publish_unparseable
 
 pytestmark = pytest.mark.integration

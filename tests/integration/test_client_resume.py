@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from aiaas.client import AiaasClient, SeenFile
-from aiaas.codec import encode
-from aiaas.contracts import Result
-from aiaas.topics import ModelTopics, ensure_topics
+from aiaas.client.client import AiaasClient, SeenFile
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Result
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.admin import ensure_topics
 from tests.faults.check import read_received
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.codec import decode_result
-from aiaas.topics import ModelTopics
+from aiaas.contract.codec import decode_result
+from aiaas.contract.topics import ModelTopics
 from tests.hostile_corpus import good_vision_job
 from tests.integration.unparseable import publish_unparseable
 
@@ -150,8 +150,8 @@ async def _wait_for(seen: dict, job_id: str, timeout: float) -> float:
 
 
 async def test_the_registry_follower_passes_over_any_record_on_the_models_topic(kafka_settings):
-    from aiaas.announce import ModelEvent, ModelWatcher, announce
-    from aiaas.topics import models_topic
+    from aiaas.contract.topics import models_topic
+    from aiaas.registry.announce import ModelEvent, ModelWatcher, announce
 
     watcher = ModelWatcher(kafka_settings, "vision")
     await watcher.start()

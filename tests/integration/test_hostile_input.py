@@ -13,7 +13,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.codec import decode_result
+from aiaas.contract.codec import decode_result
 from tests.hostile_corpus import good_vision_job, hostile_messages
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from aiaas.announce import ModelEvent, announce
-from aiaas.client import AiaasClient
-from aiaas.registry import Registry
+from aiaas.client.client import AiaasClient
+from aiaas.registry.announce import ModelEvent, announce
+from aiaas.registry.store import Registry
 from aiaas.vision.trainer import TrainParams, build
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import digit_jobs

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from aiaas.codec import encode
-from aiaas.contracts import Result
-from aiaas.idempotency import OutcomeCache, seed_from_results
-from aiaas.topics import ensure_topics
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Result
+from aiaas.kafka.admin import ensure_topics
+from aiaas.serving.idempotency import OutcomeCache, seed_from_results
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.codec import encode
-from aiaas.contracts import Job
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_hostile_input import rss_kib
 

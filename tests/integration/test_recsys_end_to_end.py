@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job
 from aiaas.recsys.data import load_split
 from aiaas.recsys.runtime import RecsysRuntime
-from aiaas.span_store import job_trace, load_spans
+from aiaas.tracing.span_store import job_trace, load_spans
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import read_topic
 

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job
-from aiaas.span_store import job_trace, load_spans
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job
+from aiaas.tracing.span_store import job_trace, load_spans
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import digit_jobs
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from aiaas.client import AiaasClient, KafkaAuthenticationFailed
-from aiaas.contracts import Tensor
+from aiaas.client.client import AiaasClient
+from aiaas.contract.envelopes import Tensor
+from aiaas.errors import KafkaAuthenticationFailed
 from aiaas.settings import KafkaSettings
 from aiaas.vision.data import load_split
 from tests.integration.conftest import ServiceProcess
@@ -187,7 +188,7 @@ async def test_each_wrong_setting_names_what_to_fix(secure_broker, case, expecte
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     aiaas = Path(sys.executable).with_name("aiaas")
-    command = [str(aiaas)] if aiaas.exists() else [sys.executable, "-c", "import sys; from aiaas.cli import main; "
+    command = [str(aiaas)] if aiaas.exists() else [sys.executable, "-c", "import sys; from aiaas.cli.main import main; "
                                                    "sys.exit(main())"]
     return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60)
 

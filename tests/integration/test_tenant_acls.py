@@ -29,9 +29,9 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import RecordMetadata
 
-from aiaas.acl import tenant_group_prefix
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.acl import tenant_group_prefix
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def _acl_cli(broker: str, user: str, *args: str) -> subprocess.CompletedProcess:
         "AIAAS_KAFKA_SECURITY_PROTOCOL": settings.security_protocol, "AIAAS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
         "AIAAS_KAFKA_SASL_USERNAME": user, "AIAAS_KAFKA_SASL_PASSWORD": PASSWORDS[user], "OTEL_TRACES_EXPORTER": "none",
     }
-    command = [sys.executable, "-c", "import sys; from aiaas.cli import main; sys.exit(main())", "acl", "apply",
+    command = [sys.executable, "-c", "import sys; from aiaas.cli.main import main; sys.exit(main())", "acl", "apply",
                "--tenants", "alice,bob", "--models", "vision,text", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 

@@ -18,15 +18,22 @@ from collections.abc import Callable, Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Result, Tensor
-from aiaas.registry import Registry
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Result, Tensor
+from aiaas.errors import TopicNotCreated
+from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-from aiaas.topics import TopicNotCreated
 from aiaas.vision.data import load_split
 from tests.integration.conftest import ServiceProcess
-from tests.integration.test_tenant_acls import PASSWORDS, PREFIX, VISION, _as, acl_broker, applied  # noqa: F401
+from tests.integration.test_tenant_acls import (  # noqa: F401
+    PASSWORDS,
+    PREFIX,
+    VISION,
+    _as,
+    acl_broker,
+    applied,
+)
 
 pytestmark = pytest.mark.integration
 _MAX_BYTES = KafkaSettings.model_fields["max_message_bytes"].default

@@ -13,11 +13,11 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Result
-from aiaas.registry import Registry
-from aiaas.topics import ModelTopics
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Result
+from aiaas.contract.topics import ModelTopics
+from aiaas.registry.store import Registry
 from aiaas.vision.trainer import TrainParams, build
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import read_topic

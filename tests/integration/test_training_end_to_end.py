@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result
-from aiaas.registry import Registry
-from aiaas.span_store import job_trace, load_spans
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result
+from aiaas.registry.store import Registry
+from aiaas.tracing.span_store import job_trace, load_spans
 from aiaas.vision.trainer import TrainParams, build
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import digit_jobs, read_topic

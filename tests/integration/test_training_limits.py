@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from aiaas.client import AiaasClient
-from aiaas.contracts import Tensor
+from aiaas.client.client import AiaasClient
+from aiaas.contract.envelopes import Tensor
 from aiaas.vision.data import load_split
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_training_end_to_end import env, home  # noqa: F401 - the same fixtures

@@ -6,15 +6,14 @@ import asyncio
 import signal
 import time
 
-import msgpack
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiaas.client import AiaasClient
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
-from aiaas.span_store import job_trace, load_spans
+from aiaas.client.client import AiaasClient
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.tracing.span_store import job_trace, load_spans
 from aiaas.vision.data import load_split
 
 pytestmark = pytest.mark.integration
@@ -138,8 +137,8 @@ async def test_sigterm_mid_stream_loses_no_job(kafka_settings, vision_service, t
 
 
 async def test_result_stream_drops_duplicate_job_ids(kafka_settings, topic_prefix):
-    from aiaas.contracts import Result
-    from aiaas.topics import ensure_topics
+    from aiaas.contract.envelopes import Result
+    from aiaas.kafka.admin import ensure_topics
 
     topic = f"{topic_prefix}.vision.results"
     producer = AIOKafkaProducer(**kafka_settings.connection_kwargs())

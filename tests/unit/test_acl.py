@@ -10,10 +10,10 @@ import shlex
 
 import pytest
 
-from aiaas.acl import AclPlan, AclRule, kafka_acls_commands, tenant_group_prefix
-from aiaas.cli import main
+from aiaas.cli.main import main
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.acl import AclPlan, AclRule, kafka_acls_commands, tenant_group_prefix
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics
 
 PLAN = AclPlan("aiaas", ("vision", "text"), ("alice", "bob"))
 
@@ -125,7 +125,9 @@ def test_cli_prints_the_commands_and_names_a_bad_tenant(capsys, monkeypatch):
 
 
 def test_admin_connection_mirrors_the_kafka_settings():
-    from aiaas.acl import _admin_config  # the mapping to librdkafka's names is the one thing to check here
+    from aiaas.kafka.acl import (
+        _admin_config,  # the mapping to librdkafka's names is the one thing to check here
+    )
 
     settings = KafkaSettings(bootstrap_servers="b:9094", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                              sasl_username="admin", sasl_password="pw", ssl_cafile="/ca.pem",

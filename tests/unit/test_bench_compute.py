@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from aiaas.registry import Registry
-from bench.compute import ComputeShare, MatmulRate, flops_per_item, matmul_rate, product_time_share
+from aiaas.registry.store import Registry
+from bench.compute import (
+    ComputeShare,
+    MatmulRate,
+    flops_per_item,
+    matmul_rate,
+    product_time_share,
+)
 from bench.workloads import as_jobs, load_runtime, payloads
 
 HIDDEN, FFN, LAYERS = 384, 1536, 6

@@ -3,7 +3,14 @@
 import math
 
 from bench.load import Burst, Saturation
-from bench.report import MachineInfo, ModelResult, ceiling_ratios, markdown, round_ratios, vector_extensions
+from bench.report import (
+    MachineInfo,
+    ModelResult,
+    ceiling_ratios,
+    markdown,
+    round_ratios,
+    vector_extensions,
+)
 
 
 def saturation(*rates: float) -> Saturation:

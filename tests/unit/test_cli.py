@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from aiaas.cli import main
-from aiaas.registry import Registry
+from aiaas.cli.main import main
+from aiaas.registry.store import Registry
 
 
 def test_unreachable_broker_is_one_clear_line(capsys, monkeypatch):

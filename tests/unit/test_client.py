@@ -14,11 +14,11 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 
-from aiaas.client import JobHandle, _receive, _Reader, _ResultListener
-from aiaas.codec import encode
-from aiaas.contracts import Job, Result, TrainingProgress
+from aiaas.client.client import JobHandle, _Reader, _receive, _ResultListener
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job, Result, TrainingProgress
 from aiaas.settings import KafkaSettings
-from aiaas.tracing import inject_headers
+from aiaas.tracing.conventions import inject_headers
 
 TOPIC = "p.vision.results"
 MAX_BYTES = 1 << 20

@@ -2,8 +2,16 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiaas.codec import decode_job, decode_result, encode
-from aiaas.contracts import ErrorInfo, Job, Result, Tensor, Timings, TrainingProgress, trusted
+from aiaas.contract.codec import decode_job, decode_result, encode
+from aiaas.contract.envelopes import (
+    ErrorInfo,
+    Job,
+    Result,
+    Tensor,
+    Timings,
+    TrainingProgress,
+    trusted,
+)
 from aiaas.errors import InvalidJob, PayloadTooLarge, UndecodableMessage
 
 LIMIT = 1 << 20

@@ -9,13 +9,17 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 
-from aiaas.codec import decode_result
-from aiaas.exactly_once import (
-    TransactionalIdInUse, TransactionFenced, Transactions, claim_transactional_id, transactional_id,
+from aiaas.contract.codec import decode_result
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.transactions import (
+    TransactionalIdInUse,
+    TransactionFenced,
+    Transactions,
+    claim_transactional_id,
+    transactional_id,
 )
-from aiaas.pipeline import JobPipeline
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.serving.pipeline import JobPipeline
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, SumRuntime, job_record
 from tests.unit.test_pipeline import run_until
 
@@ -121,7 +125,7 @@ def test_the_default_instance_id_is_numbered_among_the_replicas_of_one_host():
 
 def test_an_instance_id_set_by_the_operator_is_refused_while_another_live_process_holds_it():
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom aiaas.exactly_once import claim_transactional_id\n"
+        [sys.executable, "-c", "import sys, time\nfrom aiaas.kafka.transactions import claim_transactional_id\n"
          "claim = claim_transactional_id('g', 'w1', cluster='c', numbered=False)\nprint(claim.id, flush=True)\n"
          "time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,

@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-from aiaas.heap import resettle, settle_heap
+from aiaas.serving.heap import resettle, settle_heap
 from aiaas.settings import WorkerSettings
 
 

@@ -12,13 +12,14 @@ import time
 import msgpack
 import pytest
 
-from aiaas.codec import decode_result
+from aiaas.contract.codec import decode_result
+from aiaas.contract.dead_letters import Origin
+from aiaas.contract.headers import HeaderLimits, read_headers
+from aiaas.contract.reply_topics import ReplyTopics
+from aiaas.contract.topics import ModelTopics
 from aiaas.errors import InvalidHeaders, RefusedReplyTo
-from aiaas.headers import HeaderLimits, read_headers
-from aiaas.reply_topics import ReplyTopics
-from aiaas.retries import Origin, RetryPolicy
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import Record, RecordingSink, SumRuntime, job_record
 
 TOPICS = ModelTopics.of("vision", "p")
@@ -213,7 +214,7 @@ async def test_a_tenant_is_the_topic_a_job_came_from_never_a_field_it_fills_in()
 
 
 async def test_a_job_id_reused_by_another_tenant_never_gets_the_first_tenants_outcome():
-    from aiaas.idempotency import OutcomeCache
+    from aiaas.serving.idempotency import OutcomeCache
 
     sink = RecordingSink()
     worker = make_worker(sink, outcomes=OutcomeCache(100))

@@ -13,15 +13,21 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiaas.codec import decode_job, decode_result
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import decode_job, decode_result
+from aiaas.contract.dead_letters import DLQ_HEADERS
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics
 from aiaas.errors import InvalidJob, UndecodableMessage
+from aiaas.serving.worker import BatchWorker
 from aiaas.settings import EnvelopeSettings
-from aiaas.topics import ModelTopics
 from aiaas.vision.runtime import VisionRuntime
-from aiaas.worker import DLQ_HEADERS, BatchWorker
 from tests.fakes import Record, RecordingSink
-from tests.hostile_corpus import HostileMessage, good_vision_job, hostile_messages, oversize_key_message
+from tests.hostile_corpus import (
+    HostileMessage,
+    good_vision_job,
+    hostile_messages,
+    oversize_key_message,
+)
 
 TOPICS = ModelTopics.of("vision", "p")
 MAX_BYTES = 1 << 20

@@ -4,7 +4,7 @@ import gc
 import tracemalloc
 
 from aiaas.errors import ModelFailure
-from aiaas.idempotency import Outcome, OutcomeCache
+from aiaas.serving.idempotency import Outcome, OutcomeCache
 
 
 def test_the_oldest_outcome_is_forgotten_first():

@@ -5,12 +5,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
-from aiaas.inflight import InFlightWindow, Partition
-from aiaas.pipeline import JobPipeline
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.commit_window import InFlightWindow, Partition
+from aiaas.serving.pipeline import JobPipeline
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
 from tests.unit.test_pipeline import run_until
 

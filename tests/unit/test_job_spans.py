@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 
 from aiaas import tracing
-from aiaas.job_spans import JobSpan, JobSpans
+from aiaas.tracing.job_spans import JobSpan, JobSpans
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from aiaas.client import KafkaAuthenticationFailed, explain_connection_failure
-from aiaas.errors import BrokerUnavailable
+from aiaas.errors import BrokerUnavailable, KafkaAuthenticationFailed
+from aiaas.kafka.diagnostics import explain_connection_failure
 from aiaas.settings import KafkaSettings
 
 SCRAM = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",

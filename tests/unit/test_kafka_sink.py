@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
-from aiaas.kafka_sink import KafkaSink, murmur2
+from aiaas.kafka.sink import KafkaSink, murmur2
 
 
 @dataclass

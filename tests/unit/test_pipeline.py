@@ -4,15 +4,14 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 import pytest
 
-import numpy as np
-
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
-from aiaas.pipeline import JobPipeline
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics
+from aiaas.serving.pipeline import JobPipeline
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
 
 TOPICS = ModelTopics.of("vision", "p")

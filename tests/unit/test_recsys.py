@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from aiaas.contracts import Job, Result, Tensor
+from aiaas.contract.envelopes import Job, Result, Tensor
 from aiaas.errors import InvalidJob
 from aiaas.recsys import cli
-from aiaas.recsys.data import SERVING_FILE, RatingsConfig, ServingTables, generate_ratings, load_split
+from aiaas.recsys.data import (
+    SERVING_FILE,
+    RatingsConfig,
+    ServingTables,
+    generate_ratings,
+    load_split,
+)
 from aiaas.recsys.runtime import RecsysRuntime
 from aiaas.recsys.trainer import TrainParams, train
 

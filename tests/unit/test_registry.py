@@ -3,8 +3,8 @@ import json
 import pytest
 
 from aiaas.errors import NothingToRollBack, UnknownModelVersion
-from aiaas.promotion import PromotionPolicy, default_policy
-from aiaas.registry import ArtifactCorrupted, Registry
+from aiaas.registry.store import ArtifactCorrupted, Registry
+from aiaas.training.promotion import PromotionPolicy, default_policy
 
 
 def test_versions_are_monotonic_and_aliases_move(tmp_path):

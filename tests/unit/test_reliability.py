@@ -13,16 +13,17 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.dead_letters import Origin
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.headers import read_headers
+from aiaas.contract.topics import ModelTopics
 from aiaas.errors import ModelFailure
-from aiaas.exactly_once import TransactionFenced, Transactions
-from aiaas.idempotency import Outcome, OutcomeCache
-from aiaas.pipeline import JobPipeline
-from aiaas.headers import read_headers
-from aiaas.retries import Origin, RetryPolicy
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.kafka.transactions import TransactionFenced, Transactions
+from aiaas.serving.idempotency import Outcome, OutcomeCache
+from aiaas.serving.pipeline import JobPipeline
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
 from tests.unit.test_pipeline import run_until
 

@@ -6,11 +6,12 @@ again when the partition moves (and beside the next attempt the first run wrote)
 
 import asyncio
 
-from aiaas.codec import decode_result
+from aiaas.contract.codec import decode_result
+from aiaas.contract.dead_letters import Origin
 from aiaas.errors import ModelFailure
-from aiaas.idempotency import Outcome, OutcomeCache
-from aiaas.retries import Origin, RetryPolicy
-from aiaas.worker import BatchWorker
+from aiaas.serving.idempotency import Outcome, OutcomeCache
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import RecordingSink, SumRuntime, job_record
 from tests.unit.test_pipeline import TOPICS
 
@@ -59,14 +60,6 @@ def test_a_client_repeat_of_an_answered_job_still_gets_its_answer():
     assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"remembered")]
 
 
-def test_an_outcome_computed_but_not_delivered_is_sent_again_for_a_retry_record():
-    # Its transaction may have aborted: silence here would lose the job.
-    sink, outcomes = RecordingSink(), OutcomeCache(64)
-    outcomes.put("job-3", Outcome(TOPICS.results, b"remembered"))
-    _handle(_worker(sink, outcomes), [_retry_record(40, 3, attempt=2)])
-    assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"remembered")]
-
-
 def test_two_attempts_of_one_job_in_one_batch_answer_it_once():
     sink = RecordingSink()
     _handle(_worker(sink, OutcomeCache(64)), [_retry_record(162, 7, attempt=2), _retry_record(191, 7, attempt=3)])
@@ -82,3 +75,19 @@ def test_the_outcome_memory_confirms_only_the_outcome_it_still_holds():
     assert outcomes.get("j") is new and not new.delivered
     outcomes.confirm("j", new)
     assert outcomes.get("j").delivered and outcomes.memory_bytes > 0
+
+
+def test_a_retry_record_beside_an_attempt_still_in_flight_publishes_nothing():
+    # Attempt 2 (@162) was answered in a batch that is still publishing when attempt 3 (@191) is cut: if that
+    # publish fails, @162 runs again and sends the answer; if it succeeds the answer is there. @191 sends nothing.
+    sink, outcomes = RecordingSink(), OutcomeCache(64)
+    outcomes.put("job-7", Outcome(TOPICS.results, b"answered", source=(TOPICS.retry, 0, 162)))
+    _handle(_worker(sink, outcomes), [_retry_record(191, 7, attempt=3)])
+    assert sink.sent == []
+
+
+def test_the_record_that_computed_an_answer_not_yet_delivered_sends_it_when_it_runs_again():
+    sink, outcomes = RecordingSink(), OutcomeCache(64)
+    outcomes.put("job-7", Outcome(TOPICS.results, b"answered", source=(TOPICS.retry, 0, 162)))
+    _handle(_worker(sink, outcomes), [_retry_record(162, 7, attempt=2)])
+    assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"answered")]

@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
-from aiaas.codec import decode_result
+from aiaas.contract.codec import decode_result
+from aiaas.contract.topics import ModelTopics
 from aiaas.errors import ServiceMisconfigured, UnknownModelVersion
-from aiaas.runtimes import RuntimeSet
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.serving.runtimes import RuntimeSet
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import RecordingSink, SumRuntime, job_record
 
 TOPICS = ModelTopics.of("vision", "p")

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import jsonschema
 
-from aiaas.codec import encode
-from aiaas.contracts import Job
-from aiaas.schemas import check_schemas, render_schemas
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Job
+from aiaas.contract.schemas import check_schemas, render_schemas
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from aiaas.client import SeenFile, SeenFileLocked
-from aiaas.seen_file import COMPACT_MIN_LINES
+from aiaas.client.client import SeenFile, SeenFileLocked
+from aiaas.client.seen_file import COMPACT_MIN_LINES
 
 
 def test_add_is_durable_and_idempotent(tmp_path):

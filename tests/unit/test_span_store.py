@@ -10,11 +10,19 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
-from aiaas.job_spans import JobSpans
 from aiaas.settings import HomeSettings
-from aiaas.span_store import (SUFFIX, LocalSpanExporter, LocalSpanProcessor, _stored, count_spans, job_trace,
-                               load_spans, render_trace)
-from aiaas.tracing import setup_tracing
+from aiaas.tracing.job_spans import JobSpans
+from aiaas.tracing.setup import setup_tracing
+from aiaas.tracing.span_store import (
+    SUFFIX,
+    LocalSpanExporter,
+    LocalSpanProcessor,
+    _stored,
+    count_spans,
+    job_trace,
+    load_spans,
+    render_trace,
+)
 
 
 def provider_for(directory, service):

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from aiaas.codec import decode_result
-from aiaas.exactly_once import Transactions
-from aiaas.pipeline import JobPipeline
-from aiaas.stall_watch import LoopStallWatch
-from aiaas.worker import BatchWorker
+from aiaas.contract.codec import decode_result
+from aiaas.kafka.stall_watch import LoopStallWatch
+from aiaas.kafka.transactions import Transactions
+from aiaas.serving.pipeline import JobPipeline
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, RecordingSink, SumRuntime, job_record
 from tests.unit.test_exactly_once import TOPICS, FakeTransactionalProducer
 from tests.unit.test_pipeline import run_until

@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job
+from aiaas.contract.envelopes import Job
 from aiaas.errors import InvalidJob, ServiceMisconfigured
-from aiaas.runtime import computes_on_cpu
+from aiaas.serving.runtime import computes_on_cpu
 from aiaas.text.labelled_sentences import labelled_split
-from aiaas.text.runtime import MAX_CALL_OVERHEAD_TOKENS, TextLimits, TextRuntime, measure_call_overhead
+from aiaas.text.runtime import (
+    MAX_CALL_OVERHEAD_TOKENS,
+    TextLimits,
+    TextRuntime,
+    measure_call_overhead,
+)
 from aiaas.text.tokens import DEFAULT_CALL_OVERHEAD_TOKENS
 
 SENTENCES = [
@@ -133,7 +138,7 @@ def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_reg
     ({"precision": "fp16"}, "one of fp32, int8"),
 ])
 def test_a_precision_the_backend_cannot_serve_is_refused_before_loading(tmp_path, settings, message):
-    from aiaas.registry import Registry
+    from aiaas.registry.store import Registry
 
     empty = Registry(tmp_path / "registry")  # loading anything first would raise UnknownModelVersion instead
     with pytest.raises(ServiceMisconfigured, match=message):

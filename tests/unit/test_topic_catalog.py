@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from aiokafka.errors import KafkaConnectionError
 
-from aiaas.topic_catalog import KafkaTopicCatalog
+from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 
 
 class FakeProducer:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job
-from aiaas.registry import Registry
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job
+from aiaas.contract.topics import ModelTopics
+from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-from aiaas.topics import ModelTopics
 from aiaas.training.attempts import AttemptCounter
 from aiaas.training.protocol import Candidate
 from aiaas.training.service import TrainerService

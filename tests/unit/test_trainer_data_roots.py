@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
 from aiaas.training.data_files import DataLimits, read_data_file
 from aiaas.training.request import TrainingRequest

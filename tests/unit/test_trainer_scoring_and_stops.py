@@ -7,15 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job, Tensor
+from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import TimeLimitExceeded
-from aiaas.promotion import PromotionPolicy
 from aiaas.recsys import trainer as recsys_trainer
 from aiaas.recsys.data import RatingsConfig
 from aiaas.recsys.data import load_split as load_ratings
 from aiaas.recsys.training import RecsysTrainer
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.text.trainer import HeadParams, train_head
+from aiaas.training.promotion import PromotionPolicy
 from aiaas.training.protocol import SCORED_ON, Candidate
 from aiaas.training.request import TrainingRequest
 from aiaas.training.settings import TrainerSettings

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from aiaas.contracts import TrainingProgress
+from aiaas.contract.envelopes import TrainingProgress
 from aiaas.errors import InvalidJob, TimeLimitExceeded, TrainingFailed
 from aiaas.training.stopping import StopSignal, TrainingInterrupted
 from aiaas.training.supervise import TrainingRun

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job, Tensor, TrainingProgress
+from aiaas.contract.envelopes import Job, Tensor, TrainingProgress
 from aiaas.errors import InvalidJob, UnknownModelVersion
 from aiaas.recsys import trainer as recsys_trainer
 from aiaas.recsys.data import SERVING_FILE, RatingsConfig, generate_ratings
 from aiaas.recsys.data import load_split as load_ratings_split
 from aiaas.recsys.runtime import RecsysRuntime
 from aiaas.recsys.training import RecsysTrainer
-from aiaas.registry import Registry
+from aiaas.registry.store import Registry
 from aiaas.text.head import ClassifierHead
 from aiaas.text.training import TextTrainer
 from aiaas.training.attempts import AttemptCounter

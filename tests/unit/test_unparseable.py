@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+)
 
-from aiaas.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
+from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from tests.fakes import FakeConsumer, job_record
 
 TOPIC = "p.vision.infer"

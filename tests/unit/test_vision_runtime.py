@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aiaas.contracts import Job, Tensor, stack_tensors
+from aiaas.contract.envelopes import Job, Tensor, stack_tensors
 from aiaas.errors import InvalidJob
 from aiaas.vision.data import load_split
 from aiaas.vision.runtime import VisionRuntime

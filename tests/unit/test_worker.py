@@ -7,10 +7,11 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from aiaas.codec import decode_result
-from aiaas.topics import ModelTopics
-from aiaas.tracing import inject_headers
-from aiaas.worker import PublishFailed, DLQ_HEADERS, BatchWorker
+from aiaas.contract.codec import decode_result
+from aiaas.contract.dead_letters import DLQ_HEADERS
+from aiaas.contract.topics import ModelTopics
+from aiaas.serving.worker import BatchWorker, PublishFailed
+from aiaas.tracing.conventions import inject_headers
 from tests.fakes import FailingRuntime, Record, RecordingSink, SumRuntime, job_record
 
 TOPICS = ModelTopics.of("vision", "p")
@@ -160,7 +161,7 @@ async def test_a_result_too_big_to_publish_becomes_an_error_result_and_a_dead_le
 def test_a_reply_to_that_is_not_a_topic_name_is_refused_at_the_contract():
     from pydantic import ValidationError
 
-    from aiaas.contracts import Job
+    from aiaas.contract.envelopes import Job
 
     with pytest.raises(ValidationError):
         Job(job_id="j", model="vision", reply_to="bad topic!")

@@ -16,12 +16,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiaas.codec import decode_result, encode
-from aiaas.contracts import Job, Tensor
-from aiaas.idempotency import OutcomeCache
-from aiaas.retries import RetryPolicy
-from aiaas.topics import ModelTopics
-from aiaas.worker import BatchWorker
+from aiaas.contract.codec import decode_result, encode
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.contract.topics import ModelTopics
+from aiaas.serving.idempotency import OutcomeCache
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.worker import BatchWorker
 from tests.fakes import Record, RecordingSink, SumRuntime
 
 TOPICS = ModelTopics.of("vision", "p")

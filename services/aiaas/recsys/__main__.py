@@ -1,11 +1,11 @@
 """`python -m aiaas.recsys`: run the recsys service until SIGTERM/SIGINT."""
 
-from ..registry import Registry
-from ..service import run_service
-from ..settings import HomeSettings
-from . import MODEL
-from .runtime import RecsysRuntime
-from .settings import RecsysSettings
+from aiaas.recsys import MODEL
+from aiaas.recsys.runtime import RecsysRuntime
+from aiaas.recsys.settings import RecsysSettings
+from aiaas.registry.store import Registry
+from aiaas.serving.service import run_service
+from aiaas.settings import HomeSettings
 
 
 def main() -> None:

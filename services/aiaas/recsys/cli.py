@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import Result, Tensor
-from ..errors import AiaasError
-from ..model_cli import JobSpec
+from aiaas.cli.model_cli import JobSpec
+from aiaas.contract.envelopes import Result, Tensor
+from aiaas.errors import AiaasError
 
 __all__ = ["add_submit_arguments", "jobs_from_args", "is_correct", "describe"]
 
@@ -32,7 +32,7 @@ def jobs_from_args(args: argparse.Namespace) -> list[JobSpec]:
     specs = [_recommend(user, args) for user in args.recommend]
     specs += [JobSpec({"item_id": item, "k": args.k}, task="similar_items") for item in args.similar_items]
     if args.users_sample:
-        from .data import load_split
+        from aiaas.recsys.data import load_split
 
         held_out = load_split().held_out()
         users = sorted(held_out)

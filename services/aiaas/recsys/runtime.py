@@ -12,13 +12,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..contracts import Job, Tensor
-from ..errors import InvalidJob
-from ..onnx_session import open_session
-from ..registry import Registry
-from ..runtime import Outputs
-from . import MODEL
-from .data import SERVING_FILE, ServingTables
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.errors import InvalidJob
+from aiaas.recsys import MODEL
+from aiaas.recsys.data import SERVING_FILE, ServingTables
+from aiaas.registry.store import Registry
+from aiaas.serving.onnx_session import open_session
+from aiaas.serving.runtime import Outputs
 
 __all__ = ["RecsysRuntime", "TASKS", "DEFAULT_K", "TOP_K_INPUT"]
 

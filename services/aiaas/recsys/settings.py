@@ -3,8 +3,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ..runtime import ModelCalls
-from ..settings import WorkerSettings
+from aiaas.settings import ModelCalls, WorkerSettings
 
 __all__ = ["RecsysSettings"]
 

@@ -13,12 +13,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contracts import Job
-from ..registry import ModelVersion, Registry
-from . import MODEL
-from .data import SERVING_FILE, RatingsConfig, RatingsSplit, ServingTables, load_split
-from .model import INPUT_NAMES, OUTPUT_NAMES, MatrixFactorization, ServingGraph
-from .runtime import TOP_K_INPUT, RecsysRuntime
+from aiaas.contract.envelopes import Job
+from aiaas.recsys import MODEL
+from aiaas.recsys.data import (
+    SERVING_FILE,
+    RatingsConfig,
+    RatingsSplit,
+    ServingTables,
+    load_split,
+)
+from aiaas.recsys.model import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    MatrixFactorization,
+    ServingGraph,
+)
+from aiaas.recsys.runtime import TOP_K_INPUT, RecsysRuntime
+from aiaas.registry.store import ModelVersion, Registry
 
 __all__ = ["TrainParams", "train", "export_onnx", "read_factors", "package", "hit_rates", "popularity_top_k", "build",
            "ONNX_FILE", "FACTOR_NAMES"]

@@ -39,17 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..contracts import TrainingProgress
-from ..errors import InvalidJob
-from ..registry import Registry
-from ..training.protocol import Candidate, ProgressCallback, scored_on_job_data
-from ..training.request import TrainingRequest
-from ..training.stopping import StopSignal
-from . import MODEL
-from .data import Ratings, RatingsConfig, RatingsSplit, load_split
-from .model import MatrixFactorization
-from .runtime import DEFAULT_K
-from .trainer import FACTOR_NAMES, TrainParams, package, read_factors, train
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.errors import InvalidJob
+from aiaas.recsys import MODEL
+from aiaas.recsys.data import Ratings, RatingsConfig, RatingsSplit, load_split
+from aiaas.recsys.model import MatrixFactorization
+from aiaas.recsys.runtime import DEFAULT_K
+from aiaas.recsys.trainer import FACTOR_NAMES, TrainParams, package, read_factors, train
+from aiaas.registry.store import Registry
+from aiaas.training.protocol import Candidate, ProgressCallback, scored_on_job_data
+from aiaas.training.request import TrainingRequest
+from aiaas.training.stopping import StopSignal
 
 __all__ = ["RecsysTrainer", "COLUMNS"]
 

@@ -1,11 +1,11 @@
 """`python -m aiaas.text`: run the text service until SIGTERM/SIGINT."""
 
-from ..registry import Registry
-from ..service import run_service
-from ..settings import HomeSettings
-from . import MODEL
-from .runtime import TextRuntime
-from .settings import TextSettings
+from aiaas.registry.store import Registry
+from aiaas.serving.service import run_service
+from aiaas.settings import HomeSettings
+from aiaas.text import MODEL
+from aiaas.text.runtime import TextRuntime
+from aiaas.text.settings import TextSettings
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..contracts import Result, Tensor
-from ..errors import AiaasError
-from ..model_cli import JobSpec
+from aiaas.cli.model_cli import JobSpec
+from aiaas.contract.envelopes import Result, Tensor
+from aiaas.errors import AiaasError
 
 __all__ = ["add_submit_arguments", "jobs_from_args", "is_correct", "describe"]
 
@@ -31,7 +31,7 @@ def jobs_from_args(args: argparse.Namespace) -> list[JobSpec]:
         specs.append(JobSpec({"left": [left], "right": [right]}, task="similarity"))
     specs += [JobSpec({"texts": [text]}, task="classify") for text in args.classify or []]
     if args.text_sample:
-        from .labelled_sentences import labelled_split
+        from aiaas.text.labelled_sentences import labelled_split
 
         _, held_out = labelled_split()
         specs += [JobSpec({"texts": [text]}, task="classify", expected=topic)

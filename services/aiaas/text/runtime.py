@@ -16,14 +16,21 @@ from typing import Protocol
 
 import numpy as np
 
-from ..contracts import Job, Tensor
-from ..errors import InvalidJob, ServiceMisconfigured
-from ..onnx_session import open_session
-from ..registry import Registry
-from ..runtime import Outputs, computes_on_cpu
-from . import MODEL
-from .head import ClassifierHead
-from .tokens import DEFAULT_CALL_OVERHEAD_TOKENS, TextTokenizer, Tokenized, length_groups, pad, padding_waste
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.errors import InvalidJob, ServiceMisconfigured
+from aiaas.registry.store import Registry
+from aiaas.serving.onnx_session import open_session
+from aiaas.serving.runtime import Outputs, computes_on_cpu
+from aiaas.text import MODEL
+from aiaas.text.head import ClassifierHead
+from aiaas.text.tokens import (
+    DEFAULT_CALL_OVERHEAD_TOKENS,
+    TextTokenizer,
+    Tokenized,
+    length_groups,
+    pad,
+    padding_waste,
+)
 
 __all__ = ["TextRuntime", "TextLimits", "OnnxEncoder", "TorchEncoder", "TASKS", "BatchStats", "embed_rows",
            "measure_call_overhead", "INT8_GRAPH", "PRECISIONS"]
@@ -78,7 +85,7 @@ class TorchEncoder:
     def __init__(self, weights_sha256: str | None, device: str = "auto") -> None:
         import torch
 
-        from .encoder import load_encoder
+        from aiaas.text.encoder import load_encoder
 
         self._torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

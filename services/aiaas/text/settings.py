@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from ..settings import WorkerSettings
+from aiaas.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from .runtime import TextLimits
+    from aiaas.text.runtime import TextLimits
 
 __all__ = ["TextSettings"]
 
@@ -49,7 +49,7 @@ class TextSettings(WorkerSettings):
 
     def limits(self) -> "TextLimits":
         """What one job may carry and how the encoder's calls are cut, as the runtime takes them."""
-        from .runtime import TextLimits
+        from aiaas.text.runtime import TextLimits
 
         return TextLimits(self.max_texts_per_job, self.max_chars_per_text, self.max_batch_tokens,
                           self.call_overhead_tokens)

@@ -20,13 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..registry import ModelVersion, Registry
-from . import MODEL
-from .encoder import export_onnx, load_encoder, package_dir, quantize_int8, weights_sha256
-from .head import ClassifierHead
-from .labelled_sentences import labelled_split
-from .runtime import INT8_GRAPH, OnnxEncoder, embed_rows
-from .tokens import TextTokenizer
+from aiaas.registry.store import ModelVersion, Registry
+from aiaas.text import MODEL
+from aiaas.text.encoder import (
+    export_onnx,
+    load_encoder,
+    package_dir,
+    quantize_int8,
+    weights_sha256,
+)
+from aiaas.text.head import ClassifierHead
+from aiaas.text.labelled_sentences import labelled_split
+from aiaas.text.runtime import INT8_GRAPH, OnnxEncoder, embed_rows
+from aiaas.text.tokens import TextTokenizer
 
 __all__ = ["HeadParams", "train_head", "head_accuracy", "embed_texts", "build", "BUILD_MAX_SEQ_LEN", "int8_metrics"]
 

@@ -19,18 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contracts import TrainingProgress
-from ..errors import InvalidJob
-from ..registry import Registry
-from ..training.protocol import Candidate, ProgressCallback
-from ..training.request import TrainingRequest
-from ..training.stopping import StopSignal
-from . import MODEL
-from .encoder import quantize_int8
-from .labelled_sentences import labelled_split
-from .runtime import INT8_GRAPH, OnnxEncoder
-from .tokens import TextTokenizer
-from .trainer import BUILD_MAX_SEQ_LEN, HeadParams, embed_texts, head_accuracy, int8_metrics, train_head
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.errors import InvalidJob
+from aiaas.registry.store import Registry
+from aiaas.text import MODEL
+from aiaas.text.encoder import quantize_int8
+from aiaas.text.labelled_sentences import labelled_split
+from aiaas.text.runtime import INT8_GRAPH, OnnxEncoder
+from aiaas.text.tokens import TextTokenizer
+from aiaas.text.trainer import (
+    BUILD_MAX_SEQ_LEN,
+    HeadParams,
+    embed_texts,
+    head_accuracy,
+    int8_metrics,
+    train_head,
+)
+from aiaas.training.protocol import Candidate, ProgressCallback
+from aiaas.training.request import TrainingRequest
+from aiaas.training.stopping import StopSignal
 
 __all__ = ["TextTrainer"]
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from .service import run_trainer
+from aiaas.training.service import run_trainer
 
 TRAINERS = {"vision": "aiaas.vision.training:VisionTrainer", "text": "aiaas.text.training:TextTrainer",
             "recsys": "aiaas.recsys.training:RecsysTrainer"}
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .settings import TrainerSettings
+    from aiaas.training.settings import TrainerSettings
 
     torch.set_num_threads(TrainerSettings().threads)
     module, name = TRAINERS[args[0]].split(":")

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from ..errors import InvalidJob
+from aiaas.errors import InvalidJob
 
 __all__ = ["read_data_file", "DataLimits", "rows_of"]
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..contracts import TrainingProgress
-from ..registry import ModelVersion, Registry
-from .request import TrainingRequest
-from .stopping import StopSignal
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.registry.store import ModelVersion, Registry
+from aiaas.training.request import TrainingRequest
+from aiaas.training.stopping import StopSignal
 
 __all__ = ["ModelTrainer", "Candidate", "ProgressCallback", "ScoredOn", "SCORED_ON", "scored_on_job_data"]
 

@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contracts import Job, Tensor
-from ..errors import InvalidJob
-from .data_files import DataLimits, read_data_file, rows_of
-from .settings import TrainerSettings
+from aiaas.contract.envelopes import Job, Tensor
+from aiaas.errors import InvalidJob
+from aiaas.training.data_files import DataLimits, read_data_file, rows_of
+from aiaas.training.settings import TrainerSettings
 
 __all__ = ["TrainingRequest", "HYPER_PARAMETERS"]
 

@@ -46,28 +46,38 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from .. import tracing
-from ..announce import ModelEvent
-from ..codec import decode_job, encode
-from ..contracts import ErrorInfo, Job, Result, TrainingProgress
-from ..errors import (AiaasError, InvalidHeaders, InvalidJob, RefusedReplyTo, TooManyAttempts, TrainingFailed,
-                      Undeliverable, UnparseableRecord)
-from ..headers import NO_HEADERS, HeaderLimits, RecordHeaders, read_headers
-from ..kafka_sink import refused_for_good
-from ..promotion import default_policy
-from ..registry import ModelVersion, Registry
-from ..reply_topics import ReplyTopics, TopicCatalog
-from ..settings import EnvelopeSettings, HomeSettings, KafkaSettings
-from ..topic_catalog import KafkaTopicCatalog
-from ..topics import ModelTopics, dlq_topic, ensure_topics, models_topic, service_topics
-from ..unparseable import UnparseableSearch, is_unparseable
-from ..worker import dlq_headers
-from .attempts import AttemptCounter
-from .protocol import SCORED_ON, Candidate, ModelTrainer
-from .request import TrainingRequest
-from .settings import TrainerSettings
-from .stopping import StopSignal, TrainingInterrupted
-from .supervise import TrainingRun
+from aiaas import tracing
+from aiaas.contract.codec import decode_job, encode
+from aiaas.contract.dead_letters import dlq_headers
+from aiaas.contract.envelopes import ErrorInfo, Job, Result, TrainingProgress
+from aiaas.contract.headers import NO_HEADERS, HeaderLimits, RecordHeaders, read_headers
+from aiaas.contract.reply_topics import ReplyTopics, TopicCatalog
+from aiaas.contract.topics import ModelTopics, dlq_topic, models_topic, service_topics
+from aiaas.errors import (
+    AiaasError,
+    InvalidHeaders,
+    InvalidJob,
+    RefusedReplyTo,
+    TooManyAttempts,
+    TrainingFailed,
+    Undeliverable,
+    UnparseableRecord,
+)
+from aiaas.kafka.admin import ensure_topics
+from aiaas.kafka.sink import refused_for_good
+from aiaas.kafka.topic_catalog import KafkaTopicCatalog
+from aiaas.kafka.unparseable import UnparseableSearch, is_unparseable
+from aiaas.registry.announce import ModelEvent
+from aiaas.registry.store import ModelVersion, Registry
+from aiaas.settings import HomeSettings, KafkaSettings
+from aiaas.tracing.setup import setup_tracing
+from aiaas.training.attempts import AttemptCounter
+from aiaas.training.promotion import default_policy
+from aiaas.training.protocol import SCORED_ON, Candidate, ModelTrainer
+from aiaas.training.request import TrainingRequest
+from aiaas.training.settings import TrainerSettings
+from aiaas.training.stopping import StopSignal, TrainingInterrupted
+from aiaas.training.supervise import TrainingRun
 
 __all__ = ["TrainerService", "run_trainer"]
 
@@ -97,7 +107,7 @@ class TrainerService:
                  attempts: AttemptCounter, header_limits: HeaderLimits | None = None) -> None:
         self.trainer, self.kafka, self.settings, self.registry = trainer, kafka, settings, registry
         self.attempts = attempts
-        self.header_limits = header_limits or EnvelopeSettings().header_limits()
+        self.header_limits = header_limits or HeaderLimits.configured()
         self.topics = ModelTopics.of(trainer.model, kafka.topic_prefix)
         self.group = settings.group_id or f"{kafka.topic_prefix}.{trainer.model}.trainer"
         self.policy = default_policy(trainer.model).model_copy(
@@ -509,11 +519,11 @@ def _attempts_key(job_id: str, tenant: str | None) -> str:
 def run_trainer(trainer: ModelTrainer) -> None:
     """Entry point body of a trainer process: tracing, serve until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    provider = tracing.setup_tracing(f"aiaas-{trainer.model}-trainer")
+    provider = setup_tracing(f"aiaas-{trainer.model}-trainer")
     home = HomeSettings()
     service = TrainerService(trainer, KafkaSettings(), TrainerSettings(), Registry(home.registry_dir),
                              AttemptCounter(home.home / "training" / "attempts" / trainer.model),
-                             EnvelopeSettings().header_limits())
+                             HeaderLimits.configured())
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ..settings import HomeSettings
+from aiaas.settings import HomeSettings
 
 __all__ = ["TrainerSettings"]
 

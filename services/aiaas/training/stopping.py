@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import TimeLimitExceeded
+from aiaas.errors import TimeLimitExceeded
 
 __all__ = ["StopSignal", "TrainingInterrupted"]
 

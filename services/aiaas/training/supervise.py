@@ -19,10 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from ..contracts import TrainingProgress
-from ..errors import AiaasError, TimeLimitExceeded, TrainingFailed
-from .protocol import ProgressCallback
-from .stopping import StopSignal, TrainingInterrupted
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.errors import AiaasError, TimeLimitExceeded, TrainingFailed
+from aiaas.training.protocol import ProgressCallback
+from aiaas.training.stopping import StopSignal, TrainingInterrupted
 
 __all__ = ["TrainingRun"]
 

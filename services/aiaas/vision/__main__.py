@@ -1,11 +1,11 @@
 """`python -m aiaas.vision`: run the vision service until SIGTERM/SIGINT."""
 
-from ..registry import Registry
-from ..service import run_service
-from ..settings import HomeSettings
-from . import MODEL
-from .runtime import VisionRuntime
-from .settings import VisionSettings
+from aiaas.registry.store import Registry
+from aiaas.serving.service import run_service
+from aiaas.settings import HomeSettings
+from aiaas.vision import MODEL
+from aiaas.vision.runtime import VisionRuntime
+from aiaas.vision.settings import VisionSettings
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import Result, Tensor
-from ..errors import AiaasError
-from ..model_cli import JobSpec
+from aiaas.cli.model_cli import JobSpec
+from aiaas.contract.envelopes import Result, Tensor
+from aiaas.errors import AiaasError
 
 __all__ = ["add_submit_arguments", "jobs_from_args", "is_correct", "describe"]
 
@@ -25,7 +25,7 @@ def jobs_from_args(args: argparse.Namespace) -> list[JobSpec]:
     """One job per image file, then one per sampled held-out digit (labelled)."""
     specs = [JobSpec({"image": Tensor.from_numpy(_load_image(path))}) for path in args.images]
     if args.digits_sample:
-        from .data import load_split
+        from aiaas.vision.data import load_split
 
         split = load_split()
         picks = np.random.default_rng(0).choice(len(split.test_x), size=min(args.digits_sample, len(split.test_x)),

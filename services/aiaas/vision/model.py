@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import MAX_INTENSITY
+from aiaas.vision.data import MAX_INTENSITY
 
 __all__ = ["DigitsCNN"]
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..contracts import Job, Tensor, stack_tensors
-from ..errors import InvalidJob
-from ..onnx_session import choose_providers, open_session
-from ..registry import Registry
-from ..runtime import Outputs
-from . import MODEL
-from .data import IMAGE_SHAPE, MAX_INTENSITY
+from aiaas.contract.envelopes import Job, Tensor, stack_tensors
+from aiaas.errors import InvalidJob
+from aiaas.registry.store import Registry
+from aiaas.serving.onnx_session import choose_providers, open_session
+from aiaas.serving.runtime import Outputs
+from aiaas.vision import MODEL
+from aiaas.vision.data import IMAGE_SHAPE, MAX_INTENSITY
 
 __all__ = ["VisionRuntime", "choose_providers"]
 

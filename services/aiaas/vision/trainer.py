@@ -14,10 +14,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from ..registry import ModelVersion, Registry
-from . import MODEL
-from .data import DigitsSplit, load_split
-from .model import DigitsCNN
+from aiaas.registry.store import ModelVersion, Registry
+from aiaas.vision import MODEL
+from aiaas.vision.data import DigitsSplit, load_split
+from aiaas.vision.model import DigitsCNN
 
 __all__ = ["TrainParams", "train", "export_onnx", "weights_npz", "onnx_accuracy", "build"]
 

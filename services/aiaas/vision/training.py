@@ -19,15 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contracts import TrainingProgress
-from ..errors import InvalidJob
-from ..registry import Registry
-from ..training.protocol import Candidate, ProgressCallback, ScoredOn, scored_on_job_data
-from ..training.request import TrainingRequest
-from ..training.stopping import StopSignal
-from . import MODEL
-from .data import IMAGE_SHAPE, MAX_INTENSITY, DigitsSplit, load_split
-from .trainer import TrainParams, export_onnx, onnx_accuracy, train, weights_npz
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.errors import InvalidJob
+from aiaas.registry.store import Registry
+from aiaas.training.protocol import (
+    Candidate,
+    ProgressCallback,
+    ScoredOn,
+    scored_on_job_data,
+)
+from aiaas.training.request import TrainingRequest
+from aiaas.training.stopping import StopSignal
+from aiaas.vision import MODEL
+from aiaas.vision.data import IMAGE_SHAPE, MAX_INTENSITY, DigitsSplit, load_split
+from aiaas.vision.trainer import (
+    TrainParams,
+    export_onnx,
+    onnx_accuracy,
+    train,
+    weights_npz,
+)
 
 __all__ = ["VisionTrainer"]
 

@@ -1,0 +1,1 @@
+"""The `aiaas` command (`main.py`) and what each model type adds to it (`model_cli.py`)."""

@@ -1,0 +1,5 @@
+"""`python -m aiaas.cli …` is `aiaas …`."""
+
+from aiaas.cli.main import main
+
+raise SystemExit(main())

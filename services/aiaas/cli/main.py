@@ -1,0 +1,451 @@
+"""The `aiaas` command line: submit jobs, read results, show traces, manage topics and models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import ValidationError
+
+from aiaas.cli.model_cli import MODEL_TYPES, JobSpec, model_cli
+from aiaas.client.client import AiaasClient, JobHandle
+from aiaas.contract.envelopes import Result
+from aiaas.errors import AiaasError
+from aiaas.registry.store import ModelVersion, Registry
+from aiaas.settings import HomeSettings, KafkaSettings
+from aiaas.tracing.setup import setup_tracing
+
+__all__ = ["main"]
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiaas", description="AI models as async services over Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="publish inference jobs")
+    per_model = submit.add_subparsers(dest="model", required=True, metavar="{" + ",".join(MODEL_TYPES) + "}")
+    for model in MODEL_TYPES:
+        model_parser = per_model.add_parser(model, help=f"jobs for the {model} service")
+        model_cli(model).add_submit_arguments(model_parser)
+        model_parser.add_argument("--wait", action="store_true", help="wait for every result and print a summary")
+        model_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results (--wait)")
+        model_parser.add_argument("--version", help="pin a model version or alias")
+        model_parser.add_argument("--priority", type=int, default=0)
+        model_parser.add_argument("--quiet", action="store_true", help="print only the summary")
+        model_parser.add_argument("--rate", type=float, default=0.0,
+                                  help="jobs per second, open loop (default: all at once, a burst)")
+
+    train = sub.add_parser("train", help="publish a training job (a trainer: python -m aiaas.training <model>)")
+    train.add_argument("model", choices=("vision", "text", "recsys"))
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--data", metavar="FILE", help="training data on the trainer's machine (.parquet, .npz, .jsonl)")
+    train.add_argument("--data-sha256", help="refuse the file unless its sha256 is this (default: computed now)")
+    train.add_argument("--base-version", help="fine-tune from this version or alias")
+    train.add_argument("--follow", action="store_true", help="show progress until the job ends")
+    train.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each event (--follow)")
+
+    results = sub.add_parser("results", help="print results as they arrive")
+    results.add_argument("model", choices=MODEL_TYPES)
+    results.add_argument("--follow", action="store_true", help="keep reading new results until Ctrl-C")
+    results.add_argument("--from-beginning", action="store_true", help="start at the oldest result")
+
+    show = sub.add_parser("trace", help="print one job's span tree from the local span store")
+    show.add_argument("job_id")
+    show.add_argument("--wait", type=float, default=3.0, help="seconds to wait for late spans")
+
+    sub.add_parser("topics", help="list aiaas topics and their partitions")
+
+    acl = sub.add_parser("acl", help="Kafka ACLs for tenants, services and trainers (docs/security.md)")
+    acl.add_argument("action", choices=("print", "apply"),
+                     help="print: kafka-topics.sh/kafka-acls.sh commands; apply: create the topics and ACLs now "
+                     "(as a super user, with the AIAAS_KAFKA_* settings)")
+    acl.add_argument("--tenants", required=True, help="comma-separated tenant names (each its SASL user name)")
+    acl.add_argument("--models", default=",".join(MODEL_TYPES), help="comma-separated model types (default: all)")
+    acl.add_argument("--service-user", default="aiaas-{model}", help="SASL user of each model's service")
+    acl.add_argument("--trainer-user", default="aiaas-{model}-trainer",
+                     help="SASL user of each model's trainer; '' for none (then only super users announce models)")
+    acl.add_argument("--no-topics", action="store_true", help="ACLs only: create (or print) no topic")
+    acl.add_argument("--command-config", default="admin.properties",
+                     help="print: the super user's client properties file the commands pass to Kafka's tools")
+
+    models = sub.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    models_sub.add_parser("list", help="versions and aliases")
+    build = models_sub.add_parser("build", help="train a model and register a new version")
+    build.add_argument("model", choices=MODEL_TYPES)
+    show_version = models_sub.add_parser("show", help="one version's metadata and the model's alias history")
+    show_version.add_argument("model", choices=MODEL_TYPES)
+    show_version.add_argument("ref", nargs="?", default="production", help="version (3, v3) or alias")
+    show_version.add_argument("--history", type=int, default=10, help="how many recent alias moves to print")
+    promote = models_sub.add_parser("promote", help="point an alias at a version; running services reload")
+    promote.add_argument("model", choices=MODEL_TYPES)
+    promote.add_argument("ref", help="version (3, v3) or another alias")
+    promote.add_argument("--alias", default="production")
+    rollback = models_sub.add_parser("rollback", help="move an alias back to where it pointed before")
+    rollback.add_argument("model", choices=MODEL_TYPES)
+    rollback.add_argument("--alias", default="production")
+
+    schemas = sub.add_parser("schemas", help="the generated contract documents in schemas/")
+    schemas.add_argument("action", choices=("write", "check"))
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are one line on stderr with what to do, exit status 2."""
+    args = _parser().parse_args(argv)
+    provider = setup_tracing("aiaas-cli")
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except (AiaasError, TimeoutError) as exc:
+        print(f"aiaas: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # settings from the environment (AIAAS_KAFKA_*, ...) that do not fit
+        problems = "; ".join(".".join(map(str, e["loc"])) + (": " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        print(f"aiaas: error: invalid {exc.title}: {problems}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        provider.shutdown()
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    specs = model_cli(args.model).jobs_from_args(args)
+    return asyncio.run(_submit(args, specs))
+
+
+async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
+    async with AiaasClient() as client:
+        started = time.time()
+
+        async def send(index: int, spec: JobSpec) -> JobHandle:
+            if args.rate > 0:  # open loop: the schedule does not wait for results
+                await asyncio.sleep(max(0.0, started + index / args.rate - time.time()))
+            return await client.submit(args.model, spec.inputs, task=spec.task, version=args.version,
+                                       priority=args.priority, attributes=spec.attributes)
+
+        handles = await asyncio.gather(*(send(i, spec) for i, spec in enumerate(specs)))
+        if not args.wait:
+            for handle in handles:
+                print(handle.job_id)
+            return 0
+        outcomes = await asyncio.gather(*(_wait(h, args.timeout) for h in handles))
+        finished = time.time()
+    if not args.quiet:
+        for handle, (result, _) in zip(handles, outcomes):
+            print(_result_line(result) if result else f"{handle.job_id}  (no result)")
+    print(_summary(args.model, handles, outcomes, specs, finished - started))
+    return 0 if all(r is not None for r, _ in outcomes) else 1
+
+
+async def _wait(handle: JobHandle, timeout: float) -> tuple[Result | None, float]:
+    try:
+        result = await handle.result(timeout)
+    except TimeoutError:
+        return None, float("nan")
+    return result, handle.latency_ms
+
+
+def _summary(model: str, handles, outcomes, specs: list[JobSpec], wall_s: float) -> str:
+    received = [(r, ms) for r, ms in outcomes if r is not None]
+    latencies = np.array([ms for _, ms in received]) if received else np.array([float("nan")])
+    ok = [r for r, _ in received if r.status == "ok"]
+    checker = model_cli(model)
+    scored = [checker.is_correct(r, spec.expected) for (r, _), spec in zip(outcomes, specs)
+              if r is not None and r.status == "ok" and spec.expected is not None]
+    accuracy = f"{np.mean(scored) * 100:.1f}% of {len(scored)}" if scored else "n/a (no expected answers)"
+    batches = [r.timings.batch_size for r in ok]
+    return "\n".join([
+        "summary",
+        f"  jobs sent          {len(handles)}",
+        f"  results received   {len(received)}  (ok {len(ok)}, error {sum(r.status == 'error' for r, _ in received)},"
+        f" expired {sum(r.status == 'expired' for r, _ in received)})",
+        f"  accuracy           {accuracy}",
+        f"  latency p50 / p99  {np.percentile(latencies, 50):.1f} ms / {np.percentile(latencies, 99):.1f} ms",
+        f"  throughput         {len(received) / wall_s:.0f} jobs/s ({wall_s:.2f} s wall)",
+        f"  mean batch size    {np.mean(batches) if batches else 0:.1f}",
+        f"  model versions     {', '.join(sorted({str(r.model_version) for r in ok})) or '-'}",
+        f"  example job id     {handles[0].job_id}",
+    ])
+
+
+def _result_line(result: Result) -> str:
+    if result.status != "ok":
+        detail = f"{result.error.type}: {result.error.message}" if result.error else ""
+        return f"{result.job_id}  {result.status}  {detail}"
+    return (f"{result.job_id}  ok  {model_cli(result.model).describe(result)}  v{result.model_version}  "
+            f"queue={result.timings.queue_wait_ms:.1f}ms infer={result.timings.inference_ms:.1f}ms "
+            f"batch={result.timings.batch_size}")
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with AiaasClient() as client:
+            idle = None if args.follow else 2.0
+            async for result in client.results(args.model, from_beginning=args.from_beginning, idle_timeout=idle):
+                print(_result_line(result), flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from aiaas.tracing.span_store import job_trace, load_spans, render_trace
+
+    directory = HomeSettings().span_dir
+    deadline = time.time() + args.wait
+    previous = -1
+    while True:
+        spans = job_trace(load_spans(directory), args.job_id)
+        complete = any(s.name.startswith("process") and s.service == "aiaas-cli" for s in spans) or \
+            any(s.kind == "CONSUMER" and s.name.endswith(".results") for s in spans)
+        # Processes export spans every 0.5 s: once the receipt is in, wait until no more arrive.
+        if (complete and len(spans) == previous) or time.time() > deadline:
+            break
+        previous = len(spans)
+        time.sleep(0.6)
+    if not spans:
+        raise AiaasError(
+            f"no spans for job {args.job_id} in {directory}; spans are stored locally only when no "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set (otherwise look in your tracing backend)"
+        )
+    print(render_trace(spans))
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaConnectionError
+
+    from aiaas.kafka.admin import list_topics
+    from aiaas.kafka.diagnostics import explain_connection_failure
+
+    settings = KafkaSettings()
+    try:
+        topics = asyncio.run(list_topics(settings))
+    except KafkaConnectionError as exc:
+        raise asyncio.run(explain_connection_failure(settings, exc)) from exc
+    for name, partitions in topics.items():
+        print(f"{name:40} partitions={partitions}")
+    if not topics:
+        print(f"no {settings.topic_prefix}.* topics yet (services create theirs at start)")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    registry = Registry(HomeSettings().registry_dir)
+    return _MODEL_ACTIONS[args.action](registry, args)
+
+
+def _models_list(registry: Registry, args: argparse.Namespace) -> int:
+    for model in registry.models():
+        aliases = registry.aliases(model)
+        for v in registry.versions(model):
+            tags = ",".join(a for a, n in sorted(aliases.items()) if n == v.version)
+            metrics = " ".join(f"{k}={val:.4g}" for k, val in v.metrics.items())
+            print(f"{model:10} v{v.version:<4} {tags:12} {metrics}  sha256={v.sha256[:12]}")
+    if not registry.models():
+        print(f"registry {registry.root} is empty: run `aiaas models build <{'|'.join(MODEL_TYPES)}>`")
+    return 0
+
+
+def _models_build(registry: Registry, args: argparse.Namespace) -> int:
+    trainer = importlib.import_module(f"aiaas.{args.model}.trainer")
+    version = trainer.build(registry)
+    print(f"built {version.model} v{version.version}  sha256={version.sha256[:16]}…  "
+          f"metrics={version.metrics}  → {registry.root / version.model / f'v{version.version}'}")
+    _announce(registry, version, "registered")
+    return 0
+
+
+def _models_show(registry: Registry, args: argparse.Namespace) -> int:
+    version = registry.resolve(args.model, args.ref)
+    tags = [a for a, n in sorted(registry.aliases(args.model).items()) if n == version.version]
+    rows = [
+        ("aliases", ", ".join(tags) or "-"),
+        ("artifact", f"{version.artifact}  sha256={version.sha256}"),
+        *[("file", f"{name}  sha256={digest}") for name, digest in version.files.items()],
+        ("metrics", " ".join(f"{k}={val:.4g}" for k, val in version.metrics.items()) or "-"),
+        ("params", json.dumps(version.params, sort_keys=True, default=str)),
+        ("data_hash", version.data_hash or "-"),
+        ("parent", _ref(version.parent) if version.parent else "-"),
+        ("job_id", version.job_id or "-"),
+        ("created_at", _when(version.created_at)),
+    ]
+    print(f"{version.model} v{version.version}")
+    for name, value in rows:
+        print(f"  {name:11} {value}")
+    print(_history_block(registry, args.model, args.history))
+    return 0
+
+
+def _history_block(registry: Registry, model: str, limit: int) -> str:
+    moves = registry.alias_history(model)[-limit:] if limit > 0 else []
+    if not moves:
+        return "alias history: none recorded"
+    lines = [f"alias history (latest {len(moves)}, oldest first)"]
+    lines += [f"  {_when(m.at)}  {m.alias:11} {_ref(m.previous)} → v{m.version}  {m.reason}" for m in moves]
+    return "\n".join(lines)
+
+
+def _models_promote(registry: Registry, args: argparse.Namespace) -> int:
+    before = registry.aliases(args.model).get(args.alias)
+    version = registry.promote(args.model, args.ref, alias=args.alias)
+    if before == version.version:
+        print(f"{args.model} {args.alias}: already v{version.version}, nothing moved")
+        return 0
+    print(f"{args.model} {args.alias}: {_ref(before)} → v{version.version}")
+    _announce(registry, version, "promoted")
+    return 0
+
+
+def _models_rollback(registry: Registry, args: argparse.Namespace) -> int:
+    before = registry.aliases(args.model).get(args.alias)
+    version = registry.rollback(args.model, alias=args.alias)
+    print(f"{args.model} {args.alias}: {_ref(before)} → v{version.version} (rolled back)")
+    _announce(registry, version, "rolled_back")
+    return 0
+
+
+def _announce(registry: Registry, version: ModelVersion,
+              action: Literal["registered", "promoted", "rolled_back"]) -> None:
+    """Tell running services about a registry change; without a broker, warn and carry on."""
+    from aiokafka.errors import KafkaError
+
+    from aiaas.registry.announce import ModelEvent, announce
+
+    settings = KafkaSettings()
+    event = ModelEvent(model=version.model, action=action, version=version.version,
+                       aliases=registry.aliases(version.model),
+                       job_id=version.job_id if action == "registered" else None)
+    try:
+        asyncio.run(announce(settings, event))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # The registry change already stands (services read the registry when they start), so
+        # an unreachable broker is a warning, not a failure that would invite a second promote.
+        print(f"aiaas: warning: the registry changed, but running {version.model} services were not told "
+              f"(cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}); "
+              "they will pick it up when restarted", file=sys.stderr)
+
+
+def _ref(version: int | None) -> str:
+    return f"v{version}" if version is not None else "(none)"
+
+
+def _when(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+_MODEL_ACTIONS = {
+    "list": _models_list,
+    "build": _models_build,
+    "show": _models_show,
+    "promote": _models_promote,
+    "rollback": _models_rollback,
+}
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from aiaas.contract.schemas import check_schemas, write_schemas
+
+    if args.action == "write":
+        for path in write_schemas(args.dir):
+            print(f"wrote {path}")
+        return 0
+    drift = check_schemas(args.dir)
+    for path in drift:
+        print(f"out of date: {path} (run `aiaas schemas write`)", file=sys.stderr)
+    return 1 if drift else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    inputs: dict = {k: v for k in ("epochs", "learning_rate", "batch_size", "seed", "base_version")
+                    if (v := getattr(args, k)) is not None}
+    if args.data:
+        path = Path(args.data).resolve()
+        if not path.is_file():
+            raise AiaasError(f"--data {args.data}: no such file (the trainer reads it from the same path)")
+        inputs |= {"data_uri": path.as_uri(), "data_sha256": args.data_sha256 or hashlib.sha256(path.read_bytes()).hexdigest()}
+    return asyncio.run(_train(args, inputs))
+
+
+async def _train(args: argparse.Namespace, inputs: dict) -> int:
+    async with AiaasClient() as client:
+        handle = await client.train(args.model, inputs)
+        print(f"training job {handle.job_id} published to {args.model}.train")
+        if not args.follow:
+            return 0
+        async for event in handle.events(timeout=args.timeout):
+            print(_training_line(event), flush=True)
+        final = await handle.result(timeout=None)
+    return 0 if final.status == "succeeded" else 1
+
+
+def _training_line(event: Result) -> str:
+    """One line per event: a progress bar while running, the new version at the end."""
+    if event.status == "accepted":
+        return f"accepted (attempt {event.outputs.get('attempt', 1)})"
+    if event.status == "running" and event.progress is not None:
+        p = event.progress
+        bar = "#" * round(20 * p.epoch / p.epochs)
+        metric = f" {p.metric_name} {p.metric:.4f}" if p.metric is not None else ""
+        loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
+        return f"epoch {p.epoch:>3}/{p.epochs} [{bar:<20}]{loss}{metric} eta {p.eta_s or 0:.0f}s"
+    if event.status == "succeeded":
+        metrics = " ".join(f"{k.removeprefix('metric.')}={v:.4g}" for k, v in event.outputs.items()
+                           if k.startswith("metric."))
+        aliases = ",".join(event.outputs.get("aliases", [])) or "no alias"
+        return f"succeeded: {event.model} v{event.outputs.get('version')} ({aliases})  {metrics}"
+    detail = f"{event.error.type}: {event.error.message}" if event.error else ""
+    return f"{event.status}: {detail}"
+
+
+def _cmd_acl(args: argparse.Namespace) -> int:
+    from aiaas.kafka.acl import AclPlan, apply_acls, kafka_acls_commands
+
+    settings = KafkaSettings()
+    try:
+        plan = AclPlan(settings.topic_prefix, _csv(args.models), _csv(args.tenants), args.service_user,
+                       args.trainer_user or None)
+    except ValueError as exc:
+        raise AiaasError(str(exc)) from exc
+    if args.action == "print":
+        print("\n".join(kafka_acls_commands(plan, settings, args.command_config, topics=not args.no_topics)))
+        return 0
+    created = asyncio.run(apply_acls(plan, settings, topics=not args.no_topics))
+    print(f"topics created: {', '.join(created) or 'none (all there)'}")
+    print(f"{len(plan.rules())} ACLs in place for tenants {', '.join(plan.tenants)} and users "
+          f"{', '.join(plan.internal_users())} (prefix {plan.prefix})")
+    return 0
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "submit": _cmd_submit,
+    "results": _cmd_results,
+    "trace": _cmd_trace,
+    "topics": _cmd_topics,
+    "models": _cmd_models,
+    "schemas": _cmd_schemas,
+    "acl": _cmd_acl,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""What each model type adds to the `aiaas` CLI: its submit flags, its jobs, and how to show a result.
+
+Every model package has a `cli` module with the functions of `ModelCli`; the generic CLI
+(`cli/main.py`) does the sending, waiting, summary and tracing for all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiaas.contract.envelopes import InputValue, Result
+
+__all__ = ["JobSpec", "ModelCli", "MODEL_TYPES", "model_cli"]
+
+MODEL_TYPES = ("vision", "text", "recsys")
+"""Every model type, in the order the demo runs them. Each is the package `aiaas.<name>`."""
+
+
+@dataclass
+class JobSpec:
+    """One job to publish: its task, inputs and (when known) the expected answer to score against."""
+
+    inputs: dict[str, InputValue]
+    task: str | None = None
+    expected: Any = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class ModelCli(Protocol):
+    """The `cli` module of a model package."""
+
+    def add_submit_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the flags of `aiaas submit <model>`."""
+
+    def jobs_from_args(self, args: argparse.Namespace) -> list[JobSpec]:
+        """The jobs the flags describe; raise AiaasError with what to do when they describe none."""
+
+    def is_correct(self, result: Result, expected: Any) -> bool:
+        """Whether an ok result matches the expected answer (for the summary's accuracy line)."""
+
+    def describe(self, result: Result) -> str:
+        """The outputs of an ok result on one short line."""
+
+
+def model_cli(model: str) -> ModelCli:
+    """The CLI module of a model type (imported on demand: the CLI starts fast)."""
+    if model not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model!r}; known: {', '.join(MODEL_TYPES)}")
+    return importlib.import_module(f"aiaas.{model}.cli")  # type: ignore[return-value]

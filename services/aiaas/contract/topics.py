@@ -1,0 +1,92 @@
+"""Topic names: every model's, every tenant's, and the shared ones (creating them is `kafka/admin.py`'s)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiaas.settings import KafkaSettings
+
+__all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "TENANT_PATTERN", "check_tenant"]
+
+TENANT_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
+"""A tenant's name: it is also a Kafka principal's name and the last part of the tenant's topic names."""
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def check_tenant(tenant: str) -> str:
+    """`tenant` when it is a valid tenant name; raises ValueError saying what a name may hold otherwise."""
+    if not _TENANT.fullmatch(tenant):
+        raise ValueError(f"{tenant!r} is not a tenant name: a lower-case letter, then up to 62 lower-case letters, "
+                         "digits, '_' or '-'")
+    return tenant
+
+
+@dataclass(frozen=True)
+class ModelTopics:
+    """The topics of one model type."""
+
+    infer: str
+    train: str
+    results: str
+    retry: str
+
+    @classmethod
+    def of(cls, model: str, prefix: str = "aiaas") -> "ModelTopics":
+        """`<prefix>.<model>.infer|train|results|retry`."""
+        base = f"{prefix}.{model}"
+        return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry")
+
+    def all(self) -> list[str]:
+        """Every name."""
+        return [self.infer, self.train, self.results, self.retry]
+
+    # -- tenants: each has its own infer, train and results topics, so Kafka ACLs say who reads and writes them --
+
+    def tenant_infer(self, tenant: str) -> str:
+        """`<prefix>.<model>.infer.<tenant>`: jobs that tenant publishes (only its principal may write here)."""
+        return f"{self.infer}.{check_tenant(tenant)}"
+
+    def tenant_train(self, tenant: str) -> str:
+        """`<prefix>.<model>.train.<tenant>`: that tenant's training jobs."""
+        return f"{self.train}.{check_tenant(tenant)}"
+
+    def tenant_results(self, tenant: str) -> str:
+        """`<prefix>.<model>.results.<tenant>`: that tenant's results (only its principal may read here)."""
+        return f"{self.results}.{check_tenant(tenant)}"
+
+    def tenant_of(self, topic: str) -> str | None:
+        """The tenant whose infer, train or results topic `topic` is; None for the shared (untenanted) ones.
+
+        Raises ValueError for a topic that is none of this model type's infer, train or results topics.
+        """
+        for base in (self.infer, self.train, self.results):
+            if topic == base:
+                return None
+            if topic.startswith(base + ".") and _TENANT.fullmatch(topic[len(base) + 1:]):
+                return topic[len(base) + 1:]
+        raise ValueError(f"{topic!r} is not one of the {self.infer}[.<tenant>] topics")
+
+    def infer_pattern(self) -> str:
+        """A regular expression for the shared infer topic and every tenant's (for a pattern subscription)."""
+        return re.escape(self.infer) + rf"(\.{TENANT_PATTERN})?"
+
+    def train_pattern(self) -> str:
+        """A regular expression for the shared train topic and every tenant's (the trainer's pattern subscription)."""
+        return re.escape(self.train) + rf"(\.{TENANT_PATTERN})?"
+
+
+def dlq_topic(prefix: str = "aiaas") -> str:
+    """Dead letters of every model type: the original bytes plus origin and error headers."""
+    return f"{prefix}.dlq"
+
+
+def models_topic(prefix: str = "aiaas") -> str:
+    """Registry announcements (new versions, alias moves)."""
+    return f"{prefix}.models"
+
+
+def service_topics(model: str, settings: KafkaSettings) -> list[str]:
+    """Every topic a model's service needs."""
+    prefix = settings.topic_prefix
+    return [*ModelTopics.of(model, prefix).all(), dlq_topic(prefix), models_topic(prefix)]

@@ -1,0 +1,2 @@
+"""Kafka plumbing the services share: topic admin and ACLs, connection diagnostics, the batch publisher,
+transactions, the commit window of safe offsets, the topic catalog, unparseable records and group stalls."""

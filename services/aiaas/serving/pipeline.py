@@ -1,0 +1,718 @@
+"""The consume → batch → infer → publish → commit pipeline of one service instance.
+
+Three things run at once so the model is never idle waiting for Kafka:
+
+* the **fetch loop** polls the consumer and queues records, and pauses every assigned
+  partition while `max_in_flight` records are in flight (Kafka's own back-pressure: the
+  fetcher stops prefetching, memory stays bounded, the group membership stays alive);
+* the **model loop** cuts a batch from the queue as soon as the model is free — up to
+  `max_batch` records, waiting at most `max_wait_ms` for a batch to grow, never for it to
+  fill — and runs it (`BatchWorker.run`); with `model_instances` > 1 that many model loops
+  run, each with a batch in the model at once, and their batches are published in the order
+  they were cut, so results of one key keep their order;
+* a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
+  while the next batch is in the model, then commits the offsets that are now safe. (A small
+  model's calls may run on the event loop itself, `model_calls`: the publish task and the
+  fetch loop then go on between the batches, the producer's sends in the background.)
+
+At-least-once (the default): an offset is committed only after every record before it on
+its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once (with a
+`Transactions` object): each batch's results, dead letters, retries and the offsets it makes
+safe are written in one Kafka transaction, one batch after another. Either way, if
+publishing fails the partitions are rewound to the first unfinished record and those jobs
+run again. When partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is
+drained and committed first, within `graceful_timeout_s`. When the process stood still past its
+group session (`stall_after_s`: frozen, paused, its loop blocked), the group may have given its
+partitions away: what it holds is dropped uncommitted, nothing of it is published, and it rejoins
+the group before it takes records again (`LoopStallWatch`; the partitions' new owner runs them). The same when a
+revocation comes after the group already dropped us (its generation reset).
+
+Records from the retry topic carry the time before which they may not run; the model loop
+leaves them queued until then and takes the jobs behind them, so a retry never blocks its
+partition's neighbours or the infer topic. Waiting retries hold at most half the window.
+
+We drive aiokafka directly here rather than through a FastStream subscriber: FastStream's
+batch subscriber runs one handler call at a time and its manual `ack()` commits the
+consumer's position rather than given offsets, so it can neither overlap batches nor
+commit out-of-order completions safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from aiaas.kafka.commit_window import InFlightWindow, Partition
+from aiaas.kafka.sink import refused_for_good
+from aiaas.kafka.stall_watch import LoopStallWatch
+from aiaas.kafka.transactions import TransactionFenced, Transactions
+from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
+from aiaas.serving.worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
+
+__all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
+
+log = logging.getLogger("aiaas.pipeline")
+
+_ACTIVE_S = 5.0
+"""A tenant with a record taken this recently is active: while two are, each is held to its share of the window."""
+
+_FAIR_POLL_MS = 10
+"""While tenants share the window: how often the others' records are looked for when no batch finishes."""
+
+_IDLE_POLL_MS = 100
+"""How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
+
+
+class Consumer(Protocol):
+    """The parts of aiokafka's AIOKafkaConsumer the pipeline uses."""
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> dict: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def resume(self, *partitions: TopicPartition) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    async def position(self, partition: TopicPartition) -> int: ...
+    async def seek_to_committed(self, *partitions: TopicPartition) -> dict: ...
+
+
+@dataclass
+class PipelineStats:
+    """Counters an operator reads in the shutdown log line (and tests assert on)."""
+
+    batches: int = 0
+    jobs: int = 0
+    pauses: int = 0
+    rewinds: int = 0
+    unreadable: int = 0
+    commit_failures: int = 0
+    transactions: int = 0
+    aborted_transactions: int = 0
+    stalls: int = 0
+
+
+class JobPipeline:
+    """Runs one consumer's records through a BatchWorker with bounded, pipelined in-flight work."""
+
+    def __init__(
+        self,
+        worker: BatchWorker,
+        consumer: Consumer,
+        *,
+        max_batch: int,
+        max_wait_ms: int,
+        max_in_flight: int,
+        max_in_flight_bytes: int | None = None,
+        drain_timeout_s: float,
+        due_at: Callable[[Any], float | None] = lambda record: None,
+        delayed_topic: str | None = None,
+        transactions: Transactions | None = None,
+        model_instances: int = 1,
+        tenant_of: Callable[[str], Hashable] | None = None,
+        max_in_flight_per_tenant: int | None = None,
+        stall_after_s: float | None = None,
+        rejoin: Callable[[], None] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.stats = PipelineStats()
+        self._consumer = consumer
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000
+        self._drain_timeout_s = drain_timeout_s
+        self._tenant_of = functools.lru_cache(maxsize=4096)(tenant_of or (lambda topic: None))
+        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes, self._tenant_of)
+        # One tenant may hold at most this much of the window; the rest stays free for the others' jobs.
+        capacity = self._window.capacity
+        self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
+        self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
+        self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
+        self._queue: deque[Any] = deque()
+        self._publishing: set[asyncio.Task] = set()
+        self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
+        self._committer: asyncio.Task | None = None
+        self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
+        self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
+        self._stopping = asyncio.Event()
+        self._fetching = True
+        self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
+        self._paused = False
+        self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
+        self._due_at = due_at
+        self._delayed_topic = delayed_topic
+        self._delayed_paused = False
+        self._transactions = transactions
+        self._fatal: BaseException | None = None
+        self._instances = model_instances
+        self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
+        self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
+        self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
+        self._unparseable = UnparseableSearch(consumer, max_steps=4 * max_batch + 8, logger=log)
+        self._stall = LoopStallWatch(stall_after_s, self._on_stall) if stall_after_s else None
+        self._rejoin = rejoin  # leaves and rejoins the group (unsubscribe + subscribe); None: seek to committed
+        self._rejoining: asyncio.Task | None = None
+        self._assigned = asyncio.Event()
+
+    @property
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        """Pass to `consumer.subscribe(..., listener=...)`: drains and commits before partitions move."""
+        return _DrainOnRevoke(self)
+
+    def stop(self) -> None:
+        """Stop taking new records; `run` returns once in-flight work is drained and committed."""
+        self._stopping.set()
+        self._arrived.set()
+
+    async def run(self) -> PipelineStats:
+        """Consume until `stop()`; then drain, commit and return the counters.
+
+        If the model loop dies (a bug, not a bad job), the pipeline stops at once and re-raises,
+        so the process exits and its unfinished jobs are redelivered — it never hangs silently.
+        """
+        model_loops = [asyncio.create_task(self._model_loop(), name=f"aiaas-model-loop-{i}")
+                       for i in range(self._instances)]
+        fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
+        watch = asyncio.create_task(self._stall.run(), name="aiaas-stall-watch") if self._stall else None
+        try:
+            await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
+            ended = [loop for loop in model_loops if loop.done()]
+            if ended:
+                for task in (fetch_loop, *model_loops):
+                    task.cancel()
+                await asyncio.gather(fetch_loop, *model_loops, return_exceptions=True)
+                ended[0].result()  # raises what killed it
+                raise RuntimeError("the model loop ended while the service was running")
+            fetch_loop.result()
+            if self._fatal is not None:
+                raise self._fatal
+        finally:
+            self._fetching = False
+            self._arrived.set()
+            if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
+                log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
+            background = [task for task in (watch, self._rejoining) if task is not None]
+            for task in (*model_loops, fetch_loop, *self._publishing, *background):
+                task.cancel()
+            await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
+        return self.stats
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
+        async def drained() -> None:
+            # Retries still waiting for their time are not drained: they stay uncommitted and come back later.
+            while (len(self._window) > self._waiting() or self._publishing or self._to_commit
+                   or self._committing or any(self._ready(r) for r in self._queue)):
+                self._finished.clear()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), 0.5)
+                except TimeoutError:
+                    pass
+
+        self._holding += 1
+        try:
+            await asyncio.wait_for(drained(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._holding -= 1
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Abandon in-flight records of partitions we no longer own: their new owner runs them again."""
+        gone = {Partition(*p) for p in partitions}
+        self._epoch += 1
+        self._window.forget(gone)
+        for partition in gone:
+            self._to_commit.pop(partition, None)
+            self._next_offset.pop(TopicPartition(*partition), None)
+        self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
+        self._finished.set()
+
+    # -- fetch loop ------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            room = 0 if self._holding else self._window.room
+            # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
+            # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
+            # carries one or two jobs).
+            if room == 0 or (self._paused and not self._may_reopen(room)):
+                self._pause()
+                self._finished.clear()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
+                except TimeoutError:
+                    # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
+                    # After a rebalance the new partitions start unpaused, so keep what it returns.
+                    self._take(await self._poll(0, self._max_batch))
+                continue
+            self._resume()
+            self._hold_back_retries()
+            if not await self._take_fairly(room) and self._window.room:
+                self._take(await self._poll(_IDLE_POLL_MS, self._window.room))
+
+    def _take(self, fetched: dict) -> None:
+        records = [record for part in fetched.values() for record in part]
+        if records:
+            now = time.monotonic()
+            for tp, part in fetched.items():
+                if part:
+                    self._next_offset[tp] = part[-1].offset + 1
+                    if tp.topic != self._delayed_topic:
+                        self._owners_seen[self._tenant_of(tp.topic)] = now
+            self._window.take(records)
+            self._queue.extend(records)
+            self._arrived.set()
+
+    async def _poll(self, timeout_ms: int, max_records: int, partitions: list[TopicPartition] | None = None) -> dict:
+        """The consumer's next records (of `partitions` only, when given); a record the client cannot parse is
+        stepped over, never a dead loop."""
+        try:
+            return await self._consumer.getmany(*(partitions or ()), timeout_ms=timeout_ms, max_records=max_records)
+        except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
+            if not is_unparseable(exc):
+                raise  # the broker or the connection: not a record's fault
+            return await self._step_over_unreadable(exc)
+
+    async def _step_over_unreadable(self, error: BaseException) -> dict:
+        """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
+
+        `UnparseableSearch.step_over` does it: the partitions go back to the record after the last one taken, then
+        are read one record at a time until the unreadable record is found. It becomes an `UnreadableRecord` (the
+        worker dead-letters it with its coordinates) and reading resumes after it.
+        """
+        found = await self._unparseable.step_over(error, self._next_offset)
+        self.stats.unreadable += sum(isinstance(r, UnreadableRecord) for records in found.values() for r in records)
+        return found
+
+    def _may_reopen(self, room: int) -> bool:
+        """Whether a full window has room enough to take records again: a batch's worth, or half its byte budget
+        free (large records may never leave a batch's worth of room), or nothing in flight."""
+        if room >= self._resume_room or not len(self._window):
+            return True
+        budget, window = self._window.max_bytes, self._window
+        # Bytes are the bound (the record count has a batch's worth free): half the budget free will do.
+        return (budget is not None and window.capacity - len(window) >= self._resume_room
+                and window.bytes <= budget // 2)
+
+    def _pause(self) -> None:
+        # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
+        self._consumer.pause(*self._consumer.assignment())
+        if not self._paused:
+            self._paused = True
+            self.stats.pauses += 1
+            log.debug("window full (%d in flight): partitions paused", len(self._window))
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+            self._delayed_paused = False
+
+    async def _take_fairly(self, room: int) -> bool:
+        """Take the other tenants' records before the largest one's once it holds its share; with several tenants
+        active, also none of the largest one's past its share. True when that was all (else the caller polls).
+
+        A tenant flooding the service past its capacity then holds at most its share of the window, and `_cut` puts
+        the other tenants' jobs into the next batch beside the flood's. Its partitions are not paused: their records
+        stay prefetched in the client, ready the moment a batch of theirs finishes (pausing them made the client
+        long-poll the idle partitions first, which cut a busy tenant's throughput by an order of magnitude).
+        A tenant alone (no other tenant's record taken for `_ACTIVE_S`) may use the whole window.
+        """
+        retries = self._tenant_of(self._delayed_topic) if self._delayed_topic else object()
+        loads = {owner: self._window.load(owner) for owner in self._window.owners() if owner != retries}
+        if not loads:
+            return False
+        largest = max(loads, key=loads.__getitem__)
+        now = time.monotonic()
+        for owner in [owner for owner, seen in self._owners_seen.items() if now - seen >= _ACTIVE_S]:
+            del self._owners_seen[owner]  # tenants come and go: only the active ones are kept
+        several = len(self._owners_seen) >= 2
+        if not several and loads[largest] < self._tenant_share:
+            return False  # one tenant with room to spare: nothing to be fair about
+        # Past its share (or beside others), the largest tenant's records wait for the others' to be taken first:
+        # so another tenant's first job gets in as soon as there is room, whatever the largest has prefetched.
+        others = [tp for tp in self._consumer.assignment() if self._tenant_of(tp.topic) != largest]
+        if others:
+            self._take(await self._poll(0, room, others))
+        if not several:
+            return False
+        left = min(self._window.room, self._tenant_share - loads[largest])
+        if left > 0:
+            self._take(await self._poll(_FAIR_POLL_MS, left))
+            return True
+        self._finished.clear()
+        try:  # until a batch finishes (room for the largest again) or the others may have more
+            await asyncio.wait_for(self._finished.wait(), _FAIR_POLL_MS / 1000)
+        except TimeoutError:
+            pass
+        return True
+
+    def _hold_back_retries(self) -> None:
+        """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
+        if self._delayed_topic is None:
+            return
+        full = self._waiting() >= self._window.capacity // 2
+        if full != self._delayed_paused:
+            retry_partitions = [tp for tp in self._consumer.assignment() if tp.topic == self._delayed_topic]
+            (self._consumer.pause if full else self._consumer.resume)(*retry_partitions)
+            self._delayed_paused = full
+
+    def _ready(self, record: Any, now: float | None = None) -> bool:
+        if record.topic != self._delayed_topic:
+            return True
+        due = self._due_at(record)
+        return due is None or due <= (now if now is not None else time.time())
+
+    def _waiting(self) -> int:
+        """Queued retry records whose time has not come."""
+        if self._delayed_topic is None:
+            return 0
+        now = time.time()
+        return sum(1 for record in self._queue if record.topic == self._delayed_topic and not self._ready(record, now))
+
+    def _on_assigned(self) -> None:
+        self._paused = False  # a new assignment starts unpaused
+        self._assigned.set()
+
+    # -- model loop ------------------------------------------------------------------------
+
+    async def _model_loop(self) -> None:
+        while True:
+            records = await self._next_batch()
+            if records is None:
+                return
+            if not records:
+                continue  # another model instance took them while this one let the batch grow
+            epoch = self._epoch
+            turn = self._publish_turn()
+            try:
+                processed = await self.worker.run(records, self._undeliverable)
+            except BaseException:
+                if turn is not None:
+                    turn[1].set_result(None)  # the batch cut after this one need not wait (the pipeline stops)
+                raise
+            self.stats.batches += 1
+            self.stats.jobs += len(records)
+            task = asyncio.create_task(self._publish(processed, epoch) if turn is None else
+                                       self._publish_in_turn(turn, processed, epoch))
+            self._publishing.add(task)
+            task.add_done_callback(self._publish_done)
+
+    def _publish_turn(self) -> tuple[asyncio.Future | None, asyncio.Future] | None:
+        """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
+
+        Called as the batch is cut: (the previous batch's "published" future, this batch's own). One instance
+        needs none: its batches finish in the order they were cut."""
+        if self._instances == 1:
+            return None
+        previous, self._last_cut_published = self._last_cut_published, asyncio.get_running_loop().create_future()
+        return previous, self._last_cut_published
+
+    async def _publish_in_turn(self, turn: tuple[asyncio.Future | None, asyncio.Future], batch: ProcessedBatch,
+                               epoch: int) -> None:
+        previous, mine = turn
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._publish(batch, epoch)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+
+    async def _next_batch(self) -> list[Any] | None:
+        """Wait for records, give a small batch `max_wait_ms` to grow, and cut it."""
+        while not self._cut_ready():
+            if not self._fetching:
+                return None  # stopping: retries whose time has not come stay uncommitted and come back later
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self._until_next_due())
+            except TimeoutError:
+                pass
+        if len(self._queue) < self._max_batch and self._max_wait_s > 0 and self._fetching:
+            deadline = asyncio.get_running_loop().time() + self._max_wait_s
+            while len(self._queue) < self._max_batch and self._fetching:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+        return self._cut()
+
+    def _cut(self) -> list[Any]:
+        """Up to max_batch records that may run now; waiting retries stay queued.
+
+        In queue order, except while several tenants have records in flight: then the batch takes from each
+        tenant's ready records in turn (each tenant's in queue order), so a tenant with a long queue does not make
+        the others wait behind it.
+        """
+        now = time.time()
+        if len(self._window.owners()) > 1:
+            return self._cut_in_turns(now)
+        batch, kept = [], deque()
+        while self._queue and len(batch) < self._max_batch:
+            record = self._queue.popleft()
+            (batch if self._ready(record, now) else kept).append(record)
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    def _cut_in_turns(self, now: float) -> list[Any]:
+        """A batch that takes from each tenant's ready records in turn (see `_cut`)."""
+        lines: dict[Hashable, list[Any]] = {}
+        for record in self._queue:
+            if self._ready(record, now):
+                lines.setdefault(self._tenant_of(record.topic), []).append(record)
+        batch: list[Any] = []
+        for turn in range(self._max_batch):
+            for line in lines.values():
+                if turn < len(line) and len(batch) < self._max_batch:
+                    batch.append(line[turn])
+            if len(batch) == self._max_batch or all(turn >= len(line) for line in lines.values()):
+                break
+        taken = {id(record) for record in batch}
+        self._queue = deque(record for record in self._queue if id(record) not in taken)
+        return batch
+
+    def _cut_ready(self) -> bool:
+        now = time.time()
+        return any(self._ready(record, now) for record in self._queue)
+
+    def _until_next_due(self) -> float | None:
+        dues = [d for r in self._queue if r.topic == self._delayed_topic and (d := self._due_at(r)) is not None]
+        return max(0.001, min(dues) - time.time()) if dues else None
+
+    # -- publish + commit --------------------------------------------------------------------
+
+    async def _publish(self, batch: ProcessedBatch, epoch: int) -> None:
+        if self._transactions is not None:
+            await self._publish_in_transaction(batch, epoch)
+            return
+        if self._stale(epoch):  # rewound, revoked or frozen since it was cut: its jobs run again (or elsewhere)
+            self.worker.discard(batch)
+            return
+        try:
+            await self.worker.publish(batch)
+        except Exception as exc:
+            if not await self._dead_letter_refusals(exc):  # the broker did not take every outcome: run them again
+                log.error("publishing a batch of %d failed (%s); rewinding to the first unfinished job",
+                          len(batch.jobs), exc)
+                self._note_refusals(exc)
+                self._rewind(epoch)
+                return
+        else:
+            self.worker.delivered(batch)
+        self._forget_refusals(batch)
+        if epoch != self._epoch:
+            return  # a rewind or revocation happened since: these offsets are no longer ours to commit
+        for partition, offset in self._window.finish(batch.records).items():
+            self._to_commit[partition] = max(offset, self._to_commit.get(partition, 0))
+        if self._to_commit and not self._committing:
+            self._committer = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
+
+    async def _publish_in_transaction(self, batch: ProcessedBatch, epoch: int) -> None:
+        """Exactly-once: the batch's outcomes and the offsets they make safe, in one transaction."""
+        try:
+            async with self._transactions.batch() as transaction:
+                if epoch != self._epoch:
+                    raise _Stale()  # rewound or revoked while waiting for our turn: these jobs run again
+                await self.worker.publish(batch)
+                if epoch != self._epoch:
+                    raise _Stale()
+                await transaction.commit_offsets(self._window.offsets_after(batch.records))
+                if self._stale(epoch):  # the last moment: a zombie's transaction must not commit
+                    raise _Stale()
+        except _Stale:
+            self.worker.discard(batch)
+            self.stats.aborted_transactions += 1
+            return
+        except TransactionFenced as exc:
+            log.error("exactly-once: %s; stopping so the replica that took over runs alone", exc)
+            self._fatal = exc
+            self._abandon_all()
+            self.stop()
+            return
+        except Exception as exc:
+            log.error("a transaction of %d jobs failed (%s); aborted, rewinding to the first unfinished job",
+                      len(batch.jobs), exc)
+            self.stats.aborted_transactions += 1
+            self._note_refusals(exc)
+            self._rewind(epoch)
+            return
+        self.worker.delivered(batch)
+        self._forget_refusals(batch)
+        self.stats.transactions += 1
+        if epoch == self._epoch:
+            self._window.finish(batch.records)
+
+    async def _dead_letter_refusals(self, exc: BaseException) -> bool:
+        """When the broker refused some outcomes for good (a topic it will not take, a record too large) and took
+        the rest, dead-letter those jobs now, so the batch is finished without a rewind; True when that worked.
+        (In a transaction a refused send spoils the whole transaction: those batches rewind, `_note_refusals`.)"""
+        failures = exc.failures if isinstance(exc, PublishFailed) else []
+        if not failures or not all(refused_for_good(error) for _, error in failures):
+            return False
+        refused = [(record, f"{type(error).__name__}: {error}"[:500]) for record, error in failures]
+        log.warning("the broker refused the outcome of %d job(s) for good (%s); dead-lettering them",
+                    len(refused), refused[0][1])
+        try:
+            await self.worker.dead_letter_undeliverable(refused)
+        except Exception as again:  # noqa: BLE001 - then the rewind and the bare dead letters on the rerun
+            log.error("dead-lettering refused outcomes failed too (%s)", again)
+            return False
+        return True
+
+    def _note_refusals(self, exc: BaseException) -> None:
+        """Records whose outcome the broker refused for good get only a bare dead letter next time, so a job
+        that can never be answered does not rewind its partition for ever."""
+        for record, error in exc.failures if isinstance(exc, PublishFailed) else ():
+            if refused_for_good(error):
+                self._undeliverable[record_key(record)] = f"{type(error).__name__}: {error}"[:500]
+
+    def _forget_refusals(self, batch: ProcessedBatch) -> None:
+        if self._undeliverable:
+            for record in batch.records:
+                self._undeliverable.pop(record_key(record), None)
+
+    def _stale(self, epoch: int) -> bool:
+        """Whether a batch cut in `epoch` may no longer publish or commit (looks for a stall first)."""
+        if self._stall is not None:
+            self._stall.check()
+        return epoch != self._epoch
+
+    def _on_stall(self, gap_s: float) -> None:
+        """The loop stood still past the group session: drop everything held, and rejoin before taking more."""
+        self.stats.stalls += 1
+        log.warning("this replica stood still for %.1f s (frozen, paused or blocked), past its group session: its "
+                    "partitions may have moved. Dropping the %d jobs it held, uncommitted, and rejoining the group",
+                    gap_s, len(self._window))
+        self._abandon_all()
+        if self._rejoining is None or self._rejoining.done():
+            self._holding += 1  # released by the task: no record is taken until the group has answered
+            self._rejoining = asyncio.create_task(self._rejoin_after_stall(), name="aiaas-rejoin")
+
+    async def _rejoin_after_stall(self) -> None:
+        try:
+            # Batches already cut are stale: they discard or abort. Wait for them, so none commits after this.
+            deadline = time.monotonic() + self._drain_timeout_s
+            while (self._publishing or self._committing) and time.monotonic() < deadline:
+                self._finished.clear()
+                try:
+                    await asyncio.wait_for(self._finished.wait(), 0.5)
+                except TimeoutError:
+                    pass
+            self._abandon_all()
+            if self._rejoin is not None:
+                self._assigned.clear()
+                self._rejoin()  # a new member: its assignment starts from the committed offsets
+                try:
+                    await asyncio.wait_for(self._assigned.wait(), self._drain_timeout_s + 30)
+                except TimeoutError:
+                    log.warning("no assignment %.0f s after rejoining the group", self._drain_timeout_s + 30)
+            else:
+                assigned = self._consumer.assignment()
+                if assigned:
+                    await self._consumer.seek_to_committed(*assigned)
+                self._abandon_all()
+        except Exception as exc:  # noqa: BLE001 - the fetch loop must get going again whatever happened
+            log.error("rejoining the group after a stall failed (%s)", exc)
+        finally:
+            self._holding -= 1
+            self._finished.set()
+
+    def _abandon_all(self) -> None:
+        """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""
+        self._epoch += 1
+        self._window.forget(None)
+        self._to_commit.clear()
+        self._queue.clear()
+        self._finished.set()
+
+    def _publish_done(self, task: asyncio.Task) -> None:
+        self._publishing.discard(task)
+        self._finished.set()
+
+    @property
+    def _committing(self) -> bool:
+        return self._committer is not None and not self._committer.done()
+
+    async def _commit_pending(self) -> None:
+        """The single committer: commits the highest safe offsets, coalescing batches that finished meanwhile.
+
+        One committer keeps commits monotonic per partition, and a finished batch's memory is freed
+        at once instead of waiting for its own commit round trip.
+        """
+        try:
+            while self._to_commit:
+                offsets, self._to_commit = self._to_commit, {}
+                try:
+                    await self._consumer.commit({TopicPartition(*p): offset for p, offset in offsets.items()})
+                except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
+                    self.stats.commit_failures += 1
+                    log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
+        finally:
+            self._finished.set()
+
+    def _rewind(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            return  # another failed batch of the same epoch already rewound
+        points = self._window.first_pending()
+        self.forget(TopicPartition(*p) for p in points)
+        assigned = self._consumer.assignment()
+        for partition, offset in points.items():
+            tp = TopicPartition(*partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self.stats.rewinds += 1
+
+
+class _Stale(Exception):
+    """The batch's epoch ended before its transaction could commit."""
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move to another instance, finish and commit what we hold of them."""
+
+    def __init__(self, pipeline: JobPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        if _membership_lost(self._pipeline._consumer):  # noqa: SLF001 - same module
+            # The group dropped us already (session expired): the partitions are someone else's, and committing
+            # what we hold of them would answer those jobs twice. Drop it all, uncommitted.
+            log.warning("rebalance after this replica was dropped from its group: abandoning the %d jobs it held",
+                        len(self._pipeline._window))  # noqa: SLF001
+            self._pipeline._abandon_all()  # noqa: SLF001
+            return
+        if not await self._pipeline.drain(self._pipeline._drain_timeout_s):  # noqa: SLF001 - same module
+            log.warning("rebalance: in-flight work not drained in time; abandoning it to the new owner")
+        # Whatever is left of these partitions — retries still waiting for their time, or work that did not drain —
+        # is uncommitted and goes to the new owner: dropped here, or it would hold back this window and its
+        # partitions' commits, and run twice if the partitions came back.
+        self._pipeline.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._pipeline._on_assigned()  # noqa: SLF001 - same module
+
+
+def _membership_lost(consumer: Consumer) -> bool:
+    """Whether the group coordinator no longer knows this member (aiokafka resets the generation to -1 on
+    UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION, before it calls the revocation listener). aiokafka has no public
+    "partitions lost" callback (Java's onPartitionsLost), so this reads its coordinator; False where there is none."""
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+    return isinstance(generation, int) and generation < 0

@@ -1,0 +1,52 @@
+"""What a model type provides to the worker core. Runtimes never import Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiaas.contract.envelopes import InputValue, Job
+from aiaas.errors import AiaasError
+
+__all__ = ["ModelRuntime", "Outputs", "computes_on_cpu"]
+
+Outputs = dict[str, InputValue]
+
+
+_CPU_PROVIDERS = frozenset({"CPUExecutionProvider", "torch cpu"})
+
+
+class ModelRuntime(Protocol):
+    """A loaded model that runs batches. Plain class, testable without a broker."""
+
+    model: str
+    """Model type, e.g. `vision`."""
+    version: str
+    """Registry version being served."""
+
+    def serves(self, ref: str) -> bool:
+        """True when a job pinned to version/alias `ref` may run on this runtime."""
+        ...
+
+    def prepare(self, job: Job) -> Any:
+        """Validate one job's inputs and turn them into a batch item; raise InvalidJob if they are wrong."""
+        ...
+
+    def infer(self, items: Sequence[Any]) -> list[Outputs | AiaasError]:
+        """Run the model once on a batch of prepared items; one Outputs per item, in order.
+
+        A check that is cheaper on the whole batch than job by job (e.g. value ranges) may answer an item with
+        an `AiaasError` (usually `InvalidJob`) instead: that job fails with it, its batch-mates are served.
+        """
+        ...
+
+
+def computes_on_cpu(runtime: object) -> bool:
+    """True when the runtime's `providers` (best first, as ONNX Runtime lists them; `torch <device>` for PyTorch)
+    name the CPU first. False when they name an accelerator, when the runtime names none, or when asking fails:
+    a model thread is the choice that is never wrong, only sometimes slower."""
+    try:
+        providers = getattr(runtime, "providers", None)
+        return isinstance(providers, (list, tuple)) and bool(providers) and providers[0] in _CPU_PROVIDERS
+    except Exception:  # a runtime's property that fails must not fail its jobs
+        return False

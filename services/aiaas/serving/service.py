@@ -1,0 +1,288 @@
+"""A model type's service process: a Kafka consumer and producer around the worker core.
+
+Each model package calls `run_service(...)` from its `__main__`. The service creates its
+topics, joins its consumer group on `<prefix>.<model>.infer` and `.retry`, and runs a
+`JobPipeline` (fetch → batch → model → publish → commit, with bounded in-flight work and
+paused partitions when it is full). Results, retries and dead letters go out through an
+idempotent `acks=all` producer — a transactional one in exactly-once mode (`kafka/transactions.py`).
+Before it is ready it remembers the outcomes at the tail of its results topic, so a job id
+seen again is answered with the outcome it already had (`idempotency.py`).
+SIGTERM or SIGINT stops fetching, drains in-flight work, commits, and leaves the group.
+The service also follows `<prefix>.models`: when the alias it serves moves, the new version
+is loaded in the background and takes over between two batches (`RuntimeSet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from aiaas import tracing
+from aiaas.contract.headers import HeaderLimits, read_headers
+from aiaas.contract.reply_topics import ReplyTopics
+from aiaas.contract.topics import ModelTopics, dlq_topic, models_topic, service_topics
+from aiaas.errors import BrokerUnavailable, InvalidHeaders, ServiceMisconfigured
+from aiaas.kafka.admin import ensure_topics, list_topics
+from aiaas.kafka.diagnostics import explain_connection_failure
+from aiaas.kafka.sink import KafkaSink
+from aiaas.kafka.topic_catalog import KafkaTopicCatalog
+from aiaas.kafka.transactions import Transactions, claim_transactional_id
+from aiaas.registry.announce import ModelWatcher
+from aiaas.registry.store import Registry
+from aiaas.serving.heap import settle_heap
+from aiaas.serving.idempotency import OutcomeCache, seed_from_results
+from aiaas.serving.pipeline import JobPipeline, PipelineStats
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.runtime import ModelRuntime
+from aiaas.serving.runtimes import RuntimeSet
+from aiaas.serving.worker import BatchWorker
+from aiaas.settings import KafkaSettings, WorkerSettings
+from aiaas.tracing.setup import setup_tracing
+
+__all__ = ["ModelService", "run_service"]
+
+log = logging.getLogger("aiaas.service")
+
+_TOPIC_DISCOVERY_MS = 10_000
+"""How often the consumer refreshes its metadata, so a tenant's infer topic created now is consumed this soon."""
+
+_PRODUCER_BATCH_BYTES = 256 * 1024
+"""A batch's results to one partition go out as one record batch (`KafkaSink.send_many`) up to this size;
+aiokafka's default (16 KiB) would split a batch of text embeddings into many requests."""
+
+
+class ModelService:
+    """Wires one model type's runtimes to its topics: `.infer` in, `.results` and `.dlq` out, `.models` followed."""
+
+    def __init__(self, runtime: ModelRuntime | RuntimeSet, kafka: KafkaSettings, worker: WorkerSettings) -> None:
+        self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
+        self.runtime = self.runtimes.current
+        self.kafka = kafka
+        self.settings = worker
+        self.topics = ModelTopics.of(runtime.model, kafka.topic_prefix)
+        self.group = worker.group_id or f"{kafka.topic_prefix}.{runtime.model}"
+        self._pipeline: JobPipeline | None = None
+        self._stop_requested = False
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+
+    def stop(self) -> None:
+        """Ask a running service to drain and exit (what SIGTERM does)."""
+        self._stop_requested = True
+        if self._pipeline is not None:
+            self._pipeline.stop()
+
+    async def run(self) -> PipelineStats:
+        """Create topics, join the group, serve until `stop()`, then drain, commit and leave."""
+        try:
+            created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka))
+        except KafkaConnectionError as exc:  # say why: unreachable, or credentials / TLS refused
+            raise await explain_connection_failure(self.kafka, exc) from exc
+        if created:
+            log.info("created topics %s", ", ".join(created))
+        exactly_once = self.settings.delivery == "exactly-once"
+        # Held until the process ends (released in `finally`): no other replica on this host takes the same id.
+        claim = claim_transactional_id(
+            self.group, self.settings.instance_id, cluster=self.kafka.bootstrap_servers,
+            numbered="instance_id" not in self.settings.model_fields_set,
+        ) if exactly_once else None
+        txn_id = claim.id if claim is not None else None
+        producer = AIOKafkaProducer(
+            **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", acks="all",
+            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            max_batch_size=min(_PRODUCER_BATCH_BYTES, self.kafka.max_message_bytes),
+            transactional_id=txn_id,
+        )
+        consumer = AIOKafkaConsumer(
+            **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", group_id=self.group,
+            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
+            max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
+            # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
+            # or the group moves on without us and our commits fail (a rebalance storm).
+            rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            # The subscription is a pattern (every tenant's infer topic): a new tenant's topic is found this soon.
+            metadata_max_age_ms=_TOPIC_DISCOVERY_MS,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+        )
+        await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
+        watcher = ModelWatcher(self.kafka, self.runtime.model)
+        following: asyncio.Task | None = None
+        outcomes = OutcomeCache(self.settings.idempotency_window, self.settings.outcome_memory_bytes)
+        remembered = 0
+        retry = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
+                            self.settings.retry_backoff_max_ms / 1000)
+        worker = BatchWorker(
+            self.runtimes, KafkaSink(producer), topics=self.topics, dlq_topic=dlq_topic(self.kafka.topic_prefix),
+            group=self.group, max_message_bytes=self.kafka.max_message_bytes, outcomes=outcomes, retry=retry,
+            model_instances=self.settings.model_instances, model_calls=self.settings.model_calls,
+            header_limits=HeaderLimits.configured(),
+            reply_topics=ReplyTopics(self.topics, self.kafka.topic_prefix, self.settings.reply_to_pattern),
+            topic_catalog=KafkaTopicCatalog(producer),
+        )
+        pipeline = JobPipeline(
+            worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
+            max_in_flight=self.settings.in_flight_bound(), max_in_flight_bytes=self.settings.max_in_flight_bytes,
+            drain_timeout_s=self.settings.graceful_timeout_s,
+            due_at=retry.due_at, delayed_topic=self.topics.retry,
+            transactions=Transactions(producer, self.group) if exactly_once else None,
+            model_instances=self.settings.model_instances,
+            tenant_of=self._owner_of, max_in_flight_per_tenant=self.settings.max_in_flight_per_tenant,
+            # Heartbeats run on the event loop: one that stood still this long sent none, and may be out of the group.
+            stall_after_s=max(1.0, (self.settings.session_timeout_ms - self.settings.heartbeat_interval_ms) / 1000),
+            rejoin=lambda: self._resubscribe(consumer, pipeline),
+        )
+        stats = pipeline.stats
+        try:
+            # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
+            remembered = await self._remember_outcomes(outcomes)
+            await watcher.start()  # before "ready": a promotion announced after that is never missed
+            following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
+            self._resubscribe(consumer, pipeline, first=True)
+            await consumer.start()
+            _fetch_beside_prefetched(consumer)  # its fetcher exists once started
+            self._pipeline = pipeline
+            if self._stop_requested:
+                pipeline.stop()
+            log.info(
+                "%s service ready: %s v%s (%s), consuming %s as group %s (max_batch %d, max_in_flight %d, %s%s, "
+                "%d outcomes remembered)",
+                self.runtime.model, self.runtime.model, self.runtime.version, self.runtimes.serve_ref,
+                self.topics.infer, self.group, self.settings.max_batch, self.settings.in_flight_bound(),
+                self.settings.delivery, f" as {txn_id}" if txn_id else "", remembered,
+            )
+            await pipeline.run()
+        finally:
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            await watcher.stop()
+            await consumer.stop()  # leaves the group, so its partitions move at once
+            await producer.stop()
+            if claim is not None:
+                claim.release()
+            worker.close()
+        log.info(
+            "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits, "
+            "%d transactions (%d aborted), %d stalls past the group session, %d repeated job ids answered from memory",
+            self.runtime.model, stats.jobs, stats.batches, stats.pauses, stats.rewinds, stats.commit_failures,
+            stats.transactions, stats.aborted_transactions, stats.stalls, outcomes.hits,
+        )
+        return stats
+
+
+    def _owner_of(self, topic: str) -> str | None:
+        """Whose share of the in-flight window a record of `topic` counts against: its tenant (retries: their own)."""
+        if topic == self.topics.retry:
+            return "<retries>"  # not a tenant name: those have no "<"
+        try:
+            return self.topics.tenant_of(topic)
+        except ValueError:
+            return None
+
+    def _resubscribe(self, consumer: AIOKafkaConsumer, pipeline: JobPipeline, *, first: bool = False) -> None:
+        """Join the group (`first`), or leave it and join again as a new member: after a stall the pipeline must
+        not take a record before the group has answered, and a new member's assignment starts from the committed
+        offsets."""
+        if not first:
+            consumer.unsubscribe()
+        consumer.subscribe(pattern=self._subscription(), listener=pipeline.rebalance_listener)
+
+    def _subscription(self) -> str:
+        """The infer topic, every tenant's infer topic and the retry topic, as one pattern."""
+        return f"^(?:{self.topics.infer_pattern()}|{re.escape(self.topics.retry)})$"
+
+    async def _remember_outcomes(self, outcomes: OutcomeCache) -> int:
+        """Seed the outcome memory from the results topic and every tenant's (each under its tenant)."""
+        remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
+        existing = set(await list_topics(self.kafka))
+        for topic in sorted(existing):
+            try:
+                tenant = self.topics.tenant_of(topic) if topic.startswith(self.topics.infer + ".") else None
+            except ValueError:
+                continue
+            results = self.topics.tenant_results(tenant) if tenant else None
+            if results in existing:  # a tenant is a tenant by its infer topic, not by a results-like name
+                remembered += await seed_from_results(outcomes, self.kafka, results, tenant=tenant)
+        return remembered
+
+    async def _follow_registry(self, watcher: ModelWatcher) -> None:
+        """Load the served alias's new version in the background whenever the registry announces a move."""
+        while True:
+            try:
+                async for event, record in watcher.events():
+                    log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version, event.aliases)
+                    # The reload continues the trace of whoever changed the registry (e.g. a training job).
+                    with self._tracer.start_as_current_span(
+                        f"process {record.topic}", context=_trace_context(record), kind=SpanKind.CONSUMER,
+                        attributes=tracing.consumer_attributes(record.topic, record.partition, record.offset)
+                        | {tracing.MODEL_VERSION: str(event.version)},
+                    ):
+                        await self.runtimes.follow(event.aliases)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the models topic is advisory: never let it stop the service
+                log.exception("following %s failed; retrying in 5 s", models_topic(self.kafka.topic_prefix))
+                await asyncio.sleep(5)
+
+
+def _trace_context(record) -> object:
+    """The trace context a registry event carries, when its headers pass the checks (else a trace of its own)."""
+    try:
+        return tracing.extract_context(read_headers(record.headers).trace_context())
+    except InvalidHeaders:
+        return tracing.extract_context(())
+
+
+def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker: WorkerSettings,
+                registry: Registry) -> None:
+    """Entry point body of a model service process: tracing, runtime, serve until SIGTERM/SIGINT.
+
+    `load_runtime(ref)` loads a sha256-checked registry version or alias; the service calls it
+    for `worker.model_version` at start and again, in the background, when that alias moves.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    provider = setup_tracing(f"aiaas-{model}")
+    try:
+        runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
+                              aliases=registry.aliases(model))
+        settle_heap(worker.gc_young_threshold)
+        asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
+    except (BrokerUnavailable, ServiceMisconfigured) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    finally:
+        provider.shutdown()
+
+
+async def _serve(service: ModelService) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+_PREFETCH_GATE_S = 0.005
+"""How long prefetched, unconsumed records of one partition hold back the fetches of the others on its broker."""
+
+
+def _fetch_beside_prefetched(consumer: AIOKafkaConsumer) -> None:
+    """Let the consumer fetch a partition while another partition's prefetched records wait to be taken.
+
+    aiokafka's fetcher sends no fetch to a broker while any of its partitions holds prefetched records younger than
+    a fixed 100 ms (not a setting). A tenant past its share of the window leaves its records prefetched, so every
+    other tenant's job waited up to 100 ms to be fetched (bench/results: the tenant flood). Its fetcher keeps that
+    wait in an attribute; it is set here, and where it is missing (another aiokafka) nothing changes.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_prefetch_backoff"):
+        fetcher._prefetch_backoff = _PREFETCH_GATE_S  # noqa: SLF001 - no public setting (aiokafka 0.12-0.14)

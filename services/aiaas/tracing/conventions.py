@@ -1,0 +1,76 @@
+"""The Kafka side of the OpenTelemetry messaging conventions, and aiaas's own span attributes.
+
+Spans follow DESIGN.md: `send <topic>` (PRODUCER) and `process <topic>` (CONSUMER) with
+`messaging.*` attributes; W3C trace context travels in Kafka headers. Where spans go is
+`setup.py`'s concern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import propagate
+from opentelemetry.context import Context
+
+__all__ = [
+    "inject_headers", "extract_context", "producer_attributes", "consumer_attributes",
+    "JOB_ID", "MODEL", "MODEL_VERSION", "STATUS", "ATTEMPT", "REPLAYED", "SUPERSEDED", "TRACER_NAME",
+]
+
+JOB_ID = "aiaas.job.id"
+MODEL = "aiaas.model"
+MODEL_VERSION = "aiaas.model.version"
+STATUS = "aiaas.result.status"
+ATTEMPT = "aiaas.job.attempt"
+REPLAYED = "aiaas.job.replayed"
+SUPERSEDED = "aiaas.job.superseded"
+"""A retry record delivered again after its job was answered, or beside a later attempt of it: nothing is sent."""
+TRACER_NAME = "aiaas"
+
+
+def inject_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """W3C trace-context headers for a Kafka record, from `context` (default: the current one)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return [(key, value.encode()) for key, value in carrier.items()]
+
+
+def extract_context(headers: Iterable[tuple[str, bytes | str]] | Mapping[str, bytes | str] | None) -> Context:
+    """The trace context a Kafka record carries (an empty context when it carries none)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    carrier = {k: (v.decode(errors="replace") if isinstance(v, bytes) else v) for k, v in pairs}
+    return propagate.extract(carrier)
+
+
+def producer_attributes(topic: str, *, job_id: str | None = None, partition: int | None = None) -> dict[str, object]:
+    """Attributes of a `send <topic>` span."""
+    attrs: dict[str, object] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+    }
+    if partition is not None:
+        attrs["messaging.destination.partition.id"] = str(partition)
+    if job_id is not None:
+        attrs["messaging.kafka.message.key"] = job_id
+        attrs[JOB_ID] = job_id
+    return attrs
+
+
+def consumer_attributes(
+    topic: str, partition: int, offset: int, *, group: str | None = None, job_id: str | None = None
+) -> dict[str, object]:
+    """Attributes of a `process <topic>` span."""
+    attrs: dict[str, object] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.offset": offset,
+    }
+    if group is not None:
+        attrs["messaging.consumer.group.name"] = group
+    if job_id is not None:
+        attrs["messaging.kafka.message.key"] = job_id
+        attrs[JOB_ID] = job_id
+    return attrs
