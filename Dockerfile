@@ -5,4 +5,4 @@ COPY pyproject.toml README.md ./
 COPY services ./services
 RUN pip install --no-cache-dir '.[training]'
 ENV AIAAS_HOME=/var/lib/aiaas
-CMD ["python", "-m", "aiaas.vision"]
+CMD ["aiaas", "serve", "vision"]

@@ -1,8 +1,5 @@
-"""What each model type is fed: job payloads, the runtime that serves them, its settings class.
-
-* vision: held-out digits (`aiaas.vision.data.load_split().test_x`), one [8, 8] image per job;
-* text: `classify` jobs, one labelled sentence (`SENTENCES`) per job;
-* recsys: `recommend` jobs (k 10) for users drawn at random among those the model knows.
+"""What each model type is fed: job payloads (each type's `workload` module, `aiaas.model_types`), the runtime
+that serves them, its settings class.
 
 The same payloads feed every stage (runtime ceiling, transport, naive consumer, service), so
 the messages on the wire have the same size everywhere.
@@ -18,14 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiaas.contract.envelopes import InputValue, Job, Tensor, new_job_id
+from aiaas.contract.envelopes import InputValue, Job, new_job_id
+from aiaas.model_types import model_type, names
 from aiaas.registry.store import Registry
 from aiaas.settings import WorkerSettings
 from bench.procs import LocalBroker, stop_all
 
 __all__ = ["MODELS", "Payload", "payloads", "as_jobs", "load_runtime", "settings_class", "payload_stream"]
 
-MODELS = ("vision", "text", "recsys")
+MODELS = names()
 
 
 @dataclass(frozen=True)
@@ -47,34 +45,12 @@ def payload_stream(model: str, registry: Registry, seed: int = 0) -> Iterator[Pa
 
 
 def _generator(model: str, registry: Registry, seed: int, n: int | None) -> Iterator[Payload]:
-    rng = random.Random(seed)
+    make = model_type(model).module("workload").payloads(registry, random.Random(seed))
     count = 0
-    if model == "vision":
-        from aiaas.vision.data import load_split
-
-        images = [Tensor.from_numpy(image[0]) for image in load_split().test_x]  # [8, 8] float32, 0..16
-        make = lambda: Payload({"image": images[count % len(images)]})  # noqa: E731
-    elif model == "text":
-        from aiaas.text.labelled_sentences import SENTENCES
-
-        pool = [s for group in SENTENCES.values() for s in group]
-        make = lambda: Payload({"texts": [rng.choice(pool)]}, task="classify")  # noqa: E731
-    elif model == "recsys":
-        n_users = _recsys_users(registry)
-        make = lambda: Payload({"user_id": rng.randrange(n_users), "k": 10}, task="recommend")  # noqa: E731
-    else:
-        raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
     while n is None or count < n:
-        yield make()
+        inputs, task = make()
+        yield Payload(inputs, task)
         count += 1
-
-
-def _recsys_users(registry: Registry) -> int:
-    """Users the production recsys model was trained on (ids 0..n-1), from its recorded data config."""
-    from aiaas.recsys.data import RatingsConfig
-
-    data = registry.resolve("recsys", "production").params.get("data")
-    return int(data["n_users"]) if isinstance(data, dict) and "n_users" in data else RatingsConfig().n_users
 
 
 def as_jobs(model: str, items: list[Payload]) -> list[Job]:
@@ -84,17 +60,7 @@ def as_jobs(model: str, items: list[Payload]) -> list[Job]:
 
 def settings_class(model: str) -> type[WorkerSettings]:
     """The model service's settings class (its env prefix and defaults: max_batch etc.)."""
-    if model == "vision":
-        from aiaas.vision.settings import VisionSettings
-
-        return VisionSettings
-    if model == "text":
-        from aiaas.text.settings import TextSettings
-
-        return TextSettings
-    from aiaas.recsys.settings import RecsysSettings
-
-    return RecsysSettings
+    return model_type(model).settings()
 
 
 _measured_call_overhead: dict[tuple[Any, ...], int] = {}
@@ -135,13 +101,7 @@ def load_runtime(model: str, registry: Registry, ref: str = "production", **kwar
 
 def build_model(model: str, registry: Registry) -> None:
     """Train/export and register `model` (production) with the project's own trainer."""
-    if model == "vision":
-        from aiaas.vision.trainer import build
-    elif model == "text":
-        from aiaas.text.trainer import build
-    else:
-        from aiaas.recsys.trainer import build
-    build(registry)
+    model_type(model).build(registry)
 
 
 @contextmanager

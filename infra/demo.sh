@@ -38,16 +38,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_service() {  # start `python -m aiaas.$1 [$2]` (log $logs/$3.log) and wait for its "ready:" line
-  local module=$1 arg=${2:-} model=${3:-$1}
-  .venv/bin/python -m "aiaas.$module" $arg >"$logs/$model.log" 2>&1 &
-  service_pid[$model]=$!
+start_service() {  # start `aiaas serve|trainer $2` (log $logs/$3.log) and wait for its "ready:" line
+  local command=$1 model=$2 name=${3:-$2}
+  "$aiaas" "$command" "$model" >"$logs/$name.log" 2>&1 &
+  service_pid[$name]=$!
   for _ in $(seq 1 240); do
-    grep -q " ready: " "$logs/$model.log" && return 0
-    kill -0 "${service_pid[$model]}" 2>/dev/null || { echo "the $model service exited" >&2; return 1; }
+    grep -q " ready: " "$logs/$name.log" && return 0
+    kill -0 "${service_pid[$name]}" 2>/dev/null || { echo "the $name service exited" >&2; return 1; }
     sleep 0.5
   done
-  echo "the $model service did not become ready in 120 s" >&2; return 1
+  echo "the $name service did not become ready in 120 s" >&2; return 1
 }
 
 echo "== Kafka (KRaft, single node) on 127.0.0.1:$port"
@@ -61,7 +61,7 @@ done
 
 for model in "${models[@]}"; do
   echo "== starting the $model service (log: $logs/$model.log)"
-  start_service "$model"
+  start_service serve "$model"
 done
 
 echo
@@ -97,7 +97,7 @@ echo "== the trace of job $job_id (client → service → batch inference → re
 echo
 echo "######## training: a vision training job, promotion, hot reload"
 echo "== starting the vision trainer (log: $logs/vision-trainer.log)"
-start_service training vision vision-trainer
+start_service trainer vision vision-trainer
 echo "== aiaas train vision --epochs 6 --learning-rate 0.0005 --base-version production --follow"
 "$aiaas" train vision --epochs 6 --learning-rate 0.0005 --base-version production --follow | tee "$logs/training.txt"
 "$aiaas" models list

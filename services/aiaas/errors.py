@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AiaasError",
     "InvalidJob",
@@ -19,6 +21,15 @@ __all__ = [
     "InvalidHeaders",
     "RefusedReplyTo",
     "UnparseableRecord",
+    "KafkaAuthenticationFailed",
+    "TopicNotCreated",
+    "ArtifactCorrupted",
+    "AclRefused",
+    "SeenFileLocked",
+    "TransactionalIdInUse",
+    "TransactionFenced",
+    "PublishFailed",
+    "TrainingInterrupted",
 ]
 
 
@@ -110,3 +121,47 @@ class KafkaAuthenticationFailed(BrokerUnavailable):
 
 class TopicNotCreated(AiaasError):
     """The broker refused to create a topic aiaas needs (permissions, name, or the cluster's policy)."""
+
+
+class ArtifactCorrupted(ServiceMisconfigured):
+    """A registered artifact's bytes do not match the sha256 recorded when it was registered (`registry/store.py`):
+    rebuild or re-register that version, or serve another."""
+
+
+class AclRefused(AiaasError):
+    """The broker did not create the topics or ACLs (not a super user, no authorizer, timed out); the message
+    says which."""
+
+
+class SeenFileLocked(AiaasError):
+    """Another SeenFile (in this process or another one) has the same file open: two writers would lose ids.
+
+    Not retriable at once; close the other reader first (its lock goes away with its process).
+    """
+
+
+class TransactionalIdInUse(ServiceMisconfigured):
+    """Another live process on this host already holds the transactional id this replica was configured with."""
+
+
+class TransactionFenced(AiaasError):
+    """Another producer with our transactional id took over (or the broker refused us): stop serving."""
+
+
+class PublishFailed(AiaasError):
+    """Some outcomes of a batch were not acknowledged; `failures` pairs each such record with its error. The batch's
+    jobs run again (or, where the broker refused an outcome for good, end as a dead letter)."""
+
+    retriable = True
+
+    def __init__(self, failures: list[tuple[Any, BaseException]]) -> None:
+        first = failures[0][1]
+        super().__init__(f"{len(failures)} outcome(s) not published; first: {type(first).__name__}: {first}")
+        self.failures = failures
+
+
+class TrainingInterrupted(Exception):
+    """The trainer is stopping: the run ended early, and the job is left to run again. Deliberately not an
+    AiaasError: nothing about the job is wrong, so it gets no `failed` event and no dead letter (like
+    asyncio.CancelledError, it is a signal that travels as an exception)."""
+

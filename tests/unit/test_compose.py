@@ -12,7 +12,7 @@ def test_compose_parses_and_names_every_service():
     services = doc["services"]
     for model in ("vision", "text", "recsys"):
         assert {model, f"{model}-build"} <= set(services)
-        assert services[model]["command"] == ["python", "-m", f"aiaas.{model}"]
+        assert services[model]["command"] == ["aiaas", "serve", model]
     for model in ("vision", "text", "recsys"):
         assert services[f"{model}-trainer"]["command"] == ["python", "-m", "aiaas.training", model]
     assert services["kafka"]["image"].startswith("apache/kafka:4.1")

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from aiaas.errors import NothingToRollBack, UnknownModelVersion
-from aiaas.registry.store import ArtifactCorrupted, Registry
+from aiaas.errors import ArtifactCorrupted, NothingToRollBack, UnknownModelVersion
+from aiaas.registry.store import Registry
 from aiaas.training.promotion import PromotionPolicy, default_policy
 
 

@@ -18,8 +18,8 @@ from aiaas.contract.dead_letters import Origin
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.contract.headers import read_headers
 from aiaas.contract.topics import ModelTopics
-from aiaas.errors import ModelFailure
-from aiaas.kafka.transactions import TransactionFenced, Transactions
+from aiaas.errors import ModelFailure, TransactionFenced
+from aiaas.kafka.transactions import Transactions
 from aiaas.serving.idempotency import Outcome, OutcomeCache
 from aiaas.serving.pipeline import JobPipeline
 from aiaas.serving.retries import RetryPolicy

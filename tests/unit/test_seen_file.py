@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from aiaas.client.client import SeenFile, SeenFileLocked
+from aiaas.client.client import SeenFile
 from aiaas.client.seen_file import COMPACT_MIN_LINES
+from aiaas.errors import SeenFileLocked
 
 
 def test_add_is_durable_and_idempotent(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aiaas.contract.envelopes import Job, Tensor
-from aiaas.errors import TimeLimitExceeded
+from aiaas.errors import TimeLimitExceeded, TrainingInterrupted
 from aiaas.recsys import trainer as recsys_trainer
 from aiaas.recsys.data import RatingsConfig
 from aiaas.recsys.data import load_split as load_ratings
@@ -19,7 +19,7 @@ from aiaas.training.promotion import PromotionPolicy
 from aiaas.training.protocol import SCORED_ON, Candidate
 from aiaas.training.request import TrainingRequest
 from aiaas.training.settings import TrainerSettings
-from aiaas.training.stopping import StopSignal, TrainingInterrupted
+from aiaas.training.stopping import StopSignal
 from aiaas.vision import trainer as vision_trainer
 from aiaas.vision.data import load_split
 from aiaas.vision.training import VisionTrainer

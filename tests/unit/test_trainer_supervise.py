@@ -9,8 +9,8 @@ import time
 import pytest
 
 from aiaas.contract.envelopes import TrainingProgress
-from aiaas.errors import InvalidJob, TimeLimitExceeded, TrainingFailed
-from aiaas.training.stopping import StopSignal, TrainingInterrupted
+from aiaas.errors import InvalidJob, TimeLimitExceeded, TrainingFailed, TrainingInterrupted
+from aiaas.training.stopping import StopSignal
 from aiaas.training.supervise import TrainingRun
 
 # --- StopSignal ----------------------------------------------------------------------------------

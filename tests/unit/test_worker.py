@@ -10,7 +10,8 @@ from opentelemetry.trace import SpanKind
 from aiaas.contract.codec import decode_result
 from aiaas.contract.dead_letters import DLQ_HEADERS
 from aiaas.contract.topics import ModelTopics
-from aiaas.serving.worker import BatchWorker, PublishFailed
+from aiaas.errors import PublishFailed
+from aiaas.serving.worker import BatchWorker
 from aiaas.tracing.conventions import inject_headers
 from tests.fakes import FailingRuntime, Record, RecordingSink, SumRuntime, job_record
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib
 import json
 import sys
 import time
@@ -16,19 +15,29 @@ from typing import Literal
 import numpy as np
 from pydantic import ValidationError
 
-from aiaas.cli.model_cli import MODEL_TYPES, JobSpec, model_cli
+from aiaas.cli.model_cli import JobSpec, model_cli
 from aiaas.client.client import AiaasClient, JobHandle
 from aiaas.contract.envelopes import Result
 from aiaas.errors import AiaasError
+from aiaas.model_types import model_type, model_types
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.settings import HomeSettings, KafkaSettings
 from aiaas.tracing.setup import setup_tracing
 
 __all__ = ["main"]
 
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiaas", description="AI models as async services over Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
+    MODEL_TYPES = tuple(model_types())  # noqa: N806 - every registered model type (aiaas.model_types)
+    kinds = "; ".join(f"{m.name}: {m.summary}" for m in model_types().values() if m.summary)
+
+    serve = sub.add_parser("serve", help="run a model type's service until SIGTERM", description=kinds)
+    serve.add_argument("model", choices=MODEL_TYPES)
+    trainer = sub.add_parser("trainer", help="run a model type's trainer (training jobs) until SIGTERM",
+                             description=kinds)
+    trainer.add_argument("model", choices=MODEL_TYPES)
 
     submit = sub.add_parser("submit", help="publish inference jobs")
     per_model = submit.add_subparsers(dest="model", required=True, metavar="{" + ",".join(MODEL_TYPES) + "}")
@@ -43,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         model_parser.add_argument("--rate", type=float, default=0.0,
                                   help="jobs per second, open loop (default: all at once, a burst)")
 
-    train = sub.add_parser("train", help="publish a training job (a trainer: python -m aiaas.training <model>)")
-    train.add_argument("model", choices=("vision", "text", "recsys"))
+    train = sub.add_parser("train", help="publish a training job (a trainer runs it: aiaas trainer <model>)")
+    train.add_argument("model", choices=MODEL_TYPES)
     train.add_argument("--epochs", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--batch-size", type=int)
@@ -105,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors are one line on stderr with what to do, exit status 2."""
     args = _parser().parse_args(argv)
+    if args.command in _PROCESSES:  # a long-running process with its own tracing and error handling
+        return _PROCESSES[args.command](args) or 0
     provider = setup_tracing("aiaas-cli")
     try:
         return _COMMANDS[args.command](args) or 0
@@ -257,13 +268,12 @@ def _models_list(registry: Registry, args: argparse.Namespace) -> int:
             metrics = " ".join(f"{k}={val:.4g}" for k, val in v.metrics.items())
             print(f"{model:10} v{v.version:<4} {tags:12} {metrics}  sha256={v.sha256[:12]}")
     if not registry.models():
-        print(f"registry {registry.root} is empty: run `aiaas models build <{'|'.join(MODEL_TYPES)}>`")
+        print(f"registry {registry.root} is empty: run `aiaas models build <{'|'.join(model_types())}>`")
     return 0
 
 
 def _models_build(registry: Registry, args: argparse.Namespace) -> int:
-    trainer = importlib.import_module(f"aiaas.{args.model}.trainer")
-    version = trainer.build(registry)
+    version = model_type(args.model).build(registry)
     print(f"built {version.model} v{version.version}  sha256={version.sha256[:16]}…  "
           f"metrics={version.metrics}  → {registry.root / version.model / f'v{version.version}'}")
     _announce(registry, version, "registered")
@@ -445,6 +455,21 @@ _COMMANDS = {
     "schemas": _cmd_schemas,
     "acl": _cmd_acl,
 }
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    model_type(args.model).serve()
+    return 0
+
+
+def _cmd_trainer(args: argparse.Namespace) -> int:
+    from aiaas.training.__main__ import run_model_trainer  # PyTorch loads with the trainer, not with the CLI
+
+    run_model_trainer(args.model)
+    return 0
+
+
+_PROCESSES = {"serve": _cmd_serve, "trainer": _cmd_trainer}
 
 
 if __name__ == "__main__":

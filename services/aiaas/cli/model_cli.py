@@ -7,16 +7,13 @@ Every model package has a `cli` module with the functions of `ModelCli`; the gen
 from __future__ import annotations
 
 import argparse
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiaas.contract.envelopes import InputValue, Result
+from aiaas.model_types import model_type
 
-__all__ = ["JobSpec", "ModelCli", "MODEL_TYPES", "model_cli"]
-
-MODEL_TYPES = ("vision", "text", "recsys")
-"""Every model type, in the order the demo runs them. Each is the package `aiaas.<name>`."""
+__all__ = ["JobSpec", "ModelCli", "model_cli"]
 
 
 @dataclass
@@ -47,6 +44,5 @@ class ModelCli(Protocol):
 
 def model_cli(model: str) -> ModelCli:
     """The CLI module of a model type (imported on demand: the CLI starts fast)."""
-    if model not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model!r}; known: {', '.join(MODEL_TYPES)}")
-    return importlib.import_module(f"aiaas.{model}.cli")  # type: ignore[return-value]
+    cli: ModelCli = model_type(model).cli()
+    return cli

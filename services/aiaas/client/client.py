@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from aiaas import tracing
-from aiaas.client.seen_file import SeenFile, SeenFileLocked
+from aiaas.client.seen_file import SeenFile
 from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import (
     JOB_ID_PATTERN,
@@ -38,6 +38,7 @@ from aiaas.contract.envelopes import (
     new_job_id,
 )
 from aiaas.contract.topics import ModelTopics
+from aiaas.errors import SeenFileLocked
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.kafka.diagnostics import broker_unreachable, explain_connection_failure
 from aiaas.settings import KafkaSettings

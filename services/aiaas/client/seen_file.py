@@ -14,7 +14,7 @@ from collections.abc import Iterator, MutableSet
 from pathlib import Path
 from typing import IO
 
-from aiaas.errors import AiaasError
+from aiaas.errors import SeenFileLocked
 
 try:
     import fcntl
@@ -29,13 +29,6 @@ _VALID_ID = re.compile(r"[^\x00-\x1f\x7f]+")
 """What a SeenFile holds: one non-empty line without control characters (every valid job id is one)."""
 COMPACT_MIN_LINES = 1024
 """The file is compacted only once it holds at least this many lines that no longer count."""
-
-
-class SeenFileLocked(AiaasError):
-    """Another SeenFile (in this process or another one) has the same file open: two writers would lose ids.
-
-    Not retriable at once; close the other reader first (its lock goes away with its process).
-    """
 
 
 class SeenFile(MutableSet[str]):

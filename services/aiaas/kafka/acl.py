@@ -49,7 +49,7 @@ from aiaas.contract.topics import (
     models_topic,
     service_topics,
 )
-from aiaas.errors import AiaasError
+from aiaas.errors import AclRefused
 from aiaas.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -64,11 +64,6 @@ _CLUSTER = "kafka-cluster"  # Kafka's name for the one cluster resource
 Resource = Literal["topic", "group", "transactional-id", "cluster"]
 Pattern = Literal["literal", "prefixed"]
 Operation = Literal["READ", "WRITE", "DESCRIBE", "CREATE", "IDEMPOTENT_WRITE"]
-
-
-class AclRefused(AiaasError):
-    """The broker did not create the topics or ACLs (not a super user, no authorizer, timed out); the message
-    says which."""
 
 
 def tenant_group_prefix(prefix: str, tenant: str) -> str:

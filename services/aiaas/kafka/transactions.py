@@ -65,7 +65,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-from aiaas.errors import ServiceMisconfigured
+from aiaas.errors import TransactionalIdInUse, TransactionFenced
 from aiaas.kafka.commit_window import Partition
 
 __all__ = [
@@ -86,10 +86,6 @@ def transactional_id(group: str, instance_id: str, number: int = 0) -> str:
     """The transactional id of one replica of a service (`number`: its place among those sharing the default
     instance id on one host; 0, the first, has none)."""
     return f"{group}.{instance_id}" + (f".{number}" if number else "")
-
-
-class TransactionalIdInUse(ServiceMisconfigured):
-    """Another live process on this host already holds the transactional id this replica was configured with."""
 
 
 class TransactionalIdClaim:
@@ -163,10 +159,6 @@ def _hold(name: str) -> socket.socket | int | None:
         os.close(fd)
         return None
     return fd
-
-
-class TransactionFenced(Exception):
-    """Another producer with our transactional id took over (or the broker refused us): stop serving."""
 
 
 class TransactionalProducer(Protocol):

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from aiaas.errors import NothingToRollBack, UnknownModelVersion
+from aiaas.errors import ArtifactCorrupted, NothingToRollBack, UnknownModelVersion
 
 __all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of", "ArtifactCorrupted"]
 
@@ -31,10 +31,6 @@ log = logging.getLogger("aiaas.registry")
 
 MoveReason = Literal["registered", "promoted", "rolled_back", "set"]
 """Why an alias moved: the first three match `ModelEvent.action`; `set` is a plain `set_alias`."""
-
-
-class ArtifactCorrupted(Exception):
-    """The artifact's bytes do not match the sha256 recorded when it was registered."""
 
 
 class ModelVersion(BaseModel):

@@ -52,12 +52,13 @@ from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from aiaas.errors import PublishFailed, TransactionFenced
 from aiaas.kafka.commit_window import InFlightWindow, Partition
 from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.stall_watch import LoopStallWatch
-from aiaas.kafka.transactions import TransactionFenced, Transactions
+from aiaas.kafka.transactions import Transactions
 from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
-from aiaas.serving.worker import BatchWorker, ProcessedBatch, PublishFailed, record_key
+from aiaas.serving.worker import BatchWorker, ProcessedBatch, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
 

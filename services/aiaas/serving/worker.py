@@ -42,6 +42,7 @@ from aiaas.errors import (
     InvalidJob,
     ModelFailure,
     PayloadTooLarge,
+    PublishFailed,
     RefusedReplyTo,
     Undeliverable,
     UnknownModelVersion,
@@ -116,15 +117,6 @@ class _InFlight:
         if self.job is not None:
             return self.job.job_id
         return job_id_of_key(self.record.key)
-
-
-class PublishFailed(Exception):
-    """Some outcomes of a batch were not acknowledged; `failures` pairs each such record with its error."""
-
-    def __init__(self, failures: list[tuple[KafkaRecord, BaseException]]) -> None:
-        first = failures[0][1]
-        super().__init__(f"{len(failures)} outcome(s) not published; first: {type(first).__name__}: {first}")
-        self.failures = failures
 
 
 def record_key(record: KafkaRecord) -> tuple[str, int, int]:

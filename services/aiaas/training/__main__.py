@@ -1,29 +1,27 @@
-"""`python -m aiaas.training <model>`: run the trainer for one model type until SIGTERM/SIGINT."""
+"""`python -m aiaas.training <model>` (also `aiaas trainer <model>`): run one model type's trainer until SIGTERM."""
 
 import sys
 
+from aiaas.model_types import model_type, names
 from aiaas.training.service import run_trainer
+from aiaas.training.settings import TrainerSettings
 
-TRAINERS = {"vision": "aiaas.vision.training:VisionTrainer", "text": "aiaas.text.training:TextTrainer",
-            "recsys": "aiaas.recsys.training:RecsysTrainer"}
-"""Model types that take training jobs, and where their trainer lives."""
+
+def run_model_trainer(name: str) -> None:
+    """Serve training jobs of the registered model type `name` in this process."""
+    import torch
+
+    torch.set_num_threads(TrainerSettings().threads)
+    run_trainer(model_type(name).trainer())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the named model type's trainer."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in TRAINERS:
-        print(f"usage: python -m aiaas.training <{'|'.join(TRAINERS)}>", file=sys.stderr)
+    if len(args) != 1 or args[0] not in names():
+        print(f"usage: python -m aiaas.training <{'|'.join(names())}>", file=sys.stderr)
         return 2
-    import importlib
-
-    import torch
-
-    from aiaas.training.settings import TrainerSettings
-
-    torch.set_num_threads(TrainerSettings().threads)
-    module, name = TRAINERS[args[0]].split(":")
-    run_trainer(getattr(importlib.import_module(module), name)())
+    run_model_trainer(args[0])
     return 0
 
 

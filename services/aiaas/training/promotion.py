@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiaas.model_types import model_type
+
 if TYPE_CHECKING:  # only for the annotation: the registry never needs this module
     from aiaas.registry.store import Registry
 
@@ -25,10 +27,6 @@ PRODUCTION = "production"
 
 STAGING = "staging"
 """Where a version waits when it is not promoted automatically."""
-
-_METRIC_BY_MODEL = {"vision": "accuracy", "text": "accuracy", "recsys": "hit_rate_at_10"}
-"""The held-out metric each model type's trainer records (higher is better for all of them)."""
-
 
 class PromotionPolicy(BaseModel):
     """How a new version of one model type is aliased: by comparing one metric with production's.
@@ -85,10 +83,5 @@ class PromotionPolicy(BaseModel):
 
 
 def default_policy(model: str) -> PromotionPolicy:
-    """The `auto` policy on the metric that `model`'s trainer records (accuracy, hit_rate_at_10)."""
-    try:
-        return PromotionPolicy(metric=_METRIC_BY_MODEL[model])
-    except KeyError:
-        raise ValueError(
-            f"no default promotion policy for model type {model!r}; known: {', '.join(_METRIC_BY_MODEL)}"
-        ) from None
+    """The `auto` policy on the metric that `model`'s trainer records (its registration says which)."""
+    return PromotionPolicy(metric=model_type(model).metric)

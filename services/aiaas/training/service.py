@@ -60,6 +60,7 @@ from aiaas.errors import (
     RefusedReplyTo,
     TooManyAttempts,
     TrainingFailed,
+    TrainingInterrupted,
     Undeliverable,
     UnparseableRecord,
 )
@@ -76,7 +77,7 @@ from aiaas.training.promotion import default_policy
 from aiaas.training.protocol import SCORED_ON, Candidate, ModelTrainer
 from aiaas.training.request import TrainingRequest
 from aiaas.training.settings import TrainerSettings
-from aiaas.training.stopping import StopSignal, TrainingInterrupted
+from aiaas.training.stopping import StopSignal
 from aiaas.training.supervise import TrainingRun
 
 __all__ = ["TrainerService", "run_trainer"]

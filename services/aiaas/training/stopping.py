@@ -12,14 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from aiaas.errors import TimeLimitExceeded
+from aiaas.errors import TimeLimitExceeded, TrainingInterrupted
 
 __all__ = ["StopSignal", "TrainingInterrupted"]
-
-
-class TrainingInterrupted(Exception):
-    """The trainer is stopping: the run ended early, and the job is left to run again (not an AiaasError:
-    nothing about the job is wrong, so it gets no `failed` event and no dead letter)."""
 
 
 class StopSignal:

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from aiaas.contract.envelopes import TrainingProgress
-from aiaas.errors import AiaasError, TimeLimitExceeded, TrainingFailed
+from aiaas.errors import AiaasError, TimeLimitExceeded, TrainingFailed, TrainingInterrupted
 from aiaas.training.protocol import ProgressCallback
-from aiaas.training.stopping import StopSignal, TrainingInterrupted
+from aiaas.training.stopping import StopSignal
 
 __all__ = ["TrainingRun"]
 

@@ -1,0 +1,113 @@
+"""Every model type aiaas serves, registered once: whatever lists, serves, trains, promotes or benchmarks model
+types asks here.
+
+A model type is a package (`aiaas.vision`, or any importable package) with these modules, each loaded only
+when asked for, so that listing the types never imports a model's libraries:
+
+    __main__    `main()`: run the model's service until SIGTERM (`aiaas serve <model>`, `python -m <package>`)
+    cli         `add_submit_arguments`, `jobs_from_args`, `is_correct`, `describe` (`aiaas submit <model>`)
+    trainer     `build(registry)`: train and register a first version from data the project ships or generates
+                (`aiaas models build <model>`)
+    training    `trainer_class`: the trainer of training jobs (`aiaas trainer <model>`)
+    settings    `settings_class`: the service's settings (environment prefix `AIAAS_<MODEL>_`)
+    workload    `payloads(registry, rng)`: a function that makes one benchmark job's `(inputs, task)` per call
+
+The built-in types are `BUILT_IN`. Another distribution adds one without touching aiaas: an entry point in
+the group `aiaas.model_types` that names a `ModelType` (docs/adding-a-model-type.md walks through it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+__all__ = ["ModelType", "BUILT_IN", "ENTRY_POINT_GROUP", "model_types", "model_type", "names"]
+
+ENTRY_POINT_GROUP = "aiaas.model_types"
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One model type: its name (also its topics' middle part), where its code lives, and what promotion compares."""
+
+    name: str
+    metric: str
+    """The held-out metric its trainer records and the promotion policy compares (higher is better)."""
+    trainer_class: str
+    """The class in `<package>.training` that trains for training jobs."""
+    settings_class: str
+    """The class in `<package>.settings` with the service's settings."""
+    package: str = ""
+    """The package holding its modules; `aiaas.<name>` when left out."""
+    summary: str = ""
+    """One line for `aiaas --help` and the docs."""
+
+    @property
+    def home(self) -> str:
+        return self.package or f"aiaas.{self.name}"
+
+    def module(self, part: str) -> Any:
+        """One of the type's modules (`cli`, `trainer`, `training`, `settings`, `workload`, `__main__`), imported now."""
+        return importlib.import_module(f"{self.home}.{part}")
+
+    def serve(self) -> None:
+        """Run the type's service in this process until SIGTERM/SIGINT."""
+        self.module("__main__").main()
+
+    def trainer(self) -> Any:
+        """A new trainer for this type's training jobs."""
+        return getattr(self.module("training"), self.trainer_class)()
+
+    def settings(self) -> type:
+        """The service's settings class."""
+        return getattr(self.module("settings"), self.settings_class)
+
+    def cli(self) -> Any:
+        """The `cli` module: the flags and jobs of `aiaas submit <name>`."""
+        return self.module("cli")
+
+    def build(self, registry: Any) -> Any:
+        """Train and register a first version (`aiaas models build`); returns the registered version."""
+        return self.module("trainer").build(registry)
+
+
+BUILT_IN = (
+    ModelType("vision", metric="accuracy", trainer_class="VisionTrainer", settings_class="VisionSettings",
+              summary="a small CNN that classifies 8x8 handwritten digits"),
+    ModelType("text", metric="accuracy", trainer_class="TextTrainer", settings_class="TextSettings",
+              summary="MiniLM sentence embeddings and a topic classifier"),
+    ModelType("recsys", metric="hit_rate_at_10", trainer_class="RecsysTrainer", settings_class="RecsysSettings",
+              summary="matrix factorisation: top-k recommendations per user"),
+)
+"""In the order the demo runs them."""
+
+
+@cache
+def model_types() -> dict[str, ModelType]:
+    """Every registered model type by name: the built-in ones, then those of installed plug-ins."""
+    found = {model.name: model for model in BUILT_IN}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        model = entry.load()
+        if not isinstance(model, ModelType):
+            raise TypeError(f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP} is not a ModelType")
+        if model.name in found:
+            raise ValueError(f"model type {model.name!r} is registered twice ({entry.value} and "
+                             f"{found[model.name].home})")
+        found[model.name] = model
+    return found
+
+
+def model_type(name: str) -> ModelType:
+    """The registered model type `name`; ValueError naming the known ones otherwise."""
+    try:
+        return model_types()[name]
+    except KeyError:
+        raise ValueError(f"unknown model type {name!r}; known: {', '.join(model_types())}") from None
+
+
+def names() -> tuple[str, ...]:
+    """The registered model types' names."""
+    return tuple(model_types())
