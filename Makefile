@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit kafka kafka-stop schemas clean
+.PHONY: install demo test test-unit lint kafka kafka-stop schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ install: $(STAMP)  ## virtual environment with aiaas, PyTorch (training) and the
 demo: install  ## broker + vision service + 300 jobs + summary + one trace, then stops what it started
 	bash infra/demo.sh
 
-test: install  ## the whole suite: unit and integration (starts its own broker on port 29092)
+test: install lint  ## the whole suite: lint, unit and integration (starts its own broker on port 29092)
 	infra/kafka/kafka.sh fetch
 	$(PY) -m pytest
+
+lint: install  ## ruff (style, imports), import-linter (the layers import one way), mypy (strict on the core)
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test-unit: install
 	$(PY) -m pytest -m "not integration"

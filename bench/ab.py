@@ -67,7 +67,8 @@ class _MeteredLoad:
         self.load, self.pids = load, pids
         self.cpu: list[tuple[Burst, dict[str, float]]] = []
         """Per burst (the pilot and discarded ones too): µs of CPU per job for each of `pids`, and "busy cores" of
-        the whole machine. Work a side defers past its burst (the span store's append, every 0.5 s) lands in the next."""
+        the whole machine. Work a side defers past its burst (the span store's append, every 0.5 s) lands in the
+        next."""
 
     async def start(self) -> None:
         await self.load.start()
@@ -119,7 +120,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     pool = payloads(args.model, POOL, registry, seed=2)
     loads = [_MeteredLoad(load, {"service": child.pid, "load generator": os.getpid()}
                           | ({"broker": broker.pid} if broker.pid else {}))
-             for load, child in zip(loads, children)]
+             for load, child in zip(loads, children, strict=True)]
     for load in loads:
         await load.start()
     take = cycling(pool)
@@ -141,17 +142,21 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     lines = [f"A/B {args.model}, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds of alternating bursts "
              f"(~{args.seconds:.0f} s each)", "", f"- A: {describe['A']}", f"- B: {describe['B']}", "",
              "| round | A jobs/s | B jobs/s | B / A | A mean batch | B mean batch |", "|---:|---:|---:|---:|---:|---:|"]
-    for i, (x, y, r) in enumerate(zip(a.bursts, b.bursts, ratios), 1):
-        lines.append(f"| {i} | {x.jobs_per_s:,.0f} | {y.jobs_per_s:,.0f} | {r:.2f} | {x.mean_batch:.1f} | {y.mean_batch:.1f} |")
+    for i, (x, y, r) in enumerate(zip(a.bursts, b.bursts, ratios, strict=False), 1):
+        lines.append(f"| {i} | {x.jobs_per_s:,.0f} | {y.jobs_per_s:,.0f} | {r:.2f} | "
+                     f"{x.mean_batch:.1f} | {y.mean_batch:.1f} |")
     lines.append(f"| median | {a.jobs_per_s:,.0f} | {b.jobs_per_s:,.0f} | **{statistics.median(ratios):.2f}** "
                  f"(range {min(ratios):.2f}–{max(ratios):.2f}) | | |")
     measured = ["service", "broker", "load generator"]
     lines += ["", "CPU per job, median over the bursts (each process all threads; busy cores: the whole machine):", "",
-              "| side | " + " | ".join(f"{name} µs" for name in measured) + " | busy cores |", "|---|---:|---:|---:|---:|"]
-    for side, load, saturation in zip(sides, loads, (a, b)):
+              "| side | " + " | ".join(f"{name} µs" for name in measured) + " | busy cores |",
+              "|---|---:|---:|---:|---:|"]
+    for side, load, saturation in zip(sides, loads, (a, b), strict=True):
         rounds = load.of(saturation.bursts)
-        cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–" for name in measured]
-        lines.append(f"| {side} | " + " | ".join(cells) + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
+        cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–"
+                 for name in measured]
+        lines.append(f"| {side} | " + " | ".join(cells)
+                     + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     if latency:
         lines += _latency_table(latency, a.jobs_per_s, args)
     return "\n".join(lines)
@@ -163,7 +168,7 @@ async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Paylo
     `saturate`'s rounds do); each side's points, in round order."""
     sides: tuple[list[OpenLoop], list[OpenLoop]] = ([], [])
     for round_ in range(1, args.rounds + 1):
-        turns = list(zip("AB", loads, sides))
+        turns = list(zip("AB", loads, sides, strict=True))
         for name, load, points in turns if round_ % 2 else turns[::-1]:
             point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share)
             points.append(point)
@@ -176,7 +181,8 @@ def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]], 
                    args: argparse.Namespace) -> list[str]:
     lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
              f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
-             "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms | B / A p50 (range) | B / A p95 (range) |",
+             "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms "
+             "| B / A p50 (range) | B / A p95 (range) |",
              "|---:|---:|---:|---:|---:|---:|"]
     for share, (on_a, on_b) in latency.items():
         lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} | "
@@ -197,7 +203,7 @@ def _percentiles(points: list[OpenLoop]) -> str:
 
 
 def _ratio(on_a: list[OpenLoop], on_b: list[OpenLoop], name: str) -> str:
-    ratios = [getattr(b, name) / getattr(a, name) for a, b in zip(on_a, on_b)]
+    ratios = [getattr(b, name) / getattr(a, name) for a, b in zip(on_a, on_b, strict=True)]
     return f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f})"
 
 

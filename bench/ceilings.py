@@ -105,7 +105,8 @@ def measure(infer: Callable[[Sequence[Any]], Any], items: Sequence[Any], sizes: 
     return [CeilingPoint(size, statistics.median(samples[size]), len(samples[size])) for size in sizes]
 
 
-def runtime_ceilings(model: str, registry: Registry, *, quick: bool, log: Callable[[str], None] = print) -> list[RuntimeCeiling]:
+def runtime_ceilings(model: str, registry: Registry, *, quick: bool,
+                     log: Callable[[str], None] = print) -> list[RuntimeCeiling]:
     """Every backend of `model`: ONNX Runtime first (the served one), then PyTorch where there is one."""
     budget = 0.1 if quick else 1.0
     largest = max(batch_sizes(model, "onnx", quick))
@@ -190,7 +191,8 @@ def _vision_torch(registry: Registry, jobs: list) -> tuple[Callable, list, str]:
         with torch.inference_mode():
             probabilities = model(torch.from_numpy(images).to(device)).cpu().numpy()
         labels = probabilities.argmax(axis=1)
-        return [{"label": int(label), "probabilities": Tensor.from_numpy(row)} for label, row in zip(labels, probabilities)]
+        return [{"label": int(label), "probabilities": Tensor.from_numpy(row)}
+                for label, row in zip(labels, probabilities, strict=True)]
 
     threads = torch.get_num_threads()
     return infer, items, f"DigitsCNN in PyTorch {torch.__version__} ({device}, {threads} threads), outputs as served"

@@ -88,7 +88,7 @@ class ComputeShare:
     @property
     def share(self) -> float:
         """Runtime GFLOP/s / matmul GFLOP/s: the median of each round's own ratio."""
-        return statistics.median(r / m.gflops for r, m in zip(self.runtime_gflops, self.matmul))
+        return statistics.median(r / m.gflops for r, m in zip(self.runtime_gflops, self.matmul, strict=True))
 
     @property
     def items_per_s_at_matmul_rate(self) -> float:
@@ -106,7 +106,7 @@ class ComputeShare:
         if self.product_share is None:
             return None
         return max(1.0, statistics.median(1 / ((1 - self.product_share) + runtime / matmul.gflops)
-                                          for runtime, matmul in zip(self.runtime_gflops, self.matmul)))
+                                          for runtime, matmul in zip(self.runtime_gflops, self.matmul, strict=True)))
 
 
 def compute_share(model: str, registry: Registry, infer: Callable[[Sequence[Any]], Any], items: Sequence[Any],
@@ -132,8 +132,10 @@ def matmul_rate(budget_s: float = 1.0) -> MatmulRate:
         b = rng.standard_normal((k, n), dtype=np.float32)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         session = _one_matmul_session(b)
-        products = (("ONNX Runtime", lambda: session.run(None, {"a": a})),
-                    ("numpy", lambda: a @ b), (f"PyTorch ({torch.get_num_threads()} threads)", lambda: ta @ tb))
+        # Each product is timed within this iteration, so its lambda sees this iteration's arrays.
+        products = (("ONNX Runtime", lambda: session.run(None, {"a": a})),  # noqa: B023
+                    ("numpy", lambda: a @ b),  # noqa: B023
+                    (f"PyTorch ({torch.get_num_threads()} threads)", lambda: ta @ tb))  # noqa: B023
         for library, product in products:
             seconds = _median_seconds(product, budget_s / (len(products) * len(SHAPES)))
             gflops = 2 * m * k * n / seconds / 1e9
@@ -143,7 +145,8 @@ def matmul_rate(budget_s: float = 1.0) -> MatmulRate:
 
 
 def product_time_share(model: str, registry: Registry, batch: int, calls: int = 30) -> float:
-    """Share of ONNX Runtime kernel time in PRODUCT_OPS: `calls` served `infer` calls at `batch` on a profiled runtime."""
+    """Share of ONNX Runtime kernel time in PRODUCT_OPS: `calls` served `infer` calls at `batch` on a profiled
+    runtime."""
     with tempfile.TemporaryDirectory() as folder, _profiled_sessions(Path(folder)) as sessions:
         runtime = load_runtime(model, registry)
         items = [runtime.prepare(job) for job in as_jobs(model, payloads(model, batch, registry, seed=1))]

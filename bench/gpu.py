@@ -117,11 +117,12 @@ def device_ceilings(quick: bool) -> dict[str, float]:
     out["copy_GBps"] = 2 * n_bytes / (ms / 1000) / 1e9
     src = dst = None  # the 4 GiB are freed before the matrix products
     n = 8192
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                              ("bf16", torch.bfloat16, False)):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        ms = event_median_ms(lambda: a @ b, repeats=5 if quick else 20)
+        ms = event_median_ms(lambda: a @ b, repeats=5 if quick else 20)  # noqa: B023 - timed in this iteration
         out[f"matmul_{name}_TFLOPs"] = 2 * n**3 / (ms / 1000) / 1e12
     torch.backends.cuda.matmul.allow_tf32 = False
     return out
@@ -203,8 +204,8 @@ def sweep(name: str, shape: str, model: torch.nn.Module, make_inputs: Callable, 
         except RuntimeError as exc:  # a graph capture the model's code does not allow
             log(f"  {name} {shape} {precision} batch {batch}: failed: {str(exc).splitlines()[0]}")
             break
-        log(f"  {name} {shape} {precision} batch {batch}: device {point.device_ms:.3f} ms, call {point.call_ms:.3f} ms, "
-            f"{point.device_items_per_s:,.0f} items/s, {point.tflops:.2f} TFLOP/s")
+        log(f"  {name} {shape} {precision} batch {batch}: device {point.device_ms:.3f} ms, "
+            f"call {point.call_ms:.3f} ms, {point.device_items_per_s:,.0f} items/s, {point.tflops:.2f} TFLOP/s")
         if points and point.device_items_per_s < GAIN_TO_CONTINUE * max(p.device_items_per_s for p in points):
             flat += 1
         else:
@@ -258,7 +259,8 @@ def capture_safe_attention_masks() -> None:
     masking_utils.ALL_MASK_ATTENTION_FUNCTIONS["eager"] = eager_mask
 
 
-def _graphed(model: torch.nn.Module, static: list[torch.Tensor], host: tuple[np.ndarray, ...]) -> tuple[Callable, Callable]:
+def _graphed(model: torch.nn.Module, static: list[torch.Tensor],
+             host: tuple[np.ndarray, ...]) -> tuple[Callable, Callable]:
     """The fp32 forward captured once as a CUDA graph: replays cost one launch, not one per kernel."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -271,7 +273,7 @@ def _graphed(model: torch.nn.Module, static: list[torch.Tensor], host: tuple[np.
         out = model(*static)
 
     def served_call() -> np.ndarray:
-        for target, array in zip(static, host):
+        for target, array in zip(static, host, strict=True):
             target.copy_(torch.from_numpy(array))
         graph.replay()
         return out.cpu().numpy()
@@ -302,7 +304,8 @@ def device_description() -> str:
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip() or "?"
     return (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, driver {driver}; "
-            f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}); host {platform.processor() or platform.machine()}")
+            f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}); "
+            f"host {platform.processor() or platform.machine()}")
 
 
 def report(device: str, ceilings: dict[str, float], errors: dict[str, float], points: list[Point],
@@ -329,22 +332,26 @@ def report(device: str, ceilings: dict[str, float], errors: dict[str, float], po
         "|---|---:|---:|",
     ]
     for model in dict.fromkeys(p.model for p in points):
-        lines.append(f"| {model} | {errors.get(model + '/fp32', float('nan')):.1e} | {errors.get(model + '/bf16', float('nan')):.1e} |")
+        lines.append(f"| {model} | {errors.get(model + '/fp32', float('nan')):.1e} | "
+                     f"{errors.get(model + '/bf16', float('nan')):.1e} |")
     lines += [
         "",
         "## Throughput by batch size",
         "",
         "device = inputs on the GPU, CUDA events; call = numpy in → GPU → numpy out, as the service's runtime does.",
         "",
-        "| model | input | precision | batch | device ms | items/s (device) | call ms | items/s (call) | GFLOP/item | TFLOP/s | % of matmul ceiling |",
+        "| model | input | precision | batch | device ms | items/s (device) | call ms | items/s (call) | GFLOP/item "
+        "| TFLOP/s | % of matmul ceiling |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         pct = 100 * p.tflops / ceiling_for[p.precision.split()[0]]
-        lines.append(f"| {p.model} | {p.shape} | {p.precision} | {p.batch} | {p.device_ms:.3f} | {p.device_items_per_s:,.0f} | "
-                     f"{p.call_ms:.3f} | {p.call_items_per_s:,.0f} | {p.flops_per_item / 1e9:.4f} | {p.tflops:.2f} | {pct:.1f} |")
+        lines.append(f"| {p.model} | {p.shape} | {p.precision} | {p.batch} | {p.device_ms:.3f} | "
+                     f"{p.device_items_per_s:,.0f} | {p.call_ms:.3f} | {p.call_items_per_s:,.0f} | "
+                     f"{p.flops_per_item / 1e9:.4f} | {p.tflops:.2f} | {pct:.1f} |")
     lines += ["", "## Best per model and precision", "",
-              "| model | input | precision | best batch | items/s (device) | items/s (call) | TFLOP/s | % of matmul ceiling |",
+              "| model | input | precision | best batch | items/s (device) | items/s (call) | TFLOP/s "
+              "| % of matmul ceiling |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[str, str, str], list[Point]] = {}
     for p in points:
@@ -352,8 +359,9 @@ def report(device: str, ceilings: dict[str, float], errors: dict[str, float], po
     for (model, shape, precision), group in groups.items():
         best = max(group, key=lambda p: p.device_items_per_s)
         best_call = max(p.call_items_per_s for p in group)
-        lines.append(f"| {model} | {shape} | {precision} | {best.batch} | {best.device_items_per_s:,.0f} | {best_call:,.0f} | "
-                     f"{best.tflops:.2f} | {100 * best.tflops / ceiling_for[precision.split()[0]]:.1f} |")
+        lines.append(f"| {model} | {shape} | {precision} | {best.batch} | {best.device_items_per_s:,.0f} | "
+                     f"{best_call:,.0f} | {best.tflops:.2f} | "
+                     f"{100 * best.tflops / ceiling_for[precision.split()[0]]:.1f} |")
     lines += ["", f"ONNX Runtime on this machine: {providers}.", ""]
     return "\n".join(lines)
 
@@ -361,7 +369,8 @@ def report(device: str, ceilings: dict[str, float], errors: dict[str, float], po
 def main(argv: list[str] | None = None) -> int:
     """Run everything and write `gpu.md` + `gpu.json` to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minilm", type=Path, default=None, help="folder with config.json, model.safetensors (default: the package's)")
+    parser.add_argument("--minilm", type=Path, default=None,
+                        help="folder with config.json, model.safetensors (default: the package's)")
     parser.add_argument("--vision-weights", type=Path, default=None, help="a vision version's weights.npz")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
@@ -400,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             points += sweep(name, shape, model, make, precision, sizes, log)
     # Small batches are bound by launching kernels one by one from Python; a CUDA graph shows the device's own time.
     for name, shape, model, make, _ in cases[:2]:
-        points += sweep(name, shape, model, make, "fp32 graph", [2**i for i in range(0, 11 if not args.quick else 4)], log)
+        points += sweep(name, shape, model, make, "fp32 graph",
+                        [2**i for i in range(0, 11 if not args.quick else 4)], log)
     text_md = report(device, ceilings, errors, points, [vision_source, text_source], onnxruntime_providers())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.md").write_text(text_md)

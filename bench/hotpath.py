@@ -3,9 +3,10 @@
     .venv/bin/python bench/hotpath.py --model vision [--seconds 15] [--out bench/results]
 
 Starts its own broker, builds the model, starts `python -m aiaas.<model>` (tracing on, spans to
-the local store, as in the benchmark; `--noop`: the transport ceiling's no-op model service), keeps it saturated with bursts from the raw load
-generator, and records the service process with py-spy (`pip install py-spy`; sampling from
-outside the process, so the service runs unmodified and at full speed) for `--seconds`.
+the local store, as in the benchmark; `--noop`: the transport ceiling's no-op model service), keeps it
+saturated with bursts from the raw load generator, and records the service process with py-spy
+(`pip install py-spy`; sampling from outside the process, so the service runs unmodified and at
+full speed) for `--seconds`.
 
 Every sample is charged to one stage of the hot path by its innermost recognised frame:
 Kafka in (aiokafka fetch and record parsing), decode (msgpack envelope), validate (pydantic),
@@ -145,7 +146,8 @@ class Profile:
     def markdown(self) -> str:
         total = sum(self.stages.values()) or 1
         lines = [f"{self.jobs:,} jobs in {self.seconds:.1f} s ({self.jobs_per_s:,.0f} jobs/s) while recorded; "
-                 f"{total:,} samples at {self.rate}/s = the GIL held {total / self.rate / self.seconds:.0%} of the time "
+                 f"{total:,} samples at {self.rate}/s = the GIL held "
+                 f"{total / self.rate / self.seconds:.0%} of the time "
                  f"({total / self.rate / self.jobs * 1e6:,.0f} µs per job holding the GIL)", "",
                  "CPU per job, whole processes (all threads; the machine's cores are shared by all three): "
                  + ", ".join(f"{name} {seconds / self.jobs * 1e6:,.0f} µs" for name, seconds in self.cpu.items()), "",

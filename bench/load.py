@@ -236,7 +236,8 @@ class RawLoad:
         for p in payloads:
             job = Job(job_id=new_job_id(), model=self.model, task=p.task, inputs=dict(p.inputs))
             ids = os.urandom(24).hex()
-            prepared.append((job.job_id.encode(), encode(job), [("traceparent", f"00-{ids[:32]}-{ids[32:]}-01".encode())]))
+            prepared.append((job.job_id.encode(), encode(job),
+                             [("traceparent", f"00-{ids[:32]}-{ids[32:]}-01".encode())]))
         return prepared
 
     async def send(self, prepared: tuple[bytes, bytes, list[tuple[str, bytes]]]) -> _RawSent:
@@ -361,7 +362,8 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
     """
     names = list(names or [""] * len(loads))
     pilots = [pilot] * len(loads) if isinstance(pilot, int) else list(pilot)
-    sizes = [burst_size((await _burst(load, take(n))).jobs_per_s, target_s) for load, n in zip(loads, pilots)]
+    sizes = [burst_size((await _burst(load, take(n))).jobs_per_s, target_s)
+             for load, n in zip(loads, pilots, strict=True)]
     results = [Saturation() for _ in loads]
     resized = 0
     while len(results[0].bursts) < repeats:
@@ -371,16 +373,16 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
         order = list(range(first, len(loads))) + list(range(first))
         measured = {i: await _burst(loads[i], take(sizes[i])) for i in order}
         round_ = [measured[i] for i in range(len(loads))]
-        for b, name in zip(round_, names):
+        for b, name in zip(round_, names, strict=True):
             log(f"    burst {b.jobs:,} jobs{name}: {b.jobs_per_s:,.0f} jobs/s in {b.seconds:.1f} s "
                 f"(published at {b.publish_per_s:,.0f}/s)")
         if resized < 3 and min(b.seconds for b in round_) < 0.75 * target_s:
             resized += 1
             sizes = [burst_size(b.jobs_per_s, target_s) if b.seconds < 0.75 * target_s else n
-                     for b, n in zip(round_, sizes)]
+                     for b, n in zip(round_, sizes, strict=True)]
             log(f"    (too short: discarded, bursts re-sized to {', '.join(f'{n:,}' for n in sizes)} jobs)")
             continue
-        for sat, b in zip(results, round_):
+        for sat, b in zip(results, round_, strict=True):
             sat.bursts.append(b)
     return results
 
@@ -416,6 +418,6 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     outcomes = await _outcomes(sent, timeout)
     times = [s.sent_at for s in sent]
     span = max(times) - min(times)
-    p50, p95, p99 = percentiles([(o.received_at - s.sent_at) * 1000 for s, o in zip(sent, outcomes)])
+    p50, p95, p99 = percentiles([(o.received_at - s.sent_at) * 1000 for s, o in zip(sent, outcomes, strict=True)])
     return OpenLoop(share, rate, (len(sent) - 1) / span if span > 0 else float("nan"), len(sent), p50, p95, p99,
                     max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes))

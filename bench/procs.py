@@ -22,7 +22,7 @@ __all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 _KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
-_started: list["ChildProcess | LocalBroker"] = []
+_started: list[ChildProcess | LocalBroker] = []
 
 
 class LocalBroker:
@@ -34,7 +34,7 @@ class LocalBroker:
         self._env = os.environ | {"AIAAS_KAFKA_PORT": str(port), "AIAAS_KAFKA_STATE_DIR": str(state_dir)}
         self.running = False
 
-    def start(self) -> "LocalBroker":
+    def start(self) -> LocalBroker:
         """Start it and wait until it answers (kafka.sh does the waiting)."""
         _started.append(self)
         done = subprocess.run([str(_KAFKA_SH), "start"], env=self._env, capture_output=True, text=True)
@@ -86,7 +86,7 @@ class ChildProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 120) -> "ChildProcess":
+    def start(self, timeout: float = 120) -> ChildProcess:
         """Start it and wait for the ready marker in its log."""
         _started.append(self)
         with self.log_path.open("ab") as log:

@@ -29,7 +29,8 @@ class ModelResult:
     max_batch: int
     runtime: list[RuntimeCeiling] = field(default_factory=list)
     runtime_in_rounds: Saturation | None = None
-    """The served runtime at the sweep's best batch size (at least max_batch) again, as a consumer of the rounds of bursts."""
+    """The served runtime at the sweep's best batch size (at least max_batch) again, as a consumer of the rounds of
+    bursts."""
     transport: Saturation | None = None
     naive: Saturation | None = None
     service: Saturation | None = None
@@ -73,7 +74,7 @@ class MachineInfo:
         return f"{self.cpu}, {self.cores} cores{extensions}"
 
     @classmethod
-    def collect(cls) -> "MachineInfo":
+    def collect(cls) -> MachineInfo:
         """CPU from /proc/cpuinfo, package versions from the installed distributions."""
         cpu = cpu_name()
         versions = {}
@@ -123,7 +124,7 @@ def round_ratios(numerator: Saturation | None, *denominators: Saturation | float
     if not per_round:
         return []
     return [b.jobs_per_s / min(column) if min(column) > 0 else math.nan
-            for b, column in zip(numerator.bursts, zip(*per_round))]
+            for b, column in zip(numerator.bursts, zip(*per_round, strict=True), strict=True)]
 
 
 def _measured(ratios: list[float]) -> list[float]:
@@ -159,8 +160,8 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
            if info.stolen is not None else "")
         + f"Run: `{command}` in {total_s / 60:.1f} min.",
         "",
-        "| model | runtime ceiling items/s (batch; in the rounds) | transport ceiling jobs/s | naive jobs/s | service jobs/s "
-        "| service / min(runtime, transport) | service / naive | "
+        "| model | runtime ceiling items/s (batch; in the rounds) | transport ceiling jobs/s | naive jobs/s "
+        "| service jobs/s | service / min(runtime, transport) | service / naive | "
         + " | ".join(f"p50/p95/p99 ms @ {s:.0%}" for s in shares)
         + " | p50 ms one at a time | p50 @ 25% / one at a time | tracing on/off | service via AiaasClient jobs/s |",
         "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(shares) + "---:|---:|---:|---:|",
@@ -172,6 +173,8 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
         transport = r.transport.jobs_per_s if r.transport else None
         in_rounds = r.runtime_in_rounds.jobs_per_s if r.runtime_in_rounds and r.runtime_in_rounds.bursts else None
         by_share = {p.share: p for p in r.open_loop}
+        via_client = (_rate(r.service_client.jobs_per_s) if r.service_client
+                      else "= service" if load == "client" else "–")
         lines.append(
             f"| {r.model} | {_rate(best.items_per_s) if best else '–'} ({best.batch if best else '–'})"
             + (f"; {_rate(in_rounds)} ({r.runtime_in_rounds.bursts[0].mean_batch:.0f}) in the rounds "
@@ -182,7 +185,7 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
             + f" | {r.alone.p50_ms if r.alone else float('nan'):.1f} "
             f"| {_ratio(by_share[0.25].p50_ms if 0.25 in by_share else None, r.alone.p50_ms if r.alone else None)} "
             f"| {_median_ratio(round_ratios(r.service, r.service_untraced))} "
-            f"| {_rate(r.service_client.jobs_per_s) if r.service_client else ('= service' if load == 'client' else '–')} |"
+            f"| {via_client} |"
         )
     lines += ["", *_compute_table(results)]
     lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s), ""]
@@ -218,7 +221,8 @@ def _compute_table(results: list[ModelResult]) -> list[str]:
         lines.append(f"| {r.model} | {c.batch} | {c.flops_per_item / 1e6:.3f} | {c.runtime_gflops_median:.1f} "
                      f"| {c.matmul_gflops:.0f} ({best.how}) | {c.share:.0%} "
                      f"| {'–' if c.product_share is None else f'{c.product_share:.0%}'} "
-                     f"| {'–' if c.headroom is None else f'{c.headroom:.2f}'} | {_median_ratio(round_ratios(r.runtime_in_rounds, r.naive))} "
+                     f"| {'–' if c.headroom is None else f'{c.headroom:.2f}'} "
+                     f"| {_median_ratio(round_ratios(r.runtime_in_rounds, r.naive))} "
                      f"| {'–' if most is None else f'{most:.2f}'} |")
     return lines
 
@@ -245,14 +249,15 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
              else "the benchmark's own process (it shares one event loop with the load generator)")
     generator = (
         "pre-encoded job envelopes (each with its own `traceparent`) published with a plain aiokafka producer "
-        "(acks=all, idempotent, linger 2 ms, as AiaasClient's), results read by key with a plain consumer: it publishes "
-        "far faster than any consumer here drains (see publish/s below), so the consumer under test is the limit"
+        "(acks=all, idempotent, linger 2 ms, as AiaasClient's), results read by key with a plain consumer: it "
+        "publishes far faster than any consumer here drains (see publish/s below), so the consumer under test is "
+        "the limit"
         if load == "raw" else
         "`AiaasClient` (submit, at most 64 awaiting their acknowledgement; `JobHandle.latency_ms`), tracing on in "
         "this process too; one client process may be the limit (see publish/s below)")
     return [
-        f"How each column is measured (all in this one run, on this machine, against one local Kafka {kafka_version()} broker, "
-        f"JVM options `{broker_jvm_opts()}` (infra/kafka/kafka.sh); "
+        "How each column is measured (all in this one run, on this machine, against one local Kafka "
+        f"{kafka_version()} broker, JVM options `{broker_jvm_opts()}` (infra/kafka/kafka.sh); "
         "each stage on its own topic prefix):",
         "",
         "- **runtime ceiling**: the runtime's `infer` alone on in-memory prepared batches (ONNX Runtime, as served), "
@@ -268,7 +273,8 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "- **naive**: a one-message-at-a-time FastStream subscriber (decode → prepare → infer([item]) → publish, "
         "no tracing) with the same runtime, in a child process.",
         "- **service**: `python -m aiaas.<model>` as a child process, defaults (tracing to the local span store).",
-        "- Throughputs: bursts of N jobs published at once and every result awaited; N / (last result − first publish). "
+        "- Throughputs: bursts of N jobs published at once and every result awaited; "
+        "N / (last result − first publish). "
         "Transport, naive, service with tracing on and with export off run at once, each on its own topics, and are "
         "measured in rounds of one burst each (the others idle meanwhile; each round starts with the next consumer), "
         "so every ratio compares the same minutes of the machine. "
@@ -276,13 +282,15 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         f"with a burst under 75 % of {burst_s:g} s is discarded and that burst re-sized). jobs/s: the median of a "
         "consumer's bursts. Ratios: the median over the rounds of each round's own ratio (per round below each "
         "model), not the ratio of the medians, so a slow minute counts on both sides of a ratio.",
-        f"- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate (open loop, {open_loop_s:g} s) of "
+        "- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate "
+        f"(open loop, {open_loop_s:g} s) of "
         "25/50/75 % of the service's saturated throughput.",
         f"- **one at a time**: the same at {ALONE_PER_S} jobs/s, so every job is alone in its batch: one small batch's "
         "model time plus the Kafka round trip (publish → broker → service → broker → reader), both measured, not "
         "estimated. The latency target is p50 @ 25 % ≤ 2 × this.",
         "- **tracing on/off**: service throughput with the default tracing (spans exported to the local span store) "
-        "divided by the same with `OTEL_TRACES_EXPORTER=none` (measured side by side, as above). \"Off\" is export off only: `setup_tracing` still installs the SDK TracerProvider "
+        "divided by the same with `OTEL_TRACES_EXPORTER=none` (measured side by side, as above). "
+        "\"Off\" is export off only: `setup_tracing` still installs the SDK TracerProvider "
         "(without a span processor), so spans are still created, sampled, given attributes and links, and trace "
         "context still travels in headers; they are dropped when they end instead of being queued, serialised and "
         "written.",
@@ -312,7 +320,8 @@ def _details(r: ModelResult) -> list[str]:
         served = r.served_runtime
         at_max = served.at(r.max_batch) if served else None
         if at_max:
-            lines.append(f"- ONNX Runtime at the service's max_batch ({at_max.batch}): {_rate(at_max.items_per_s)} items/s")
+            lines.append(f"- ONNX Runtime at the service's max_batch ({at_max.batch}): "
+                         f"{_rate(at_max.items_per_s)} items/s")
         lines.append("")
     instances = settings_class(r.model)().model_instances
     rows = [(f"runtime alone (batch {r.runtime_in_rounds.bursts[0].mean_batch:.0f}"
@@ -351,8 +360,10 @@ def _details(r: ModelResult) -> list[str]:
                   "| publisher max lag ms |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for p in ([r.alone] if r.alone else []) + r.open_loop:
-            lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | {_rate(p.target_per_s)} | {_rate(p.achieved_per_s)} | {p.jobs:,} "
-                         f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.mean_batch:.1f} | {p.max_lag_ms:.1f} |")
+            lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | {_rate(p.target_per_s)} "
+                         f"| {_rate(p.achieved_per_s)} | {p.jobs:,} "
+                         f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.mean_batch:.1f} "
+                         f"| {p.max_lag_ms:.1f} |")
         lines.append("")
     if r.span_share is not None:
         lines += [f"The traced service stored {r.span_share:.0%} of the spans it made (2 per job: `process` and "
@@ -378,7 +389,8 @@ def plot(results: list[ModelResult], path: Path, title: str) -> bool:
             continue
         xs = [p.share * 100 for p in r.open_loop]
         rates = "/".join(f"{p.achieved_per_s:,.0f}" for p in r.open_loop)
-        label = f"{r.model} p50 (offered {rates} jobs/s" + (f"; saturated {r.service.jobs_per_s:,.0f})" if r.service else ")")
+        label = (f"{r.model} p50 (offered {rates} jobs/s"
+                 + (f"; saturated {r.service.jobs_per_s:,.0f})" if r.service else ")"))
         line, = ax.plot(xs, [p.p50_ms for p in r.open_loop], marker="o", label=label)
         ax.fill_between(xs, [p.p50_ms for p in r.open_loop], [p.p99_ms for p in r.open_loop], color=line.get_color(),
                         alpha=0.15, label=f"{r.model} p50–p99")

@@ -184,7 +184,8 @@ class Bench:
             await on.start()
             try:
                 result.alone = await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S, share=0)
-                log(f"    one at a time ({ALONE_PER_S}/s): p50 {result.alone.p50_ms:.1f} p95 {result.alone.p95_ms:.1f} ms")
+                log(f"    one at a time ({ALONE_PER_S}/s): p50 {result.alone.p50_ms:.1f} "
+                    f"p95 {result.alone.p95_ms:.1f} ms")
                 for share in SHARES:
                     rate = share * result.service.jobs_per_s
                     point = await open_loop(on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share)
@@ -225,8 +226,9 @@ class Bench:
         await stage("runtime ceiling", ceilings)
         if warm_up:
             await stage("broker warm-up (not reported)", lambda: self.warm_up(pool, model))
-        await stage(f"transport ceiling ({self.args.transport}), naive consumer, service with tracing on and export off: "
-                    "side by side, alternating bursts; then open loop", lambda: self.side_by_side(model, pool, result))
+        await stage(f"transport ceiling ({self.args.transport}), naive consumer, service with tracing on and "
+                    "export off: side by side, alternating bursts; then open loop",
+                    lambda: self.side_by_side(model, pool, result))
         result.seconds = time.perf_counter() - started
         return result
 
@@ -287,8 +289,9 @@ def _client_bound_notes(results: list[ModelResult]) -> list[str]:
         for name, sat in (("transport", r.transport), ("naive", r.naive), ("service", r.service),
                           ("service via AiaasClient", r.service_client)):
             if sat and sat.bursts and sat.publish_per_s < 1.15 * sat.jobs_per_s:
-                notes.append(f"{r.model} {name}: the load generator published at {sat.publish_per_s:,.0f}/s, within 15 % "
-                             f"of the {sat.jobs_per_s:,.0f} jobs/s measured: the publishing side may be the limit.")
+                notes.append(f"{r.model} {name}: the load generator published at {sat.publish_per_s:,.0f}/s, "
+                             f"within 15 % of the {sat.jobs_per_s:,.0f} jobs/s measured: the publishing side may be "
+                             "the limit.")
     return notes
 
 
@@ -297,13 +300,15 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: vision,text,recsys")
     parser.add_argument("--quick", action="store_true", help="smoke run: small bursts, few batch sizes")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the report goes")
-    parser.add_argument("--registry", type=Path, help="use this registry (or AIAAS_HOME) instead of building the models")
+    parser.add_argument("--registry", type=Path,
+                        help="use this registry (or AIAAS_HOME) instead of building the models")
     parser.add_argument("--port", type=int, default=29592, help="port of the benchmark's own broker")
     parser.add_argument("--transport", choices=("subprocess", "inprocess"), default="subprocess",
                         help="where the no-op service of the transport ceiling runs")
     parser.add_argument("--load", choices=("raw", "client"), default="raw",
-                        help="load generator of every stage: pre-encoded jobs on a plain aiokafka producer (raw, default; "
-                             "the service is also measured once through AiaasClient) or AiaasClient for everything")
+                        help="load generator of every stage: pre-encoded jobs on a plain aiokafka producer (raw, "
+                             "default; the service is also measured once through AiaasClient) or AiaasClient for "
+                             "everything")
     parser.add_argument("--machine", help="machine name in the file name (default: CPU model and core count)")
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -341,9 +346,9 @@ def main() -> None:
 
     notes = bench.notes + _client_bound_notes(results)
     if info.other_work and info.other_work[0] > 0.1 * info.cores:
-        notes.insert(0, f"**The machine was busy**: other processes (not this run's) used {info.other_work[0]:.2f} of its "
-                        f"{info.cores} cores on average during the run (up to {info.other_work[1]:.2f}); the figures are "
-                        "lower and noisier than on an idle machine.")
+        notes.insert(0, "**The machine was busy**: other processes (not this run's) used "
+                        f"{info.other_work[0]:.2f} of its {info.cores} cores on average during the run "
+                        f"(up to {info.other_work[1]:.2f}); the figures are lower and noisier than on an idle machine.")
     overrides = {k: v for k, v in os.environ.items() if k.startswith("AIAAS_")}
     if overrides:
         notes.append("Settings from the environment: " + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())))
@@ -358,7 +363,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(report)
     png = args.out / f"{stem}.png"
-    if plot(results, png, f"aiaas latency vs offered load — {info.cpu}, {info.cores} cores, {time.strftime('%Y-%m-%d')}"):
+    if plot(results, png,
+            f"aiaas latency vs offered load — {info.cpu}, {info.cores} cores, {time.strftime('%Y-%m-%d')}"):
         report += f"\n![latency vs offered load]({png.name})\n"
         (args.out / f"{stem}.md").write_text(report)
     else:

@@ -233,7 +233,8 @@ class Bob:
 
     def latencies_ms(self, since: float, until: float) -> list[float]:
         """Latency of each of bob's jobs sent in [since, until) (wall clock) that has a result."""
-        return [(self.received[j] - t) * 1000 for j, t in self.sent.items() if since <= t < until and j in self.received]
+        return [(self.received[j] - t) * 1000 for j, t in self.sent.items()
+                if since <= t < until and j in self.received]
 
     def parts_ms(self, since: float, until: float) -> tuple[list[float], list[float]]:
         """For bob's jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
@@ -297,7 +298,8 @@ class Bench:
         from bench.procs import ChildProcess, OtherWork, child_env
 
         args, result = self.args, RunResult()
-        kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap, topic_prefix=f"tf{number}-{uuid.uuid4().hex[:6]}")
+        kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap,
+                              topic_prefix=f"tf{number}-{uuid.uuid4().hex[:6]}")
         topics = ModelTopics.of("vision", kafka.topic_prefix)
         await ensure_topics(kafka, service_topics("vision", kafka) + [
             name for tenant in TENANTS for name in (topics.tenant_infer(tenant), topics.tenant_results(tenant))])
@@ -355,8 +357,8 @@ class Bench:
 def _row(number: int | str, r: RunResult) -> str:
     p = percentile
     return (f"| {number} | {r.capacity:,.0f} | {r.alice_jobs:,} | {r.flood_rate:,.0f} | {r.flood_s:.1f} s "
-            f"| {r.alice_jobs / r.flood_s:,.0f} | {len(r.solo)} | {p(r.solo, 50):.1f} | {p(r.solo, 99):.1f} | {len(r.during)} "
-            f"| {p(r.during, 50):.1f} | {p(r.during, 99):.1f} | **{r.ratio:.2f}x** | {r.missing} "
+            f"| {r.alice_jobs / r.flood_s:,.0f} | {len(r.solo)} | {p(r.solo, 50):.1f} | {p(r.solo, 99):.1f} "
+            f"| {len(r.during)} | {p(r.during, 50):.1f} | {p(r.during, 99):.1f} | **{r.ratio:.2f}x** | {r.missing} "
             f"| {'–' if r.other_cores is None else f'{r.other_cores:.2f}'} |")
 
 

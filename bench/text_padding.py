@@ -68,7 +68,7 @@ def overhead_sweep(runtime: TextRuntime, rounds: int, repeats: int) -> list[str]
             for v in values:
                 ms[v].append(time_calls(runtime, rows, groups[v], repeats))
         for v in values:
-            speed = statistics.median(base / mine for base, mine in zip(ms[256], ms[v]))
+            speed = statistics.median(base / mine for base, mine in zip(ms[256], ms[v], strict=True))
             lines.append(f"| {n} | {v}{' (measured)' if v == measured else ''} | {len(groups[v])} "
                          f"| {padding_waste(lengths, groups[v]):.0%} | {n / statistics.median(ms[v]) * 1000:,.0f} "
                          f"| {speed:.2f}x |")
@@ -92,7 +92,8 @@ def main() -> None:
         f"text batching: padding waste and encoder time ({time.strftime('%Y-%m-%d')}, "
         f"{platform.processor() or platform.machine()}, ONNX Runtime CPU, max_seq_len 128)",
         "",
-        "| texts | long share | padding (one call) | padding (length groups) | calls | ms (one call) | ms (groups) | speed-up |",
+        "| texts | long share | padding (one call) | padding (length groups) | calls | ms (one call) | ms (groups) "
+        "| speed-up |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, long_share in [(32, 0.1), (64, 0.1), (64, 0.3), (256, 0.1), (256, 0.3)]:
@@ -100,8 +101,10 @@ def main() -> None:
         lengths = [len(r) for r in rows]
         one, grouped = [list(range(n))], length_groups(lengths, runtime.limits.max_batch_tokens,
                                                               runtime.limits.call_overhead_tokens)
-        one_ms, grouped_ms = time_calls(runtime, rows, one, args.repeats), time_calls(runtime, rows, grouped, args.repeats)
-        lines.append(f"| {n} | {long_share:.0%} | {padding_waste(lengths, one):.0%} | {padding_waste(lengths, grouped):.0%} "
+        one_ms, grouped_ms = (time_calls(runtime, rows, one, args.repeats),
+                              time_calls(runtime, rows, grouped, args.repeats))
+        lines.append(f"| {n} | {long_share:.0%} | {padding_waste(lengths, one):.0%} "
+                     f"| {padding_waste(lengths, grouped):.0%} "
                      f"| {len(grouped)} | {one_ms:.0f} | {grouped_ms:.0f} | {one_ms / grouped_ms:.1f}x |")
     lines += ["", *overhead_sweep(runtime, args.rounds, args.repeats)]
     table = "\n".join(lines)

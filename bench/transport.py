@@ -7,9 +7,9 @@ batch, tracing spans, publish the result with acks=all, commit) → broker → c
 Run as a child process (`python bench/transport.py --model vision`, the default in run.py:
 client and service in separate processes, as with the real service) or in the benchmark's
 own process (`run_inprocess`, `--transport inprocess`). Either way it is
-`ModelService(NoopRuntime(model, <the providers the model would use>), KafkaSettings(), <Model>Settings()).run()` in an asyncio task,
-stopped with `.stop()`, with the tracing that `aiaas.tracing.setup_tracing` installs; the child process
-also settles its heap as a service process does (`aiaas.heap`).
+`ModelService(NoopRuntime(model, <the providers the model would use>), KafkaSettings(), <Model>Settings()).run()`
+in an asyncio task, stopped with `.stop()`, with the tracing that `aiaas.tracing.setup_tracing` installs; the child
+process also settles its heap as a service process does (`aiaas.heap`).
 """
 
 from __future__ import annotations

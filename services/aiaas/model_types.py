@@ -50,7 +50,8 @@ class ModelType:
         return self.package or f"aiaas.{self.name}"
 
     def module(self, part: str) -> Any:
-        """One of the type's modules (`cli`, `trainer`, `training`, `settings`, `workload`, `__main__`), imported now."""
+        """One of the type's modules (`cli`, `trainer`, `training`, `settings`, `workload`, `__main__`), imported
+        now."""
         return importlib.import_module(f"{self.home}.{part}")
 
     def serve(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,7 +67,7 @@ class KafkaSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _security_is_complete(self) -> "KafkaSettings":
+    def _security_is_complete(self) -> KafkaSettings:
         """Refuse half-made security settings at start instead of failing later in a handshake."""
         sasl = self.security_protocol.startswith("SASL")
         if sasl and (not self.sasl_username or self.sasl_password is None):
@@ -101,7 +101,7 @@ class KafkaSettings(BaseSettings):
             kwargs["ssl_context"] = self.ssl_context()
         return kwargs
 
-    def ssl_context(self) -> "ssl.SSLContext":
+    def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for SSL/SASL_SSL: verifies the brokers (ssl_cafile or the system CAs), with the
         client certificate when one is configured."""
         from aiokafka.helpers import create_ssl_context
@@ -118,7 +118,7 @@ class KafkaSettings(BaseSettings):
 
         if self.security_protocol == "PLAINTEXT":
             return None
-        ssl_context = self.connection_kwargs().get("ssl_context")
+        ssl_context = cast("ssl.SSLContext | None", self.connection_kwargs().get("ssl_context"))
         use_ssl = self.security_protocol.endswith("SSL")
         if self.security_protocol == "SSL":
             return fs.BaseSecurity(ssl_context=ssl_context, use_ssl=True)
@@ -269,12 +269,14 @@ class WorkerSettings(BaseSettings):
         description="Where the model's batch calls run: `thread` (a model thread per instance: fetching and "
         "publishing go on during a call), `event-loop` (no hand-over to a thread and back: for short calls on a "
         "busy CPU that costs less than it wins; several instances then run one after another), or `auto` (on the event "
-        "loop when one instance computes on the CPU, else on threads). Each service's default is measured (bench/ab.py).",
+        "loop when one instance computes on the CPU, else on threads). Each service's default is measured "
+        "(bench/ab.py).",
     )
     gc_young_threshold: int = Field(
         20_000, ge=0,
         description="Net container allocations between two young-generation garbage collections (Python's default: "
-        "700; 0 keeps it). The objects alive once the model is loaded are frozen out of collection (`serving/heap.py`).",
+        "700; 0 keeps it). The objects alive once the model is loaded are frozen out of collection "
+        "(`serving/heap.py`).",
     )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",
@@ -325,7 +327,7 @@ class WorkerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _heartbeat_within_session(self) -> "WorkerSettings":
+    def _heartbeat_within_session(self) -> WorkerSettings:
         """Refuse a heartbeat interval that would let the session expire between two heartbeats."""
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError(f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below session_timeout_ms "

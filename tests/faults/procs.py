@@ -19,7 +19,7 @@ __all__ = ["REPO", "Broker", "Child", "cleanup", "base_env"]
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
-_live: list["Broker | Child"] = []
+_live: list[Broker | Child] = []
 
 
 def base_env(bootstrap: str, prefix: str, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -142,7 +142,7 @@ class Child:
                 await asyncio.sleep(0.05)
             if self.proc.poll() is None:
                 self.proc.kill()
-                self.exits.append(("SIGTERM, then kill -9 after %.0f s" % timeout, self.proc.wait()))
+                self.exits.append((f"SIGTERM, then kill -9 after {timeout:.0f} s", self.proc.wait()))
             else:
                 self.exits.append(("SIGTERM", self.proc.returncode))
         finally:

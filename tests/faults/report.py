@@ -130,7 +130,8 @@ def _latency(row: Row) -> list[str]:
     phases = {phase: (len(ms), percentile(ms, 50), percentile(ms, 99)) for phase, ms in row.latency.items()}
     if not phases:
         return []
-    text = "; ".join(f"{phase}: {n} jobs, p50 {p50:.1f} ms, p99 {p99:.1f} ms" for phase, (n, p50, p99) in phases.items())
+    text = "; ".join(f"{phase}: {n} jobs, p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                     for phase, (n, p50, p99) in phases.items())
     solo, flood = phases.get("alone"), phases.get("during the flood")
     ratio = f" → p99 during the flood / alone = **{flood[2] / solo[2]:.2f}x**" if solo and flood and solo[2] else ""
     return [f"bob's latency (publish → result seen) {text}{ratio}"]
@@ -194,7 +195,8 @@ def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int
              load: tuple[float, float, float] | None = None) -> str:
     """The whole report: command, machine, N, the table, the column definitions, the details."""
     broken = verdict(rows)
-    busy = "" if load is None else (f" Load average (1/5/15 min) when it ended: {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} "
+    busy = "" if load is None else (" Load average (1/5/15 min) when it ended: "
+                                    f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} "
                                     "(other work on the machine slows the runs down: wall times vary with it).")
     return "\n".join([
         f"# aiaas fault suite — {started}",

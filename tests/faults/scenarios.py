@@ -67,7 +67,7 @@ class Options:
 class Row:
     """One scenario in one mode: the checker's counts and what happened."""
 
-    scenario: "Scenario"
+    scenario: Scenario
     mode: str
     check: Check | None = None
     wall_s: float = 0.0
@@ -91,7 +91,7 @@ class Row:
 class Run:
     """One scenario in one mode: its topics, processes, monitor and notes."""
 
-    def __init__(self, scenario: "Scenario", mode: str, opts: Options, broker: Broker) -> None:
+    def __init__(self, scenario: Scenario, mode: str, opts: Options, broker: Broker) -> None:
         self.scenario, self.mode, self.opts, self.broker = scenario, mode, opts, broker
         self.prefix = f"f{scenario.number}{mode[0]}{uuid.uuid4().hex[:8]}"
         self.kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=self.prefix)
@@ -125,7 +125,8 @@ class Run:
 
     def topics_needed(self) -> list[str]:
         """Every topic this run's processes use (the broker creates none by itself)."""
-        extra = [self.topics.tenant_results(t) for t in self.tenants] + [self.topics.tenant_infer(t) for t in self.tenants]
+        extra = ([self.topics.tenant_results(t) for t in self.tenants]
+                 + [self.topics.tenant_infer(t) for t in self.tenants])
         return service_topics("vision", self.kafka) + extra + [t.format(prefix=self.prefix)
                                                                for t in self.scenario.extra_topics]
 

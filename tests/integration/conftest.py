@@ -25,7 +25,7 @@ class ServiceProcess:
         self.module = module or f"aiaas.{model}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "ServiceProcess":
+    def start(self, timeout: float = 60) -> ServiceProcess:
         marker = self.log_text().count(" ready: ")  # "<model> service ready: …" / "<model> trainer ready: …"
         log = self.log_path.open("a")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=self.env, stdout=log,

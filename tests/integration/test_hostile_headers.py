@@ -47,8 +47,9 @@ def hostile_records(topics: ModelTopics, prefix: str) -> list[tuple[str, str, by
         ("reply-to-missing", topics.infer, b"reply-to-missing",
          job("reply-to-missing", reply_to=f"{topics.results}.nobody"), []),
         ("retry-far-future", topics.retry, b"retry-far-future", good_vision_job("retry-far-future"),
-         [("aiaas.attempt", b"2"), ("aiaas.retry.not_before", far_future), ("aiaas.origin.topic", topics.infer.encode()),
-          ("aiaas.origin.partition", b"0"), ("aiaas.origin.offset", b"0")]),
+         [("aiaas.attempt", b"2"), ("aiaas.retry.not_before", far_future),
+          ("aiaas.origin.topic", topics.infer.encode()), ("aiaas.origin.partition", b"0"),
+          ("aiaas.origin.offset", b"0")]),
         ("retry-nan", topics.retry, b"retry-nan", good_vision_job("retry-nan"),
          [("aiaas.attempt", None), ("aiaas.retry.not_before", b"nan")]),
         ("control-key", topics.infer, b"control\x00key", b"\xc1 not a job", []),
@@ -104,7 +105,8 @@ async def test_named_hostile_records_never_stop_the_service_and_the_next_job_is_
         await _wait_for(seen, "warm-up", 60)
         for name, topic, key, value, headers in [*cases, ("unparseable", topics.infer, None, b"", None)]:
             if headers is None:
-                await publish_unparseable(kafka_settings, topic, key="unparseable", value=good_vision_job("unparseable"))
+                await publish_unparseable(kafka_settings, topic, key="unparseable",
+                                          value=good_vision_job("unparseable"))
             else:
                 await producer.send_and_wait(topic, value, key=key, headers=headers, partition=0)
             sent = time.monotonic()
@@ -166,7 +168,8 @@ async def test_the_registry_follower_passes_over_any_record_on_the_models_topic(
                 await publish_unparseable(kafka_settings, topic, key="vision", value=b"\xc1", partition=partition)
         finally:
             await producer.stop()
-        await announce(kafka_settings, ModelEvent(model="vision", action="promoted", version=7, aliases={"production": 7}))
+        await announce(kafka_settings,
+                       ModelEvent(model="vision", action="promoted", version=7, aliases={"production": 7}))
         events = watcher.events()
         event, _ = await asyncio.wait_for(anext(events), 60)
         assert (event.action, event.version) == ("promoted", 7)

@@ -62,7 +62,8 @@ async def test_resident_memory_stays_flat_while_large_text_results_stream_throug
     try:
         for round_ in range(ROUNDS):
             ids = [f"r{round_}-{i}-{uuid.uuid4().hex[:8]}" for i in range(JOBS_PER_ROUND)]
-            jobs = [Job(job_id=i, model="text", inputs={"text": (i + " ") * (INPUT_CHARS // (len(i) + 1))}) for i in ids]
+            jobs = [Job(job_id=i, model="text", inputs={"text": (i + " ") * (INPUT_CHARS // (len(i) + 1))})
+                    for i in ids]
             await asyncio.gather(*[await producer.send(f"{topic_prefix}.text.infer", encode(job),
                                                        key=job.job_id.encode()) for job in jobs])
             deadline = time.monotonic() + 120

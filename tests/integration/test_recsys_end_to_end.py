@@ -51,7 +51,7 @@ async def test_results_through_kafka_equal_the_runtime_in_process(kafka_settings
 
     local = RecsysRuntime.from_registry(recsys_registry, "production", providers="cpu")
     expected = local.infer([local.prepare(Job(job_id="x", model="recsys", task=t, inputs=i)) for t, i in requests])
-    for result, want, (task, inputs) in zip(results, expected, requests):
+    for result, want, (task, inputs) in zip(results, expected, requests, strict=True):
         assert result.outputs["strategy"] == want["strategy"], (task, inputs)
         assert result.outputs["items"].to_numpy().tolist() == want["items"].to_numpy().tolist(), (task, inputs)
         np.testing.assert_allclose(result.outputs["scores"].to_numpy(), want["scores"].to_numpy(), rtol=1e-5)

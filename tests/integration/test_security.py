@@ -128,7 +128,7 @@ async def _round_trip(settings: KafkaSettings, n: int = 4) -> None:
         handles = [await client.submit("vision", {"image": image}) for image, _ in samples]
         results = [await handle.result(timeout=30) for handle in handles]
     assert [r.status for r in results] == ["ok"] * n
-    assert sum(r.outputs["label"] == label for r, (_, label) in zip(results, samples)) >= n - 1
+    assert sum(r.outputs["label"] == label for r, (_, label) in zip(results, samples, strict=True)) >= n - 1
 
 
 async def test_service_and_client_authenticate_with_scram(secure_broker, scram_vision_service):

@@ -71,7 +71,7 @@ def digits() -> dict[int, Tensor]:
     """One held-out image of each digit."""
     split = load_split()
     images: dict[int, Tensor] = {}
-    for x, y in zip(split.test_x, split.test_y):
+    for x, y in zip(split.test_x, split.test_y, strict=True):
         images.setdefault(int(y), Tensor.from_numpy(x[0]))
     return images
 

@@ -30,7 +30,8 @@ def text_service(service_env, text_registry, tmp_path):
     service.stop()
 
 
-async def test_every_task_answers_through_kafka_as_the_model_does_in_process(kafka_settings, text_service, text_registry):
+async def test_every_task_answers_through_kafka_as_the_model_does_in_process(kafka_settings, text_service,
+                                                                             text_registry):
     _, held_out = labelled_split()
     sample = held_out[:40]
     async with AiaasClient(kafka_settings) as client:
@@ -46,7 +47,7 @@ async def test_every_task_answers_through_kafka_as_the_model_does_in_process(kaf
                                                  inputs={"texts": ["a cup of tea", "stock prices fell"]}))])
     np.testing.assert_allclose(embedded.outputs["embeddings"].to_numpy(), expected["embeddings"].to_numpy(), atol=1e-5)
     assert scored.outputs["scores"].to_numpy()[0] > 0.6
-    accuracy = np.mean([r.outputs["labels"] == [topic] for r, (_, topic) in zip(classified, sample)])
+    accuracy = np.mean([r.outputs["labels"] == [topic] for r, (_, topic) in zip(classified, sample, strict=True)])
     assert accuracy >= 0.85
     assert {r.model_version for r in classified} == {str(text_registry.resolve("text", "production").version)}
 
@@ -69,7 +70,7 @@ async def test_the_int8_graph_serves_when_the_service_is_told_to(kafka_settings,
         local = TextRuntime.from_registry(text_registry, precision=precision)
         (expected,) = local.infer([local.prepare(Job(job_id="x", model="text", task="embed", inputs={"texts": texts}))])
         assert np.allclose(served, expected["embeddings"].to_numpy(), atol=1e-5) == expect_match, precision
-    accuracy = np.mean([r.outputs["labels"] == [topic] for r, (_, topic) in zip(classified, sample)])
+    accuracy = np.mean([r.outputs["labels"] == [topic] for r, (_, topic) in zip(classified, sample, strict=True)])
     assert accuracy >= 0.85
 
 
@@ -81,7 +82,8 @@ def test_a_service_asked_for_int8_on_pytorch_stops_and_says_why(service_env, tex
     assert "Traceback" not in ended.stderr
 
 
-async def test_one_trace_runs_from_the_client_through_the_text_service(kafka_settings, text_service, text_registry, spans):
+async def test_one_trace_runs_from_the_client_through_the_text_service(kafka_settings, text_service, text_registry,
+                                                                       spans):
     async with AiaasClient(kafka_settings) as client:
         handle = await client.submit("text", {"texts": ["trace me"]}, task="embed")
         await handle.result(timeout=60)
@@ -116,5 +118,6 @@ async def test_bad_text_jobs_go_to_the_dlq_and_the_stream_goes_on(kafka_settings
     assert {r.key for r in dead} == {b"garbage", b"no-task", b"too-long"}
     results = {decode_result(r.value, 1 << 20).job_id: decode_result(r.value, 1 << 20)
                for r in await read_topic(kafka_settings, f"{topic_prefix}.text.results", expected=4)}
-    assert results["no-task"].error.type == "InvalidJob" and "embed, similarity, classify" in results["no-task"].error.message
+    assert results["no-task"].error.type == "InvalidJob"
+    assert "embed, similarity, classify" in results["no-task"].error.message
     assert "at most 2000" in results["too-long"].error.message

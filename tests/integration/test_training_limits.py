@@ -116,7 +116,7 @@ async def test_data_outside_the_roots_is_refused_without_saying_whether_it_exist
     assert [o.status for o in outcomes] == ["failed"] * 4 + ["succeeded"]
     messages = [o.error.message for o in outcomes[:4]]
     assert all("is not a file under the trainer's data roots" in m and o.error.type == "InvalidJob"
-               for m, o in zip(messages, outcomes))
+               for m, o in zip(messages, outcomes, strict=False))
     assert messages[0].replace("outside.jsonl", "X") == messages[1].replace("missing.jsonl", "X")  # exists or not
     dead = await read_topic(kafka_settings, f"{topic_prefix}.dlq", expected=4)
     assert dead_letter_types(dead) == ["InvalidJob"] * 4

@@ -46,7 +46,7 @@ async def test_jobs_get_results_across_processes_with_held_out_accuracy(kafka_se
         results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
     assert [r.job_id for r in results] == [h.job_id for h in handles]
     assert all(r.status == "ok" and r.model_version == "1" for r in results)
-    accuracy = np.mean([r.outputs["label"] == label for r, (_, label) in zip(results, samples)])
+    accuracy = np.mean([r.outputs["label"] == label for r, (_, label) in zip(results, samples, strict=True)])
     assert accuracy >= 0.95
     assert max(r.timings.batch_size for r in results) > 1  # a burst is batched
 
@@ -86,7 +86,7 @@ async def test_malformed_message_goes_to_dlq_and_the_next_job_is_served(kafka_se
     await producer.start()
     try:
         bad = await producer.send_and_wait(infer, b"\xc1 definitely not msgpack", key=b"bad-job")
-        bomb = await producer.send_and_wait(infer, b"\xdf\xff\xff\xff\xff", key=b"bomb-job")
+        await producer.send_and_wait(infer, b"\xdf\xff\xff\xff\xff", key=b"bomb-job")
         wrong = Job(job_id="nan-job", model="vision",
                     inputs={"image": Tensor.from_numpy(np.full((8, 8), np.nan, np.float32))})
         await producer.send_and_wait(infer, encode(wrong), key=b"nan-job")
@@ -155,8 +155,8 @@ async def test_result_stream_drops_duplicate_job_ids(kafka_settings, topic_prefi
     assert sorted(seen) == ["a", "b", "c"]
 
 
-async def test_a_full_in_flight_window_pauses_the_partitions_and_loses_nothing(kafka_settings, service_env, vision_registry, tmp_path,
-                                                                              topic_prefix):
+async def test_a_full_in_flight_window_pauses_the_partitions_and_loses_nothing(kafka_settings, service_env,
+                                                                              vision_registry, tmp_path, topic_prefix):
     from tests.integration.conftest import ServiceProcess
 
     env = service_env | {"AIAAS_VISION_MAX_BATCH": "4", "AIAAS_VISION_MAX_IN_FLIGHT": "8"}

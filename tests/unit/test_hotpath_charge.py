@@ -6,7 +6,8 @@ _SERVICE_ROOT = ["<module> (/x/aiaas/vision/__main__.py:27)", "main (/x/aiaas/vi
                  "run_service (/x/aiaas/serving/service.py:184)", "run (/py/lib/python3.11/asyncio/runners.py:190)",
                  "_run_once (/py/lib/python3.11/asyncio/base_events.py:1922)"]
 _NOOP_ROOT = ["<module> (/x/bench/transport.py:97)", "main (/x/bench/transport.py:90)",
-              "run (/py/lib/python3.11/asyncio/runners.py:190)", "_run_once (/py/lib/python3.11/asyncio/base_events.py:1922)"]
+              "run (/py/lib/python3.11/asyncio/runners.py:190)",
+              "_run_once (/py/lib/python3.11/asyncio/base_events.py:1922)"]
 
 
 def test_the_event_loops_own_samples_are_its_own_under_either_entry_point() -> None:
@@ -15,7 +16,8 @@ def test_the_event_loops_own_samples_are_its_own_under_either_entry_point() -> N
 
 
 def test_work_under_the_loop_is_charged_to_its_stage() -> None:
-    work = ["_run (/py/lib/python3.11/asyncio/events.py:80)", "JobPipeline._model_loop (/x/aiaas/serving/pipeline.py:269)"]
+    work = ["_run (/py/lib/python3.11/asyncio/events.py:80)",
+            "JobPipeline._model_loop (/x/aiaas/serving/pipeline.py:269)"]
     assert charge(_SERVICE_ROOT + work) == charge(_NOOP_ROOT + work) == "pipeline"
     decode = work + ["decode (/x/aiaas/contract/codec.py:60)"]
     assert charge(_SERVICE_ROOT + decode) == "decode"

@@ -51,10 +51,11 @@ def _sdk_hop(tracer: trace.Tracer) -> None:
 
 
 def _shape(span) -> dict:
-    return {"name": span.name, "kind": span.kind, "trace_id": span.context.trace_id, "sampled": span.context.trace_flags.sampled,
-            "parent_is_remote": span.parent.is_remote, "attributes": dict(span.attributes),
-            "status": (span.status.status_code, span.status.description), "resource": span.resource,
-            "scope": span.instrumentation_scope.name, "events": list(span.events), "links": list(span.links)}
+    return {"name": span.name, "kind": span.kind, "trace_id": span.context.trace_id,
+            "sampled": span.context.trace_flags.sampled, "parent_is_remote": span.parent.is_remote,
+            "attributes": dict(span.attributes), "status": (span.status.status_code, span.status.description),
+            "resource": span.resource, "scope": span.instrumentation_scope.name, "events": list(span.events),
+            "links": list(span.links)}
 
 
 def test_job_spans_export_what_the_sdk_exports_for_the_same_hop():

@@ -58,13 +58,14 @@ def test_the_data_follows_the_documented_process(split):
     config, everything = RatingsConfig(), generate_ratings()
     activity = np.bincount(everything.users, minlength=config.n_users)
     assert activity.min() >= config.min_activity and activity.max() <= config.max_activity
-    assert len(set(zip(everything.users.tolist(), everything.items.tolist()))) == len(everything)  # no repeats
+    pairs = set(zip(everything.users.tolist(), everything.items.tolist(), strict=True))
+    assert len(pairs) == len(everything)  # no repeats
     assert set(np.unique(everything.ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     popularity = np.sort(np.bincount(everything.items, minlength=config.n_items))[::-1]
     assert popularity[: config.n_items // 10].sum() > 0.25 * popularity.sum()  # popularity skew
     assert np.all(np.bincount(split.test.users, minlength=config.n_users) == config.held_out_per_user)
-    train_pairs = set(zip(split.train.users.tolist(), split.train.items.tolist()))
-    assert not train_pairs & set(zip(split.test.users.tolist(), split.test.items.tolist()))
+    train_pairs = set(zip(split.train.users.tolist(), split.train.items.tolist(), strict=True))
+    assert not train_pairs & set(zip(split.test.users.tolist(), split.test.items.tolist(), strict=True))
 
 
 def test_training_is_deterministic_on_cpu(split):
@@ -88,11 +89,11 @@ def test_served_model_finds_held_out_items_half_again_as_often_as_popularity(run
     held_out = split.held_out()
     users = sorted(held_out)
     outputs = runtime.infer([runtime.prepare(job("recommend", user_id=u, k=10)) for u in users])
-    model = np.mean([bool(set(items_of(out)) & held_out[u]) for u, out in zip(users, outputs)])
+    model = np.mean([bool(set(items_of(out)) & held_out[u]) for u, out in zip(users, outputs, strict=True)])
 
     counts = np.bincount(split.train.items, minlength=split.n_items).astype(float)
     seen: dict[int, list[int]] = {}
-    for user, item in zip(split.train.users.tolist(), split.train.items.tolist()):
+    for user, item in zip(split.train.users.tolist(), split.train.items.tolist(), strict=True):
         seen.setdefault(user, []).append(item)
     baseline = []
     for user in users:
@@ -199,7 +200,7 @@ def test_cuda_gives_the_cpu_answers_when_a_gpu_is_there(recsys_registry, runtime
     assert cuda.providers[0] == "CUDAExecutionProvider"
     jobs = [job("recommend", user_id=u) for u in range(20)] + [job("similar_items", item_id=i) for i in range(5)]
     on_cpu_all = runtime.infer([runtime.prepare(j) for j in jobs])
-    for on_gpu, on_cpu in zip(cuda.infer([cuda.prepare(j) for j in jobs]), on_cpu_all):
+    for on_gpu, on_cpu in zip(cuda.infer([cuda.prepare(j) for j in jobs]), on_cpu_all, strict=True):
         assert items_of(on_gpu) == items_of(on_cpu)
         np.testing.assert_allclose(on_gpu["scores"].to_numpy(), on_cpu["scores"].to_numpy(), atol=1e-4)
 
@@ -271,7 +272,7 @@ def test_the_top_k_graph_answers_as_a_graph_that_ranks_every_item(split, tmp_pat
     feeds = {"user_id": np.array([1, 2]), "exclude": np.zeros((2, tables.n_items), bool),
              "item_id": np.array([5])}
     for ranked, everything in zip(session.run(None, feeds), ort.InferenceSession(
-            str(tmp_path / "every_item.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)):
+            str(tmp_path / "every_item.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds), strict=True):
         np.testing.assert_array_equal(ranked, everything)
     partial, full = (RecsysRuntime((tmp_path / name).read_bytes(), tables, "1", providers="cpu")
                      for name in ("top_k.onnx", "every_item.onnx"))

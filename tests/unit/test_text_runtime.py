@@ -63,7 +63,7 @@ def test_similarity_ranks_a_paraphrase_above_an_unrelated_sentence(runtime):
 def test_classify_reaches_85_percent_on_the_held_out_sentences(runtime, text_registry):
     _, held_out = labelled_split()
     outs = run(runtime, *[job("classify", texts=[text]) for text, _ in held_out])
-    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out)])
+    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out, strict=True)])
     assert accuracy >= 0.85
     assert text_registry.resolve("text", "production").metrics["accuracy"] == pytest.approx(accuracy)
     assert outs[0]["scores"].to_numpy().shape == (1, len(outs[0]["label_names"]))
@@ -126,7 +126,7 @@ def test_int8_graph_stays_close_to_fp32_and_classifies_as_well(runtime, text_reg
     assert cosine.min() >= 0.93 and cosine.mean() >= 0.98 and np.abs(int8_vectors - fp32_vectors).max() > 1e-4
     _, held_out = labelled_split()
     outs = run(int8, *[job("classify", texts=[text]) for text, _ in held_out])
-    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out)])
+    accuracy = np.mean([out["labels"] == [topic] for out, (_, topic) in zip(outs, held_out, strict=True)])
     metrics = text_registry.resolve("text", "production").metrics
     assert accuracy >= 0.85 and metrics["int8_accuracy"] == pytest.approx(accuracy)
     assert 0.95 <= metrics["int8_cosine_min"] < 1
@@ -224,7 +224,8 @@ class CountingEncoder(TimedEncoder):
 def test_the_call_overhead_is_measured_on_a_cpu_encoder_only_when_not_set(runtime, providers, set_by_hand, calls,
                                                                            overhead):
     encoder = CountingEncoder(providers)
-    made = TextRuntime(encoder, runtime.tokenizer, runtime.head, "1", limits=TextLimits(call_overhead_tokens=set_by_hand))
+    made = TextRuntime(encoder, runtime.tokenizer, runtime.head, "1",
+                       limits=TextLimits(call_overhead_tokens=set_by_hand))
     assert encoder.calls == calls
     if overhead is not None:
         assert made.limits.call_overhead_tokens == overhead

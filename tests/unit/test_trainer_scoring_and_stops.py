@@ -54,7 +54,8 @@ def test_a_version_scored_on_job_data_is_never_made_production_by_the_policy(tmp
     empty = Registry(tmp_path / "registry")  # no production yet: `auto` would promote anything else
     policy = PromotionPolicy(metric="accuracy", mode=mode)
     assert policy.aliases_for(empty, "vision", {"accuracy": 1.0}, scored_on_job_data=True) == ("staging",)
-    assert policy.aliases_for(empty, "vision", {"accuracy": 1.0}) == (("staging",) if mode == "never" else ("production",))
+    assert policy.aliases_for(empty, "vision", {"accuracy": 1.0}) == (
+        ("staging",) if mode == "never" else ("production",))
 
 
 def test_a_candidate_counts_as_scored_on_job_data_unless_its_trainer_says_otherwise(tmp_path):
@@ -79,7 +80,8 @@ def train_vision(registry: Registry, workdir, stop: StopSignal | None = None, **
 def test_vision_trained_on_the_held_out_digits_is_scored_on_job_data(vision_registry, tmp_path):
     split = load_split()
     own = split.train_x[:100].reshape(-1, 8, 8)
-    leaked = np.concatenate([own, np.clip(split.test_x[:1].reshape(1, 8, 8) + 0.2, 0, 16)])  # one held-out digit, barely changed
+    # One held-out digit, barely changed.
+    leaked = np.concatenate([own, np.clip(split.test_x[:1].reshape(1, 8, 8) + 0.2, 0, 16)])
     labels = np.concatenate([split.train_y[:100], split.test_y[:1]])
     clean = train_vision(vision_registry, tmp_path / "clean", epochs=1, images=Tensor.from_numpy(own),
                          labels=Tensor.from_numpy(split.train_y[:100]))

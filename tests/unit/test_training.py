@@ -343,7 +343,8 @@ def test_vision_trains_on_inline_images(small_vision_registry, tmp_path):
 def test_vision_trains_on_a_jsonl_file_of_image_label_rows(small_vision_registry, tmp_path):
     images, labels = digits(50)
     path = tmp_path / "digits.jsonl"
-    path.write_text("".join(json.dumps({"image": img.tolist(), "label": int(y)}) + "\n" for img, y in zip(images, labels)))
+    path.write_text("".join(json.dumps({"image": img.tolist(), "label": int(y)}) + "\n"
+                            for img, y in zip(images, labels, strict=True)))
     candidate, _ = train_vision(small_vision_registry, tmp_path / "work", epochs=1, data_uri=path.as_uri(),
                                 data_sha256=sha256_file(path))
     expected = hashlib.sha256(images.reshape(50, 1, 8, 8).tobytes() + labels.astype(np.int64).tobytes()).hexdigest()

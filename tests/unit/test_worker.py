@@ -24,7 +24,8 @@ def make_worker(runtime=None, sink=None):
 
 
 def results(sink):
-    return {decode_result(value, 1 << 20).job_id: decode_result(value, 1 << 20) for _, value, _, _ in sink.on(TOPICS.results)}
+    return {decode_result(value, 1 << 20).job_id: decode_result(value, 1 << 20)
+            for _, value, _, _ in sink.on(TOPICS.results)}
 
 
 async def test_one_model_call_per_batch_and_one_result_per_job():
@@ -55,7 +56,8 @@ async def test_bad_messages_become_error_results_and_dead_letters_while_the_rest
     headers = {h["aiaas.origin.offset"]: h for _, _, _, h in dead}
     assert set(headers) == {b"41", b"42", b"43"}
     assert set(DLQ_HEADERS) <= set(headers[b"41"])
-    assert headers[b"41"]["aiaas.origin.topic"] == b"p.vision.infer" and headers[b"41"]["aiaas.origin.partition"] == b"2"
+    assert headers[b"41"]["aiaas.origin.topic"] == b"p.vision.infer"
+    assert headers[b"41"]["aiaas.origin.partition"] == b"2"
     assert [value for _, value, _, h in dead if h["aiaas.origin.offset"] == b"42"] == [b"\xc1"]  # original bytes kept
 
 
@@ -64,7 +66,8 @@ async def test_a_failing_model_fails_its_batch_with_retriable_errors_and_the_wor
     await make_worker(FailingRuntime(), sink).handle([job_record(i, [1.0]) for i in range(3)])
     got = results(sink)
     assert {r.status for r in got.values()} == {"error"}
-    assert all(r.error.type == "ModelFailure" and r.error.retriable and "GPU on fire" in r.error.message for r in got.values())
+    assert all(r.error.type == "ModelFailure" and r.error.retriable and "GPU on fire" in r.error.message
+               for r in got.values())
     assert len(sink.on("p.dlq")) == 3
 
 
@@ -84,7 +87,8 @@ async def test_expired_jobs_skip_the_model_and_pinned_unknown_versions_are_error
 
 async def test_higher_priority_goes_first_in_the_batch():
     runtime = SumRuntime()
-    await make_worker(runtime).handle([job_record(0, [1.0]), job_record(1, [2.0], priority=9), job_record(2, [3.0], priority=-1)])
+    await make_worker(runtime).handle([job_record(0, [1.0]), job_record(1, [2.0], priority=9),
+                                       job_record(2, [3.0], priority=-1)])
     assert runtime.batches == [[2.0, 1.0, 3.0]]
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -156,7 +156,7 @@ async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
         outcomes = await asyncio.gather(*(_wait(h, args.timeout) for h in handles))
         finished = time.time()
     if not args.quiet:
-        for handle, (result, _) in zip(handles, outcomes):
+        for handle, (result, _) in zip(handles, outcomes, strict=True):
             print(_result_line(result) if result else f"{handle.job_id}  (no result)")
     print(_summary(args.model, handles, outcomes, specs, finished - started))
     return 0 if all(r is not None for r, _ in outcomes) else 1
@@ -167,7 +167,9 @@ async def _wait(handle: JobHandle, timeout: float) -> tuple[Result | None, float
         result = await handle.result(timeout)
     except TimeoutError:
         return None, float("nan")
-    return result, handle.latency_ms
+    latency_ms = handle.latency_ms
+    assert latency_ms is not None  # `result()` returned: the result is in
+    return result, latency_ms
 
 
 def _summary(model: str, handles, outcomes, specs: list[JobSpec], wall_s: float) -> str:
@@ -175,7 +177,7 @@ def _summary(model: str, handles, outcomes, specs: list[JobSpec], wall_s: float)
     latencies = np.array([ms for _, ms in received]) if received else np.array([float("nan")])
     ok = [r for r, _ in received if r.status == "ok"]
     checker = model_cli(model)
-    scored = [checker.is_correct(r, spec.expected) for (r, _), spec in zip(outcomes, specs)
+    scored = [checker.is_correct(r, spec.expected) for (r, _), spec in zip(outcomes, specs, strict=True)
               if r is not None and r.status == "ok" and spec.expected is not None]
     accuracy = f"{np.mean(scored) * 100:.1f}% of {len(scored)}" if scored else "n/a (no expected answers)"
     batches = [r.timings.batch_size for r in ok]
@@ -387,7 +389,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         path = Path(args.data).resolve()
         if not path.is_file():
             raise AiaasError(f"--data {args.data}: no such file (the trainer reads it from the same path)")
-        inputs |= {"data_uri": path.as_uri(), "data_sha256": args.data_sha256 or hashlib.sha256(path.read_bytes()).hexdigest()}
+        inputs |= {"data_uri": path.as_uri(),
+                   "data_sha256": args.data_sha256 or hashlib.sha256(path.read_bytes()).hexdigest()}
     return asyncio.run(_train(args, inputs))
 
 
@@ -416,7 +419,7 @@ def _training_line(event: Result) -> str:
     if event.status == "succeeded":
         metrics = " ".join(f"{k.removeprefix('metric.')}={v:.4g}" for k, v in event.outputs.items()
                            if k.startswith("metric."))
-        aliases = ",".join(event.outputs.get("aliases", [])) or "no alias"
+        aliases = ",".join(cast("list[str]", event.outputs.get("aliases", []))) or "no alias"
         return f"succeeded: {event.model} v{event.outputs.get('version')} ({aliases})  {metrics}"
     detail = f"{event.error.type}: {event.error.message}" if event.error else ""
     return f"{event.status}: {detail}"

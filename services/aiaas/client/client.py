@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableSet
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -85,7 +86,7 @@ class JobHandle:
     _progress: asyncio.Queue[Result] = field(default_factory=asyncio.Queue, repr=False)
     received_at: float | None = None
     """When the result reached this client (Unix seconds); set once `result()` has returned."""
-    _listener: "_ResultListener | None" = field(default=None, repr=False)
+    _listener: _ResultListener | None = field(default=None, repr=False)
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[Result]:
         """A training job's events as they arrive (`accepted`, `running`…), ending with its final result.
@@ -95,15 +96,16 @@ class JobHandle:
         while True:
             self._watch()
             progress = asyncio.ensure_future(self._progress.get())
-            done, _ = await asyncio.wait({progress, self._future}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {progress, self._future}
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if progress in done:
                 yield progress.result()
                 continue
             progress.cancel()
             if not done:
                 self._forget()
-                raise TimeoutError(f"no event for job {self.job_id} within {timeout}s: is the {self.job.model} trainer running?")
+                raise TimeoutError(f"no event for job {self.job_id} within {timeout}s: "
+                                   f"is the {self.job.model} trainer running?")
             while not self._progress.empty():  # events that arrived together with the final one
                 yield self._progress.get_nowait()
             yield await self.result(timeout=None)
@@ -173,7 +175,7 @@ class AiaasClient:
         self._setup_lock = asyncio.Lock()  # concurrent submits share one topic check and one listener
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
 
-    async def __aenter__(self) -> "AiaasClient":
+    async def __aenter__(self) -> AiaasClient:
         await self.start()
         return self
 
@@ -356,7 +358,7 @@ class AiaasClient:
                 raise await explain_connection_failure(self.kafka, exc) from exc
             self._known_topics |= missing
 
-    async def _listener(self, topic: str) -> "_ResultListener":
+    async def _listener(self, topic: str) -> _ResultListener:
         if topic not in self._listeners:
             self._listeners[topic] = await _ResultListener.start(self, topic)
         return self._listeners[topic]
@@ -615,7 +617,7 @@ class _ResultListener:
         """How many times the listener has started a fresh consumer after an error."""
 
     @classmethod
-    async def start(cls, client: AiaasClient, topic: str) -> "_ResultListener":
+    async def start(cls, client: AiaasClient, topic: str) -> _ResultListener:
         """A listener reading `topic` from its end: positioned before this returns, so no result is missed."""
         listener = cls(client.kafka, topic)
         await listener.open()

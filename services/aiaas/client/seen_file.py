@@ -144,7 +144,7 @@ class SeenFile(MutableSet[str]):
         self._file.close()
         self._lock.close()
 
-    def __enter__(self) -> "SeenFile":
+    def __enter__(self) -> SeenFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

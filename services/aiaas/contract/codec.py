@@ -15,7 +15,7 @@ bytes claim, so a hostile message costs little time and memory to refuse:
 from __future__ import annotations
 
 import functools
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ValidationError
@@ -39,8 +39,9 @@ _Model = TypeVar("_Model", bound=BaseModel)
 def encode(envelope: BaseModel) -> bytes:
     """One envelope as msgpack bytes (bytes fields stay binary): its `model_dump(exclude_none=True)`."""
     plain = _result_map(envelope) if type(envelope) is Result else None
-    return msgpack.packb(envelope.model_dump(mode="python", exclude_none=True) if plain is None else plain,
-                         use_bin_type=True)
+    packed: bytes = msgpack.packb(envelope.model_dump(mode="python", exclude_none=True) if plain is None else plain,
+                                  use_bin_type=True)
+    return packed
 
 
 _RESULT_FIELDS = tuple(Result.model_fields)
@@ -48,7 +49,7 @@ _TIMINGS_FIELDS = tuple(Timings.model_fields)
 _ERROR_FIELDS = tuple(ErrorInfo.model_fields)
 
 
-def _result_map(result: Result) -> dict | None:
+def _result_map(result: Result) -> dict[str, Any] | None:
     """What `model_dump(mode="python", exclude_none=True)` gives for an inference result, built directly (a few µs
     less per result; packed at once, so the envelope's own lists and dicts are used, not copied); None for anything
     else (training progress, unusual outputs), which takes pydantic's way."""
@@ -94,15 +95,15 @@ class _Budget:
         self._left = max_values
         self._max_values = max_values
 
-    def array(self, items: list) -> list:
+    def array(self, items: list[Any]) -> list[Any]:
         self._take(items)
         return items
 
-    def map(self, entries: dict) -> dict:
+    def map(self, entries: dict[Any, Any]) -> dict[Any, Any]:
         self._take(entries)
         return entries
 
-    def _take(self, container: list | dict) -> None:
+    def _take(self, container: list[Any] | dict[Any, Any]) -> None:
         self._left -= 1 + len(container)
         if self._left < 0:
             raise UndecodableMessage(

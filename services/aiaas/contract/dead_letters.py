@@ -7,7 +7,7 @@ Every service and trainer builds them here (`dlq_headers`), so an operator reads
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiaas.errors import AiaasError
 
@@ -28,6 +28,17 @@ DLQ_HEADERS = (
 """Headers every dead-letter record carries (its value is the original message bytes)."""
 
 
+class _Coordinates(Protocol):
+    """A consumed record's coordinates (aiokafka's ConsumerRecord has them)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a job was first consumed: (topic, partition, offset)."""
@@ -37,7 +48,7 @@ class Origin:
     offset: int
 
     @classmethod
-    def of(cls, record) -> "Origin":
+    def of(cls, record: _Coordinates) -> Origin:
         """The record's own coordinates."""
         return cls(record.topic, record.partition, record.offset)
 
@@ -50,6 +61,6 @@ def dlq_headers(record: Any, error: AiaasError, job_id: str | None, attempts: in
     record's own coordinates.
     """
     origin = origin or Origin.of(record)
-    values = (origin.topic, origin.partition, origin.offset, error.type_name, str(error)[:1000], str(error.retriable).lower(), job_id or "",
-              attempts)
-    return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values)]
+    values = (origin.topic, origin.partition, origin.offset, error.type_name, str(error)[:1000],
+              str(error.retriable).lower(), job_id or "", attempts)
+    return [(name, str(value).encode()) for name, value in zip(DLQ_HEADERS, values, strict=True)]

@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 from pydantic import (
@@ -53,7 +53,7 @@ TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
 
 _M = TypeVar("_M", bound=BaseModel)
 
-_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DType.__args__}
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in get_args(DType)}
 """Each wire dtype as a little-endian numpy dtype (built once: numpy's dtype parsing and naming are slow)."""
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MODEL_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
@@ -63,7 +63,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 _set = object.__setattr__
 
 
-def trusted(cls: type[_M], values: dict) -> _M:
+def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     """An instance of a contract model from values that are valid by construction, every field given.
 
     What pydantic's `model_construct` does for such a model, without its per-call bookkeeping (defaults,
@@ -92,7 +92,7 @@ class Tensor(BaseModel):
     data: bytes = Field(description="Raw little-endian C-order element bytes; length = prod(shape) x itemsize.")
 
     @classmethod
-    def from_numpy(cls, array: np.ndarray) -> "Tensor":
+    def from_numpy(cls, array: np.ndarray) -> Tensor:
         """Wrap a numpy array (copied to C order, little endian)."""
         array, name = _on_the_wire(array)
         if name is None or array.ndim > _MAX_RANK:  # let validation say what is wrong
@@ -101,7 +101,7 @@ class Tensor(BaseModel):
         return trusted(cls, {"dtype": name, "shape": list(array.shape), "data": array.tobytes()})
 
     @classmethod
-    def rows(cls, array: np.ndarray) -> list["Tensor"]:
+    def rows(cls, array: np.ndarray) -> list[Tensor]:
         """Each row of `array` (the first axis) as a Tensor: one conversion for the whole array, a slice per row."""
         array, name = _on_the_wire(array)
         if name is None or not 1 <= array.ndim <= _MAX_RANK + 1:
@@ -112,15 +112,16 @@ class Tensor(BaseModel):
                 for i in range(len(array))]
 
     @classmethod
-    def row_prefixes(cls, array: np.ndarray, lengths: Sequence[int]) -> list["Tensor"]:
+    def row_prefixes(cls, array: np.ndarray, lengths: Sequence[int]) -> list[Tensor]:
         """The first `lengths[i]` entries of each row of a 2-D array, each as a 1-D Tensor (one conversion for the
         whole array, a slice per row)."""
         array, name = _on_the_wire(array)
         if name is None or array.ndim != 2:
-            return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths)]
+            return [cls.from_numpy(row[:n]) for row, n in zip(array, lengths, strict=False)]
         width, itemsize, data = array.shape[1], array.itemsize, array.tobytes()
         counts = [max(0, min(n, width)) for n in lengths]
-        return [trusted(cls, {"dtype": name, "shape": [n], "data": data[row * width * itemsize:(row * width + n) * itemsize]})
+        return [trusted(cls, {"dtype": name, "shape": [n],
+                              "data": data[row * width * itemsize:(row * width + n) * itemsize]})
                 for row, n in enumerate(counts)]
 
     def check_size(self) -> None:
@@ -160,7 +161,7 @@ def _on_the_wire(array: np.ndarray) -> tuple[np.ndarray, str | None]:
     return array, _DTYPE_NAMES.get(array.dtype)
 
 
-InputValue = Union[Tensor, StrictStr, StrictBool, StrictInt, StrictFloat, list[StrictStr]]
+InputValue = Tensor | StrictStr | StrictBool | StrictInt | StrictFloat | list[StrictStr]
 """One named input of a job: a tensor, or a plain value (text, number, flag, list of texts)."""
 _PLAIN = frozenset({str, bool, int, float})
 
@@ -169,7 +170,7 @@ def is_plain_value(value: object) -> bool:
     """True for a value `InputValue` allows as it is, other than a Tensor: exactly a str, bool, int, float or list of
     str (exact types, checked without pydantic: the worker and the codec ask for every output of every job)."""
     kind = type(value)
-    return kind in _PLAIN or kind is list and all(type(v) is str for v in value)
+    return kind in _PLAIN or type(value) is list and all(type(v) is str for v in value)
 
 
 def job_id_of_key(key: bytes | None) -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from aiaas.errors import InvalidHeaders
 from aiaas.settings import EnvelopeSettings
@@ -45,7 +46,7 @@ class HeaderLimits:
     max_header_bytes: int = 16 * 1024
 
     @classmethod
-    def configured(cls) -> "HeaderLimits":
+    def configured(cls) -> HeaderLimits:
         """The limits the operator set (`AIAAS_ENVELOPE_MAX_HEADERS`, `AIAAS_ENVELOPE_MAX_HEADER_BYTES`)."""
         settings = EnvelopeSettings()
         return cls(settings.max_headers, settings.max_header_bytes)
@@ -83,7 +84,7 @@ def read_headers(raw: Iterable[tuple[object, object]] | None, limits: HeaderLimi
         if count > limits.max_headers:
             raise InvalidHeaders(f"more than {limits.max_headers} headers (AIAAS_ENVELOPE_MAX_HEADERS)")
         try:
-            key, value = pair  # type: ignore[misc]
+            key, value = pair
         except (TypeError, ValueError):
             raise InvalidHeaders("a header is not a (key, value) pair") from None
         if not isinstance(key, str):
@@ -97,7 +98,7 @@ def read_headers(raw: Iterable[tuple[object, object]] | None, limits: HeaderLimi
                 raise InvalidHeaders(f"header {_shown(key)} appears more than once")
             values[key] = _text(key, value)
             if key in _TRACE_LIMITS:
-                trace.append((key, bytes(value)))
+                trace.append((key, bytes(cast("bytes | bytearray", value))))  # `_text` checked its type
     traceparent = values.get("traceparent")
     if traceparent is not None:
         _check_traceparent(traceparent)

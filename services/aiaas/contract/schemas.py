@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiaas.contract.envelopes import Job, Result
 
 __all__ = ["render_schemas", "write_schemas", "check_schemas"]
 
 
-def _asyncapi(job: dict, result: dict) -> dict:
-    channel = lambda address, msg, desc: {"address": address, "description": desc,  # noqa: E731
-                                          "messages": {msg: {"$ref": f"#/components/messages/{msg}"}}}
+def _asyncapi(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    channel: Callable[[str, str, str], dict[str, Any]] = lambda address, msg, desc: {  # noqa: E731
+        "address": address, "description": desc, "messages": {msg: {"$ref": f"#/components/messages/{msg}"}}}
     headers = {
         "type": "object",
         "properties": {"traceparent": {"type": "string", "description": "W3C trace context"},
@@ -26,7 +28,8 @@ def _asyncapi(job: dict, result: dict) -> dict:
         "channels": {
             "infer": channel("{prefix}.{model}.infer", "Job", "Inference jobs for one model type."),
             "results": channel("{prefix}.{model}.results", "Result", "One result per job, keyed by job_id."),
-            "dlq": channel("{prefix}.dlq", "DeadLetter", "Original bytes of a failed job plus aiaas.origin.* and aiaas.error.* headers."),
+            "dlq": channel("{prefix}.dlq", "DeadLetter",
+                           "Original bytes of a failed job plus aiaas.origin.* and aiaas.error.* headers."),
         },
         "operations": {
             "publishJob": {"action": "send", "channel": {"$ref": "#/channels/infer"}},
@@ -49,7 +52,7 @@ def render_schemas() -> dict[str, str]:
     """File name → content of every generated document."""
     job = Job.model_json_schema(ref_template="#/components/schemas/{model}")
     result = Result.model_json_schema(ref_template="#/components/schemas/{model}")
-    dump = lambda doc: json.dumps(doc, indent=2, sort_keys=True) + "\n"  # noqa: E731
+    dump: Callable[[dict[str, Any]], str] = lambda doc: json.dumps(doc, indent=2, sort_keys=True) + "\n"  # noqa: E731
     return {
         "job.schema.json": dump(Job.model_json_schema()),
         "result.schema.json": dump(Result.model_json_schema()),

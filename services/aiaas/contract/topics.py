@@ -32,7 +32,7 @@ class ModelTopics:
     retry: str
 
     @classmethod
-    def of(cls, model: str, prefix: str = "aiaas") -> "ModelTopics":
+    def of(cls, model: str, prefix: str = "aiaas") -> ModelTopics:
         """`<prefix>.<model>.infer|train|results|retry`."""
         base = f"{prefix}.{model}"
         return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry")

@@ -40,7 +40,7 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiaas.contract.topics import (
     ModelTopics,
@@ -53,6 +53,8 @@ from aiaas.errors import AclRefused
 from aiaas.settings import KafkaSettings
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AclBinding, AdminClient
 
@@ -88,7 +90,7 @@ class AclRule:
     pattern: Pattern
     operation: Operation
 
-    def binding(self) -> "AclBinding":
+    def binding(self) -> AclBinding:
         """The same rule as a confluent-kafka `AclBinding` (from any host)."""
         from confluent_kafka.admin import (
             AclBinding,
@@ -256,7 +258,8 @@ async def _check_connection(settings: KafkaSettings) -> None:
 def _apply(plan: AclPlan, settings: KafkaSettings, topics: bool) -> list[str]:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(_admin_config(settings))
+    # confluent-kafka's stub allows only plain values, but librdkafka's "logger" takes a logging.Logger.
+    admin = AdminClient(_admin_config(settings))  # type: ignore[arg-type]
     created = _create_topics(admin, plan.topics(settings), settings) if topics else []
     rules = plan.rules()
     if errors := _failures(admin.create_acls([rule.binding() for rule in rules],
@@ -265,7 +268,7 @@ def _apply(plan: AclPlan, settings: KafkaSettings, topics: bool) -> list[str]:
     return created
 
 
-def _create_topics(admin: "AdminClient", names: list[str], settings: KafkaSettings) -> list[str]:
+def _create_topics(admin: AdminClient, names: list[str], settings: KafkaSettings) -> list[str]:
     from confluent_kafka.admin import NewTopic
 
     new = [NewTopic(name, settings.partitions, settings.replication_factor) for name in names]
@@ -276,7 +279,8 @@ def _create_topics(admin: "AdminClient", names: list[str], settings: KafkaSettin
     return [name for name, future in futures.items() if future.exception() is None]
 
 
-def _failures(futures: dict, settings: KafkaSettings, allowed: tuple[str, ...] = ()) -> list["KafkaError"]:
+def _failures(futures: dict[Any, Future[None]], settings: KafkaSettings,
+              allowed: tuple[str, ...] = ()) -> list[KafkaError]:
     """The KafkaError of each future that failed, except those whose error is one of `allowed`."""
     from confluent_kafka import KafkaException
 
@@ -294,7 +298,7 @@ _SUPER_USER_HINT = ("run `aiaas acl apply` as a super user (the broker's super.u
                     "local broker)")
 
 
-def _refusal(what: str, error: "KafkaError", settings: KafkaSettings) -> str:
+def _refusal(what: str, error: KafkaError, settings: KafkaSettings) -> str:
     """One line: what was refused, Kafka's error name and what to do."""
     name, detail = error.name(), error.str()
     if len(detail) > 160 or name in detail:  # some brokers put a whole request's toString here

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-__all__ = ["InFlightWindow", "Partition"]
+__all__ = ["InFlightWindow", "Partition", "ConsumedRecord"]
 
 
 class Partition(NamedTuple):
@@ -30,6 +30,21 @@ class Partition(NamedTuple):
 
     topic: str
     partition: int
+
+
+class ConsumedRecord(Protocol):
+    """What the window reads of a consumed record (aiokafka's ConsumerRecord has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 _MEAN_WEIGHT = 1 / 32
@@ -105,7 +120,7 @@ class InFlightWindow:
             return 0 if self._by_offset else 1  # an empty window takes even a record larger than the budget
         return min(room, fits)
 
-    def take(self, records: Iterable) -> None:
+    def take(self, records: Iterable[ConsumedRecord]) -> None:
         """Start tracking consumed records (anything with topic, partition, offset, key and value)."""
         for record in records:
             key = Partition(record.topic, record.partition)
@@ -121,7 +136,7 @@ class InFlightWindow:
             mean = self._mean_size
             self._mean_size = size if mean is None else mean + (size - mean) * _MEAN_WEIGHT
 
-    def finish(self, records: Iterable) -> dict[Partition, int]:
+    def finish(self, records: Iterable[ConsumedRecord]) -> dict[Partition, int]:
         """Mark records done; return the offsets that may now be committed (next offset to read)."""
         touched = set()
         for record in records:
@@ -142,7 +157,7 @@ class InFlightWindow:
                 commits[key] = last + 1
         return commits
 
-    def offsets_after(self, records: Iterable) -> dict[Partition, int]:
+    def offsets_after(self, records: Iterable[ConsumedRecord]) -> dict[Partition, int]:
         """The offsets `finish(records)` would return, without marking anything done (for a transaction)."""
         finishing = {(Partition(r.topic, r.partition), r.offset) for r in records}
         commits = {}

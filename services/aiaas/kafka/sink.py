@@ -19,7 +19,7 @@ import asyncio
 import random
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -91,6 +91,10 @@ class OutgoingRecord(Protocol):
     headers: list[tuple[str, bytes]]
 
 
+_Sent = asyncio.Future[Any] | BaseException
+"""A batch handed to the producer: the future of its delivery, or the error that kept it from being taken."""
+
+
 class KafkaSink:
     """ResultSink over an idempotent, acks=all (or transactional) producer."""
 
@@ -108,8 +112,10 @@ class KafkaSink:
         topics = list(dict.fromkeys(record.topic for record in records))
         # Each topic's partitions once, all topics at once: a topic that does not exist (a job's reply_to)
         # costs one metadata timeout for its records, not one per record, and holds no other topic up.
-        found = await asyncio.gather(*(self._producer.partitions_for(topic) for topic in topics), return_exceptions=True)
-        partitions = {topic: sorted(p) if not isinstance(p, BaseException) else p for topic, p in zip(topics, found)}
+        found = await asyncio.gather(*(self._producer.partitions_for(topic) for topic in topics),
+                                     return_exceptions=True)
+        partitions = {topic: sorted(p) if not isinstance(p, BaseException) else p
+                      for topic, p in zip(topics, found, strict=True)}
         by_partition: dict[tuple[str, int], list[int]] = {}
         for i, record in enumerate(records):
             known = partitions[record.topic]
@@ -118,9 +124,11 @@ class KafkaSink:
                 continue
             by_partition.setdefault((record.topic, partition_for(record.key, known)), []).append(i)
 
-        async def submit(topic: str, partition: int, indices: list[int]) -> list[tuple[object, list[int]]]:
+        async def submit(topic: str, partition: int, indices: list[int]) -> list[tuple[_Sent, list[int]]]:
             """One partition's batches, in order (a partition takes one batch at a time)."""
-            done, batch, members = [], self._producer.create_batch(), []
+            done: list[tuple[_Sent, list[int]]] = []
+            members: list[int] = []
+            batch = self._producer.create_batch()
             for i in indices:
                 record = records[i]
                 if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
@@ -137,7 +145,7 @@ class KafkaSink:
         submitted = [entry for entries in per_partition for entry in entries]
         answers = await asyncio.gather(*(_settled(sent) for sent, _ in submitted))
         alone: list[int] = []
-        for (_, members), answer in zip(submitted, answers):
+        for (_, members), answer in zip(submitted, answers, strict=True):
             if answer is None:
                 continue
             if len(members) > 1 and refused_for_good(answer):
@@ -153,15 +161,17 @@ class KafkaSink:
                 errors[i] = exc
         return errors
 
-    async def _submit(self, batch, topic: str, partition: int) -> asyncio.Future | BaseException:
+    async def _submit(self, batch: Any, topic: str, partition: int) -> _Sent:
+        """Hand a closed `BatchBuilder` to the producer: the future of its delivery, or why it was not taken."""
         batch.close()  # nothing else may join it: its records are exactly `members`
         try:
-            return await self._producer.send_batch(batch, topic, partition=partition)
+            delivery: asyncio.Future[Any] = await self._producer.send_batch(batch, topic, partition=partition)
+            return delivery
         except Exception as exc:  # noqa: BLE001 - e.g. the accumulator stayed full: the batch failed
             return exc
 
 
-async def _settled(sent: asyncio.Future | BaseException) -> BaseException | None:
+async def _settled(sent: _Sent) -> BaseException | None:
     if isinstance(sent, BaseException):
         return sent
     try:

@@ -103,7 +103,7 @@ class TransactionalIdClaim:
         elif lock is not None:
             os.close(lock)  # closing the descriptor drops its flock
 
-    def __enter__(self) -> "TransactionalIdClaim":
+    def __enter__(self) -> TransactionalIdClaim:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -179,7 +179,7 @@ class Transactions:
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator["Transactions"]:
+    async def batch(self) -> AsyncIterator[Transactions]:
         """Begin a transaction; commit it when the block ends, abort it if the block raises."""
         async with self._lock:
             await self._call(self._producer.begin_transaction)

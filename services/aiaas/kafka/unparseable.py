@@ -45,7 +45,7 @@ class UnreadableRecord:
     """What the client said when parsing it."""
     key: bytes | None = None
     value: bytes | None = None
-    headers: tuple = ()
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class UnparseableSearch:
@@ -62,7 +62,7 @@ class UnparseableSearch:
         self._searches = 0  # searches in a row that found nothing (each waits longer for records to come back)
 
     async def step_over(self, error: BaseException,
-                        next_offset: Mapping[TopicPartition, int]) -> dict[TopicPartition, list]:
+                        next_offset: Mapping[TopicPartition, int]) -> dict[TopicPartition, list[Any]]:
         """getmany raised `error` on a record it cannot parse: the records read while finding it, ending with an
         `UnreadableRecord` in its place; reading resumes after it.
 
@@ -82,7 +82,7 @@ class UnparseableSearch:
         if untaken:
             await self._consumer.seek_to_committed(*untaken)
         wait_ms = min(1000, 100 * self._searches)
-        found: dict = {}
+        found: dict[TopicPartition, list[Any]] = {}
         for tp in sorted(assignment):
             records = await self._read_one_by_one(tp, error, wait_ms)
             if records:
@@ -91,9 +91,9 @@ class UnparseableSearch:
             self._searches = 0
         return found
 
-    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException, wait_ms: int) -> list:
+    async def _read_one_by_one(self, tp: TopicPartition, error: BaseException, wait_ms: int) -> list[Any]:
         """Records of `tp` one per call (bounded), ending with an UnreadableRecord if one is found."""
-        records: list = []
+        records: list[Any] = []
         failed_at: int | None = None
         empty_polls = 0
         for _ in range(self._max_steps):

@@ -74,7 +74,7 @@ class Ratings:
     def __len__(self) -> int:
         return len(self.users)
 
-    def take(self, mask: np.ndarray) -> "Ratings":
+    def take(self, mask: np.ndarray) -> Ratings:
         """The triples where `mask` is true."""
         return Ratings(self.users[mask], self.items[mask], self.ratings[mask])
 
@@ -112,7 +112,7 @@ class RatingsSplit:
     def held_out(self) -> dict[int, set[int]]:
         """User → the items held out for them."""
         found: dict[int, set[int]] = {}
-        for user, item in zip(self.test.users.tolist(), self.test.items.tolist()):
+        for user, item in zip(self.test.users.tolist(), self.test.items.tolist(), strict=True):
             found.setdefault(user, set()).add(item)
         return found
 
@@ -150,7 +150,7 @@ def split_ratings(ratings: Ratings, config: RatingsConfig = RatingsConfig()) -> 
     held = np.zeros(len(ratings), dtype=bool)
     starts = np.flatnonzero(np.r_[True, ratings.users[1:] != ratings.users[:-1]])
     ends = np.r_[starts[1:], len(ratings)]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         held[start + rng.choice(end - start, size=config.held_out_per_user, replace=False)] = True
     return RatingsSplit(config.n_users, config.n_items, ratings.take(~held), ratings.take(held))
 
@@ -188,7 +188,7 @@ class ServingTables:
         return self.seen_items[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
     @classmethod
-    def from_split(cls, split: RatingsSplit) -> "ServingTables":
+    def from_split(cls, split: RatingsSplit) -> ServingTables:
         """The tables of a split's training part."""
         indptr, items = split.seen_csr()
         return cls(indptr, items, split.popularity())
@@ -200,7 +200,7 @@ class ServingTables:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ServingTables":
+    def from_bytes(cls, data: bytes) -> ServingTables:
         """Read `to_bytes` output; pickled objects are refused (allow_pickle=False)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             tables = cls(*(arrays[name].astype(np.int64) for name in ("seen_indptr", "seen_items", "popularity")))

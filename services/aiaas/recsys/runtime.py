@@ -8,7 +8,7 @@ ONNX route runs the session once for all of its jobs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class RecsysRuntime:
         }
 
     @classmethod
-    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: object) -> "RecsysRuntime":
+    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: Any) -> RecsysRuntime:
         """Load a sha256-verified version (or alias) and its serving tables from the registry."""
         version, data = registry.load_verified(MODEL, ref)
         tables = ServingTables.from_bytes(registry.load_companions(version)[SERVING_FILE])
@@ -114,8 +114,8 @@ class RecsysRuntime:
 
     def prepare(self, job: Job) -> _Request:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
-        allowed = _ALLOWED.get(job.task)
-        if allowed is None:
+        allowed = _ALLOWED.get(job.task) if job.task is not None else None
+        if job.task is None or allowed is None:
             raise InvalidJob(f"recsys jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
         if not job.inputs.keys() <= allowed:
             raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
@@ -146,7 +146,7 @@ class RecsysRuntime:
             routes.setdefault(self._route(request), []).append(index)
         outputs: list[Outputs] = [{} for _ in items]
         for route, indices in routes.items():
-            for index, out in zip(indices, self._runners[route](self, [items[i] for i in indices])):
+            for index, out in zip(indices, self._runners[route](self, [items[i] for i in indices]), strict=True):
                 outputs[index] = out
         return outputs
 
@@ -211,7 +211,7 @@ def _tops(ranked: np.ndarray, scores: np.ndarray, ks: list[int], strategy: str) 
     lengths = counts.tolist()
     items, item_scores = Tensor.row_prefixes(ranked, lengths), Tensor.row_prefixes(scores, lengths)
     return [{"items": i, "scores": s, "strategy": strategy} if ok else _top(ranked[row], scores[row], ks[row], strategy)
-            for row, (i, s, ok) in enumerate(zip(items, item_scores, prefix.tolist()))]
+            for row, (i, s, ok) in enumerate(zip(items, item_scores, prefix.tolist(), strict=True))]
 
 
 def _top(ranked: np.ndarray, scores: np.ndarray, k: int, strategy: str) -> Outputs:

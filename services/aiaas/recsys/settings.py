@@ -16,8 +16,8 @@ class RecsysSettings(WorkerSettings):
     max_batch: int = Field(
         256, ge=1, le=4096,
         description="Most jobs in one model call. A recsys job costs the model ~13 µs, so a batch's fixed costs (the "
-        "session run, its produce requests, its span) weigh: on 2 cores, batches of 256 with their window of 1,024 gave "
-        "1.31x the jobs/s of 64 with 256 (bench/results).",
+        "session run, its produce requests, its span) weigh: on 2 cores, batches of 256 with their window of 1,024 "
+        "gave 1.31x the jobs/s of 64 with 256 (bench/results).",
     )
 
     intra_op_threads: int = Field(

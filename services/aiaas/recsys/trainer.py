@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from aiaas.contract.envelopes import Job
+from aiaas.contract.envelopes import Job, Tensor
 from aiaas.recsys import MODEL
 from aiaas.recsys.data import (
     SERVING_FILE,
@@ -187,8 +188,9 @@ def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: i
         jobs = [Job(job_id=f"eval-{u}", model=MODEL, task="recommend", inputs={"user_id": u, "k": k})
                 for u in users[start : start + batch]]
         outputs = runtime.infer([runtime.prepare(job) for job in jobs])
-        model_hits += [bool(set(out["items"].to_numpy().tolist()) & held_out[job.inputs["user_id"]])
-                       for job, out in zip(jobs, outputs)]
+        model_hits += [bool(set(cast(Tensor, out["items"]).to_numpy().tolist())
+                            & held_out[cast(int, job.inputs["user_id"])])
+                       for job, out in zip(jobs, outputs, strict=True)]
     tables = ServingTables.from_split(split)
     baseline_hits = [bool(set(popularity_top_k(tables, u, k).tolist()) & held_out[u]) for u in users]
     return {f"hit_rate_at_{k}": float(np.mean(model_hits)),

@@ -82,7 +82,7 @@ class ModelWatcher:
 
         A record that is not an event is passed over; one the Kafka client cannot parse is stepped over.
         """
-        assert self._consumer is not None, "call start() first"
+        assert self._consumer is not None and self._search is not None, "call start() first"
         while True:
             try:
                 fetched = await self._consumer.getmany(timeout_ms=1000)

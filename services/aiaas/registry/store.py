@@ -256,5 +256,6 @@ class Registry:
     def _read_checked(self, version: ModelVersion, name: str, digest: str) -> bytes:
         data = (self.root / version.model / f"v{version.version}" / name).read_bytes()
         if sha256_of(data) != digest:
-            raise ArtifactCorrupted(f"{version.model} v{version.version}: {name} sha256 does not match the registry record")
+            raise ArtifactCorrupted(f"{version.model} v{version.version}: {name} sha256 does not match the "
+                                    "registry record")
         return data

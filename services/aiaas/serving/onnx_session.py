@@ -13,7 +13,8 @@ def choose_providers(preference: str = "auto") -> list[str]:
     if preference != "cpu" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if preference == "cuda":
-        raise RuntimeError("CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider (pip install aiaas[gpu])")
+        raise RuntimeError("CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider "
+                           "(pip install aiaas[gpu])")
     return ["CPUExecutionProvider"]
 
 

@@ -77,14 +77,15 @@ _IDLE_POLL_MS = 100
 class Consumer(Protocol):
     """The parts of aiokafka's AIOKafkaConsumer the pipeline uses."""
 
-    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> dict: ...
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Any]]: ...
     def pause(self, *partitions: TopicPartition) -> None: ...
     def resume(self, *partitions: TopicPartition) -> None: ...
     def assignment(self) -> set[TopicPartition]: ...
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def position(self, partition: TopicPartition) -> int: ...
-    async def seek_to_committed(self, *partitions: TopicPartition) -> dict: ...
+    async def seek_to_committed(self, *partitions: TopicPartition) -> dict[TopicPartition, int]: ...
 
 
 @dataclass
@@ -138,9 +139,9 @@ class JobPipeline:
         self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
         self._queue: deque[Any] = deque()
-        self._publishing: set[asyncio.Task] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
-        self._committer: asyncio.Task | None = None
+        self._committer: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
         self._stopping = asyncio.Event()
@@ -154,13 +155,13 @@ class JobPipeline:
         self._transactions = transactions
         self._fatal: BaseException | None = None
         self._instances = model_instances
-        self._last_cut_published: asyncio.Future | None = None  # with several instances: the publish order
+        self._last_cut_published: asyncio.Future[None] | None = None  # with several instances: the publish order
         self._undeliverable: dict[tuple[str, int, int], str] = {}  # records whose outcome the broker refused for good
         self._next_offset: dict[TopicPartition, int] = {}  # per partition: the offset after the last record taken
         self._unparseable = UnparseableSearch(consumer, max_steps=4 * max_batch + 8, logger=log)
         self._stall = LoopStallWatch(stall_after_s, self._on_stall) if stall_after_s else None
         self._rejoin = rejoin  # leaves and rejoins the group (unsubscribe + subscribe); None: seek to committed
-        self._rejoining: asyncio.Task | None = None
+        self._rejoining: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
 
     @property
@@ -199,7 +200,8 @@ class JobPipeline:
             self._fetching = False
             self._arrived.set()
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
-                log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again", self._drain_timeout_s)
+                log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again",
+                            self._drain_timeout_s)
             background = [task for task in (watch, self._rejoining) if task is not None]
             for task in (*model_loops, fetch_loop, *self._publishing, *background):
                 task.cancel()
@@ -261,7 +263,7 @@ class JobPipeline:
             if not await self._take_fairly(room) and self._window.room:
                 self._take(await self._poll(_IDLE_POLL_MS, self._window.room))
 
-    def _take(self, fetched: dict) -> None:
+    def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records = [record for part in fetched.values() for record in part]
         if records:
             now = time.monotonic()
@@ -274,7 +276,8 @@ class JobPipeline:
             self._queue.extend(records)
             self._arrived.set()
 
-    async def _poll(self, timeout_ms: int, max_records: int, partitions: list[TopicPartition] | None = None) -> dict:
+    async def _poll(self, timeout_ms: int, max_records: int,
+                    partitions: list[TopicPartition] | None = None) -> dict[TopicPartition, list[Any]]:
         """The consumer's next records (of `partitions` only, when given); a record the client cannot parse is
         stepped over, never a dead loop."""
         try:
@@ -284,7 +287,7 @@ class JobPipeline:
                 raise  # the broker or the connection: not a record's fault
             return await self._step_over_unreadable(exc)
 
-    async def _step_over_unreadable(self, error: BaseException) -> dict:
+    async def _step_over_unreadable(self, error: BaseException) -> dict[TopicPartition, list[Any]]:
         """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
 
         `UnparseableSearch.step_over` does it: the partitions go back to the record after the last one taken, then
@@ -409,7 +412,7 @@ class JobPipeline:
             self._publishing.add(task)
             task.add_done_callback(self._publish_done)
 
-    def _publish_turn(self) -> tuple[asyncio.Future | None, asyncio.Future] | None:
+    def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
 
         Called as the batch is cut: (the previous batch's "published" future, this batch's own). One instance
@@ -419,8 +422,8 @@ class JobPipeline:
         previous, self._last_cut_published = self._last_cut_published, asyncio.get_running_loop().create_future()
         return previous, self._last_cut_published
 
-    async def _publish_in_turn(self, turn: tuple[asyncio.Future | None, asyncio.Future], batch: ProcessedBatch,
-                               epoch: int) -> None:
+    async def _publish_in_turn(self, turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
+                               batch: ProcessedBatch, epoch: int) -> None:
         previous, mine = turn
         try:
             if previous is not None:
@@ -463,7 +466,8 @@ class JobPipeline:
         now = time.time()
         if len(self._window.owners()) > 1:
             return self._cut_in_turns(now)
-        batch, kept = [], deque()
+        batch: list[Any] = []
+        kept: deque[Any] = deque()
         while self._queue and len(batch) < self._max_batch:
             record = self._queue.popleft()
             (batch if self._ready(record, now) else kept).append(record)
@@ -526,6 +530,7 @@ class JobPipeline:
 
     async def _publish_in_transaction(self, batch: ProcessedBatch, epoch: int) -> None:
         """Exactly-once: the batch's outcomes and the offsets they make safe, in one transaction."""
+        assert self._transactions is not None  # `_publish` calls this in exactly-once mode only
         try:
             async with self._transactions.batch() as transaction:
                 if epoch != self._epoch:
@@ -642,7 +647,7 @@ class JobPipeline:
         self._queue.clear()
         self._finished.set()
 
-    def _publish_done(self, task: asyncio.Task) -> None:
+    def _publish_done(self, task: asyncio.Task[None]) -> None:
         self._publishing.discard(task)
         self._finished.set()
 
@@ -684,7 +689,7 @@ class _Stale(Exception):
     """The batch's epoch ended before its transaction could commit."""
 
 
-class _DrainOnRevoke(ConsumerRebalanceListener):
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type information
     """Before partitions move to another instance, finish and commit what we hold of them."""
 
     def __init__(self, pipeline: JobPipeline) -> None:

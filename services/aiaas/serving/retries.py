@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiaas.contract.dead_letters import ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC, Origin
 from aiaas.contract.headers import RecordHeaders
@@ -36,6 +37,11 @@ _LATE_SLACK_S = 300.0
 """A retry time further ahead than the longest backoff plus this (clock skew between replicas) is refused."""
 
 
+class _WithHeaders(Protocol):
+    """A consumed record as `due_at` reads it: its headers, whatever they hold."""
+
+    @property
+    def headers(self) -> Iterable[tuple[object, object]] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +66,8 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int) -> float:
         """The wait before attempt `attempt + 1`."""
-        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        delay: float = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return delay
 
     def retry_headers(self, origin: Origin, error: AiaasError, attempt: int, now: float | None = None
                       ) -> list[tuple[str, bytes]]:
@@ -83,7 +90,7 @@ class RetryPolicy:
         return RetryState(attempt, Origin(topic, _integer(headers, ORIGIN_PARTITION, 0, 2**31 - 1),
                                           _integer(headers, ORIGIN_OFFSET, 0, 2**63 - 1)))
 
-    def due_at(self, record) -> float | None:
+    def due_at(self, record: _WithHeaders) -> float | None:
         """When a retry record may run (Unix seconds); None when it may run at once.
 
         Never raises, whatever the record carries: the pipeline asks it of every queued retry. A value that is not

@@ -32,7 +32,7 @@ class ModelRuntime(Protocol):
         """Validate one job's inputs and turn them into a batch item; raise InvalidJob if they are wrong."""
         ...
 
-    def infer(self, items: Sequence[Any]) -> list[Outputs | AiaasError]:
+    def infer(self, items: Sequence[Any]) -> Sequence[Outputs | AiaasError]:
         """Run the model once on a batch of prepared items; one Outputs per item, in order.
 
         A check that is cheaper on the whole batch than job by job (e.g. value ranges) may answer an item with

@@ -20,9 +20,10 @@ import re
 import signal
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from aiaas import tracing
@@ -116,7 +117,7 @@ class ModelService:
         )
         await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
         watcher = ModelWatcher(self.kafka, self.runtime.model)
-        following: asyncio.Task | None = None
+        following: asyncio.Task[None] | None = None
         outcomes = OutcomeCache(self.settings.idempotency_window, self.settings.outcome_memory_bytes)
         remembered = 0
         retry = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
@@ -220,7 +221,8 @@ class ModelService:
         while True:
             try:
                 async for event, record in watcher.events():
-                    log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version, event.aliases)
+                    log.info("registry: %s %s v%d (aliases %s)", event.model, event.action, event.version,
+                             event.aliases)
                     # The reload continues the trace of whoever changed the registry (e.g. a training job).
                     with self._tracer.start_as_current_span(
                         f"process {record.topic}", context=_trace_context(record), kind=SpanKind.CONSUMER,
@@ -235,7 +237,7 @@ class ModelService:
                 await asyncio.sleep(5)
 
 
-def _trace_context(record) -> object:
+def _trace_context(record: ConsumerRecord) -> Context:
     """The trace context a registry event carries, when its headers pass the checks (else a trace of its own)."""
     try:
         return tracing.extract_context(read_headers(record.headers).trace_context())

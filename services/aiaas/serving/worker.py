@@ -4,8 +4,8 @@ A batch goes through two stages: `run` (decode, validate, one model call) and `p
 (every result and dead letter, returning only once the broker acknowledged them all). The
 service pipelines them — batch N+1 is in the model while batch N's results are in flight (a call on
 the event loop, `model_calls`, lets them go on between batches) —
-and commits a record's offset only after its batch's `publish` returned (at-least-once). Kafka stays at the edge: records come in,
-`ResultSink.send` goes out, and the model is a `ModelRuntime` that knows nothing of Kafka.
+and commits a record's offset only after its batch's `publish` returned (at-least-once). Kafka stays at the edge:
+records come in, `ResultSink.send` goes out, and the model is a `ModelRuntime` that knows nothing of Kafka.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from aiaas import tracing
 from aiaas.contract.codec import decode_job, encode
@@ -50,7 +51,7 @@ from aiaas.errors import (
 )
 from aiaas.serving.idempotency import Outcome, OutcomeCache
 from aiaas.serving.retries import RetryPolicy
-from aiaas.serving.runtime import ModelRuntime, computes_on_cpu
+from aiaas.serving.runtime import ModelRuntime, Outputs, computes_on_cpu
 from aiaas.serving.runtimes import RuntimeSet
 from aiaas.settings import ModelCalls
 from aiaas.tracing.job_spans import JobSpans
@@ -106,7 +107,7 @@ class _InFlight:
     retry: bool = False  # failed retriably with attempts left: goes to the retry topic, no result yet
     payload: bytes | None = None  # the encoded result, once sealed (or remembered from an earlier delivery)
     replayed: bool = False  # the outcome was remembered, not computed: the model did not run
-    twin: "_InFlight | None" = None  # an earlier record of the same job id in this batch: share its outcome
+    twin: _InFlight | None = None  # an earlier record of the same job id in this batch: share its outcome
     bare: bool = False  # its outcome cannot be published: only a dead letter without key or body
     superseded: bool = False  # a retry record of a job already answered (or run in this batch): publishes nothing
     remembered: Outcome | None = None  # its outcome as put in the outcome memory, to confirm once delivered
@@ -173,7 +174,8 @@ class BatchWorker:
         self._tracer = self._spans.tracer
         # Model calls on threads (unless `model_calls` puts them on the event loop), so fetching and publishing go
         # on meanwhile; one thread per model instance.
-        self._executor = ThreadPoolExecutor(max_workers=model_instances, thread_name_prefix=f"{self.runtimes.model}-model")
+        self._executor = ThreadPoolExecutor(max_workers=model_instances,
+                                            thread_name_prefix=f"{self.runtimes.model}-model")
         self._model_calls = model_calls
         self._instances = model_instances
         self._header_limits = header_limits
@@ -189,7 +191,8 @@ class BatchWorker:
         """Process one batch; returns once every outcome is acknowledged by the broker."""
         await self.publish(await self.run(records))
 
-    async def run(self, records: Sequence[KafkaRecord], undeliverable: dict | None = None) -> "ProcessedBatch":
+    async def run(self, records: Sequence[KafkaRecord],
+                  undeliverable: dict[tuple[str, int, int], str] | None = None) -> ProcessedBatch:
         """Stage 1: decode and validate every record, then one model call for the valid ones.
 
         The returned batch holds one outcome per job; its spans stay open until `publish`.
@@ -203,8 +206,7 @@ class BatchWorker:
         try:
             await self._check_result_topics(batch, picked_at)
             await self._load_pinned(batch, picked_at)
-            runnable = sorted((job for job in batch if job.prepared and job.result is None),
-                              key=lambda j: -j.job.priority)
+            runnable = sorted((job for job in batch if job.prepared and job.result is None), key=_highest_first)
             groups: dict[int, list[_InFlight]] = {}
             for job in runnable:
                 groups.setdefault(id(job.runtime), []).append(job)
@@ -216,7 +218,7 @@ class BatchWorker:
             raise
         return ProcessedBatch(batch)
 
-    async def publish(self, batch: "ProcessedBatch") -> None:
+    async def publish(self, batch: ProcessedBatch) -> None:
         """Stage 2: send every result and dead letter; returns once the broker acknowledged them all.
 
         Raises PublishFailed, naming the records whose outcomes were not acknowledged.
@@ -231,11 +233,11 @@ class BatchWorker:
                 record.close(exc)
             _end_spans(batch.jobs)
             raise
-        for record, error in zip(outgoing, errors):
+        for record, error in zip(outgoing, errors, strict=False):
             record.close(error)
         _end_spans(batch.jobs)
         failed: dict[int, tuple[KafkaRecord, BaseException]] = {}
-        for record, error in zip(outgoing, errors):
+        for record, error in zip(outgoing, errors, strict=False):
             if error is not None:
                 failed.setdefault(id(record.job), (record.job.record, error))
         if failed:
@@ -247,14 +249,14 @@ class BatchWorker:
         picked_at = time.time()
         await self.publish(ProcessedBatch([self._admit(record, picked_at, reason) for record, reason in refused]))
 
-    def delivered(self, batch: "ProcessedBatch") -> None:
+    def delivered(self, batch: ProcessedBatch) -> None:
         """The batch's outcomes are on their topics (acknowledged; in exactly-once mode, committed): a retry record
         of one of these jobs delivered again from now on publishes nothing."""
         for job in batch.jobs:
             if job.remembered is not None and job.job is not None:
                 self.outcomes.confirm(job.job.job_id, job.remembered, tenant=job.tenant)
 
-    def discard(self, batch: "ProcessedBatch") -> None:
+    def discard(self, batch: ProcessedBatch) -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
         _end_spans(batch.jobs)
 
@@ -353,12 +355,14 @@ class BatchWorker:
                                           "(aiaas topics create, or aiaas acl apply)")
                 job.span.set_status(Status(StatusCode.ERROR, str(job.error)))
             elif job.result_topic in missing:
+                assert job.job is not None  # `checked` holds decoded jobs only
                 job.result_topic, job.prepared, job.result = None, False, None
                 self._fail(job, RefusedReplyTo(f"reply_to {job.job.reply_to!r} is refused: the topic does not "
                                                "exist (create it before publishing jobs that name it)"), picked_at)
 
     def _check_routing(self, flight: _InFlight) -> None:
         job = flight.job
+        assert job is not None  # routed once decoded
         if job.tenant is not None and job.tenant != flight.tenant:
             raise InvalidJob(f"the job names tenant {job.tenant[:64]!r}, but a job's tenant is the one whose topic it "
                              f"was published to ({flight.tenant or 'none: the shared infer topic'}); leave it unset")
@@ -382,6 +386,7 @@ class BatchWorker:
             for job in waiting:
                 job.runtime = runtime
                 try:
+                    assert job.job is not None  # a version is pinned by a decoded job only
                     job.item = runtime.prepare(job.job)
                     job.prepared = True
                 except AiaasError as exc:
@@ -392,6 +397,7 @@ class BatchWorker:
     async def _infer(self, runnable: list[_InFlight], picked_at: float) -> None:
         """One model call for the jobs of one runtime, in a span linked from every job in it."""
         runtime = runnable[0].runtime
+        assert runtime is not None  # runnable jobs are prepared, by their runtime
         attributes = {
             "messaging.batch.message_count": len(runnable),
             tracing.MODEL: runtime.model,
@@ -428,13 +434,15 @@ class BatchWorker:
             for job in runnable:
                 await self._infer([job], picked_at)
             return
-        timings = dict(inference_ms=(time.perf_counter() - started) * 1000, batch_size=len(runnable))
-        for job, out in zip(runnable, outputs):
+        inference_ms = (time.perf_counter() - started) * 1000
+        for job, out in zip(runnable, outputs, strict=True):
             if isinstance(out, AiaasError):  # the runtime refused this item on a batch-wide check
                 self._fail(job, out, picked_at)
                 continue
             try:  # an output the contract cannot carry fails that job, not the worker
-                job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version, **timings)
+                assert job.job is not None  # prepared, so decoded
+                job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version,
+                                           inference_ms=inference_ms, batch_size=len(runnable))
             except Exception as exc:
                 self._fail(job, ModelFailure(f"the model's output for this job is invalid: {exc}"[:500]), picked_at)
 
@@ -453,6 +461,7 @@ class BatchWorker:
 
     def _replay(self, job: _InFlight) -> bool:
         """Answer a job id seen before with the outcome it had; True when it was."""
+        assert job.job is not None  # asked once decoded
         outcome = self.outcomes.get(job.job.job_id, tenant=job.tenant)
         if outcome is None:
             return False
@@ -488,8 +497,8 @@ class BatchWorker:
                 attributes=job.job.attributes if job.job else {},
             )
 
-    def _outcome(self, job: Job, status: str, picked_at: float, *, outputs=None, version=None, inference_ms=0.0,
-                 batch_size=0) -> Result:
+    def _outcome(self, job: Job, status: str, picked_at: float, *, outputs: Outputs | None = None,
+                 version: str | None = None, inference_ms: float = 0.0, batch_size: int = 0) -> Result:
         outputs = outputs or {}
         fields = dict(
             job_id=job.job_id,
@@ -538,7 +547,7 @@ class BatchWorker:
         """Its checked reply topic; the default one for a job whose reply_to was refused or not yet checked."""
         return job.result_topic or self.reply_topics.default(job.tenant)
 
-    def _outgoing(self, job: _InFlight) -> list["_Outgoing"]:
+    def _outgoing(self, job: _InFlight) -> list[_Outgoing]:
         """The records that carry a job's outcome, each with its PRODUCER span (started here) under the job's span.
 
         A result (and a dead letter if the job failed); a dead letter alone when the outcome cannot be published;
@@ -551,6 +560,7 @@ class BatchWorker:
         if job.retry:
             topic = self._topics.retry
             attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}
+            assert job.error is not None  # `_fail` sets both
             headers = self.retry.retry_headers(job.origin, job.error, job.attempt)
             return [self._record(job, topic, job.record.value or b"", job.record.key, headers, attributes)]
         out = []
@@ -562,8 +572,9 @@ class BatchWorker:
             out.append(self._dead_letter(job))
         return out
 
-    def _dead_letter(self, job: _InFlight, bare: bool = False) -> "_Outgoing":
+    def _dead_letter(self, job: _InFlight, bare: bool = False) -> _Outgoing:
         """The original bytes with origin and error headers; `bare`: headers only (the broker refused more)."""
+        assert job.error is not None  # a dead letter says why the job failed
         headers = dlq_headers(job.record, job.error, job.job_id, job.attempt, origin=job.origin)
         value, key = job.record.value or b"", job.record.key
         if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
@@ -572,18 +583,20 @@ class BatchWorker:
         if key is not None and (bare or len(key) > _MAX_ECHOED_KEY):
             headers.append(("aiaas.dlq.key.dropped_bytes", str(len(key)).encode()))
             key = None
-        return self._record(job, self._dlq, value, key, headers, tracing.producer_attributes(self._dlq, job_id=job.job_id))
+        return self._record(job, self._dlq, value, key, headers,
+                            tracing.producer_attributes(self._dlq, job_id=job.job_id))
 
     def _record(self, job: _InFlight, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
-                attributes: dict[str, object]) -> "_Outgoing":
+                attributes: dict[str, AttributeValue]) -> _Outgoing:
         span = self._spans.start_child(f"send {topic}", SpanKind.PRODUCER, job.span, attributes)
         return _Outgoing(job, topic, value, key, headers + self._spans.headers(span), span)
 
-    async def _send_all(self, outgoing: list["_Outgoing"]) -> list[BaseException | None]:
+    async def _send_all(self, outgoing: list[_Outgoing]) -> list[BaseException | None]:
         """Send every record; per record, None once the broker acknowledged it, or what went wrong."""
         send_many = getattr(self._sink, "send_many", None)
         if send_many is not None:
-            return await send_many(outgoing)
+            errors: list[BaseException | None] = await send_many(outgoing)
+            return errors
         sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
                                       for r in outgoing), return_exceptions=True)
         return [exc if isinstance(exc, BaseException) else None for exc in sent]
@@ -608,7 +621,13 @@ class _Outgoing:
         self.span.end()
 
 
-def _fits_contract(outputs: dict) -> bool:
+def _highest_first(job: _InFlight) -> int:
+    """Sort key of runnable jobs: the highest priority first."""
+    assert job.job is not None  # runnable jobs are decoded
+    return -job.job.priority
+
+
+def _fits_contract(outputs: Mapping[Any, object]) -> bool:
     """True when every output already is a value `InputValue` allows as it is: a Tensor, str, bool, int, float
     or list of str (exact types, checked without pydantic: this runs for every job)."""
     for key, value in outputs.items():

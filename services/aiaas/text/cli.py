@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, cast
 
 from aiaas.cli.model_cli import JobSpec
 from aiaas.contract.envelopes import Result, Tensor
@@ -50,11 +50,12 @@ def describe(result: Result) -> str:
     """Task outputs in a few words: topics, cosines or embedding shapes."""
     out = result.outputs
     if "labels" in out:
-        scores = out["scores"].to_numpy() if isinstance(out.get("scores"), Tensor) else None
+        given = out.get("scores")
+        scores = given.to_numpy() if isinstance(given, Tensor) else None
         best = f" p={scores.max(axis=1).min():.2f}" if scores is not None and scores.size else ""
-        return f"labels={','.join(out['labels'])}{best}"
+        return f"labels={','.join(cast('list[str]', out['labels']))}{best}"
     if "embeddings" in out:
-        return f"embeddings {'x'.join(map(str, out['embeddings'].shape))}"
+        return f"embeddings {'x'.join(map(str, cast(Tensor, out['embeddings']).shape))}"
     if "scores" in out:
-        return "cosine=" + ",".join(f"{s:.3f}" for s in out["scores"].to_numpy())
+        return "cosine=" + ",".join(f"{s:.3f}" for s in cast(Tensor, out["scores"]).to_numpy())
     return ", ".join(sorted(out))

@@ -37,7 +37,7 @@ class ClassifierHead:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ClassifierHead":
+    def from_bytes(cls, data: bytes) -> ClassifierHead:
         """Read `head.npz` (plain arrays; pickled objects are refused)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return cls(arrays["weight"], arrays["bias"], tuple(str(x) for x in arrays["labels"]))

@@ -165,7 +165,7 @@ class TextRuntime:
     @classmethod
     def from_registry(cls, registry: Registry, ref: str = "production", *, backend: str = "onnx",
                       precision: str = "fp32", providers: str = "auto", intra_op_threads: int = 0,
-                      max_seq_len: int = 128, limits: TextLimits = TextLimits()) -> "TextRuntime":
+                      max_seq_len: int = 128, limits: TextLimits = TextLimits()) -> TextRuntime:
         """Load a verified version: encoder graph, tokenizer and head, each read once and sha256-checked.
 
         `precision="int8"` serves the version's int8 graph on the CPU (ONNX Runtime only); a
@@ -241,8 +241,9 @@ class TextRuntime:
 
     def embed_all(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Unit embeddings for token rows, in order; one encoder call per length group."""
-        embeddings, self.last_batch = embed_rows(self.encoder, rows, self.limits.max_batch_tokens,
-                                                 self.limits.call_overhead_tokens)
+        overhead = self.limits.call_overhead_tokens
+        assert overhead is not None  # set at construction: measured, or the default
+        embeddings, self.last_batch = embed_rows(self.encoder, rows, self.limits.max_batch_tokens, overhead)
         return embeddings
 
     def _outputs(self, item: TextItem, rows: np.ndarray,
@@ -254,7 +255,8 @@ class TextRuntime:
             left, right = rows[: item.pairs], rows[item.pairs :]
             cosine = np.clip(np.sum(left * right, axis=1), -1.0, 1.0).astype(np.float32)
             return {"scores": Tensor.from_numpy(cosine), "truncated": truncated}
-        scores, labels = classified  # every classify job's rows went through the head once, in `infer`
+        assert classified is not None  # every classify job's rows went through the head once, in `infer`
+        scores, labels = classified
         return {
             "labels": labels,
             "scores": Tensor.from_numpy(scores),
@@ -285,7 +287,8 @@ def embed_rows(encoder: Encoder, rows: Sequence[Sequence[int]], max_batch_tokens
     for group in groups:
         ids, mask = pad([rows[i] for i in group])
         out[group] = encoder.embed(ids, mask)
-    stats = BatchStats(len(rows), len(groups), padding_waste(lengths, groups), padding_waste(lengths, [range(len(rows))]))
+    stats = BatchStats(len(rows), len(groups), padding_waste(lengths, groups),
+                       padding_waste(lengths, [range(len(rows))]))
     return out, stats
 
 

@@ -82,7 +82,7 @@ def _head(layer: torch.nn.Linear, names: tuple[str, ...]) -> ClassifierHead:
 def head_accuracy(head: ClassifierHead, embeddings: np.ndarray, labels: list[str]) -> float:
     """Share of `labels` the head predicts from their embeddings."""
     predicted = head.scores(embeddings).argmax(axis=1)
-    return float(np.mean([head.labels[p] == label for p, label in zip(predicted, labels)]))
+    return float(np.mean([head.labels[p] == label for p, label in zip(predicted, labels, strict=True)]))
 
 
 def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion:
@@ -90,7 +90,8 @@ def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion
     started = time.perf_counter()
     train, held_out = labelled_split()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path, tokenizer_path, head_path = Path(tmp) / "encoder.onnx", Path(tmp) / "tokenizer.json", Path(tmp) / "head.npz"
+        onnx_path, tokenizer_path, head_path = (Path(tmp) / "encoder.onnx", Path(tmp) / "tokenizer.json",
+                                                Path(tmp) / "head.npz")
         int8_path = Path(tmp) / INT8_GRAPH
         export_onnx(load_encoder(), onnx_path)
         quantize_int8(onnx_path, int8_path)

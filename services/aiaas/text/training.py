@@ -70,11 +70,12 @@ class TextTrainer:
 
         def report(epoch: int, head) -> None:
             elapsed = time.perf_counter() - started
-            progress(TrainingProgress(epoch=epoch, epochs=params.epochs, step=epoch, metric=head_accuracy(head, x_test, y_test),
+            progress(TrainingProgress(epoch=epoch, epochs=params.epochs, step=epoch,
+                                      metric=head_accuracy(head, x_test, y_test),
                                       metric_name=self.metric, eta_s=elapsed / epoch * (params.epochs - epoch)))
 
-        head = train_head(x_train, [label for _, label in train_rows], params, on_epoch=report, every=_EPOCHS_PER_REPORT,
-                          interrupt=stop)
+        head = train_head(x_train, [label for _, label in train_rows], params, on_epoch=report,
+                          every=_EPOCHS_PER_REPORT, interrupt=stop)
         stop.check()
         artifact, tokenizer_path, head_path = workdir / "encoder.onnx", workdir / "tokenizer.json", workdir / "head.npz"
         artifact.write_bytes(onnx_bytes)
@@ -89,7 +90,8 @@ class TextTrainer:
         metrics = {"accuracy": head_accuracy(head, x_test, y_test), "held_out": float(len(held_out))}
         metrics |= int8_metrics(int8_encoder, tokenizer, head, [t for t, _ in held_out], x_test, y_test)
         metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-        return Candidate(artifact, metrics, asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
+        return Candidate(artifact, metrics,
+                         asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
                          hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path, int8_path),
                          base.version, scored_on="reference" if request.data is None else "job_data")
 
@@ -116,7 +118,7 @@ def _labelled(data: dict | None) -> tuple[list[tuple[str, str]], list[tuple[str,
         raise InvalidJob(f"text training data: {len(texts)} texts and {len(labels)} labels (at least 10 pairs)")
     if len(set(labels)) < 2:
         raise InvalidJob("text training data needs at least two different labels")
-    rows = list(zip(texts, labels))
+    rows = list(zip(texts, labels, strict=True))
     random.Random(7).shuffle(rows)
     cut = max(1, len(rows) // 5)
     return rows[cut:], rows[:cut]

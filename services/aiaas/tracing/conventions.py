@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
+from opentelemetry.util.types import AttributeValue
 
 __all__ = [
     "inject_headers", "extract_context", "producer_attributes", "consumer_attributes",
@@ -42,9 +43,10 @@ def extract_context(headers: Iterable[tuple[str, bytes | str]] | Mapping[str, by
     return propagate.extract(carrier)
 
 
-def producer_attributes(topic: str, *, job_id: str | None = None, partition: int | None = None) -> dict[str, object]:
+def producer_attributes(topic: str, *, job_id: str | None = None,
+                        partition: int | None = None) -> dict[str, AttributeValue]:
     """Attributes of a `send <topic>` span."""
-    attrs: dict[str, object] = {
+    attrs: dict[str, AttributeValue] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "send",
         "messaging.destination.name": topic,
@@ -59,9 +61,9 @@ def producer_attributes(topic: str, *, job_id: str | None = None, partition: int
 
 def consumer_attributes(
     topic: str, partition: int, offset: int, *, group: str | None = None, job_id: str | None = None
-) -> dict[str, object]:
+) -> dict[str, AttributeValue]:
     """Attributes of a `process <topic>` span."""
-    attrs: dict[str, object] = {
+    attrs: dict[str, AttributeValue] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "process",
         "messaging.destination.name": topic,

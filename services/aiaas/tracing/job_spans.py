@@ -1,14 +1,14 @@
 """Per-job spans at a few microseconds each, exported through the SDK's own processors.
 
 A worker opens two spans for every job — `process <topic>` and `send <topic>` — thousands of
-times a second in one Python process, and one `infer <model>` span per batch with a link per job. The SDK's general-purpose span costs about 50 µs on the
-benchmark machine (a lock, attribute cleaning against limits, a context attach per `with`, the
-sampler reached through three layers), which was more than everything else the worker does
-for a job (bench/hotpath.py). A `JobSpan` records the same things — a `SpanContext`, its
-parent, kind, attributes, status, events, start and end times — and on `end()` hands itself
-(a `ReadableSpan`, as the SDK's spans are) to the tracer's span processor. Exporters, the
-local span store and OTLP therefore receive what the SDK would have produced, and a sampler
-that is not the default one is still asked.
+times a second in one Python process, and one `infer <model>` span per batch with a link per job.
+The SDK's general-purpose span costs about 50 µs on the benchmark machine (a lock, attribute
+cleaning against limits, a context attach per `with`, the sampler reached through three layers),
+which was more than everything else the worker does for a job (bench/hotpath.py). A `JobSpan`
+records the same things — a `SpanContext`, its parent, kind, attributes, status, events, start
+and end times — and on `end()` hands itself (a `ReadableSpan`, as the SDK's spans are) to the
+tracer's span processor. Exporters, the local span store and OTLP therefore receive what the SDK
+would have produced, and a sampler that is not the default one is still asked.
 
 W3C trace context is parsed and written here directly when the process uses the default
 propagators (tracecontext and baggage) and a record carries just a canonical `traceparent`;
@@ -39,6 +39,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from aiaas import tracing
@@ -59,14 +60,20 @@ class JobSpan(trace.Span, ReadableSpan):
     one of them); aiaas only sets those, and they are not re-checked here.
     """
 
+    # ReadableSpan's fields as this class holds them (narrower than ReadableSpan declares them).
+    _context: SpanContext
+    _start_time: int
+    _attributes: dict[str, Any]
+    _events: list[Event]
+
     def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
-                 attributes: dict[str, Any], owner: "JobSpans", start_ns: int,
+                 attributes: dict[str, Any], owner: JobSpans, start_ns: int,
                  carried: Context | None = None, links: Sequence[trace.Link] = ()) -> None:
         # ReadableSpan's fields, set directly: its __init__ would also build a default Resource.
         self._name, self._context, self._parent, self._kind = name, context, parent, kind
         self._attributes, self._events, self._links = attributes, [], links
         self._resource, self._instrumentation_scope = owner.resource, owner.scope
-        self._instrumentation_info = owner.tracer.instrumentation_info
+        self._instrumentation_info = owner.instrumentation_info
         self._status, self._start_time, self._end_time = _UNSET, start_ns, None
         self._owner = owner
         self.carried = carried  # the extracted context (baggage), when the record carried more than a traceparent
@@ -140,9 +147,10 @@ class JobSpans:
         sdk = isinstance(self.tracer, SdkTracer)
         # A tracer disabled by the provider's configurator records nothing: leave that to the SDK.
         self.fast = sdk and getattr(self.tracer, "_is_enabled", lambda: True)()
-        if sdk:
+        if isinstance(self.tracer, SdkTracer):
             self.processor = self.tracer.span_processor
             self.resource = self.tracer.resource
+            self.instrumentation_info = self.tracer.instrumentation_info
             # The tracer's own scope (name, version, schema URL), as its spans carry.
             self.scope = getattr(self.tracer, "_instrumentation_scope", None) or InstrumentationScope(tracer_name)
             self._sampler = self.tracer.sampler
@@ -212,14 +220,15 @@ class JobSpans:
                 attributes = {**attributes, **decision.attributes}
             if not decision.decision.is_recording():
                 return NonRecordingSpan(self._context(trace_id, False, random_id, trace_state))
-        context = self._context(trace_id, sampled, random_id, trace_state)
+        span_context = self._context(trace_id, sampled, random_id, trace_state)
         if not sampled:
-            return NonRecordingSpan(context)
-        span = JobSpan(name, context, parent, kind, attributes, self, time.time_ns(), carried, links)
-        self.processor.on_start(span, parent_context=carried)
+            return NonRecordingSpan(span_context)
+        span = JobSpan(name, span_context, parent, kind, attributes, self, time.time_ns(), carried, links)
+        # Processors are annotated for the SDK's own Span; they read it as the ReadableSpan a JobSpan is.
+        self.processor.on_start(span, parent_context=carried)  # type: ignore[arg-type]
         return span
 
-    def _context(self, trace_id: int, sampled: bool, random_id: bool, trace_state) -> SpanContext:
+    def _context(self, trace_id: int, sampled: bool, random_id: bool, trace_state: TraceState | None) -> SpanContext:
         flags = (TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random_id else 0)
         return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(flags),
                            trace_state=trace_state)

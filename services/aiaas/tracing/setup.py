@@ -42,6 +42,7 @@ def setup_tracing(
     BatchSpanProcessor, as OTLP is. The local span store has its own processor (`span_store.LocalSpanProcessor`).
     """
     provider = TracerProvider(resource=Resource.create({"service.name": service_name, "process.pid": os.getpid()}))
+    processor: SpanProcessor | None
     if exporter is not None:
         processor = BatchSpanProcessor(exporter, schedule_delay_millis=500)
     else:

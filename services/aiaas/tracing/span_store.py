@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgpack
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import TraceFlags
@@ -53,7 +54,8 @@ class LocalSpanExporter(SpanExporter):
         self.path = directory / f"{service_name}-{os.getpid()}{SUFFIX}"
         # A packer per thread: one packer is not re-entrant while its `default` runs Python code.
         self._packers = threading.local()
-        self._resource, self._service = None, "?"
+        self._resource: Resource | None = None
+        self._service = "?"
 
     def reopen_for_this_process(self) -> None:
         """After a fork: the child writes its own `<service>-<pid>` file."""
@@ -89,12 +91,13 @@ class LocalSpanExporter(SpanExporter):
         resource = span.resource
         if resource is not self._resource:  # one resource per process: look its name up once
             self._resource, self._service = resource, str(resource.attributes.get("service.name", "?"))
+        start: int | None
         if type(span) is JobSpan:  # the service's own per-job spans: every field in one call, nothing copied
             ctx, parent, name, kind, start, end, status, attributes, links = span.fields()
         else:
             ctx, parent, name, kind, start, end, status, attributes, links = (
                 span.context, span.parent, span.name, span.kind, span.start_time, span.end_time, span.status,
-                dict(span.attributes), span.links)
+                dict(span.attributes or {}), span.links)
         return [
             ctx[0].to_bytes(16), ctx[1].to_bytes(8), parent[1].to_bytes(8) if parent else None,
             name, kind._name_, self._service, start, end, status.status_code._name_, attributes,
@@ -119,7 +122,13 @@ class LocalSpanProcessor(SpanProcessor):
         self._start_flusher()
         if hasattr(os, "register_at_fork"):  # a forked child starts its own thread and file, without our spans
             reference = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: (processor := reference()) and processor._after_fork())
+
+            def after_fork_in_child() -> None:
+                processor = reference()
+                if processor is not None:
+                    processor._after_fork()
+
+            os.register_at_fork(after_in_child=after_fork_in_child)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Nothing: a span is stored when it ends."""

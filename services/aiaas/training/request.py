@@ -32,14 +32,15 @@ class TrainingRequest:
     base_version: str | None = None
 
     @classmethod
-    def from_job(cls, job: Job, settings: TrainerSettings) -> "TrainingRequest":
+    def from_job(cls, job: Job, settings: TrainerSettings) -> TrainingRequest:
         """Parse and check the inputs against the trainer's limits; raise InvalidJob with what is wrong."""
         inputs = dict(job.inputs)
         params = {}
         for name, kind in HYPER_PARAMETERS.items():
             if name in inputs:
                 value = inputs.pop(name)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                if (isinstance(value, bool) or not isinstance(value, (int, float))
+                        or (kind is int and not isinstance(value, int))):
                     raise InvalidJob(f"`{name}` must be {'an integer' if kind is int else 'a number'}")
                 if isinstance(value, float) and not math.isfinite(value):
                     raise InvalidJob(f"`{name}` must be a finite number")
@@ -53,6 +54,7 @@ class TrainingRequest:
         if base is not None and not isinstance(base, (str, int)):
             raise InvalidJob("`base_version` must be a version number or alias")
         uri, digest = inputs.pop("data_uri", None), inputs.pop("data_sha256", None)
+        data: dict[str, Any] | None
         if digest is not None and uri is None:
             raise InvalidJob("`data_sha256` checks a `data_uri` file; give the file too (inline data needs no hash)")
         if uri is not None:

@@ -174,6 +174,7 @@ class TrainerService:
     async def _fetch(self) -> dict[TopicPartition, list]:
         """The next training job, if any; never raises: a record the Kafka client cannot parse is stepped over
         (it comes back as an `UnreadableRecord`, after the records read while finding it), a broker error waits."""
+        assert self._consumer is not None and self._unparseable is not None, "serve() first"
         try:
             return await self._consumer.getmany(timeout_ms=500, max_records=1)
         except Exception as exc:  # noqa: BLE001 - sorted below; the trainer never exits on what it reads
@@ -194,6 +195,7 @@ class TrainerService:
         True when the records after it on its partition may follow; False when they are read again (this one
         was not finished, the trainer is stopping, or the partition moved to another trainer).
         """
+        assert self._consumer is not None, "serve() first"
         partition = TopicPartition(record.topic, record.partition)
         if partition not in self._consumer.assignment():
             return False  # a rebalance while an earlier record ran: its new owner reads it
@@ -228,6 +230,7 @@ class TrainerService:
     async def _move_past(self, partition: TopicPartition, offset: int) -> None:
         """A rebalance during the job (a new tenant's topic makes one) puts the partition back at its committed
         offset, this job's: move on past it, or the job would run again."""
+        assert self._consumer is not None, "serve() first"
         try:
             if await self._consumer.position(partition) < offset:
                 self._consumer.seek(partition, offset)
@@ -283,7 +286,8 @@ class TrainerService:
                 if not refused_for_good(exc):
                     raise _Redeliver(f"the broker did not take an event of job {job.job_id if job else '?'} "
                                      f"({type(exc).__name__})") from exc
-                error: AiaasError = TrainingFailed(f"the broker refused an event of this job: {type(exc).__name__}: {exc}")
+                error: AiaasError = TrainingFailed(
+                    f"the broker refused an event of this job: {type(exc).__name__}: {exc}")
             except AiaasError as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - OSError, MemoryError, a bug: the job fails, the trainer goes on
@@ -311,7 +315,8 @@ class TrainerService:
                 if v.job_id == job.job_id and v.params.get(_TENANT_PARAM) == tenant]
         if done:  # a rerun after a crash between registering and committing: do not register twice
             version = done[-1]
-            log.info("%s: job %s already produced v%d; not training again", self.trainer.model, job.job_id, version.version)
+            log.info("%s: job %s already produced v%d; not training again", self.trainer.model, job.job_id,
+                     version.version)
         else:
             with tempfile.TemporaryDirectory(prefix="aiaas-train-") as workdir:
                 try:
@@ -331,6 +336,7 @@ class TrainerService:
         default = self._replies.default(tenant)
         topic = self._replies.result_topic(job.reply_to, tenant)
         wanted = {topic, default} - {self.topics.results}  # the model's own results topic is always there
+        assert self._catalog is not None, "serve() first"
         missing = await self._catalog.missing(wanted) if wanted else set()
         if default in missing:
             raise Undeliverable(f"results topic {default} does not exist; an operator creates it "
@@ -374,6 +380,7 @@ class TrainerService:
             span.add_event("epoch", {"epoch": event.epoch, "loss": event.loss or 0.0, "metric": event.metric or 0.0})
             await self._emit_progress(job, tenant, event)
 
+        assert self._consumer is not None, "serve() first"
         self._consumer.pause(*self._consumer.assignment())
         with self._tracer.start_as_current_span(f"train {model}", attributes={
             tracing.MODEL: model, tracing.JOB_ID: job.job_id, "aiaas.training.time_limit_s": self.settings.max_train_s,
@@ -397,6 +404,7 @@ class TrainerService:
         A rebalance during training hands out partitions unpaused: pause them again first, and if
         the poll still returns records, seek back so they are read after this job.
         """
+        assert self._consumer is not None, "serve() first"
         self._consumer.pause(*self._consumer.assignment())
         try:
             fetched = await self._consumer.getmany(timeout_ms=0)
@@ -433,6 +441,7 @@ class TrainerService:
         topic = models_topic(self.kafka.topic_prefix)
         event = ModelEvent(model=version.model, action="registered", version=version.version,
                            aliases=self.registry.aliases(version.model), job_id=version.job_id)
+        assert self._producer is not None, "serve() first"
         with self._tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER,
                                                 attributes=tracing.producer_attributes(topic, job_id=version.job_id)):
             await self._producer.send_and_wait(topic, event.encode(), key=version.model.encode(),
@@ -455,6 +464,7 @@ class TrainerService:
         result = Result(job_id=job.job_id, model=self.trainer.model, status=status, outputs=outputs or {},
                         progress=progress, error=error, attributes=job.attributes)
         topic = topic or self._result_topic(job, tenant)
+        assert self._producer is not None, "serve() first"
         with self._tracer.start_as_current_span(
             f"send {topic}", kind=SpanKind.PRODUCER,
             attributes=tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.STATUS: status},
@@ -468,6 +478,7 @@ class TrainerService:
 
         Raises _Redeliver when the dead letter could not be written for now (the job is then read again).
         """
+        assert self._producer is not None, "serve() first"
         span.set_status(Status(StatusCode.ERROR, f"{error.type_name}: {error}"))
         job_id = job.job_id if job else (record.key.decode(errors="replace") if record.key else None)
         log.warning("%s: training job %r failed: %s: %s", self.trainer.model, (job_id or "")[:128],
@@ -478,7 +489,8 @@ class TrainerService:
                                                 attributes=tracing.producer_attributes(dlq, job_id=job_id)):
             try:
                 await self._producer.send_and_wait(dlq, record.value or b"", key=record.key,
-                                                   headers=dlq_headers(record, error, job_id) + tracing.inject_headers())
+                                                   headers=dlq_headers(record, error, job_id)
+                                                   + tracing.inject_headers())
             except Exception as exc:  # noqa: BLE001 - sorted below: wait and retry, or a bare letter
                 if not refused_for_good(exc):
                     raise _Redeliver(f"the dead letter of a failed job was not written ({type(exc).__name__})") from exc
@@ -502,6 +514,7 @@ class TrainerService:
 
     async def _bare_dead_letter(self, record: ConsumerRecord, error: AiaasError, job_id: str | None) -> None:
         """A dead letter without the record's value; if even that is refused, only the log keeps the job."""
+        assert self._producer is not None, "serve() first"
         try:
             await self._producer.send_and_wait(dlq_topic(self.kafka.topic_prefix), b"", key=None,
                                                headers=dlq_headers(record, error, job_id))

@@ -64,7 +64,8 @@ class TrainerSettings(BaseSettings):
     )
     min_delta: float = Field(0.0, description="With `auto`: how much better than production a version must be.")
     threads: int = Field(
-        1, ge=1, description="CPU threads for training: one is fastest for these small models and leaves cores to serving."
+        1, ge=1,
+        description="CPU threads for training: one is fastest for these small models and leaves cores to serving.",
     )
     max_poll_interval_ms: int = Field(
         300_000, ge=1000,

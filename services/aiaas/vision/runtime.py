@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class VisionRuntime:
         self._refs = {version, f"v{version}", *aliases}
 
     @classmethod
-    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: object) -> "VisionRuntime":
+    def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: Any) -> VisionRuntime:
         """Load a sha256-verified version (or alias) from the registry."""
         version, data = registry.load_verified(MODEL, ref)
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
@@ -75,6 +76,7 @@ class VisionRuntime:
         labels = probabilities.argmax(axis=1).tolist()
         rows = Tensor.rows(probabilities)
         return [
-            {"label": label, "probabilities": row} if ok else InvalidJob("`image` values must be finite and within 0..16")
-            for label, row, ok in zip(labels, rows, valid.tolist())
+            {"label": label, "probabilities": row} if ok
+            else InvalidJob("`image` values must be finite and within 0..16")
+            for label, row, ok in zip(labels, rows, valid.tolist(), strict=True)
         ]

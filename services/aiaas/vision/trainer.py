@@ -108,6 +108,7 @@ def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersi
         weights_npz(model, weights)
         accuracy = onnx_accuracy(path, split)
         return registry.register(
-            MODEL, path, companions=(weights,), metrics={"accuracy": accuracy, "train_seconds": round(train_seconds, 2)},
+            MODEL, path, companions=(weights,),
+            metrics={"accuracy": accuracy, "train_seconds": round(train_seconds, 2)},
             params=asdict(params), data_hash=split.data_hash(),
         )

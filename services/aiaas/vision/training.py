@@ -117,7 +117,8 @@ def _split_for(data: dict | None) -> DigitsSplit:
             raise ValueError(f"labels: got {labels.dtype} of shape {list(labels.shape)}")
         labels = labels.astype(np.int64)
     except (ValueError, TypeError) as exc:
-        raise InvalidJob(f"vision training data: images must be [N, 8, 8] numbers, labels [N] integers ({exc})") from exc
+        raise InvalidJob("vision training data: images must be [N, 8, 8] numbers, labels [N] integers "
+                         f"({exc})") from exc
     if len(images) != len(labels) or len(labels) == 0:
         raise InvalidJob(f"vision training data: {len(images)} images but {len(labels)} labels")
     if not np.isfinite(images).all() or images.min() < 0 or images.max() > MAX_INTENSITY:
