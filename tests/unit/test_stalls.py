@@ -128,3 +128,33 @@ async def test_a_revocation_after_the_group_dropped_us_commits_nothing_we_held()
     pipeline.stop()
     await asyncio.wait_for(task, 5)
     assert producer.results() == [] and producer.offsets == {}
+
+
+async def test_stopping_does_not_wait_for_a_retry_whose_time_comes_during_the_drain():
+    # SIGTERM comes while a batch is publishing and a retry is not yet due, so the model loop ends without it. It
+    # falls due while the drain waits for the publish: it stays uncommitted (its next owner runs it), and the drain
+    # ends with the publish instead of waiting out its timeout.
+    retry_topic = TOPICS.retry
+    due = time.time() + 0.3
+    consumer = FakeConsumer({0: [job_record(0, [1.0], topic=retry_topic)]}, topic=retry_topic)
+    infer = TopicPartition(TOPICS.infer, 0)
+    consumer.log[infer], consumer.offsets[infer] = [job_record(0, [2.0])], 0
+    class SlowSink(RecordingSink):
+        async def send(self, topic, value, *, key, headers):
+            await asyncio.sleep(0.8)
+            return await super().send(topic, value, key=key, headers=headers)
+
+    worker = BatchWorker(SumRuntime(), SlowSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20)
+    pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=16, drain_timeout_s=5,
+                           due_at=lambda record: due if record.topic == retry_topic else None,
+                           delayed_topic=retry_topic)
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(5):
+        while len(pipeline._window) < 2 or not pipeline._publishing:  # noqa: SLF001 - the job publishing
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    pipeline.stop()
+    await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 2.5
+    assert [list(commit) for commit in consumer.commits] == [[infer]]  # the job's offset; the retry's stays

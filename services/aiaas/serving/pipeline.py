@@ -163,6 +163,7 @@ class JobPipeline:
         self._rejoin = rejoin  # leaves and rejoins the group (unsubscribe + subscribe); None: seek to committed
         self._rejoining: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
+        self._model_loops = 0  # model loops running now
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -211,9 +212,8 @@ class JobPipeline:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
         async def drained() -> None:
-            # Retries still waiting for their time are not drained: they stay uncommitted and come back later.
-            while (len(self._window) > self._waiting() or self._publishing or self._to_commit
-                   or self._committing or any(self._ready(r) for r in self._queue)):
+            while (len(self._window) > self._left_behind() or self._publishing or self._to_commit
+                   or self._committing or (self._model_loops and any(self._ready(r) for r in self._queue))):
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
@@ -228,6 +228,12 @@ class JobPipeline:
             return False
         finally:
             self._holding -= 1
+
+    def _left_behind(self) -> int:
+        """Queued records a drain does not wait for (they stay uncommitted and come back later): retries whose time
+        has not come; once the model loops have ended (stopping), everything still queued, such as a retry whose
+        time came during the drain, which no model loop is left to run."""
+        return len(self._queue) if not self._model_loops else self._waiting()
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Abandon in-flight records of partitions we no longer own: their new owner runs them again."""
@@ -391,6 +397,14 @@ class JobPipeline:
     # -- model loop ------------------------------------------------------------------------
 
     async def _model_loop(self) -> None:
+        self._model_loops += 1
+        try:
+            await self._run_batches()
+        finally:
+            self._model_loops -= 1
+            self._finished.set()
+
+    async def _run_batches(self) -> None:
         while True:
             records = await self._next_batch()
             if records is None:
