@@ -401,8 +401,7 @@ class JobPipeline:
         try:
             await self._run_batches()
         finally:
-            self._model_loops -= 1
-            self._finished.set()
+            self._model_loops -= 1  # a drain notices within its next half second
 
     async def _run_batches(self) -> None:
         while True:
