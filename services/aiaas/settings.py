@@ -260,9 +260,9 @@ class WorkerSettings(BaseSettings):
         description="Batches in the model at once, each on its own model thread (Triton's instance count). On a "
         "CPU, several instances with a few intra-op threads each can beat one with them all: an operator's threads "
         "wait for each other at its end, and any other work on the cores stalls them all. Each batch runs on fewer "
-        "threads, so a job alone is a little slower, but under load the queue stays shorter (text on 2 cores: 1.22x "
-        "the saturated jobs/s, p50 at 50 % load 0.36x; README). Results are still published in the order the "
-        "batches were cut. For ONNX Runtime sessions; PyTorch's callers share one thread pool.",
+        "threads, so a job alone is a little slower, but under load the queue stays shorter (measured on text by "
+        "bench/ab.py; tables in bench/results/). Results are still published in the order the batches were cut. For "
+        "ONNX Runtime sessions; PyTorch's callers share one thread pool.",
     )
     model_calls: ModelCalls = Field(
         "thread",
@@ -337,8 +337,8 @@ class WorkerSettings(BaseSettings):
     def in_flight_bound(self) -> int:
         """The in-flight window: `max_in_flight`, or by default 4 × max_batch × model_instances within 256..4,096;
         never less than one batch. One window must hold the batch in the model, the next one being cut and the
-        results still being published, or the consumer stalls between batches (recsys at max_batch 256: 1.15x the
-        jobs/s with a window of 1,024 instead of 256; bench/results). The cap bounds the memory of the default."""
+        results still being published, or the consumer stalls between batches (measured on recsys by bench/ab.py;
+        tables in bench/results/). The cap bounds the memory of the default."""
         wanted = self.max_in_flight or min(4096, max(256, 4 * self.max_batch * self.model_instances))
         return max(wanted, self.max_batch)
 

@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -24,7 +24,10 @@ from aiaas.registry.store import ModelVersion, Registry
 from aiaas.settings import HomeSettings, KafkaSettings
 from aiaas.tracing.setup import setup_tracing
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from aiaas.contract.schemas import SchemaSources
+
+__all__ = ["main", "schema_sources"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,9 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", choices=MODEL_TYPES)
     rollback.add_argument("--alias", default="production")
 
-    schemas = sub.add_parser("schemas", help="the generated contract documents in schemas/")
+    schemas = sub.add_parser("schemas", help="the generated documents: contracts in schemas/, the configuration "
+                             "reference in docs/")
     schemas.add_argument("action", choices=("write", "check"))
-    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="where the contract documents go")
+    schemas.add_argument("--docs", type=Path, default=Path("docs"),
+                         help="where the configuration reference goes (configuration-reference.md)")
     return parser
 
 
@@ -369,14 +375,27 @@ _MODEL_ACTIONS = {
 }
 
 
+def schema_sources() -> SchemaSources:
+    """What the generated documents describe that lives above `aiaas.contract` (its module docstring says why)."""
+    from aiaas.contract.dead_letters import Origin
+    from aiaas.contract.schemas import SchemaSources
+    from aiaas.registry.announce import ModelEvent
+    from aiaas.serving.retries import ATTEMPT, NOT_BEFORE, RetryPolicy
+    from aiaas.training.settings import TrainerSettings
+
+    written = RetryPolicy().retry_headers(Origin("topic", 0, 0), AiaasError("error"), 1, now=0.0)
+    return SchemaSources(retry_headers=tuple(name for name, _ in written), attempt_header=ATTEMPT,
+                         not_before_header=NOT_BEFORE, model_event=ModelEvent, trainer_settings=TrainerSettings)
+
+
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from aiaas.contract.schemas import check_schemas, write_schemas
 
     if args.action == "write":
-        for path in write_schemas(args.dir):
+        for path in write_schemas(args.dir, args.docs, schema_sources()):
             print(f"wrote {path}")
         return 0
-    drift = check_schemas(args.dir)
+    drift = check_schemas(args.dir, args.docs, schema_sources())
     for path in drift:
         print(f"out of date: {path} (run `aiaas schemas write`)", file=sys.stderr)
     return 1 if drift else 0

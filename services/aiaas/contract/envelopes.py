@@ -67,7 +67,8 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     """An instance of a contract model from values that are valid by construction, every field given.
 
     What pydantic's `model_construct` does for such a model, without its per-call bookkeeping (defaults,
-    aliases, fields-set): about 1 µs instead of 4, paid for every tensor and result the worker builds.
+    aliases, fields-set): a fraction of its cost, paid for every tensor and result the worker builds
+    (bench/hotpath.py, its result stage).
     Not validated: only for values the caller made itself (a runtime's numpy output, the worker's own fields).
     """
     instance = object.__new__(cls)

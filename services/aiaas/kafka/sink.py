@@ -2,7 +2,7 @@
 
 `AIOKafkaProducer.send` costs one partitioner call, one future, one accumulator wait and one
 task wake-up per record; for a worker that publishes a whole batch of results at once that
-was a tenth of its time (bench/hotpath.py). `KafkaSink.send_many` hashes each key to its
+was a noticeable share of its time (bench/hotpath.py). `KafkaSink.send_many` hashes each key to its
 partition exactly as the producers' default partitioner does (murmur2, as the Java client),
 fills one `BatchBuilder` per partition and submits it with `send_batch`: one future per
 partition. The producer's guarantees stay: idempotence (sequence numbers are given per batch),
@@ -54,7 +54,7 @@ _MASK = 0xFFFFFFFF
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 hash of a key (the Java client's `Utils.murmur2`, as an unsigned 32-bit int).
 
-    The same function as aiokafka's, about three times faster: the words are read in one `struct` call.
+    The same function as aiokafka's, faster: the words are read in one `struct` call, not assembled byte by byte.
     """
     length = len(data)
     h = 0x9747B28C ^ length

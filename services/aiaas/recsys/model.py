@@ -56,7 +56,7 @@ class ServingGraph(nn.Module):
     """Both tasks of the service over one trained model; outputs are rankings, best first.
 
     Traced with a ranking of every item; the export makes its length the `top_k` input (a partial sort of
-    the best k is several times cheaper than sorting all items, and jobs ask for 10 by default).
+    the best k is much cheaper than sorting all items (bench/ceilings.py), and jobs ask for 10 by default).
 
     `recommend`: `user · item + bias` with the `exclude`d items pushed to -inf.
     `similar_items`: cosine between item vectors, the query item itself pushed to -inf.

@@ -15,9 +15,9 @@ class RecsysSettings(WorkerSettings):
 
     max_batch: int = Field(
         256, ge=1, le=4096,
-        description="Most jobs in one model call. A recsys job costs the model ~13 µs, so a batch's fixed costs (the "
-        "session run, its produce requests, its span) weigh: on 2 cores, batches of 256 with their window of 1,024 "
-        "gave 1.31x the jobs/s of 64 with 256 (bench/results).",
+        description="Most jobs in one model call. A recsys job costs the model little, so a batch's fixed costs (the "
+        "session run, its produce requests, its span) weigh: batches of 256 with their window of 1,024 answer more "
+        "jobs a second than 64 with 256 (bench/ab.py; tables in bench/results/).",
     )
 
     intra_op_threads: int = Field(
@@ -31,6 +31,6 @@ class RecsysSettings(WorkerSettings):
     model_calls: ModelCalls = Field(
         "auto",
         description="Where the model's batch calls run (see WorkerSettings). `auto`: on the event loop on a CPU, where "
-        "a batch of 256 takes the model ~2.5 ms, most of it Python that holds the GIL anyway (2 cores, side by side: "
-        "p50 at 25/50/75 % load 0.73/0.80/0.61x, saturated jobs/s 1.02x; bench/results); on a thread on a GPU.",
+        "a batch's call is short and mostly Python that holds the GIL anyway, so a thread adds a hand-over and wins "
+        "nothing (bench/ab.py; tables in bench/results/); on a thread on a GPU.",
     )

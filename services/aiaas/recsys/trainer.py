@@ -122,8 +122,8 @@ def export_onnx(model: MatrixFactorization, path: Path) -> None:
 def _rank_top_k(path: Path) -> None:
     """Every TopK of the exported graph takes its k from the graph input TOP_K_INPUT instead of the traced n_items.
 
-    The runtime feeds the largest k its batch asks for, so ONNX Runtime sorts partially: at batch 64 on this
-    project's 2-core machine, 0.29 ms for k = 10 and 0.84 ms for k = 100 against 1.9 ms for all 400 items.
+    The runtime feeds the largest k its batch asks for, so ONNX Runtime sorts partially, which costs much less
+    than ranking every item when k is small (the runtime ceiling, bench/ceilings.py; tables in bench/results/).
     ONNX's TopK specification orders equal scores by index, so a row is the prefix of the full ranking whatever
     k is (the unit tests check it on ONNX Runtime's CPU kernel).
 

@@ -4,9 +4,10 @@ CPython's cyclic collector runs whenever 700 container objects more were made th
 saturated service makes dozens per job (envelopes, tensors, results, spans), and each collection
 walks the young objects that are still alive, which are the jobs in flight; every tenth one also
 walks the middle generation, and now and then a full collection walks everything the process
-holds, including the 70–150 thousand objects that the imports and the model left behind, which
-never become garbage. Measured on the vision service, saturated (gc.callbacks): about a fifth of
-its CPU went to collections that found almost nothing (bench/results, the hot-path report).
+holds, including the many objects that the imports and the model left behind, which never
+become garbage. Timed with gc.callbacks on the saturated vision service, a sizeable share of its
+CPU went to collections that found almost nothing (bench/hotpath.py; the hot-path report in
+bench/results/).
 
 So, once the model is loaded and before the first job: one full collection, then `gc.freeze()`
 moves everything that survived out of the collector's sight, and the first threshold is raised so

@@ -335,7 +335,7 @@ class JobPipeline:
         A tenant flooding the service past its capacity then holds at most its share of the window, and `_cut` puts
         the other tenants' jobs into the next batch beside the flood's. Its partitions are not paused: their records
         stay prefetched in the client, ready the moment a batch of theirs finishes (pausing them made the client
-        long-poll the idle partitions first, which cut a busy tenant's throughput by an order of magnitude).
+        long-poll the idle partitions first, which cut a busy tenant's throughput sharply; bench/tenant_flood.py).
         A tenant alone (no other tenant's record taken for `_ACTIVE_S`) may use the whole window.
         """
         retries = self._tenant_of(self._delayed_topic) if self._delayed_topic else object()

@@ -85,17 +85,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """The fp32 graph with its MatMul/Gather weights in int8, one scale per output channel.
 
     ONNX Runtime's dynamic quantization: no calibration data is needed, and the graph is the
-    same for the same fp32 graph. On the 2-core CI VM (VNNI) the encoder alone runs 1.4-1.7x and
-    the text service 1.7x as fast. The price: each encoder call quantizes its activations with
-    one scale for all its rows, so an embedding moves a little with the texts it is batched
-    with. Measured against fp32, cosines are ~0.99 for sentences and down to ~0.95 for a
-    one-word text padded among longer ones. The build records the lowest cosine on the
+    same for the same fp32 graph. On a CPU with VNNI both the encoder alone and the text service
+    run faster (bench/ceilings.py and bench/ab.py; tables in bench/results/). The price: each
+    encoder call quantizes its activations with one scale for all its rows, so an embedding moves
+    a little with the texts it is batched with. Against fp32, sentences stay close; a one-word
+    text padded among longer ones moves most. The build records the lowest cosine on the
     held-out sentences and the head's accuracy under this graph.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Per channel: per-tensor scales cost this encoder ~6 % of cosine, per-channel ones under 1 %.
+    # Per channel: per-tensor scales move this encoder's embeddings much further from fp32's (see int8_cosine_min).
     # DefaultTensorType: shape inference cannot type every MatMul output of the exported graph.
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})

@@ -44,7 +44,7 @@ INT8_GRAPH = "encoder.int8.onnx"
 
 PRECISIONS = ("fp32", "int8")
 """fp32: the exported graph as it is; int8: `INT8_GRAPH` on ONNX Runtime's CPU kernels (the text service answers
-~1.7x the jobs/s on a 2-core VM; see `encoder.quantize_int8` for what it costs in fidelity)."""
+more jobs a second, measured by bench/ab.py; see `encoder.quantize_int8` for what it costs in fidelity)."""
 
 TASKS = ("embed", "similarity", "classify")
 

@@ -22,17 +22,18 @@ class TextSettings(WorkerSettings):
     model_instances: int = Field(
         2, ge=1, le=64,
         description="Batches in the encoder at once, each on its own thread with the cores shared out (the worker "
-        "setting). Two by default for ONNX Runtime: on the 2-core CI VM, 1.22x the saturated jobs/s of one, p50 at "
-        "50 % and 75 % of one's saturation 0.36x and 0.59x, a job alone ~1-4 ms slower (bench/results; measured on "
-        "CPU cores only). One for the torch backend unless set: PyTorch's callers share one thread pool.",
+        "setting). Two by default for ONNX Runtime: two answer more jobs a second than one and keep latency lower "
+        "under load, while a job alone is a little slower (measured on CPU cores only by bench/ab.py; tables in "
+        "bench/results/). One for the torch backend unless set: PyTorch's callers share one thread pool.",
     )
     backend: Literal["onnx", "torch"] = Field(
         "onnx", description="`onnx`: the exported graph under ONNX Runtime; `torch`: the same model in PyTorch."
     )
     precision: Literal["fp32", "int8"] = Field(
         "fp32", description="`fp32`: the encoder as exported; `int8`: its int8-weight graph on the CPU (ONNX "
-        "Runtime only): ~1.7x the service's throughput on a 2-core VNNI CPU; embeddings within a cosine of "
-        "~0.99 of fp32 (~0.95 for one-word texts) that move slightly with the batch they share.",
+        "Runtime only): more throughput on a CPU with VNNI (bench/ab.py; tables in bench/results/), and embeddings "
+        "close to fp32's (one-word texts move most) that move slightly with the batch they share. Each text version "
+        "records its lowest cosine to fp32 (`int8_cosine_min`).",
     )
     max_seq_len: int = Field(128, ge=8, le=512, description="Tokens per text; longer texts are cut and flagged.")
     max_texts_per_job: int = Field(64, ge=1, description="Most texts one job may carry (per input list).")
@@ -43,8 +44,8 @@ class TextSettings(WorkerSettings):
     call_overhead_tokens: int | None = Field(
         None, ge=0, le=8192,
         description="The fixed cost of one encoder call in token slots: a longer text joins a length group unless "
-        "that adds more padding than this. Unset: measured on a CPU encoder at start (tens on a 2-core CPU), 256 "
-        "on a GPU (not measured there yet); the log line says which.",
+        "that adds more padding than this. Unset: measured on a CPU encoder at start, 256 on a GPU (not measured "
+        "there yet); the log line says which (bench/text_padding.py times the choice).",
     )
 
     def limits(self) -> "TextLimits":

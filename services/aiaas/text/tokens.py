@@ -18,7 +18,8 @@ __all__ = ["TextTokenizer", "Tokenized", "length_groups", "padding_waste", "pad"
 
 DEFAULT_CALL_OVERHEAD_TOKENS = 256
 """One encoder call's cost in token slots where it is not measured (callers without an encoder at hand, and GPU
-encoders until measured on one): the value before the CPU runtime measured its own (~15–25 for ONNX Runtime fp32)."""
+encoders until measured on one): the value before the CPU runtime measured its own (bench/text_padding.py times
+the two)."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""Per-job spans at a few microseconds each, exported through the SDK's own processors.
+"""Cheap per-job spans, exported through the SDK's own processors.
 
 A worker opens two spans for every job — `process <topic>` and `send <topic>` — thousands of
 times a second in one Python process, and one `infer <model>` span per batch with a link per job.
-The SDK's general-purpose span costs about 50 µs on the benchmark machine (a lock, attribute
-cleaning against limits, a context attach per `with`, the sampler reached through three layers),
-which was more than everything else the worker does for a job (bench/hotpath.py). A `JobSpan`
+The SDK's general-purpose span is costly (a lock, attribute cleaning against limits, a context
+attach per `with`, the sampler reached through three layers): in the service's profile it cost
+more than everything else the worker does for a job (bench/hotpath.py). A `JobSpan`
 records the same things — a `SpanContext`, its parent, kind, attributes, status, events, start
 and end times — and on `end()` hands itself (a `ReadableSpan`, as the SDK's spans are) to the
 tracer's span processor. Exporters, the local span store and OTLP therefore receive what the SDK

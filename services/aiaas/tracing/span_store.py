@@ -6,9 +6,9 @@ across the client, the CLI and every service process without a tracing backend.
 A service stores two spans per job, thousands a second, in the process that serves the jobs
 (bench/hotpath.py). `LocalSpanProcessor` packs each span when it ends, in the thread that
 ends it: its fields are still in the CPU's cache then, where the SDK's BatchSpanProcessor
-would queue the span and have its export thread read it back cold a few hundred spans later
-(about 6 µs a span in a saturated service, against under 3 µs packed at once), and the
-queue then holds bytes instead of span objects that the garbage collector would walk. A
+would queue the span and have its export thread read it back cold a few hundred spans later,
+which costs more per span in a saturated service (bench/hotpath.py, its tracing export stage),
+and the queue then holds bytes instead of span objects that the garbage collector would walk. A
 background thread appends the packed spans to the file twice a second; the write itself
 releases the GIL. Files written as JSON lines (`*.jsonl`, by earlier versions) are still
 read.
@@ -46,7 +46,7 @@ log = logging.getLogger("aiaas.span_store")
 
 class LocalSpanExporter(SpanExporter):
     """Appends finished spans to `<dir>/<service>-<pid>.spans`, each a msgpack array of StoredSpan's fields
-    (trace, span and parent ids as big-endian bytes: a third of the time of formatting them as hex)."""
+    (trace, span and parent ids as big-endian bytes: cheaper to make than hex strings)."""
 
     def __init__(self, directory: Path, service_name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -86,8 +86,8 @@ class LocalSpanExporter(SpanExporter):
     def _record(self, span: ReadableSpan) -> list[object]:
         """StoredSpan's fields in order (an array: no key names to write for every span).
 
-        A SpanContext is a tuple (trace_id, span_id, ...) by its declared type: indexing it costs a fifth of its
-        properties, and a service stores thousands of spans a second."""
+        A SpanContext is a tuple (trace_id, span_id, ...) by its declared type: indexing it is cheaper than its
+        properties (each a Python call that indexes it), and a service stores thousands of spans a second."""
         resource = span.resource
         if resource is not self._resource:  # one resource per process: look its name up once
             self._resource, self._service = resource, str(resource.attributes.get("service.name", "?"))

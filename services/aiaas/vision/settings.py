@@ -22,7 +22,6 @@ class VisionSettings(WorkerSettings):
     model_calls: ModelCalls = Field(
         "auto",
         description="Where the model's batch calls run (see WorkerSettings). `auto`: on the event loop on a CPU, where "
-        "a batch takes the model about a millisecond and handing it to a thread and back costs more (2 cores, side by "
-        "side: 1.15x the saturated jobs/s, p50 at 25/50/75 % load 0.77/0.77/0.80x; bench/results); on a model thread "
-        "on a GPU.",
+        "a batch's call is short and handing it to a thread and back costs more than the thread wins (bench/ab.py; "
+        "tables in bench/results/); on a model thread on a GPU.",
     )
