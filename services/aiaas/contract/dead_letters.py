@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from aiaas.errors import AiaasError
 
-__all__ = ["DLQ_HEADERS", "Origin", "dlq_headers", "ORIGIN_TOPIC", "ORIGIN_PARTITION", "ORIGIN_OFFSET"]
+__all__ = ["DLQ_HEADERS", "Origin", "RecordCoordinates", "dlq_headers", "ORIGIN_TOPIC", "ORIGIN_PARTITION",
+           "ORIGIN_OFFSET"]
 
 ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET = "aiaas.origin.topic", "aiaas.origin.partition", "aiaas.origin.offset"
 
@@ -28,7 +29,7 @@ DLQ_HEADERS = (
 """Headers every dead-letter record carries (its value is the original message bytes)."""
 
 
-class _Coordinates(Protocol):
+class RecordCoordinates(Protocol):
     """A consumed record's coordinates (aiokafka's ConsumerRecord has them)."""
 
     @property
@@ -48,7 +49,7 @@ class Origin:
     offset: int
 
     @classmethod
-    def of(cls, record: _Coordinates) -> Origin:
+    def of(cls, record: RecordCoordinates) -> Origin:
         """The record's own coordinates."""
         return cls(record.topic, record.partition, record.offset)
 

@@ -22,6 +22,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple, Protocol
 
+from aiaas.contract.dead_letters import RecordCoordinates
+
 __all__ = ["InFlightWindow", "Partition", "ConsumedRecord"]
 
 
@@ -32,15 +34,9 @@ class Partition(NamedTuple):
     partition: int
 
 
-class ConsumedRecord(Protocol):
-    """What the window reads of a consumed record (aiokafka's ConsumerRecord has it)."""
+class ConsumedRecord(RecordCoordinates, Protocol):
+    """What the window reads of a consumed record (aiokafka's ConsumerRecord has it): its coordinates and key."""
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
     @property
     def key(self) -> bytes | None: ...
     @property
