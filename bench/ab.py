@@ -50,8 +50,8 @@ from bench.procs import (
     ChildProcess,
     LocalBroker,
     busy_cpu_seconds,
-    child_env,
     cpu_seconds,
+    service_env,
 )
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
@@ -113,7 +113,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         prefix = f"ab-{run_id}-{args.model}-{side.lower()}"
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
         await prepare_topics(kafka, args.model)
-        env = child_env(broker.bootstrap, prefix, tmp / "home", extra)
+        env = service_env(broker.bootstrap, prefix, tmp / "home", extra)
         command = ["bench/transport.py", "--model", args.model] if side in args.noop else ["-m", f"aiaas.{args.model}"]
         children.append(ChildProcess(command, env, tmp / f"{side}.log").start())
         loads.append(RawLoad(kafka, args.model))

@@ -31,8 +31,8 @@ from bench.procs import (
     ChildProcess,
     LocalBroker,
     broker_jvm_opts,
-    child_env,
     cpu_seconds,
+    service_env,
     thread_cpu_seconds,
 )
 from bench.run import POOL, log, prepare_topics
@@ -57,7 +57,7 @@ async def _measure(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     prefix = f"brokercpu-{uuid.uuid4().hex[:6]}"
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
     await prepare_topics(kafka, args.model)
-    service = ChildProcess(["-m", f"aiaas.{args.model}"], child_env(broker.bootstrap, prefix, tmp / "home"),
+    service = ChildProcess(["-m", f"aiaas.{args.model}"], service_env(broker.bootstrap, prefix, tmp / "home"),
                            tmp / "service.log").start()
     load = RawLoad(kafka, args.model)
     await load.start()

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
 from bench.load import RawLoad, burst
-from bench.procs import ChildProcess, LocalBroker, child_env, cpu_seconds, stop_all
+from bench.procs import ChildProcess, LocalBroker, cpu_seconds, service_env, stop_all
 from bench.report import MachineInfo
 from bench.workloads import MODELS, build_model, payloads
 
@@ -213,7 +213,7 @@ def main() -> None:
         pool = payloads(args.model, args.burst, registry, seed=2)
         broker = LocalBroker(args.port, tmp / "kafka").start()
         prefix = f"profile-{os.getpid()}"
-        env = child_env(broker.bootstrap, prefix, tmp / "home")
+        env = service_env(broker.bootstrap, prefix, tmp / "home")
         command = ["bench/transport.py", "--model", args.model] if args.noop else ["-m", f"aiaas.{args.model}"]
         service = ChildProcess(command, env, tmp / "service.log").start()
         raw = tmp / "profile.txt"

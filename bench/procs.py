@@ -1,133 +1,24 @@
-"""The local Kafka broker and the child processes (services, consumers) a benchmark starts.
+"""What the benchmarks read about the processes they start: CPU time per process and thread, the broker's
+version and JVM options, other work on the machine.
 
-Everything started here is stopped by `stop_all()` (called from a `finally` in run.py, and at
-exit), so a failed or interrupted run leaves no broker and no service behind.
+The broker and the child processes themselves are the shared harness's (`tests/harness.py`: `LocalBroker`,
+`ChildProcess`, `service_env`, `stop_all`), the same ones the integration tests and the fault suite start;
+they are named here too for the benchmarks' imports.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "child_env", "cpu_seconds",
+from tests.harness import KAFKA_SH, REPO, ChildProcess, LocalBroker, service_env, stop_all
+
+__all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "service_env", "cpu_seconds",
            "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all"]
-
-REPO = Path(__file__).resolve().parents[1]
-_KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
-_started: list[ChildProcess | LocalBroker] = []
-
-
-class LocalBroker:
-    """`infra/kafka/kafka.sh start|stop` on its own port and state dir (never the test suite's 29092)."""
-
-    def __init__(self, port: int, state_dir: Path) -> None:
-        self.port, self.state_dir = port, state_dir
-        self.bootstrap = f"127.0.0.1:{port}"
-        self._env = os.environ | {"AIAAS_KAFKA_PORT": str(port), "AIAAS_KAFKA_STATE_DIR": str(state_dir)}
-        self.running = False
-
-    def start(self) -> LocalBroker:
-        """Start it and wait until it answers (kafka.sh does the waiting)."""
-        _started.append(self)
-        done = subprocess.run([str(_KAFKA_SH), "start"], env=self._env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"kafka.sh start failed (port {self.port}):\n{done.stdout}{done.stderr}")
-        self.running = True
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        """The broker JVM's process id (from kafka.sh's pid file)."""
-        try:
-            return int((self.state_dir / "kafka.pid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> None:
-        """Stop it cleanly (kafka.sh waits for the controlled shutdown)."""
-        if self.running:
-            subprocess.run([str(_KAFKA_SH), "stop"], env=self._env, capture_output=True, text=True)
-            self.running = False
-
-
-def child_env(bootstrap: str, prefix: str, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A child's environment: this run's broker, topic prefix and AIAAS_HOME; no inherited OTEL_* choice.
-
-    Other AIAAS_* variables (e.g. AIAAS_VISION_MAX_BATCH) pass through, so a setting can be benchmarked;
-    the report lists the ones that were set.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return env | {
-        "AIAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "AIAAS_KAFKA_TOPIC_PREFIX": prefix,
-        "AIAAS_HOME": str(home),
-        "PYTHONUNBUFFERED": "1",
-    } | (extra or {})
-
-
-class ChildProcess:
-    """A Python child (`-m aiaas.<model>` or a bench script) whose log is kept; ready once `marker` is logged."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, marker: str = " ready: ") -> None:
-        self.args, self.env, self.log_path, self.marker = args, env, log_path, marker
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 120) -> ChildProcess:
-        """Start it and wait for the ready marker in its log."""
-        _started.append(self)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, *self.args], env=self.env, cwd=REPO, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while self.marker not in self.log_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{' '.join(self.args)} did not become ready; its log:\n{self.log_text()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def log_text(self) -> str:
-        """What it has logged so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (drain and leave the group), then SIGKILL if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def stop_all() -> None:
-    """Stop every child and the broker this process started, newest first."""
-    while _started:
-        thing = _started.pop()
-        try:
-            thing.stop()
-        except Exception as exc:  # keep stopping the rest
-            print(f"bench: stopping {thing!r} failed: {exc}", file=sys.stderr)
-
-
-atexit.register(stop_all)
-
 
 def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
@@ -137,7 +28,7 @@ def kafka_version() -> str:
 
 def broker_jvm_opts() -> str:
     """The JVM options kafka.sh starts the broker with: AIAAS_KAFKA_JVM_OPTS, or kafka.sh's default."""
-    found = re.search(r'AIAAS_KAFKA_JVM_OPTS:-([^}"]+)\}', _KAFKA_SH.read_text())
+    found = re.search(r'AIAAS_KAFKA_JVM_OPTS:-([^}"]+)\}', KAFKA_SH.read_text())
     return os.environ.get("AIAAS_KAFKA_JVM_OPTS") or (found.group(1) if found else "?")
 
 

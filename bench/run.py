@@ -56,7 +56,7 @@ from bench.load import (
     open_loop,
     saturate,
 )
-from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, child_env, stop_all
+from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, service_env, stop_all
 from bench.report import (
     ALONE_PER_S,
     MachineInfo,
@@ -110,8 +110,8 @@ class Bench:
     def child(self, model: str, stage: str, args: list[str], marker: str = " ready: ",
               extra_env: dict[str, str] | None = None) -> ChildProcess:
         """A child process on the stage's prefix, with this run's broker and home."""
-        env = child_env(self.broker.bootstrap, self.prefix(model, stage), self.home, extra_env)
-        return ChildProcess(args, env, self.logs / f"{model}-{stage}.log", marker)
+        env = service_env(self.broker.bootstrap, self.prefix(model, stage), self.home, extra_env)
+        return ChildProcess(args, env, self.logs / f"{model}-{stage}.log", marker=marker)
 
     async def saturated(self, loads: list[Load], pool: list[Payload], *, pilot: int | list[int] | None = None,
                         names: list[str] | None = None) -> list[Saturation]:

@@ -285,17 +285,17 @@ class Bench:
 
     def alice(self, kafka: KafkaSettings, name: str, count: int, rate: float):
         """Alice's flood, as a process of its own (so her publishing is not on bob's event loop)."""
-        from bench.procs import ChildProcess, child_env
+        from bench.procs import ChildProcess, service_env
 
         topic = ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
         args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
                 "--count", str(count), "--rate", str(rate)]
-        return ChildProcess(args, child_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
+        return ChildProcess(args, service_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
                             self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
 
     async def one_run(self, number: int) -> RunResult:
         """Capacity, bob alone, bob during alice's flood; a fresh prefix and service."""
-        from bench.procs import ChildProcess, OtherWork, child_env
+        from bench.procs import ChildProcess, OtherWork, service_env
 
         args, result = self.args, RunResult()
         kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap,
@@ -303,7 +303,7 @@ class Bench:
         topics = ModelTopics.of("vision", kafka.topic_prefix)
         await ensure_topics(kafka, service_topics("vision", kafka) + [
             name for tenant in TENANTS for name in (topics.tenant_infer(tenant), topics.tenant_results(tenant))])
-        env = child_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
+        env = service_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
         service = ChildProcess(["-m", "aiaas.vision"], env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
         other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
         other.start()

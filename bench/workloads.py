@@ -107,7 +107,7 @@ def build_model(model: str, registry: Registry) -> None:
 @contextmanager
 def built_model_and_broker(model: str, port: int, prefix: str) -> Iterator[tuple[Path, LocalBroker, Registry]]:
     """A fresh temporary folder, `model` built into its registry (`<tmp>/home/registry`) and a local broker on
-    `port` (`<tmp>/kafka`); on leaving, everything bench/procs.py started is stopped."""
+    `port` (`<tmp>/kafka`); on leaving, everything the harness (tests/harness.py) started is stopped."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     broker = LocalBroker(port, tmp / "kafka")
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from aiaas.registry.store import Registry
+from tests.harness import LocalBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXPORTER = InMemorySpanExporter()
@@ -54,18 +54,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> str:
     where any outgoing connection on the machine may take a port as its local one just before the broker
     binds it. CI once failed that way on 39396.
     """
-    port = os.environ.get("AIAAS_TEST_KAFKA_PORT", "29092")
-    state = tmp_path_factory.mktemp("kafka")
-    env = os.environ | {"AIAAS_KAFKA_PORT": port, "AIAAS_KAFKA_STATE_DIR": str(state)}
-    script = ROOT / "infra" / "kafka" / "kafka.sh"
+    port = int(os.environ.get("AIAAS_TEST_KAFKA_PORT", "29092"))
     if shutil.which("java") is None or shutil.which("mvn") is None:
         pytest.skip("integration tests need Java 17+ and Maven to fetch and run the local Kafka broker")
-    started = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
-    if started.returncode != 0:
-        pytest.fail(f"the local Kafka broker did not start:\n{started.stdout}\n{started.stderr}")
-    yield f"127.0.0.1:{port}"
-    log = state / "kafka.log"
-    subprocess.run([script, "stop"], env=env, capture_output=True)
+    broker = LocalBroker(port, tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except RuntimeError as exc:
+        pytest.fail(f"the local Kafka broker did not start:\n{exc}")
+    yield broker.bootstrap
+    broker.stop()
+    log = broker.log_path
     if log.exists() and "ERROR" in log.read_text(errors="replace"):
         print("--- kafka log (errors) ---")
         print("\n".join(line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line)[-4000:])

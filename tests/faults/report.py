@@ -9,8 +9,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.report import cpu_name
+from tests.harness import REPO
 
-from .procs import REPO
 from .scenarios import Row
 
 __all__ = ["table", "markdown", "machine", "machine_slug"]

@@ -24,7 +24,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .procs import Broker, cleanup
+from tests.harness import LocalBroker, stop_all
+
 from .report import HEADER, RULE, machine, machine_slug, markdown, table, verdict
 from .scenarios import MODES, SCENARIOS, Options, Row, run_one
 
@@ -68,8 +69,8 @@ def build_home(workdir: Path) -> Path:
 async def main_async(args: argparse.Namespace, workdir: Path) -> list[Row]:
     """Start the broker, run every scenario × mode, return the rows."""
     home = args.home or build_home(workdir)
-    broker = Broker(args.port, workdir / "kafka")
-    await broker.start()
+    broker = LocalBroker(args.port, workdir / "kafka")
+    await broker.start_async()
     opts = Options(jobs=args.jobs, home=home, workdir=workdir, rate=args.rate, seed=args.seed, stall_s=args.stall)
     print(f"machine: {machine()}\nwork folder: {workdir}\n\n{HEADER}\n{RULE}", flush=True)
     rows = []
@@ -82,9 +83,9 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 for line in ([f"failed: {row.error}"] if row.error else []) + row.notes:
                     print(f"    {line}", flush=True)
                 if not broker.running:  # a scenario that failed while the broker was down
-                    await broker.start()
+                    await broker.start_async()
     finally:
-        await broker.stop()
+        await broker.stop_async()
     return rows
 
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = asyncio.run(main_async(args, workdir))
     finally:
-        cleanup()
+        stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     command = "python -m tests.faults.run " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -26,6 +26,7 @@ from pathlib import Path
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics
 from aiaas.settings import KafkaSettings
+from tests.harness import ChildProcess, LocalBroker, service_env
 
 from .check import Check, check, read_received
 from .load import (
@@ -39,7 +40,6 @@ from .load import (
     interleave,
 )
 from .monitor import Monitor
-from .procs import Broker, Child, base_env
 
 __all__ = ["MODES", "SCENARIOS", "Scenario", "Options", "Row", "run_one"]
 
@@ -91,19 +91,19 @@ class Row:
 class Run:
     """One scenario in one mode: its topics, processes, monitor and notes."""
 
-    def __init__(self, scenario: Scenario, mode: str, opts: Options, broker: Broker) -> None:
+    def __init__(self, scenario: Scenario, mode: str, opts: Options, broker: LocalBroker) -> None:
         self.scenario, self.mode, self.opts, self.broker = scenario, mode, opts, broker
         self.prefix = f"f{scenario.number}{mode[0]}{uuid.uuid4().hex[:8]}"
         self.kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=self.prefix)
         self.dir = opts.workdir / f"s{scenario.number}-{mode}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(f"{opts.seed}-{scenario.number}-{mode}")
-        self.env = base_env(broker.bootstrap, self.prefix, opts.home)
+        self.env = service_env(broker.bootstrap, self.prefix, opts.home, export_traces=False)
         self.topics = ModelTopics.of("vision", self.prefix)
         self.tenants = scenario.tenants
         self.infer_topics = [self.topics.infer, *(self.topics.tenant_infer(t) for t in self.tenants)]
         self.results_topics = [self.topics.results, *(self.topics.tenant_results(t) for t in self.tenants)]
-        self.workers: dict[str, Child] = {}
+        self.workers: dict[str, ChildProcess] = {}
         self.readers = [self._reader(tenant) for tenant in (self.tenants or (None,))]
         self.reader = self.readers[0]
         self.monitor: Monitor | None = None
@@ -115,13 +115,13 @@ class Run:
         self.latency: dict[str, list[float]] = {}
         """The tenant flood: bob's latencies (ms) by phase."""
 
-    def _reader(self, tenant: str | None) -> Child:
+    def _reader(self, tenant: str | None) -> ChildProcess:
         """The results reader of the shared results topic, or of `tenant`'s (its own group, folder and seen file)."""
         folder = self.dir / tenant if tenant else self.dir
         name = f"reader-{tenant}" if tenant else "reader"
         env = self.env | ({"AIAAS_KAFKA_TENANT": tenant} if tenant else {})
-        return Child(name, ["-m", "tests.faults.reader", "--group", f"{self.prefix}.{name}", "--dir", str(folder)],
-                     env, self.dir / f"{name}.log")
+        return ChildProcess(["-m", "tests.faults.reader", "--group", f"{self.prefix}.{name}", "--dir", str(folder)],
+                            env, self.dir / f"{name}.log", name=name)
 
     def topics_needed(self) -> list[str]:
         """Every topic this run's processes use (the broker creates none by itself)."""
@@ -134,21 +134,21 @@ class Run:
         """Record what happened (the report's details), with the time since the run started."""
         self.notes.append(f"[{time.monotonic() - self.started:5.1f} s] {text}")
 
-    def worker(self, name: str) -> Child:
+    def worker(self, name: str) -> ChildProcess:
         """Service instance `name` (its own instance id; the same one again when restarted)."""
         if name not in self.workers:
             env = self.env | dict(self.scenario.worker_env) | {"AIAAS_VISION_DELIVERY": self.mode,
                                                                 "AIAAS_VISION_INSTANCE_ID": name}
-            self.workers[name] = Child(name, ["-m", self.scenario.module], env, self.dir / f"{name}.log")
+            self.workers[name] = ChildProcess(["-m", self.scenario.module], env, self.dir / f"{name}.log", name=name)
         return self.workers[name]
 
-    async def start_worker(self, name: str) -> Child:
+    async def start_worker(self, name: str) -> ChildProcess:
         """Start (or restart) service instance `name` and wait until it consumes."""
         worker = self.worker(name)
-        await worker.start()
+        await worker.start_async()
         return worker
 
-    def children(self) -> list[Child]:
+    def children(self) -> list[ChildProcess]:
         """Every process of this run."""
         return [*self.workers.values(), *self.readers]
 
@@ -236,11 +236,11 @@ async def restart_broker(run: Run) -> None:
     assert run.monitor is not None
     await run.at(run.rng.uniform(0.3, 0.7))
     at, started = run.percent(), time.monotonic()
-    await run.broker.stop()
+    await run.broker.stop_async()
     stopped = time.monotonic()
     away = run.rng.uniform(2, 5)
     await asyncio.sleep(away)
-    await run.broker.start()
+    await run.broker.start_async()
     run.note(f"broker stopped at {at} (controlled shutdown {stopped - started:.1f} s), down {away:.1f} s more, "
              f"answering again after {time.monotonic() - started:.1f} s in all")
     moved, deadline = False, time.monotonic() + run.opts.stall_s
@@ -252,7 +252,7 @@ async def restart_broker(run: Run) -> None:
         if not child.alive:
             run.note(f"FINDING: {child.name} exited by itself (status {child.unexpected_exits()}) around the broker "
                      "restart; started again")
-            await child.start()
+            await child.start_async()
     if moved:
         run.note(f"results flowing again {time.monotonic() - started:.1f} s after the stop; "
                  + ("every process rode through" if not any(c.unexpected_exits() for c in run.children())
@@ -288,7 +288,7 @@ async def kill_reader(run: Run) -> None:
         handed = len(run.received())
         run.note(f"kill -9 reader after it handed over {handed} results ({run.percent()} of the jobs answered)")
         started = time.monotonic()
-        await run.reader.start()
+        await run.reader.start_async()
         await run.reader_past(handed)
         run.note(f"reader resumed: handing over again {time.monotonic() - started:.1f} s after its restart")
         floor = handed / run.opts.jobs + 0.05
@@ -355,10 +355,10 @@ async def tenant_flood(run: Run) -> None:
     assert run.monitor is not None and run.publisher is not None
     await asyncio.sleep(_SOLO_S)
     ids = set(_alice_ids(run))
-    alice = Child("alice", ["-m", "bench.tenant_flood", "flood", "--topic", run.topics.tenant_infer("alice"),
-                            "--prefix", f"{run.prefix}-alice", "--count", str(len(ids))],
-                  run.env, run.dir / "alice.log", marker="alice flood ready: ")
-    await alice.start()
+    alice = ChildProcess(["-m", "bench.tenant_flood", "flood", "--topic", run.topics.tenant_infer("alice"),
+                          "--prefix", f"{run.prefix}-alice", "--count", str(len(ids))],
+                         run.env, run.dir / "alice.log", name="alice", marker="alice flood ready: ")
+    await alice.start_async()
     run.note(f"alice floods {len(ids):,} jobs (bob at {run.percent()})")
     moved_at, count = time.monotonic(), -1
     while not ids <= run.monitor.answered:
@@ -383,7 +383,7 @@ async def tenant_flood(run: Run) -> None:
     run.latency = {"alone": lat(answering_from, flood_from), "during the flood": lat(flood_from, flood_until)}
 
 
-async def _exit_of(child: Child, timeout: float = 120) -> int | None:
+async def _exit_of(child: ChildProcess, timeout: float = 120) -> int | None:
     """Wait for a child that ends by itself (alice's flood) and reap it."""
     deadline = time.monotonic() + timeout
     while child.alive and time.monotonic() < deadline:
@@ -450,7 +450,7 @@ SCENARIOS = {s.number: s for s in (
 
 # -- one run ---------------------------------------------------------------------------------
 
-async def run_one(scenario: Scenario, mode: str, opts: Options, broker: Broker) -> Row:
+async def run_one(scenario: Scenario, mode: str, opts: Options, broker: LocalBroker) -> Row:
     """Run `scenario` in `mode`; never raises for a scenario's failure (the row carries it)."""
     run = Run(scenario, mode, opts, broker)
     row = Row(scenario, mode)
@@ -470,7 +470,7 @@ async def run_one(scenario: Scenario, mode: str, opts: Options, broker: Broker) 
         await run.start_worker("w1")
         row.ready_line = next((line for line in run.workers["w1"].log_text().splitlines() if " ready: " in line), "")
         for reader in run.readers:
-            await reader.start()
+            await reader.start_async()
         supervising = asyncio.create_task(_supervise(run))
         run.publisher = publisher = Publisher(run.kafka)
         first_publish = time.monotonic()
@@ -497,7 +497,7 @@ async def run_one(scenario: Scenario, mode: str, opts: Options, broker: Broker) 
         if supervising is not None:
             supervising.cancel()
         for child in run.children():
-            child.stop_now()
+            child.stop(timeout=30)
         if run.monitor is not None:
             await run.monitor.stop()
         row.notes = run.notes + _log_findings(run)
@@ -519,7 +519,7 @@ async def _supervise(run: Run) -> None:
             statuses = worker.unexpected_exits()
             if len(statuses) > before:
                 run.note(f"FINDING: {worker.name} exited by itself with status {statuses[-1]}; starting it again")
-                await worker.start()
+                await worker.start_async()
 
 
 def _rewinds(run: Run) -> int | None:
@@ -547,7 +547,7 @@ async def _reader_catch_up(run: Run) -> None:
         for reader in run.readers:
             if not reader.alive:
                 run.note(f"FINDING: {reader.name} exited by itself (status {reader.unexpected_exits()}); started again")
-                await reader.start()
+                await reader.start_async()
         received = run.received()
         if wanted <= received.keys():
             return

@@ -19,9 +19,9 @@ import shutil
 
 import pytest
 
-from tests.faults.procs import Broker
 from tests.faults.report import markdown, verdict
 from tests.faults.scenarios import MODES, SCENARIOS, Options, run_one
+from tests.harness import LocalBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,13 +46,13 @@ async def fault_broker(tmp_path_factory):
     """A broker of this module's own (scenario 3 restarts it), on `fault_port()`."""
     if shutil.which("java") is None or shutil.which("mvn") is None:
         pytest.skip("the fault suite needs Java 17+ and Maven to fetch and run the local Kafka broker")
-    broker = Broker(fault_port(), tmp_path_factory.mktemp("fault-kafka"))
+    broker = LocalBroker(fault_port(), tmp_path_factory.mktemp("fault-kafka"))
     try:
-        await broker.start()
+        await broker.start_async()
     except RuntimeError as exc:
         pytest.fail(f"the fault suite's broker did not start: {exc}")
     yield broker
-    await broker.stop()
+    await broker.stop_async()
 
 
 CASES = [(number, mode) for number in range(1, 7) for mode in MODES] + [(7, "exactly-once"), (8, "exactly-once")]
@@ -64,7 +64,7 @@ async def test_scenario(number, mode, fault_broker, vision_registry, tmp_path):
     opts = Options(jobs=JOBS, home=vision_registry.root.parent, workdir=tmp_path, rate=RATE, stall_s=60)
     row = await run_one(scenario, mode, opts, fault_broker)
     if not fault_broker.running:
-        await fault_broker.start()
+        await fault_broker.start_async()
     report = markdown([row], command="pytest tests/faults", jobs=JOBS, rate=RATE, seed=0, started="", total_s=0)
     print(report.split("| scenario |", 1)[1].split("## Columns")[0])
     print(report.split("## What happened in each run", 1)[1])

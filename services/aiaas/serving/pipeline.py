@@ -50,10 +50,10 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 
 from aiaas.errors import PublishFailed, TransactionFenced
 from aiaas.kafka.commit_window import InFlightWindow, Partition
+from aiaas.kafka.offset_committer import OffsetCommitter
 from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.stall_watch import LoopStallWatch
 from aiaas.kafka.transactions import Transactions
@@ -140,10 +140,10 @@ class JobPipeline:
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
         self._queue: deque[Any] = deque()
         self._publishing: set[asyncio.Task[None]] = set()
-        self._to_commit: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
-        self._committer: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
+        self._committer = OffsetCommitter(consumer, on_idle=self._finished.set,  # at-least-once commits
+                                          on_failure=self._count_commit_failure)
         self._stopping = asyncio.Event()
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
@@ -212,8 +212,8 @@ class JobPipeline:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
         async def drained() -> None:
-            while (len(self._window) > self._left_behind() or self._publishing or self._to_commit
-                   or self._committing or (self._model_loops and any(self._ready(r) for r in self._queue))):
+            while (len(self._window) > self._left_behind() or self._publishing or self._committer.busy
+                   or (self._model_loops and any(self._ready(r) for r in self._queue))):
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
@@ -240,8 +240,8 @@ class JobPipeline:
         gone = {Partition(*p) for p in partitions}
         self._epoch += 1
         self._window.forget(gone)
+        self._committer.forget(gone)
         for partition in gone:
-            self._to_commit.pop(partition, None)
             self._next_offset.pop(TopicPartition(*partition), None)
         self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
         self._finished.set()
@@ -536,10 +536,7 @@ class JobPipeline:
         self._forget_refusals(batch)
         if epoch != self._epoch:
             return  # a rewind or revocation happened since: these offsets are no longer ours to commit
-        for partition, offset in self._window.finish(batch.records).items():
-            self._to_commit[partition] = max(offset, self._to_commit.get(partition, 0))
-        if self._to_commit and not self._committing:
-            self._committer = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
+        self._committer.add(self._window.finish(batch.records))
 
     async def _publish_in_transaction(self, batch: ProcessedBatch, epoch: int) -> None:
         """Exactly-once: the batch's outcomes and the offsets they make safe, in one transaction."""
@@ -627,7 +624,7 @@ class JobPipeline:
         try:
             # Batches already cut are stale: they discard or abort. Wait for them, so none commits after this.
             deadline = time.monotonic() + self._drain_timeout_s
-            while (self._publishing or self._committing) and time.monotonic() < deadline:
+            while (self._publishing or self._committer.busy) and time.monotonic() < deadline:
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
@@ -656,7 +653,7 @@ class JobPipeline:
         """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""
         self._epoch += 1
         self._window.forget(None)
-        self._to_commit.clear()
+        self._committer.forget()
         self._queue.clear()
         self._finished.set()
 
@@ -664,26 +661,8 @@ class JobPipeline:
         self._publishing.discard(task)
         self._finished.set()
 
-    @property
-    def _committing(self) -> bool:
-        return self._committer is not None and not self._committer.done()
-
-    async def _commit_pending(self) -> None:
-        """The single committer: commits the highest safe offsets, coalescing batches that finished meanwhile.
-
-        One committer keeps commits monotonic per partition, and a finished batch's memory is freed
-        at once instead of waiting for its own commit round trip.
-        """
-        try:
-            while self._to_commit:
-                offsets, self._to_commit = self._to_commit, {}
-                try:
-                    await self._consumer.commit({TopicPartition(*p): offset for p, offset in offsets.items()})
-                except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
-                    self.stats.commit_failures += 1
-                    log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
-        finally:
-            self._finished.set()
+    def _count_commit_failure(self) -> None:
+        self.stats.commit_failures += 1
 
     def _rewind(self, epoch: int) -> None:
         if epoch != self._epoch:

@@ -1,0 +1,77 @@
+"""At-least-once offset commits: one committer per consumer, the highest safe offset per partition.
+
+Batches finish in any order and each makes some offsets safe (`commit_window.py` says which). One task
+commits them: it takes everything pending, commits it in one request, and goes on while more arrived
+meanwhile. One committer keeps commits monotonic per partition, coalesces the offsets of batches that
+finished during a commit's round trip, and lets a finished batch's memory go at once instead of waiting
+for its own commit. A commit that fails (the group rebalanced, the coordinator moved) is counted and
+logged: the partitions' next owner runs those jobs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from aiaas.kafka.commit_window import Partition
+
+__all__ = ["OffsetCommitter", "CommittingConsumer"]
+
+log = logging.getLogger("aiaas.pipeline")
+
+
+class CommittingConsumer(Protocol):
+    """The part of aiokafka's AIOKafkaConsumer the committer uses."""
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
+
+
+class OffsetCommitter:
+    """Commits offsets handed to it (`add`), one commit request at a time, never going backwards per partition."""
+
+    def __init__(self, consumer: CommittingConsumer, *, on_idle: Callable[[], None] = lambda: None,
+                 on_failure: Callable[[], None] = lambda: None) -> None:
+        self._consumer = consumer
+        self._on_idle = on_idle  # called whenever a commit round ends (a drain waits for that)
+        self._on_failure = on_failure
+        self._pending: dict[Partition, int] = {}  # highest safe offset per partition, not yet committed
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    @property
+    def busy(self) -> bool:
+        """Offsets wait to be committed, or a commit is in flight."""
+        return bool(self._pending) or (self._task is not None and not self._task.done())
+
+    def add(self, offsets: dict[Partition, int]) -> None:
+        """Commit these offsets (next offset to read, per partition) soon; a lower one than pending is ignored."""
+        for partition, offset in offsets.items():
+            self._pending[partition] = max(offset, self._pending.get(partition, 0))
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
+
+    def forget(self, partitions: Iterable[Partition] | None = None) -> None:
+        """Drop what is pending for `partitions` (all when None): they are no longer ours to commit."""
+        if partitions is None:
+            self._pending.clear()
+        else:
+            for partition in partitions:
+                self._pending.pop(partition, None)
+
+    async def _commit_pending(self) -> None:
+        try:
+            while self._pending:
+                offsets, self._pending = self._pending, {}
+                try:
+                    await self._consumer.commit({TopicPartition(*p): offset for p, offset in offsets.items()})
+                except KafkaError as exc:  # e.g. the group rebalanced: the new owner re-runs these jobs
+                    self.failures += 1
+                    self._on_failure()
+                    log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
+        finally:
+            self._on_idle()
