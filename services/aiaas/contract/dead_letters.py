@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from aiaas.errors import AiaasError
 
-__all__ = ["DLQ_HEADERS", "Origin", "RecordCoordinates", "dlq_headers", "ORIGIN_TOPIC", "ORIGIN_PARTITION",
-           "ORIGIN_OFFSET"]
+__all__ = ["DLQ_HEADERS", "DLQ_VALUE_DROPPED", "DLQ_KEY_DROPPED", "DLQ_DROPPED_HEADERS", "Origin",
+           "RecordCoordinates", "dlq_headers", "ORIGIN_TOPIC", "ORIGIN_PARTITION", "ORIGIN_OFFSET"]
 
 ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET = "aiaas.origin.topic", "aiaas.origin.partition", "aiaas.origin.offset"
 
@@ -27,6 +27,11 @@ DLQ_HEADERS = (
     "aiaas.attempts",
 )
 """Headers every dead-letter record carries (its value is the original message bytes)."""
+
+DLQ_VALUE_DROPPED, DLQ_KEY_DROPPED = "aiaas.dlq.value.dropped_bytes", "aiaas.dlq.key.dropped_bytes"
+DLQ_DROPPED_HEADERS = (DLQ_VALUE_DROPPED, DLQ_KEY_DROPPED)
+"""Headers a service's dead letter adds when it leaves the original value or key out (too large to publish again,
+or the broker refused the record): how many bytes were left out."""
 
 
 class RecordCoordinates(Protocol):

@@ -35,7 +35,13 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from aiaas import errors, settings
-from aiaas.contract.dead_letters import DLQ_HEADERS, ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC
+from aiaas.contract.dead_letters import (
+    DLQ_DROPPED_HEADERS,
+    DLQ_HEADERS,
+    ORIGIN_OFFSET,
+    ORIGIN_PARTITION,
+    ORIGIN_TOPIC,
+)
 from aiaas.contract.envelopes import JOB_ID_PATTERN, TERMINAL_STATUSES, Job, Result, ResultStatus
 from aiaas.contract.headers import _OURS, _TRACE_LIMITS, _TRACEPARENT
 from aiaas.contract.reply_topics import DEFAULT_REPLY_TO_PATTERN
@@ -49,9 +55,6 @@ __all__ = ["SchemaSources", "render_schemas", "render_docs", "write_schemas", "c
 CONFIG_REFERENCE = "configuration-reference.md"
 """The configuration reference's file name, in the docs folder."""
 
-DLQ_DROPPED_HEADERS = ("aiaas.dlq.value.dropped_bytes", "aiaas.dlq.key.dropped_bytes")
-"""Headers a service's dead letter adds when it leaves the original value or key out (`serving/worker.py`
-`_dead_letter` writes them as literals; tests/unit/test_schemas.py checks it still writes exactly these)."""
 
 _TRAINING_STATUSES = ("accepted", "running", "succeeded", "failed")
 """The statuses of a training job's events, in the order they come (`training/service.py`)."""

@@ -15,15 +15,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace import Status, StatusCode
 
 from aiaas import tracing
 from aiaas.contract.codec import decode_job, encode
-from aiaas.contract.dead_letters import Origin, dlq_headers
+from aiaas.contract.dead_letters import Origin
 from aiaas.contract.envelopes import (
     ErrorInfo,
     Job,
@@ -31,7 +29,6 @@ from aiaas.contract.envelopes import (
     Tensor,
     Timings,
     is_plain_value,
-    job_id_of_key,
     trusted,
 )
 from aiaas.contract.headers import NO_HEADERS, HeaderLimits, read_headers
@@ -49,7 +46,9 @@ from aiaas.errors import (
     UnknownModelVersion,
     UnparseableRecord,
 )
+from aiaas.serving.batch import JobInFlight, KafkaRecord, ProcessedBatch, ResultSink, end_spans, record_key
 from aiaas.serving.idempotency import Outcome, OutcomeCache
+from aiaas.serving.outcomes import OutcomeSender
 from aiaas.serving.retries import RetryPolicy
 from aiaas.serving.runtime import ModelRuntime, Outputs, computes_on_cpu
 from aiaas.serving.runtimes import RuntimeSet
@@ -58,88 +57,8 @@ from aiaas.tracing.job_spans import JobSpans
 
 __all__ = ["BatchWorker", "ProcessedBatch", "PublishFailed", "ResultSink", "KafkaRecord", "record_key"]
 
-_MAX_ECHOED_KEY = 1024
-"""A Kafka key longer than this is not echoed on the dead letter (it could make the record unsendable)."""
 
 log = logging.getLogger("aiaas.worker")
-
-
-class KafkaRecord(Protocol):
-    """The parts of a consumed record the worker reads (aiokafka's ConsumerRecord has them)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
-class ResultSink(Protocol):
-    """Publishes one record and returns when the broker has acknowledged it.
-
-    A sink may also offer `send_many(records) -> list[BaseException | None]` (records with `topic`, `value`,
-    `key` and `headers`): the worker then hands it a whole batch's outcomes at once (`KafkaSink` does).
-    """
-
-    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Send and await the acknowledgement."""
-        ...
-
-
-@dataclass
-class _InFlight:
-    """One record's way through the batch."""
-
-    record: KafkaRecord
-    span: Span
-    origin: Origin
-    job: Job | None = None
-    tenant: str | None = None  # from the topic the job arrived on, never from the job itself
-    result_topic: str | None = None  # where its result goes, once its reply_to is checked
-    runtime: ModelRuntime | None = None
-    pending_version: str | None = None  # a pinned version that must be loaded before this job can run
-    item: Any = None
-    prepared: bool = False  # the runtime accepted the job (its item may be anything, even None)
-    result: Result | None = None
-    error: AiaasError | None = None
-    attempt: int = 1  # 1 for a job from the infer topic, n for the n-th try from the retry topic
-    retry: bool = False  # failed retriably with attempts left: goes to the retry topic, no result yet
-    payload: bytes | None = None  # the encoded result, once sealed (or remembered from an earlier delivery)
-    replayed: bool = False  # the outcome was remembered, not computed: the model did not run
-    twin: _InFlight | None = None  # an earlier record of the same job id in this batch: share its outcome
-    bare: bool = False  # its outcome cannot be published: only a dead letter without key or body
-    superseded: bool = False  # a retry record of a job already answered (or run in this batch): publishes nothing
-    remembered: Outcome | None = None  # its outcome as put in the outcome memory, to confirm once delivered
-
-    @property
-    def job_id(self) -> str | None:
-        """The job's id; before (or without) a valid envelope, the record's key when that is a valid job id."""
-        if self.job is not None:
-            return self.job.job_id
-        return job_id_of_key(self.record.key)
-
-
-def record_key(record: KafkaRecord) -> tuple[str, int, int]:
-    """(topic, partition, offset): a consumed record's identity."""
-    return record.topic, record.partition, record.offset
-
-
-@dataclass
-class ProcessedBatch:
-    """A batch whose model call is done and whose outcomes wait to be published."""
-
-    jobs: list[_InFlight]
-
-    @property
-    def records(self) -> list[KafkaRecord]:
-        """The consumed records of the batch, in the order they were taken."""
-        return [job.record for job in self.jobs]
-
-
-def _end_spans(jobs: Sequence[_InFlight]) -> None:
-    for job in jobs:
-        job.span.end()
 
 
 class BatchWorker:
@@ -181,6 +100,9 @@ class BatchWorker:
         self._header_limits = header_limits
         self.reply_topics = reply_topics or ReplyTopics(topics, topics.infer.rsplit(".", 2)[0])
         self._catalog = topic_catalog
+        self._sender = OutcomeSender(sink, self._spans, retry=self.retry, retry_topic=topics.retry,
+                                     dlq_topic=dlq_topic, max_message_bytes=max_message_bytes,
+                                     result_topic=self._result_topic)
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -207,14 +129,14 @@ class BatchWorker:
             await self._check_result_topics(batch, picked_at)
             await self._load_pinned(batch, picked_at)
             runnable = sorted((job for job in batch if job.prepared and job.result is None), key=_highest_first)
-            groups: dict[int, list[_InFlight]] = {}
+            groups: dict[int, list[JobInFlight]] = {}
             for job in runnable:
                 groups.setdefault(id(job.runtime), []).append(job)
             for group in groups.values():
                 await self._infer(group, picked_at)
             self._seal(batch)
         except BaseException:
-            _end_spans(batch)
+            end_spans(batch)
             raise
         return ProcessedBatch(batch)
 
@@ -223,25 +145,12 @@ class BatchWorker:
 
         Raises PublishFailed, naming the records whose outcomes were not acknowledged.
         """
-        outgoing: list[_Outgoing] = []
         try:
-            for job in batch.jobs:
-                outgoing += self._outgoing(job)
-            errors = await self._send_all(outgoing)
-        except BaseException as exc:  # cancelled (a drain timed out) or a bug: no span is left open
-            for record in outgoing:
-                record.close(exc)
-            _end_spans(batch.jobs)
-            raise
-        for record, error in zip(outgoing, errors, strict=False):
-            record.close(error)
-        _end_spans(batch.jobs)
-        failed: dict[int, tuple[KafkaRecord, BaseException]] = {}
-        for record, error in zip(outgoing, errors, strict=False):
-            if error is not None:
-                failed.setdefault(id(record.job), (record.job.record, error))
+            failed = await self._sender.send(batch.jobs)
+        finally:
+            end_spans(batch.jobs)
         if failed:
-            raise PublishFailed(list(failed.values()))
+            raise PublishFailed(failed)
 
     async def dead_letter_undeliverable(self, refused: Sequence[tuple[KafkaRecord, str]]) -> None:
         """A bare dead letter (headers only) for each record whose outcome the broker refused for good, with the
@@ -258,14 +167,14 @@ class BatchWorker:
 
     def discard(self, batch: ProcessedBatch) -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
-        _end_spans(batch.jobs)
+        end_spans(batch.jobs)
 
     def close(self) -> None:
         """Release the model and loader threads."""
         self._executor.shutdown(wait=True)
         self.runtimes.close()
 
-    def _admit(self, record: KafkaRecord, picked_at: float, undeliverable: str | None = None) -> _InFlight:
+    def _admit(self, record: KafkaRecord, picked_at: float, undeliverable: str | None = None) -> JobInFlight:
         """Open the job's CONSUMER span, check its headers, decode and validate it; bad jobs get an error result.
 
         Never raises: whatever a record carries ends in exactly one outcome (a result, an error result with a
@@ -275,18 +184,18 @@ class BatchWorker:
             return self._admit_checked(record, picked_at, undeliverable)
         except Exception as exc:  # a bug of ours on a record nobody foresaw: the record is still answered
             log.exception("admitting %s[%s]@%s failed", record.topic, record.partition, record.offset)
-            job = _InFlight(record, self._spans.start_consumer(f"process {record.topic}", (), {}), Origin.of(record))
+            job = JobInFlight(record, self._spans.start_consumer(f"process {record.topic}", (), {}), Origin.of(record))
             self._fail(job, InvalidJob(f"the record could not be admitted ({type(exc).__name__})"), picked_at)
             return job
 
-    def _admit_checked(self, record: KafkaRecord, picked_at: float, undeliverable: str | None) -> _InFlight:
+    def _admit_checked(self, record: KafkaRecord, picked_at: float, undeliverable: str | None) -> JobInFlight:
         attributes = tracing.consumer_attributes(record.topic, record.partition, record.offset, group=self._group)
         try:
             headers, refused = read_headers(record.headers, self._header_limits), None
         except AiaasError as exc:  # the trace context is unreadable too: this hop starts a trace of its own
             headers, refused = NO_HEADERS, exc
         span = self._spans.start_consumer(f"process {record.topic}", headers.trace_context(), attributes)
-        job = _InFlight(record, span, Origin.of(record))
+        job = JobInFlight(record, span, Origin.of(record))
         if undeliverable is not None:
             job.bare, job.error = True, Undeliverable(f"the broker refused this job's outcome: {undeliverable}")
             span.set_status(Status(StatusCode.ERROR, str(job.error)))
@@ -332,7 +241,7 @@ class BatchWorker:
         except ValueError as exc:
             raise InvalidHeaders(f"{exc}"[:500]) from None
 
-    async def _check_result_topics(self, batch: list[_InFlight], picked_at: float) -> None:
+    async def _check_result_topics(self, batch: list[JobInFlight], picked_at: float) -> None:
         """Refuse jobs whose result topic does not exist (the broker creates none by itself), before they run.
 
         A missing reply_to ends the job with an error result on its default results topic; a missing default
@@ -360,7 +269,7 @@ class BatchWorker:
                 self._fail(job, RefusedReplyTo(f"reply_to {job.job.reply_to!r} is refused: the topic does not "
                                                "exist (create it before publishing jobs that name it)"), picked_at)
 
-    def _check_routing(self, flight: _InFlight) -> None:
+    def _check_routing(self, flight: JobInFlight) -> None:
         job = flight.job
         assert job is not None  # routed once decoded
         if job.tenant is not None and job.tenant != flight.tenant:
@@ -371,7 +280,7 @@ class BatchWorker:
         if job.kind != "infer":
             raise InvalidJob(f"job kind {job.kind!r} does not belong on {self._topics.infer}")
 
-    async def _load_pinned(self, batch: list[_InFlight], picked_at: float) -> None:
+    async def _load_pinned(self, batch: list[JobInFlight], picked_at: float) -> None:
         """Load the versions that jobs pinned and this instance does not hold yet, then prepare those jobs."""
         for version in {job.pending_version for job in batch if job.pending_version is not None}:
             waiting = [job for job in batch if job.pending_version == version]
@@ -394,7 +303,7 @@ class BatchWorker:
                 except Exception as exc:
                     self._fail(job, InvalidJob(f"{type(exc).__name__}: {exc}"), picked_at)
 
-    async def _infer(self, runnable: list[_InFlight], picked_at: float) -> None:
+    async def _infer(self, runnable: list[JobInFlight], picked_at: float) -> None:
         """One model call for the jobs of one runtime, in a span linked from every job in it."""
         runtime = runnable[0].runtime
         assert runtime is not None  # runnable jobs are prepared, by their runtime
@@ -459,7 +368,7 @@ class BatchWorker:
             return self._instances == 1 and computes_on_cpu(runtime)
         return self._model_calls == "event-loop"
 
-    def _replay(self, job: _InFlight) -> bool:
+    def _replay(self, job: JobInFlight) -> bool:
         """Answer a job id seen before with the outcome it had; True when it was."""
         assert job.job is not None  # asked once decoded
         outcome = self.outcomes.get(job.job.job_id, tenant=job.tenant)
@@ -477,11 +386,11 @@ class BatchWorker:
             self._supersede(job)
         return True
 
-    def _supersede(self, job: _InFlight) -> None:
+    def _supersede(self, job: JobInFlight) -> None:
         job.superseded = True
         job.span.set_attribute(tracing.SUPERSEDED, True)
 
-    def _fail(self, job: _InFlight, error: AiaasError, picked_at: float) -> None:
+    def _fail(self, job: JobInFlight, error: AiaasError, picked_at: float) -> None:
         job.error = error
         job.span.set_status(Status(StatusCode.ERROR, f"{error.type_name}: {error}"))
         if job.job is not None and self.retry.should_retry(error, job.attempt):
@@ -521,7 +430,7 @@ class BatchWorker:
         # it does not fit.
         return trusted(Result, fields) if _fits_contract(outputs) else Result(**fields)
 
-    def _seal(self, batch: list[_InFlight]) -> None:
+    def _seal(self, batch: list[JobInFlight]) -> None:
         """Encode every outcome once, remember it under its job id, and give twins their first's outcome."""
         for job in batch:
             if job.twin is not None:
@@ -544,85 +453,11 @@ class BatchWorker:
                 job.remembered = Outcome(self._result_topic(job), payload, job.error, source=record_key(job.record))
                 self.outcomes.put(job.job.job_id, job.remembered, tenant=job.tenant)
 
-    def _result_topic(self, job: _InFlight) -> str:
+    def _result_topic(self, job: JobInFlight) -> str:
         """Its checked reply topic; the default one for a job whose reply_to was refused or not yet checked."""
         return job.result_topic or self.reply_topics.default(job.tenant)
 
-    def _outgoing(self, job: _InFlight) -> list[_Outgoing]:
-        """The records that carry a job's outcome, each with its PRODUCER span (started here) under the job's span.
-
-        A result (and a dead letter if the job failed); a dead letter alone when the outcome cannot be published;
-        the original job for the retry topic, with the next attempt's headers, when it failed retriably.
-        """
-        if job.bare:
-            return [self._dead_letter(job, bare=True)]
-        if job.superseded:
-            return []
-        if job.retry:
-            topic = self._topics.retry
-            attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}
-            assert job.error is not None  # `_fail` sets both
-            headers = self.retry.retry_headers(job.origin, job.error, job.attempt)
-            return [self._record(job, topic, job.record.value or b"", job.record.key, headers, attributes)]
-        out = []
-        if job.payload is not None and job.job_id is not None:
-            topic = self._result_topic(job)
-            out.append(self._record(job, topic, job.payload, job.job_id.encode(), [],
-                                    tracing.producer_attributes(topic, job_id=job.job_id)))
-        if job.error is not None:
-            out.append(self._dead_letter(job))
-        return out
-
-    def _dead_letter(self, job: _InFlight, bare: bool = False) -> _Outgoing:
-        """The original bytes with origin and error headers; `bare`: headers only (the broker refused more)."""
-        assert job.error is not None  # a dead letter says why the job failed
-        headers = dlq_headers(job.record, job.error, job.job_id, job.attempt, origin=job.origin)
-        value, key = job.record.value or b"", job.record.key
-        if bare or len(value) > self._max_bytes:  # too big to publish again: keep the headers, drop the body
-            headers.append(("aiaas.dlq.value.dropped_bytes", str(len(value)).encode()))
-            value = b""
-        if key is not None and (bare or len(key) > _MAX_ECHOED_KEY):
-            headers.append(("aiaas.dlq.key.dropped_bytes", str(len(key)).encode()))
-            key = None
-        return self._record(job, self._dlq, value, key, headers,
-                            tracing.producer_attributes(self._dlq, job_id=job.job_id))
-
-    def _record(self, job: _InFlight, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
-                attributes: dict[str, AttributeValue]) -> _Outgoing:
-        span = self._spans.start_child(f"send {topic}", SpanKind.PRODUCER, job.span, attributes)
-        return _Outgoing(job, topic, value, key, headers + self._spans.headers(span), span)
-
-    async def _send_all(self, outgoing: list[_Outgoing]) -> list[BaseException | None]:
-        """Send every record; per record, None once the broker acknowledged it, or what went wrong."""
-        send_many = getattr(self._sink, "send_many", None)
-        if send_many is not None:
-            errors: list[BaseException | None] = await send_many(outgoing)
-            return errors
-        sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
-                                      for r in outgoing), return_exceptions=True)
-        return [exc if isinstance(exc, BaseException) else None for exc in sent]
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    """One record to publish for a job: a result, a dead letter or a retry, with its open PRODUCER span."""
-
-    job: _InFlight
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    span: Span
-
-    def close(self, error: BaseException | None) -> None:
-        """End the span; a failed send is recorded on it as the SDK's `start_as_current_span` would."""
-        if error is not None:
-            self.span.record_exception(error)
-            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        self.span.end()
-
-
-def _highest_first(job: _InFlight) -> int:
+def _highest_first(job: JobInFlight) -> int:
     """Sort key of runnable jobs: the highest priority first."""
     assert job.job is not None  # runnable jobs are decoded
     return -job.job.priority
@@ -637,9 +472,9 @@ def _fits_contract(outputs: Mapping[Any, object]) -> bool:
     return True
 
 
-def _pair_twins(batch: list[_InFlight]) -> None:
+def _pair_twins(batch: list[JobInFlight]) -> None:
     """A job id that occurs twice in one batch runs once: later records share the first one's outcome."""
-    first: dict[str, _InFlight] = {}
+    first: dict[str, JobInFlight] = {}
     for job in batch:
         if job.job is None or job.replayed:
             continue
