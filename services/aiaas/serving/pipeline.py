@@ -43,7 +43,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +57,7 @@ from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.stall_watch import LoopStallWatch
 from aiaas.kafka.transactions import Transactions
 from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
+from aiaas.serving.job_queue import JobQueue
 from aiaas.serving.worker import BatchWorker, ProcessedBatch, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
@@ -138,7 +138,7 @@ class JobPipeline:
         self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
         self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
-        self._queue: deque[Any] = deque()
+        self._queue = JobQueue(due_at=due_at, delayed_topic=delayed_topic, owner_of=self._tenant_of)
         self._publishing: set[asyncio.Task[None]] = set()
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
@@ -149,7 +149,6 @@ class JobPipeline:
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._paused = False
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
-        self._due_at = due_at
         self._delayed_topic = delayed_topic
         self._delayed_paused = False
         self._transactions = transactions
@@ -213,7 +212,7 @@ class JobPipeline:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
         async def drained() -> None:
             while (len(self._window) > self._left_behind() or self._publishing or self._committer.busy
-                   or (self._model_loops and any(self._ready(r) for r in self._queue))):
+                   or (self._model_loops and self._queue.any_ready())):
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
@@ -233,7 +232,7 @@ class JobPipeline:
         """Queued records a drain does not wait for (they stay uncommitted and come back later): retries whose time
         has not come; once the model loops have ended (stopping), everything still queued, such as a retry whose
         time came during the drain, which no model loop is left to run."""
-        return len(self._queue) if not self._model_loops else self._waiting()
+        return len(self._queue) if not self._model_loops else self._queue.waiting()
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Abandon in-flight records of partitions we no longer own: their new owner runs them again."""
@@ -243,7 +242,7 @@ class JobPipeline:
         self._committer.forget(gone)
         for partition in gone:
             self._next_offset.pop(TopicPartition(*partition), None)
-        self._queue = deque(r for r in self._queue if Partition(r.topic, r.partition) not in gone)
+        self._queue.forget(gone)
         self._finished.set()
 
     # -- fetch loop ------------------------------------------------------------------------
@@ -371,24 +370,11 @@ class JobPipeline:
         """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
         if self._delayed_topic is None:
             return
-        full = self._waiting() >= self._window.capacity // 2
+        full = self._queue.waiting() >= self._window.capacity // 2
         if full != self._delayed_paused:
             retry_partitions = [tp for tp in self._consumer.assignment() if tp.topic == self._delayed_topic]
             (self._consumer.pause if full else self._consumer.resume)(*retry_partitions)
             self._delayed_paused = full
-
-    def _ready(self, record: Any, now: float | None = None) -> bool:
-        if record.topic != self._delayed_topic:
-            return True
-        due = self._due_at(record)
-        return due is None or due <= (now if now is not None else time.time())
-
-    def _waiting(self) -> int:
-        """Queued retry records whose time has not come."""
-        if self._delayed_topic is None:
-            return 0
-        now = time.time()
-        return sum(1 for record in self._queue if record.topic == self._delayed_topic and not self._ready(record, now))
 
     def _on_assigned(self) -> None:
         self._paused = False  # a new assignment starts unpaused
@@ -453,7 +439,7 @@ class JobPipeline:
                 return None  # stopping: retries whose time has not come stay uncommitted and come back later
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), self._until_next_due())
+                await asyncio.wait_for(self._arrived.wait(), self._queue.until_next_due())
             except TimeoutError:
                 pass
         if len(self._queue) < self._max_batch and self._max_wait_s > 0 and self._fetching:
@@ -470,48 +456,11 @@ class JobPipeline:
         return self._cut()
 
     def _cut(self) -> list[Any]:
-        """Up to max_batch records that may run now; waiting retries stay queued.
-
-        In queue order, except while several tenants have records in flight: then the batch takes from each
-        tenant's ready records in turn (each tenant's in queue order), so a tenant with a long queue does not make
-        the others wait behind it.
-        """
-        now = time.time()
-        if len(self._window.owners()) > 1:
-            return self._cut_in_turns(now)
-        batch: list[Any] = []
-        kept: deque[Any] = deque()
-        while self._queue and len(batch) < self._max_batch:
-            record = self._queue.popleft()
-            (batch if self._ready(record, now) else kept).append(record)
-        kept.extend(self._queue)
-        self._queue = kept
-        return batch
-
-    def _cut_in_turns(self, now: float) -> list[Any]:
-        """A batch that takes from each tenant's ready records in turn (see `_cut`)."""
-        lines: dict[Hashable, list[Any]] = {}
-        for record in self._queue:
-            if self._ready(record, now):
-                lines.setdefault(self._tenant_of(record.topic), []).append(record)
-        batch: list[Any] = []
-        for turn in range(self._max_batch):
-            for line in lines.values():
-                if turn < len(line) and len(batch) < self._max_batch:
-                    batch.append(line[turn])
-            if len(batch) == self._max_batch or all(turn >= len(line) for line in lines.values()):
-                break
-        taken = {id(record) for record in batch}
-        self._queue = deque(record for record in self._queue if id(record) not in taken)
-        return batch
+        """Up to max_batch records that may run now (`JobQueue.cut`): in turns while several tenants are in flight."""
+        return self._queue.cut(self._max_batch, in_turns=len(self._window.owners()) > 1)
 
     def _cut_ready(self) -> bool:
-        now = time.time()
-        return any(self._ready(record, now) for record in self._queue)
-
-    def _until_next_due(self) -> float | None:
-        dues = [d for r in self._queue if r.topic == self._delayed_topic and (d := self._due_at(r)) is not None]
-        return max(0.001, min(dues) - time.time()) if dues else None
+        return self._queue.any_ready()
 
     # -- publish + commit --------------------------------------------------------------------
 
@@ -654,7 +603,7 @@ class JobPipeline:
         self._epoch += 1
         self._window.forget(None)
         self._committer.forget()
-        self._queue.clear()
+        self._queue.forget()
         self._finished.set()
 
     def _publish_done(self, task: asyncio.Task[None]) -> None:

@@ -1,0 +1,104 @@
+"""The records taken from Kafka and not yet in a batch, and how a batch is cut from them.
+
+Records from the retry topic carry the time before which they may not run (`due_at`): they stay queued
+until then and the records behind them are cut first, so a retry never blocks its partition's
+neighbours or the infer topic. While several tenants have records in flight, a batch takes from each
+tenant's ready records in turn, so a tenant with a long queue does not make the others wait behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
+from typing import Any
+
+from aiaas.kafka.commit_window import Partition
+
+__all__ = ["JobQueue"]
+
+
+class JobQueue:
+    """Queued records, in the order they were taken; `delayed_topic`'s records wait for `due_at(record)`."""
+
+    def __init__(self, *, due_at: Callable[[Any], float | None] = lambda record: None, delayed_topic: str | None = None,
+                 owner_of: Callable[[str], Hashable] = lambda topic: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._records: deque[Any] = deque()
+        self._due_at = due_at
+        self.delayed_topic = delayed_topic
+        self._owner_of = owner_of
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._records)
+
+    def extend(self, records: Iterable[Any]) -> None:
+        self._records.extend(records)
+
+    def ready(self, record: Any, now: float | None = None) -> bool:
+        """Whether `record` may run now (anything but a retry whose time has not come)."""
+        if record.topic != self.delayed_topic:
+            return True
+        due = self._due_at(record)
+        return due is None or due <= (now if now is not None else self._clock())
+
+    def any_ready(self) -> bool:
+        now = self._clock()
+        return any(self.ready(record, now) for record in self._records)
+
+    def waiting(self) -> int:
+        """Queued retry records whose time has not come."""
+        if self.delayed_topic is None:
+            return 0
+        now = self._clock()
+        return sum(1 for record in self._records if record.topic == self.delayed_topic and not self.ready(record, now))
+
+    def until_next_due(self) -> float | None:
+        """Seconds until the next waiting retry's time (at least a millisecond); None when none waits."""
+        dues = [d for r in self._records if r.topic == self.delayed_topic and (d := self._due_at(r)) is not None]
+        return max(0.001, min(dues) - self._clock()) if dues else None
+
+    def cut(self, max_batch: int, *, in_turns: bool) -> list[Any]:
+        """Up to `max_batch` records that may run now, taken out of the queue; waiting retries stay.
+
+        In queue order, or with `in_turns` (several tenants in flight) from each tenant's ready records in turn
+        (each tenant's in queue order).
+        """
+        now = self._clock()
+        if in_turns:
+            return self._cut_in_turns(max_batch, now)
+        batch: list[Any] = []
+        kept: deque[Any] = deque()
+        while self._records and len(batch) < max_batch:
+            record = self._records.popleft()
+            (batch if self.ready(record, now) else kept).append(record)
+        kept.extend(self._records)
+        self._records = kept
+        return batch
+
+    def forget(self, partitions: Collection[Partition] | None = None) -> None:
+        """Drop the records of `partitions` (every record when None)."""
+        if partitions is None:
+            self._records.clear()
+        else:
+            self._records = deque(r for r in self._records if Partition(r.topic, r.partition) not in partitions)
+
+    def _cut_in_turns(self, max_batch: int, now: float) -> list[Any]:
+        lines: dict[Hashable, list[Any]] = {}
+        for record in self._records:
+            if self.ready(record, now):
+                lines.setdefault(self._owner_of(record.topic), []).append(record)
+        batch: list[Any] = []
+        for turn in range(max_batch):
+            for line in lines.values():
+                if turn < len(line) and len(batch) < max_batch:
+                    batch.append(line[turn])
+            if len(batch) == max_batch or all(turn >= len(line) for line in lines.values()):
+                break
+        taken = {id(record) for record in batch}
+        self._records = deque(record for record in self._records if id(record) not in taken)
+        return batch

@@ -1,0 +1,43 @@
+"""The queue a batch is cut from: retries wait for their time without holding back what is behind them, and with
+several tenants in flight a batch takes from each in turn."""
+
+from aiaas.kafka.commit_window import Partition
+from aiaas.serving.job_queue import JobQueue
+from tests.fakes import Record
+
+
+def rec(topic: str, offset: int, due: float | None = None) -> Record:
+    record = Record(topic, 0, offset, None, b"")
+    record.due = due
+    return record
+
+
+def make(now: float = 100.0) -> JobQueue:
+    return JobQueue(due_at=lambda r: r.due, delayed_topic="retry", owner_of=lambda topic: topic.split(".")[-1],
+                    clock=lambda: now)
+
+
+def test_a_waiting_retry_stays_queued_and_the_records_behind_it_are_cut():
+    queue = make()
+    queue.extend([rec("retry", 0, due=130.0), rec("infer", 0), rec("infer", 1)])
+    assert queue.waiting() == 1 and queue.until_next_due() == 30.0
+    assert [r.offset for r in queue.cut(8, in_turns=False)] == [0, 1]
+    assert len(queue) == 1 and not queue.any_ready()
+
+
+def test_in_turns_a_batch_takes_from_each_tenant_in_turn():
+    queue = make()
+    queue.extend([rec("infer.alice", i) for i in range(6)] + [rec("infer.bob", 10), rec("infer.bob", 11)])
+    batch = queue.cut(4, in_turns=True)
+    assert [(r.topic, r.offset) for r in batch] == [("infer.alice", 0), ("infer.bob", 10), ("infer.alice", 1),
+                                                   ("infer.bob", 11)]
+    assert [r.offset for r in queue] == [2, 3, 4, 5]
+
+
+def test_forgotten_partitions_leave_the_queue():
+    queue = make()
+    queue.extend([rec("infer", 0), rec("retry", 0, due=90.0)])
+    queue.forget({Partition("infer", 0)})
+    assert [r.topic for r in queue] == ["retry"]
+    queue.forget()
+    assert len(queue) == 0
