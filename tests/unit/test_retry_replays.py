@@ -48,8 +48,8 @@ def test_a_retry_record_of_a_job_answered_and_delivered_publishes_nothing():
     batch = asyncio.run(worker.run([job_record(3, [1.0])]))
     asyncio.run(worker.publish(batch))
     worker.delivered(batch)
-    worker._sink = again  # noqa: SLF001 - the same worker and memory, a fresh view of what it sends
-    _handle(worker, [_retry_record(40, 3, attempt=2)])
+    worker.close()
+    _handle(_worker(again, outcomes), [_retry_record(40, 3, attempt=2)])  # the same memory, a fresh view of sends
     assert first.sent and again.sent == []
 
 
@@ -91,3 +91,18 @@ def test_the_record_that_computed_an_answer_not_yet_delivered_sends_it_when_it_r
     outcomes.put("job-7", Outcome(TOPICS.results, b"answered", source=(TOPICS.retry, 0, 162)))
     _handle(_worker(sink, outcomes), [_retry_record(162, 7, attempt=2)])
     assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"answered")]
+
+
+def test_a_retry_records_own_answer_sent_again_is_confirmed_once_delivered():
+    # Its first publish failed and it ran again: it sends its own answer; once that is delivered, a third delivery of
+    # the same record sends nothing.
+    sink, outcomes = RecordingSink(), OutcomeCache(64)
+    outcomes.put("job-7", Outcome(TOPICS.results, b"answered", source=(TOPICS.retry, 0, 162)))
+    worker = _worker(sink, outcomes)
+    batch = asyncio.run(worker.run([_retry_record(162, 7, attempt=2)]))
+    asyncio.run(worker.publish(batch))
+    worker.delivered(batch)
+    worker.close()
+    again = RecordingSink()
+    _handle(_worker(again, outcomes), [_retry_record(162, 7, attempt=2)])
+    assert [(t, v) for t, v, _, _ in sink.sent] == [(TOPICS.results, b"answered")] and again.sent == []

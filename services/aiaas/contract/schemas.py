@@ -49,8 +49,7 @@ from aiaas.contract.topics import TENANT_PATTERN, ModelTopics, dlq_topic, models
 from aiaas.model_types import BUILT_IN
 from aiaas.settings import EnvelopeSettings, KafkaSettings, WorkerSettings
 
-__all__ = ["SchemaSources", "render_schemas", "render_docs", "write_schemas", "check_schemas", "CONFIG_REFERENCE",
-           "DLQ_DROPPED_HEADERS"]
+__all__ = ["SchemaSources", "render_schemas", "render_docs", "write_schemas", "check_schemas", "CONFIG_REFERENCE"]
 
 CONFIG_REFERENCE = "configuration-reference.md"
 """The configuration reference's file name, in the docs folder."""

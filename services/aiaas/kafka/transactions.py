@@ -69,7 +69,7 @@ from aiaas.errors import TransactionalIdInUse, TransactionFenced
 from aiaas.kafka.commit_window import Partition
 
 __all__ = [
-    "TransactionalIdClaim", "TransactionalIdInUse", "Transactions", "TransactionFenced", "TransactionalProducer",
+    "TransactionalIdClaim", "Transactions", "TransactionalProducer",
     "claim_transactional_id", "transactional_id",
 ]
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from aiaas.errors import ArtifactCorrupted, NothingToRollBack, UnknownModelVersion
 
-__all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of", "ArtifactCorrupted"]
+__all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of"]
 
 log = logging.getLogger("aiaas.registry")
 

@@ -39,9 +39,12 @@ log = logging.getLogger("aiaas.idempotency")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a job got: its encoded result on `topic`, and the error that dead-lettered it, if any; `delivered` once
-    it is known to be on the topic (acknowledged, or committed in a transaction), not only computed; `source`, the
-    record (topic, partition, offset) whose run computed it (None: read back from the results topic)."""
+    """What a job got: its encoded result on `topic`, and the error that dead-lettered it, if any.
+
+    For the retry topic's sake (`BatchWorker._replay`): `source` is the retry record (topic, partition, offset) whose
+    run computed it, None for anything else (an infer record's run, or read back from the results topic);
+    `delivered`, once such an outcome is known to be on its topic (acknowledged, or committed in a transaction).
+    """
 
     topic: str
     payload: bytes

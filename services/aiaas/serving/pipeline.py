@@ -234,15 +234,19 @@ class JobPipeline:
         time came during the drain, which no model loop is left to run."""
         return len(self._queue) if not self._model_loops else self._queue.waiting()
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Abandon in-flight records of partitions we no longer own: their new owner runs them again."""
-        gone = {Partition(*p) for p in partitions}
+    def forget(self, partitions: Iterable[TopicPartition] | None) -> None:
+        """Abandon in-flight records of `partitions` (all when None), uncommitted: whoever owns them next runs them
+        again. Where the next record of each is, is forgotten too: they restart from their committed offsets."""
+        gone = None if partitions is None else {Partition(*p) for p in partitions}
         self._epoch += 1
         self._window.forget(gone)
         self._committer.forget(gone)
-        for partition in gone:
-            self._next_offset.pop(TopicPartition(*partition), None)
         self._queue.forget(gone)
+        if gone is None:
+            self._next_offset.clear()
+        else:
+            for partition in gone:
+                self._next_offset.pop(TopicPartition(*partition), None)
         self._finished.set()
 
     # -- fetch loop ------------------------------------------------------------------------
@@ -480,6 +484,8 @@ class JobPipeline:
                 self._note_refusals(exc)
                 self._rewind(epoch)
                 return
+            refused = {record_key(r) for r, _ in exc.failures} if isinstance(exc, PublishFailed) else set()
+            self.worker.delivered(batch, refused)
         else:
             self.worker.delivered(batch)
         self._forget_refusals(batch)
@@ -507,7 +513,7 @@ class JobPipeline:
         except TransactionFenced as exc:
             log.error("exactly-once: %s; stopping so the replica that took over runs alone", exc)
             self._fatal = exc
-            self._abandon_all()
+            self.forget(None)
             self.stop()
             return
         except Exception as exc:
@@ -564,7 +570,7 @@ class JobPipeline:
         log.warning("this replica stood still for %.1f s (frozen, paused or blocked), past its group session: its "
                     "partitions may have moved. Dropping the %d jobs it held, uncommitted, and rejoining the group",
                     gap_s, len(self._window))
-        self._abandon_all()
+        self.forget(None)
         if self._rejoining is None or self._rejoining.done():
             self._holding += 1  # released by the task: no record is taken until the group has answered
             self._rejoining = asyncio.create_task(self._rejoin_after_stall(), name="aiaas-rejoin")
@@ -579,7 +585,7 @@ class JobPipeline:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
                 except TimeoutError:
                     pass
-            self._abandon_all()
+            self.forget(None)
             if self._rejoin is not None:
                 self._assigned.clear()
                 self._rejoin()  # a new member: its assignment starts from the committed offsets
@@ -591,20 +597,12 @@ class JobPipeline:
                 assigned = self._consumer.assignment()
                 if assigned:
                     await self._consumer.seek_to_committed(*assigned)
-                self._abandon_all()
+                self.forget(None)
         except Exception as exc:  # noqa: BLE001 - the fetch loop must get going again whatever happened
             log.error("rejoining the group after a stall failed (%s)", exc)
         finally:
             self._holding -= 1
             self._finished.set()
-
-    def _abandon_all(self) -> None:
-        """Drop every record in flight (uncommitted: whoever owns the partitions next runs them)."""
-        self._epoch += 1
-        self._window.forget(None)
-        self._committer.forget()
-        self._queue.forget()
-        self._finished.set()
 
     def _publish_done(self, task: asyncio.Task[None]) -> None:
         self._publishing.discard(task)
@@ -644,7 +642,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
             # what we hold of them would answer those jobs twice. Drop it all, uncommitted.
             log.warning("rebalance after this replica was dropped from its group: abandoning the %d jobs it held",
                         len(self._pipeline._window))  # noqa: SLF001
-            self._pipeline._abandon_all()  # noqa: SLF001
+            self._pipeline.forget(None)
             return
         if not await self._pipeline.drain(self._pipeline._drain_timeout_s):  # noqa: SLF001 - same module
             log.warning("rebalance: in-flight work not drained in time; abandoning it to the new owner")

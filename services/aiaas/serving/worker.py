@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,7 +55,7 @@ from aiaas.serving.runtimes import RuntimeSet
 from aiaas.settings import ModelCalls
 from aiaas.tracing.job_spans import JobSpans
 
-__all__ = ["BatchWorker", "ProcessedBatch", "PublishFailed", "ResultSink", "KafkaRecord", "record_key"]
+__all__ = ["BatchWorker", "ProcessedBatch", "ResultSink", "KafkaRecord", "record_key"]
 
 
 log = logging.getLogger("aiaas.worker")
@@ -86,11 +86,9 @@ class BatchWorker:
         self.outcomes = outcomes if outcomes is not None else OutcomeCache(0)
         self._sink = sink
         self._topics = topics
-        self._dlq = dlq_topic
         self._group = group
         self._max_bytes = max_message_bytes
         self._spans = JobSpans()
-        self._tracer = self._spans.tracer
         # Model calls on threads (unless `model_calls` puts them on the event loop), so fetching and publishing go
         # on meanwhile; one thread per model instance.
         self._executor = ThreadPoolExecutor(max_workers=model_instances,
@@ -158,11 +156,12 @@ class BatchWorker:
         picked_at = time.time()
         await self.publish(ProcessedBatch([self._admit(record, picked_at, reason) for record, reason in refused]))
 
-    def delivered(self, batch: ProcessedBatch) -> None:
-        """The batch's outcomes are on their topics (acknowledged; in exactly-once mode, committed): a retry record
-        of one of these jobs delivered again from now on publishes nothing."""
+    def delivered(self, batch: ProcessedBatch, refused: Collection[tuple[str, int, int]] = ()) -> None:
+        """The batch's outcomes are on their topics (acknowledged; in exactly-once mode, committed), except those of
+        the records in `refused` (by `record_key`): a retry record of one of these jobs delivered again from now on
+        publishes nothing. Only outcomes a retry record computed need it (`Outcome.source`)."""
         for job in batch.jobs:
-            if job.remembered is not None and job.job is not None:
+            if job.remembered is not None and job.job is not None and record_key(job.record) not in refused:
                 self.outcomes.confirm(job.job.job_id, job.remembered, tenant=job.tenant)
 
     def discard(self, batch: ProcessedBatch) -> None:
@@ -384,6 +383,8 @@ class BatchWorker:
             # the record that computed an answer not yet delivered sends it (again). A client's repeat, on an infer
             # topic, always gets the answer again.
             self._supersede(job)
+        elif outcome.source is not None:
+            job.remembered = outcome  # this record's own answer, sent again: its delivery confirms it
         return True
 
     def _supersede(self, job: JobInFlight) -> None:
@@ -450,7 +451,10 @@ class BatchWorker:
             job.payload = payload
             job.span.set_attribute(tracing.STATUS, job.result.status)
             if job.job is not None:
-                job.remembered = Outcome(self._result_topic(job), payload, job.error, source=record_key(job.record))
+                # A retry record's answer is owed by that record until it is delivered (`_replay`); an infer record's
+                # needs no tracking (no retry record is its source), and costs nothing more per job.
+                source = record_key(job.record) if job.record.topic == self._topics.retry else None
+                job.remembered = Outcome(self._result_topic(job), payload, job.error, source=source)
                 self.outcomes.put(job.job.job_id, job.remembered, tenant=job.tenant)
 
     def _result_topic(self, job: JobInFlight) -> str:
