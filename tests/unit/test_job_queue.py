@@ -41,3 +41,17 @@ def test_forgotten_partitions_leave_the_queue():
     assert [r.topic for r in queue] == ["retry"]
     queue.forget()
     assert len(queue) == 0
+
+
+def test_a_retry_is_cut_once_its_time_has_come_in_either_order():
+    now = [100.0]
+    for in_turns in (False, True):
+        queue = JobQueue(due_at=lambda r: r.due, delayed_topic="retry", owner_of=lambda topic: topic,
+                         clock=lambda: now[0])
+        now[0] = 100.0
+        queue.extend([rec("retry", 0, due=130.0), rec("retry", 1)])  # the second has no time: it may run at once
+        assert [r.offset for r in queue.cut(8, in_turns=in_turns)] == [1] and queue.waiting() == 1
+        now[0] = 130.0
+        assert queue.any_ready() and queue.waiting() == 0 and queue.until_next_due() == 0.001
+        assert [r.offset for r in queue.cut(8, in_turns=in_turns)] == [0]
+        assert len(queue) == 0 and queue.until_next_due() is None

@@ -25,6 +25,7 @@ class JobQueue:
                  owner_of: Callable[[str], Hashable] = lambda topic: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._records: deque[Any] = deque()
+        self._due: dict[int, float] = {}  # id(record) → its time, for queued retry records that have one
         self._due_at = due_at
         self.delayed_topic = delayed_topic
         self._owner_of = owner_of
@@ -37,30 +38,31 @@ class JobQueue:
         return iter(self._records)
 
     def extend(self, records: Iterable[Any]) -> None:
-        self._records.extend(records)
+        """Queue records; a retry record's time is read from its headers once, here."""
+        for record in records:
+            if record.topic == self.delayed_topic and (due := self._due_at(record)) is not None:
+                self._due[id(record)] = due
+            self._records.append(record)
 
     def ready(self, record: Any, now: float | None = None) -> bool:
         """Whether `record` may run now (anything but a retry whose time has not come)."""
-        if record.topic != self.delayed_topic:
-            return True
-        due = self._due_at(record)
+        due = self._due.get(id(record))
         return due is None or due <= (now if now is not None else self._clock())
 
     def any_ready(self) -> bool:
+        if len(self._due) < len(self._records):
+            return True  # a record with no time to wait for
         now = self._clock()
-        return any(self.ready(record, now) for record in self._records)
+        return any(due <= now for due in self._due.values())
 
     def waiting(self) -> int:
         """Queued retry records whose time has not come."""
-        if self.delayed_topic is None:
-            return 0
         now = self._clock()
-        return sum(1 for record in self._records if record.topic == self.delayed_topic and not self.ready(record, now))
+        return sum(1 for due in self._due.values() if due > now)
 
     def until_next_due(self) -> float | None:
         """Seconds until the next waiting retry's time (at least a millisecond); None when none waits."""
-        dues = [d for r in self._records if r.topic == self.delayed_topic and (d := self._due_at(r)) is not None]
-        return max(0.001, min(dues) - self._clock()) if dues else None
+        return max(0.001, min(self._due.values()) - self._clock()) if self._due else None
 
     def cut(self, max_batch: int, *, in_turns: bool) -> list[Any]:
         """Up to `max_batch` records that may run now, taken out of the queue; waiting retries stay.
@@ -78,14 +80,18 @@ class JobQueue:
             (batch if self.ready(record, now) else kept).append(record)
         kept.extend(self._records)
         self._records = kept
+        self._taken(batch)
         return batch
 
     def forget(self, partitions: Collection[Partition] | None = None) -> None:
         """Drop the records of `partitions` (every record when None)."""
         if partitions is None:
             self._records.clear()
+            self._due.clear()
         else:
+            gone = [r for r in self._records if Partition(r.topic, r.partition) in partitions]
             self._records = deque(r for r in self._records if Partition(r.topic, r.partition) not in partitions)
+            self._taken(gone)
 
     def _cut_in_turns(self, max_batch: int, now: float) -> list[Any]:
         lines: dict[Hashable, list[Any]] = {}
@@ -101,4 +107,10 @@ class JobQueue:
                 break
         taken = {id(record) for record in batch}
         self._records = deque(record for record in self._records if id(record) not in taken)
+        self._taken(batch)
         return batch
+
+    def _taken(self, records: Iterable[Any]) -> None:
+        """Records that left the queue: their times are forgotten (an id may be reused once they are freed)."""
+        for record in records:
+            self._due.pop(id(record), None)

@@ -149,7 +149,6 @@ class JobPipeline:
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._paused = False
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
-        self._delayed_topic = delayed_topic
         self._delayed_paused = False
         self._transactions = transactions
         self._fatal: BaseException | None = None
@@ -209,24 +208,34 @@ class JobPipeline:
         return self.stats
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until every taken record is done and committed; False if `timeout_s` ran out."""
-        async def drained() -> None:
-            while (len(self._window) > self._left_behind() or self._publishing or self._committer.busy
-                   or (self._model_loops and self._queue.any_ready())):
+        """Wait until every taken record is done and committed; False if `timeout_s` ran out.
+
+        Every queued record is also in the window, so a queued record that may run keeps the window above what is
+        left behind until a model loop has run it."""
+        self._holding += 1
+        try:
+            return await self._wait_while(
+                lambda: len(self._window) > self._left_behind() or bool(self._publishing) or self._committer.busy,
+                timeout_s)
+        finally:
+            self._holding -= 1
+
+    async def _wait_while(self, busy: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `busy()` is false, looking again whenever a batch or commit finishes (and twice a second);
+        False if `timeout_s` ran out first."""
+        async def settled() -> None:
+            while busy():
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)
                 except TimeoutError:
                     pass
 
-        self._holding += 1
         try:
-            await asyncio.wait_for(drained(), timeout_s)
+            await asyncio.wait_for(settled(), timeout_s)
             return True
         except TimeoutError:
             return False
-        finally:
-            self._holding -= 1
 
     def _left_behind(self) -> int:
         """Queued records a drain does not wait for (they stay uncommitted and come back later): retries whose time
@@ -279,7 +288,7 @@ class JobPipeline:
             for tp, part in fetched.items():
                 if part:
                     self._next_offset[tp] = part[-1].offset + 1
-                    if tp.topic != self._delayed_topic:
+                    if tp.topic != self._queue.delayed_topic:
                         self._owners_seen[self._tenant_of(tp.topic)] = now
             self._window.take(records)
             self._queue.extend(records)
@@ -341,7 +350,7 @@ class JobPipeline:
         long-poll the idle partitions first, which cut a busy tenant's throughput sharply; bench/tenant_flood.py).
         A tenant alone (no other tenant's record taken for `_ACTIVE_S`) may use the whole window.
         """
-        retries = self._tenant_of(self._delayed_topic) if self._delayed_topic else object()
+        retries = self._tenant_of(self._queue.delayed_topic) if self._queue.delayed_topic else object()
         loads = {owner: self._window.load(owner) for owner in self._window.owners() if owner != retries}
         if not loads:
             return False
@@ -372,11 +381,11 @@ class JobPipeline:
 
     def _hold_back_retries(self) -> None:
         """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
-        if self._delayed_topic is None:
+        if self._queue.delayed_topic is None:
             return
         full = self._queue.waiting() >= self._window.capacity // 2
         if full != self._delayed_paused:
-            retry_partitions = [tp for tp in self._consumer.assignment() if tp.topic == self._delayed_topic]
+            retry_partitions = [tp for tp in self._consumer.assignment() if tp.topic == self._queue.delayed_topic]
             (self._consumer.pause if full else self._consumer.resume)(*retry_partitions)
             self._delayed_paused = full
 
@@ -438,7 +447,7 @@ class JobPipeline:
 
     async def _next_batch(self) -> list[Any] | None:
         """Wait for records, give a small batch `max_wait_ms` to grow, and cut it."""
-        while not self._cut_ready():
+        while not self._queue.any_ready():
             if not self._fetching:
                 return None  # stopping: retries whose time has not come stay uncommitted and come back later
             self._arrived.clear()
@@ -462,9 +471,6 @@ class JobPipeline:
     def _cut(self) -> list[Any]:
         """Up to max_batch records that may run now (`JobQueue.cut`): in turns while several tenants are in flight."""
         return self._queue.cut(self._max_batch, in_turns=len(self._window.owners()) > 1)
-
-    def _cut_ready(self) -> bool:
-        return self._queue.any_ready()
 
     # -- publish + commit --------------------------------------------------------------------
 
@@ -578,13 +584,7 @@ class JobPipeline:
     async def _rejoin_after_stall(self) -> None:
         try:
             # Batches already cut are stale: they discard or abort. Wait for them, so none commits after this.
-            deadline = time.monotonic() + self._drain_timeout_s
-            while (self._publishing or self._committer.busy) and time.monotonic() < deadline:
-                self._finished.clear()
-                try:
-                    await asyncio.wait_for(self._finished.wait(), 0.5)
-                except TimeoutError:
-                    pass
+            await self._wait_while(lambda: bool(self._publishing) or self._committer.busy, self._drain_timeout_s)
             self.forget(None)
             if self._rejoin is not None:
                 self._assigned.clear()
