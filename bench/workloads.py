@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from aiaas.contract.envelopes import InputValue, Job, new_job_id
-from aiaas.model_types import model_type, names
+from aiaas.model_types import BUILT_IN, model_type
 from aiaas.registry.store import Registry
 from aiaas.settings import WorkerSettings
 from bench.procs import LocalBroker, stop_all
 
 __all__ = ["MODELS", "Payload", "payloads", "as_jobs", "load_runtime", "settings_class", "payload_stream"]
 
-MODELS = names()
+MODELS = tuple(model.name for model in BUILT_IN)
+"""The model types the benchmarks know how to start and load (`aiaas.<model>`): the built-in ones."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ def load_runtime(model: str, registry: Registry, ref: str = "production", **kwar
         if settings.call_overhead_tokens is None:
             _measured_call_overhead.setdefault(key, runtime.limits.call_overhead_tokens)
         return runtime
+    if model != "recsys":
+        raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
     from aiaas.recsys.runtime import RecsysRuntime
 
     return RecsysRuntime.from_registry(registry, ref, **kwargs)

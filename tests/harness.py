@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["REPO", "KAFKA_SH", "LocalBroker", "ChildProcess", "service_env", "stop_all"]
@@ -149,7 +150,7 @@ class ChildProcess:
         """Start it and wait for its ready line (raises with the log tail when it does not come)."""
         ready, deadline = self._launch(), time.monotonic() + timeout
         while not ready():
-            self._check_starting(deadline)
+            self._check_starting(deadline, ready)
             time.sleep(0.1)
         return self
 
@@ -157,7 +158,7 @@ class ChildProcess:
         """`start`, without blocking the event loop."""
         ready, deadline = self._launch(), time.monotonic() + timeout
         while not ready():
-            self._check_starting(deadline)
+            self._check_starting(deadline, ready)
             await asyncio.sleep(0.1)
         return self
 
@@ -230,7 +231,8 @@ class ChildProcess:
         self._note_unexpected_exit()
         return [rc for how, rc in self.exits if how == "by itself"]
 
-    def _launch(self):  # -> Callable[[], bool]: whether the new run has logged its ready line
+    def _launch(self) -> Callable[[], bool]:
+        """Start a run; returns whether it has logged its ready line yet."""
         self._note_unexpected_exit()
         if self not in _live:
             _live.append(self)
@@ -244,9 +246,9 @@ class ChildProcess:
         self.starts += 1
         return lambda: self.log_text().count(self.marker) > seen
 
-    def _check_starting(self, deadline: float) -> None:
+    def _check_starting(self, deadline: float, ready: Callable[[], bool]) -> None:
         assert self.proc is not None
-        if self.proc.poll() is not None or time.monotonic() > deadline:
+        if (self.proc.poll() is not None or time.monotonic() > deadline) and not ready():  # its last line may be it
             self.stop(timeout=30)
             raise RuntimeError(f"{self.name} did not become ready; its log:\n{self.log_text()[-3000:]}")
 

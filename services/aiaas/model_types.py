@@ -19,6 +19,7 @@ the group `aiaas.model_types` that names a `ModelType` (docs/adding-a-model-type
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -27,6 +28,8 @@ from typing import Any
 __all__ = ["ModelType", "BUILT_IN", "ENTRY_POINT_GROUP", "model_types", "model_type", "names"]
 
 ENTRY_POINT_GROUP = "aiaas.model_types"
+
+log = logging.getLogger("aiaas.model_types")
 
 
 @dataclass(frozen=True)
@@ -86,27 +89,49 @@ BUILT_IN = (
 """In the order the demo runs them."""
 
 
+_BUILT_IN = {model.name: model for model in BUILT_IN}
+
+
 @cache
-def model_types() -> dict[str, ModelType]:
-    """Every registered model type by name: the built-in ones, then those of installed plug-ins."""
-    found = {model.name: model for model in BUILT_IN}
+def _plug_ins() -> tuple[dict[str, ModelType], dict[str, str]]:
+    """The installed plug-ins' model types by name, and why each one that could not be taken was not."""
+    found: dict[str, ModelType] = {}
+    broken: dict[str, str] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        model = entry.load()
+        where = f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}"
+        try:
+            model = entry.load()
+        except Exception as exc:  # noqa: BLE001 - one broken plug-in must not take the others (or the CLI) down
+            broken[entry.name] = f"{where} could not be loaded ({type(exc).__name__}: {exc})"
+            continue
         if not isinstance(model, ModelType):
-            raise TypeError(f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP} is not a ModelType")
-        if model.name in found:
-            raise ValueError(f"model type {model.name!r} is registered twice ({entry.value} and "
-                             f"{found[model.name].home})")
-        found[model.name] = model
-    return found
+            broken[entry.name] = f"{where} is not a ModelType"
+        elif model.name in _BUILT_IN or model.name in found:
+            other = _BUILT_IN.get(model.name) or found[model.name]
+            broken[model.name] = f"{where} registers model type {model.name!r} again (it is {other.home}'s)"
+        else:
+            found[model.name] = model
+    for why in broken.values():
+        log.warning("model type plug-in skipped: %s", why)
+    return found, broken
+
+
+def model_types() -> dict[str, ModelType]:
+    """Every registered model type by name: the built-in ones, then those of installed plug-ins (a plug-in that
+    cannot be loaded is skipped with a warning)."""
+    return _BUILT_IN | _plug_ins()[0]
 
 
 def model_type(name: str) -> ModelType:
-    """The registered model type `name`; ValueError naming the known ones otherwise."""
-    try:
-        return model_types()[name]
-    except KeyError:
-        raise ValueError(f"unknown model type {name!r}; known: {', '.join(model_types())}") from None
+    """The registered model type `name`; ValueError saying why otherwise (unknown, or its plug-in is broken)."""
+    if name in _BUILT_IN:  # no plug-in is loaded to find a built-in type
+        return _BUILT_IN[name]
+    found, broken = _plug_ins()
+    if name in found:
+        return found[name]
+    if name in broken:
+        raise ValueError(f"model type {name!r}: {broken[name]}")
+    raise ValueError(f"unknown model type {name!r}; known: {', '.join(model_types())}")
 
 
 def names() -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
@@ -13,6 +14,8 @@ from aiaas.client.faststream import results_subscriber
 from aiaas.contract.envelopes import Result
 from aiaas.contract.topics import ModelTopics
 from tests.integration.test_vision_end_to_end import digit_jobs
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_faststream_handler_gets_every_result_as_a_result_and_a_junk_record_does_not_stop_it(

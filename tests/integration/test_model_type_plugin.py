@@ -17,9 +17,12 @@ import pytest
 
 from aiaas.client.client import AiaasClient
 from aiaas.contract.envelopes import Tensor
+from tests.harness import service_env
 from tests.integration.conftest import ServiceProcess
 
 TOY = Path(__file__).resolve().parents[1] / "toy_model_type"
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -29,10 +32,8 @@ def plugin_env(tmp_path: Path, kafka_broker: str, topic_prefix: str) -> dict[str
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aiaas-toy-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[aiaas.model_types]\ntoy = aiaas_toy:MODEL_TYPE\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    path = os.pathsep.join(filter(None, [str(tmp_path / "site"), str(TOY), env.get("PYTHONPATH")]))
-    return env | {"PYTHONPATH": path, "AIAAS_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1",
-                  "AIAAS_KAFKA_BOOTSTRAP_SERVERS": kafka_broker, "AIAAS_KAFKA_TOPIC_PREFIX": topic_prefix}
+    path = os.pathsep.join(filter(None, [str(tmp_path / "site"), str(TOY), os.environ.get("PYTHONPATH")]))
+    return service_env(kafka_broker, topic_prefix, tmp_path / "home", {"PYTHONPATH": path})
 
 
 def _aiaas(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

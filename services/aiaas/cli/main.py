@@ -8,6 +8,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from aiaas.cli.model_cli import JobSpec, model_cli
 from aiaas.client.client import AiaasClient, JobHandle
 from aiaas.contract.envelopes import Result
+from aiaas.contract.topics import ModelTopics
 from aiaas.errors import AiaasError
 from aiaas.model_types import model_type, model_types
 from aiaas.registry.store import ModelVersion, Registry
@@ -120,11 +122,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors are one line on stderr with what to do, exit status 2."""
     args = _parser().parse_args(argv)
-    if args.command in _PROCESSES:  # a long-running process with its own tracing and error handling
-        return _PROCESSES[args.command](args) or 0
+    if args.command in _PROCESSES:  # a long-running process with its own tracing
+        return _reported(lambda: _PROCESSES[args.command](args))
     provider = setup_tracing("aiaas-cli")
     try:
-        return _COMMANDS[args.command](args) or 0
+        return _reported(lambda: _COMMANDS[args.command](args))
+    finally:
+        provider.shutdown()
+
+
+def _reported(command: Callable[[], int | None]) -> int:
+    """Run `command`; what a person must fix (an AiaasError, settings that do not fit) is one line, exit status 2."""
+    try:
+        return command() or 0
     except (AiaasError, TimeoutError) as exc:
         print(f"aiaas: error: {exc}", file=sys.stderr)
         return 2
@@ -135,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    finally:
-        provider.shutdown()
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -416,7 +424,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 async def _train(args: argparse.Namespace, inputs: dict) -> int:
     async with AiaasClient() as client:
         handle = await client.train(args.model, inputs)
-        print(f"training job {handle.job_id} published to {args.model}.train")
+        topics = ModelTopics.of(args.model, client.kafka.topic_prefix)
+        tenant = client.kafka.tenant
+        print(f"training job {handle.job_id} published to {topics.tenant_train(tenant) if tenant else topics.train}")
         if not args.follow:
             return 0
         async for event in handle.events(timeout=args.timeout):
