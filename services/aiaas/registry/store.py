@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from aiaas.errors import ArtifactCorrupted, NothingToRollBack, UnknownModelVersion
 
-__all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of"]
+__all__ = ["Registry", "ModelVersion", "AliasMove", "MoveReason", "sha256_of", "sha256_of_file"]
 
 log = logging.getLogger("aiaas.registry")
 
@@ -64,6 +64,15 @@ class AliasMove(BaseModel):
 def sha256_of(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of_file(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks (weights of hundreds of megabytes never sit in memory whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -199,7 +208,6 @@ class Registry:
         companions: tuple[Path, ...] = (), **meta: object,
     ) -> ModelVersion:
         """Copy `artifact` (and `companions`) in as the next version, record sha256s and metadata, move `aliases`."""
-        data = artifact.read_bytes()
         folder = self.root / model
         folder.mkdir(parents=True, exist_ok=True)
         number = max((v.version for v in self.versions(model)), default=0) + 1
@@ -213,10 +221,9 @@ class Registry:
         files = {}
         for companion in companions:
             shutil.copyfile(companion, folder / f"v{number}" / companion.name)
-            files[companion.name] = sha256_of(companion.read_bytes())
-        version = ModelVersion(
-            model=model, version=number, artifact=artifact.name, sha256=sha256_of(data), files=files, **meta
-        )
+            files[companion.name] = sha256_of_file(folder / f"v{number}" / companion.name)
+        version = ModelVersion(model=model, version=number, artifact=artifact.name,
+                               sha256=sha256_of_file(folder / f"v{number}" / artifact.name), files=files, **meta)
         _write_atomic(folder / f"v{number}" / "version.json", version.model_dump_json(indent=2))
         for alias in aliases:
             self.set_alias(model, alias, number, reason="registered")
@@ -252,6 +259,17 @@ class Registry:
     def load_companion(self, version: ModelVersion, name: str) -> bytes:
         """One companion file of a version, after checking its sha256 (KeyError: the version has no such file)."""
         return self._read_checked(version, name, version.files[name])
+
+    def verified_folder(self, version: ModelVersion) -> Path:
+        """The folder of a resolved version, after checking the sha256 of its artifact and every companion file
+        (block by block: for weights too large to read whole). Readers load from it straight after; the registry
+        directory is the operator's, as for every other read."""
+        folder = self.root / version.model / f"v{version.version}"
+        for name, digest in {version.artifact: version.sha256, **version.files}.items():
+            if sha256_of_file(folder / name) != digest:
+                raise ArtifactCorrupted(f"{version.model} v{version.version}: {name} sha256 does not match the "
+                                        "registry record")
+        return folder
 
     def _read_checked(self, version: ModelVersion, name: str, digest: str) -> bytes:
         data = (self.root / version.model / f"v{version.version}" / name).read_bytes()
