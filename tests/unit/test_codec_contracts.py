@@ -124,5 +124,5 @@ def test_a_trusted_result_encodes_like_a_validated_one():
     tensor = Tensor.from_numpy(np.arange(3, dtype=np.int64))
     fields = dict(job_id="j", model="recsys", status="ok", outputs={"items": tensor}, model_version="1",
                   timings=trusted(Timings, {"queue_wait_ms": 2.0, "inference_ms": 1.0, "batch_size": 3}),
-                  error=None, progress=None, completed_at=5.0, attributes={})
+                  error=None, progress=None, chunk=None, completed_at=5.0, attributes={})
     assert encode(trusted(Result, dict(fields))) == encode(Result(**fields))

@@ -54,7 +54,7 @@ def _result_map(result: Result) -> dict[str, Any] | None:
     less per result; packed at once, so the envelope's own lists and dicts are used, not copied); None for anything
     else (training progress, unusual outputs), which takes pydantic's way."""
     values = result.__dict__
-    if values["progress"] is not None or type(values["timings"]) is not Timings:
+    if values["progress"] is not None or values["chunk"] is not None or type(values["timings"]) is not Timings:
         return None
     outputs = {}
     for key, value in values["outputs"].items():

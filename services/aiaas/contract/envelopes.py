@@ -36,6 +36,10 @@ __all__ = [
     "ErrorInfo",
     "Timings",
     "TrainingProgress",
+    "ChatMessage",
+    "GenerationParams",
+    "Chunk",
+    "FINISH_REASONS",
     "TERMINAL_STATUSES",
     "new_job_id",
     "trusted",
@@ -47,9 +51,12 @@ __all__ = [
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
 JobKind = Literal["infer", "train"]
-ResultStatus = Literal["ok", "error", "expired", "accepted", "running", "succeeded", "failed"]
+ResultStatus = Literal["ok", "error", "expired", "chunk", "accepted", "running", "succeeded", "failed"]
 TERMINAL_STATUSES = frozenset({"ok", "error", "expired", "succeeded", "failed"})
-"""A job's last result has one of these; `accepted` and `running` are training progress events."""
+"""A job's last result has one of these; `chunk` is generation progress, `accepted` and `running` training's."""
+Role = Literal["system", "user", "assistant"]
+FINISH_REASONS = ("stop", "length", "cancelled", "deadline")
+"""Why a generation ended (an `ok` result's `finish_reason` output)."""
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -190,6 +197,47 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+class ChatMessage(BaseModel):
+    """One message of a chat (the `llm` model type's `chat` task)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role = Field(description="`system`, `user` or `assistant`.")
+    content: StrictStr = Field(max_length=200_000, description="The message's text.")
+
+
+class GenerationParams(BaseModel):
+    """How a generative model answers (the `llm` model type)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Most tokens to generate; the service caps it (AIAAS_LLM_MAX_TOKENS) and uses that cap when unset.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, allow_inf_nan=False,
+                               description="0: greedy (the most likely token every step); higher samples more freely.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                         description="Sample from the smallest set of tokens whose probabilities add up to this.")
+    top_k: StrictInt = Field(0, ge=0, le=100_000, description="Sample from the k most likely tokens (0: all).")
+    seed: StrictInt | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="Sampling seed: the same seed and parameters give the same text when the job runs alone.")
+    stop: list[Annotated[StrictStr, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=8, description="Text that ends the answer where it appears (not included).")
+
+
+class Chunk(BaseModel):
+    """Part of a generated answer, streamed before the job's final result (status `chunk`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: StrictInt = Field(ge=0, description="0, 1, 2, ... within one run of the job; readers drop repeats.")
+    text: StrictStr = Field(description="The text generated since the previous chunk.")
+    tokens: StrictInt = Field(ge=0, description="Tokens generated since the previous chunk.")
+    run: StrictStr = Field(max_length=64, description="Which run of the job made it: a job run again (after a "
+                           "crash, or a retry) streams from seq 0 under a new run; readers start the text over.")
+
+
 class Job(BaseModel):
     """A unit of work published to `<prefix>.<model>.infer` (or `.train`). Keyed by `job_id`."""
 
@@ -217,6 +265,10 @@ class Job(BaseModel):
         None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
         description="Topic for the result instead of `<prefix>.<model>.results` (a valid Kafka topic name).",
     )
+    messages: list[ChatMessage] | None = Field(
+        None, max_length=1024, description="A chat, oldest message first (the `llm` model type's `chat` task).")
+    generation: GenerationParams | None = Field(
+        None, description="How a generative model answers (the `llm` model type); defaults when unset.")
     tenant: str | None = Field(None, max_length=128, description="Who the job is for (accounting, quotas).")
     attributes: dict[str, str] = Field(
         default_factory=dict, max_length=64, description="Free key/value pairs, copied into the result."
@@ -260,8 +312,9 @@ class TrainingProgress(BaseModel):
 class Result(BaseModel):
     """The outcome of a job, published to the results topic keyed by `job_id`.
 
-    An inference job has exactly one (`ok`, `error` or `expired`). A training job has a
-    stream: `accepted`, `running` (with `progress`), then `succeeded` or `failed`.
+    An inference job has exactly one (`ok`, `error` or `expired`), after its `chunk` events when the model
+    streams (the `llm` model type). A training job has a stream: `accepted`, `running` (with `progress`), then
+    `succeeded` or `failed`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -276,5 +329,6 @@ class Result(BaseModel):
     timings: Timings = Field(default_factory=Timings, description="Queue wait and model time.")
     error: ErrorInfo | None = Field(None, description="Set when status is `error` or `failed`.")
     progress: TrainingProgress | None = Field(None, description="Set on training `running` events.")
+    chunk: Chunk | None = Field(None, description="Set on generation `chunk` events.")
     completed_at: float = Field(default_factory=time.time, description="When the worker finished (Unix seconds).")
     attributes: dict[str, str] = Field(default_factory=dict, description="The job's attributes, echoed.")

@@ -423,6 +423,7 @@ class BatchWorker:
             }),
             error=None,
             progress=None,
+            chunk=None,
             completed_at=time.time(),
             attributes=job.attributes,
         )  # in the order Result declares them, as pydantic would store them
