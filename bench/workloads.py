@@ -23,8 +23,9 @@ from bench.procs import LocalBroker, stop_all
 
 __all__ = ["MODELS", "Payload", "payloads", "as_jobs", "load_runtime", "settings_class", "payload_stream"]
 
-MODELS = tuple(model.name for model in BUILT_IN)
-"""The model types the benchmarks know how to start and load (`aiaas.<model>`): the built-in ones."""
+MODELS = tuple(model.name for model in BUILT_IN if not model.generative)
+"""The model types the batch benchmarks know how to start and load (`aiaas.<model>`): the built-in ones that answer
+in one result (the LLM has its own: `bench/llm_engine.py`)."""
 
 
 @dataclass(frozen=True)

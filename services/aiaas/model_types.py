@@ -8,7 +8,7 @@ when asked for, so that listing the types never imports a model's libraries:
     cli         `add_submit_arguments`, `jobs_from_args`, `is_correct`, `describe` (`aiaas submit <model>`)
     trainer     `build(registry)`: train and register a first version from data the project ships or generates
                 (`aiaas models build <model>`)
-    training    `trainer_class`: the trainer of training jobs (`aiaas trainer <model>`)
+    training    `trainer_class`: the trainer of training jobs (`aiaas trainer <model>`; a type may take none)
     settings    `settings_class`: the service's settings (environment prefix `AIAAS_<MODEL>_`)
     workload    `payloads(registry, rng)`: a function that makes one benchmark job's `(inputs, task)` per call
 
@@ -39,14 +39,17 @@ class ModelType:
     name: str
     metric: str
     """The held-out metric its trainer records and the promotion policy compares (higher is better)."""
-    trainer_class: str
-    """The class in `<package>.training` that trains for training jobs."""
+    trainer_class: str | None
+    """The class in `<package>.training` that trains for training jobs; None: the type takes no training jobs."""
     settings_class: str
     """The class in `<package>.settings` with the service's settings."""
     package: str = ""
     """The package holding its modules; `aiaas.<name>` when left out."""
     summary: str = ""
     """One line for `aiaas --help` and the docs."""
+    generative: bool = False
+    """Its answers are generated and streamed (chunks, then the result): the batch benchmarks leave it out (it has
+    benchmarks of its own)."""
 
     @property
     def home(self) -> str:
@@ -62,7 +65,9 @@ class ModelType:
         self.module("__main__").main()
 
     def trainer(self) -> Any:
-        """A new trainer for this type's training jobs."""
+        """A new trainer for this type's training jobs (ValueError when the type takes none)."""
+        if self.trainer_class is None:
+            raise ValueError(f"model type {self.name!r} takes no training jobs yet")
         return getattr(self.module("training"), self.trainer_class)()
 
     def settings(self) -> type:
@@ -85,6 +90,8 @@ BUILT_IN = (
               summary="MiniLM sentence embeddings and a topic classifier"),
     ModelType("recsys", metric="hit_rate_at_10", trainer_class="RecsysTrainer", settings_class="RecsysSettings",
               summary="matrix factorisation: top-k recommendations per user"),
+    ModelType("llm", metric="pass_rate", trainer_class=None, settings_class="LlmSettings", generative=True,
+              summary="SmolLM2-135M-Instruct: chat and completion, tokens streamed back"),
 )
 """In the order the demo runs them."""
 

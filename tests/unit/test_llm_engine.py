@@ -36,7 +36,7 @@ def prompt(tokenizer, question: str) -> list[int]:
     return chat_prompt_ids(tokenizer, [{"role": "user", "content": question}])
 
 
-def run(engine: GenerationEngine, until_idle: bool = True, steps: int | None = None) -> dict[str, list[GenerationEvent]]:
+def run(engine: GenerationEngine, steps: int | None = None) -> dict[str, list[GenerationEvent]]:
     """Step the engine (until idle, or `steps` times); every event by request."""
     seen: dict[str, list[GenerationEvent]] = {}
     count = 0

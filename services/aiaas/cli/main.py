@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from aiaas.cli.model_cli import JobSpec, model_cli
-from aiaas.client.client import AiaasClient, JobHandle
+from aiaas.client.client import AiaasClient, JobHandle, StreamRestart
 from aiaas.contract.envelopes import Result
 from aiaas.contract.topics import ModelTopics
 from aiaas.errors import AiaasError
@@ -160,7 +160,11 @@ async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
             if args.rate > 0:  # open loop: the schedule does not wait for results
                 await asyncio.sleep(max(0.0, started + index / args.rate - time.time()))
             return await client.submit(args.model, spec.inputs, task=spec.task, version=args.version,
-                                       priority=args.priority, attributes=spec.attributes)
+                                       priority=args.priority, attributes=spec.attributes, messages=spec.messages,
+                                       generation=spec.generation)
+
+        if getattr(args, "stream", False):
+            return await _stream(client, await send(0, specs[0]), args.timeout)
 
         handles = await asyncio.gather(*(send(i, spec) for i, spec in enumerate(specs)))
         if not args.wait:
@@ -174,6 +178,24 @@ async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
             print(_result_line(result) if result else f"{handle.job_id}  (no result)")
     print(_summary(args.model, handles, outcomes, specs, finished - started))
     return 0 if all(r is not None for r, _ in outcomes) else 1
+
+
+async def _stream(client: AiaasClient, handle: JobHandle, timeout: float) -> int:
+    """Print a job's answer as it is generated, then its result line; Ctrl-C cancels the job."""
+    try:
+        async for piece in handle.stream(timeout):
+            if isinstance(piece, Result):
+                print(f"\n{_result_line(piece)}", flush=True)
+                return 0 if piece.status == "ok" else 1
+            if isinstance(piece, StreamRestart):
+                print("\n[the job runs again from its start]", flush=True)
+                continue
+            print(piece, end="", flush=True)
+    except asyncio.CancelledError:  # Ctrl-C
+        await client.cancel(handle.job)
+        print(f"\n[cancelled {handle.job_id}]", flush=True)
+        return 130
+    return 1
 
 
 async def _wait(handle: JobHandle, timeout: float) -> tuple[Result | None, float]:
@@ -409,7 +431,14 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 1 if drift else 0
 
 
+def _refuse_untrainable(model: str) -> None:
+    if model_type(model).trainer_class is None:
+        raise AiaasError(f"model type {model} takes no training jobs yet: build its version with "
+                         f"`aiaas models build {model}`")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    _refuse_untrainable(args.model)
     inputs: dict = {k: v for k in ("epochs", "learning_rate", "batch_size", "seed", "base_version")
                     if (v := getattr(args, k)) is not None}
     if args.data:
@@ -495,6 +524,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_trainer(args: argparse.Namespace) -> int:
+    _refuse_untrainable(args.model)
     from aiaas.training.__main__ import run_model_trainer  # PyTorch loads with the trainer, not with the CLI
 
     run_model_trainer(args.model)

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiaas.contract.envelopes import InputValue, Result
+from aiaas.contract.envelopes import ChatMessage, GenerationParams, InputValue, Result
 from aiaas.model_types import model_type
 
 __all__ = ["JobSpec", "ModelCli", "model_cli"]
@@ -24,6 +24,9 @@ class JobSpec:
     task: str | None = None
     expected: Any = None
     attributes: dict[str, str] = field(default_factory=dict)
+    messages: list[ChatMessage] | None = None
+    """A chat, for a generative model type."""
+    generation: GenerationParams | None = None
 
 
 class ModelCli(Protocol):

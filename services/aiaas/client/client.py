@@ -16,7 +16,7 @@ import re
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableSet
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import (
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
+    ChatMessage,
+    GenerationParams,
     InputValue,
     Job,
     Result,
@@ -44,7 +46,7 @@ from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.kafka.diagnostics import broker_unreachable, explain_connection_failure
 from aiaas.settings import KafkaSettings
 
-__all__ = ["AiaasClient", "JobHandle", "SeenFile", "SeenFileLocked"]
+__all__ = ["AiaasClient", "JobHandle", "StreamRestart", "SeenFile", "SeenFileLocked"]
 
 log = logging.getLogger("aiaas.client")
 
@@ -67,6 +69,13 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 _UNPARSEABLE = (CorruptRecordException, ValueError, IndexError, struct.error)
 """What aiokafka raises from `getmany` for a record it cannot parse (a header key that is not UTF-8 raises
 UnicodeDecodeError from its C parser, CorruptRecordException from its Python one); its position stays put."""
+
+
+@dataclass(frozen=True)
+class StreamRestart:
+    """In `JobHandle.stream()`: the job runs again from its start (a new run); the text so far is void."""
+
+    run: str
 
 
 @dataclass
@@ -110,6 +119,30 @@ class JobHandle:
                 yield self._progress.get_nowait()
             yield await self.result(timeout=None)
             return
+
+    async def stream(self, timeout: float | None = 60.0) -> AsyncIterator[str | StreamRestart | Result]:
+        """A streaming job's answer as it is made (the `llm` model type): each new piece of text (`str`), then its
+        final `Result` (the whole text in `outputs["text"]`).
+
+        Repeated chunks are dropped. If the job is run again (the service restarted mid-answer), its text starts
+        over: a `StreamRestart` comes first, and what was yielded before it is no longer the answer's start.
+        `timeout` bounds the wait for each next piece (TimeoutError names the job).
+        """
+        run: str | None = None
+        seen: set[tuple[str, int]] = set()
+        async for event in self.events(timeout):
+            chunk = event.chunk
+            if event.status in TERMINAL_STATUSES:
+                yield event
+                return
+            if chunk is None or (chunk.run, chunk.seq) in seen:
+                continue
+            seen.add((chunk.run, chunk.seq))
+            if run is not None and chunk.run != run:
+                yield StreamRestart(chunk.run)
+            run = chunk.run
+            if chunk.text:
+                yield chunk.text
 
     @property
     def job_id(self) -> str:
@@ -217,8 +250,13 @@ class AiaasClient:
         tenant: str | None = None,
         attributes: Mapping[str, str] | None = None,
         job_id: str | None = None,
+        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        generation: GenerationParams | Mapping[str, Any] | None = None,
     ) -> JobHandle:
         """Publish one inference job; returns once the broker has it. Await `.result()` for the outcome.
+
+        `messages` (a chat) and `generation` (max_tokens, temperature, top_p, top_k, seed, stop) are for generative
+        model types (`llm`): follow its answer with `handle.stream()`.
 
         `tenant` (default: the `AIAAS_KAFKA_TENANT` setting) publishes to that tenant's infer topic; the service
         takes the tenant from the topic, and Kafka ACLs decide who may write there.
@@ -228,6 +266,9 @@ class AiaasClient:
             model=model, inputs=dict(inputs), task=task, model_version=version, priority=priority,
             deadline=now + deadline_s if deadline_s else None, reply_to=reply_to, tenant=tenant or self.kafka.tenant,
             attributes=dict(attributes or {}), created_at=now, job_id=job_id or new_job_id(),
+            messages=[m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages] if messages else None,
+            generation=(generation if isinstance(generation, GenerationParams) or generation is None
+                        else GenerationParams(**generation)),
         )
         return await self.submit_job(job)
 
@@ -248,6 +289,24 @@ class AiaasClient:
         job = Job(kind="train", model=model, inputs=dict(inputs or {}), attributes=dict(attributes or {}),
                   job_id=job_id or new_job_id())
         return await self.submit_job(job)
+
+    async def cancel(self, job: Job | str, *, model: str | None = None, tenant: str | None = None) -> None:
+        """Ask the services of a streaming model type (`llm`) to end a job's generation now: its final result
+        says `finish_reason` `cancelled` with the text so far. A job of a tenant is cancelled on that tenant's
+        cancel topic (only the tenant itself may write there). Give a Job, or a job id with its `model`."""
+        if isinstance(job, Job):
+            job_id, model, tenant = job.job_id, job.model, job.tenant or tenant
+        else:
+            job_id = job
+            if model is None:
+                raise ValueError("cancel(job_id) needs the job's model type: cancel(job_id, model='llm')")
+        tenant = tenant or self.kafka.tenant
+        topics = ModelTopics.of(model, self.kafka.topic_prefix)
+        topic = topics.tenant_cancel(tenant) if tenant else topics.cancel
+        producer = self._require_producer()
+        async with self._setup_lock:
+            await self._ensure({topic})
+        await producer.send_and_wait(topic, b"", key=job_id.encode())
 
     async def submit_job(self, job: Job) -> JobHandle:
         """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise).

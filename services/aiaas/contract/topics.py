@@ -30,15 +30,17 @@ class ModelTopics:
     train: str
     results: str
     retry: str
+    cancel: str
+    """Job ids whose generation should end now (streaming model types; a service creates it when it streams)."""
 
     @classmethod
     def of(cls, model: str, prefix: str = "aiaas") -> ModelTopics:
-        """`<prefix>.<model>.infer|train|results|retry`."""
+        """`<prefix>.<model>.infer|train|results|retry|cancel`."""
         base = f"{prefix}.{model}"
-        return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry")
+        return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry", f"{base}.cancel")
 
     def all(self) -> list[str]:
-        """Every name."""
+        """Every name every model type's service needs (not `cancel`: only streaming ones read it)."""
         return [self.infer, self.train, self.results, self.retry]
 
     # -- tenants: each has its own infer, train and results topics, so Kafka ACLs say who reads and writes them --
@@ -54,6 +56,22 @@ class ModelTopics:
     def tenant_results(self, tenant: str) -> str:
         """`<prefix>.<model>.results.<tenant>`: that tenant's results (only its principal may read here)."""
         return f"{self.results}.{check_tenant(tenant)}"
+
+    def tenant_cancel(self, tenant: str) -> str:
+        """`<prefix>.<model>.cancel.<tenant>`: that tenant's cancellations (of its own jobs only)."""
+        return f"{self.cancel}.{check_tenant(tenant)}"
+
+    def cancel_tenant_of(self, topic: str) -> str | None:
+        """The tenant whose cancel topic `topic` is (None: the shared one); ValueError for any other topic."""
+        if topic == self.cancel:
+            return None
+        if topic.startswith(self.cancel + ".") and _TENANT.fullmatch(topic[len(self.cancel) + 1:]):
+            return topic[len(self.cancel) + 1:]
+        raise ValueError(f"{topic!r} is not one of the {self.cancel}[.<tenant>] topics")
+
+    def cancel_pattern(self) -> str:
+        """A regular expression for the shared cancel topic and every tenant's."""
+        return re.escape(self.cancel) + rf"(\.{TENANT_PATTERN})?"
 
     def tenant_of(self, topic: str) -> str | None:
         """The tenant whose infer, train or results topic `topic` is; None for the shared (untenanted) ones.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -70,8 +69,12 @@ class GenerationEvent:
     """The whole answer, on the last event."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    submitted_at: float | None = None
+    """Unix seconds the request was submitted (on the last event)."""
     first_token_at: float | None = None
     """Unix seconds of the first generated token (on the last event)."""
+    finished_at: float | None = None
+    """Unix seconds of the last event."""
 
 
 class Detokenizer:
@@ -161,13 +164,21 @@ class GenerationEngine:
         self._waiting: list[_Waiting] = []
         self._order = itertools.count()
         self._inbox: deque[tuple[str, Any]] = deque()
-        self._lock = threading.Lock()
+        self._submitted: dict[str, float] = {}
         self.steps = 0
+
+    def fresh(self) -> GenerationEngine:
+        """A new, empty engine on the same model and limits (after a step failed, this one's state is not to be
+        trusted)."""
+        return GenerationEngine(self.model, self.tokenizer, max_batch=self.max_batch,
+                                max_batch_tokens=self.max_batch_tokens, prefill_tokens=self.prefill_tokens,
+                                clock=self._clock)
 
     # -- from any thread -------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request (admitted at a later step, by priority then arrival)."""
+        self._submitted[request.request_id] = self._clock()
         self._inbox.append(("submit", request))
 
     def cancel(self, request_id: str) -> None:
@@ -237,7 +248,8 @@ class GenerationEngine:
 
     def _final_unstarted(self, request: GenerationRequest, reason: FinishReason) -> GenerationEvent:
         return GenerationEvent(request.request_id, finish_reason=reason, full_text="",
-                               prompt_tokens=len(request.prompt_ids))
+                               prompt_tokens=len(request.prompt_ids),
+                               submitted_at=self._submitted.pop(request.request_id, None), finished_at=self._clock())
 
     def _tokens_in_flight(self) -> int:
         return sum(len(s.request.prompt_ids) + s.request.max_new_tokens for s in self._rows)
@@ -382,6 +394,8 @@ class GenerationEngine:
         event.prompt_tokens = len(request.prompt_ids)
         event.completion_tokens = sequence.generated
         event.first_token_at = sequence.first_token_at
+        event.submitted_at = self._submitted.pop(request.request_id, None)
+        event.finished_at = self._clock()
 
     def _text_of(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -124,8 +124,10 @@ class JobPipeline:
         max_in_flight_per_tenant: int | None = None,
         stall_after_s: float | None = None,
         rejoin: Callable[[], None] | None = None,
+        publish_in_cut_order: bool = True,
     ) -> None:
         self.worker = worker
+        self._in_cut_order = publish_in_cut_order
         self.stats = PipelineStats()
         self._consumer = consumer
         self._max_batch = max_batch
@@ -428,8 +430,10 @@ class JobPipeline:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
 
         Called as the batch is cut: (the previous batch's "published" future, this batch's own). One instance
-        needs none: its batches finish in the order they were cut."""
-        if self._instances == 1:
+        needs none: its batches finish in the order they were cut. Nor does a streaming runtime's
+        (`publish_in_cut_order=False`): each of its jobs is a batch of its own that ends when its answer does, and a
+        short answer must not wait for a long one cut before it."""
+        if self._instances == 1 or not self._in_cut_order:
             return None
         previous, self._last_cut_published = self._last_cut_published, asyncio.get_running_loop().create_future()
         return previous, self._last_cut_published

@@ -92,6 +92,10 @@ class RuntimeSet:
             self._remember(runtime)
         return runtime
 
+    def loaded(self) -> list[ModelRuntime]:
+        """Every version loaded here (the one serving unpinned jobs among them)."""
+        return list(self._loaded.values())
+
     def close(self) -> None:
         """Stop the loader thread."""
         self._loader.shutdown(wait=False, cancel_futures=True)

@@ -38,6 +38,7 @@ from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 from aiaas.kafka.transactions import Transactions, claim_transactional_id
 from aiaas.registry.announce import ModelWatcher
 from aiaas.registry.store import Registry
+from aiaas.serving.cancels import CancelListener
 from aiaas.serving.heap import settle_heap
 from aiaas.serving.idempotency import OutcomeCache, seed_from_results
 from aiaas.serving.pipeline import JobPipeline, PipelineStats
@@ -116,8 +117,19 @@ class ModelService:
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
+        streams = bool(getattr(self.runtime, "streams", False))
+        # A transactional producer sends nothing outside a transaction: chunks (progress) take a plain one.
+        chunk_producer = AIOKafkaProducer(
+            **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}-chunks", acks="all",
+            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+        ) if streams and exactly_once else None
+        if chunk_producer is not None:
+            await chunk_producer.start()
+        if streams:
+            await ensure_topics(self.kafka, [self.topics.cancel])
         watcher = ModelWatcher(self.kafka, self.runtime.model)
         following: asyncio.Task[None] | None = None
+        cancels: CancelListener | None = None
         outcomes = OutcomeCache(self.settings.idempotency_window, self.settings.outcome_memory_bytes)
         remembered = 0
         retry = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_ms / 1000,
@@ -129,6 +141,7 @@ class ModelService:
             header_limits=HeaderLimits.configured(),
             reply_topics=ReplyTopics(self.topics, self.kafka.topic_prefix, self.settings.reply_to_pattern),
             topic_catalog=KafkaTopicCatalog(producer),
+            chunk_sink=KafkaSink(chunk_producer) if chunk_producer is not None else None,
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
@@ -141,12 +154,16 @@ class ModelService:
             # Heartbeats run on the event loop: one that stood still this long sent none, and may be out of the group.
             stall_after_s=max(1.0, (self.settings.session_timeout_ms - self.settings.heartbeat_interval_ms) / 1000),
             rejoin=lambda: self._resubscribe(consumer, pipeline),
+            publish_in_cut_order=not streams,
         )
         stats = pipeline.stats
         try:
             # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
             remembered = await self._remember_outcomes(outcomes)
             await watcher.start()  # before "ready": a promotion announced after that is never missed
+            if streams:
+                cancels = CancelListener(self.kafka, self.topics, self.group, worker.cancel)
+                await cancels.start()  # before "ready": a cancellation sent after that is seen
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
             self._resubscribe(consumer, pipeline, first=True)
             await consumer.start()
@@ -167,8 +184,12 @@ class ModelService:
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
             await watcher.stop()
+            if cancels is not None:
+                await cancels.stop()
             await consumer.stop()  # leaves the group, so its partitions move at once
             await producer.stop()
+            if chunk_producer is not None:
+                await chunk_producer.stop()
             if claim is not None:
                 claim.release()
             worker.close()

@@ -11,6 +11,7 @@ records come in, `ResultSink.send` goes out, and the model is a `ModelRuntime` t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -47,6 +48,7 @@ from aiaas.errors import (
     UnparseableRecord,
 )
 from aiaas.serving.batch import JobInFlight, KafkaRecord, ProcessedBatch, ResultSink, end_spans, record_key
+from aiaas.serving.chunks import ChunkStreamer
 from aiaas.serving.idempotency import Outcome, OutcomeCache
 from aiaas.serving.outcomes import OutcomeSender
 from aiaas.serving.retries import RetryPolicy
@@ -80,6 +82,7 @@ class BatchWorker:
         header_limits: HeaderLimits = HeaderLimits(),
         reply_topics: ReplyTopics | None = None,
         topic_catalog: TopicCatalog | None = None,
+        chunk_sink: ResultSink | None = None,
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.retry = retry or RetryPolicy(max_attempts=1)
@@ -101,6 +104,9 @@ class BatchWorker:
         self._sender = OutcomeSender(sink, self._spans, retry=self.retry, retry_topic=topics.retry,
                                      dlq_topic=dlq_topic, max_message_bytes=max_message_bytes,
                                      result_topic=self._result_topic)
+        self._generating: dict[str, JobInFlight] = {}
+        """Jobs in a streaming runtime now, by job id (what a cancellation may end)."""
+        self._chunks = ChunkStreamer(chunk_sink or sink, self._spans, self.runtimes.model, self._result_topic)
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -316,7 +322,9 @@ class BatchWorker:
         started = time.perf_counter()
         try:
             items = [job.item for job in runnable]
-            if on_loop:
+            if getattr(runtime, "streams", False):
+                outputs = await self._infer_streaming(runtime, runnable, items)
+            elif on_loop:
                 outputs = runtime.infer(items)
                 # Let the tasks that are ready run before the next batch: the previous batch's publishing, the fetch
                 # loop, the producer's sender (a model loop with a backlog would otherwise not yield between batches).
@@ -343,7 +351,10 @@ class BatchWorker:
                 await self._infer([job], picked_at)
             return
         inference_ms = (time.perf_counter() - started) * 1000
+        describe = getattr(runtime, "span_details", None)
         for job, out in zip(runnable, outputs, strict=True):
+            if describe is not None and not isinstance(out, AiaasError):
+                _describe_on_span(job, describe(job.item, out))
             if isinstance(out, AiaasError):  # the runtime refused this item on a batch-wide check
                 self._fail(job, out, picked_at)
                 continue
@@ -353,6 +364,38 @@ class BatchWorker:
                                            inference_ms=inference_ms, batch_size=len(runnable))
             except Exception as exc:
                 self._fail(job, ModelFailure(f"the model's output for this job is invalid: {exc}"[:500]), picked_at)
+
+    async def _infer_streaming(self, runtime: ModelRuntime, runnable: list[JobInFlight],
+                               items: list[Any]) -> Sequence[Outputs | AiaasError]:
+        """A streaming runtime's call: its progress becomes chunks on each job's results topic, all of them
+        acknowledged before the call's outputs are returned (so each final result comes after its chunks)."""
+        loop = asyncio.get_running_loop()
+        streams = [self._chunks.open(job) for job in runnable]
+        for job in runnable:
+            if job.job_id is not None:
+                self._generating[job.job_id] = job
+
+        def progress(index: int, text: str, tokens: int) -> None:  # on the runtime's thread
+            loop.call_soon_threadsafe(self._chunks.add, streams[index], text, tokens, runtime.version)
+
+        try:
+            outputs: Sequence[Outputs | AiaasError] = await loop.run_in_executor(
+                self._executor, functools.partial(runtime.infer, items, progress))  # type: ignore[call-arg]
+        finally:
+            for job in runnable:
+                if job.job_id is not None and self._generating.get(job.job_id) is job:
+                    del self._generating[job.job_id]
+            await self._chunks.flush()
+        return outputs
+
+    def cancel(self, job_id: str, tenant: str | None) -> bool:
+        """End the generation of `job_id` now (its result says `cancelled`) when it runs here and is `tenant`'s
+        (None: the shared topics'); False otherwise. A tenant never cancels another's job."""
+        job = self._generating.get(job_id)
+        if job is None or job.tenant != tenant or job.runtime is None:
+            return False
+        cancel = getattr(job.runtime, "cancel", None)
+        return bool(cancel(job_id)) if cancel is not None else False
 
     def calls_on_event_loop(self, runtime: ModelRuntime) -> bool:
         """Whether `runtime`'s batch calls run on the event loop rather than on a model thread (`model_calls`).
@@ -486,3 +529,11 @@ def _pair_twins(batch: list[JobInFlight]) -> None:
         earlier = first.setdefault(job.job.job_id, job)
         if earlier is not job:
             job.twin, job.prepared, job.pending_version, job.result = earlier, False, None, None
+
+
+def _describe_on_span(job: JobInFlight, details: tuple[Mapping[str, Any], Sequence[tuple[str, float]]]) -> None:
+    """A runtime's own span attributes and timed events (`span_details`: GenAI's for the LLM) on the job's span."""
+    attributes, events = details
+    job.span.set_attributes(dict(attributes))
+    for name, at in events:
+        job.span.add_event(name, timestamp=int(at * 1e9))

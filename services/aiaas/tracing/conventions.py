@@ -15,7 +15,10 @@ from opentelemetry.util.types import AttributeValue
 
 __all__ = [
     "inject_headers", "extract_context", "producer_attributes", "consumer_attributes",
-    "JOB_ID", "MODEL", "MODEL_VERSION", "STATUS", "ATTEMPT", "REPLAYED", "SUPERSEDED", "TRACER_NAME",
+    "JOB_ID", "MODEL", "MODEL_VERSION", "STATUS", "ATTEMPT", "REPLAYED", "SUPERSEDED", "TRACER_NAME", "CHUNK_SEQ",
+    "GEN_AI_OPERATION", "GEN_AI_REQUEST_MODEL", "GEN_AI_REQUEST_MAX_TOKENS", "GEN_AI_REQUEST_TEMPERATURE",
+    "GEN_AI_REQUEST_TOP_P", "GEN_AI_USAGE_INPUT_TOKENS", "GEN_AI_USAGE_OUTPUT_TOKENS", "GEN_AI_FINISH_REASONS",
+    "GEN_AI_FIRST_TOKEN_EVENT",
 ]
 
 JOB_ID = "aiaas.job.id"
@@ -27,6 +30,20 @@ REPLAYED = "aiaas.job.replayed"
 SUPERSEDED = "aiaas.job.superseded"
 """A retry record delivered again after its job was answered, or beside a later attempt of it: nothing is sent."""
 TRACER_NAME = "aiaas"
+CHUNK_SEQ = "aiaas.chunk.seq"
+"""On a chunk's `send` span: its place in the job's stream."""
+
+# OpenTelemetry GenAI semantic conventions (gen_ai.*), on a generation job's `process` span.
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_FIRST_TOKEN_EVENT = "gen_ai.first_token"
+"""An event on the job's span at the moment its first token was generated."""
 
 
 def inject_headers(context: Context | None = None) -> list[tuple[str, bytes]]:

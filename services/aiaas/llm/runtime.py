@@ -1,0 +1,268 @@
+"""The LLM runtime: jobs in, streamed text and one final answer out, through one shared generation engine.
+
+The worker calls `infer([item], progress)` for one job at a time from as many model threads as the engine has
+rows (`AIAAS_LLM_MODEL_INSTANCES`); each call hands the job to the engine and waits for its end while a thread
+of this runtime steps the engine for every job at once. `progress(0, text, tokens)` gets the job's new text,
+coalesced (`chunk_interval_ms`, `chunk_tokens`) so a busy service does not send a record per token; the text
+of all progress calls adds up to the final answer. No Kafka here (the worker sends the chunks).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aiaas import tracing
+from aiaas.contract.envelopes import Job
+from aiaas.errors import InvalidJob, ModelFailure
+from aiaas.llm import MODEL
+from aiaas.llm.engine import GenerationEngine, GenerationEvent, GenerationRequest
+from aiaas.llm.prompts import chat_prompt_ids, completion_prompt_ids
+
+__all__ = ["LlmRuntime", "Progress", "TASKS"]
+
+log = logging.getLogger("aiaas.llm")
+
+TASKS = ("chat", "complete")
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+Progress = Callable[[int, str, int], None]
+"""(index of the job in the `infer` call, new text, new tokens): called from the engine's thread."""
+
+_CONTROL = frozenset(chr(c) for c in range(32)) - {"\t", "\n", "\r"} | {"\x7f"}
+
+
+@dataclass(frozen=True)
+class LlmItem:
+    """A prepared job: the engine's request and the GenAI operation it is (`chat`, `text_completion`)."""
+
+    request: GenerationRequest
+    operation: str
+
+
+@dataclass
+class _Running:
+    """One job in the engine: where its progress goes, what is not sent yet, and its end."""
+
+    progress: Progress | None
+    index: int
+    done: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    tokens: int = 0
+    sent_at: float = 0.0
+    final: GenerationEvent | None = None
+
+
+class LlmRuntime:
+    """A registry version of the LLM, served by a `GenerationEngine` stepped on a thread of its own."""
+
+    model = MODEL
+    streams = True
+    """`infer` takes a progress callback (the worker streams chunks)."""
+
+    def __init__(self, model: Any, tokenizer: Any, version: str, *, max_sequences: int = 32, max_tokens: int = 512,
+                 max_prompt_tokens: int = 2048, max_batch_tokens: int = 65_536, chunk_interval_ms: int = 50,
+                 chunk_tokens: int = 16) -> None:
+        self.version = version
+        self.tokenizer = tokenizer
+        self.max_tokens, self.max_prompt_tokens = max_tokens, max_prompt_tokens
+        self._chunk_interval_s, self._chunk_tokens = chunk_interval_ms / 1000, chunk_tokens
+        self.engine = GenerationEngine(model, tokenizer, max_batch=max_sequences, max_batch_tokens=max_batch_tokens)
+        device = next(model.parameters()).device
+        self.providers = [f"torch {device.type}"]
+        self._running: dict[str, _Running] = {}
+        self._by_job: dict[str, str] = {}
+        self._first_tokens: dict[str, float] = {}
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._step_forever, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_registry(cls, registry: Any, ref: str, *, device: str = "auto", **limits: Any) -> LlmRuntime:
+        """Load a version (every file's sha256 checked) onto `device`."""
+        import torch
+
+        from aiaas.llm.weights import load_folder
+
+        version = registry.resolve(MODEL, ref)
+        folder: Path = registry.verified_folder(version)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model, tokenizer = load_folder(folder, device=device, dtype=dtype)
+        return cls(model, tokenizer, str(version.version), **limits)
+
+    def serves(self, ref: str) -> bool:
+        return ref in (self.version, f"v{self.version}")
+
+    # -- from the worker's threads ---------------------------------------------------------------
+
+    def prepare(self, job: Job) -> LlmItem:
+        """Check the job and turn it into the engine's request (prompt token ids and sampling)."""
+        task = job.task or ("chat" if job.messages else "complete")
+        if task not in TASKS:
+            raise InvalidJob(f"unknown task {task!r} for llm (tasks: {', '.join(TASKS)})")
+        if task == "chat":
+            if not job.messages:
+                raise InvalidJob("a chat job needs `messages`: a list of {role, content}, the last one the user's")
+            if job.inputs:
+                raise InvalidJob("a chat job takes `messages`, not inputs")
+            for message in job.messages:
+                _refuse_control_characters(message.content)
+            ids = chat_prompt_ids(self.tokenizer, [m.model_dump() for m in job.messages])
+        else:
+            prompt = job.inputs.get("prompt")
+            if not isinstance(prompt, str) or not prompt or set(job.inputs) != {"prompt"} or job.messages:
+                raise InvalidJob("a complete job needs exactly one input, `prompt`: the text to continue")
+            _refuse_control_characters(prompt)
+            ids = completion_prompt_ids(self.tokenizer, prompt)
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidJob(f"the prompt is {len(ids)} tokens; the limit is {self.max_prompt_tokens} "
+                             "(AIAAS_LLM_MAX_PROMPT_TOKENS)")
+        params = job.generation
+        wanted = params.max_tokens if params is not None and params.max_tokens is not None else self.max_tokens
+        return LlmItem(GenerationRequest(
+            request_id=job.job_id, prompt_ids=ids, max_new_tokens=min(wanted, self.max_tokens),
+            temperature=params.temperature if params else 0.0, top_p=params.top_p if params else 1.0,
+            top_k=params.top_k if params else 0, seed=params.seed if params else None,
+            stop=tuple(params.stop) if params else (), priority=job.priority, deadline=job.deadline,
+        ), "chat" if task == "chat" else "text_completion")
+
+    def infer(self, items: Sequence[LlmItem], progress: Progress | None = None) -> list[dict[str, Any]]:
+        """Generate for every item (blocks until all ended); one output per item, in order."""
+        runs = []
+        for index, item in enumerate(items):
+            job_id = item.request.request_id
+            run_id = f"{job_id}#{next(self._ids)}"
+            running = _Running(progress, index)
+            with self._wake:
+                self._running[run_id] = running
+                self._by_job[job_id] = run_id
+                self.engine.submit(replace(item.request, request_id=run_id))
+                self._wake.notify()
+            runs.append((job_id, run_id, running))
+        outputs = []
+        for job_id, run_id, running in runs:
+            running.done.wait()
+            with self._wake:
+                self._running.pop(run_id, None)
+                if self._by_job.get(job_id) == run_id:
+                    del self._by_job[job_id]
+            if running.final is None:
+                raise ModelFailure("the generation engine stopped")
+            if running.final.first_token_at is not None:
+                with self._wake:
+                    self._first_tokens[job_id] = running.final.first_token_at
+            outputs.append(_outputs(running.final))
+        return outputs
+
+    def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+        """The OpenTelemetry GenAI attributes of a finished job, and the event of its first token."""
+        request = item.request
+        attributes = {
+            tracing.GEN_AI_OPERATION: item.operation,
+            tracing.GEN_AI_REQUEST_MODEL: f"{MODEL_NAME} v{self.version}",
+            tracing.GEN_AI_REQUEST_MAX_TOKENS: request.max_new_tokens,
+            tracing.GEN_AI_REQUEST_TEMPERATURE: request.temperature,
+            tracing.GEN_AI_REQUEST_TOP_P: request.top_p,
+            tracing.GEN_AI_USAGE_INPUT_TOKENS: output["prompt_tokens"],
+            tracing.GEN_AI_USAGE_OUTPUT_TOKENS: output["completion_tokens"],
+            tracing.GEN_AI_FINISH_REASONS: [output["finish_reason"]],
+        }
+        with self._wake:
+            first = self._first_tokens.pop(request.request_id, None)
+        return attributes, [(tracing.GEN_AI_FIRST_TOKEN_EVENT, first)] if first is not None else []
+
+    def cancel(self, job_id: str) -> bool:
+        """End a job's generation at the engine's next step (`cancelled`); False when it is not generating here."""
+        with self._wake:
+            run_id = self._by_job.get(job_id)
+            if run_id is None or run_id not in self._running:
+                return False
+            self.engine.cancel(run_id)
+            self._wake.notify()
+            return True
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # -- the engine's thread -------------------------------------------------------------------------
+
+    def _step_forever(self) -> None:
+        while True:
+            with self._wake:
+                while not self.engine.busy and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    break
+            try:
+                events = self.engine.step()
+            except Exception:  # noqa: BLE001 - every job in the engine ends; the thread and the service go on
+                log.exception("a generation step failed; ending the jobs in the engine")
+                self._fail_all()
+                continue
+            now = time.monotonic()
+            for event in events:
+                self._deliver(event, now)
+        self._fail_all()
+
+    def _deliver(self, event: GenerationEvent, now: float) -> None:
+        running = self._running.get(event.request_id)
+        if running is None:
+            return
+        running.text += event.text
+        running.tokens += event.tokens
+        due = (now - running.sent_at >= self._chunk_interval_s or running.tokens >= self._chunk_tokens
+               or event.finish_reason is not None)
+        if due and (running.text or running.tokens) and running.progress is not None:
+            try:
+                running.progress(running.index, running.text, running.tokens)
+            except Exception:  # noqa: BLE001 - a chunk that cannot be sent never stops the generation
+                log.exception("sending a chunk failed")
+            running.text, running.tokens, running.sent_at = "", 0, now
+        if event.finish_reason is not None:
+            running.final = event
+            running.done.set()
+
+    def _fail_all(self) -> None:
+        """Release every waiting `infer` (their jobs fail): the engine cannot go on with them."""
+        with self._wake:
+            waiting = list(self._running.values())
+            self.engine = self.engine.fresh()
+        for running in waiting:
+            running.done.set()
+
+
+def _outputs(event: GenerationEvent) -> dict[str, Any]:
+    """A finished generation as the result's outputs: the text, why it ended, and usage."""
+    elapsed = None
+    outputs: dict[str, Any] = {
+        "text": event.full_text or "",
+        "finish_reason": event.finish_reason or "stop",
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+    }
+    if event.first_token_at is not None and event.submitted_at is not None:
+        outputs["time_to_first_token_ms"] = round((event.first_token_at - event.submitted_at) * 1000, 2)
+        elapsed = event.finished_at - event.first_token_at if event.finished_at is not None else None
+    if elapsed and event.completion_tokens > 1:
+        outputs["tokens_per_second"] = round((event.completion_tokens - 1) / elapsed, 2)
+    return outputs
+
+
+def _refuse_control_characters(text: str) -> None:
+    bad = next((c for c in text if c in _CONTROL), None)
+    if bad is not None:
+        raise InvalidJob(f"the prompt holds the control character U+{ord(bad):04X}; only tab, newline and carriage "
+                         "return are allowed")

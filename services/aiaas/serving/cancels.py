@@ -1,0 +1,78 @@
+"""Cancellations: job ids on a streaming model type's cancel topics end those jobs' generation now.
+
+Every replica reads every cancel topic (`<prefix>.<model>.cancel` and each tenant's `.cancel.<tenant>`) from its
+end, in a consumer group of its own (a job runs on one replica, and a publisher cannot know which), and hands
+each job id to the worker, which ends the generation only when the job is running here and came from the same
+tenant's topics. A record that is not a job id is skipped. The record's value is not read: the key says it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer
+
+from aiaas.contract.envelopes import job_id_of_key
+from aiaas.contract.topics import ModelTopics
+from aiaas.settings import KafkaSettings
+
+__all__ = ["CancelListener"]
+
+log = logging.getLogger("aiaas.cancels")
+
+
+class CancelListener:
+    """Follows a model type's cancel topics; `cancel(job_id, tenant) -> bool` for each record."""
+
+    def __init__(self, kafka: KafkaSettings, topics: ModelTopics, group: str,
+                 cancel: Callable[[str, str | None], bool]) -> None:
+        self._kafka, self._topics, self._cancel = kafka, topics, cancel
+        self._group = f"{group}.cancel.{uuid.uuid4().hex[:12]}"
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.cancelled = 0
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            **self._kafka.connection_kwargs(), group_id=self._group, enable_auto_commit=False,
+            auto_offset_reset="latest", metadata_max_age_ms=5000, fetch_max_wait_ms=100)
+        await self._consumer.start()
+        self._consumer.subscribe(pattern=self._topics.cancel_pattern())
+        self._task = asyncio.create_task(self._follow(), name="aiaas-cancels")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bad record or a broker hiccup never stops the listener
+                log.warning("reading cancellations failed (%s); going on", exc)
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._handle(record.topic, record.key)
+
+    def _handle(self, topic: str, key: bytes | None) -> None:
+        job_id = job_id_of_key(key)
+        if job_id is None:
+            return
+        try:
+            tenant = self._topics.cancel_tenant_of(topic)
+        except ValueError:
+            return
+        if self._cancel(job_id, tenant):
+            self.cancelled += 1
+            log.info("job %s cancelled", job_id)

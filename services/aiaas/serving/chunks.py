@@ -1,0 +1,128 @@
+"""Chunks: a streaming runtime's partial answers, sent to the job's results topic before its final result.
+
+A runtime that streams (`runtime.streams`, the LLM's) calls the worker's progress callback from its own thread
+with each job's new text; `ChunkStreamer.add` (on the event loop) turns it into a `chunk` result — keyed by the
+job id, numbered from 0 within this run of the job (`Chunk.run`), with a PRODUCER span under the job's span —
+and one sender task sends them in order, many at once. `flush` returns once every chunk added so far is
+acknowledged: the worker calls it before a job's final result is published, so the final result comes after
+its chunks on the topic (same key, same partition).
+
+Chunks are progress, not outcomes: they are not in the commit window, and a job run again (a crash, a rebalance)
+streams again from seq 0 under a new run id. In exactly-once mode they go through a producer outside the
+transactions (a transactional producer sends nothing outside one), so read_committed readers see them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry.trace import SpanKind
+
+from aiaas import tracing
+from aiaas.contract.codec import encode
+from aiaas.contract.envelopes import Chunk, Result
+from aiaas.serving.batch import JobInFlight, ResultSink
+from aiaas.serving.outcomes import OutgoingRecord
+from aiaas.tracing.job_spans import JobSpans
+
+__all__ = ["ChunkStreamer", "Stream"]
+
+log = logging.getLogger("aiaas.chunks")
+
+
+@dataclass
+class Stream:
+    """One run of one job's chunks."""
+
+    job: JobInFlight
+    topic: str
+    run: str
+    seq: int = 0
+
+
+class ChunkStreamer:
+    """Builds chunk records and sends them in order through a sink, many at once."""
+
+    def __init__(self, sink: ResultSink, spans: JobSpans, model: str,
+                 result_topic: Callable[[JobInFlight], str]) -> None:
+        self._sink = sink
+        self._spans = spans
+        self._model = model
+        self._result_topic = result_topic
+        self._queue: deque[OutgoingRecord] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sender: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def open(self, job: JobInFlight) -> Stream:
+        """A new run of `job`'s chunks (seq from 0)."""
+        return Stream(job, self._result_topic(job), uuid.uuid4().hex[:16])
+
+    def add(self, stream: Stream, text: str, tokens: int, version: str | None = None) -> None:
+        """Queue the next chunk of `stream` (on the event loop)."""
+        job = stream.job
+        assert job.job_id is not None  # a job that runs was decoded
+        chunk = Chunk(seq=stream.seq, text=text, tokens=tokens, run=stream.run)
+        stream.seq += 1
+        result = Result(job_id=job.job_id, model=self._model, status="chunk", chunk=chunk, model_version=version,
+                        completed_at=time.time())
+        attributes = tracing.producer_attributes(stream.topic, job_id=job.job_id) | {tracing.CHUNK_SEQ: chunk.seq}
+        span = self._spans.start_child(f"send {stream.topic}", SpanKind.PRODUCER, job.span, attributes)
+        self._queue.append(OutgoingRecord(job, stream.topic, encode(result), job.job_id.encode(),
+                                          self._spans.headers(span), span))
+        self._idle.clear()
+        self._wakeup.set()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_forever(), name="aiaas-chunks")
+
+    async def flush(self) -> None:
+        """Return once every chunk added so far has been answered by the broker (sent or failed)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Flush, then stop the sender."""
+        await self.flush()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def _send_forever(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            records = list(self._queue)
+            self._queue.clear()
+            errors = await self._send(records)
+            for record, error in zip(records, errors, strict=True):
+                record.close(error)
+                if error is None:
+                    self.sent += 1
+                else:
+                    self.failed += 1
+            if any(errors):
+                log.warning("%d chunk(s) were not delivered (%s); their jobs' final results still carry the "
+                            "whole text", sum(e is not None for e in errors), next(e for e in errors if e))
+
+    async def _send(self, records: list[OutgoingRecord]) -> list[BaseException | None]:
+        send_many = getattr(self._sink, "send_many", None)
+        try:
+            if send_many is not None:
+                errors: list[BaseException | None] = await send_many(records)
+                return errors
+            sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
+                                          for r in records), return_exceptions=True)
+            return [exc if isinstance(exc, BaseException) else None for exc in sent]
+        except Exception as exc:  # noqa: BLE001 - chunks are progress: a failure never stops the sender
+            return [exc] * len(records)
