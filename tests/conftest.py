@@ -97,6 +97,16 @@ def pre_int8_text_registry(text_registry: Registry, tmp_path: Path) -> Registry:
 
 
 @pytest.fixture(scope="session")
+def llm_registry(session_registry: Registry) -> Registry:
+    """The session registry with the LLM converted from its package once (~30 s on two cores)."""
+    pytest.importorskip("gguf", reason="the llm extra is not installed (make install)")
+    from aiaas.llm.trainer import build
+
+    build(session_registry)
+    return session_registry
+
+
+@pytest.fixture(scope="session")
 def recsys_registry(session_registry: Registry) -> Registry:
     """The session registry with one real recsys version (ratings generated, model trained: a few seconds)."""
     from aiaas.recsys.trainer import build

@@ -1,4 +1,4 @@
-"""The generation engine on the real model (SmolLM2-135M-Instruct from its package, converted once per run).
+"""The generation engine on the real model (SmolLM2-135M-Instruct from its package, built once per run).
 
 Greedy answers are compared with Transformers' own `generate()`; batching, joining mid-run, cancelling,
 deadlines, stop sequences, token limits, priorities and seeds are checked on what the engine streams.
@@ -13,17 +13,15 @@ pytest.importorskip("gguf", reason="the llm extra is not installed (make install
 
 from aiaas.llm.engine import GenerationEngine, GenerationEvent, GenerationRequest  # noqa: E402
 from aiaas.llm.prompts import chat_prompt_ids  # noqa: E402
-from aiaas.llm.weights import convert, load_folder  # noqa: E402
+from aiaas.llm.weights import load_folder  # noqa: E402
 
 QUESTIONS = ("What is the capital of France?", "Write a haiku about the sea.", "List three fruits.",
              "What is 2+2?")
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("smollm2")
-    convert(folder)
-    return load_folder(folder)
+def model_and_tokenizer(llm_registry):
+    return load_folder(llm_registry.verified_folder(llm_registry.resolve("llm", "production")))
 
 
 @pytest.fixture

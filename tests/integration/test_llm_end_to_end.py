@@ -1,0 +1,185 @@
+"""The LLM service as its own process on the real broker: streamed answers, cancel, deadlines, seeds, hostile
+prompts, and a kill -9 mid-answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import msgpack
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from aiaas.client.client import AiaasClient, StreamRestart
+from aiaas.contract.codec import decode_result
+from aiaas.contract.envelopes import Result
+from aiaas.settings import KafkaSettings
+from tests.harness import service_env as service_env_for
+from tests.integration.conftest import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+
+
+async def read_topic(settings: KafkaSettings, topic: str) -> list:
+    """Every record on `topic` now (from the beginning to its end offsets)."""
+    consumer = AIOKafkaConsumer(**settings.connection_kwargs(), group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic created a moment ago
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends, records = await consumer.end_offsets(parts), []
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+def llm_env(kafka_broker: str, llm_registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    return service_env_for(kafka_broker, prefix, llm_registry.root.parent,
+                           {"AIAAS_LLM_CHUNK_INTERVAL_MS": "20", "AIAAS_LLM_MAX_PROMPT_TOKENS": "256"})
+
+
+@pytest.fixture(scope="module")
+def llm_service(llm_env, tmp_path_factory: pytest.TempPathFactory):
+    service = ServiceProcess(llm_env, tmp_path_factory.mktemp("llm") / "llm.log", model="llm").start(timeout=120)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def settings(llm_env) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=llm_env["AIAAS_KAFKA_BOOTSTRAP_SERVERS"],
+                         topic_prefix=llm_env["AIAAS_KAFKA_TOPIC_PREFIX"])
+
+
+async def streamed(handle, timeout: float = 120) -> tuple[list[str], Result]:
+    pieces: list[str] = []
+    async for piece in handle.stream(timeout):
+        if isinstance(piece, Result):
+            return pieces, piece
+        assert not isinstance(piece, StreamRestart)
+        pieces.append(piece)
+    raise AssertionError("the stream ended without a result")
+
+
+async def test_an_answer_streams_in_order_and_adds_up_to_the_final_text(llm_service, settings):
+    async with AiaasClient(settings) as client:
+        handle = await client.submit("llm", {}, task="chat", messages=STORY, generation={"max_tokens": 60})
+        pieces, result = await streamed(handle)
+    assert result.status == "ok" and result.outputs["finish_reason"] in ("stop", "length")
+    assert len(pieces) > 2 and "".join(pieces) == result.outputs["text"]
+    assert 0 < result.outputs["completion_tokens"] <= 60 and result.outputs["prompt_tokens"] > 5
+    assert result.outputs["time_to_first_token_ms"] > 0
+    records = await read_topic(settings, f"{settings.topic_prefix}.llm.results")
+    chunks = [decode_result(r.value, 1 << 20) for r in records if r.key == handle.job_id.encode()]
+    assert [c.status for c in chunks][-1] == "ok"
+    seqs = [c.chunk.seq for c in chunks if c.status == "chunk"]
+    assert seqs == list(range(len(seqs))) and len({c.chunk.run for c in chunks if c.chunk}) == 1
+
+
+async def test_a_greedy_question_gets_the_right_answer_and_the_same_seed_the_same_text(llm_service, settings):
+    async with AiaasClient(settings) as client:
+        answer = await (await client.submit("llm", {}, task="chat", messages=QUESTION)).result(timeout=120)
+        sampled = []
+        for _ in range(2):  # one after the other: each runs alone
+            handle = await client.submit("llm", {}, task="chat", messages=STORY,
+                                         generation={"temperature": 0.9, "top_p": 0.95, "seed": 7, "max_tokens": 30})
+            sampled.append((await handle.result(timeout=120)).outputs["text"])
+        completion = await (await client.submit("llm", {"prompt": "The capital of France is"}, task="complete",
+                                                generation={"max_tokens": 8})).result(timeout=120)
+    assert answer.status == "ok" and "Paris" in answer.outputs["text"]
+    assert sampled[0] == sampled[1] and sampled[0]
+    assert completion.status == "ok" and completion.outputs["completion_tokens"] <= 8
+
+
+async def test_a_cancelled_job_ends_at_once_with_the_text_so_far(llm_service, settings):
+    async with AiaasClient(settings) as client:
+        handle = await client.submit("llm", {}, task="chat", messages=STORY, generation={"max_tokens": 400})
+        stream = handle.stream(120)
+        first = await stream.__anext__()
+        assert isinstance(first, str)
+        await client.cancel(handle.job)
+        rest = [piece async for piece in stream]
+    result = rest[-1]
+    assert isinstance(result, Result) and result.outputs["finish_reason"] == "cancelled"
+    assert result.outputs["completion_tokens"] < 400
+    assert first + "".join(p for p in rest[:-1] if isinstance(p, str)) == result.outputs["text"]
+
+
+async def test_a_deadline_ends_a_running_generation(llm_service, settings):
+    async with AiaasClient(settings) as client:
+        handle = await client.submit("llm", {}, task="chat", messages=STORY, generation={"max_tokens": 400},
+                                     deadline_s=3.0)
+        result = await handle.result(timeout=120)
+    assert result.status == "ok" and result.outputs["finish_reason"] == "deadline"
+    assert 0 < result.outputs["completion_tokens"] < 400
+
+
+async def test_hostile_prompts_get_error_results_and_the_service_goes_on(llm_service, settings):
+    prefix = settings.topic_prefix
+    bad = {
+        "huge": {"messages": [{"role": "user", "content": "word " * 5000}]},
+        "control": {"messages": [{"role": "user", "content": "hi\x00there"}]},
+        "role": {"messages": [{"role": "wizard", "content": "hi"}]},
+        "both": {"messages": QUESTION, "inputs": {"prompt": "x"}},
+        "sampling": {"messages": QUESTION, "generation": {"temperature": -1}},
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for name, fields in bad.items():
+            job = {"job_id": f"bad-{name}", "model": "llm", "task": "chat", "created_at": 0.0} | fields
+            await producer.send_and_wait(f"{prefix}.llm.infer", msgpack.packb(job), key=job["job_id"].encode())
+    finally:
+        await producer.stop()
+    async with AiaasClient(settings) as client:
+        good = await (await client.submit("llm", {}, task="chat", messages=QUESTION)).result(timeout=120)
+    assert good.status == "ok"
+    results = {r.key.decode(): decode_result(r.value, 1 << 20)
+               for r in await read_topic(settings, f"{prefix}.llm.results") if r.key.startswith(b"bad-")}
+    assert set(results) == {f"bad-{name}" for name in bad}
+    assert all(r.status == "error" and r.error.type == "InvalidJob" for r in results.values()), results
+    assert "256" in results["bad-huge"].error.message and "U+0000" in results["bad-control"].error.message
+    dead = [r.key for r in await read_topic(settings, f"{prefix}.dlq")]
+    assert {f"bad-{name}".encode() for name in bad} <= set(dead)
+    assert llm_service.alive
+
+
+async def test_a_job_cut_off_by_kill_9_is_answered_once_after_the_restart(llm_registry, kafka_broker, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    env = service_env_for(kafka_broker, prefix, llm_registry.root.parent, {"AIAAS_LLM_CHUNK_INTERVAL_MS": "20"})
+    settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=prefix)
+    service = ServiceProcess(env, Path(tmp_path) / "llm.log", model="llm").start(timeout=120)
+    try:
+        async with AiaasClient(settings) as client:
+            handle = await client.submit("llm", {}, task="chat", messages=STORY,
+                                         generation={"max_tokens": 120, "seed": 3})
+            stream = handle.stream(120)
+            assert isinstance(await stream.__anext__(), str)
+            service.kill()
+            service.start(timeout=120)
+            pieces = [piece async for piece in stream]
+        result = pieces[-1]
+        assert isinstance(result, Result) and result.status == "ok"
+        restarts = [p for p in pieces if isinstance(p, StreamRestart)]
+        assert len(restarts) == 1  # the second run streamed from its start
+        after = "".join(p for p in pieces[pieces.index(restarts[0]) + 1:-1] if isinstance(p, str))
+        assert after == result.outputs["text"]
+        await asyncio.sleep(1)
+        finals = [decode_result(r.value, 1 << 20) for r in await read_topic(settings, f"{prefix}.llm.results")
+                  if r.key == handle.job_id.encode()]
+        assert [f.status for f in finals if f.status != "chunk"] == ["ok"]
+    finally:
+        service.stop()
