@@ -78,7 +78,7 @@ def test_result_and_model_event_schemas_accept_what_the_code_makes(documents):
 def test_asyncapi_names_every_channel_with_addresses_from_topics_py(asyncapi):
     channels = asyncapi["channels"]
     assert set(channels) == {"infer", "tenantInfer", "train", "tenantTrain", "results", "tenantResults", "replyTo",
-                             "retry", "dlq", "models"}
+                             "retry", "dlq", "models", "cancel", "tenantCancel"}
 
     def address(channel: str, **values: str) -> str:
         return re.sub(r"\{(\w+)\}", lambda m: values[m[1]], channels[channel]["address"])
@@ -89,6 +89,8 @@ def test_asyncapi_names_every_channel_with_addresses_from_topics_py(asyncapi):
     assert address("tenantInfer", prefix="acme", model="vision", tenant="alice") == topics.tenant_infer("alice")
     assert address("tenantTrain", prefix="acme", model="vision", tenant="alice") == topics.tenant_train("alice")
     assert address("tenantResults", prefix="acme", model="vision", tenant="alice") == topics.tenant_results("alice")
+    assert address("cancel", prefix="acme", model="vision") == topics.cancel
+    assert address("tenantCancel", prefix="acme", model="vision", tenant="alice") == topics.tenant_cancel("alice")
     assert address("dlq", prefix="acme") == dlq_topic("acme")
     assert address("models", prefix="acme") == models_topic("acme")
     assert channels["replyTo"]["address"] is None  # the operator's pattern decides

@@ -42,7 +42,7 @@ from aiaas.contract.dead_letters import (
     ORIGIN_PARTITION,
     ORIGIN_TOPIC,
 )
-from aiaas.contract.envelopes import JOB_ID_PATTERN, TERMINAL_STATUSES, Job, Result, ResultStatus
+from aiaas.contract.envelopes import FINISH_REASONS, JOB_ID_PATTERN, TERMINAL_STATUSES, Job, Result, ResultStatus
 from aiaas.contract.headers import _OURS, _TRACE_LIMITS, _TRACEPARENT
 from aiaas.contract.reply_topics import DEFAULT_REPLY_TO_PATTERN
 from aiaas.contract.topics import TENANT_PATTERN, ModelTopics, dlq_topic, models_topic
@@ -341,6 +341,21 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
             "Result", "Inference result",
             "The one outcome of an inference job: `ok`, `error` or `expired`.", ref("Result"),
             _headers_schema(trace), job_key, correlationId={"$ref": "#/components/correlationIds/jobId"}),
+        "Chunk": message(
+            "Chunk", "Generation chunk",
+            "Part of a generated answer (status `chunk`, the `llm` model type), sent before the job's final result: "
+            "`chunk.text` is the text since the previous chunk, `chunk.seq` counts from 0 within one run of the "
+            "job (`chunk.run`). A job run again streams from seq 0 under a new run; readers drop repeats and start "
+            "the text over on a new run. The final `ok` result holds the whole text (`outputs.text`), "
+            "`finish_reason` (" + ", ".join(f"`{r}`" for r in FINISH_REASONS) + ") and usage.",
+            ref("Result"), _headers_schema(trace), job_key,
+            correlationId={"$ref": "#/components/correlationIds/jobId"}),
+        "CancelRequest": message(
+            "CancelRequest", "Cancel request",
+            "End this job's generation now: its final result says `cancelled`, with the text so far. Every replica "
+            "of the model type's service reads it (a consumer group of its own each); a job is only cancelled from "
+            "its own tenant's cancel topic.", {"type": "string", "format": "binary", "description": "Not read."},
+            _headers_schema({}), job_key, contentType="application/octet-stream"),
         "TrainingEvent": message(
             "TrainingEvent", "Training event",
             "One event of a training job, in this order: " + ", ".join(f"`{s}`" for s in _TRAINING_STATUSES) + ".",
@@ -408,16 +423,21 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "tenantTrain": channel(topics.train + tenant, tenant_topic.format("training jobs", "train", "write")
                                + " A job naming another tenant fails.", ["TrainingJob"]),
         "results": channel(topics.results, results_note + " A service reads its tail at start to remember recent "
-                           "outcomes (answering a repeated job id without running it).", ["Result", "TrainingEvent"]),
+                           "outcomes (answering a repeated job id without running it).",
+                           ["Result", "Chunk", "TrainingEvent"]),
         "tenantResults": channel(topics.results + tenant, tenant_topic.format("results", "results", "read")
                                  + " Results and events of the jobs that came from the tenant's infer and train "
-                                 "topics.", ["Result", "TrainingEvent"]),
+                                 "topics.", ["Result", "Chunk", "TrainingEvent"]),
         "replyTo": channel(None, "A job's `reply_to` topic, when the operator's pattern "
                            f"(`{_model_env('reply_to_pattern')}`, default "
                            f"`{DEFAULT_REPLY_TO_PATTERN}` where `{{results}}` is the job's results topic) allows it "
                            "and the topic exists. Infer, retry, train, dead-letter and registry topics and other "
                            "model types' topics are refused whatever the pattern says; a refused job gets an error "
-                           "result on its results topic and a dead letter.", ["Result", "TrainingEvent"]),
+                           "result on its results topic and a dead letter.", ["Result", "Chunk", "TrainingEvent"]),
+        "cancel": channel(topics.cancel, "Cancel requests for a streaming model type's jobs (`llm`) from "
+                          "publishers without a tenant.", ["CancelRequest"]),
+        "tenantCancel": channel(topics.cancel + tenant, tenant_topic.format("cancel requests", "cancel", "write")
+                                + " A request here ends only that tenant's jobs.", ["CancelRequest"]),
         "retry": channel(topics.retry, "A service's retriable failures waiting for their next attempt; only the "
                          "service writes and reads it.", ["RetryRecord"]),
         "dlq": channel(dlq_topic("{prefix}"), "Dead letters of every model type's services and trainers.",
@@ -433,8 +453,10 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         ("tenantTrain", "send", "client", ["TrainingJob"]), ("tenantTrain", "receive", "trainer", ["TrainingJob"]),
     ]
     for results in ("results", "tenantResults", "replyTo"):
-        flows += [(results, "send", "service", ["Result"]), (results, "send", "trainer", ["TrainingEvent"]),
-                  (results, "receive", "client", ["Result", "TrainingEvent"])]
+        flows += [(results, "send", "service", ["Result", "Chunk"]), (results, "send", "trainer", ["TrainingEvent"]),
+                  (results, "receive", "client", ["Result", "Chunk", "TrainingEvent"])]
+    for cancel in ("cancel", "tenantCancel"):
+        flows += [(cancel, "send", "client", ["CancelRequest"]), (cancel, "receive", "service", ["CancelRequest"])]
     flows += [
         ("results", "receive", "service", ["Result"]), ("tenantResults", "receive", "service", ["Result"]),
         ("retry", "send", "service", ["RetryRecord"]), ("retry", "receive", "service", ["RetryRecord"]),

@@ -50,6 +50,7 @@ from aiaas.contract.topics import (
     service_topics,
 )
 from aiaas.errors import AclRefused
+from aiaas.model_types import model_type
 from aiaas.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -156,6 +157,8 @@ class AclPlan:
             t = ModelTopics.of(model, self.prefix)
             names += [name for tenant in self.tenants
                       for name in (t.tenant_infer(tenant), t.tenant_train(tenant), t.tenant_results(tenant))]
+            if model_type(model).generative:
+                names += [t.cancel, *(t.tenant_cancel(tenant) for tenant in self.tenants)]
         return list(dict.fromkeys(names))
 
     def _tenant_rules(self, tenant: str) -> list[AclRule]:
@@ -167,6 +170,8 @@ class AclPlan:
             rules += _allow(user, "topic", t.tenant_infer(tenant), "literal", "WRITE", "DESCRIBE")
             rules += _allow(user, "topic", t.tenant_train(tenant), "literal", "WRITE", "DESCRIBE")
             rules += _allow(user, "topic", t.tenant_results(tenant), "literal", "READ", "DESCRIBE")
+            if model_type(model).generative:  # it may end its own jobs' generation
+                rules += _allow(user, "topic", t.tenant_cancel(tenant), "literal", "WRITE", "DESCRIBE")
         return rules
 
     def _service_rules(self, model: str) -> list[AclRule]:
@@ -182,7 +187,14 @@ class AclPlan:
             *_allow(user, "group", base, "literal", "READ"),
             *_allow(user, "transactional-id", f"{base}.", "prefixed", "WRITE"),  # exactly-once: `<group>.<instance>`
             *_allow(user, "cluster", _CLUSTER, "literal", "IDEMPOTENT_WRITE"),
+            *(self._cancel_rules(user, base) if model_type(model).generative else []),
         ]
+
+    def _cancel_rules(self, user: str, base: str) -> list[AclRule]:
+        """A streaming service reads every cancel topic, each replica in a consumer group of its own
+        (`<group>.cancel.<random>`)."""
+        return [*_allow(user, "topic", f"{base}.cancel", "prefixed", "READ"),
+                *_allow(user, "group", f"{base}.cancel.", "prefixed", "READ")]
 
     def _trainer_rules(self, model: str) -> list[AclRule]:
         assert self.trainer_user is not None
