@@ -25,7 +25,6 @@ batch equal the answers alone (how often batching changes a greedy answer).
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import sys
@@ -42,6 +41,7 @@ import torch
 from aiaas.llm.engine import GenerationEngine, GenerationRequest
 from aiaas.llm.prompts import chat_prompt_ids
 from aiaas.llm.weights import convert, load_folder
+from bench.report import cpu_name
 
 PROMPTS = (
     "What is the capital of France?",
@@ -62,15 +62,7 @@ PROMPTS = (
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def jobs(tokenizer, count: int, seed: int) -> list[tuple[list[int], int]]:
@@ -196,7 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     rows.append((f"engine, one job every {args.arrival_ms:.0f} ms", len(work), n, s,
                  f"{statistics.median(ttft):,.0f} / {max(ttft):,.0f}"))
     alone_engine = GenerationEngine(model, tokenizer, max_batch=1)
-    _, _, ttft_alone, alone = engine_run(alone_engine, work[:args.naive_jobs])
+    ttft_alone, alone = [], {}
+    for i, job in enumerate(work[:args.naive_jobs]):  # each job alone in the engine: nothing else running
+        _, _, first_ms, text = engine_run(alone_engine, [job])
+        ttft_alone += first_ms
+        alone[str(i)] = text["0"]
     same = sum(texts[k] == alone[k] for k in alone)
     naive_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in naive_ids]
     same_as_generate = sum(alone[str(i)] == text for i, text in enumerate(naive_texts))
@@ -212,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"| {tps / ceiling:.2f} | {first} |")
     lines += ["", f"Ceiling: {flops_per_token / 1e9:.3f} GFLOP per token (matrix products) at {rate:,.0f} GFLOP/s "
               f"(this machine's fp32 matmul, PyTorch, batch {args.max_batch}) = {ceiling:,.0f} tokens/s.",
-              f"A lone job through the engine: time to first token p50 {statistics.median(ttft_alone):,.0f} ms.",
+              f"A job alone in the engine: time to first token p50 {statistics.median(ttft_alone):,.0f} ms (its "
+              f"first {args.naive_jobs} jobs, one after the other).",
               f"Greedy answers in the engine's batch equal to the same job alone: {same} of {len(alone)}; the "
               f"engine's answers alone equal to `generate()`'s: {same_as_generate} of {len(alone)}.",
               f"Engine / one at a time: {engine_tps / naive_tps:.2f}x."]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job end to end: local Kafka; the vision, text and recsys models built into the
+# The main job end to end: local Kafka; the vision, text, recsys and llm models built into the
 # registry; each service as its own process; jobs published with the CLI, results streamed
-# back, a summary per service, one job of each kind shown, and one job's full trace; then a
-# training job: a trainer fine-tunes vision, the new version is promoted, and the running
+# back, a summary per service, one job of each kind shown, and one job's full trace; an LLM
+# answer streamed as it is generated, a batch of questions, a cancelled answer and its trace;
+# then a training job: a trainer fine-tunes vision, the new version is promoted, and the running
 # vision service switches to it (hot reload) — with the training job's trace.
 # Stops everything it started, also on failure or Ctrl-C.
 set -euo pipefail
@@ -14,7 +15,7 @@ export AIAAS_KAFKA_PORT="$port" AIAAS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
 jobs="${DEMO_JOBS:-300}"
 aiaas=.venv/bin/aiaas
 logs="$AIAAS_HOME/logs"
-models=(vision text recsys)
+models=(vision text recsys llm)
 mkdir -p "$logs"
 
 started_kafka=no
@@ -93,6 +94,22 @@ job_id="$(awk '/example job id/ {print $4}' "$logs/summary-vision-paced.txt")"
 echo
 echo "== the trace of job $job_id (client → service → batch inference → result → client)"
 "$aiaas" trace "$job_id"
+
+echo
+echo "######## llm: SmolLM2-135M-Instruct, tokens streamed back over Kafka"
+echo "== aiaas submit llm --chat \"What is the capital of France?\" --stream"
+"$aiaas" submit llm --chat "What is the capital of France?" --stream
+echo "== the 12 shipped questions at once (they share the running batch: continuous batching)"
+"$aiaas" submit llm --questions-sample 12 --wait --quiet | tee "$logs/summary-llm.txt"
+echo "== a long answer, streamed, and cancelled after 3 s (what Ctrl-C does)"
+timeout -s INT 3 "$aiaas" submit llm --chat "Write a long story about a dragon and a knight." --max-tokens 400 \
+  --stream | tee "$logs/llm-cancelled.txt" || true
+llm_id="$(sed -n 's/.*\[cancelled \(.*\)\]/\1/p' "$logs/llm-cancelled.txt")"
+if [ -n "$llm_id" ]; then
+  sleep 1
+  echo "== the trace of LLM job $llm_id (GenAI attributes, the first token, every chunk sent)"
+  "$aiaas" trace "$llm_id"
+fi
 
 echo
 echo "######## training: a vision training job, promotion, hot reload"

@@ -28,7 +28,7 @@ from aiaas import tracing
 from aiaas.contract.codec import encode
 from aiaas.contract.envelopes import Chunk, Result
 from aiaas.serving.batch import JobInFlight, ResultSink
-from aiaas.serving.outcomes import OutgoingRecord
+from aiaas.serving.outcomes import OutgoingRecord, send_records
 from aiaas.tracing.job_spans import JobSpans
 
 __all__ = ["ChunkStreamer", "Stream"]
@@ -116,13 +116,7 @@ class ChunkStreamer:
                             "whole text", sum(e is not None for e in errors), next(e for e in errors if e))
 
     async def _send(self, records: list[OutgoingRecord]) -> list[BaseException | None]:
-        send_many = getattr(self._sink, "send_many", None)
         try:
-            if send_many is not None:
-                errors: list[BaseException | None] = await send_many(records)
-                return errors
-            sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
-                                          for r in records), return_exceptions=True)
-            return [exc if isinstance(exc, BaseException) else None for exc in sent]
+            return await send_records(self._sink, records)
         except Exception as exc:  # noqa: BLE001 - chunks are progress: a failure never stops the sender
             return [exc] * len(records)

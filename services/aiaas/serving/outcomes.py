@@ -17,7 +17,7 @@ from aiaas.serving.batch import JobInFlight, KafkaRecord, ResultSink
 from aiaas.serving.retries import RetryPolicy
 from aiaas.tracing.job_spans import JobSpans
 
-__all__ = ["OutcomeSender", "OutgoingRecord"]
+__all__ = ["OutcomeSender", "OutgoingRecord", "send_records"]
 
 _MAX_ECHOED_KEY = 1024
 """A Kafka key longer than this is not echoed on the dead letter (it could make the record unsendable)."""
@@ -102,14 +102,18 @@ class OutcomeSender:
         return OutgoingRecord(job, topic, value, key, headers + self._spans.headers(span), span)
 
     async def _send_all(self, outgoing: list[OutgoingRecord]) -> list[BaseException | None]:
-        """Send every record; per record, None once the broker acknowledged it, or what went wrong."""
-        send_many = getattr(self._sink, "send_many", None)
-        if send_many is not None:
-            errors: list[BaseException | None] = await send_many(outgoing)
-            return errors
-        sent = await asyncio.gather(*(self._sink.send(r.topic, r.value, key=r.key, headers=r.headers)
-                                      for r in outgoing), return_exceptions=True)
-        return [exc if isinstance(exc, BaseException) else None for exc in sent]
+        return await send_records(self._sink, outgoing)
+
+
+async def send_records(sink: ResultSink, outgoing: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+    """Send every record at once; per record, None once the broker acknowledged it, or what went wrong."""
+    send_many = getattr(sink, "send_many", None)
+    if send_many is not None:
+        errors: list[BaseException | None] = await send_many(outgoing)
+        return errors
+    sent = await asyncio.gather(*(sink.send(r.topic, r.value, key=r.key, headers=r.headers) for r in outgoing),
+                                return_exceptions=True)
+    return [exc if isinstance(exc, BaseException) else None for exc in sent]
 
 
 @dataclass(slots=True)
