@@ -175,3 +175,10 @@ def test_a_token_budget_keeps_jobs_waiting_until_room_is_made(model_and_tokenize
     run(engine)
     assert not engine.busy
 
+
+
+def test_a_temperature_too_small_to_divide_by_answers_greedily(model_and_tokenizer, engine):
+    _, tokenizer = model_and_tokenizer
+    greedy = final(run_one(engine, tokenizer, QUESTIONS[0])).full_text
+    tiny = final(run_one(engine, tokenizer, QUESTIONS[0], temperature=1e-40, seed=1)).full_text
+    assert tiny == greedy and "Paris" in tiny

@@ -34,6 +34,9 @@ __all__ = ["FinishReason", "GenerationRequest", "GenerationEvent", "GenerationEn
 
 FinishReason = Literal["stop", "length", "cancelled", "deadline"]
 
+_MIN_TEMPERATURE = 1e-3
+"""Below this a temperature is taken as greedy: dividing by less overflows the logits to inf."""
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -285,10 +288,13 @@ class GenerationEngine:
         logits = self.model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
                             position_ids=positions.to(self._device), cache=newcomers, logits_to_keep=1,
                             use_cache=True).logits[:, -1, :]
+        first_new_row = self._cache.rows
         shift = self._cache.join(newcomers)
         for sequence in self._rows:
             sequence.start += shift
         length = self._cache.length
+        for i, request in enumerate(requests):  # a padded prompt's columns before its start hold padding: zeros
+            self._cache.clear_before(first_new_row + i, length - len(request.prompt_ids))
         added = []
         for request in requests:
             generator = None
@@ -348,10 +354,19 @@ class GenerationEngine:
         tokens = []
         for i, sequence in enumerate(sequences):
             request = sequence.request
-            if request.temperature <= 0:
+            if request.temperature < _MIN_TEMPERATURE:  # 0 means greedy; below this, sampling is greedy anyway
                 tokens.append(int(greedy[i]))
                 continue
-            row = logits[i].float() / request.temperature
+            tokens.append(self._sample_one(sequence, logits[i], int(greedy[i])))
+        return tokens
+
+    @staticmethod
+    def _sample_one(sequence: _Sequence, logits: torch.Tensor, greedy: int) -> int:
+        """One sampled token; the most likely one if the distribution cannot be sampled (never an exception that
+        would end every sequence in the batch)."""
+        request = sequence.request
+        try:
+            row = logits.float() / request.temperature
             if request.top_k > 0:
                 kth = torch.topk(row, min(request.top_k, row.shape[-1])).values[-1]
                 row = row.masked_fill(row < kth, -math.inf)
@@ -361,8 +376,11 @@ class GenerationEngine:
                 drop = ordered.cumsum(-1) - ordered > request.top_p
                 ordered = ordered.masked_fill(drop, 0.0)
                 probs = torch.zeros_like(probs).scatter_(-1, order, ordered)
-            tokens.append(int(torch.multinomial(probs, 1, generator=sequence.generator).item()))
-        return tokens
+            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+                return greedy
+            return int(torch.multinomial(probs, 1, generator=sequence.generator).item())
+        except (RuntimeError, ValueError):
+            return greedy
 
     def _retire(self, events: dict[str, GenerationEvent]) -> None:
         """Remove the finished sequences from the batch (their final events) and drop columns nobody needs."""

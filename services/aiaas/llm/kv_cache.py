@@ -108,6 +108,12 @@ class RowLayer(DynamicLayer):
         self.rows = last
         self._views()
 
+    def clear_before(self, row: int, column: int) -> None:
+        """Zero `row`'s columns before `column` (columns its attention mask hides)."""
+        assert self._keys is not None and self._values is not None
+        self._keys[row, :, :column] = 0
+        self._values[row, :, :column] = 0
+
     def drop_columns(self, count: int) -> None:
         """Drop the first `count` columns (no row needs them)."""
         assert self._keys is not None and self._values is not None
@@ -150,6 +156,12 @@ class RowCache(Cache):
         """Drop `row`; the last row moves into its place."""
         for layer in self.row_layers:
             layer.remove(row)
+
+    def clear_before(self, row: int, column: int) -> None:
+        """Zero `row`'s columns before `column`, which its mask hides (never stale or NaN values there)."""
+        if column > 0:
+            for layer in self.row_layers:
+                layer.clear_before(row, column)
 
     def drop_columns(self, count: int) -> None:
         """Drop the first `count` columns, which every row's mask hides."""

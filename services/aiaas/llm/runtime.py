@@ -35,6 +35,13 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 Progress = Callable[[int, str, int], None]
 """(index of the job in the `infer` call, new text, new tokens): called from the engine's thread."""
 
+_EARLY_CANCELS = 1024
+"""Cancellations kept for jobs not yet in the engine (the oldest are forgotten past this)."""
+
+_MAX_CHARS_PER_TOKEN = 128
+"""More characters than any token of this tokenizer decodes to (its longest: 81): a prompt longer than this many per
+allowed token cannot fit, and is refused unread."""
+
 _CONTROL = frozenset(chr(c) for c in range(32)) - {"\t", "\n", "\r"} | {"\x7f"}
 
 
@@ -77,8 +84,10 @@ class LlmRuntime:
         device = next(model.parameters()).device
         self.providers = [f"torch {device.type}"]
         self._running: dict[str, _Running] = {}
-        self._by_job: dict[str, str] = {}
-        self._first_tokens: dict[str, float] = {}
+        self._runs: dict[int, str] = {}
+        """id(item) → its run in the engine, while `infer` has it (items, not job ids: two tenants may reuse one)."""
+        self._cancelled_early: dict[int, LlmItem] = {}
+        self._first_tokens: dict[int, float] = {}
         self._ids = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
@@ -117,12 +126,14 @@ class LlmRuntime:
                 raise InvalidJob("a chat job takes `messages`, not inputs")
             for message in job.messages:
                 _refuse_control_characters(message.content)
+            self._refuse_long_text(sum(len(m.content) for m in job.messages))
             ids = chat_prompt_ids(self.tokenizer, [m.model_dump() for m in job.messages])
         else:
             prompt = job.inputs.get("prompt")
             if not isinstance(prompt, str) or not prompt or set(job.inputs) != {"prompt"} or job.messages:
                 raise InvalidJob("a complete job needs exactly one input, `prompt`: the text to continue")
             _refuse_control_characters(prompt)
+            self._refuse_long_text(len(prompt))
             ids = completion_prompt_ids(self.tokenizer, prompt)
         if len(ids) > self.max_prompt_tokens:
             raise InvalidJob(f"the prompt is {len(ids)} tokens; the limit is {self.max_prompt_tokens} "
@@ -136,6 +147,13 @@ class LlmRuntime:
             stop=tuple(params.stop) if params else (), priority=job.priority, deadline=job.deadline,
         ), "chat" if task == "chat" else "text_completion")
 
+    def _refuse_long_text(self, characters: int) -> None:
+        """Refuse a prompt far too long for the token limit before tokenizing it (tokenizing megabytes would hold
+        the worker's event loop)."""
+        if characters > self.max_prompt_tokens * _MAX_CHARS_PER_TOKEN:
+            raise InvalidJob(f"the prompt is {characters} characters: far above the limit of {self.max_prompt_tokens} "
+                             "tokens (AIAAS_LLM_MAX_PROMPT_TOKENS)")
+
     def infer(self, items: Sequence[LlmItem], progress: Progress | None = None) -> list[dict[str, Any]]:
         """Generate for every item (blocks until all ended); one output per item, in order."""
         runs = []
@@ -145,23 +163,25 @@ class LlmRuntime:
             running = _Running(progress, index)
             with self._wake:
                 self._running[run_id] = running
-                self._by_job[job_id] = run_id
+                self._runs[id(item)] = run_id
                 self.engine.submit(replace(item.request, request_id=run_id))
+                if self._cancelled_early.pop(id(item), None) is not None:  # cancelled before it got here
+                    self.engine.cancel(run_id)
                 self._wake.notify()
             runs.append((job_id, run_id, running))
         outputs = []
-        for job_id, run_id, running in runs:
+        for _, run_id, running in runs:
             running.done.wait()
             with self._wake:
                 self._running.pop(run_id, None)
-                if self._by_job.get(job_id) == run_id:
-                    del self._by_job[job_id]
             if running.final is None:
                 raise ModelFailure("the generation engine stopped")
-            if running.final.first_token_at is not None:
-                with self._wake:
-                    self._first_tokens[job_id] = running.final.first_token_at
             outputs.append(_outputs(running.final))
+        with self._wake:
+            for item, (_, _, running) in zip(items, runs, strict=True):
+                self._runs.pop(id(item), None)
+                if running.final is not None and running.final.first_token_at is not None:
+                    self._first_tokens[id(item)] = running.final.first_token_at
         return outputs
 
     def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
@@ -178,18 +198,21 @@ class LlmRuntime:
             tracing.GEN_AI_FINISH_REASONS: [output["finish_reason"]],
         }
         with self._wake:
-            first = self._first_tokens.pop(request.request_id, None)
+            first = self._first_tokens.pop(id(item), None)
         return attributes, [(tracing.GEN_AI_FIRST_TOKEN_EVENT, first)] if first is not None else []
 
-    def cancel(self, job_id: str) -> bool:
-        """End a job's generation at the engine's next step (`cancelled`); False when it is not generating here."""
+    def cancel(self, item: LlmItem) -> None:
+        """End the generation of a prepared job (the very item `infer` was or will be given) at the engine's next
+        step: its output says `cancelled`. Before `infer` has it, it is cancelled as it arrives."""
         with self._wake:
-            run_id = self._by_job.get(job_id)
-            if run_id is None or run_id not in self._running:
-                return False
+            run_id = self._runs.get(id(item))
+            if run_id is None:
+                self._cancelled_early[id(item)] = item  # kept (so its id is not reused) until `infer` takes it
+                while len(self._cancelled_early) > _EARLY_CANCELS:  # an item `infer` had finished already
+                    del self._cancelled_early[next(iter(self._cancelled_early))]
+                return
             self.engine.cancel(run_id)
             self._wake.notify()
-            return True
 
     def close(self) -> None:
         with self._wake:

@@ -3,7 +3,8 @@
 Every replica reads every cancel topic (`<prefix>.<model>.cancel` and each tenant's `.cancel.<tenant>`) from its
 end, in a consumer group of its own (a job runs on one replica, and a publisher cannot know which), and hands
 each job id to the worker, which ends the generation only when the job is running here and came from the same
-tenant's topics. A record that is not a job id is skipped. The record's value is not read: the key says it all.
+tenant's topics. A record that is not a job id is skipped, and one the Kafka client cannot even parse is stepped
+over (`UnparseableSearch`). The record's value is not read: the key says it all.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from aiaas.contract.envelopes import job_id_of_key
 from aiaas.contract.topics import ModelTopics
+from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from aiaas.settings import KafkaSettings
 
 __all__ = ["CancelListener"]
 
 log = logging.getLogger("aiaas.cancels")
+
+_MAX_STEPS = 500
+"""The most records one search for an unreadable record steps through, per partition."""
 
 
 class CancelListener:
@@ -51,21 +56,38 @@ class CancelListener:
             await self._consumer.stop()
 
     async def _follow(self) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
+        search = UnparseableSearch(consumer, max_steps=_MAX_STEPS, logger=log)
+        next_offset: dict[TopicPartition, int] = {}
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=1000)
+                for tp in consumer.assignment():  # where each partition stands, before anything is read from it
+                    if tp not in next_offset:
+                        next_offset[tp] = await consumer.position(tp)
+                batches = await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bad record or a broker hiccup never stops the listener
-                log.warning("reading cancellations failed (%s); going on", exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batches.values():
+                if is_unparseable(exc):
+                    batches = await search.step_over(exc, next_offset)  # the unreadable record is skipped
+                else:
+                    log.warning("reading cancellations failed (%s); going on", exc)
+                    await asyncio.sleep(1)
+                    continue
+            for tp, records in batches.items():
                 for record in records:
-                    self._handle(record.topic, record.key)
+                    next_offset[tp] = record.offset + 1
+                    if not isinstance(record, UnreadableRecord):
+                        self._handle(record.topic, record.key)
 
     def _handle(self, topic: str, key: bytes | None) -> None:
+        try:
+            self._cancel_one(topic, key)
+        except Exception:  # noqa: BLE001 - one record never stops the listener
+            log.exception("a cancellation on %s could not be handled", topic)
+
+    def _cancel_one(self, topic: str, key: bytes | None) -> None:
         job_id = job_id_of_key(key)
         if job_id is None:
             return

@@ -3,9 +3,9 @@
 A runtime that streams (`runtime.streams`, the LLM's) calls the worker's progress callback from its own thread
 with each job's new text; `ChunkStreamer.add` (on the event loop) turns it into a `chunk` result — keyed by the
 job id, numbered from 0 within this run of the job (`Chunk.run`), with a PRODUCER span under the job's span —
-and one sender task sends them in order, many at once. `flush` returns once every chunk added so far is
-acknowledged: the worker calls it before a job's final result is published, so the final result comes after
-its chunks on the topic (same key, same partition).
+and one sender task sends them in order, many at once. `flush(streams)` returns once every chunk of those streams
+added so far is answered: the worker calls it before a job's final result is published, so the final result
+comes after its chunks on the topic (same key, same partition).
 
 Chunks are progress, not outcomes: they are not in the commit window, and a job run again (a crash, a rebalance)
 streams again from seq 0 under a new run id. In exactly-once mode they go through a producer outside the
@@ -19,8 +19,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanKind
 
@@ -44,6 +44,11 @@ class Stream:
     topic: str
     run: str
     seq: int = 0
+    unanswered: int = 0
+    """Chunks added and not yet answered by the broker."""
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    """Abandoned: chunks added from now on are dropped."""
 
 
 class ChunkStreamer:
@@ -55,10 +60,8 @@ class ChunkStreamer:
         self._spans = spans
         self._model = model
         self._result_topic = result_topic
-        self._queue: deque[OutgoingRecord] = deque()
+        self._queue: deque[tuple[Stream, OutgoingRecord]] = deque()
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._sender: asyncio.Task[None] | None = None
         self.sent = 0
         self.failed = 0
@@ -69,6 +72,8 @@ class ChunkStreamer:
 
     def add(self, stream: Stream, text: str, tokens: int, version: str | None = None) -> None:
         """Queue the next chunk of `stream` (on the event loop)."""
+        if stream.closed:
+            return
         job = stream.job
         assert job.job_id is not None  # a job that runs was decoded
         chunk = Chunk(seq=stream.seq, text=text, tokens=tokens, run=stream.run)
@@ -77,34 +82,39 @@ class ChunkStreamer:
                         completed_at=time.time())
         attributes = tracing.producer_attributes(stream.topic, job_id=job.job_id) | {tracing.CHUNK_SEQ: chunk.seq}
         span = self._spans.start_child(f"send {stream.topic}", SpanKind.PRODUCER, job.span, attributes)
-        self._queue.append(OutgoingRecord(job, stream.topic, encode(result), job.job_id.encode(),
-                                          self._spans.headers(span), span))
-        self._idle.clear()
+        self._queue.append((stream, OutgoingRecord(job, stream.topic, encode(result), job.job_id.encode(),
+                                                   self._spans.headers(span), span)))
+        stream.unanswered += 1
+        stream.answered.clear()
         self._wakeup.set()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_forever(), name="aiaas-chunks")
 
-    async def flush(self) -> None:
-        """Return once every chunk added so far has been answered by the broker (sent or failed)."""
-        await self._idle.wait()
-
-    async def close(self) -> None:
-        """Flush, then stop the sender."""
-        await self.flush()
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
+    async def flush(self, streams: Sequence[Stream]) -> None:
+        """Return once every chunk of `streams` added so far has been answered by the broker (sent or failed);
+        other jobs' chunks may still be on their way."""
+        for stream in streams:
+            while stream.unanswered:
+                if self._sender is None or self._sender.done():  # it ended (cancelled, a bug): never wait for it
+                    return
+                await stream.answered.wait()
 
     async def _send_forever(self) -> None:
         while True:
             if not self._queue:
-                self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            records = list(self._queue)
+            queued = list(self._queue)
             self._queue.clear()
-            errors = await self._send(records)
+            records = [record for _, record in queued]
+            try:
+                errors = await self._send(records)
+            finally:  # every chunk taken is answered, even when this task is cancelled
+                for stream, _ in queued:
+                    stream.unanswered -= 1
+                    if not stream.unanswered:
+                        stream.answered.set()
             for record, error in zip(records, errors, strict=True):
                 record.close(error)
                 if error is None:

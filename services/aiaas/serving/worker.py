@@ -104,8 +104,8 @@ class BatchWorker:
         self._sender = OutcomeSender(sink, self._spans, retry=self.retry, retry_topic=topics.retry,
                                      dlq_topic=dlq_topic, max_message_bytes=max_message_bytes,
                                      result_topic=self._result_topic)
-        self._generating: dict[str, JobInFlight] = {}
-        """Jobs in a streaming runtime now, by job id (what a cancellation may end)."""
+        self._generating: dict[tuple[str | None, str], JobInFlight] = {}
+        """Jobs in a streaming runtime now, by (tenant, job id): what a cancellation may end."""
         self._chunks = ChunkStreamer(chunk_sink or sink, self._spans, self.runtimes.model, self._result_topic)
 
     @property
@@ -373,7 +373,7 @@ class BatchWorker:
         streams = [self._chunks.open(job) for job in runnable]
         for job in runnable:
             if job.job_id is not None:
-                self._generating[job.job_id] = job
+                self._generating[(job.tenant, job.job_id)] = job
 
         def progress(index: int, text: str, tokens: int) -> None:  # on the runtime's thread
             loop.call_soon_threadsafe(self._chunks.add, streams[index], text, tokens, runtime.version)
@@ -381,21 +381,32 @@ class BatchWorker:
         try:
             outputs: Sequence[Outputs | AiaasError] = await loop.run_in_executor(
                 self._executor, functools.partial(runtime.infer, items, progress))  # type: ignore[call-arg]
+        except asyncio.CancelledError:  # abandoned (a drain timed out, the partitions moved): stop generating them
+            for job in runnable:
+                self._cancel_run(job)
+            for stream in streams:
+                stream.closed = True
+            raise
         finally:
             for job in runnable:
-                if job.job_id is not None and self._generating.get(job.job_id) is job:
-                    del self._generating[job.job_id]
-            await self._chunks.flush()
+                if job.job_id is not None and self._generating.get((job.tenant, job.job_id)) is job:
+                    del self._generating[(job.tenant, job.job_id)]
+        await self._chunks.flush(streams)
         return outputs
 
     def cancel(self, job_id: str, tenant: str | None) -> bool:
-        """End the generation of `job_id` now (its result says `cancelled`) when it runs here and is `tenant`'s
-        (None: the shared topics'); False otherwise. A tenant never cancels another's job."""
-        job = self._generating.get(job_id)
-        if job is None or job.tenant != tenant or job.runtime is None:
-            return False
+        """End the generation of `tenant`'s job `job_id` (None: from the shared topics) now, when it runs here: its
+        result says `cancelled`. False otherwise. A tenant never cancels another's job, even one with the same id."""
+        job = self._generating.get((tenant, job_id))
+        return job is not None and self._cancel_run(job)
+
+    @staticmethod
+    def _cancel_run(job: JobInFlight) -> bool:
         cancel = getattr(job.runtime, "cancel", None)
-        return bool(cancel(job_id)) if cancel is not None else False
+        if cancel is None:
+            return False
+        cancel(job.item)
+        return True
 
     def calls_on_event_loop(self, runtime: ModelRuntime) -> bool:
         """Whether `runtime`'s batch calls run on the event loop rather than on a model thread (`model_calls`).
