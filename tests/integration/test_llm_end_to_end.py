@@ -4,6 +4,7 @@ prompts, and a kill -9 mid-answer."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -183,3 +184,28 @@ async def test_a_job_cut_off_by_kill_9_is_answered_once_after_the_restart(llm_re
         assert [f.status for f in finals if f.status != "chunk"] == ["ok"]
     finally:
         service.stop()
+
+
+async def test_a_tenant_cancels_on_its_own_new_cancel_topic_and_no_one_else_can(llm_service, settings):
+    async with AiaasClient(settings) as client:
+        handle = await client.submit("llm", {}, task="chat", messages=STORY, generation={"max_tokens": 1000},
+                                     tenant="carol")
+        received: list[tuple[float, object]] = []
+
+        async def read() -> None:
+            async for piece in handle.stream(120):
+                received.append((time.monotonic(), piece))
+
+        reader = asyncio.create_task(read())
+        while not received:
+            await asyncio.sleep(0.05)
+        await client.cancel(handle.job_id, model="llm", tenant="dave")  # someone else's topic: ignored
+        await client.cancel(handle.job_id, model="llm")  # the shared topic: not carol's either
+        await asyncio.sleep(8)  # the service has found dave's new topic (it looks every 5 s) and read it
+        generating_since = time.monotonic() - 1
+        await client.cancel(handle.job)  # carol's topic, created just now: found, read from its start
+        await asyncio.wait_for(reader, 120)
+    result = received[-1][1]
+    assert isinstance(result, Result) and result.outputs["finish_reason"] == "cancelled"
+    assert result.outputs["completion_tokens"] < 1000
+    assert any(isinstance(piece, str) for at, piece in received if at > generating_since)  # went on till carol's

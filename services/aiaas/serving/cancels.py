@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 
 from aiaas.contract.envelopes import job_id_of_key
 from aiaas.contract.topics import ModelTopics
@@ -45,7 +46,7 @@ class CancelListener:
             **self._kafka.connection_kwargs(), group_id=self._group, enable_auto_commit=False,
             auto_offset_reset="latest", metadata_max_age_ms=5000, fetch_max_wait_ms=100)
         await self._consumer.start()
-        self._consumer.subscribe(pattern=self._topics.cancel_pattern())
+        self._consumer.subscribe(pattern=self._topics.cancel_pattern(), listener=_KeepPlace(self._consumer))
         self._task = asyncio.create_task(self._follow(), name="aiaas-cancels")
 
     async def stop(self) -> None:
@@ -98,3 +99,30 @@ class CancelListener:
         if self._cancel(job_id, tenant):
             self.cancelled += 1
             log.info("job %s cancelled", job_id)
+
+
+class _KeepPlace(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type information
+    """Nothing is committed (each replica's group is its own), so a rebalance, which comes when a tenant's cancel
+    topic appears, would send every partition back to its end and skip what arrived meanwhile. Partitions held
+    before go on where they were; a partition first seen after the start (a new tenant's topic) is read from its
+    beginning, so the request that created it is not missed."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._places: dict[TopicPartition, int] = {}
+        self._started = False
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            try:
+                self._places[tp] = await self._consumer.position(tp)
+            except Exception:  # noqa: BLE001 - no position yet: read it as a new one
+                self._places.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp in self._places:
+                self._consumer.seek(tp, self._places[tp])
+            elif self._started:
+                await self._consumer.seek_to_beginning(tp)
+        self._started = True
