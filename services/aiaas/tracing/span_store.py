@@ -297,11 +297,22 @@ _SHOWN_ATTRIBUTES = {
     "messaging.batch.message_count": "batch",
     "aiaas.model.version": "version",
     "aiaas.result.status": "status",
+    "aiaas.chunk.seq": "chunk",
+    "gen_ai.operation.name": "gen_ai",
+    "gen_ai.usage.input_tokens": "tokens_in",
+    "gen_ai.usage.output_tokens": "tokens_out",
+    "gen_ai.response.finish_reasons": "finish",
 }
 
 
 def _detail(span: StoredSpan) -> str:
-    parts = [f"{short}={span.attributes[key]}" for key, short in _SHOWN_ATTRIBUTES.items() if key in span.attributes]
+    parts = [f"{short}={_shown(span.attributes[key])}" for key, short in _SHOWN_ATTRIBUTES.items()
+             if key in span.attributes]
     if span.status == "ERROR":
         parts.append("ERROR")
     return f"  {' '.join(parts)}" if parts else ""
+
+
+def _shown(value: object) -> str:
+    """An attribute's value on one line: a list (a span attribute may be one) as its items joined by commas."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
