@@ -223,30 +223,25 @@ class GenerationEngine:
                 heapq.heappush(self._waiting, _Waiting((-item.priority, next(self._order)), item))
             else:
                 cancelled.add(item)
-        if not cancelled:
-            return
-        kept = [w for w in self._waiting if w.request.request_id not in cancelled]
-        for gone in (w for w in self._waiting if w.request.request_id in cancelled):
-            events[gone.request.request_id] = self._final_unstarted(gone.request, "cancelled")
-        if len(kept) != len(self._waiting):
-            self._waiting = kept
-            heapq.heapify(self._waiting)
-        for sequence in self._rows:
-            if sequence.request.request_id in cancelled:
-                sequence.finish = "cancelled"
-        self._retire(events)
+        if cancelled:
+            self._end_where(lambda request: request.request_id in cancelled, "cancelled", events)
 
     def _end_expired(self, events: dict[str, GenerationEvent]) -> None:
         now = self._clock()
-        expired = [w for w in self._waiting if w.request.deadline is not None and now >= w.request.deadline]
-        if expired:
-            for waiting in expired:
-                events[waiting.request.request_id] = self._final_unstarted(waiting.request, "deadline")
-            self._waiting = [w for w in self._waiting if w not in expired]
+        self._end_where(lambda request: request.deadline is not None and now >= request.deadline, "deadline", events)
+
+    def _end_where(self, ends: Callable[[GenerationRequest], bool], reason: FinishReason,
+                   events: dict[str, GenerationEvent]) -> None:
+        """End every request `ends` says, waiting (a final event at once) or running (it leaves the batch)."""
+        gone = [w for w in self._waiting if ends(w.request)]
+        if gone:
+            for waiting in gone:
+                events[waiting.request.request_id] = self._final_unstarted(waiting.request, reason)
+            self._waiting = [w for w in self._waiting if not ends(w.request)]
             heapq.heapify(self._waiting)
         for sequence in self._rows:
-            if sequence.request.deadline is not None and now >= sequence.request.deadline:
-                sequence.finish = "deadline"
+            if ends(sequence.request):
+                sequence.finish = reason
         self._retire(events)
 
     def _final_unstarted(self, request: GenerationRequest, reason: FinishReason) -> GenerationEvent:

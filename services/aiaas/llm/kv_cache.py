@@ -79,7 +79,7 @@ class RowLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(other._keys[:other.rows, :, :other.length],
                                      other._values[:other.rows, :, :other.length])
-            self.rows, self.length = 0, other.length
+            self.rows = 0
         if not self.rows:
             self.length = 0  # nobody left to keep columns for
         length = max(self.length, other.length)

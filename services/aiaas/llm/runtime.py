@@ -269,18 +269,17 @@ class LlmRuntime:
 
 def _outputs(event: GenerationEvent) -> dict[str, Any]:
     """A finished generation as the result's outputs: the text, why it ended, and usage."""
-    elapsed = None
     outputs: dict[str, Any] = {
         "text": event.full_text or "",
         "finish_reason": event.finish_reason or "stop",
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
     }
-    if event.first_token_at is not None and event.submitted_at is not None:
-        outputs["time_to_first_token_ms"] = round((event.first_token_at - event.submitted_at) * 1000, 2)
-        elapsed = event.finished_at - event.first_token_at if event.finished_at is not None else None
-    if elapsed and event.completion_tokens > 1:
-        outputs["tokens_per_second"] = round((event.completion_tokens - 1) / elapsed, 2)
+    first, submitted, finished = event.first_token_at, event.submitted_at, event.finished_at
+    if first is not None and submitted is not None:
+        outputs["time_to_first_token_ms"] = round((first - submitted) * 1000, 2)
+    if first is not None and finished is not None and finished > first and event.completion_tokens > 1:
+        outputs["tokens_per_second"] = round((event.completion_tokens - 1) / (finished - first), 2)
     return outputs
 
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from aiaas.contract.envelopes import InputValue, Job
 from aiaas.errors import AiaasError
 
-__all__ = ["ModelRuntime", "Outputs", "computes_on_cpu"]
+__all__ = ["ModelRuntime", "Outputs", "computes_on_cpu", "streams"]
 
 Outputs = dict[str, InputValue]
 
@@ -17,7 +17,13 @@ _CPU_PROVIDERS = frozenset({"CPUExecutionProvider", "torch cpu"})
 
 
 class ModelRuntime(Protocol):
-    """A loaded model that runs batches. Plain class, testable without a broker."""
+    """A loaded model that runs batches. Plain class, testable without a broker.
+
+    A runtime whose answers are generated and streamed (the LLM's) also has `streams = True`, and then:
+    `infer(items, progress)` calls `progress(index, text, tokens)` from its own thread as each item's answer grows
+    (the worker sends chunks); `cancel(item)` ends an item's generation early; `span_details(item, output)` gives
+    the attributes and timed events for the job's span.
+    """
 
     model: str
     """Model type, e.g. `vision`."""
@@ -39,6 +45,11 @@ class ModelRuntime(Protocol):
         an `AiaasError` (usually `InvalidJob`) instead: that job fails with it, its batch-mates are served.
         """
         ...
+
+
+def streams(runtime: object) -> bool:
+    """Whether a runtime streams its answers (see `ModelRuntime`)."""
+    return bool(getattr(runtime, "streams", False))
 
 
 def computes_on_cpu(runtime: object) -> bool:

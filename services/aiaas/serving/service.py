@@ -43,7 +43,7 @@ from aiaas.serving.heap import settle_heap
 from aiaas.serving.idempotency import OutcomeCache, seed_from_results
 from aiaas.serving.pipeline import JobPipeline, PipelineStats
 from aiaas.serving.retries import RetryPolicy
-from aiaas.serving.runtime import ModelRuntime
+from aiaas.serving.runtime import ModelRuntime, streams
 from aiaas.serving.runtimes import RuntimeSet
 from aiaas.serving.worker import BatchWorker
 from aiaas.settings import KafkaSettings, WorkerSettings
@@ -83,8 +83,10 @@ class ModelService:
 
     async def run(self) -> PipelineStats:
         """Create topics, join the group, serve until `stop()`, then drain, commit and leave."""
+        streaming = streams(self.runtime)
         try:
-            created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka))
+            created = await ensure_topics(self.kafka, service_topics(self.runtime.model, self.kafka)
+                                          + ([self.topics.cancel] if streaming else []))
         except KafkaConnectionError as exc:  # say why: unreachable, or credentials / TLS refused
             raise await explain_connection_failure(self.kafka, exc) from exc
         if created:
@@ -117,16 +119,13 @@ class ModelService:
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await producer.start()  # in exactly-once mode this fences an earlier producer with our transactional id
-        streams = bool(getattr(self.runtime, "streams", False))
         # A transactional producer sends nothing outside a transaction: chunks (progress) take a plain one.
         chunk_producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}-chunks", acks="all",
             enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
-        ) if streams and exactly_once else None
+        ) if streaming and exactly_once else None
         if chunk_producer is not None:
             await chunk_producer.start()
-        if streams:
-            await ensure_topics(self.kafka, [self.topics.cancel])
         watcher = ModelWatcher(self.kafka, self.runtime.model)
         following: asyncio.Task[None] | None = None
         cancels: CancelListener | None = None
@@ -154,14 +153,14 @@ class ModelService:
             # Heartbeats run on the event loop: one that stood still this long sent none, and may be out of the group.
             stall_after_s=max(1.0, (self.settings.session_timeout_ms - self.settings.heartbeat_interval_ms) / 1000),
             rejoin=lambda: self._resubscribe(consumer, pipeline),
-            publish_in_cut_order=not streams,
+            publish_in_cut_order=not streaming,
         )
         stats = pipeline.stats
         try:
             # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
             remembered = await self._remember_outcomes(outcomes)
             await watcher.start()  # before "ready": a promotion announced after that is never missed
-            if streams:
+            if streaming:
                 cancels = CancelListener(self.kafka, self.topics, self.group, worker.cancel)
                 await cancels.start()  # before "ready": a cancellation sent after that is seen
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")

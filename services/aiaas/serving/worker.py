@@ -52,7 +52,7 @@ from aiaas.serving.chunks import ChunkStreamer
 from aiaas.serving.idempotency import Outcome, OutcomeCache
 from aiaas.serving.outcomes import OutcomeSender
 from aiaas.serving.retries import RetryPolicy
-from aiaas.serving.runtime import ModelRuntime, Outputs, computes_on_cpu
+from aiaas.serving.runtime import ModelRuntime, Outputs, computes_on_cpu, streams
 from aiaas.serving.runtimes import RuntimeSet
 from aiaas.settings import ModelCalls
 from aiaas.tracing.job_spans import JobSpans
@@ -322,7 +322,7 @@ class BatchWorker:
         started = time.perf_counter()
         try:
             items = [job.item for job in runnable]
-            if getattr(runtime, "streams", False):
+            if streams(runtime):
                 outputs = await self._infer_streaming(runtime, runnable, items)
             elif on_loop:
                 outputs = runtime.infer(items)
@@ -353,11 +353,11 @@ class BatchWorker:
         inference_ms = (time.perf_counter() - started) * 1000
         describe = getattr(runtime, "span_details", None)
         for job, out in zip(runnable, outputs, strict=True):
-            if describe is not None and not isinstance(out, AiaasError):
-                _describe_on_span(job, describe(job.item, out))
             if isinstance(out, AiaasError):  # the runtime refused this item on a batch-wide check
                 self._fail(job, out, picked_at)
                 continue
+            if describe is not None:
+                _describe_on_span(job, describe(job.item, out))
             try:  # an output the contract cannot carry fails that job, not the worker
                 assert job.job is not None  # prepared, so decoded
                 job.result = self._outcome(job.job, "ok", picked_at, outputs=out, version=runtime.version,
