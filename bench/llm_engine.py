@@ -65,10 +65,16 @@ def machine() -> str:
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
-def jobs(tokenizer, count: int, seed: int) -> list[tuple[list[int], int]]:
+def questions(count: int, seed: int) -> list[tuple[str, int]]:
+    """`count` (question, answer limit) pairs: questions from PROMPTS, limits from 16–256 tokens, chosen with `seed`."""
     rng = random.Random(seed)
-    return [(chat_prompt_ids(tokenizer, [{"role": "user", "content": rng.choice(PROMPTS)}]), rng.randint(16, 256))
-            for _ in range(count)]
+    return [(rng.choice(PROMPTS), rng.randint(16, 256)) for _ in range(count)]
+
+
+def jobs(tokenizer, count: int, seed: int) -> list[tuple[list[int], int]]:
+    """`questions` as (prompt token ids in the chat template, answer limit)."""
+    return [(chat_prompt_ids(tokenizer, [{"role": "user", "content": question}]), limit)
+            for question, limit in questions(count, seed)]
 
 
 def own_tokens(row: list[int], eos: set[int], limit: int) -> int:
@@ -82,7 +88,8 @@ def own_tokens(row: list[int], eos: set[int], limit: int) -> int:
 def one_at_a_time(model, work) -> tuple[float, int, list[str]]:
     tokens, started, texts = 0, time.perf_counter(), []
     for ids, limit in work:
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        out = model.generate(torch.tensor([ids], device=model.device),
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
                              max_new_tokens=limit, do_sample=False)
         tokens += out.shape[1] - len(ids)
         texts.append(out[0, len(ids):].tolist())
@@ -106,8 +113,8 @@ def static_batch(model, tokenizer, work, eos: set[int]) -> tuple[float, int]:
         ids[i, width - len(prompt):] = torch.tensor(prompt)
         mask[i, width - len(prompt):] = 1
     started = time.perf_counter()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=max(limit for _, limit in work), do_sample=False,
-                         pad_token_id=pad)
+    out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
+                         max_new_tokens=max(limit for _, limit in work), do_sample=False, pad_token_id=pad).cpu()
     seconds = time.perf_counter() - started
     return seconds, sum(own_tokens(out[i, width:].tolist(), eos, limit) for i, (_, limit) in enumerate(work))
 
@@ -139,15 +146,37 @@ def engine_run(engine: GenerationEngine, work, arrival_s: float = 0.0) -> tuple[
     return time.perf_counter() - started, tokens, [first[k] * 1000 for k in sorted(first)], texts
 
 
-def matmul_gflops(hidden: int, inner: int, rows: int, seconds: float = 1.0) -> float:
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, inner)
+def matmul_gflops(hidden: int, inner: int, rows: int, seconds: float = 1.0, *, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of (rows x hidden) @ (hidden x inner) products on `device` in `dtype`."""
+    a, b = torch.randn(rows, hidden, device=device, dtype=dtype), torch.randn(hidden, inner, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(5):
         a @ b
+    sync()
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
+        for _ in range(10):
+            a @ b
+        count += 10
+        sync()
     return 2 * rows * hidden * inner * count / (time.perf_counter() - started) / 1e9
+
+
+def arithmetic_ceiling(model, rows: int) -> tuple[float, float, float]:
+    """(FLOPs per token, this machine's matmul GFLOP/s at a batch of `rows`, tokens/s those allow).
+
+    FLOPs per token: 2 x the parameters of the matrix products (embeddings excluded, the tied output projection
+    included); the rate: the better of the MLP's and the output projection's shapes, in PyTorch, on the model's
+    device and in its precision (fp32 on a CPU, bf16 on a GPU)."""
+    config = model.config
+    products = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p.dim() == 2)
+    products += config.vocab_size * config.hidden_size  # the tied output projection
+    flops_per_token = 2 * products
+    where = {"device": model.device, "dtype": model.dtype}
+    rate = max(matmul_gflops(config.hidden_size, config.intermediate_size, rows, **where),
+               matmul_gflops(config.hidden_size, config.vocab_size, rows, 0.5, **where))
+    return flops_per_token, rate, rate * 1e9 / flops_per_token
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,13 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer = load_folder(Path(tmp))
     eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
     work = jobs(tokenizer, args.jobs, args.seed)
-    config = model.config
-    products = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p.dim() == 2)
-    products += config.vocab_size * config.hidden_size  # the tied output projection
-    flops_per_token = 2 * products
-    rate = max(matmul_gflops(config.hidden_size, config.intermediate_size, args.max_batch),
-               matmul_gflops(config.hidden_size, config.vocab_size, args.max_batch, 0.5))
-    ceiling = rate * 1e9 / flops_per_token
+    flops_per_token, rate, ceiling = arithmetic_ceiling(model, args.max_batch)
 
     rows = []
     s, n, naive_ids = one_at_a_time(model, work[:args.naive_jobs])
