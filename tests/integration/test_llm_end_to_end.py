@@ -25,9 +25,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
 
 
-async def read_topic(settings: KafkaSettings, topic: str) -> list:
+async def read_topic(settings: KafkaSettings, topic: str, isolation_level: str = "read_uncommitted") -> list:
     """Every record on `topic` now (from the beginning to its end offsets)."""
-    consumer = AIOKafkaConsumer(**settings.connection_kwargs(), group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**settings.connection_kwargs(), group_id=None, auto_offset_reset="earliest",
+                                isolation_level=isolation_level)
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -158,9 +159,15 @@ async def test_hostile_prompts_get_error_results_and_the_service_goes_on(llm_ser
     assert llm_service.alive
 
 
-async def test_a_job_cut_off_by_kill_9_is_answered_once_after_the_restart(llm_registry, kafka_broker, tmp_path):
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_a_job_cut_off_by_kill_9_is_answered_once_after_the_restart(llm_registry, kafka_broker, tmp_path,
+                                                                          delivery):
+    """Chunks are progress and the final result the outcome, in both delivery modes: in exactly-once mode the
+    chunks go out of the transactions (a read_committed reader streams them at once) and the final result in one."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    env = service_env_for(kafka_broker, prefix, llm_registry.root.parent, {"AIAAS_LLM_CHUNK_INTERVAL_MS": "20"})
+    env = service_env_for(kafka_broker, prefix, llm_registry.root.parent,
+                          {"AIAAS_LLM_CHUNK_INTERVAL_MS": "20", "AIAAS_LLM_DELIVERY": delivery,
+                           "AIAAS_LLM_INSTANCE_ID": "llm-0"})
     settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=prefix)
     service = ServiceProcess(env, Path(tmp_path) / "llm.log", model="llm").start(timeout=120)
     try:
@@ -179,11 +186,15 @@ async def test_a_job_cut_off_by_kill_9_is_answered_once_after_the_restart(llm_re
         after = "".join(p for p in pieces[pieces.index(restarts[0]) + 1:-1] if isinstance(p, str))
         assert after == result.outputs["text"]
         await asyncio.sleep(1)
-        finals = [decode_result(r.value, 1 << 20) for r in await read_topic(settings, f"{prefix}.llm.results")
-                  if r.key == handle.job_id.encode()]
-        assert [f.status for f in finals if f.status != "chunk"] == ["ok"]
+        records = await read_topic(settings, f"{prefix}.llm.results", isolation_level="read_committed")
+        mine = [decode_result(r.value, 1 << 20) for r in records if r.key == handle.job_id.encode()]
+        assert [r.status for r in mine if r.status != "chunk"] == ["ok"]
+        runs = {r.chunk.run for r in mine if r.chunk is not None}
+        assert len(runs) == 2  # both runs' chunks reached a read_committed reader
     finally:
         service.stop()
+    if delivery == "exactly-once":
+        assert "exactly-once as " in service.log_text()
 
 
 async def test_a_tenant_cancels_on_its_own_new_cancel_topic_and_no_one_else_can(llm_service, settings):

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
 PREFIX = f"acl{uuid.uuid4().hex[:8]}"
 PASSWORDS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret",
-             "aiaas-vision": "vision-secret", "aiaas-text": "text-secret"}
-VISION, TEXT = ModelTopics.of("vision", PREFIX), ModelTopics.of("text", PREFIX)
+             "aiaas-vision": "vision-secret", "aiaas-text": "text-secret", "aiaas-llm": "llm-secret"}
+VISION, TEXT, LLM = ModelTopics.of("vision", PREFIX), ModelTopics.of("text", PREFIX), ModelTopics.of("llm", PREFIX)
 
 
 def _port_taken(port: int) -> bool:
@@ -88,13 +88,13 @@ def _acl_cli(broker: str, user: str, *args: str) -> subprocess.CompletedProcess:
         "AIAAS_KAFKA_SASL_USERNAME": user, "AIAAS_KAFKA_SASL_PASSWORD": PASSWORDS[user], "OTEL_TRACES_EXPORTER": "none",
     }
     command = [sys.executable, "-c", "import sys; from aiaas.cli.main import main; sys.exit(main())", "acl", "apply",
-               "--tenants", "alice,bob", "--models", "vision,text", *args]
+               "--tenants", "alice,bob", "--models", "vision,text,llm", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 async def applied(acl_broker: str) -> subprocess.CompletedProcess:
-    """`aiaas acl apply --tenants alice,bob --models vision,text`, run once as the super user.
+    """`aiaas acl apply --tenants alice,bob --models vision,text,llm`, run once as the super user.
 
     The controller has the ACLs when the command returns; the broker's authorizer has them a moment later,
     once it has read them from the metadata log: wait for that, as a client would see it.
@@ -142,7 +142,8 @@ def test_apply_creates_topics_and_acls_once_and_only_for_a_super_user(acl_broker
     first = applied.stdout
     assert VISION.tenant_infer("alice") + "," in first and f"{PREFIX}.models" in first
     assert "ACLs in place for tenants alice, bob and users aiaas-vision, aiaas-vision-trainer, aiaas-text, " \
-           f"aiaas-text-trainer (prefix {PREFIX})" in first
+           f"aiaas-text-trainer, aiaas-llm, aiaas-llm-trainer (prefix {PREFIX})" in first
+    assert LLM.tenant_cancel("alice") in first  # a generative model's cancel topics are created with the others
 
     again = _acl_cli(acl_broker, "admin")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -151,7 +152,7 @@ def test_apply_creates_topics_and_acls_once_and_only_for_a_super_user(acl_broker
     refused = _acl_cli(acl_broker, "alice", "--no-topics")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
-        f"aiaas: error: Kafka refused 62 of 62 ACLs for user 'alice' at {acl_broker}: CLUSTER_AUTHORIZATION_FAILED; "
+        f"aiaas: error: Kafka refused 98 of 98 ACLs for user 'alice' at {acl_broker}: CLUSTER_AUTHORIZATION_FAILED; "
         "run `aiaas acl apply` as a super user"), refused.stderr
 
 
@@ -238,3 +239,21 @@ async def test_service_transactions_only_under_its_own_ids(acl_broker, applied, 
                 await producer.start()
     finally:
         await producer.stop()
+
+
+async def test_tenant_cancels_her_own_generations_only(acl_broker, applied):
+    alice = _as(acl_broker, "alice")
+    assert (await _send(alice, LLM.tenant_cancel("alice"))).topic == LLM.tenant_cancel("alice")
+    for topic in (LLM.tenant_cancel("bob"), LLM.cancel):  # not bob's jobs, nor anyone's through the shared topic
+        with pytest.raises(TopicAuthorizationFailedError) as refused:
+            await _send(alice, topic)
+        assert topic in str(refused.value)
+
+
+async def test_only_the_llm_service_reads_cancel_topics_each_replica_in_a_group_of_its_own(acl_broker, applied):
+    await _send(_as(acl_broker, "alice"), LLM.tenant_cancel("alice"))
+    assert await _read(_as(acl_broker, "aiaas-llm"), LLM.tenant_cancel("alice"), group=f"{PREFIX}.llm.cancel.r1")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(_as(acl_broker, "aiaas-vision"), LLM.tenant_cancel("alice"))
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(_as(acl_broker, "bob"), LLM.tenant_cancel("alice"))

@@ -182,3 +182,49 @@ def test_a_temperature_too_small_to_divide_by_answers_greedily(model_and_tokeniz
     greedy = final(run_one(engine, tokenizer, QUESTIONS[0])).full_text
     tiny = final(run_one(engine, tokenizer, QUESTIONS[0], temperature=1e-40, seed=1)).full_text
     assert tiny == greedy and "Paris" in tiny
+
+
+def test_a_closed_runtime_finishes_what_it_runs_then_lets_its_engine_thread_go(model_and_tokenizer):
+    import threading
+
+    from aiaas.errors import ModelFailure
+    from aiaas.llm.runtime import LlmItem, LlmRuntime
+
+    model, tokenizer = model_and_tokenizer
+    runtime = LlmRuntime(model, tokenizer, "1")
+    item = LlmItem(GenerationRequest("a", prompt(tokenizer, "Write a long story."), max_new_tokens=40), "chat")
+    outputs, started = [], threading.Event()
+    worker = threading.Thread(target=lambda: outputs.extend(runtime.infer([item], lambda *_: started.set())))
+    worker.start()
+    assert started.wait(60)  # generating
+    runtime.close()  # returns at once; the running job is finished, not failed
+    worker.join(60)
+    assert outputs[0]["finish_reason"] == "length" and outputs[0]["completion_tokens"] == 40
+    runtime._thread.join(10)  # noqa: SLF001 - the engine thread has ended
+    assert not runtime._thread.is_alive()  # noqa: SLF001
+    with pytest.raises(ModelFailure, match="unloaded"):
+        runtime.infer([LlmItem(GenerationRequest("b", prompt(tokenizer, "Hi"), max_new_tokens=4), "chat")])
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_engine_generates_in_bf16_and_a_batch_answers_as_each_job_alone(llm_registry):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here: the LLM generates in fp32 on the CPU (the other tests)")
+    from aiaas.llm.runtime import LlmRuntime
+
+    runtime = LlmRuntime.from_registry(llm_registry, "production", device="auto")
+    runtime.close()  # its engine thread stops; the test steps an engine of its own on the same model
+    model, tokenizer = runtime.engine.model, runtime.tokenizer
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    assert runtime.providers == ["torch cuda"]
+    engine = GenerationEngine(model, tokenizer, max_batch=8)
+    alone = {}
+    for i, question in enumerate(QUESTIONS):
+        engine.submit(GenerationRequest(str(i), prompt(tokenizer, question), max_new_tokens=24))
+        alone[str(i)] = final(run(engine)[str(i)]).full_text
+    for i, question in enumerate(QUESTIONS):
+        engine.submit(GenerationRequest(str(i), prompt(tokenizer, question), max_new_tokens=24))
+    together = {key: final(events).full_text for key, events in run(engine).items()}
+    assert "Paris" in alone["0"]
+    # bf16 rounds differently with the batch's shapes: most, not necessarily all, greedy answers stay the same
+    assert sum(together[k] == alone[k] for k in alone) >= len(alone) - 1, (together, alone)

@@ -105,3 +105,27 @@ async def test_a_rollback_before_the_swap_keeps_the_current_version():
     await runtimes.follow({"production": 1})  # rolled back before that batch
     await worker.handle([job_record(0, [1.0])])
     assert versions_of(sink) == {"job-0": "1"}
+
+
+class Closable(Versioned):
+    def __init__(self, version: str):
+        super().__init__(version)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_version_let_go_of_is_closed_and_the_serving_one_never():
+    loaded = {}
+
+    def load(version):
+        loaded[version] = Closable(version)
+        return loaded[version]
+
+    current = Closable("1")
+    runtimes = RuntimeSet(current, load=load, aliases={"production": 1}, keep=2)
+    runtimes.load_pinned("2")
+    runtimes.load_pinned("3")  # three loaded, two kept: the oldest pinned one (2) goes; the serving one stays
+    assert loaded["2"].closed and not loaded["3"].closed and not current.closed
+    assert sorted(r.version for r in runtimes.loaded()) == ["1", "3"]

@@ -162,6 +162,8 @@ class LlmRuntime:
             run_id = f"{job_id}#{next(self._ids)}"
             running = _Running(progress, index)
             with self._wake:
+                if self._closed and not self.engine.busy:  # the engine thread has ended, or ends now
+                    raise ModelFailure(f"{MODEL} v{self.version} was unloaded")
                 self._running[run_id] = running
                 self._runs[id(item)] = run_id
                 self.engine.submit(replace(item.request, request_id=run_id))
@@ -215,10 +217,11 @@ class LlmRuntime:
             self._wake.notify()
 
     def close(self) -> None:
+        """Let go of the model: the engine thread ends once the generations it runs have ended (it returns at once).
+        A job handed over after that fails (ModelFailure): the service routes none to a runtime it has let go."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join(timeout=30)
 
     # -- the engine's thread -------------------------------------------------------------------------
 
@@ -227,7 +230,7 @@ class LlmRuntime:
             with self._wake:
                 while not self.engine.busy and not self._closed:
                     self._wake.wait()
-                if self._closed:
+                if self._closed and not self.engine.busy:
                     break
             try:
                 events = self.engine.step()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiaas.contract.envelopes import InputValue, Job
 from aiaas.errors import AiaasError
 
-__all__ = ["ModelRuntime", "Outputs", "computes_on_cpu", "streams"]
+__all__ = ["ModelRuntime", "Outputs", "close_runtime", "computes_on_cpu", "streams"]
 
 Outputs = dict[str, InputValue]
 
@@ -23,6 +24,9 @@ class ModelRuntime(Protocol):
     `infer(items, progress)` calls `progress(index, text, tokens)` from its own thread as each item's answer grows
     (the worker sends chunks); `cancel(item)` ends an item's generation early; `span_details(item, output)` gives
     the attributes and timed events for the job's span.
+
+    A runtime that holds more than memory (the LLM's engine thread) has `close()`: called when the service lets
+    the version go, it releases them once the jobs it runs have ended, without blocking.
     """
 
     model: str
@@ -50,6 +54,17 @@ class ModelRuntime(Protocol):
 def streams(runtime: object) -> bool:
     """Whether a runtime streams its answers (see `ModelRuntime`)."""
     return bool(getattr(runtime, "streams", False))
+
+
+def close_runtime(runtime: object) -> None:
+    """Let a runtime go (see `ModelRuntime`): its `close()` where it has one; a failure there is logged."""
+    close = getattr(runtime, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - letting a version go never stops the service
+            logging.getLogger("aiaas.runtimes").exception("closing %s v%s failed", getattr(runtime, "model", "?"),
+                                                          getattr(runtime, "version", "?"))
 
 
 def computes_on_cpu(runtime: object) -> bool:

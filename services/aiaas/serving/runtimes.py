@@ -20,7 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from aiaas.errors import ServiceMisconfigured, UnknownModelVersion
 from aiaas.serving.heap import resettle
-from aiaas.serving.runtime import ModelRuntime
+from aiaas.serving.runtime import ModelRuntime, close_runtime
 
 __all__ = ["RuntimeSet"]
 
@@ -134,4 +134,6 @@ class RuntimeSet:
             if oldest == self.current.version:
                 self._loaded.move_to_end(oldest)
                 continue
-            del self._loaded[oldest]
+            retired = self._loaded.pop(oldest)
+            if retired is not self._next:
+                close_runtime(retired)
