@@ -4,7 +4,8 @@
 # back, a summary per service, one job of each kind shown, and one job's full trace; an LLM
 # answer streamed as it is generated, a batch of questions, a cancelled answer and its trace;
 # then a training job: a trainer fine-tunes vision, the new version is promoted, and the running
-# vision service switches to it (hot reload) — with the training job's trace.
+# vision service switches to it (hot reload) — with the training job's trace; and a fine-tuning job: a LoRA
+# adapter for the LLM, and one held-out request answered by the base and by the adapter.
 # Stops everything it started, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,3 +124,16 @@ echo "== 100 digits after the training job: the service now answers with the new
 train_id="$(awk '/^training job/ {print $3}' "$logs/training.txt")"
 echo "== the trace of training job $train_id (client → trainer → registry → announcement → service reload)"
 "$aiaas" trace "$train_id" | grep -v "status=running"
+
+echo
+echo "######## fine-tuning: a LoRA adapter for the LLM, trained from a Kafka job"
+echo "== starting the llm trainer (log: $logs/llm-trainer.log)"
+start_service trainer llm llm-trainer
+echo "== aiaas train llm --set max_steps=12 --follow (the built-in set: a sentence about a person → JSON)"
+"$aiaas" train llm --set max_steps=12 --follow | tee "$logs/fine-tuning.txt"
+adapter="$(sed -n 's/^succeeded: llm v\([0-9]*\).*/\1/p' "$logs/fine-tuning.txt")"
+question=$'Extract the person as JSON with the keys name, age, city and job.\n\nOur new neighbour Ida is a chef, 41 years old, from Ghent.'
+echo "== a held-out request to the base model (production)"
+"$aiaas" submit llm --chat "$question" --max-tokens 60 --wait | sed '/^summary/,$d'
+echo "== the same request to the adapter (--version v$adapter): the shape it learned"
+"$aiaas" submit llm --chat "$question" --max-tokens 60 --version "v$adapter" --wait | sed '/^summary/,$d'

@@ -90,7 +90,7 @@ BUILT_IN = (
               summary="MiniLM sentence embeddings and a topic classifier"),
     ModelType("recsys", metric="hit_rate_at_10", trainer_class="RecsysTrainer", settings_class="RecsysSettings",
               summary="matrix factorisation: top-k recommendations per user"),
-    ModelType("llm", metric="pass_rate", trainer_class=None, settings_class="LlmSettings", generative=True,
+    ModelType("llm", metric="pass_rate", trainer_class="LlmTrainer", settings_class="LlmSettings", generative=True,
               summary="SmolLM2-135M-Instruct: chat and completion, tokens streamed back"),
 )
 """In the order the demo runs them."""

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+FINE_TUNING_STEPS = 10
+"""Optimiser steps of the fine-tuning test: enough for the adapter to learn the built-in JSON shape."""
 
 
 async def read_topic(settings: KafkaSettings, topic: str, isolation_level: str = "read_uncommitted") -> list:
@@ -220,3 +222,50 @@ async def test_a_tenant_cancels_on_its_own_new_cancel_topic_and_no_one_else_can(
     assert isinstance(result, Result) and result.outputs["finish_reason"] == "cancelled"
     assert result.outputs["completion_tokens"] < 1000
     assert any(isinstance(piece, str) for at, piece in received if at > generating_since)  # went on till carol's
+
+
+async def test_a_fine_tuning_job_registers_an_adapter_that_pinned_jobs_are_answered_with(llm_registry, kafka_broker,
+                                                                                        tmp_path):
+    """`aiaas train llm` on the built-in instruction set: progress events, an adapter version on `staging` (the
+    adapter alone, naming its base), better than the base at the held-out task; a chat job pinned to it is answered
+    in the learned JSON shape by the running service while unpinned jobs stay on the base."""
+    import json
+    import shutil
+
+    from aiaas.llm.adapters import ADAPTER_OF
+    from aiaas.llm.instructions import instruction_split
+    from aiaas.registry.store import Registry
+
+    home = Path(tmp_path) / "home"
+    shutil.copytree(llm_registry.root, home / "registry")  # this test's own registry: versions it adds stay here
+    registry = Registry(home / "registry")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    env = service_env_for(kafka_broker, prefix, home, {"AIAAS_TRAINER_PROMOTE": "never"})
+    settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=prefix)
+    service = ServiceProcess(env, Path(tmp_path) / "llm.log", model="llm").start(timeout=120)
+    trainer = ServiceProcess(env, Path(tmp_path) / "trainer.log", "training", "llm").start(timeout=120)
+    base = registry.resolve("llm", "production")
+    _, held_out = instruction_split()
+    try:
+        async with AiaasClient(settings) as client:
+            job = await client.train("llm", {"max_steps": FINE_TUNING_STEPS, "seed": 0})
+            events = [event async for event in job.events(timeout=600)]
+            assert events[-1].status == "succeeded", events[-1]
+            number = events[-1].outputs["version"]
+            pinned = await client.submit("llm", {}, task="chat", version=f"v{number}",
+                                         messages=[{"role": "user", "content": held_out[1][0]}],
+                                         generation={"max_tokens": 60})
+            unpinned = await client.submit("llm", {}, task="chat", messages=QUESTION, generation={"max_tokens": 12})
+            answered, plain = await pinned.result(timeout=300), await unpinned.result(timeout=300)
+    finally:
+        trainer.stop()
+        service.stop()
+    running = [e for e in events if e.status == "running"]
+    assert running and running[-1].progress.tokens_per_s and running[-1].progress.metric_name == "eval_loss"
+    version = registry.resolve("llm", str(number))
+    assert version.params[ADAPTER_OF] == base.version and "staging" in events[-1].outputs["aliases"]
+    assert set(version.files) | {version.artifact} == {"adapter_model.safetensors", "adapter_config.json"}
+    assert version.metrics["exact_match"] > version.metrics["base_exact_match"], version.metrics
+    assert answered.status == "ok" and answered.model_version == str(number)
+    assert set(json.loads(answered.outputs["text"])) == {"name", "age", "city", "job"}, answered.outputs["text"]
+    assert plain.status == "ok" and plain.model_version == str(base.version)

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="FILE", help="training data on the trainer's machine (.parquet, .npz, .jsonl)")
     train.add_argument("--data-sha256", help="refuse the file unless its sha256 is this (default: computed now)")
     train.add_argument("--base-version", help="fine-tune from this version or alias")
+    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                       help="a hyper-parameter of this model type's trainer, e.g. --set lora_rank=16 (llm: lora_rank, "
+                            "lora_alpha, max_steps); repeat for more")
     train.add_argument("--follow", action="store_true", help="show progress until the job ends")
     train.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each event (--follow)")
 
@@ -437,10 +440,24 @@ def _refuse_untrainable(model: str) -> None:
                          f"`aiaas models build {model}`")
 
 
+def _hyper_parameter(setting: str) -> tuple[str, int | float | str]:
+    """`--set NAME=VALUE`: the value as a number where it reads as one."""
+    name, equals, value = setting.partition("=")
+    if not equals or not name.strip():
+        raise AiaasError(f"--set {setting!r}: write NAME=VALUE, e.g. --set lora_rank=16")
+    for kind in (int, float):
+        try:
+            return name.strip(), kind(value)
+        except ValueError:
+            continue
+    return name.strip(), value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     _refuse_untrainable(args.model)
     inputs: dict = {k: v for k in ("epochs", "learning_rate", "batch_size", "seed", "base_version")
                     if (v := getattr(args, k)) is not None}
+    inputs |= dict(_hyper_parameter(setting) for setting in args.settings)
     if args.data:
         path = Path(args.data).resolve()
         if not path.is_file():

@@ -307,6 +307,7 @@ class TrainingProgress(BaseModel):
     metric: float | None = Field(None, description="Evaluation metric after the last epoch (see metric_name).")
     metric_name: str | None = Field(None, description="Which metric `metric` is, e.g. `accuracy`.")
     eta_s: float | None = Field(None, description="Estimated seconds until training ends.")
+    tokens_per_s: float | None = Field(None, description="Training tokens a second so far (language models).")
 
 
 class Result(BaseModel):

@@ -22,6 +22,7 @@ from aiaas import tracing
 from aiaas.contract.envelopes import Job
 from aiaas.errors import InvalidJob, ModelFailure
 from aiaas.llm import MODEL
+from aiaas.llm.adapters import base_of, with_adapter
 from aiaas.llm.engine import GenerationEngine, GenerationEvent, GenerationRequest
 from aiaas.llm.prompts import chat_prompt_ids, completion_prompt_ids
 
@@ -102,11 +103,14 @@ class LlmRuntime:
         from aiaas.llm.weights import load_folder
 
         version = registry.resolve(MODEL, ref)
-        folder: Path = registry.verified_folder(version)
+        base = base_of(registry, version)  # an adapter version: its base first, then the adapter merged in
+        folder: Path = registry.verified_folder(base)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model, tokenizer = load_folder(folder, device=device, dtype=dtype)
+        if base is not version:
+            model = with_adapter(model, registry.verified_folder(version))
         return cls(model, tokenizer, str(version.version), **limits)
 
     def serves(self, ref: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,35 @@ from aiaas.llm.eval_prompts import EVAL_PROMPTS
 from aiaas.llm.weights import convert, gguf_sha256, load_folder, package_gguf
 from aiaas.registry.store import ModelVersion, Registry
 
-__all__ = ["build", "pass_rate", "EVAL_MAX_TOKENS"]
+__all__ = ["build", "greedy_answers", "pass_rate", "EVAL_MAX_TOKENS"]
 
 EVAL_MAX_TOKENS = 24
 
 
-def pass_rate(model: Any, tokenizer: Any) -> float:
-    """Share of the shipped questions whose greedy answer holds one of its words (all asked in one batch)."""
+def greedy_answers(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
+                   max_new_tokens: int) -> list[str]:
+    """The greedy answer to each conversation, through the serving engine (all of them in one batch)."""
     from aiaas.llm.engine import GenerationEngine, GenerationRequest
     from aiaas.llm.prompts import chat_prompt_ids
 
-    engine = GenerationEngine(model, tokenizer, max_batch=len(EVAL_PROMPTS))
+    engine = GenerationEngine(model, tokenizer, max_batch=max(len(conversations), 1))
     answers: dict[str, str] = {}
-    for i, (question, _) in enumerate(EVAL_PROMPTS):
-        ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": question}])
-        engine.submit(GenerationRequest(str(i), ids, max_new_tokens=EVAL_MAX_TOKENS))
+    for i, conversation in enumerate(conversations):
+        ids = chat_prompt_ids(tokenizer, conversation)
+        engine.submit(GenerationRequest(str(i), ids, max_new_tokens=max_new_tokens))
     while engine.busy:
         for event in engine.step():
             if event.finish_reason is not None:
                 answers[event.request_id] = event.full_text or ""
-    passed = sum(any(word in answers.get(str(i), "") for word in words)
-                 for i, (_, words) in enumerate(EVAL_PROMPTS))
+    return [answers.get(str(i), "") for i in range(len(conversations))]
+
+
+def pass_rate(model: Any, tokenizer: Any) -> float:
+    """Share of the shipped questions whose greedy answer holds one of its words (all asked in one batch)."""
+    answers = greedy_answers(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in EVAL_PROMPTS],
+                             EVAL_MAX_TOKENS)
+    passed = sum(any(word in answer for word in words) for answer, (_, words) in zip(answers, EVAL_PROMPTS,
+                                                                                       strict=True))
     return passed / len(EVAL_PROMPTS)
 
 

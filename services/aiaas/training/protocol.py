@@ -52,7 +52,10 @@ class ModelTrainer(Protocol):
 
     model: str
     metric: str
-    """The evaluation metric the promotion policy compares (higher is better)."""
+    """The evaluation metric the promotion policy compares (higher is better).
+
+    A trainer with hyper-parameters of its own (beyond epochs, learning_rate, batch_size, seed) names them in
+    `hyper_parameters` (name → int or float): jobs may set them, and they reach `request.params` checked."""
 
     def train(self, request: TrainingRequest, registry: Registry, workdir: Path,
               progress: ProgressCallback, stop: StopSignal | None = None) -> Candidate:

@@ -32,11 +32,15 @@ class TrainingRequest:
     base_version: str | None = None
 
     @classmethod
-    def from_job(cls, job: Job, settings: TrainerSettings) -> TrainingRequest:
-        """Parse and check the inputs against the trainer's limits; raise InvalidJob with what is wrong."""
+    def from_job(cls, job: Job, settings: TrainerSettings,
+                 own_parameters: dict[str, type] | None = None) -> TrainingRequest:
+        """Parse and check the inputs against the trainer's limits; raise InvalidJob with what is wrong.
+
+        `own_parameters`: the hyper-parameters of this model type's trainer beyond HYPER_PARAMETERS (name → int or
+        float; positive), e.g. the LLM's `lora_rank`."""
         inputs = dict(job.inputs)
         params = {}
-        for name, kind in HYPER_PARAMETERS.items():
+        for name, kind in (HYPER_PARAMETERS | (own_parameters or {})).items():
             if name in inputs:
                 value = inputs.pop(name)
                 if (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -371,7 +371,7 @@ class TrainerService:
         model = self.trainer.model
 
         def work(stop: StopSignal, report) -> Candidate:
-            request = TrainingRequest.from_job(job, self.settings)  # reading a data file counts against the limit
+            request = TrainingRequest.from_job(job, self.settings, getattr(self.trainer, "hyper_parameters", None))
             span.set_attributes({f"aiaas.training.{k}": v for k, v in request.params.items()})
             stop.check()
             return self.trainer.train(request, self.registry, workdir, report, stop)
