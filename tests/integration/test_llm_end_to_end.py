@@ -224,23 +224,26 @@ async def test_a_tenant_cancels_on_its_own_new_cancel_topic_and_no_one_else_can(
     assert any(isinstance(piece, str) for at, piece in received if at > generating_since)  # went on till carol's
 
 
-async def test_a_fine_tuning_job_registers_an_adapter_that_pinned_jobs_are_answered_with(llm_registry, kafka_broker,
-                                                                                        tmp_path):
-    """`aiaas train llm` on the built-in instruction set: progress events, an adapter version on `staging` (the
-    adapter alone, naming its base), better than the base at the held-out task; a chat job pinned to it is answered
-    in the learned JSON shape by the running service while unpinned jobs stay on the base."""
+async def test_a_fine_tuning_job_trains_an_adapter_the_running_service_swaps_to_without_a_failed_job(
+        llm_registry, kafka_broker, tmp_path):
+    """`aiaas train llm` on the built-in instruction set while chat jobs keep coming: progress events, an adapter
+    version (the adapter alone, naming its base) that beats the base at the held-out task and is made production;
+    the running service swaps to it between jobs (none fails), answers in the learned JSON shape, still serves the
+    base to jobs pinned to it, and the training job's trace reaches the service's load of the adapter."""
     import json
     import shutil
 
     from aiaas.llm.adapters import ADAPTER_OF
     from aiaas.llm.instructions import instruction_split
     from aiaas.registry.store import Registry
+    from aiaas.tracing.span_store import job_trace, load_spans
 
     home = Path(tmp_path) / "home"
-    shutil.copytree(llm_registry.root, home / "registry")  # this test's own registry: versions it adds stay here
+    # This test's own registry (the versions it adds stay there), without the session registry's blob store.
+    shutil.copytree(llm_registry.root, home / "registry", ignore=shutil.ignore_patterns(".blobs"))
     registry = Registry(home / "registry")
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    env = service_env_for(kafka_broker, prefix, home, {"AIAAS_TRAINER_PROMOTE": "never"})
+    env = service_env_for(kafka_broker, prefix, home, {"AIAAS_TRAINER_PROMOTE": "always"})
     settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=prefix)
     service = ServiceProcess(env, Path(tmp_path) / "llm.log", model="llm").start(timeout=120)
     trainer = ServiceProcess(env, Path(tmp_path) / "trainer.log", "training", "llm").start(timeout=120)
@@ -248,24 +251,51 @@ async def test_a_fine_tuning_job_registers_an_adapter_that_pinned_jobs_are_answe
     _, held_out = instruction_split()
     try:
         async with AiaasClient(settings) as client:
+            trained = asyncio.Event()
+
+            async def steady_stream() -> list:
+                handles = []
+                while not trained.is_set():
+                    handles.append(await client.submit("llm", {}, task="chat", messages=QUESTION,
+                                                       generation={"max_tokens": 8}))
+                    await asyncio.sleep(0.5)
+                return handles
+
+            stream = asyncio.create_task(steady_stream())
             job = await client.train("llm", {"max_steps": FINE_TUNING_STEPS, "seed": 0})
             events = [event async for event in job.events(timeout=600)]
             assert events[-1].status == "succeeded", events[-1]
             number = events[-1].outputs["version"]
-            pinned = await client.submit("llm", {}, task="chat", version=f"v{number}",
-                                         messages=[{"role": "user", "content": held_out[1][0]}],
-                                         generation={"max_tokens": 60})
-            unpinned = await client.submit("llm", {}, task="chat", messages=QUESTION, generation={"max_tokens": 12})
-            answered, plain = await pinned.result(timeout=300), await unpinned.result(timeout=300)
+            await asyncio.sleep(5)  # the stream goes on while the service loads the adapter and swaps
+            trained.set()
+            streamed = await asyncio.gather(*(h.result(timeout=300) for h in await stream))
+            person = [{"role": "user", "content": held_out[1][0]}]  # a sentence form never trained on
+            learned = await client.submit("llm", {}, task="chat", messages=person, generation={"max_tokens": 60})
+            on_base = await client.submit("llm", {}, task="chat", messages=QUESTION, version=f"v{base.version}",
+                                          generation={"max_tokens": 12})
+            answered, plain = await learned.result(timeout=300), await on_base.result(timeout=300)
     finally:
         trainer.stop()
         service.stop()
     running = [e for e in events if e.status == "running"]
     assert running and running[-1].progress.tokens_per_s and running[-1].progress.metric_name == "eval_loss"
     version = registry.resolve("llm", str(number))
-    assert version.params[ADAPTER_OF] == base.version and "staging" in events[-1].outputs["aliases"]
+    assert version.params[ADAPTER_OF] == base.version and "production" in events[-1].outputs["aliases"]
     assert set(version.files) | {version.artifact} == {"adapter_model.safetensors", "adapter_config.json"}
     assert version.metrics["exact_match"] > version.metrics["base_exact_match"], version.metrics
+
+    assert [r.status for r in streamed].count("ok") == len(streamed)  # none failed across the swap
+    versions = [r.model_version for r in streamed]
+    assert versions[0] == str(base.version) and versions[-1] == str(number), versions
     assert answered.status == "ok" and answered.model_version == str(number)
     assert set(json.loads(answered.outputs["text"])) == {"name", "age", "city", "job"}, answered.outputs["text"]
     assert plain.status == "ok" and plain.model_version == str(base.version)
+    # One engine and one copy of the base weights for both: the adapter was loaded into the base's runtime.
+    assert f"llm v{base.version}: adapter v{number} loaded" in service.log_text()
+
+    names: set[str] = set()
+    deadline = time.time() + 15
+    while time.time() < deadline and f"load llm v{number}" not in names:  # spans are exported every 0.5 s
+        names = {s.name for s in job_trace(load_spans(home / "spans"), job.job_id)}
+        await asyncio.sleep(0.5)
+    assert {"train llm", "register llm", f"load llm v{number}"} <= names, names

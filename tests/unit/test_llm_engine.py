@@ -206,6 +206,44 @@ def test_a_closed_runtime_finishes_what_it_runs_then_lets_its_engine_thread_go(m
         runtime.infer([LlmItem(GenerationRequest("b", prompt(tokenizer, "Hi"), max_new_tokens=4), "chat")])
 
 
+def test_jobs_for_the_base_and_two_adapters_share_one_batch_each_through_its_own_adapter(llm_registry, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from aiaas.llm.runtime import LlmItem, LlmRuntime
+
+    folder = llm_registry.verified_folder(llm_registry.resolve("llm", "production"))
+    for seed in (1, 2):  # two adapters with weights of their own (random: each changes the answers its own way)
+        torch.manual_seed(seed)
+        adapted = get_peft_model(load_folder(folder)[0], LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
+                                                                   target_modules=["q_proj", "v_proj", "o_proj"]))
+        adapted.save_pretrained(str(tmp_path / f"a{seed}"))
+    model, tokenizer = load_folder(folder)  # a model of this test's own: adapters wrap its layers
+    runtime = LlmRuntime(model, tokenizer, "1")
+    ids = prompt(tokenizer, QUESTIONS[0])
+
+    def answers(*adapters: str | None) -> list[str]:
+        items = [LlmItem(GenerationRequest(f"r{i}", ids, max_new_tokens=12, adapter=a), "chat")
+                 for i, a in enumerate(adapters)]
+        return [output["text"] for output in runtime.infer(items)]
+
+    try:
+        (base_alone,) = answers(None)
+        runtime.add_adapter("a1", tmp_path / "a1")
+        runtime.add_adapter("a2", tmp_path / "a2")
+        (a1_alone,), (a2_alone,) = answers("a1"), answers("a2")
+        together = answers(None, "a1", "a2", None)  # one batch: four rows, three weights
+        assert together == [base_alone, a1_alone, a2_alone, base_alone]
+        assert len({base_alone, a1_alone, a2_alone}) == 3  # each adapter is applied, to its own rows only
+
+        runtime.release_adapter("a1")  # no job runs with it: it leaves the model
+        assert "a1" not in runtime.engine.model.peft_config and "a2" in runtime.engine.model.peft_config
+        with pytest.raises(ValueError, match="not loaded"):
+            answers("a1")
+        assert answers(None, "a2") == [base_alone, a2_alone]
+    finally:
+        runtime.close()
+
+
 @pytest.mark.gpu
 def test_on_a_gpu_the_engine_generates_in_bf16_and_a_batch_answers_as_each_job_alone(llm_registry):
     if not torch.cuda.is_available():

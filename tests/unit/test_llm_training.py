@@ -60,6 +60,12 @@ def test_bad_training_data_is_refused_with_what_is_wrong(data, message):
         _examples(data)
 
 
+def test_a_batch_too_large_for_memory_is_refused_before_training(llm_registry, tmp_path):
+    data = {"prompts": ["word " * 200] * 12, "responses": ["ok"] * 12}
+    with pytest.raises(InvalidJob, match="lower `batch_size`"):
+        LlmTrainer().train(request(batch_size=64, **data), llm_registry, tmp_path, lambda _: None)
+
+
 def test_a_jobs_own_data_is_split_with_a_held_out_fifth():
     rows = {"messages": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"},
                           {"role": "assistant", "content": f"a{i}"}] for i in range(20)]}

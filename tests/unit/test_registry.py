@@ -21,6 +21,20 @@ def test_versions_are_monotonic_and_aliases_move(tmp_path):
     assert registry.load_verified("vision", "v2")[1] == b"two"
 
 
+def test_a_file_two_versions_share_is_stored_once(tmp_path):
+    registry = Registry(tmp_path / "reg")
+    encoder, head = tmp_path / "encoder.onnx", tmp_path / "head.npz"
+    encoder.write_bytes(b"the same encoder" * 1000)
+    for weights in (b"head one", b"head two"):
+        head.write_bytes(weights)
+        registry.register("text", encoder, companions=(head,))
+    first, second = (tmp_path / "reg" / "text" / f"v{n}" / "encoder.onnx" for n in (1, 2))
+    assert first.stat().st_ino == second.stat().st_ino  # one file on disk, linked from both versions
+    assert len(list((tmp_path / "reg" / ".blobs" / "sha256").iterdir())) == 3  # the encoder, two heads
+    assert registry.models() == ["text"]
+    assert registry.load_companions(registry.resolve("text", "v2"))["head.npz"] == b"head two"
+
+
 def test_unknown_version_is_a_clear_error(tmp_path):
     with pytest.raises(UnknownModelVersion, match="aiaas models build vision"):
         Registry(tmp_path).resolve("vision", "production")

@@ -2,18 +2,15 @@
 
 A fine-tuning job registers `adapter_model.safetensors` and `adapter_config.json` (peft's files) with the param
 `adapter_of` = the base version's number; the base weights are never copied. Serving an adapter version loads its
-base version, then the adapter on top.
+base version's runtime, then the adapter into it (`runtime.py`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from aiaas.errors import ArtifactCorrupted
 from aiaas.registry.store import ModelVersion, Registry
 
-__all__ = ["ADAPTER_OF", "adapter_base", "base_of", "with_adapter"]
+__all__ = ["ADAPTER_OF", "adapter_base", "base_of"]
 
 ADAPTER_OF = "adapter_of"
 """The param of an adapter version that names its base version (a number)."""
@@ -34,10 +31,3 @@ def base_of(registry: Registry, version: ModelVersion) -> ModelVersion:
     if adapter_base(found) is not None:
         raise ArtifactCorrupted(f"{version.model} v{version.version} adapts v{base}, itself an adapter")
     return found
-
-
-def with_adapter(model: Any, folder: Path) -> Any:
-    """`model` with the adapter in `folder` merged into its weights (as fast as the base model to run)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

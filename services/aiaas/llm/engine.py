@@ -56,6 +56,9 @@ class GenerationRequest:
     priority: int = 0
     deadline: float | None = None
     """Unix seconds: generation ends there with `deadline`."""
+    adapter: str | None = None
+    """The LoRA adapter to generate with (loaded into the engine's peft model under this name); None: the base.
+    Sequences with different adapters share the batch: each row goes through its own adapter."""
 
 
 @dataclass
@@ -180,7 +183,10 @@ class GenerationEngine:
     # -- from any thread -------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request (admitted at a later step, by priority then arrival)."""
+        """Queue a request (admitted at a later step, by priority then arrival). ValueError: its adapter is not
+        loaded into the model."""
+        if request.adapter is not None and request.adapter not in getattr(self.model, "peft_config", {}):
+            raise ValueError(f"adapter {request.adapter!r} is not loaded")
         self._submitted[request.request_id] = self._clock()
         self._inbox.append(("submit", request))
 
@@ -282,7 +288,7 @@ class GenerationEngine:
         newcomers = RowCache(self._layers)
         logits = self.model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
                             position_ids=positions.to(self._device), cache=newcomers, logits_to_keep=1,
-                            use_cache=True).logits[:, -1, :]
+                            use_cache=True, **self._adapter_names(requests)).logits[:, -1, :]
         first_new_row = self._cache.rows
         shift = self._cache.join(newcomers)
         for sequence in self._rows:
@@ -312,11 +318,19 @@ class GenerationEngine:
         starts = torch.tensor([s.start for s in rows], device=self._device)
         mask = (torch.arange(length + 1, device=self._device)[None, :] >= starts[:, None]).long()
         positions = torch.tensor([[s.position] for s in rows], dtype=torch.long, device=self._device)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            cache=self._cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self._cache,
+                            use_cache=True, logits_to_keep=1,
+                            **self._adapter_names([s.request for s in rows])).logits[:, -1, :]
         for sequence in rows:
             sequence.position += 1
         self._take_tokens(list(rows), logits, events)
+
+    def _adapter_names(self, requests: Sequence[GenerationRequest]) -> dict[str, Any]:
+        """peft's `adapter_names` for a forward over these rows (`__base__`: none), when the model holds adapters:
+        without it, peft would run every row through its active adapter."""
+        if not getattr(self.model, "peft_config", None):
+            return {}
+        return {"adapter_names": [r.adapter or "__base__" for r in requests]}
 
     def _take_tokens(self, sequences: list[_Sequence], logits: torch.Tensor,
                      events: dict[str, GenerationEvent]) -> None:

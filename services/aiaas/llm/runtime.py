@@ -5,6 +5,11 @@ rows (`AIAAS_LLM_MODEL_INSTANCES`); each call hands the job to the engine and wa
 of this runtime steps the engine for every job at once. `progress(0, text, tokens)` gets the job's new text,
 coalesced (`chunk_interval_ms`, `chunk_tokens`) so a busy service does not send a record per token; the text
 of all progress calls adds up to the final answer. No Kafka here (the worker sends the chunks).
+
+A LoRA adapter version is served by its base's runtime: `from_registry` of an adapter version loads the adapter into
+the engine's model (peft, by version name) and returns an `AdapterRuntime` that marks its jobs with it, so jobs for
+the base and for any number of adapters share one engine, one batch and one copy of the base weights. One runtime
+per base version and device is shared this way within a process; it closes when its last holder lets it go.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,11 +28,11 @@ from aiaas import tracing
 from aiaas.contract.envelopes import Job
 from aiaas.errors import InvalidJob, ModelFailure
 from aiaas.llm import MODEL
-from aiaas.llm.adapters import base_of, with_adapter
+from aiaas.llm.adapters import base_of
 from aiaas.llm.engine import GenerationEngine, GenerationEvent, GenerationRequest
 from aiaas.llm.prompts import chat_prompt_ids, completion_prompt_ids
 
-__all__ = ["LlmRuntime", "Progress", "TASKS"]
+__all__ = ["AdapterRuntime", "LlmRuntime", "Progress", "TASKS"]
 
 log = logging.getLogger("aiaas.llm")
 
@@ -91,27 +97,97 @@ class LlmRuntime:
         self._first_tokens: dict[int, float] = {}
         self._ids = itertools.count()
         self._wake = threading.Condition()
+        self._model_lock = threading.Lock()
+        """Held for each engine step and each change of the model's adapters (never one during the other)."""
+        self._counts_lock = threading.Lock()
+        """Guards the two counters below (taken after the model lock where both are held)."""
+        self._adapter_holders: Counter[str] = Counter()
+        self._adapter_jobs: Counter[str] = Counter()
+        self._holders = 1
+        self._shared_as: tuple[str, str, str] | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._step_forever, name="llm-engine", daemon=True)
         self._thread.start()
 
     @classmethod
-    def from_registry(cls, registry: Any, ref: str, *, device: str = "auto", **limits: Any) -> LlmRuntime:
-        """Load a version (every file's sha256 checked) onto `device`."""
+    def from_registry(cls, registry: Any, ref: str, *, device: str = "auto",
+                      **limits: Any) -> LlmRuntime | AdapterRuntime:
+        """Load a version (every file's sha256 checked) onto `device`: a full model as a runtime of its own (or the
+        one this process already runs for it), an adapter version into its base's runtime."""
+        import torch
+
+        version = registry.resolve(MODEL, ref)
+        base = base_of(registry, version)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        runtime = _shared_runtime(registry, base, device, lambda: cls._load(registry, base, device, limits))
+        if base is version:
+            return runtime
+        name = f"v{version.version}"
+        try:
+            runtime.add_adapter(name, registry.verified_folder(version))
+        except BaseException:
+            runtime.close()
+            raise
+        return AdapterRuntime(runtime, str(version.version), name)
+
+    @classmethod
+    def _load(cls, registry: Any, version: Any, device: str, limits: dict[str, Any]) -> LlmRuntime:
         import torch
 
         from aiaas.llm.weights import load_folder
 
-        version = registry.resolve(MODEL, ref)
-        base = base_of(registry, version)  # an adapter version: its base first, then the adapter merged in
-        folder: Path = registry.verified_folder(base)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        folder: Path = registry.verified_folder(version)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model, tokenizer = load_folder(folder, device=device, dtype=dtype)
-        if base is not version:
-            model = with_adapter(model, registry.verified_folder(version))
         return cls(model, tokenizer, str(version.version), **limits)
+
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Load the LoRA adapter in `folder` into the engine's model as `name` (between two steps); a name loaded
+        already is shared. Each call is matched by a `release_adapter(name)`."""
+        with self._model_lock, self._counts_lock:
+            if self._adapter_holders[name] == 0 and name not in (getattr(self.engine.model, "peft_config", None)
+                                                                 or {}):
+                from peft import PeftModel
+
+                model = self.engine.model
+                if getattr(model, "peft_config", None) is None:  # the first adapter: wrap the base model
+                    model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+                    model.eval()
+                else:
+                    model.load_adapter(str(folder), adapter_name=name)
+                self.engine.model = model
+                log.info("llm v%s: adapter %s loaded", self.version, name)
+            self._adapter_holders[name] += 1
+
+    def release_adapter(self, name: str) -> None:
+        """Let go of an adapter; it leaves the model once nobody holds it and no job runs with it."""
+        with self._counts_lock:
+            self._adapter_holders[name] -= 1
+            unused = self._adapter_holders[name] <= 0 and self._adapter_jobs[name] <= 0
+        if unused:
+            self._delete_unused(name)
+
+    def _adapter_job(self, item: LlmItem, change: int) -> None:
+        """Count a job of an adapter in (+1) or out (-1); the last one out of a let-go adapter unloads it."""
+        name = item.request.adapter
+        if name is None:
+            return
+        with self._counts_lock:
+            self._adapter_jobs[name] += change
+            unused = self._adapter_holders[name] <= 0 and self._adapter_jobs[name] <= 0
+        if unused and change < 0:
+            self._delete_unused(name)
+
+    def _delete_unused(self, name: str) -> None:
+        """Take `name` out of the model (between two steps) if still no holder and no job has it."""
+        with self._model_lock, self._counts_lock:
+            if self._adapter_holders[name] > 0 or self._adapter_jobs[name] > 0 \
+                    or name not in (getattr(self.engine.model, "peft_config", None) or {}):
+                return
+            self.engine.model.delete_adapter(name)
+            del self._adapter_holders[name], self._adapter_jobs[name]
+        log.info("llm v%s: adapter %s unloaded", self.version, name)
 
     def serves(self, ref: str) -> bool:
         return ref in (self.version, f"v{self.version}")
@@ -168,18 +244,20 @@ class LlmRuntime:
             with self._wake:
                 if self._closed and not self.engine.busy:  # the engine thread has ended, or ends now
                     raise ModelFailure(f"{MODEL} v{self.version} was unloaded")
+                self.engine.submit(replace(item.request, request_id=run_id))  # ValueError: its adapter was unloaded
+                self._adapter_job(item, +1)
                 self._running[run_id] = running
                 self._runs[id(item)] = run_id
-                self.engine.submit(replace(item.request, request_id=run_id))
                 if self._cancelled_early.pop(id(item), None) is not None:  # cancelled before it got here
                     self.engine.cancel(run_id)
                 self._wake.notify()
             runs.append((job_id, run_id, running))
         outputs = []
-        for _, run_id, running in runs:
+        for (_, run_id, running), item in zip(runs, items, strict=True):
             running.done.wait()
             with self._wake:
                 self._running.pop(run_id, None)
+            self._adapter_job(item, -1)
             if running.final is None:
                 raise ModelFailure("the generation engine stopped")
             outputs.append(_outputs(running.final))
@@ -221,8 +299,15 @@ class LlmRuntime:
             self._wake.notify()
 
     def close(self) -> None:
-        """Let go of the model: the engine thread ends once the generations it runs have ended (it returns at once).
-        A job handed over after that fails (ModelFailure): the service routes none to a runtime it has let go."""
+        """Let go of the model (once every holder has: see `from_registry`): the engine thread ends once the
+        generations it runs have ended (it returns at once). A job handed over after that fails (ModelFailure): the
+        service routes none to a runtime it has let go."""
+        with _SHARED_LOCK:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+            if self._shared_as is not None and _SHARED.get(self._shared_as) is self:
+                del _SHARED[self._shared_as]
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -237,7 +322,8 @@ class LlmRuntime:
                 if self._closed and not self.engine.busy:
                     break
             try:
-                events = self.engine.step()
+                with self._model_lock:
+                    events = self.engine.step()
             except Exception:  # noqa: BLE001 - every job in the engine ends; the thread and the service go on
                 log.exception("a generation step failed; ending the jobs in the engine")
                 self._fail_all()
@@ -272,6 +358,67 @@ class LlmRuntime:
             self.engine = self.engine.fresh()
         for running in waiting:
             running.done.set()
+
+
+class AdapterRuntime:
+    """A LoRA adapter version, served by its base's runtime: its jobs run in the same engine and batch as the
+    base's and other adapters' jobs, each row through its own adapter."""
+
+    model = MODEL
+    streams = True
+
+    def __init__(self, base: LlmRuntime, version: str, adapter: str) -> None:
+        self.base, self.version, self.adapter = base, version, adapter
+        self.tokenizer = base.tokenizer
+        self.providers = base.providers
+
+    def serves(self, ref: str) -> bool:
+        return ref in (self.version, f"v{self.version}")
+
+    def prepare(self, job: Job) -> LlmItem:
+        item = self.base.prepare(job)
+        return LlmItem(replace(item.request, adapter=self.adapter), item.operation)
+
+    def infer(self, items: Sequence[LlmItem], progress: Progress | None = None) -> list[dict[str, Any]]:
+        return self.base.infer(items, progress)
+
+    def cancel(self, item: LlmItem) -> None:
+        self.base.cancel(item)
+
+    def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+        attributes, events = self.base.span_details(item, output)
+        attributes[tracing.GEN_AI_REQUEST_MODEL] = f"{MODEL_NAME} v{self.base.version} + adapter v{self.version}"
+        return attributes, events
+
+    def close(self) -> None:
+        """The adapter leaves the model once its jobs have ended; the base runtime is let go of by this holder."""
+        self.base.release_adapter(self.adapter)
+        self.base.close()
+
+
+_SHARED: dict[tuple[str, str, str], LlmRuntime] = {}
+"""(registry root, base version, device) → the runtime this process serves that base with."""
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_runtime(registry: Any, base: Any, device: str, load: Callable[[], LlmRuntime]) -> LlmRuntime:
+    """The runtime of `base` on `device` this process has (one more holder), or a new one from `load`."""
+    key = (str(Path(registry.root).resolve()), str(base.version), device)
+    with _SHARED_LOCK:
+        runtime = _SHARED.get(key)
+        if runtime is not None:
+            runtime._holders += 1  # noqa: SLF001 - this module's own bookkeeping
+            return runtime
+    loaded = load()  # seconds: not under the lock
+    with _SHARED_LOCK:
+        runtime = _SHARED.get(key)
+        if runtime is None:
+            loaded._shared_as = key  # noqa: SLF001
+            _SHARED[key] = loaded
+            return loaded
+        runtime._holders += 1  # noqa: SLF001 - another thread loaded it meanwhile: use that one
+    loaded.close()
+    return runtime
 
 
 def _outputs(event: GenerationEvent) -> dict[str, Any]:

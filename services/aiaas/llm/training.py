@@ -40,10 +40,12 @@ from aiaas.training.protocol import Candidate, ProgressCallback
 from aiaas.training.request import TrainingRequest
 from aiaas.training.stopping import StopSignal
 
-__all__ = ["LlmTrainer", "LoraParams", "MAX_EXAMPLE_TOKENS"]
+__all__ = ["LlmTrainer", "LoraParams", "MAX_EXAMPLE_TOKENS", "MAX_STEP_TOKENS"]
 
 MAX_EXAMPLE_TOKENS = 512
 """Longest training example (prompt in the chat template and answer), in tokens."""
+MAX_STEP_TOKENS = 4096
+"""Most tokens one optimiser step may take (batch_size x the longest example): bounds the activations' memory."""
 _ANSWER_TOKENS = 96
 """Most tokens an evaluation answer may have."""
 _TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -87,10 +89,16 @@ class LlmTrainer:
             raise InvalidJob("`lora_rank` must be at most 256")
         started = time.perf_counter()
         base = base_of(registry, registry.resolve(MODEL, request.base_version or "production"))
-        model, tokenizer = load_folder(registry.verified_folder(base))
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 on either: the adapter's updates are small
+        model, tokenizer = load_folder(registry.verified_folder(base), device=device)
         train_rows, held_out = _examples(request.data)
         encoded = [_encode(tokenizer, conversation, answer, i) for i, (conversation, answer) in enumerate(train_rows)]
         encoded_held_out = [_encode(tokenizer, c, a, i) for i, (c, a) in enumerate(held_out)]
+        longest = max(len(ids) for ids, _ in encoded + encoded_held_out)
+        if params.batch_size * longest > MAX_STEP_TOKENS:
+            raise InvalidJob(f"`batch_size` {params.batch_size} x the longest example ({longest} tokens) is "
+                             f"{params.batch_size * longest} tokens a step; the limit is {MAX_STEP_TOKENS}: lower "
+                             "`batch_size` or shorten the examples")
         expected = [answer for _, answer in held_out]
         stop.check()
         base_exact = exact_match(greedy_answers(model, tokenizer, [c for c, _ in held_out], _ANSWER_TOKENS), expected)
@@ -116,7 +124,7 @@ class LlmTrainer:
                 if step >= total_steps:
                     break
                 stop.check()
-                batch = _batch([encoded[i] for i in order[start:start + params.batch_size]], tokenizer)
+                batch = _batch([encoded[i] for i in order[start:start + params.batch_size]], tokenizer, device)
                 loss = tuned(**batch).loss
                 loss.backward()
                 optimiser.step()
@@ -126,7 +134,7 @@ class LlmTrainer:
                 step += 1
             training_s += time.perf_counter() - epoch_started
             stop.check()
-            eval_loss = _mean_loss(tuned, tokenizer, encoded_held_out, params.batch_size, stop)
+            eval_loss = _mean_loss(tuned, tokenizer, encoded_held_out, params.batch_size, stop, device)
             progress(TrainingProgress(epoch=epoch, epochs=epochs, step=step, loss=sum(losses) / max(len(losses), 1),
                                       metric=eval_loss, metric_name="eval_loss",
                                       tokens_per_s=tokens / training_s if training_s else None,
@@ -216,8 +224,8 @@ def _encode(tokenizer: Any, conversation: Conversation, answer: str, row: int) -
     return prompt + reply, [-100] * len(prompt) + reply
 
 
-def _batch(examples: Sequence[tuple[list[int], list[int]]], tokenizer: Any) -> dict[str, Any]:
-    """Right-padded tensors: input ids, attention mask, labels (padding masked)."""
+def _batch(examples: Sequence[tuple[list[int], list[int]]], tokenizer: Any, device: str = "cpu") -> dict[str, Any]:
+    """Right-padded tensors on `device`: input ids, attention mask, labels (padding masked)."""
     import torch
 
     width = max(len(ids) for ids, _ in examples)
@@ -229,11 +237,11 @@ def _batch(examples: Sequence[tuple[list[int], list[int]]], tokenizer: Any) -> d
         ids[i, :len(row_ids)] = torch.tensor(row_ids)
         labels[i, :len(row_labels)] = torch.tensor(row_labels)
         mask[i, :len(row_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _mean_loss(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]], batch_size: int,
-               stop: StopSignal) -> float:
+               stop: StopSignal, device: str = "cpu") -> float:
     """Mean cross-entropy per answer token over `examples` (teacher-forced)."""
     import torch
 
@@ -242,7 +250,7 @@ def _mean_loss(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], l
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
             stop.check()
-            batch = _batch(examples[start:start + batch_size], tokenizer)
+            batch = _batch(examples[start:start + batch_size], tokenizer, device)
             answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch).loss) * answer_tokens
             count += answer_tokens

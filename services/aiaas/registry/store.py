@@ -1,7 +1,10 @@
 """The embedded model registry: versioned, sha256-verified artifacts and aliases in a directory.
 
 Layout: `<root>/<model>/v<N>/<artifact>` + `version.json`, `<root>/<model>/aliases.json`, and
-`<root>/<model>/alias_history.jsonl` (one line per alias move, oldest first).
+`<root>/<model>/alias_history.jsonl` (one line per alias move, oldest first). File contents are stored once, by
+their sha256, in `<root>/.blobs/sha256/<digest>`; a version's files are hard links to them, so versions that share
+a file (every text version's encoder, a rebuilt model) share its bytes on disk. Where the file system has no hard
+links (or the blob store is on another), a version gets its own copy.
 Versions are monotonic per model type; services load only artifacts whose sha256 matches.
 Aliases move by registering, `promote`, `rollback` or `set_alias`; every move is recorded, so
 `rollback` knows where an alias was before and an operator can see who moved what, when.
@@ -31,6 +34,10 @@ log = logging.getLogger("aiaas.registry")
 
 MoveReason = Literal["registered", "promoted", "rolled_back", "set"]
 """Why an alias moved: the first three match `ModelEvent.action`; `set` is a plain `set_alias`."""
+
+
+_BLOBS = ".blobs"
+"""The folder under the root where file contents are stored by sha256."""
 
 
 class ModelVersion(BaseModel):
@@ -102,7 +109,8 @@ class Registry:
 
     def models(self) -> list[str]:
         """Model types with at least one version."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != _BLOBS) \
+            if self.root.exists() else []
 
     def versions(self, model: str) -> list[ModelVersion]:
         """Every version of a model type, oldest first."""
@@ -217,17 +225,33 @@ class Registry:
                 break
             except FileExistsError:
                 number += 1
-        shutil.copyfile(artifact, folder / f"v{number}" / artifact.name)
-        files = {}
-        for companion in companions:
-            shutil.copyfile(companion, folder / f"v{number}" / companion.name)
-            files[companion.name] = sha256_of_file(folder / f"v{number}" / companion.name)
-        version = ModelVersion(model=model, version=number, artifact=artifact.name,
-                               sha256=sha256_of_file(folder / f"v{number}" / artifact.name), files=files, **meta)
+        digest = self._store(artifact, folder / f"v{number}" / artifact.name)
+        files = {companion.name: self._store(companion, folder / f"v{number}" / companion.name)
+                 for companion in companions}
+        version = ModelVersion(model=model, version=number, artifact=artifact.name, sha256=digest, files=files,
+                               **meta)
         _write_atomic(folder / f"v{number}" / "version.json", version.model_dump_json(indent=2))
         for alias in aliases:
             self.set_alias(model, alias, number, reason="registered")
         return version
+
+    def _store(self, source: Path, target: Path) -> str:
+        """Put `source`'s bytes at `target` as a hard link to their blob (stored now if new); their sha256."""
+        blobs = self.root / _BLOBS / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        partial = blobs / f".{os.getpid()}.{target.name}.partial"
+        shutil.copyfile(source, partial)  # hashed as stored: what the registry records is what it holds
+        digest = sha256_of_file(partial)
+        blob = blobs / digest
+        if blob.exists():
+            partial.unlink()
+        else:
+            os.replace(partial, blob)
+        try:
+            os.link(blob, target)
+        except OSError:  # no hard links here: a copy of its own
+            shutil.copyfile(blob, target)
+        return digest
 
     def resolve(self, model: str, ref: str) -> ModelVersion:
         """A version number (`3`, `v3`) or an alias (`production`) to its ModelVersion."""
