@@ -129,9 +129,10 @@ class ServiceLoad:
         self.client, self.pool = client, pool
         self.running: set[str] = set()
 
-    async def job(self, question: Question | None = None, timeout: float = 900) -> Timing:
+    async def job(self, question: Question | None = None, timeout: float = 900, due: float | None = None) -> Timing:
+        """One job; its times count from `due` (an open loop's schedule: a late start counts) or from now."""
         text, limit = question or next(self.pool)
-        submitted = time.perf_counter()
+        submitted = due if due is not None else time.perf_counter()
         handle = await self.client.submit("llm", {}, task="chat", messages=[{"role": "user", "content": text}],
                                           generation={"max_tokens": limit})
         self.running.add(handle.job_id)
@@ -196,10 +197,10 @@ async def open_loop(load: ServiceLoad, share: float, rate: float, seconds: float
     started = time.perf_counter()
     tasks = []
     for i in range(count):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(load.job()))
+        due = started + i / rate
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        tasks.append(asyncio.create_task(load.job(due=due)))
     timings = list(await asyncio.gather(*tasks))
     return Point(share, rate, timings, max(t.finished for t in timings) - started)
 
@@ -286,8 +287,9 @@ def report(args: argparse.Namespace, info: MachineInfo, rows: int, static: list[
               f"{service.tokens_per_s / best.tokens_per_s:.2f} (target ≥ 0.8);",
               f"- time to first token p50 at 50 % load / alone: "
               f"{half.p('ttft_ms', 0.5) / lone.p('ttft_ms', 0.5):.2f}x (target ≤ 2x).", "",
-              f"Service / the engine in this process: {service.tokens_per_s / engine.tokens_per_s:.2f} (what Kafka, "
-              "the service and tracing cost at saturation).",
+              f"Service / the engine in this process: {service.tokens_per_s / engine.tokens_per_s:.2f} (not the same "
+              "measure: the service's is a window of a closed loop that keeps its rows full, the engine's a batch of "
+              "jobs run to its end, emptying rows included; so this says little of what Kafka costs).",
               f"Arithmetic ceiling: {ceiling:,.0f} tokens/s (bench/llm_engine.py's method: matrix-product FLOPs per "
               f"token against this machine's fp32 matmul rate at a batch of {rows}).",
               f"Saturation: {args.in_flight} jobs kept in flight for {args.saturation_s:.0f} s, measured after the "

@@ -68,7 +68,9 @@ def naive_llm_app(kafka: KafkaSettings, registry: Registry) -> KafkaBroker:
     from aiaas.llm.weights import load_folder
 
     version = registry.resolve("llm", "production")
-    model, tokenizer = load_folder(registry.verified_folder(version))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where and how the service generates (`auto`)
+    model, tokenizer = load_folder(registry.verified_folder(version), device=device,
+                                   dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
     topics = ModelTopics.of("llm", kafka.topic_prefix)
     broker = KafkaBroker(kafka.bootstrap_servers)
@@ -77,7 +79,8 @@ def naive_llm_app(kafka: KafkaSettings, registry: Registry) -> KafkaBroker:
         ids = chat_prompt_ids(tokenizer, [m.model_dump() for m in job.messages or ()])
         limit = job.generation.max_tokens if job.generation and job.generation.max_tokens else 512
         with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            out = model.generate(torch.tensor([ids], device=device),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
                                  max_new_tokens=limit, do_sample=False)
         new = out[0, len(ids):].tolist()
         return {"text": tokenizer.decode(new, skip_special_tokens=True),

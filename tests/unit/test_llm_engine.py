@@ -184,10 +184,18 @@ def test_a_temperature_too_small_to_divide_by_answers_greedily(model_and_tokeniz
     assert tiny == greedy and "Paris" in tiny
 
 
+def wait_until(condition, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def test_a_closed_runtime_finishes_what_it_runs_then_lets_its_engine_thread_go(model_and_tokenizer):
     import threading
 
-    from aiaas.errors import ModelFailure
     from aiaas.llm.runtime import LlmItem, LlmRuntime
 
     model, tokenizer = model_and_tokenizer
@@ -202,8 +210,11 @@ def test_a_closed_runtime_finishes_what_it_runs_then_lets_its_engine_thread_go(m
     assert outputs[0]["finish_reason"] == "length" and outputs[0]["completion_tokens"] == 40
     runtime._thread.join(10)  # noqa: SLF001 - the engine thread has ended
     assert not runtime._thread.is_alive()  # noqa: SLF001
-    with pytest.raises(ModelFailure, match="unloaded"):
-        runtime.infer([LlmItem(GenerationRequest("b", prompt(tokenizer, "Hi"), max_new_tokens=4), "chat")])
+    # A job routed here before the close still gets its answer: the thread runs again for it, then ends again.
+    (late,) = runtime.infer([LlmItem(GenerationRequest("b", prompt(tokenizer, "Hi"), max_new_tokens=4), "chat")])
+    assert late["completion_tokens"] >= 1
+    runtime._thread.join(10)  # noqa: SLF001
+    assert not runtime._thread.is_alive()  # noqa: SLF001
 
 
 def test_jobs_for_the_base_and_two_adapters_share_one_batch_each_through_its_own_adapter(llm_registry, tmp_path):
@@ -235,11 +246,13 @@ def test_jobs_for_the_base_and_two_adapters_share_one_batch_each_through_its_own
         assert together == [base_alone, a1_alone, a2_alone, base_alone]
         assert len({base_alone, a1_alone, a2_alone}) == 3  # each adapter is applied, to its own rows only
 
-        runtime.release_adapter("a1")  # no job runs with it: it leaves the model
-        assert "a1" not in runtime.engine.model.peft_config and "a2" in runtime.engine.model.peft_config
-        with pytest.raises(ValueError, match="not loaded"):
-            answers("a1")
-        assert answers(None, "a2") == [base_alone, a2_alone]
+        runtime.release_adapter("a1")  # no job runs with it: it leaves the model (between two steps)
+        wait_until(lambda: "a1" not in runtime.engine.model.peft_config)
+        assert "a2" in runtime.engine.model.peft_config
+        assert answers(None, "a1") == [base_alone, a1_alone]  # a job routed to it before: loaded again for it
+        runtime.release_adapter("a2")
+        wait_until(lambda: not hasattr(runtime.engine.model, "peft_config"))  # the last out: the plain base again
+        assert answers(None) == [base_alone]
     finally:
         runtime.close()
 

@@ -54,6 +54,10 @@ def test_lora_hyper_parameters_are_checked_like_the_others():
     ({"messages": [[{"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]] * 12}, "assistant's"),
     ({"messages": [[{"role": "root", "content": "hi"}, {"role": "assistant", "content": "x"}]] * 12}, "role"),
     ({"messages": [[{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]] * 12}, "non-empty"),
+    ({"messages": [[{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]] * 12}, "role"),
+    ({"prompts": 5, "responses": ["b"] * 12}, "lists of strings"),
+    ({"messages": 5}, "list of conversations"),
+    ({"lora_rnk": 4, "prompts": ["a"] * 12, "responses": ["b"] * 12}, "hyper-parameters: .*lora_rank"),
 ])
 def test_bad_training_data_is_refused_with_what_is_wrong(data, message):
     with pytest.raises(InvalidJob, match=message):

@@ -45,7 +45,9 @@ def test_tampered_artifact_is_refused(tmp_path):
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"weights")
     registry.register("vision", artifact)
-    (tmp_path / "reg" / "vision" / "v1" / "model.onnx").write_bytes(b"evil")
+    stored = tmp_path / "reg" / "vision" / "v1" / "model.onnx"
+    stored.chmod(0o644)  # stored read-only: an attacker with the rights to change that
+    stored.write_bytes(b"evil")
     with pytest.raises(ArtifactCorrupted):
         registry.load_verified("vision", "production")
 
@@ -57,7 +59,9 @@ def test_companion_files_are_verified_too(tmp_path):
     table.write_bytes(b"table")
     version = registry.register("recsys", artifact, companions=(table,))
     assert registry.load_companions(version) == {"seen.npz": b"table"}
-    (tmp_path / "reg" / "recsys" / "v1" / "seen.npz").write_bytes(b"evil")
+    stored = tmp_path / "reg" / "recsys" / "v1" / "seen.npz"
+    stored.chmod(0o644)
+    stored.write_bytes(b"evil")
     with pytest.raises(ArtifactCorrupted, match="seen.npz"):
         registry.load_companions(version)
 

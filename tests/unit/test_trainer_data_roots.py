@@ -151,6 +151,13 @@ def test_jsonl_rows_past_the_limit_are_refused(roots):
     assert "more than 10 rows" in refusal(str(root / "rows.jsonl"), limits(root, max_rows=10))
 
 
+def test_jsonl_rows_with_other_keys_are_refused_rather_than_paired_with_other_rows(roots):
+    root, _ = roots
+    (root / "mixed.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n{"response": "d"}\n')
+    with pytest.raises(InvalidJob, match="line 2 has the keys prompt; .* every line needs the same keys"):
+        read_data_file(str(root / "mixed.jsonl"), None, limits(root))
+
+
 def test_npz_rows_and_unpacked_size_are_checked_before_unpacking(roots):
     root, _ = roots
     np.savez(root / "rows.npz", labels=np.arange(11))

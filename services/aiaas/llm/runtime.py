@@ -18,7 +18,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +72,16 @@ class _Running:
     final: GenerationEvent | None = None
 
 
+@dataclass
+class _Adapter:
+    """An adapter the engine's model holds or is to hold: who holds it, how many jobs run with it."""
+
+    holders: int = 0
+    jobs: int = 0
+    loaded: bool = False
+    error: Exception | None = None
+
+
 class LlmRuntime:
     """A registry version of the LLM, served by a `GenerationEngine` stepped on a thread of its own."""
 
@@ -97,17 +106,18 @@ class LlmRuntime:
         self._first_tokens: dict[int, float] = {}
         self._ids = itertools.count()
         self._wake = threading.Condition()
-        self._model_lock = threading.Lock()
-        """Held for each engine step and each change of the model's adapters (never one during the other)."""
-        self._counts_lock = threading.Lock()
-        """Guards the two counters below (taken after the model lock where both are held)."""
-        self._adapter_holders: Counter[str] = Counter()
-        self._adapter_jobs: Counter[str] = Counter()
+        """Guards the state the engine thread shares with the others; notified (all) on every change of it."""
+        self._adapters: dict[str, _Adapter] = {}
+        """Adapters held or used by jobs, by name. Only the engine thread changes the model (loads and unloads them,
+        between steps); the others ask it to here."""
+        self._adapter_folders: dict[str, Path] = {}
         self._holders = 1
         self._shared_as: tuple[str, str, str] | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._step_forever, name="llm-engine", daemon=True)
-        self._thread.start()
+        self._stepping = False
+        self._thread: threading.Thread | None = None
+        with self._wake:
+            self._ensure_stepping()
 
     @classmethod
     def from_registry(cls, registry: Any, ref: str, *, device: str = "auto",
@@ -143,51 +153,54 @@ class LlmRuntime:
         return cls(model, tokenizer, str(version.version), **limits)
 
     def add_adapter(self, name: str, folder: Path) -> None:
-        """Load the LoRA adapter in `folder` into the engine's model as `name` (between two steps); a name loaded
-        already is shared. Each call is matched by a `release_adapter(name)`."""
-        with self._model_lock, self._counts_lock:
-            if self._adapter_holders[name] == 0 and name not in (getattr(self.engine.model, "peft_config", None)
-                                                                 or {}):
-                from peft import PeftModel
-
-                model = self.engine.model
-                if getattr(model, "peft_config", None) is None:  # the first adapter: wrap the base model
-                    model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
-                    model.eval()
-                else:
-                    model.load_adapter(str(folder), adapter_name=name)
-                self.engine.model = model
-                log.info("llm v%s: adapter %s loaded", self.version, name)
-            self._adapter_holders[name] += 1
+        """Load the LoRA adapter in `folder` into the engine's model as `name` (the engine thread does it between two
+        steps; this waits for it); a name loaded already is shared. Each call is matched by a `release_adapter`."""
+        with self._wake:
+            self._adapter_folders[name] = folder
+            entry = self._adapters.setdefault(name, _Adapter())
+            entry.holders += 1
+            try:
+                self._wait_loaded(name, entry)
+            except BaseException:
+                entry.holders -= 1
+                self._wake.notify_all()
+                raise
 
     def release_adapter(self, name: str) -> None:
-        """Let go of an adapter; it leaves the model once nobody holds it and no job runs with it."""
-        with self._counts_lock:
-            self._adapter_holders[name] -= 1
-            unused = self._adapter_holders[name] <= 0 and self._adapter_jobs[name] <= 0
-        if unused:
-            self._delete_unused(name)
+        """Let go of an adapter (at once): it leaves the model once nobody holds it and no job runs with it."""
+        with self._wake:
+            if name in self._adapters:
+                self._adapters[name].holders -= 1
+                self._wake.notify_all()
+
+    def _wait_loaded(self, name: str, entry: _Adapter) -> None:
+        """(`_wake` held) Until the engine thread has loaded `name` (raises what loading it raised)."""
+        self._ensure_stepping()
+        self._wake.notify_all()
+        while not entry.loaded and entry.error is None:
+            self._wake.wait()
+        if entry.error is not None:
+            raise ModelFailure(f"adapter {name} of llm v{self.version} could not be loaded: {entry.error}")
 
     def _adapter_job(self, item: LlmItem, change: int) -> None:
-        """Count a job of an adapter in (+1) or out (-1); the last one out of a let-go adapter unloads it."""
+        """(`_wake` held) Count a job of an adapter in (+1: waits until the adapter is in the model, loading it again
+        if it had left) or out (-1)."""
         name = item.request.adapter
         if name is None:
             return
-        with self._counts_lock:
-            self._adapter_jobs[name] += change
-            unused = self._adapter_holders[name] <= 0 and self._adapter_jobs[name] <= 0
-        if unused and change < 0:
-            self._delete_unused(name)
-
-    def _delete_unused(self, name: str) -> None:
-        """Take `name` out of the model (between two steps) if still no holder and no job has it."""
-        with self._model_lock, self._counts_lock:
-            if self._adapter_holders[name] > 0 or self._adapter_jobs[name] > 0 \
-                    or name not in (getattr(self.engine.model, "peft_config", None) or {}):
-                return
-            self.engine.model.delete_adapter(name)
-            del self._adapter_holders[name], self._adapter_jobs[name]
-        log.info("llm v%s: adapter %s unloaded", self.version, name)
+        if change > 0:
+            if name not in self._adapter_folders:
+                raise ModelFailure(f"adapter {name} was never loaded into llm v{self.version}")
+            entry = self._adapters.setdefault(name, _Adapter())
+            entry.jobs += 1
+            try:
+                self._wait_loaded(name, entry)
+            except BaseException:
+                entry.jobs -= 1
+                raise
+        elif name in self._adapters:
+            self._adapters[name].jobs -= 1
+            self._wake.notify_all()
 
     def serves(self, ref: str) -> bool:
         return ref in (self.version, f"v{self.version}")
@@ -242,31 +255,33 @@ class LlmRuntime:
             run_id = f"{job_id}#{next(self._ids)}"
             running = _Running(progress, index)
             with self._wake:
-                if self._closed and not self.engine.busy:  # the engine thread has ended, or ends now
-                    raise ModelFailure(f"{MODEL} v{self.version} was unloaded")
-                self.engine.submit(replace(item.request, request_id=run_id))  # ValueError: its adapter was unloaded
-                self._adapter_job(item, +1)
+                self._adapter_job(item, +1)  # its adapter in the model first (a job may come after it was let go)
+                try:
+                    self.engine.submit(replace(item.request, request_id=run_id))
+                except BaseException:
+                    self._adapter_job(item, -1)
+                    raise
                 self._running[run_id] = running
                 self._runs[id(item)] = run_id
                 if self._cancelled_early.pop(id(item), None) is not None:  # cancelled before it got here
                     self.engine.cancel(run_id)
-                self._wake.notify()
+                self._ensure_stepping()  # also after `close`: a job routed to this runtime before is still served
+                self._wake.notify_all()
             runs.append((job_id, run_id, running))
-        outputs = []
-        for (_, run_id, running), item in zip(runs, items, strict=True):
-            running.done.wait()
+        try:
+            for _, _, running in runs:
+                running.done.wait()
+        finally:
             with self._wake:
-                self._running.pop(run_id, None)
-            self._adapter_job(item, -1)
-            if running.final is None:
-                raise ModelFailure("the generation engine stopped")
-            outputs.append(_outputs(running.final))
-        with self._wake:
-            for item, (_, _, running) in zip(items, runs, strict=True):
-                self._runs.pop(id(item), None)
-                if running.final is not None and running.final.first_token_at is not None:
-                    self._first_tokens[id(item)] = running.final.first_token_at
-        return outputs
+                for (_, run_id, running), item in zip(runs, items, strict=False):
+                    self._running.pop(run_id, None)
+                    self._runs.pop(id(item), None)
+                    self._adapter_job(item, -1)
+                    if running.final is not None and running.final.first_token_at is not None:
+                        self._first_tokens[id(item)] = running.final.first_token_at
+        if any(running.final is None for _, _, running in runs):
+            raise ModelFailure("the generation engine stopped")
+        return [_outputs(running.final) for _, _, running in runs if running.final is not None]
 
     def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
         """The OpenTelemetry GenAI attributes of a finished job, and the event of its first token."""
@@ -300,8 +315,8 @@ class LlmRuntime:
 
     def close(self) -> None:
         """Let go of the model (once every holder has: see `from_registry`): the engine thread ends once the
-        generations it runs have ended (it returns at once). A job handed over after that fails (ModelFailure): the
-        service routes none to a runtime it has let go."""
+        generations it runs have ended (it returns at once). A job handed over later (routed here before) starts it
+        again, to end again when idle."""
         with _SHARED_LOCK:
             self._holders -= 1
             if self._holders > 0:
@@ -310,20 +325,49 @@ class LlmRuntime:
                 del _SHARED[self._shared_as]
         with self._wake:
             self._closed = True
-            self._wake.notify()
+            self._wake.notify_all()
 
     # -- the engine's thread -------------------------------------------------------------------------
+
+    def _ensure_stepping(self) -> None:
+        """(`_wake` held) Start the engine thread unless it runs."""
+        if not self._stepping:
+            self._stepping = True
+            self._thread = threading.Thread(target=self._step_forever, name="llm-engine", daemon=True)
+            self._thread.start()
+
+    def _adapter_work(self) -> tuple[list[str], list[str]]:
+        """(`_wake` held) Adapters to load (wanted, not in the model) and to unload (no holder, no job: their entries
+        leave now; one wanted again meanwhile is loaded again after)."""
+        load = [n for n, a in self._adapters.items() if not a.loaded and a.error is None and (a.holders or a.jobs)]
+        unload = [n for n, a in self._adapters.items() if a.holders <= 0 and a.jobs <= 0]
+        return load, unload
 
     def _step_forever(self) -> None:
         while True:
             with self._wake:
-                while not self.engine.busy and not self._closed:
+                while not self.engine.busy and not self._closed and self._adapter_work() == ([], []):
                     self._wake.wait()
-                if self._closed and not self.engine.busy:
-                    break
+                load, unload = self._adapter_work()
+                if self._closed and not self.engine.busy and not load and not unload:
+                    self._stepping = False
+                    return
+                folders = {name: self._adapter_folders[name] for name in load}
+                for name in unload:
+                    del self._adapters[name]
+            for name in unload:
+                self._unload_adapter(name)
+            for name, folder in folders.items():
+                error = self._load_adapter(name, folder)
+                with self._wake:
+                    entry = self._adapters.get(name)
+                    if entry is not None:
+                        entry.loaded, entry.error = error is None, error
+                    self._wake.notify_all()
+            if not self.engine.busy:
+                continue
             try:
-                with self._model_lock:
-                    events = self.engine.step()
+                events = self.engine.step()
             except Exception:  # noqa: BLE001 - every job in the engine ends; the thread and the service go on
                 log.exception("a generation step failed; ending the jobs in the engine")
                 self._fail_all()
@@ -331,7 +375,36 @@ class LlmRuntime:
             now = time.monotonic()
             for event in events:
                 self._deliver(event, now)
-        self._fail_all()
+
+    def _load_adapter(self, name: str, folder: Path) -> Exception | None:
+        """(engine thread) Load an adapter into the model; what went wrong, if anything."""
+        try:
+            from peft import PeftModel
+
+            model = self.engine.model
+            if not isinstance(model, PeftModel):  # the first adapter: wrap the base model
+                model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+                model.eval()
+                self.engine.model = model
+            elif name not in model.peft_config:
+                model.load_adapter(str(folder), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - a broken adapter fails its own jobs, never the engine
+            log.exception("llm v%s: adapter %s could not be loaded", self.version, name)
+            return exc
+        log.info("llm v%s: adapter %s loaded", self.version, name)
+        return None
+
+    def _unload_adapter(self, name: str) -> None:
+        """(engine thread) Take an adapter out of the model; the last one out leaves the plain base model."""
+        model = self.engine.model
+        config = getattr(model, "peft_config", None)
+        if not config or name not in config:
+            return
+        if set(config) == {name}:
+            self.engine.model = model.unload()  # the LoRA layers out: base jobs run as before any adapter came
+        else:
+            model.delete_adapter(name)
+        log.info("llm v%s: adapter %s unloaded", self.version, name)
 
     def _deliver(self, event: GenerationEvent, now: float) -> None:
         running = self._running.get(event.request_id)

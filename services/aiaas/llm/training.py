@@ -88,10 +88,10 @@ class LlmTrainer:
         if params.lora_rank > 256:
             raise InvalidJob("`lora_rank` must be at most 256")
         started = time.perf_counter()
+        train_rows, held_out = _examples(request.data)  # the data's shape checked before the model loads
         base = base_of(registry, registry.resolve(MODEL, request.base_version or "production"))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 on either: the adapter's updates are small
         model, tokenizer = load_folder(registry.verified_folder(base), device=device)
-        train_rows, held_out = _examples(request.data)
         encoded = [_encode(tokenizer, conversation, answer, i) for i, (conversation, answer) in enumerate(train_rows)]
         encoded_held_out = [_encode(tokenizer, c, a, i) for i, (c, a) in enumerate(held_out)]
         longest = max(len(ids) for ids, _ in encoded + encoded_held_out)
@@ -141,7 +141,8 @@ class LlmTrainer:
                                       eta_s=training_s / step * (total_steps - step) if step else None))
         tuned.eval()
         stop.check()
-        tuned.merge_adapter()  # evaluated as it is served: the adapter's weights added to the base's
+        tuned.merge_adapter()  # evaluated with the adapter's weights added to the base's (the service applies them
+        # per row instead: the same sums, so the same answers up to rounding)
         try:
             served = tuned.get_base_model()
             exact = exact_match(greedy_answers(served, tokenizer, [c for c, _ in held_out], _ANSWER_TOKENS), expected)
@@ -182,14 +183,17 @@ def _rows(data: dict[str, Any]) -> list[tuple[Conversation, str]]:
     if names in ({"prompts", "responses"}, {"prompt", "response"}):
         prompts, responses = (data["prompts"], data["responses"]) if "prompts" in names else \
             (data["prompt"], data["response"])
-        if isinstance(prompts, str) or isinstance(responses, str) or len(prompts) != len(responses):
+        if not isinstance(prompts, list) or not isinstance(responses, list) or len(prompts) != len(responses):
             raise InvalidJob("llm training data: `prompts` and `responses` must be lists of strings of equal length")
         return [([{"role": "user", "content": _text(p, "prompt", i)}], _text(r, "response", i))
                 for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
     if names == {"messages"}:
+        if not isinstance(data["messages"], list):
+            raise InvalidJob("llm training data: `messages` must be a list of conversations (a .jsonl data_uri)")
         return [_conversation(messages, i) for i, messages in enumerate(data["messages"])]
     raise InvalidJob("llm training data needs `prompts` and `responses` (inline), or rows of `prompt` and "
-                     f"`response` or of `messages` (a .jsonl data_uri); got {', '.join(sorted(names))}")
+                     f"`response` or of `messages` (a .jsonl data_uri); got {', '.join(sorted(names))} (hyper-"
+                     f"parameters: epochs, learning_rate, batch_size, seed, {', '.join(LlmTrainer.hyper_parameters)})")
 
 
 def _text(value: object, what: str, row: int) -> str:
@@ -203,7 +207,8 @@ def _conversation(messages: object, row: int) -> tuple[Conversation, str]:
         raise InvalidJob(f"llm training data, example {row}: `messages` must be a list of at least two messages")
     conversation = []
     for message in messages:
-        if not isinstance(message, dict) or set(message) != {"role", "content"} or message["role"] not in _ROLES:
+        if not isinstance(message, dict) or set(message) != {"role", "content"} \
+                or not isinstance(message["role"], str) or message["role"] not in _ROLES:
             raise InvalidJob(f"llm training data, example {row}: each message is {{role, content}} with a role of "
                              f"{', '.join(sorted(_ROLES))}")
         conversation.append({"role": message["role"], "content": _text(message["content"], "content", row)})

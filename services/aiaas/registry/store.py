@@ -4,7 +4,8 @@ Layout: `<root>/<model>/v<N>/<artifact>` + `version.json`, `<root>/<model>/alias
 `<root>/<model>/alias_history.jsonl` (one line per alias move, oldest first). File contents are stored once, by
 their sha256, in `<root>/.blobs/sha256/<digest>`; a version's files are hard links to them, so versions that share
 a file (every text version's encoder, a rebuilt model) share its bytes on disk. Where the file system has no hard
-links (or the blob store is on another), a version gets its own copy.
+links (or the blob store is on another), a version gets its own copy. Blobs are read-only and never removed
+(versions are never deleted).
 Versions are monotonic per model type; services load only artifacts whose sha256 matches.
 Aliases move by registering, `promote`, `rollback` or `set_alias`; every move is recorded, so
 `rollback` knows where an alias was before and an operator can see who moved what, when.
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -236,20 +238,32 @@ class Registry:
         return version
 
     def _store(self, source: Path, target: Path) -> str:
-        """Put `source`'s bytes at `target` as a hard link to their blob (stored now if new); their sha256."""
+        """Put `source`'s bytes at `target` (a new file) as a hard link to their blob, stored now if new, read-only;
+        their sha256."""
+        if target.exists():
+            raise ValueError(f"two files of one version are named {target.name}")
         blobs = self.root / _BLOBS / "sha256"
         blobs.mkdir(parents=True, exist_ok=True)
-        partial = blobs / f".{os.getpid()}.{target.name}.partial"
-        shutil.copyfile(source, partial)  # hashed as stored: what the registry records is what it holds
-        digest = sha256_of_file(partial)
-        blob = blobs / digest
-        if blob.exists():
-            partial.unlink()
-        else:
-            os.replace(partial, blob)
+        handle, name = tempfile.mkstemp(dir=blobs, prefix=".partial-")  # unique: many writers share the registry
+        os.close(handle)
+        partial = Path(name)
+        try:
+            shutil.copyfile(source, partial)
+            digest = sha256_of_file(partial)  # hashed as stored: what the registry records is what it holds
+            blob = blobs / digest
+            if blob.exists():
+                partial.unlink()
+            else:
+                partial.chmod(0o444)  # a blob is never written again: in-place writes would reach every version
+                os.replace(partial, blob)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         try:
             os.link(blob, target)
-        except OSError:  # no hard links here: a copy of its own
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (another file system, a volume that refuses them): a copy of its own
             shutil.copyfile(blob, target)
         return digest
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ class RuntimeSet:
         self._loaded: OrderedDict[str, ModelRuntime] = OrderedDict({current.version: current})
         self._next: ModelRuntime | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._lock = threading.Lock()
+        """Guards `_loaded` and `_next` (model threads load pinned versions while the event loop swaps)."""
+        self._pinning = threading.Lock()
+        """One pinned load at a time: two jobs pinning a new version load it once."""
 
     @property
     def model(self) -> str:
@@ -51,9 +56,10 @@ class RuntimeSet:
 
     def swap_if_ready(self) -> ModelRuntime | None:
         """Between batches: start serving the version loaded in the background, if one is ready."""
-        if self._next is None or self._next.version != self._version_of(self.serve_ref):
-            return None
-        previous, self.current, self._next = self.current, self._next, None
+        with self._lock:
+            if self._next is None or self._next.version != self._version_of(self.serve_ref):
+                return None
+            previous, self.current, self._next = self.current, self._next, None
         self._remember(self.current)
         resettle()  # the versions just let go of are collectable; the new one is long-lived
         log.info("%s: now serving v%s (was v%s)", self.model, self.current.version, previous.version)
@@ -64,13 +70,17 @@ class RuntimeSet:
         self._aliases = dict(aliases)
         target = self._version_of(self.serve_ref)
         if target == self.current.version:
-            self._next = None  # e.g. a rollback arrived before a pending swap happened: stay
+            self._set_next(None)  # e.g. a rollback arrived before a pending swap happened: stay
             return
         if target is None or (self._next is not None and target == self._next.version):
             return
         runtime = self._loaded.get(target) or await self._load_in_background(target)
-        if runtime is not None and self._version_of(self.serve_ref) == runtime.version:  # still the newest
-            self._next = runtime
+        if runtime is None:
+            return
+        if self._version_of(self.serve_ref) == runtime.version:  # still the newest
+            self._set_next(runtime)
+        else:  # the alias moved on during the load
+            self._let_go_unless_kept(runtime)
 
     def route(self, ref: str | None) -> ModelRuntime | str:
         """The loaded runtime for a job's ref; or the version to load first (a string)."""
@@ -84,12 +94,13 @@ class RuntimeSet:
 
     def load_pinned(self, version: str) -> ModelRuntime:
         """Load a version a job pinned (blocking: call it off the event loop); kept for later jobs."""
-        runtime = self._loaded.get(version)
-        if runtime is None:
-            if self._load is None:
-                raise UnknownModelVersion(f"this instance serves only {self.model} v{self.current.version}")
-            runtime = self._load(version)
-            self._remember(runtime)
+        with self._pinning:
+            runtime = self._loaded.get(version)
+            if runtime is None:
+                if self._load is None:
+                    raise UnknownModelVersion(f"this instance serves only {self.model} v{self.current.version}")
+                runtime = self._load(version)
+                self._remember(runtime)
         return runtime
 
     def loaded(self) -> list[ModelRuntime]:
@@ -127,13 +138,33 @@ class RuntimeSet:
         return runtime
 
     def _remember(self, runtime: ModelRuntime) -> None:
-        self._loaded[runtime.version] = runtime
-        self._loaded.move_to_end(runtime.version)
-        while len(self._loaded) > self._keep:
-            oldest = next(iter(self._loaded))
-            if oldest == self.current.version:
-                self._loaded.move_to_end(oldest)
-                continue
-            retired = self._loaded.pop(oldest)
-            if retired is not self._next:
-                close_runtime(retired)
+        retired = []
+        with self._lock:
+            replaced = self._loaded.get(runtime.version)
+            if replaced is not None and replaced is not runtime:
+                retired.append(replaced)
+            self._loaded[runtime.version] = runtime
+            self._loaded.move_to_end(runtime.version)
+            while len(self._loaded) > self._keep:
+                oldest = next(iter(self._loaded))
+                if oldest == self.current.version:
+                    self._loaded.move_to_end(oldest)
+                    continue
+                retired.append(self._loaded.pop(oldest))
+        for old in retired:
+            self._let_go_unless_kept(old)
+
+    def _set_next(self, runtime: ModelRuntime | None) -> None:
+        """The version to swap to at the next chance (None: none); one it replaces is let go of."""
+        with self._lock:
+            previous, self._next = self._next, runtime
+        if previous is not None and previous is not runtime:
+            self._let_go_unless_kept(previous)
+
+    def _let_go_unless_kept(self, runtime: ModelRuntime) -> None:
+        """Close a runtime this set no longer has in any role (serving, kept loaded, next)."""
+        with self._lock:
+            kept = runtime is self.current or runtime is self._next or \
+                any(r is runtime for r in self._loaded.values())
+        if not kept:
+            close_runtime(runtime)

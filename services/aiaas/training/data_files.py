@@ -191,6 +191,9 @@ def _jsonl(data: bytes, limits: DataLimits) -> dict[str, Any]:
         row = json.loads(line)
         if not isinstance(row, dict):
             raise InvalidJob(f"JSONL line {number} is not an object")
+        if columns and set(row) != set(columns):  # columns of rows with other keys would pair values of other rows
+            raise InvalidJob(f"JSONL line {number} has the keys {', '.join(sorted(row)) or 'none'}; the lines before "
+                             f"it have {', '.join(sorted(columns))}: every line needs the same keys")
         for name, value in row.items():
             columns.setdefault(name, []).append(value)
     return columns
