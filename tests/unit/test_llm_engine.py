@@ -263,11 +263,11 @@ def test_on_a_gpu_the_engine_generates_in_bf16_and_a_batch_answers_as_each_job_a
         pytest.skip("no CUDA GPU here: the LLM generates in fp32 on the CPU (the other tests)")
     from aiaas.llm.runtime import LlmRuntime
 
-    runtime = LlmRuntime.from_registry(llm_registry, "production", device="auto")
-    runtime.close()  # its engine thread stops; the test steps an engine of its own on the same model
-    model, tokenizer = runtime.engine.model, runtime.tokenizer
+    held = LlmRuntime.from_registry(llm_registry, "production", device="auto")
+    held.close()  # its engine thread stops; the test steps an engine of its own on the same model
+    model, tokenizer = held.runtime.engine.model, held.tokenizer
     assert model.device.type == "cuda" and model.dtype == torch.bfloat16
-    assert runtime.providers == ["torch cuda"]
+    assert held.providers == ["torch cuda"]
     engine = GenerationEngine(model, tokenizer, max_batch=8)
     alone = {}
     for i, question in enumerate(QUESTIONS):

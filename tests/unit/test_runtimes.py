@@ -129,3 +129,19 @@ def test_a_version_let_go_of_is_closed_and_the_serving_one_never():
     runtimes.load_pinned("3")  # three loaded, two kept: the oldest pinned one (2) goes; the serving one stays
     assert loaded["2"].closed and not loaded["3"].closed and not current.closed
     assert sorted(r.version for r in runtimes.loaded()) == ["1", "3"]
+
+
+async def test_a_version_loaded_for_an_alias_that_moved_on_before_the_swap_is_closed():
+    loaded = {}
+
+    def load(version):
+        loaded[version] = Closable(version)
+        return loaded[version]
+
+    runtimes = RuntimeSet(Closable("1"), load=load, aliases={"production": 1})
+    await runtimes.follow({"production": 2})  # v2 loaded, waiting for the next swap
+    await runtimes.follow({"production": 3})  # production moved on before it: v2 has no role left
+    assert loaded["2"].closed and not loaded["3"].closed
+    assert runtimes.swap_if_ready().version == "3"
+    await runtimes.follow({"production": 1})  # back to v1 (still loaded): nothing closed, v3 kept loaded
+    assert not loaded["3"].closed and runtimes.swap_if_ready().version == "1"

@@ -7,9 +7,10 @@ coalesced (`chunk_interval_ms`, `chunk_tokens`) so a busy service does not send 
 of all progress calls adds up to the final answer. No Kafka here (the worker sends the chunks).
 
 A LoRA adapter version is served by its base's runtime: `from_registry` of an adapter version loads the adapter into
-the engine's model (peft, by version name) and returns an `AdapterRuntime` that marks its jobs with it, so jobs for
+the engine's model (peft, by version name) and returns an `LlmVersion` that marks its jobs with it, so jobs for
 the base and for any number of adapters share one engine, one batch and one copy of the base weights. One runtime
-per base version and device is shared this way within a process; it closes when its last holder lets it go.
+per base version and device is shared this way within a process (each `from_registry` call a hold of its own on
+it); it closes when its last holder lets it go.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aiaas.llm.adapters import base_of
 from aiaas.llm.engine import GenerationEngine, GenerationEvent, GenerationRequest
 from aiaas.llm.prompts import chat_prompt_ids, completion_prompt_ids
 
-__all__ = ["AdapterRuntime", "LlmRuntime", "Progress", "TASKS"]
+__all__ = ["LlmRuntime", "LlmVersion", "Progress", "TASKS"]
 
 log = logging.getLogger("aiaas.llm")
 
@@ -120,10 +121,9 @@ class LlmRuntime:
             self._ensure_stepping()
 
     @classmethod
-    def from_registry(cls, registry: Any, ref: str, *, device: str = "auto",
-                      **limits: Any) -> LlmRuntime | AdapterRuntime:
-        """Load a version (every file's sha256 checked) onto `device`: a full model as a runtime of its own (or the
-        one this process already runs for it), an adapter version into its base's runtime."""
+    def from_registry(cls, registry: Any, ref: str, *, device: str = "auto", **limits: Any) -> LlmVersion:
+        """Load a version (every file's sha256 checked) onto `device`, as a hold of its own: a full model into the
+        runtime this process runs for it (loaded now if none), an adapter version into its base's runtime."""
         import torch
 
         version = registry.resolve(MODEL, ref)
@@ -132,14 +132,14 @@ class LlmRuntime:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         runtime = _shared_runtime(registry, base, device, lambda: cls._load(registry, base, device, limits))
         if base is version:
-            return runtime
+            return LlmVersion(runtime, str(version.version))
         name = f"v{version.version}"
         try:
             runtime.add_adapter(name, registry.verified_folder(version))
         except BaseException:
             runtime.close()
             raise
-        return AdapterRuntime(runtime, str(version.version), name)
+        return LlmVersion(runtime, str(version.version), name)
 
     @classmethod
     def _load(cls, registry: Any, version: Any, device: str, limits: dict[str, Any]) -> LlmRuntime:
@@ -158,6 +158,8 @@ class LlmRuntime:
         with self._wake:
             self._adapter_folders[name] = folder
             entry = self._adapters.setdefault(name, _Adapter())
+            if entry.error is not None and entry.holders <= 0 and entry.jobs <= 0:
+                entry.error = None  # a load that failed for others before: try again
             entry.holders += 1
             try:
                 self._wait_loaded(name, entry)
@@ -192,11 +194,14 @@ class LlmRuntime:
             if name not in self._adapter_folders:
                 raise ModelFailure(f"adapter {name} was never loaded into llm v{self.version}")
             entry = self._adapters.setdefault(name, _Adapter())
+            if entry.error is not None and entry.holders <= 0 and entry.jobs <= 0:
+                entry.error = None  # a load that failed for others before: try again
             entry.jobs += 1
             try:
                 self._wait_loaded(name, entry)
             except BaseException:
                 entry.jobs -= 1
+                self._wake.notify_all()
                 raise
         elif name in self._adapters:
             self._adapters[name].jobs -= 1
@@ -249,39 +254,41 @@ class LlmRuntime:
 
     def infer(self, items: Sequence[LlmItem], progress: Progress | None = None) -> list[dict[str, Any]]:
         """Generate for every item (blocks until all ended); one output per item, in order."""
-        runs = []
-        for index, item in enumerate(items):
-            job_id = item.request.request_id
-            run_id = f"{job_id}#{next(self._ids)}"
-            running = _Running(progress, index)
-            with self._wake:
-                self._adapter_job(item, +1)  # its adapter in the model first (a job may come after it was let go)
-                try:
-                    self.engine.submit(replace(item.request, request_id=run_id))
-                except BaseException:
-                    self._adapter_job(item, -1)
-                    raise
-                self._running[run_id] = running
-                self._runs[id(item)] = run_id
-                if self._cancelled_early.pop(id(item), None) is not None:  # cancelled before it got here
-                    self.engine.cancel(run_id)
-                self._ensure_stepping()  # also after `close`: a job routed to this runtime before is still served
-                self._wake.notify_all()
-            runs.append((job_id, run_id, running))
+        runs: list[tuple[LlmItem, str, _Running]] = []
         try:
+            for index, item in enumerate(items):
+                run_id = f"{item.request.request_id}#{next(self._ids)}"
+                running = _Running(progress, index)
+                with self._wake:
+                    self._adapter_job(item, +1)  # its adapter in the model first (a job may come after it was let go)
+                    self._running[run_id] = running  # before the engine has it: it may end it in the step under way
+                    self._runs[id(item)] = run_id
+                    runs.append((item, run_id, running))
+                    self.engine.submit(replace(item.request, request_id=run_id))
+                    if self._cancelled_early.pop(id(item), None) is not None:  # cancelled before it got here
+                        self.engine.cancel(run_id)
+                    self._ensure_stepping()  # also after `close`: a job routed to this runtime before is still served
+                    self._wake.notify_all()
             for _, _, running in runs:
                 running.done.wait()
+        except BaseException:
+            with self._wake:  # none of them goes on generating for nobody
+                for _, run_id, _ in runs:
+                    self.engine.cancel(run_id)
+                self._wake.notify_all()
+            raise
         finally:
             with self._wake:
-                for (_, run_id, running), item in zip(runs, items, strict=False):
+                for item, run_id, running in runs:
                     self._running.pop(run_id, None)
                     self._runs.pop(id(item), None)
                     self._adapter_job(item, -1)
                     if running.final is not None and running.final.first_token_at is not None:
                         self._first_tokens[id(item)] = running.final.first_token_at
-        if any(running.final is None for _, _, running in runs):
+        finals = [running.final for _, _, running in runs]
+        if any(final is None for final in finals):
             raise ModelFailure("the generation engine stopped")
-        return [_outputs(running.final) for _, _, running in runs if running.final is not None]
+        return [_outputs(final) for final in finals if final is not None]
 
     def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
         """The OpenTelemetry GenAI attributes of a finished job, and the event of its first token."""
@@ -344,6 +351,20 @@ class LlmRuntime:
         return load, unload
 
     def _step_forever(self) -> None:
+        try:
+            self._run_engine()
+        except BaseException:  # the thread ends for a reason no step handled: nobody may wait on it for ever
+            log.exception("the llm engine thread stopped")
+            with self._wake:
+                self._stepping = False
+                for entry in self._adapters.values():
+                    if not entry.loaded and entry.error is None:
+                        entry.error = ModelFailure("the engine thread stopped")
+                self._wake.notify_all()
+            self._release_all()
+            raise
+
+    def _run_engine(self) -> None:
         while True:
             with self._wake:
                 while not self.engine.busy and not self._closed and self._adapter_work() == ([], []):
@@ -356,7 +377,10 @@ class LlmRuntime:
                 for name in unload:
                     del self._adapters[name]
             for name in unload:
-                self._unload_adapter(name)
+                try:
+                    self._unload_adapter(name)
+                except Exception:  # noqa: BLE001 - it stays in the model, unused; the engine goes on
+                    log.exception("llm v%s: adapter %s could not be unloaded", self.version, name)
             for name, folder in folders.items():
                 error = self._load_adapter(name, folder)
                 with self._wake:
@@ -427,46 +451,59 @@ class LlmRuntime:
     def _fail_all(self) -> None:
         """Release every waiting `infer` (their jobs fail): the engine cannot go on with them."""
         with self._wake:
-            waiting = list(self._running.values())
             self.engine = self.engine.fresh()
+        self._release_all()
+
+    def _release_all(self) -> None:
+        """Wake every waiting `infer` (a job with no final result fails)."""
+        with self._wake:
+            waiting = list(self._running.values())
         for running in waiting:
             running.done.set()
 
 
-class AdapterRuntime:
-    """A LoRA adapter version, served by its base's runtime: its jobs run in the same engine and batch as the
-    base's and other adapters' jobs, each row through its own adapter."""
+class LlmVersion:
+    """One registry version as the service holds it: a hold on the shared runtime of its base, with its LoRA adapter
+    if it is an adapter version (its jobs then run in the same engine and batch as the base's and other adapters',
+    each row through its own adapter). Every `from_registry` call gives a hold of its own; `close` lets go of it."""
 
     model = MODEL
     streams = True
 
-    def __init__(self, base: LlmRuntime, version: str, adapter: str) -> None:
-        self.base, self.version, self.adapter = base, version, adapter
-        self.tokenizer = base.tokenizer
-        self.providers = base.providers
+    def __init__(self, runtime: LlmRuntime, version: str, adapter: str | None = None) -> None:
+        self.runtime, self.version, self.adapter = runtime, version, adapter
+        self.tokenizer = runtime.tokenizer
+        self.providers = runtime.providers
+        self._closed = False
 
     def serves(self, ref: str) -> bool:
         return ref in (self.version, f"v{self.version}")
 
     def prepare(self, job: Job) -> LlmItem:
-        item = self.base.prepare(job)
-        return LlmItem(replace(item.request, adapter=self.adapter), item.operation)
+        item = self.runtime.prepare(job)
+        return item if self.adapter is None else LlmItem(replace(item.request, adapter=self.adapter), item.operation)
 
     def infer(self, items: Sequence[LlmItem], progress: Progress | None = None) -> list[dict[str, Any]]:
-        return self.base.infer(items, progress)
+        return self.runtime.infer(items, progress)
 
     def cancel(self, item: LlmItem) -> None:
-        self.base.cancel(item)
+        self.runtime.cancel(item)
 
     def span_details(self, item: LlmItem, output: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, float]]]:
-        attributes, events = self.base.span_details(item, output)
-        attributes[tracing.GEN_AI_REQUEST_MODEL] = f"{MODEL_NAME} v{self.base.version} + adapter v{self.version}"
+        attributes, events = self.runtime.span_details(item, output)
+        if self.adapter is not None:
+            attributes[tracing.GEN_AI_REQUEST_MODEL] = f"{MODEL_NAME} v{self.runtime.version} + adapter v{self.version}"
         return attributes, events
 
     def close(self) -> None:
-        """The adapter leaves the model once its jobs have ended; the base runtime is let go of by this holder."""
-        self.base.release_adapter(self.adapter)
-        self.base.close()
+        """Let go of this hold (once): the adapter leaves the model once its jobs have ended, the runtime once
+        nobody holds it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.adapter is not None:
+            self.runtime.release_adapter(self.adapter)
+        self.runtime.close()
 
 
 _SHARED: dict[tuple[str, str, str], LlmRuntime] = {}

@@ -74,7 +74,16 @@ class RuntimeSet:
             return
         if target is None or (self._next is not None and target == self._next.version):
             return
-        runtime = self._loaded.get(target) or await self._load_in_background(target)
+        with self._lock:  # looked up and made next at once: a pinned load on a model thread cannot evict it between
+            kept = self._loaded.get(target)
+            previous = self._next
+            if kept is not None:
+                self._next = kept
+        if kept is not None:
+            if previous is not None and previous is not kept:
+                self._let_go_unless_kept(previous)
+            return
+        runtime = await self._load_in_background(target)
         if runtime is None:
             return
         if self._version_of(self.serve_ref) == runtime.version:  # still the newest
@@ -163,8 +172,7 @@ class RuntimeSet:
 
     def _let_go_unless_kept(self, runtime: ModelRuntime) -> None:
         """Close a runtime this set no longer has in any role (serving, kept loaded, next)."""
-        with self._lock:
-            kept = runtime is self.current or runtime is self._next or \
-                any(r is runtime for r in self._loaded.values())
-        if not kept:
-            close_runtime(runtime)
+        with self._lock:  # closed under the lock: no role can be given to it meanwhile
+            if runtime is not self.current and runtime is not self._next and \
+                    not any(r is runtime for r in self._loaded.values()):
+                close_runtime(runtime)
