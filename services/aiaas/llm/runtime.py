@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiaas import tracing
 from aiaas.contract.envelopes import Job
@@ -157,16 +157,7 @@ class LlmRuntime:
         steps; this waits for it); a name loaded already is shared. Each call is matched by a `release_adapter`."""
         with self._wake:
             self._adapter_folders[name] = folder
-            entry = self._adapters.setdefault(name, _Adapter())
-            if entry.error is not None and entry.holders <= 0 and entry.jobs <= 0:
-                entry.error = None  # a load that failed for others before: try again
-            entry.holders += 1
-            try:
-                self._wait_loaded(name, entry)
-            except BaseException:
-                entry.holders -= 1
-                self._wake.notify_all()
-                raise
+            self._want(name, "holders")
 
     def release_adapter(self, name: str) -> None:
         """Let go of an adapter (at once): it leaves the model once nobody holds it and no job runs with it."""
@@ -175,13 +166,20 @@ class LlmRuntime:
                 self._adapters[name].holders -= 1
                 self._wake.notify_all()
 
-    def _wait_loaded(self, name: str, entry: _Adapter) -> None:
-        """(`_wake` held) Until the engine thread has loaded `name` (raises what loading it raised)."""
+    def _want(self, name: str, counter: Literal["holders", "jobs"]) -> None:
+        """(`_wake` held) One more holder or job of adapter `name`; returns once the engine thread has it in the model
+        (loading it again if a load failed for others before); undone if it cannot be loaded."""
+        entry = self._adapters.setdefault(name, _Adapter())
+        if entry.error is not None and entry.holders <= 0 and entry.jobs <= 0:
+            entry.error = None
+        setattr(entry, counter, getattr(entry, counter) + 1)
         self._ensure_stepping()
         self._wake.notify_all()
         while not entry.loaded and entry.error is None:
             self._wake.wait()
         if entry.error is not None:
+            setattr(entry, counter, getattr(entry, counter) - 1)
+            self._wake.notify_all()
             raise ModelFailure(f"adapter {name} of llm v{self.version} could not be loaded: {entry.error}")
 
     def _adapter_job(self, item: LlmItem, change: int) -> None:
@@ -193,16 +191,7 @@ class LlmRuntime:
         if change > 0:
             if name not in self._adapter_folders:
                 raise ModelFailure(f"adapter {name} was never loaded into llm v{self.version}")
-            entry = self._adapters.setdefault(name, _Adapter())
-            if entry.error is not None and entry.holders <= 0 and entry.jobs <= 0:
-                entry.error = None  # a load that failed for others before: try again
-            entry.jobs += 1
-            try:
-                self._wait_loaded(name, entry)
-            except BaseException:
-                entry.jobs -= 1
-                self._wake.notify_all()
-                raise
+            self._want(name, "jobs")
         elif name in self._adapters:
             self._adapters[name].jobs -= 1
             self._wake.notify_all()
