@@ -221,14 +221,13 @@ async def naive(kafka: KafkaSettings, work: Sequence[Question]) -> Throughput:
 
 def in_process(registry: Registry, args: argparse.Namespace, rows: int) -> tuple[list[Throughput], float]:
     """The static batches and the engine without Kafka; and the arithmetic ceiling in tokens/s."""
-    import torch
 
     from aiaas.llm.engine import GenerationEngine
-    from aiaas.llm.weights import load_folder
+    from aiaas.llm.weights import load_folder, placement
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # as the service's `auto`, and its precision there
+    device, dtype = placement()  # as the service's `auto`, and its precision there
     model, tokenizer = load_folder(registry.verified_folder(registry.resolve("llm", "production")), device=device,
-                                   dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+                                   dtype=dtype)
     eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
     work = jobs(tokenizer, args.ceiling_jobs, args.seed)
     measured = []

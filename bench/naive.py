@@ -65,12 +65,11 @@ def naive_llm_app(kafka: KafkaSettings, registry: Registry) -> KafkaBroker:
     import torch
 
     from aiaas.llm.prompts import chat_prompt_ids
-    from aiaas.llm.weights import load_folder
+    from aiaas.llm.weights import load_folder, placement
 
     version = registry.resolve("llm", "production")
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where and how the service generates (`auto`)
-    model, tokenizer = load_folder(registry.verified_folder(version), device=device,
-                                   dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    device, dtype = placement()  # where and how the service generates (`auto`)
+    model, tokenizer = load_folder(registry.verified_folder(version), device=device, dtype=dtype)
     eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
     topics = ModelTopics.of("llm", kafka.topic_prefix)
     broker = KafkaBroker(kafka.bootstrap_servers)

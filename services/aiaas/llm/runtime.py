@@ -124,12 +124,11 @@ class LlmRuntime:
     def from_registry(cls, registry: Any, ref: str, *, device: str = "auto", **limits: Any) -> LlmVersion:
         """Load a version (every file's sha256 checked) onto `device`, as a hold of its own: a full model into the
         runtime this process runs for it (loaded now if none), an adapter version into its base's runtime."""
-        import torch
+        from aiaas.llm.weights import placement
 
         version = registry.resolve(MODEL, ref)
         base = base_of(registry, version)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device, _ = placement(device)
         runtime = _shared_runtime(registry, base, device, lambda: cls._load(registry, base, device, limits))
         if base is version:
             return LlmVersion(runtime, str(version.version))
@@ -143,12 +142,10 @@ class LlmRuntime:
 
     @classmethod
     def _load(cls, registry: Any, version: Any, device: str, limits: dict[str, Any]) -> LlmRuntime:
-        import torch
-
-        from aiaas.llm.weights import load_folder
+        from aiaas.llm.weights import load_folder, placement
 
         folder: Path = registry.verified_folder(version)
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        device, dtype = placement(device)
         model, tokenizer = load_folder(folder, device=device, dtype=dtype)
         return cls(model, tokenizer, str(version.version), **limits)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiaas.registry.store import sha256_of_file
 
-__all__ = ["GGUF_NAME", "package_gguf", "gguf_sha256", "convert", "load_folder", "quiet_transformers"]
+__all__ = ["GGUF_NAME", "package_gguf", "gguf_sha256", "convert", "load_folder", "quiet_transformers", "placement"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -69,6 +69,15 @@ def convert(out: Path, gguf: Path | None = None) -> list[Path]:
     tokenizer.save_pretrained(str(out))
     files = sorted(p for p in out.iterdir() if p.is_file())
     return sorted(files, key=lambda p: p.name != "model.safetensors")
+
+
+def placement(device: str = "auto") -> tuple[str, Any]:
+    """(device, dtype) the LLM serves on: `auto` is CUDA when present; bf16 on CUDA, fp32 on the CPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
 def load_folder(folder: Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
