@@ -113,3 +113,12 @@ def recsys_registry(session_registry: Registry) -> Registry:
 
     build(session_registry)
     return session_registry
+
+
+@pytest.fixture(scope="session")
+def vae_registry(session_registry: Registry) -> Registry:
+    """The session registry with one real vae version (trained on the digits and scored: tens of seconds)."""
+    from aiaas.vae.trainer import build
+
+    build(session_registry)
+    return session_registry

@@ -92,6 +92,10 @@ BUILT_IN = (
               summary="matrix factorisation: top-k recommendations per user"),
     ModelType("llm", metric="pass_rate", trainer_class="LlmTrainer", settings_class="LlmSettings", generative=True,
               summary="SmolLM2-135M-Instruct: chat and completion, tokens streamed back"),
+    ModelType("vae", metric="elbo", trainer_class="VaeTrainer", settings_class="VaeSettings",
+              summary="a conditional VAE on the digits: generate, encode, reconstruct, anomaly scores"),
+    ModelType("rnn", metric="recall_at_10", trainer_class="RnnTrainer", settings_class="RnnSettings",
+              summary="a GRU over item sessions: the next items of a session (GRU4Rec)"),
 )
 """In the order the demo runs them."""
 

@@ -180,6 +180,9 @@ async def _submit(args: argparse.Namespace, specs: list[JobSpec]) -> int:
         for handle, (result, _) in zip(handles, outcomes, strict=True):
             print(_result_line(result) if result else f"{handle.job_id}  (no result)")
     print(_summary(args.model, handles, outcomes, specs, finished - started))
+    save = getattr(model_cli(args.model), "save_results", None)
+    if save is not None:  # a model type that writes its results out (the vae's PNG grid)
+        save(args, [result for result, _ in outcomes if result is not None])
     return 0 if all(r is not None for r, _ in outcomes) else 1
 
 
@@ -490,6 +493,8 @@ def _training_line(event: Result) -> str:
         bar = "#" * round(20 * p.epoch / p.epochs)
         metric = f" {p.metric_name} {p.metric:.4f}" if p.metric is not None else ""
         loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
+        if p.loss_terms:
+            loss += " (" + ", ".join(f"{name} {value:.4g}" for name, value in p.loss_terms.items()) + ")"
         return f"epoch {p.epoch:>3}/{p.epochs} [{bar:<20}]{loss}{metric} eta {p.eta_s or 0:.0f}s"
     if event.status == "succeeded":
         metrics = " ".join(f"{k.removeprefix('metric.')}={v:.4g}" for k, v in event.outputs.items()

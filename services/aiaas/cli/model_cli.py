@@ -44,6 +44,9 @@ class ModelCli(Protocol):
     def describe(self, result: Result) -> str:
         """The outputs of an ok result on one short line."""
 
+    # Optional: `save_results(args, results)`, called with every result received after `--wait`'s summary, writes
+    # them out as the flags say (the vae's `--out grid.png`).
+
 
 def model_cli(model: str) -> ModelCli:
     """The CLI module of a model type (imported on demand: the CLI starts fast)."""

@@ -308,6 +308,9 @@ class TrainingProgress(BaseModel):
     metric_name: str | None = Field(None, description="Which metric `metric` is, e.g. `accuracy`.")
     eta_s: float | None = Field(None, description="Estimated seconds until training ends.")
     tokens_per_s: float | None = Field(None, description="Training tokens a second so far (language models).")
+    loss_terms: dict[str, float] | None = Field(
+        None, description="The parts of `loss` by name, where it has parts: e.g. the VAE's `reconstruction_nll` and "
+        "`kl` (mean nats per image of the last epoch).")
 
 
 class Result(BaseModel):

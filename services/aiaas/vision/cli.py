@@ -12,7 +12,7 @@ from aiaas.cli.model_cli import JobSpec
 from aiaas.contract.envelopes import Result, Tensor
 from aiaas.errors import AiaasError
 
-__all__ = ["add_submit_arguments", "jobs_from_args", "is_correct", "describe"]
+__all__ = ["add_submit_arguments", "jobs_from_args", "is_correct", "describe", "load_image"]
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def jobs_from_args(args: argparse.Namespace) -> list[JobSpec]:
     """One job per image file, then one per sampled held-out digit (labelled)."""
-    specs = [JobSpec({"image": Tensor.from_numpy(_load_image(path))}) for path in args.images]
+    specs = [JobSpec({"image": Tensor.from_numpy(load_image(path))}) for path in args.images]
     if args.digits_sample:
         from aiaas.vision.data import load_split
 
@@ -49,7 +49,7 @@ def describe(result: Result) -> str:
     return f"label={result.outputs.get('label')} p={score}"
 
 
-def _load_image(path: Path) -> np.ndarray:
+def load_image(path: Path) -> np.ndarray:
     """An image file as 8x8 ink intensities 0..16 (dark ink on a light background is inverted)."""
     from PIL import Image, UnidentifiedImageError
 

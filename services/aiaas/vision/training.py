@@ -31,7 +31,7 @@ from aiaas.training.protocol import (
 from aiaas.training.request import TrainingRequest
 from aiaas.training.stopping import StopSignal
 from aiaas.vision import MODEL
-from aiaas.vision.data import IMAGE_SHAPE, MAX_INTENSITY, DigitsSplit, load_split
+from aiaas.vision.data import includes_held_out, split_for_job
 from aiaas.vision.trainer import (
     TrainParams,
     export_onnx,
@@ -54,8 +54,8 @@ class VisionTrainer:
         """Train (or fine-tune), export ONNX + weights, evaluate on the held-out digits."""
         stop = stop or StopSignal()
         params = replace(TrainParams(), **request.params)
-        split = _split_for(request.data)
-        scored_on: ScoredOn = "job_data" if request.data is not None and _includes_held_out(split) else "reference"
+        split = split_for_job(request.data, MODEL)
+        scored_on: ScoredOn = "job_data" if request.data is not None and includes_held_out(split) else "reference"
         initial, parent = None, None
         if request.base_version is not None:
             base = registry.resolve(MODEL, request.base_version)
@@ -89,40 +89,3 @@ class VisionTrainer:
         weights_npz(model, weights)
         metrics = {"accuracy": onnx_accuracy(artifact, split), "train_seconds": round(time.perf_counter() - started, 2)}
         return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent, scored_on=scored_on)
-
-
-def _includes_held_out(split: DigitsSplit) -> bool:
-    """Whether any training image is one of the held-out digits, to the nearest intensity (a copy of the test set)."""
-    rounded = lambda images: np.rint(images).astype(np.int16).reshape(len(images), -1)  # noqa: E731
-    held_out = {row.tobytes() for row in rounded(split.test_x)}
-    return any(row.tobytes() in held_out for row in rounded(split.train_x))
-
-
-def _split_for(data: dict | None) -> DigitsSplit:
-    """The built-in split, or the job's images as the training part (held-out digits stay for evaluation)."""
-    builtin = load_split()
-    if data is None:
-        return builtin
-    # Column names: `images`/`labels` (inline, NPZ, Parquet) or `image`/`label` (JSONL rows, one image each).
-    images, labels = data.get("images", data.get("image")), data.get("labels", data.get("label"))
-    if images is None or labels is None or len(data) != 2:
-        raise InvalidJob(f"vision training data needs exactly `images` and `labels`; got {', '.join(sorted(data))}")
-    try:
-        images = np.array(images, dtype=np.float32)  # a writable copy (inline tensors are read-only views)
-        if images.ndim not in (3, 4) or images.shape[-2:] != IMAGE_SHAPE or images.size == 0:
-            raise ValueError(f"got shape {list(images.shape)}")
-        images = images.reshape(-1, 1, *IMAGE_SHAPE)
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels: got {labels.dtype} of shape {list(labels.shape)}")
-        labels = labels.astype(np.int64)
-    except (ValueError, TypeError) as exc:
-        raise InvalidJob("vision training data: images must be [N, 8, 8] numbers, labels [N] integers "
-                         f"({exc})") from exc
-    if len(images) != len(labels) or len(labels) == 0:
-        raise InvalidJob(f"vision training data: {len(images)} images but {len(labels)} labels")
-    if not np.isfinite(images).all() or images.min() < 0 or images.max() > MAX_INTENSITY:
-        raise InvalidJob("vision training images must be finite and within 0..16")
-    if labels.min() < 0 or labels.max() > 9:
-        raise InvalidJob("vision training labels must be digits 0..9")
-    return DigitsSplit(images, labels, builtin.test_x, builtin.test_y)
