@@ -112,7 +112,7 @@ def runtime_ceilings(model: str, registry: Registry, *, quick: bool,
     largest = max(batch_sizes(model, "onnx", quick))
     jobs = as_jobs(model, payloads(model, largest, registry, seed=1))
     results = []
-    backends = {"vision": ["onnx", "torch"], "text": ["onnx", "torch"], "recsys": ["onnx"]}[model]
+    backends = ["onnx", "torch"] if model in ("vision", "text") else ["onnx"]
     for backend in backends:
         sizes = batch_sizes(model, backend, quick)
         try:

@@ -71,36 +71,28 @@ the rounds, the FLOP count and the profile of one run cut their length groups al
 
 
 def load_runtime(model: str, registry: Registry, ref: str = "production", **kwargs: Any) -> Any:
-    """The model's runtime loaded from the registry as its service loads it (`backend=` for text).
+    """The model's runtime loaded from the registry as its service loads it: its `workload.load_runtime`.
 
-    Text takes the service's limits (AIAAS_TEXT_CALL_OVERHEAD_TOKENS among them: how its length groups are cut)
-    and on ONNX Runtime its precision (AIAAS_TEXT_PRECISION; its other settings keep their defaults here), so the
-    naive consumer and the runtime ceiling run the graph and the calls the service runs."""
-    if model == "vision":
-        from aiaas.vision.runtime import VisionRuntime
+    Text (`backend=` onnx or torch) takes the service's limits (AIAAS_TEXT_CALL_OVERHEAD_TOKENS among them: how its
+    length groups are cut) and on ONNX Runtime its precision (AIAAS_TEXT_PRECISION; its other settings keep their
+    defaults here), so the naive consumer and the runtime ceiling run the graph and the calls the service runs."""
+    if model != "text":
+        return model_type(model).module("workload").load_runtime(registry, ref, **kwargs)
+    from aiaas.text.runtime import TextRuntime
+    from aiaas.text.settings import TextSettings
 
-        return VisionRuntime.from_registry(registry, ref, **kwargs)
-    if model == "text":
-        from aiaas.text.runtime import TextRuntime
-        from aiaas.text.settings import TextSettings
-
-        settings = TextSettings()
-        if kwargs.get("backend", "onnx") == "onnx":
-            kwargs.setdefault("precision", settings.precision)
-        key = (kwargs.get("backend", "onnx"), kwargs.get("precision"), kwargs.get("intra_op_threads", 0))
-        limits = settings.limits()
-        if limits.call_overhead_tokens is None and key in _measured_call_overhead:
-            limits = replace(limits, call_overhead_tokens=_measured_call_overhead[key])
-        kwargs.setdefault("limits", limits)
-        runtime = TextRuntime.from_registry(registry, ref, **kwargs)
-        if settings.call_overhead_tokens is None:
-            _measured_call_overhead.setdefault(key, runtime.limits.call_overhead_tokens)
-        return runtime
-    if model != "recsys":
-        raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
-    from aiaas.recsys.runtime import RecsysRuntime
-
-    return RecsysRuntime.from_registry(registry, ref, **kwargs)
+    settings = TextSettings()
+    if kwargs.get("backend", "onnx") == "onnx":
+        kwargs.setdefault("precision", settings.precision)
+    key = (kwargs.get("backend", "onnx"), kwargs.get("precision"), kwargs.get("intra_op_threads", 0))
+    limits = settings.limits()
+    if limits.call_overhead_tokens is None and key in _measured_call_overhead:
+        limits = replace(limits, call_overhead_tokens=_measured_call_overhead[key])
+    kwargs.setdefault("limits", limits)
+    runtime = TextRuntime.from_registry(registry, ref, **kwargs)
+    if settings.call_overhead_tokens is None:
+        _measured_call_overhead.setdefault(key, runtime.limits.call_overhead_tokens)
+    return runtime
 
 
 def build_model(model: str, registry: Registry) -> None:

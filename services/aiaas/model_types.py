@@ -10,7 +10,8 @@ when asked for, so that listing the types never imports a model's libraries:
                 (`aiaas models build <model>`)
     training    `trainer_class`: the trainer of training jobs (`aiaas trainer <model>`; a type may take none)
     settings    `settings_class`: the service's settings (environment prefix `AIAAS_<MODEL>_`)
-    workload    `payloads(registry, rng)`: a function that makes one benchmark job's `(inputs, task)` per call
+    workload    `payloads(registry, rng)`: a function that makes one benchmark job's `(inputs, task)` per call, and
+                `load_runtime(registry, ref, **options)`: the runtime as the service loads it (the benchmarks')
 
 The built-in types are `BUILT_IN`. Another distribution adds one without touching aiaas: an entry point in
 the group `aiaas.model_types` that names a `ModelType` (docs/adding-a-model-type.md walks through it).

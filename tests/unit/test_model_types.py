@@ -21,9 +21,9 @@ def broken_plug_in(monkeypatch):
 
 
 def test_a_broken_plug_in_does_not_take_the_built_in_types_down(broken_plug_in):
-    assert model_types.names() == ("vision", "text", "recsys", "llm")
+    assert model_types.names() == ("vision", "text", "recsys", "llm", "vae", "rnn")
     assert model_types.model_type("vision").home == "aiaas.vision"
     with pytest.raises(ValueError, match="audio.*could not be loaded.*No module named"):
         model_types.model_type("audio")
-    with pytest.raises(ValueError, match="unknown model type 'video'; known: vision, text, recsys, llm"):
+    with pytest.raises(ValueError, match="unknown model type 'video'; known: vision, text, recsys, llm, vae, rnn"):
         model_types.model_type("video")

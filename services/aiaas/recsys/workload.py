@@ -8,7 +8,7 @@ from typing import Any
 
 from aiaas.contract.envelopes import InputValue
 
-__all__ = ["payloads"]
+__all__ = ["payloads", "load_runtime"]
 
 
 def payloads(registry: Any, rng: random.Random) -> Callable[[], tuple[dict[str, InputValue], str | None]]:
@@ -23,3 +23,10 @@ def _users(registry: Any) -> int:
 
     data = registry.resolve("recsys", "production").params.get("data")
     return int(data["n_users"]) if isinstance(data, dict) and "n_users" in data else RatingsConfig().n_users
+
+
+def load_runtime(registry: Any, ref: str = "production", **kwargs: Any) -> Any:
+    """The runtime as the service loads it (`kwargs`: its options, e.g. `intra_op_threads`)."""
+    from aiaas.recsys.runtime import RecsysRuntime
+
+    return RecsysRuntime.from_registry(registry, ref, **kwargs)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiaas.contract.envelopes import InputValue, Tensor
 
-__all__ = ["payloads"]
+__all__ = ["payloads", "load_runtime"]
 
 _GENERATE_EVERY = 10
 
@@ -28,3 +28,10 @@ def payloads(registry: Any, rng: random.Random) -> Callable[[], tuple[dict[str, 
         return {"image": images[index % len(images)]}, "anomaly_score"
 
     return make
+
+
+def load_runtime(registry: Any, ref: str = "production", **kwargs: Any) -> Any:
+    """The runtime as the service loads it (`kwargs`: its options, e.g. `intra_op_threads`)."""
+    from aiaas.vae.runtime import VaeRuntime
+
+    return VaeRuntime.from_registry(registry, ref, **kwargs)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiaas.contract.envelopes import InputValue, Tensor
 
-__all__ = ["payloads"]
+__all__ = ["payloads", "load_runtime"]
 
 
 def payloads(registry: Any, rng: random.Random) -> Callable[[], tuple[dict[str, InputValue], str | None]]:
@@ -18,3 +18,10 @@ def payloads(registry: Any, rng: random.Random) -> Callable[[], tuple[dict[str, 
     images = [Tensor.from_numpy(image[0]) for image in load_split().test_x]
     turn = iter(range(1 << 62))
     return lambda: ({"image": images[next(turn) % len(images)]}, None)
+
+
+def load_runtime(registry: Any, ref: str = "production", **kwargs: Any) -> Any:
+    """The runtime as the service loads it (`kwargs`: its options, e.g. `intra_op_threads`)."""
+    from aiaas.vision.runtime import VisionRuntime
+
+    return VisionRuntime.from_registry(registry, ref, **kwargs)
