@@ -41,13 +41,14 @@ import numpy as np
 
 from aiaas.contract.envelopes import Tensor, stack_tensors
 from aiaas.registry.store import Registry
+from aiaas.serving.length_groups import length_groups
 
 from .workloads import as_jobs, load_runtime, payloads
 
 __all__ = ["MatmulRate", "ComputeShare", "compute_share", "matmul_rate", "flops_per_item", "product_time_share",
            "PRODUCT_OPS"]
 
-PRODUCT_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedConv"})
+PRODUCT_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedConv", "GRU"})
 """ONNX Runtime kernels (CPU provider) that are matrix products or convolutions."""
 
 SHAPES = {"square 1024": (1024, 1024, 1024), "text FFN": (32 * 16, 384, 1536)}
@@ -219,6 +220,8 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
     if model == "recsys":
         version = registry.resolve("recsys", "production")
         return 2.0 * int(version.params["dim"]) * load_runtime("recsys", registry).n_items
+    if model == "rnn":
+        return _rnn_flops_per_item(registry, jobs)
     from torch.utils.flop_counter import FlopCounterMode
 
     if model == "text":
@@ -240,6 +243,18 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
             DigitsCNN().eval()(torch.from_numpy(images)[:, None])
         return counter.get_total_flops() / len(images)
     raise ValueError(f"unknown model {model!r}")
+
+
+def _rnn_flops_per_item(registry: Registry, jobs: list) -> float:
+    """The GRU's products per session as served: three gates (input and recurrent) per position run, padding
+    included (it is work), and one output layer per session."""
+    version = registry.resolve("rnn", "production")
+    dim, hidden = int(version.params["dim"]), int(version.params["hidden_size"])
+    runtime = load_runtime("rnn", registry)
+    lengths = [len(runtime.prepare(job).items) for job in jobs]
+    groups = length_groups(lengths, runtime.limits.max_batch_slots, runtime.limits.call_overhead_slots)
+    slots = sum(len(group) * max(lengths[i] for i in group) for group in groups)
+    return (slots * 2.0 * 3 * hidden * (dim + hidden) + len(lengths) * 2.0 * hidden * runtime.n_items) / len(lengths)
 
 
 def _stack(items: Sequence[Tensor]) -> np.ndarray:

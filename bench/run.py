@@ -1,10 +1,10 @@
 """The aiaas benchmark harness: one command, per model type, side by side in one run.
 
-    .venv/bin/python bench/run.py                       # all three model types (full run)
+    .venv/bin/python bench/run.py                       # every batch model type (full run)
     .venv/bin/python bench/run.py --models vision       # one model type
     .venv/bin/python bench/run.py --quick               # smoke run: small N, a few batch sizes
 
-For each model type (vision, text, recsys) it measures, on this machine:
+For each model type that answers in one result (all but the llm) it measures, on this machine:
 
 1. runtime ceiling — the runtime's `infer` alone on prepared batches, batch sizes 1…256 (ceilings.py);
 2. side by side, all four consumers running at once and measured by alternating bursts (so the
@@ -297,7 +297,7 @@ def _client_bound_notes(results: list[ModelResult]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: vision,text,recsys")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
     parser.add_argument("--quick", action="store_true", help="smoke run: small bursts, few batch sizes")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the report goes")
     parser.add_argument("--registry", type=Path,

@@ -101,6 +101,15 @@ echo "== one digit of each kind, scored: is it like the training digits? (anomal
 echo "== 200 held-out digits and 20 noise images (accuracy: flagged as they should be)"
 "$aiaas" submit vae --digits-sample 200 --noise-sample 20 --wait --quiet | tee "$logs/summary-vae.txt"
 
+echo
+echo "######## rnn: a GRU over shopping sessions recommends the next items (GRU4Rec)"
+echo "== aiaas submit rnn --session 3 17 42 --k 5 (a session's items in the order they were viewed)"
+"$aiaas" submit rnn --session 3 17 42 --k 5 --wait | sed '/^summary/,$d'
+echo "== 300 held-out sessions without their last item (accuracy: that item in the top 10)"
+"$aiaas" submit rnn --sessions-sample 300 --wait --quiet | tee "$logs/summary-rnn.txt"
+echo "== the version's held-out scores: the GRU against matrix factorisation and popularity on the same sessions"
+"$aiaas" models show rnn | grep metrics
+
 job_id="$(awk '/example job id/ {print $4}' "$logs/summary-vision-paced.txt")"
 echo
 echo "== the trace of job $job_id (client → service → batch inference → result → client)"

@@ -116,6 +116,15 @@ def recsys_registry(session_registry: Registry) -> Registry:
 
 
 @pytest.fixture(scope="session")
+def rnn_registry(session_registry: Registry) -> Registry:
+    """The session registry with one real rnn version (sessions generated, GRU trained as `build` does: ~20 s)."""
+    from aiaas.rnn.trainer import build
+
+    build(session_registry)
+    return session_registry
+
+
+@pytest.fixture(scope="session")
 def vae_registry(session_registry: Registry) -> Registry:
     """The session registry with one real vae version (trained on the digits and scored: tens of seconds)."""
     from aiaas.vae.trainer import build

@@ -67,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-sha256", help="refuse the file unless its sha256 is this (default: computed now)")
     train.add_argument("--base-version", help="fine-tune from this version or alias")
     train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
-                       help="a hyper-parameter of this model type's trainer, e.g. --set lora_rank=16 (llm: lora_rank, "
-                            "lora_alpha, max_steps); repeat for more")
+                       help="a hyper-parameter of this model type's own trainer, e.g. --set lora_rank=16 "
+                            "(docs/training.md lists each type's); repeat for more")
     train.add_argument("--follow", action="store_true", help="show progress until the job ends")
     train.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each event (--follow)")
 

@@ -31,6 +31,7 @@ from aiaas.recsys.model import (
 )
 from aiaas.recsys.runtime import TOP_K_INPUT, RecsysRuntime
 from aiaas.registry.store import ModelVersion, Registry
+from aiaas.training.onnx_export import rank_top_k_from_input
 
 __all__ = ["TrainParams", "train", "export_onnx", "read_factors", "package", "hit_rates", "popularity_top_k", "build",
            "ONNX_FILE", "FACTOR_NAMES"]
@@ -120,45 +121,15 @@ def export_onnx(model: MatrixFactorization, path: Path) -> None:
 
 
 def _rank_top_k(path: Path) -> None:
-    """Every TopK of the exported graph takes its k from the graph input TOP_K_INPUT instead of the traced n_items.
+    """Both TopK nodes of the exported graph take their k from the graph input TOP_K_INPUT (default: every item).
 
-    The runtime feeds the largest k its batch asks for, so ONNX Runtime sorts partially, which costs much less
-    than ranking every item when k is small (the runtime ceiling, bench/ceilings.py; tables in bench/results/).
-    ONNX's TopK specification orders equal scores by index, so a row is the prefix of the full ranking whatever
-    k is (the unit tests check it on ONNX Runtime's CPU kernel).
-
-    The input has a default, an initializer of the same name holding n_items: a service of an earlier version,
-    which does not feed it, still gets every item ranked when a training job promotes a graph exported here.
-    """
+    Ranking only the k a batch needs costs much less than ranking every item when k is small (the runtime ceiling,
+    bench/ceilings.py; tables in bench/results/); the unit tests check that a row is a prefix of the full ranking
+    on ONNX Runtime's CPU kernel."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
-    top_ks = [node for node in graph.node if node.op_type == "TopK"]
-    if len(top_ks) != 2:
-        raise RuntimeError(f"expected the two rankings of ServingGraph, found {len(top_ks)} TopK nodes")
-    for node in top_ks:
-        node.input[1] = TOP_K_INPUT
-    n_items = next(i for i in graph.input if i.name == "exclude").type.tensor_type.shape.dim[1].dim_value
-    graph.input.append(helper.make_tensor_value_info(TOP_K_INPUT, TensorProto.INT64, [1]))
-    graph.initializer.append(numpy_helper.from_array(np.array([n_items], np.int64), TOP_K_INPUT))
-    for output in graph.output:
-        output.type.tensor_type.shape.dim[1].dim_param = "top_k"
-    _drop_unused_nodes(graph)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-
-
-def _drop_unused_nodes(graph) -> None:  # noqa: ANN001 (an onnx GraphProto)
-    """Remove nodes none of whose outputs is used (the constants that held the traced k)."""
-    while True:
-        used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-        unused = [node for node in graph.node if not any(name in used for name in node.output)]
-        if not unused:
-            return
-        for node in unused:
-            graph.node.remove(node)
+    exclude = next(i for i in onnx.load(str(path)).graph.input if i.name == "exclude")
+    rank_top_k_from_input(path, TOP_K_INPUT, exclude.type.tensor_type.shape.dim[1].dim_value, expected_top_ks=2)
 
 
 def read_factors(onnx_bytes: bytes) -> dict[str, np.ndarray] | None:

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from aiaas.serving.length_groups import length_groups as serving_length_groups
+from aiaas.serving.length_groups import padding_waste
+
 __all__ = ["TextTokenizer", "Tokenized", "length_groups", "padding_waste", "pad", "DEFAULT_CALL_OVERHEAD_TOKENS"]
 
 DEFAULT_CALL_OVERHEAD_TOKENS = 256
@@ -53,36 +56,9 @@ class TextTokenizer:
 
 def length_groups(lengths: Sequence[int], max_batch_tokens: int,
                   call_overhead_tokens: int = DEFAULT_CALL_OVERHEAD_TOKENS) -> list[list[int]]:
-    """Indices grouped by similar length, shortest first.
-
-    Greedy over the sorted lengths: a text joins the current group unless that would exceed
-    `max_batch_tokens` (rows × longest), or would add more padding than a separate model call
-    costs (`call_overhead_tokens`, the fixed cost of one call expressed in token slots). The text runtime
-    measures that cost on a CPU encoder (`runtime.measure_call_overhead`); the default is for the rest.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        length = lengths[index]  # sorted ascending: the longest of the group if it joins
-        if current:
-            longest = lengths[current[-1]]
-            too_big = (len(current) + 1) * length > max_batch_tokens
-            too_padded = len(current) * (length - longest) > call_overhead_tokens
-            if too_big or too_padded:
-                groups.append(current)
-                current = []
-        current.append(index)
-    if current:
-        groups.append(current)
-    return groups
-
-
-def padding_waste(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> float:
-    """Share of the token slots fed to the model that are padding (0 = none)."""
-    slots = sum(len(g) * max(lengths[i] for i in g) for g in groups if g)
-    real = sum(lengths[i] for g in groups for i in g)
-    return 1 - real / slots if slots else 0.0
+    """Indices grouped by similar length, shortest first (`serving.length_groups`, in token slots). The text runtime
+    measures one call's cost on a CPU encoder (`runtime.measure_call_overhead`); the default is for the rest."""
+    return serving_length_groups(lengths, max_batch_tokens, call_overhead_tokens)
 
 
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
