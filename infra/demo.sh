@@ -94,9 +94,9 @@ echo "== $jobs held-out users at once (recommend, hit = a held-out item in the t
 
 echo
 echo "######## vae: a conditional VAE that generates, encodes and scores digits"
-echo "== aiaas submit vae --generate 16 --digit 3 --out $logs/vae-threes.png --wait"
-"$aiaas" submit vae --generate 16 --digit 3 --seed 7 --out "$logs/vae-threes.png" --wait | sed '/^summary/,/example job id/d'
-echo "== one digit of each kind, scored: is it like the training digits? (anomaly_score)"
+echo "== aiaas submit vae --generate 16 --digit 3 --out $logs/vae-threes.png"
+"$aiaas" submit vae --generate 16 --digit 3 --seed 7 --out "$logs/vae-threes.png" | sed '/^summary/,/example job id/d'
+echo "== three held-out digits and one noise image, scored: like the training digits? (anomaly_score)"
 "$aiaas" submit vae --digits-sample 3 --noise-sample 1 --wait | sed '/^summary/,$d'
 echo "== 200 held-out digits and 20 noise images (accuracy: flagged as they should be)"
 "$aiaas" submit vae --digits-sample 200 --noise-sample 20 --wait --quiet | tee "$logs/summary-vae.txt"

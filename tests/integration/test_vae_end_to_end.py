@@ -78,7 +78,7 @@ def test_the_cli_writes_generated_digits_as_a_png_grid(service_env, vae_service,
 
     out = tmp_path / "grid.png"
     done = _aiaas(service_env, "submit", "vae", "--generate", "16", "--digit", "3", "--seed", "5", "--out", str(out),
-                  "--wait", "--timeout", "60")
+                  "--timeout", "60")  # as the issue writes it: --out waits for the digits
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"wrote 16 digits to {out}" in done.stdout and "generated 16 digits [3 3 3" in done.stdout
     grid = Image.open(io.BytesIO(out.read_bytes()))
@@ -91,8 +91,8 @@ def test_the_cli_writes_generated_digits_as_a_png_grid(service_env, vae_service,
            "--wait", "--timeout", "60")
     assert again.read_bytes() == out.read_bytes()  # same seed, same digits
 
-    refused = _aiaas(service_env, "submit", "vae", "--generate", "4", "--out", str(out))
-    assert refused.returncode == 2 and "give --generate N and --wait" in refused.stderr
+    refused = _aiaas(service_env, "submit", "vae", "--digits-sample", "4", "--out", str(out))
+    assert refused.returncode == 2 and "give --generate N" in refused.stderr
 
 
 async def test_a_bad_job_gets_an_error_result_and_a_dead_letter_and_the_next_job_is_served(

@@ -376,6 +376,18 @@ def test_rnn_trains_on_the_jobs_own_sessions_inline_or_from_a_file(rnn_registry,
     assert len(items_of(out)) == 10
 
 
+def test_the_training_score_is_the_served_graphs_and_long_job_sessions_are_scored_too(rnn_registry, tmp_path):
+    # Sessions longer than a service takes (AIAAS_RNN_MAX_SESSION_ITEMS, 50): a job's own may hold up to 200.
+    rng = np.random.default_rng(5)
+    sessions = [rng.permutation(400)[:length].tolist() for length in rng.integers(51, 201, 60)]
+    candidate, events_seen = train_rnn(rnn_registry, tmp_path / "long", epochs=1, dim=16, hidden_size=32,
+                                       **flat(sessions))
+    # The per-epoch score (the PyTorch model, every prefix of a held-out session in one GRU pass) is the served
+    # graph's (one next_items job per prefix).
+    assert events_seen[-1].metric == pytest.approx(candidate.metrics["recall_at_10"], abs=1e-6)
+    assert candidate.metrics["held_out_examples"] > 6 * 50  # its held-out sessions are all longer than 50 items
+
+
 def test_warm_start_begins_from_the_base_versions_weights(rnn_registry, tmp_path):
     base = rnn_registry.resolve("rnn", "production")
     warm, _ = train_rnn(rnn_registry, tmp_path / "warm", base_version="production", learning_rate=1e-9, epochs=1,

@@ -15,7 +15,7 @@ from aiaas.training.request import TrainingRequest
 from aiaas.training.settings import TrainerSettings
 from aiaas.vae import cli
 from aiaas.vae.model import ConditionalVAE
-from aiaas.vae.runtime import ANOMALY_THRESHOLD, VaeRuntime
+from aiaas.vae.runtime import ANOMALY_THRESHOLD, ANOMALY_THRESHOLD_GIVEN_DIGIT, VaeRuntime
 from aiaas.vae.trainer import WEIGHTS_FILE, TrainParams, train
 from aiaas.vae.training import VaeTrainer
 from aiaas.vision.data import load_split
@@ -49,10 +49,9 @@ def run(runtime: VaeRuntime, *jobs: Job) -> list[dict]:
 def test_the_version_records_its_elbo_generation_and_anomaly_numbers(vae_registry):
     metrics = vae_registry.resolve("vae", "production").metrics
     assert -140 < metrics["elbo"] < -60  # nats per image: a lower bound of log p(image | digit)
-    assert metrics["elbo"] == pytest.approx(-(metrics["reconstruction_nll"] + metrics["kl"]))
     assert metrics["class_match"] > 0.7  # the classifier sees the digit asked for in most generated images
     assert metrics["classifier_accuracy"] > 0.95 and metrics["digit_accuracy"] > 0.9
-    assert metrics[ANOMALY_THRESHOLD] > 0
+    assert metrics[ANOMALY_THRESHOLD] > 0 and metrics[ANOMALY_THRESHOLD_GIVEN_DIGIT] > 0
 
 
 # --- generate ----------------------------------------------------------------------------------------
@@ -217,8 +216,13 @@ def test_the_cli_sends_one_generate_job_and_sampled_scoring_jobs_with_expected_a
 def test_the_cli_says_what_to_give(tmp_path):
     with pytest.raises(AiaasError, match="nothing to send: give --generate N"):
         cli.jobs_from_args(submit_args())
-    with pytest.raises(AiaasError, match="give --generate N and --wait"):
-        cli.jobs_from_args(submit_args("--generate", "4", "--out", str(tmp_path / "g.png")))
+    with pytest.raises(AiaasError, match="give --generate N"):
+        cli.jobs_from_args(submit_args("--out", str(tmp_path / "g.png"), "--digits-sample", "3"))
+    with pytest.raises(AiaasError, match="the samples bring their own"):
+        cli.jobs_from_args(submit_args("--digit", "3", "--digits-sample", "3"))
+    args = submit_args("--generate", "4", "--out", str(tmp_path / "g.png"))
+    cli.jobs_from_args(args)
+    assert args.wait  # --out waits for the digits
 
 
 def test_the_png_grid_shows_each_digit_dark_on_white():
@@ -276,6 +280,7 @@ def test_fine_tuning_keeps_the_base_latent_size(vae_registry, tmp_path):
 
 @pytest.mark.parametrize(("inputs", "message"), [
     ({"latent_size": 65}, "`latent_size` must be within 1..64"),
+    ({"beta": 1e300}, "`beta` must be within 0..1000"),
     ({"images": Tensor.from_numpy(np.zeros((3, 8, 8), np.float32))}, "needs exactly `images` and `labels`"),
     ({"images": Tensor.from_numpy(np.full((2, 8, 8), 20, np.float32)), "labels": Tensor.from_numpy(np.array([1, 2]))},
      "within 0..16"),
@@ -283,6 +288,13 @@ def test_fine_tuning_keeps_the_base_latent_size(vae_registry, tmp_path):
 def test_bad_training_jobs_are_refused_with_a_reason(vae_registry, tmp_path, inputs, message):
     with pytest.raises(InvalidJob, match=message):
         VaeTrainer().train(training_request(**inputs), vae_registry, tmp_path, lambda _: None)
+
+
+def test_a_run_that_diverges_fails_and_says_what_to_change(vae_registry, tmp_path):
+    from aiaas.errors import TrainingFailed
+
+    with pytest.raises(TrainingFailed, match="diverged .* lower learning_rate or beta"):
+        VaeTrainer().train(training_request(epochs=3, learning_rate=1e12), vae_registry, tmp_path, lambda _: None)
 
 
 def test_a_job_training_on_the_held_out_digits_is_scored_on_job_data(vae_registry, tmp_path):

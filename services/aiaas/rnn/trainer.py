@@ -33,7 +33,7 @@ from aiaas.recsys.trainer import train as train_mf
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.rnn import MODEL
 from aiaas.rnn.model import INPUT_NAMES, OUTPUT_NAMES, ServingGraph, SessionGRU
-from aiaas.rnn.runtime import DEFAULT_K, TASK, TOP_K_INPUT, RnnRuntime
+from aiaas.rnn.runtime import DEFAULT_K, TASK, TOP_K_INPUT, RnnLimits, RnnRuntime
 from aiaas.rnn.sessions import Sessions, SessionsConfig, SessionsSplit, load_split, next_item_examples
 from aiaas.training.onnx_export import rank_top_k_from_input
 
@@ -160,25 +160,55 @@ def export_onnx(model: SessionGRU, path: Path) -> None:
 
 
 class HeldOut:
-    """The next-item examples of held-out sessions, padded once, to score a PyTorch model during training."""
+    """The held-out sessions, in chunks padded once, to score a PyTorch model during training.
+
+    One GRU pass over a whole session gives its next-item logits after every position, so every prefix of it is
+    scored at once: the work grows with the sessions' length, not with its square (as one run per prefix would),
+    and a chunk holds at most `_EVALUATION_SLOTS` (session × position) slots, so memory stays bounded whatever
+    sessions a training job brings."""
 
     def __init__(self, sessions: Sessions, n_items: int, k: int = DEFAULT_K) -> None:
-        prefixes, self.following = next_item_examples(sessions)
-        self.prefixes, self.lengths = _padded(Sessions.from_lists(prefixes))
-        self.exclude = torch.zeros(len(prefixes), n_items, dtype=torch.bool)
-        rows = np.repeat(np.arange(len(prefixes)), [len(p) for p in prefixes])
-        self.exclude[torch.from_numpy(rows), torch.from_numpy(np.concatenate(prefixes))] = True
-        self.k = k
+        self._chunks = [_padded(sessions.take(chunk)) for chunk in _chunks_of(sessions.lengths, _EVALUATION_SLOTS)]
+        self._examples = int((sessions.lengths - 1).sum())
+        self._n_items, self.k = n_items, k
 
     def __len__(self) -> int:
-        return len(self.following)
+        return self._examples
 
     def metrics(self, model: SessionGRU) -> tuple[float, float]:
         """(recall@k, MRR@k) of `model`'s rankings, each prefix's own items left out (as served by default)."""
+        ranked, following = [], []
         with torch.no_grad(), _one_thread():
-            scores = model.last_logits(self.prefixes, self.lengths).masked_fill(self.exclude, float("-inf"))
-            ranked = torch.topk(scores, self.k, dim=1).indices.numpy()
-        return _recall_and_mrr(ranked, self.following)
+            for items, lengths in self._chunks:
+                positions = torch.arange(items.shape[1])
+                # A prefix ending at position t has the items at 0..t: those are left out of its ranking.
+                seen = torch.zeros(*items.shape, self._n_items, dtype=torch.bool)
+                seen.scatter_(2, items.unsqueeze(2), (positions < lengths[:, None]).unsqueeze(2))
+                seen = seen.cumsum(dim=1) > 0
+                predicts = positions[None, :] < (lengths - 1)[:, None]  # positions with an item after them
+                scores = model(items).masked_fill(seen, float("-inf"))[predicts]
+                ranked.append(torch.topk(scores, self.k, dim=1).indices.numpy())
+                following.append(items[:, 1:][predicts[:, :-1]].numpy())
+        return _recall_and_mrr(np.concatenate(ranked), np.concatenate(following))
+
+
+_EVALUATION_SLOTS = 8192
+"""Most (session × position) slots in one chunk of held-out sessions (HeldOut): its logits are slots × n_items."""
+
+
+def _chunks_of(lengths: np.ndarray, max_slots: int) -> list[np.ndarray]:
+    """Session indices in consecutive chunks whose padded size (sessions × longest) stays within `max_slots` (a
+    session longer than that is a chunk of its own)."""
+    chunks: list[np.ndarray] = []
+    start, longest = 0, 0
+    for index, length in enumerate(lengths.tolist()):
+        longest = max(longest, length)
+        if index > start and (index - start + 1) * longest > max_slots:
+            chunks.append(np.arange(start, index))
+            start, longest = index, length
+    if len(lengths) > start:
+        chunks.append(np.arange(start, len(lengths)))
+    return chunks
 
 
 def _recall_and_mrr(ranked: np.ndarray | list[np.ndarray], following: np.ndarray) -> tuple[float, float]:
@@ -249,7 +279,9 @@ def package(model: SessionGRU, split: SessionsSplit, folder: Path,
     graph, weights = folder / ONNX_FILE, folder / WEIGHTS_FILE
     export_onnx(model, graph)
     weights_npz(model, weights)
-    runtime = RnnRuntime(graph.read_bytes(), "candidate", providers="cpu")
+    # The served checks, but sessions as long as the held-out ones (a job's own may be longer than a service takes).
+    longest = int(split.test.lengths.max()) if len(split.test) else 1
+    runtime = RnnRuntime(graph.read_bytes(), "candidate", providers="cpu", limits=RnnLimits(max_session_items=longest))
     metrics = served_metrics(runtime, split.test) | baseline_metrics(split, interrupt=interrupt)
     return graph, weights, metrics | {"held_out_examples": float(len(next_item_examples(split.test)[1]))}
 

@@ -131,13 +131,19 @@ def _listed_sessions(rows: Any, n_items: int) -> Sessions:
         raise InvalidJob("rnn training data: `items` must be one list of item ids per session (JSONL rows "
                          "{\"items\": [3, 17, 42]}, or a Parquet list column); use `session_id` and `item_id` for "
                          "tensors or arrays")
-    sessions = []
+    sessions, total = [], 0
     for number, row in enumerate(rows):
-        if not isinstance(row, (list, tuple)) or not all(type(item) is int for item in row):
+        if not isinstance(row, (list, tuple)):
             raise InvalidJob(f"rnn training data: session {number} must be a list of integer item ids; "
                              f"got {_shown(row)}")
+        total += len(row)
         if len(row) > MAX_SESSION_ITEMS:  # before the values: a huge row is refused without a pass over it
             raise InvalidJob(f"rnn training data: session {number} has {len(row)} items; at most {MAX_SESSION_ITEMS}")
+        if total > MAX_TOTAL_ITEMS:
+            raise InvalidJob(f"rnn training data: more than {MAX_TOTAL_ITEMS} item views in all")
+        if not all(type(item) is int for item in row):
+            raise InvalidJob(f"rnn training data: session {number} must be a list of integer item ids; "
+                             f"got {_shown(row)}")
         if row and (min(row) < 0 or max(row) >= n_items):
             raise InvalidJob(f"rnn training data: session {number} has item ids outside 0..{n_items - 1} "
                              "(the built-in item space)")

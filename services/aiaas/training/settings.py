@@ -44,7 +44,7 @@ class TrainerSettings(BaseSettings):
     max_epochs: int = Field(
         1000, ge=1,
         description="Largest `epochs` a job may ask for (recsys: optimiser steps). Jobs that do not ask get their "
-        "model type's default (vision 25, text 300, recsys 100).",
+        "model type's default (vision 25, text 300, recsys 100, vae 40, rnn 3).",
     )
     max_batch_size: int = Field(4096, ge=1, description="Largest `batch_size` a job may ask for.")
     max_train_s: float = Field(

@@ -11,10 +11,10 @@ Topics: `aiaas.vae.infer` → `aiaas.vae.results`. `Job.task` picks the task:
   the most likely one (the highest ELBO of the ten).
 - `reconstruct`: as `encode`; outputs `image` float32 [8, 8] (decoded from the posterior mean), `digit` and
   `reconstruction_nll` (nats).
-- `anomaly_score`: as `encode`; outputs `score` (nats: the negative ELBO under the digit given, or of the mixture
-  of the ten digits when none is; higher is less like the training digits), `anomalous` (score above the version's
-  threshold, the 99th percentile of the held-out digits' scores), `digit`, and the most likely digit's
-  `reconstruction_nll` and `kl` (nats).
+- `anomaly_score`: as `encode`; outputs `score` (nats: the negative ELBO, z at the posterior mean, under the digit
+  given, or of the mixture of the ten digits when none is; higher is less like the training digits), `anomalous`
+  (score above the version's threshold for that kind of score, the 99th percentile of the held-out digits'),
+  `digit`, and the most likely digit's `reconstruction_nll` and `kl` (nats).
 """
 
 MODEL = "vae"

@@ -28,7 +28,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
                         "known digit of the images sent")
     parser.add_argument("--seed", type=int, help="the seed of --generate: the same seed gives the same digits")
     parser.add_argument("--out", type=Path, metavar="PNG",
-                        help="write the generated digits as a PNG grid (with --wait)")
+                        help="write the generated digits as a PNG grid (waits for them)")
     for task in _IMAGE_TASKS:
         flag = "--" + task.replace("_", "-")
         parser.add_argument(flag, dest=task, type=Path, action="append", default=[], metavar="IMAGE",
@@ -41,8 +41,13 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def jobs_from_args(args: argparse.Namespace) -> list[JobSpec]:
     """The --generate job, then one job per image file, then the sampled digits and noise (with expected answers)."""
-    if args.out is not None and (args.generate is None or not args.wait):
-        raise AiaasError("--out writes the digits of --generate N once they arrive: give --generate N and --wait")
+    if args.out is not None:
+        if args.generate is None:
+            raise AiaasError("--out writes the digits of --generate N: give --generate N")
+        args.wait = True  # the grid is written once the digits arrive
+    if args.digit is not None and args.generate is None and not any(getattr(args, task) for task in _IMAGE_TASKS):
+        raise AiaasError("--digit is the digit of --generate N or of the image files sent (--encode, --reconstruct, "
+                         "--anomaly-score); the samples bring their own")
     digit = {} if args.digit is None else {"digit": args.digit}
     specs = []
     if args.generate is not None:

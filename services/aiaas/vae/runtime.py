@@ -3,9 +3,11 @@
 One session run per batch, whatever its tasks: the images of `encode`, `reconstruct` and `anomaly_score` jobs go
 through the encoding route, the latent points of `generate` jobs through the decoding route, together.
 
-An image whose digit the job does not give is encoded under each of the ten digits (ten rows of the run), z at the
-posterior mean. The digit with the highest ELBO is the one reported, and the anomaly score is the negative of
-log Σ_d p(d) exp(ELBO_d), p(d) = 1/10: a lower bound of log p(image) under the model's mixture of digits.
+Encoding is deterministic: the ELBO of an image is estimated with z at the posterior mean (one decoder pass; the
+`elbo` metric of a version averages sampled z instead, trainer.py). An image whose digit the job does not give is
+encoded under each of the ten digits (ten rows of the run). The digit with the highest ELBO is the one reported, and
+the anomaly score is the negative of log Σ_d p(d) exp(ELBO_d), p(d) = 1/10: the model's mixture of digits.
+Each kind of score has its own threshold, the 99th percentile of the held-out digits' scores of that kind.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from aiaas.serving.runtime import Outputs
 from aiaas.vae import MODEL
 from aiaas.vision.data import IMAGE_SHAPE, MAX_INTENSITY
 
-__all__ = ["VaeRuntime", "TASKS", "ANOMALY_THRESHOLD", "DIGITS"]
+__all__ = ["VaeRuntime", "TASKS", "ANOMALY_THRESHOLD", "ANOMALY_THRESHOLD_GIVEN_DIGIT", "DIGITS"]
 
 TASKS = {"generate": ("n", "digit", "seed"), "encode": ("image", "digit"), "reconstruct": ("image", "digit"),
          "anomaly_score": ("image", "digit")}
 """Each task and the inputs it takes."""
 ANOMALY_THRESHOLD = "anomaly_threshold"
-"""The version metric that holds the anomaly threshold (trainer.evaluate records it)."""
+"""The version metric that holds the threshold of scores without a digit (trainer.evaluate records it)."""
+ANOMALY_THRESHOLD_GIVEN_DIGIT = "anomaly_threshold_given_digit"
+"""The version metric that holds the threshold of scores under a digit the job gives."""
 DIGITS = 10
 _ALLOWED = {task: frozenset(inputs) for task, inputs in TASKS.items()}
 _MAX_SEED = 2**63 - 1
@@ -66,11 +70,12 @@ class VaeRuntime:
     model = MODEL
 
     def __init__(self, onnx_bytes: bytes, version: str, *, aliases: Sequence[str] = (),
-                 anomaly_threshold: float = float("inf"), providers: str = "auto", intra_op_threads: int = 0,
-                 max_generate: int = 64) -> None:
+                 anomaly_thresholds: tuple[float, float] = (float("inf"), float("inf")), providers: str = "auto",
+                 intra_op_threads: int = 0, max_generate: int = 64) -> None:
         self._session = open_session(onnx_bytes, providers, intra_op_threads)
         self.latent_size = int(next(i for i in self._session.get_inputs() if i.name == "latent").shape[1])
-        self.anomaly_threshold = anomaly_threshold
+        self.anomaly_thresholds = anomaly_thresholds
+        """Above which `score` is `anomalous`: (digit not given, digit given)."""
         self.max_generate = max_generate
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
@@ -80,8 +85,9 @@ class VaeRuntime:
         """Load a sha256-verified version (or alias) and its anomaly threshold from the registry."""
         version, data = registry.load_verified(MODEL, ref)
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
-        threshold = version.metrics.get(ANOMALY_THRESHOLD, float("inf"))
-        return cls(data, str(version.version), aliases=aliases, anomaly_threshold=threshold, **kwargs)
+        without = version.metrics.get(ANOMALY_THRESHOLD, float("inf"))
+        given = version.metrics.get(ANOMALY_THRESHOLD_GIVEN_DIGIT, without)
+        return cls(data, str(version.version), aliases=aliases, anomaly_thresholds=(without, given), **kwargs)
 
     @property
     def providers(self) -> list[str]:
@@ -154,7 +160,8 @@ class VaeRuntime:
             return {"image": Tensor.from_numpy(encoded.reconstruction[best]), "digit": digit,
                     "reconstruction_nll": float(encoded.nll[best])}
         score = float(-(logsumexp(-negative_elbo) - np.log(len(negative_elbo))))
-        return {"score": score, "anomalous": score > self.anomaly_threshold, "digit": digit,
+        threshold = self.anomaly_thresholds[len(request.digits) == 1]
+        return {"score": score, "anomalous": score > threshold, "digit": digit,
                 "reconstruction_nll": float(encoded.nll[best]), "kl": float(encoded.kl[best])}
 
     def elbo_terms(self, images: np.ndarray, digits: np.ndarray,

@@ -20,7 +20,7 @@ class VaeSettings(WorkerSettings):
     )
 
     max_generate: int = Field(
-        64, ge=1, le=4096,
+        64, ge=1, le=1024,
         description="Most images one `generate` job may ask for (`n`): a job's answer is one message, and its model "
         "time is shared by the whole batch.",
     )

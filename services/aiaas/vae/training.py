@@ -1,12 +1,12 @@
 """Vae training jobs: the conditional VAE on the built-in digits or on the job's own labelled digits.
 
 Inputs (all optional): `epochs`, `learning_rate`, `batch_size`, `seed`, and this model's own `latent_size`
-(1..`MAX_LATENT_SIZE`) and `beta` (the KL weight of the training loss, a β-VAE; the recorded ELBO always weighs it
-1). Data inline as `images` (tensor [N, 8, 8], values 0..16) and `labels` (int tensor [N]), or `data_uri` to a file
-with those columns, exactly as vision training jobs take them. `base_version` to fine-tune from (its
-`weights.npz`; the latent size is the base's). Evaluation is always on the built-in held-out digits, so versions
-compare; a job whose images include any of them, or whose base was scored on job data, is marked `scored_on:
-job_data` and never promoted automatically.
+(1..`MAX_LATENT_SIZE`) and `beta` (0..`MAX_BETA`, the KL weight of the training loss, a β-VAE; the recorded ELBO
+always weighs it 1). Data inline as `images` (tensor [N, 8, 8], values 0..16) and `labels` (int tensor [N]), or
+`data_uri` to a file with those columns, exactly as vision training jobs take them. `base_version` to fine-tune
+from (its `weights.npz`; the latent size is the base's). Evaluation is always on the built-in held-out digits, so
+versions compare; a job whose images include any of them, or whose base was scored on job data, is marked
+`scored_on: job_data` and never promoted automatically.
 
 Progress after each epoch: the training loss, its terms (`reconstruction_nll` and `kl`, mean nats per image)
 and the held-out ELBO of the PyTorch model (one draw of z per image, fixed seed). The candidate's metrics are
@@ -34,9 +34,11 @@ from aiaas.vae.model import ConditionalVAE
 from aiaas.vae.trainer import WEIGHTS_FILE, TrainParams, package, train
 from aiaas.vision.data import DigitsSplit, includes_held_out, split_for_job
 
-__all__ = ["VaeTrainer", "MAX_LATENT_SIZE"]
+__all__ = ["VaeTrainer", "MAX_LATENT_SIZE", "MAX_BETA"]
 
 MAX_LATENT_SIZE = 64
+MAX_BETA = 1000.0
+"""The largest KL weight a job may ask for: beyond it the KL term is all the loss sees."""
 _PROGRESS_SEED = 99
 
 
@@ -54,6 +56,8 @@ class VaeTrainer:
         params = replace(TrainParams(), **request.params)
         if params.latent_size > MAX_LATENT_SIZE:
             raise InvalidJob(f"`latent_size` must be within 1..{MAX_LATENT_SIZE}; got {params.latent_size}")
+        if params.beta > MAX_BETA:
+            raise InvalidJob(f"`beta` must be within 0..{MAX_BETA:g}; got {params.beta:g}")
         split = split_for_job(request.data, MODEL)
         scored_on: ScoredOn = "job_data" if request.data is not None and includes_held_out(split) else "reference"
         initial, parent = None, None
