@@ -242,7 +242,33 @@ def flops_per_item(model: str, registry: Registry, batch: int) -> float:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             DigitsCNN().eval()(torch.from_numpy(images)[:, None])
         return counter.get_total_flops() / len(images)
+    if model == "vae":
+        return _vae_flops_per_item(registry, jobs)
     raise ValueError(f"unknown model {model!r}")
+
+
+def _vae_flops_per_item(registry: Registry, jobs: list) -> float:
+    """The VAE's products per job as served: the rows each job runs (an image without a digit runs under all ten,
+    through encoder and decoder; a generated image through the decoder), counted on the PyTorch network."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from aiaas.vae.model import ConditionalVAE
+
+    runtime = load_runtime("vae", registry)
+    requests = [runtime.prepare(job) for job in jobs]
+    encoding = [(r.image, d) for r in requests if r.image is not None for d in r.digits]
+    decoding = [d for r in requests if r.latent is not None for d in r.digits]
+    network = ConditionalVAE(runtime.latent_size).eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        if encoding:
+            images = torch.from_numpy(np.stack([image for image, _ in encoding]))
+            digits = torch.tensor([d for _, d in encoding])
+            mean, _ = network.encode(images, digits)
+            network.decode_logits(mean, digits)
+        if decoding:
+            network.decode_logits(torch.zeros(len(decoding), runtime.latent_size), torch.tensor(decoding))
+    return counter.get_total_flops() / len(jobs)
 
 
 def _rnn_flops_per_item(registry: Registry, jobs: list) -> float:
