@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,7 +145,7 @@ def home(tmp_path) -> Registry:
     return registry
 
 
-async def test_a_training_job_on_a_session_file_registers_a_version_that_is_not_promoted(
+async def test_a_training_job_on_a_session_file_is_not_promoted_until_a_person_does_and_then_it_is_served(
         kafka_settings, service_env, home, tmp_path, topic_prefix):
     data = home.root.parent / "data"  # the trainer's default data root
     data.mkdir()
@@ -150,7 +153,9 @@ async def test_a_training_job_on_a_session_file_registers_a_version_that_is_not_
     (data / "sessions.jsonl").write_text("\n".join(json.dumps({"items": s}) for s in sessions))
     (data / "short.jsonl").write_text("\n".join(json.dumps({"items": [1]}) for _ in range(60)))
     env = service_env | {"AIAAS_HOME": str(home.root.parent)}
+    service = ServiceProcess(env, tmp_path / "rnn.log", model="rnn").start()
     training = ServiceProcess(env, tmp_path / "trainer.log", "training", "rnn").start()
+    session = {"items": Tensor.from_numpy(np.array(sessions[0][:3], np.int64))}
     try:
         async with AiaasClient(kafka_settings) as client:
             bad = await client.train("rnn", {"data_uri": (data / "short.jsonl").as_uri()})
@@ -158,8 +163,19 @@ async def test_a_training_job_on_a_session_file_registers_a_version_that_is_not_
                                               "hidden_size": 32, "dim": 16})
             events = [event async for event in good.events(timeout=120)]
             failed = await bad.result(timeout=60)
+            before = await (await client.submit("rnn", session, task="next_items")).result(timeout=30)
+            # A person promotes it (`aiaas models promote`): the running service switches between two batches.
+            promoted = subprocess.run([str(Path(sys.executable).with_name("aiaas")), "models", "promote", "rnn", "v2"],
+                                      env=env, capture_output=True, text=True, timeout=60)
+            deadline, after = time.time() + 30, before
+            while after.model_version != "2" and time.time() < deadline:
+                await asyncio.sleep(0.5)
+                after = await (await client.submit("rnn", session, task="next_items")).result(timeout=30)
     finally:
+        service.stop()
         training.stop()
+    assert promoted.returncode == 0 and "rnn production: v1 → v2" in promoted.stdout, promoted.stderr
+    assert before.model_version == "1" and after.status == "ok" and after.model_version == "2"
     assert failed.status == "failed" and "at least 2" in failed.error.message
     statuses = [e.status for e in events]
     assert statuses[0] == "accepted" and statuses[-1] == "succeeded", events[-1]

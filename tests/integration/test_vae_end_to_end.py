@@ -1,5 +1,6 @@
 """The vae service and trainer as their own processes on the real broker: every task, the CLI's PNG grid, a bad
-job → error result and DLQ, one trace, and a training job whose progress carries the loss terms."""
+job → error result and DLQ, one trace, and a training job whose progress carries the loss terms, promoted by its
+held-out ELBO and served by the running service."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from aiokafka import AIOKafkaProducer
 from aiaas.client.client import AiaasClient
 from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import Job, Tensor
+from aiaas.registry.store import Registry
 from aiaas.tracing.span_store import job_trace, load_spans
 from aiaas.vae.runtime import VaeRuntime
+from aiaas.vae.trainer import TrainParams, build
 from aiaas.vision.data import load_split
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import read_topic
@@ -139,21 +142,38 @@ async def test_one_trace_runs_from_the_client_through_the_vae_service(kafka_sett
     assert process.span_id in [span_id for _, span_id in batch.links]
 
 
-async def test_a_training_job_reports_the_loss_terms_and_registers_a_version(kafka_settings, service_env,
-                                                                             vae_registry, tmp_path):
-    training = ServiceProcess(service_env, tmp_path / "trainer.log", "training", "vae").start()
+@pytest.fixture
+def weak_home(tmp_path) -> Registry:
+    """A registry of this test's own with a deliberately weak vae v1 (2 epochs) to improve on."""
+    registry = Registry(tmp_path / "home" / "registry")
+    build(registry, TrainParams(epochs=2))
+    return registry
+
+
+async def test_a_better_elbo_is_promoted_and_the_running_service_switches_to_it(kafka_settings, service_env,
+                                                                                weak_home, tmp_path):
+    env = service_env | {"AIAAS_HOME": str(weak_home.root.parent)}
+    service = ServiceProcess(env, tmp_path / "vae.log", model="vae").start()
+    training = ServiceProcess(env, tmp_path / "trainer.log", "training", "vae").start()
     try:
         async with AiaasClient(kafka_settings) as client:
-            job = await client.train("vae", {"epochs": 2, "latent_size": 4, "beta": 0.5})
+            job = await client.train("vae", {"epochs": 8, "latent_size": 4, "beta": 0.5})
             events = [event async for event in job.events(timeout=180)]
+            deadline, served = time.time() + 30, None
+            while time.time() < deadline:  # the service loads the new version between two batches
+                served = await (await client.submit("vae", {"n": 2, "seed": 1}, task="generate")).result(timeout=30)
+                if served.model_version == "2":
+                    break
+                await asyncio.sleep(0.5)
     finally:
+        service.stop()
         training.stop()
     assert events[-1].status == "succeeded", events[-1]
     running = [e.progress for e in events if e.status == "running"]
-    assert [p.epoch for p in running] == [1, 2] and all(p.metric_name == "elbo" for p in running)
+    assert [p.epoch for p in running] == list(range(1, 9)) and all(p.metric_name == "elbo" for p in running)
     assert all(set(p.loss_terms) == {"reconstruction_nll", "kl"} for p in running)
-    # Two epochs score a lower held-out ELBO than production's forty: promotion by ELBO keeps it on staging.
-    assert events[-1].outputs["aliases"] == ["staging"]
-    version = vae_registry.resolve("vae", str(events[-1].outputs["version"]))
-    assert version.params["latent_size"] == 4 and version.params["beta"] == 0.5
-    assert {"elbo", "class_match", "anomaly_threshold"} <= version.metrics.keys()
+    # Promotion by held-out ELBO: eight epochs beat the two of v1.
+    first, second = weak_home.resolve("vae", "v1"), weak_home.resolve("vae", "v2")
+    assert second.metrics["elbo"] > first.metrics["elbo"] and events[-1].outputs["aliases"] == ["production"]
+    assert second.params["latent_size"] == 4 and second.params["beta"] == 0.5
+    assert served is not None and served.status == "ok" and served.model_version == "2"
