@@ -184,6 +184,8 @@ async def test_a_training_job_on_a_session_file_is_not_promoted_until_a_person_d
     assert events[-1].outputs["version"] == 2 and "production" not in events[-1].outputs["aliases"]
     version = home.resolve("rnn", "v2")
     assert version.params["scored_on"] == "job_data" and version.params["hidden_size"] == 32
-    assert home.resolve("rnn", "production").version == 1  # scored on its own data: never promoted by itself
+    # Scored on its own data, it was never promoted by itself (the event's aliases, and v1 answered until a person
+    # promoted it); production is v2 since `aiaas models promote`.
+    assert home.resolve("rnn", "production").version == 2
     dead = await read_topic(kafka_settings, f"{topic_prefix}.dlq", expected=1)
     assert [r.key for r in dead] == [bad.job_id.encode()]
