@@ -17,6 +17,7 @@ import pytest
 
 from aiaas.client.client import AiaasClient
 from aiaas.contract.envelopes import Tensor
+from aiaas.model_types import BUILT_IN
 from tests.harness import service_env
 from tests.integration.conftest import ServiceProcess
 
@@ -44,7 +45,8 @@ def _aiaas(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.
 def test_the_plugin_type_is_listed_beside_the_built_in_ones(plugin_env):
     listed = _aiaas(plugin_env, "serve", "--help")
     assert listed.returncode == 0, listed.stderr
-    assert "{vision,text,recsys,llm,toy}" in listed.stdout and "toy: doubles a vector" in listed.stdout
+    every = "{" + ",".join([*(model.name for model in BUILT_IN), "toy"]) + "}"  # the built-in ones, then the plug-in
+    assert every in listed.stdout and "toy: doubles a vector" in listed.stdout
     without = _aiaas({k: v for k, v in plugin_env.items() if k != "PYTHONPATH"}, "serve", "toy")
     assert without.returncode == 2 and "invalid choice: 'toy'" in without.stderr
 
