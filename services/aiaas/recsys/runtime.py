@@ -17,6 +17,7 @@ from aiaas.errors import InvalidJob
 from aiaas.recsys import MODEL
 from aiaas.recsys.data import SERVING_FILE, ServingTables
 from aiaas.registry.store import Registry
+from aiaas.serving.job_inputs import TaskInputs, boolean_input, integer_input
 from aiaas.serving.onnx_session import open_session
 from aiaas.serving.runtime import Outputs
 
@@ -31,7 +32,7 @@ TOP_K_INPUT = "top_k"
 (`trainer.export_onnx`); graphs exported before it have none and rank every item."""
 
 
-_ALLOWED = {task: frozenset(inputs) for task, inputs in TASKS.items()}
+_TASK_INPUTS = TaskInputs(MODEL, TASKS)
 
 
 class _Request(NamedTuple):
@@ -41,18 +42,6 @@ class _Request(NamedTuple):
     subject: int
     k: int
     exclude_seen: bool = False
-
-
-def _integer(job: Job, name: str, default: int | None = None) -> int:
-    """A plain integer input (booleans are not integers here)."""
-    value = job.inputs.get(name, default)
-    if type(value) is int:  # the usual case, first
-        return value
-    if value is None:
-        raise InvalidJob(f"task {job.task!r} needs an integer input `{name}`")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJob(f"`{name}` must be an integer; got {type(value).__name__}")
-    return value
 
 
 class RecsysRuntime:
@@ -114,27 +103,19 @@ class RecsysRuntime:
 
     def prepare(self, job: Job) -> _Request:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
-        allowed = _ALLOWED.get(job.task) if job.task is not None else None
-        if job.task is None or allowed is None:
-            raise InvalidJob(f"recsys jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
-        if not job.inputs.keys() <= allowed:
-            raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
-                             f"unexpected: {', '.join(sorted(job.inputs.keys() - allowed))}")
-        k = _integer(job, "k", self._default_k)
+        task = _TASK_INPUTS.check(job)
+        k = integer_input(job, "k", self._default_k)
         if not 1 <= k <= self.max_k:
             raise InvalidJob(f"`k` must be within 1..{self.max_k}; got {k}")
-        if job.task == "similar_items":
-            return _Request(job.task, self._item(job), k)
-        user = _integer(job, "user_id")
+        if task == "similar_items":
+            return _Request(task, self._item(job), k)
+        user = integer_input(job, "user_id")
         if user < 0:
             raise InvalidJob(f"`user_id` must be a non-negative integer; got {user}")
-        exclude_seen = job.inputs.get("exclude_seen", True)
-        if not isinstance(exclude_seen, bool):
-            raise InvalidJob(f"`exclude_seen` must be a boolean; got {type(exclude_seen).__name__}")
-        return _Request(job.task, user, k, exclude_seen)
+        return _Request(task, user, k, boolean_input(job, "exclude_seen", True))
 
     def _item(self, job: Job) -> int:
-        item = _integer(job, "item_id")
+        item = integer_input(job, "item_id")
         if not 0 <= item < self.n_items:
             raise InvalidJob(f"unknown `item_id` {item}: items are 0..{self.n_items - 1}")
         return item

@@ -18,6 +18,7 @@ from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
 from aiaas.registry.store import Registry
 from aiaas.rnn import MODEL
+from aiaas.serving.job_inputs import TaskInputs, boolean_input, integer_input
 from aiaas.serving.length_groups import length_groups
 from aiaas.serving.onnx_session import open_session
 from aiaas.serving.runtime import Outputs
@@ -33,7 +34,7 @@ TOP_K_INPUT = "top_k"
 """The graph input, int64 [1], that says how many items each output row ranks (1..n_items); `trainer.export_onnx`
 adds it."""
 
-_ALLOWED = frozenset(INPUTS)
+_TASK_INPUTS = TaskInputs(MODEL, {TASK: INPUTS})
 _INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 
 
@@ -81,14 +82,6 @@ class _Request(NamedTuple):
     exclude_seen: bool
 
 
-def _integer(job: Job, name: str, default: int) -> int:
-    """A plain integer input (booleans are not integers here)."""
-    value = job.inputs.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJob(f"`{name}` must be an integer; got {type(value).__name__}")
-    return value
-
-
 class RnnRuntime:
     """Ranks the next items of sessions; one ONNX Runtime run per length group per batch."""
 
@@ -125,18 +118,11 @@ class RnnRuntime:
 
     def prepare(self, job: Job) -> _Request:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
-        if job.task != TASK:
-            raise InvalidJob(f"rnn jobs need the task {TASK}; got {job.task!r}")
-        if not job.inputs.keys() <= _ALLOWED:
-            raise InvalidJob(f"task {TASK} takes inputs {', '.join(INPUTS)}; "
-                             f"unexpected: {', '.join(sorted(job.inputs.keys() - _ALLOWED))}")
-        k = _integer(job, "k", self._default_k)
+        _TASK_INPUTS.check(job)
+        k = integer_input(job, "k", self._default_k)
         if not 1 <= k <= self.max_k:
             raise InvalidJob(f"`k` must be within 1..{self.max_k}; got {k}")
-        exclude_seen = job.inputs.get("exclude_seen", True)
-        if not isinstance(exclude_seen, bool):
-            raise InvalidJob(f"`exclude_seen` must be a boolean; got {type(exclude_seen).__name__}")
-        return _Request(self._items(job), k, exclude_seen)
+        return _Request(self._items(job), k, boolean_input(job, "exclude_seen", True))
 
     def _items(self, job: Job) -> np.ndarray:
         """The session: a 1-D integer tensor of 1..max_session_items known item ids."""

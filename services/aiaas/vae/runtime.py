@@ -22,6 +22,7 @@ from scipy.special import gammaln, logsumexp
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
 from aiaas.registry.store import Registry
+from aiaas.serving.job_inputs import TaskInputs, integer_input
 from aiaas.serving.onnx_session import open_session
 from aiaas.serving.runtime import Outputs
 from aiaas.vae import MODEL
@@ -37,7 +38,7 @@ ANOMALY_THRESHOLD = "anomaly_threshold"
 ANOMALY_THRESHOLD_GIVEN_DIGIT = "anomaly_threshold_given_digit"
 """The version metric that holds the threshold of scores under a digit the job gives."""
 DIGITS = 10
-_ALLOWED = {task: frozenset(inputs) for task, inputs in TASKS.items()}
+_TASK_INPUTS = TaskInputs(MODEL, TASKS)
 _MAX_SEED = 2**63 - 1
 _LOG_TRIALS_FACTORIAL = float(gammaln(MAX_INTENSITY + 1))
 _ALL_DIGITS = tuple(range(DIGITS))
@@ -100,39 +101,36 @@ class VaeRuntime:
 
     def prepare(self, job: Job) -> _Request:
         """Check the task and its inputs; raise InvalidJob naming what is valid."""
-        allowed = _ALLOWED.get(job.task) if job.task is not None else None
-        if job.task is None or allowed is None:
-            raise InvalidJob(f"vae jobs need a task, one of {', '.join(TASKS)}; got {job.task!r}")
-        if not job.inputs.keys() <= allowed:
-            raise InvalidJob(f"task {job.task!r} takes inputs {', '.join(TASKS[job.task])}; "
-                             f"unexpected: {', '.join(sorted(job.inputs.keys() - allowed))}")
-        digit = _integer(job, "digit") if "digit" in job.inputs else None
+        task = _TASK_INPUTS.check(job)
+        digit = integer_input(job, "digit") if "digit" in job.inputs else None
         if digit is not None and not 0 <= digit < DIGITS:
             raise InvalidJob(f"`digit` must be a digit 0..9 (or left out); got {digit}")
-        if job.task != "generate":
-            return _Request(job.task, _ALL_DIGITS if digit is None else (digit,), image=_image(job))
-        n = _integer(job, "n") if "n" in job.inputs else 1
+        if task != "generate":
+            return _Request(task, _ALL_DIGITS if digit is None else (digit,), image=_image(job))
+        n = integer_input(job, "n", 1)
         if not 1 <= n <= self.max_generate:
             raise InvalidJob(f"`n` must be within 1..{self.max_generate} (AIAAS_VAE_MAX_GENERATE); got {n}")
-        seed = _integer(job, "seed") if "seed" in job.inputs else _seed_of(job.job_id)
+        seed = integer_input(job, "seed") if "seed" in job.inputs else _seed_of(job.job_id)
         if not 0 <= seed <= _MAX_SEED:
             raise InvalidJob(f"`seed` must be within 0..2**63-1; got {seed}")
         rng = np.random.default_rng(seed)
         latent = rng.standard_normal((n, self.latent_size)).astype(np.float32)
         digits = (digit,) * n if digit is not None else tuple(rng.integers(0, DIGITS, n).tolist())
-        return _Request(job.task, digits, latent=latent, seed=seed)
+        return _Request(task, digits, latent=latent, seed=seed)
 
     def infer(self, items: Sequence[_Request]) -> list[Outputs]:
         """Every job's outputs, in order, from one session run."""
         encoding = [(r, r.image) for r in items if r.image is not None]
         generating = [(r, r.latent) for r in items if r.latent is not None]
-        images = np.stack([image for r, image in encoding for _ in r.digits]) if encoding else None
+        distinct = np.stack([image for _, image in encoding]) if encoding else None
+        rows_per_image = [len(r.digits) for r, _ in encoding]  # an image without a digit runs under all ten
+        images = None if distinct is None else np.repeat(distinct, rows_per_image, axis=0)
         latent = np.concatenate([points for _, points in generating]) if generating else None
         mean, log_variance, reconstruction, nll, kl, generated = self._run(
             images=images, digits=[d for r, _ in encoding for d in r.digits],
             latent=latent, generate_digits=[d for r, _ in generating for d in r.digits])
-        if images is not None:
-            nll = nll - _log_coefficients(images)
+        if distinct is not None:  # the coefficients depend on the image only: once per image, not per row
+            nll = nll - np.repeat(_log_coefficients(distinct), rows_per_image)
         outputs: list[Outputs] = []
         row = point = 0
         for request in items:
@@ -193,14 +191,6 @@ def _log_coefficients(images: np.ndarray) -> np.ndarray:
     """Σ log C(16, x) per image: the part of the Binomial likelihood the graph leaves out (model.py)."""
     x = images.astype(np.float64)
     return (_LOG_TRIALS_FACTORIAL - gammaln(x + 1) - gammaln(MAX_INTENSITY - x + 1)).sum(axis=(1, 2))
-
-
-def _integer(job: Job, name: str) -> int:
-    """A plain integer input (booleans are not integers here)."""
-    value = job.inputs[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJob(f"`{name}` must be an integer; got {type(value).__name__}")
-    return value
 
 
 def _seed_of(job_id: str) -> int:
