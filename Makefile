@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit lint kafka kafka-stop schemas clean
+.PHONY: install demo test test-unit lint kafka kafka-stop observe observe-stop tools-fetch schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(STAMP)  ## virtual environment with aiaas, PyTorch (training) and the
 demo: install  ## broker + vision service + 300 jobs + summary + one trace, then stops what it started
 	bash infra/demo.sh
 
-test: install lint  ## the whole suite: lint, unit and integration (starts its own broker on port 29092)
+test: install tools-fetch lint  ## the whole suite: lint, unit and integration (starts its own broker on port 29092)
 	infra/kafka/kafka.sh fetch
 	$(PY) -m pytest
 
@@ -37,6 +37,18 @@ kafka: install  ## start the local broker on 127.0.0.1:9092 (AIAAS_KAFKA_PORT to
 
 kafka-stop:
 	infra/kafka/kafka.sh stop
+
+observe: install  ## Kafka, Jaeger, Prometheus and the vision service tracing to Jaeger; prints what to try next
+	AIAAS_HOME=.aiaas infra/observe/observe.sh up
+
+observe-stop:  ## stop what `make observe` started
+	infra/observe/observe.sh down
+
+# Before lint: the first fetch builds Jaeger and helm from source (minutes each), in the background while lint and the
+# other tests run; the tests on Jaeger, Prometheus and the Helm chart run last and wait for them (helm.sh takes a lock).
+tools-fetch:
+	infra/observe/observe.sh fetch --background
+	mkdir -p $(HOME)/.cache/aiaas && (infra/k8s/helm.sh fetch > $(HOME)/.cache/aiaas/helm-fetch.log 2>&1 &)
 
 schemas: install  ## regenerate schemas/ from the pydantic contracts
 	$(VENV)/bin/aiaas schemas write

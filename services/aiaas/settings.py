@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["ModelCalls", "KafkaSettings", "EnvelopeSettings", "HomeSettings", "TracingSettings", "WorkerSettings"]
+__all__ = ["ModelCalls", "KafkaSettings", "EnvelopeSettings", "HomeSettings", "MetricsEndpointSettings",
+           "TracingSettings", "WorkerSettings"]
 
 ModelCalls = Literal["auto", "thread", "event-loop"]
 """Where a service runs its model's batch calls: on a model thread, on the event loop, or `auto` (the worker's
@@ -200,7 +201,22 @@ class EnvelopeSettings(BaseSettings):
 
 
 
-class WorkerSettings(BaseSettings):
+class MetricsEndpointSettings(BaseSettings):
+    """Where a service or trainer serves `/metrics`, `/healthz` and `/readyz` (docs/observe.md). The class that
+    inherits it gives the prefix (e.g. `AIAAS_VISION_`, `AIAAS_TRAINER_`)."""
+
+    metrics_port: int = Field(
+        0, ge=-1, le=65535,
+        description="Port of the metrics and health endpoint; 0: a free port, announced in a target file under "
+        "`<AIAAS_HOME>/metrics/targets/` that Prometheus and `aiaas top` read; -1: no endpoint. Set a fixed one in a "
+        "container.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the endpoint binds to (`0.0.0.0` in a container, for the probes)."
+    )
+
+
+class WorkerSettings(MetricsEndpointSettings):
     """Batching and limits of one model service. Each service subclasses it with its own prefix."""
 
     model_config = SettingsConfigDict(env_prefix="AIAAS_WORKER_", extra="ignore")

@@ -9,6 +9,11 @@ import pytest
 from aiaas.settings import KafkaSettings
 from tests.harness import ChildProcess
 from tests.harness import service_env as service_env_for
+from tests.integration.observe_backends import (  # noqa: F401  (fixtures: Jaeger and Prometheus)
+    OBSERVE_FIXTURES,
+    observe_jaeger,
+    observe_prometheus,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +56,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests on the observe backends and the Helm chart run last, so the first builds of Jaeger and helm (minutes,
+    started in the background by `make test`) overlap the rest of the run."""
+    built = OBSERVE_FIXTURES | {"helm"}
+    items.sort(key=lambda item: not built.isdisjoint(getattr(item, "fixturenames", ())))

@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", choices=MODEL_TYPES)
     rollback.add_argument("--alias", default="production")
 
+    top = sub.add_parser("top", help="a live view of the running services and trainers (Ctrl-C ends it)")
+    top.add_argument("--url", action="append", default=[], metavar="URL",
+                     help="an endpoint to watch (host:port), instead of the processes announced under AIAAS_HOME")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--rounds", type=int, help="refresh this many times, print the view once and exit")
+
     schemas = sub.add_parser("schemas", help="the generated documents: contracts in schemas/, the configuration "
                              "reference in docs/")
     schemas.add_argument("action", choices=("write", "check"))
@@ -540,6 +546,14 @@ _COMMANDS = {
 }
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from aiaas.cli.top import run_top
+
+    if args.interval <= 0 or (args.rounds is not None and args.rounds < 1):
+        raise AiaasError("--interval must be above 0 and --rounds at least 1")
+    return run_top(HomeSettings().home, args.url, interval_s=args.interval, rounds=args.rounds)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     model_type(args.model).serve()
     return 0
@@ -553,7 +567,7 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
     return 0
 
 
-_PROCESSES = {"serve": _cmd_serve, "trainer": _cmd_trainer}
+_PROCESSES = {"serve": _cmd_serve, "trainer": _cmd_trainer, "top": _cmd_top}
 
 
 if __name__ == "__main__":

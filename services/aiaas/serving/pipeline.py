@@ -170,6 +170,21 @@ class JobPipeline:
         """Pass to `consumer.subscribe(..., listener=...)`: drains and commits before partitions move."""
         return _DrainOnRevoke(self)
 
+    @property
+    def assigned(self) -> bool:
+        """Whether the group has given this consumer an assignment (which may be empty: more replicas than
+        partitions) since it joined."""
+        return self._assigned.is_set()
+
+    @property
+    def in_flight(self) -> tuple[int, int]:
+        """Jobs taken and not yet answered, and their bytes."""
+        return len(self._window), self._window.bytes
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition records were taken from: the offset of the next record to take."""
+        return dict(self._next_offset)
+
     def stop(self) -> None:
         """Stop taking new records; `run` returns once in-flight work is drained and committed."""
         self._stopping.set()

@@ -38,6 +38,8 @@ class RuntimeSet:
                  aliases: dict[str, int] | None = None, keep: int = 3) -> None:
         self.current = current
         self.serve_ref = serve_ref
+        self.swaps = 0
+        """New versions taken into service by `swap_if_ready` so far."""
         self._load = load
         self._aliases = dict(aliases or {})
         self._keep = keep
@@ -60,6 +62,7 @@ class RuntimeSet:
             if self._next is None or self._next.version != self._version_of(self.serve_ref):
                 return None
             previous, self.current, self._next = self.current, self._next, None
+            self.swaps += 1
         self._remember(self.current)
         resettle()  # the versions just let go of are collectable; the new one is long-lived
         log.info("%s: now serving v%s (was v%s)", self.model, self.current.version, previous.version)

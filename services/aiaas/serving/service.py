@@ -41,12 +41,13 @@ from aiaas.registry.store import Registry
 from aiaas.serving.cancels import CancelListener
 from aiaas.serving.heap import settle_heap
 from aiaas.serving.idempotency import OutcomeCache, seed_from_results
+from aiaas.serving.monitor import ServiceMonitor
 from aiaas.serving.pipeline import JobPipeline, PipelineStats
 from aiaas.serving.retries import RetryPolicy
 from aiaas.serving.runtime import ModelRuntime, streams
 from aiaas.serving.runtimes import RuntimeSet
 from aiaas.serving.worker import BatchWorker
-from aiaas.settings import KafkaSettings, WorkerSettings
+from aiaas.settings import HomeSettings, KafkaSettings, WorkerSettings
 from aiaas.tracing.setup import setup_tracing
 
 __all__ = ["ModelService", "run_service"]
@@ -64,7 +65,8 @@ aiokafka's default (16 KiB) would split a batch of text embeddings into many req
 class ModelService:
     """Wires one model type's runtimes to its topics: `.infer` in, `.results` and `.dlq` out, `.models` followed."""
 
-    def __init__(self, runtime: ModelRuntime | RuntimeSet, kafka: KafkaSettings, worker: WorkerSettings) -> None:
+    def __init__(self, runtime: ModelRuntime | RuntimeSet, kafka: KafkaSettings, worker: WorkerSettings,
+                 monitor: ServiceMonitor | None = None) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.runtime = self.runtimes.current
         self.kafka = kafka
@@ -74,10 +76,13 @@ class ModelService:
         self._pipeline: JobPipeline | None = None
         self._stop_requested = False
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
+        self.monitor = monitor
 
     def stop(self) -> None:
         """Ask a running service to drain and exit (what SIGTERM does)."""
         self._stop_requested = True
+        if self.monitor is not None:
+            self.monitor.health.stopping()
         if self._pipeline is not None:
             self._pipeline.stop()
 
@@ -128,6 +133,7 @@ class ModelService:
             await chunk_producer.start()
         watcher = ModelWatcher(self.kafka, self.runtime.model)
         following: asyncio.Task[None] | None = None
+        sampling: asyncio.Task[None] | None = None
         cancels: CancelListener | None = None
         outcomes = OutcomeCache(self.settings.idempotency_window, self.settings.outcome_memory_bytes)
         remembered = 0
@@ -141,6 +147,7 @@ class ModelService:
             reply_topics=ReplyTopics(self.topics, self.kafka.topic_prefix, self.settings.reply_to_pattern),
             topic_catalog=KafkaTopicCatalog(producer),
             chunk_sink=KafkaSink(chunk_producer) if chunk_producer is not None else None,
+            metrics=self.monitor.metrics if self.monitor is not None else None,
         )
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
@@ -156,6 +163,8 @@ class ModelService:
             publish_in_cut_order=not streaming,
         )
         stats = pipeline.stats
+        if self.monitor is not None:
+            self.monitor.health.waiting_for("starting: reading the outcomes at the tail of the results topic")
         try:
             # After the producer started: in exactly-once mode that aborted a dead predecessor's open transaction.
             remembered = await self._remember_outcomes(outcomes)
@@ -168,6 +177,9 @@ class ModelService:
             await consumer.start()
             _fetch_beside_prefetched(consumer)  # its fetcher exists once started
             self._pipeline = pipeline
+            if self.monitor is not None:
+                sampling = asyncio.create_task(self.monitor.sample_forever(consumer, producer, pipeline,
+                                                                           self.runtimes), name="aiaas-metrics")
             if self._stop_requested:
                 pipeline.stop()
             log.info(
@@ -179,9 +191,10 @@ class ModelService:
             )
             await pipeline.run()
         finally:
-            if following is not None:
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
+            for task in (following, sampling):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await watcher.stop()
             if cancels is not None:
                 await cancels.stop()
@@ -274,15 +287,18 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = setup_tracing(f"aiaas-{model}")
+    # Before the model loads: a liveness probe is answered during a long load, and readiness says what it waits for.
+    monitor = ServiceMonitor.open(model, worker, home=HomeSettings().home, instance=worker.instance_id)
     try:
         runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
                               aliases=registry.aliases(model))
         settle_heap(worker.gc_young_threshold)
-        asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker)))
+        asyncio.run(_serve(ModelService(runtimes, KafkaSettings(), worker, monitor)))
     except (BrokerUnavailable, ServiceMisconfigured) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     finally:
+        monitor.close()
         provider.shutdown()
 
 

@@ -47,9 +47,11 @@ from aiaas.errors import (
     UnknownModelVersion,
     UnparseableRecord,
 )
+from aiaas.metrics.serving import ServingMetrics
 from aiaas.serving.batch import JobInFlight, KafkaRecord, ProcessedBatch, ResultSink, end_spans, record_key
 from aiaas.serving.chunks import ChunkStreamer
 from aiaas.serving.idempotency import Outcome, OutcomeCache
+from aiaas.serving.job_metrics import count_delivered
 from aiaas.serving.outcomes import OutcomeSender
 from aiaas.serving.retries import RetryPolicy
 from aiaas.serving.runtime import ModelRuntime, Outputs, computes_on_cpu, streams
@@ -83,6 +85,7 @@ class BatchWorker:
         reply_topics: ReplyTopics | None = None,
         topic_catalog: TopicCatalog | None = None,
         chunk_sink: ResultSink | None = None,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self.runtimes = runtime if isinstance(runtime, RuntimeSet) else RuntimeSet(runtime)
         self.retry = retry or RetryPolicy(max_attempts=1)
@@ -107,6 +110,7 @@ class BatchWorker:
         self._generating: dict[tuple[str | None, str], JobInFlight] = {}
         """Jobs in a streaming runtime now, by (tenant, job id): what a cancellation may end."""
         self._chunks = ChunkStreamer(chunk_sink or sink, self._spans, self.runtimes.model, self._result_topic)
+        self.metrics = metrics
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -169,6 +173,8 @@ class BatchWorker:
         for job in batch.jobs:
             if job.remembered is not None and job.job is not None and record_key(job.record) not in refused:
                 self.outcomes.confirm(job.job.job_id, job.remembered, tenant=job.tenant)
+        if self.metrics is not None:
+            count_delivered(self.metrics, batch.jobs)
 
     def discard(self, batch: ProcessedBatch) -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""
@@ -351,6 +357,9 @@ class BatchWorker:
                 await self._infer([job], picked_at)
             return
         inference_ms = (time.perf_counter() - started) * 1000
+        if self.metrics is not None:
+            self.metrics.model_seconds.labels(runtime.model).observe(inference_ms / 1000)
+            self.metrics.batch_size.labels(runtime.model).observe(len(runnable))
         describe = getattr(runtime, "span_details", None)
         for job, out in zip(runnable, outputs, strict=True):
             if isinstance(out, AiaasError):  # the runtime refused this item on a batch-wide check

@@ -68,6 +68,9 @@ from aiaas.kafka.admin import ensure_topics
 from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 from aiaas.kafka.unparseable import UnparseableSearch, is_unparseable
+from aiaas.metrics.endpoint import close_endpoint, open_endpoint
+from aiaas.metrics.probes import Health, watch_broker
+from aiaas.metrics.training import TrainingMetrics
 from aiaas.registry.announce import ModelEvent
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.settings import HomeSettings, KafkaSettings
@@ -107,6 +110,8 @@ class TrainerService:
     def __init__(self, trainer: ModelTrainer, kafka: KafkaSettings, settings: TrainerSettings, registry: Registry,
                  attempts: AttemptCounter, header_limits: HeaderLimits | None = None) -> None:
         self.trainer, self.kafka, self.settings, self.registry = trainer, kafka, settings, registry
+        self.metrics = TrainingMetrics(trainer.model)
+        self.health = Health()
         self.attempts = attempts
         self.header_limits = header_limits or HeaderLimits.configured()
         self.topics = ModelTopics.of(trainer.model, kafka.topic_prefix)
@@ -144,16 +149,21 @@ class TrainerService:
         )
         consumer.subscribe(pattern=self.subscription())
         await producer.start()
+        watching = asyncio.create_task(watch_broker(self.health, producer.client.fetch_all_metadata),
+                                       name="aiaas-broker-watch")
         try:
             await consumer.start()
+            self.health.waiting_for(None)
             try:
                 log.info("%s trainer ready: consuming %s and %s.<tenant> as group %s (policy %s on %s; data roots %s)",
                          self.trainer.model, self.topics.train, self.topics.train, self.group, self.policy.mode,
                          self.policy.metric, ", ".join(map(str, self.settings.data_roots)) or "none")
                 await self.serve(consumer, producer, KafkaTopicCatalog(producer))
             finally:
+                self.health.stopping()
                 await consumer.stop()
         finally:
+            watching.cancel()
             await producer.stop()
 
     async def serve(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, catalog: TopicCatalog) -> None:
@@ -471,6 +481,7 @@ class TrainerService:
         ):
             await self._producer.send_and_wait(topic, encode(result), key=job.job_id.encode(),
                                                headers=tracing.inject_headers())
+        self.metrics.event(job.job_id, status, tenant, progress)
 
     async def _fail(self, record: ConsumerRecord, job: Job | None, tenant: str | None, error: AiaasError,
                     span: Span) -> None:
@@ -534,10 +545,12 @@ def run_trainer(trainer: ModelTrainer) -> None:
     """Entry point body of a trainer process: tracing, serve until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = setup_tracing(f"aiaas-{trainer.model}-trainer")
-    home = HomeSettings()
-    service = TrainerService(trainer, KafkaSettings(), TrainerSettings(), Registry(home.registry_dir),
+    home, settings = HomeSettings(), TrainerSettings()
+    service = TrainerService(trainer, KafkaSettings(), settings, Registry(home.registry_dir),
                              AttemptCounter(home.home / "training" / "attempts" / trainer.model),
                              HeaderLimits.configured())
+    endpoint = open_endpoint(service.metrics.registry, service.health, settings, home=home.home, role="trainer",
+                             model=trainer.model, instance=service.group)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -548,4 +561,5 @@ def run_trainer(trainer: ModelTrainer) -> None:
     try:
         asyncio.run(serve())
     finally:
+        close_endpoint(endpoint)
         provider.shutdown()

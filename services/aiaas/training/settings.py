@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from aiaas.settings import HomeSettings
+from aiaas.settings import HomeSettings, MetricsEndpointSettings
 
 __all__ = ["TrainerSettings"]
 
@@ -19,7 +19,7 @@ def _default_data_roots() -> list[Path]:
     return [HomeSettings().home / "data"]
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(MetricsEndpointSettings):
     """Attempts, limits on what a job may ask for, and promotion, for the trainers."""
 
     model_config = SettingsConfigDict(env_prefix="AIAAS_TRAINER_", extra="ignore")

@@ -1,0 +1,82 @@
+"""The metric families of a model service (OpenMetrics names, base units): jobs, latency, batches, the in-flight
+window and consumer lag, retries and dead letters, the model version, and for generation, tokens and their timing.
+
+The service records into them (`serving/job_metrics.py` per delivered batch, `serving/service.py` once a second for
+the gauges); the pipeline's own tallies are read when scraped (`CountersOf`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from aiaas.metrics.families import LATENCY_BUCKETS, SIZE_BUCKETS, CountersOf, new_registry
+
+__all__ = ["ServingMetrics", "PIPELINE_COUNTERS"]
+
+PIPELINE_COUNTERS = {
+    "pauses": ("aiaas_partition_pauses", "Times the in-flight window filled and the partitions were paused."),
+    "rewinds": ("aiaas_rewinds", "Partition rewinds after a batch's outcomes could not be published."),
+    "unreadable": ("aiaas_unreadable_records", "Records the Kafka client could not parse (dead-lettered)."),
+    "commit_failures": ("aiaas_commit_failures", "Offset commits that failed (retried with the next batch)."),
+    "transactions": ("aiaas_transactions", "Exactly-once transactions committed."),
+    "aborted_transactions": ("aiaas_transaction_aborts", "Exactly-once transactions aborted."),
+    "stalls": ("aiaas_event_loop_stalls", "Times the event loop stood still longer than the group session allows."),
+}
+"""PipelineStats field → (counter name without `_total`, help)."""
+
+
+class ServingMetrics:
+    """One model service's metrics, on a registry of its own (`registry`, what its endpoint serves)."""
+
+    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+        self.model = model
+        self.registry = registry if registry is not None else new_registry()
+        r = self.registry
+        self.jobs = Counter("aiaas_jobs", "Jobs answered, by task, final status (ok or error) and tenant.",
+                            ["model", "task", "status", "tenant"], registry=r)
+        self.retries = Counter("aiaas_retries", "Jobs sent to the retry topic for another attempt, by error type.",
+                               ["model", "error_type"], registry=r)
+        self.dead_letters = Counter("aiaas_dead_letters", "Records dead-lettered, by error type.",
+                                    ["model", "error_type"], registry=r)
+        self.job_seconds = Histogram(
+            "aiaas_job_duration_seconds", "A job's end-to-end time: its `created_at` (the publisher's clock) until "
+            "its result was acknowledged by the broker.", ["model"], registry=r, buckets=LATENCY_BUCKETS)
+        self.queue_wait_seconds = Histogram(
+            "aiaas_job_queue_wait_seconds", "A job's `created_at` until the worker took it into a batch.", ["model"],
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.model_seconds = Histogram("aiaas_batch_model_seconds", "One model call (a batch).", ["model"],
+                                       registry=r, buckets=LATENCY_BUCKETS)
+        self.batch_size = Histogram("aiaas_batch_size", "Jobs in one model call.", ["model"], registry=r,
+                                    buckets=SIZE_BUCKETS)
+        self.in_flight = Gauge("aiaas_jobs_in_flight", "Jobs taken from Kafka and not yet answered.", ["model"],
+                               registry=r)
+        self.in_flight_bytes = Gauge("aiaas_jobs_in_flight_bytes", "Bytes of the jobs in flight.", ["model"],
+                                     registry=r)
+        self.paused = Gauge("aiaas_partitions_paused", "Assigned partitions paused (the window is full).", ["model"],
+                            registry=r)
+        self.assigned = Gauge("aiaas_partitions_assigned", "Partitions assigned to this replica.", ["model"],
+                              registry=r)
+        self.lag_records = Gauge(
+            "aiaas_consumer_lag_records", "Records of an assigned partition this replica has not taken yet (its "
+            "high-water mark less the next offset to take).", ["model", "topic", "partition"], registry=r)
+        self.lag_seconds = Gauge(
+            "aiaas_consumer_lag_seconds", "How far behind the partition's head this replica reads: the age of the "
+            "last record it took while records are waiting, else 0.", ["model", "topic", "partition"], registry=r)
+        self.version = Info("aiaas_model", "The model version in service and the registry reference it follows.",
+                            ["model"], registry=r)
+        self.reloads = Counter("aiaas_model_reloads", "New versions taken into service without a restart.",
+                               ["model"], registry=r)
+        self.tokens = Counter("aiaas_generation_tokens", "Tokens of finished generations: `in` (prompt) and `out`.",
+                              ["model", "direction"], registry=r)
+        self.time_to_first_token = Histogram(
+            "aiaas_generation_time_to_first_token_seconds", "From a generation's start to its first token.",
+            ["model"], registry=r, buckets=LATENCY_BUCKETS)
+        self.time_per_output_token = Histogram(
+            "aiaas_generation_time_per_output_token_seconds", "Mean time between the output tokens of a generation.",
+            ["model"], registry=r, buckets=LATENCY_BUCKETS)
+
+    def count_pipeline(self, stats: Callable[[], object | None]) -> None:
+        """Export the pipeline's own tallies (PIPELINE_COUNTERS), read from `stats()` when scraped."""
+        self.registry.register(CountersOf(stats, PIPELINE_COUNTERS, {"model": self.model}))

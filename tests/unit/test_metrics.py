@@ -1,0 +1,206 @@
+"""Metrics without a broker: what a delivered batch counts, the endpoint and its probes, the target files, the
+quantiles and rates `aiaas top` computes, the trainer's counts, and the top view drawn from a live endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from aiaas.cli.top import run_top
+from aiaas.contract.dead_letters import Origin
+from aiaas.contract.envelopes import TrainingProgress
+from aiaas.errors import ModelFailure
+from aiaas.metrics.endpoint import MetricsEndpoint, close_endpoint, open_endpoint
+from aiaas.metrics.fleet import FleetView, Scrape, quantile
+from aiaas.metrics.probes import Health
+from aiaas.metrics.serving import ServingMetrics
+from aiaas.metrics.targets import Target, TargetFile, list_targets, targets_dir
+from aiaas.metrics.training import TrainingMetrics
+from aiaas.serving.retries import RetryPolicy
+from aiaas.serving.worker import BatchWorker
+from aiaas.settings import WorkerSettings
+from tests.fakes import FailingRuntime, Record, RecordingSink, SumRuntime, job_record
+from tests.unit.test_worker import TOPICS
+
+
+def counted(metrics: ServingMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, {"model": metrics.model} | labels) or 0.0
+
+
+def worker_with(metrics: ServingMetrics, runtime=None, retry=None) -> BatchWorker:
+    return BatchWorker(runtime or SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                       max_message_bytes=1 << 20, retry=retry, metrics=metrics)
+
+
+async def deliver(worker: BatchWorker, records) -> None:
+    batch = await worker.run(records)
+    await worker.publish(batch)
+    worker.delivered(batch)
+
+
+async def test_a_delivered_batch_counts_jobs_by_status_task_and_tenant_and_dead_letters_by_type():
+    metrics = ServingMetrics("vision")
+    garbage = Record("p.vision.infer", 0, 9, b"bad-1", b"\x93\x01\x02")
+    tenants = [job_record(i, [1.0, 2.0], topic="p.vision.infer.alice") for i in range(3)]
+    await deliver(worker_with(metrics), [job_record(7, [1.0], task="sum"), *tenants, garbage])
+
+    assert counted(metrics, "aiaas_jobs_total", task="sum", status="ok", tenant="") == 1
+    assert counted(metrics, "aiaas_jobs_total", task="", status="ok", tenant="alice") == 3
+    assert counted(metrics, "aiaas_jobs_total", task="", status="error", tenant="") == 1
+    assert counted(metrics, "aiaas_dead_letters_total", error_type="UndecodableMessage") == 1
+    assert counted(metrics, "aiaas_batch_size_count") == 1 and counted(metrics, "aiaas_batch_size_sum") == 4
+    assert counted(metrics, "aiaas_batch_model_seconds_count") == 1
+    assert counted(metrics, "aiaas_job_duration_seconds_count") == 4  # the garbage has no job, so no created_at
+    assert counted(metrics, "aiaas_job_queue_wait_seconds_count") == 4
+
+
+async def test_a_retriable_failure_counts_a_retry_not_an_answer_and_the_last_attempt_a_dead_letter():
+    metrics = ServingMetrics("vision")
+    await deliver(worker_with(metrics, FailingRuntime(), RetryPolicy(2, 0.01, 0.01)), [job_record(1, [1.0])])
+    assert counted(metrics, "aiaas_retries_total", error_type="ModelFailure") == 1
+    assert counted(metrics, "aiaas_jobs_total", task="", status="error", tenant="") == 0
+
+    last = job_record(1, [1.0], topic=TOPICS.retry)  # the second and last attempt
+    last.headers = RetryPolicy(2).retry_headers(Origin(TOPICS.infer, 0, 1), ModelFailure("flaky"), 1, now=0.0)
+    await deliver(worker_with(metrics, FailingRuntime(), RetryPolicy(2, 0.01, 0.01)), [last])
+    assert counted(metrics, "aiaas_jobs_total", task="", status="error", tenant="") == 1
+    assert counted(metrics, "aiaas_dead_letters_total", error_type="ModelFailure") == 1
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def test_the_endpoint_serves_metrics_and_probes_that_say_what_they_wait_for():
+    metrics, health = ServingMetrics("vision"), Health(stuck_after_s=0.05)
+    metrics.jobs.labels("vision", "", "ok", "").inc(3)
+    endpoint = MetricsEndpoint(metrics.registry, host="127.0.0.1", port=0, alive=health.alive, ready=health.ready)
+    endpoint.start()
+    base = f"http://127.0.0.1:{endpoint.port}"
+    try:
+        status, content_type, body = get(base + "/metrics")
+        assert status == 200 and content_type.startswith("text/plain")
+        assert 'aiaas_jobs_total{model="vision",status="ok",task="",tenant=""} 3.0' in body
+        assert "process_resident_memory_bytes" in body and "_created" not in body
+
+        assert get(base + "/healthz")[0] == 200  # before the event loop runs (loading the model): alive
+        assert get(base + "/readyz")[:3:2] == (503, "starting: loading the model\n")
+        health.tick()
+        health.waiting_for(None)
+        assert get(base + "/readyz")[2] == "the broker has not answered for 15 s\n"
+        health.broker_answered()
+        assert get(base + "/readyz")[:3:2] == (200, "ok\n")
+        time.sleep(0.1)  # no tick since: the loop is stuck
+        status, _, body = get(base + "/healthz")
+        assert status == 503 and "the event loop has not run" in body
+        health.tick()
+        health.stopping()
+        assert get(base + "/readyz")[:3:2] == (503, "stopping: draining in-flight work\n")
+        assert get(base + "/nothing")[0] == 404
+    finally:
+        endpoint.stop()
+
+
+def test_a_process_announces_its_endpoint_in_a_target_file_that_goes_when_it_stops(tmp_path):
+    metrics, health = ServingMetrics("vision"), Health()
+    opened = open_endpoint(metrics.registry, health, WorkerSettings(metrics_port=0, metrics_host="0.0.0.0"),
+                           home=tmp_path, role="service", model="vision", instance="replica-a")
+    assert opened is not None
+    try:
+        (target,) = list_targets(tmp_path)
+        assert target == Target(f"127.0.0.1:{opened[0].port}", "vision", "service", "replica-a", os.getpid())
+        entry = json.loads(next(targets_dir(tmp_path).glob("*.json")).read_text())
+        assert entry[0]["labels"]["aiaas_model"] == "vision"  # Prometheus' file_sd format
+    finally:
+        close_endpoint(opened)
+    assert list_targets(tmp_path) == [] and not any(targets_dir(tmp_path).iterdir())
+    assert open_endpoint(metrics.registry, health, WorkerSettings(metrics_port=-1), home=tmp_path, role="service",
+                         model="vision", instance="x") is None
+
+
+def test_a_target_file_of_a_process_that_is_gone_is_skipped_and_removed(tmp_path):
+    dead = TargetFile(tmp_path, role="service", model="vision", instance="gone", host="127.0.0.1", port=1)
+    dead.write()
+    entry = json.loads(dead.path.read_text())
+    entry[0]["labels"]["aiaas_pid"] = str(2**22 + 7)  # above Linux's pid_max: no such process
+    dead.path.write_text(json.dumps(entry))
+    (targets_dir(tmp_path) / "junk.json").write_text("{not json")
+    assert list_targets(tmp_path) == []
+    assert not dead.path.exists()
+
+
+def test_quantiles_of_the_observations_between_two_scrapes_interpolate_inside_their_bucket():
+    before = {0.01: 10.0, 0.1: 10.0, 1.0: 10.0, float("inf"): 10.0}
+    after = {0.01: 10.0, 0.1: 60.0, 1.0: 110.0, float("inf"): 110.0}  # 50 in (0.01, 0.1], 50 in (0.1, 1]
+    assert quantile(0.5, before, after) == pytest.approx(0.1)
+    assert quantile(0.25, before, after) == pytest.approx(0.055)
+    assert quantile(0.99, before, after) == pytest.approx(0.1 + 0.9 * 0.98)
+    assert quantile(0.5, after, after) is None  # nothing new
+
+
+def scrape_of(target: Target, at: float, jobs_ok: float, jobs_error: float, lag: float) -> Scrape:
+    one = Scrape(target, at, ready=True)
+    labels = (("model", target.model), ("status", "ok"), ("task", ""), ("tenant", ""))
+    one.series[("aiaas_jobs_total", labels)] = jobs_ok
+    one.series[("aiaas_jobs_total", (*labels[:1], ("status", "error"), *labels[2:]))] = jobs_error
+    one.series[("aiaas_consumer_lag_records", (("model", target.model), ("partition", "0")))] = lag
+    one.series[("aiaas_model_info", (("model", target.model), ("version", "2")))] = 1.0
+    return one
+
+
+def test_the_fleet_view_adds_up_replicas_into_one_row_per_model_with_rates_over_its_window():
+    a, b = (Target(f"127.0.0.1:{port}", "vision", "service", name, port) for port, name in ((1, "a"), (2, "b")))
+    view = FleetView(window_s=10)
+    view.add([scrape_of(a, 0.0, 0, 0, 5), scrape_of(b, 0.0, 100, 0, 0)])
+    view.add([scrape_of(a, 2.0, 400, 10, 7), scrape_of(b, 2.0, 300, 0, 1)])
+    (row,) = view.services()
+    assert (row.model, row.replicas, row.ready, row.versions) == ("vision", 2, 2, "v2")
+    assert row.jobs_per_s == pytest.approx((410 + 200) / 2) and row.errors_per_s == pytest.approx(5)
+    assert row.lag == 8
+    view.add([scrape_of(a, 3.0, 400, 10, 7)])  # b is gone
+    assert view.services()[0].replicas == 1
+
+
+def test_a_trainer_counts_its_jobs_epochs_and_last_metric():
+    metrics = TrainingMetrics("vision")
+    metrics.event("j1", "accepted", "alice", None)
+    for epoch in (1, 2, 2, 3):
+        metrics.event("j1", "running", "alice", TrainingProgress(epoch=epoch, epochs=3, loss=1 / epoch, metric=0.9,
+                                                                 metric_name="accuracy"))
+    assert metrics.registry.get_sample_value("aiaas_training_jobs_running", {"model": "vision"}) == 1
+    metrics.event("j1", "succeeded", "alice", None)
+    sample = metrics.registry.get_sample_value
+    assert sample("aiaas_training_epochs_total", {"model": "vision"}) == 3
+    assert sample("aiaas_training_metric", {"model": "vision", "metric": "accuracy"}) == 0.9
+    assert sample("aiaas_training_jobs_total", {"model": "vision", "status": "succeeded", "tenant": "alice"}) == 1
+    assert sample("aiaas_training_jobs_running", {"model": "vision"}) == 0
+
+
+def test_top_draws_a_row_for_a_live_service_from_its_target_file(tmp_path: Path):
+    metrics, health = ServingMetrics("vision"), Health()
+    health.tick()
+    health.waiting_for(None)
+    health.broker_answered()
+    metrics.version.labels("vision").info({"version": "3", "serving": "production"})
+    opened = open_endpoint(metrics.registry, health, WorkerSettings(metrics_port=0), home=tmp_path, role="service",
+                           model="vision", instance="a")
+    console = Console(record=True, width=160)
+    try:
+        metrics.jobs.labels("vision", "", "ok", "").inc(5)
+        assert run_top(tmp_path, [], interval_s=0.05, rounds=2, console=console) == 0
+    finally:
+        close_endpoint(opened)
+    (line,) = [line for line in console.export_text().splitlines() if "vision" in line]
+    cells = [cell.strip() for cell in line.split("│")[1:-1]]
+    assert cells[:3] == ["vision", "1", "1"] and cells[10] == "v3"
