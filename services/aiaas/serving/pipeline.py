@@ -53,6 +53,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiaas.errors import PublishFailed, TransactionFenced
 from aiaas.kafka.commit_window import InFlightWindow, Partition
 from aiaas.kafka.offset_committer import OffsetCommitter
+from aiaas.kafka.past_markers import PastMarkerCommits
 from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.stall_watch import LoopStallWatch
 from aiaas.kafka.transactions import Transactions
@@ -85,6 +86,7 @@ class Consumer(Protocol):
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def position(self, partition: TopicPartition) -> int: ...
+    async def committed(self, partition: TopicPartition) -> int | None: ...
     async def seek_to_committed(self, *partitions: TopicPartition) -> dict[TopicPartition, int]: ...
 
 
@@ -164,6 +166,9 @@ class JobPipeline:
         self._rejoining: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._model_loops = 0  # model loops running now
+        # Lets the group's lag reach 0 where partitions end in transaction markers (KEDA scales on it).
+        self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset,
+                                               committing=lambda: self._committer.busy or bool(self._publishing))
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -200,6 +205,7 @@ class JobPipeline:
                        for i in range(self._instances)]
         fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
         watch = asyncio.create_task(self._stall.run(), name="aiaas-stall-watch") if self._stall else None
+        markers = asyncio.create_task(self._past_markers.run(), name="aiaas-past-markers")
         try:
             await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
             ended = [loop for loop in model_loops if loop.done()]
@@ -218,7 +224,7 @@ class JobPipeline:
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
                 log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again",
                             self._drain_timeout_s)
-            background = [task for task in (watch, self._rejoining) if task is not None]
+            background = [task for task in (watch, markers, self._rejoining) if task is not None]
             for task in (*model_loops, fetch_loop, *self._publishing, *background):
                 task.cancel()
             await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
