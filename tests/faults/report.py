@@ -43,7 +43,13 @@ LEGEND = """\
   and after 8 s tenant `alice` (a process of her own: `bench/tenant_flood.py flood`) publishes N jobs to
   `<prefix>.vision.infer.alice` as fast as her producer takes them, far past the service's capacity; one
   results reader per tenant on its own results topic; bob's p50/p99 alone and during the flood are in the
-  details (`bench/tenant_flood.py` measures them properly). "Random points" are seeded
+  details (`bench/tenant_flood.py` measures them properly); 12 on a local 3-node KRaft cluster (`kafka.sh cluster`:
+  topics replicated 3 times, min.insync.replicas=2, offsets and transaction state replicated 3 times), published at
+  200 jobs/s so that both faults land mid-stream: kill -9 the node that leads a random partition of the infer topic,
+  start it again after 3–8 s, wait until every replica is back in sync, then the same for the node that leads a
+  random partition of the results topic (the details say what else each killed node led: partitions of the other
+  topic, of `__consumer_offsets` and `__transaction_state`, i.e. group and transaction coordinators).
+  "Random points" are seeded
   (`--seed`) and placed by progress: "at 37 %" = once 37 % of the good jobs had a result.
 - **mode**: the service's `AIAAS_VISION_DELIVERY` (each worker also gets `AIAAS_VISION_INSTANCE_ID`, `w1` or `w2`).
 - **jobs sent**: good vision jobs (held-out digits) the broker acknowledged, published at a fixed rate
@@ -163,8 +169,11 @@ def _details(row: Row) -> list[str]:
     return out + [""]
 
 
-def machine() -> str:
-    """CPU, cores, memory, Python and the versions that matter here."""
+_BROKERS = {"single": "single local KRaft node", "cluster": "local 3-node KRaft cluster for scenario 12"}
+
+
+def machine(brokers: set[str] | None = None) -> str:
+    """CPU, cores, memory, Python and the versions that matter here (`brokers`: which of `single`, `cluster` ran)."""
     cpu = cpu_name()
     try:
         mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
@@ -180,8 +189,9 @@ def machine() -> str:
             pass
     found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", (REPO / "infra" / "kafka" / "pom.xml").read_text())
     kafka = found.group(1) if found else "?"
+    ran = " and ".join(_BROKERS[b] for b in sorted(brokers or {"single"}, reverse=True))
     return (f"{cpu}, {os.cpu_count()} cores{memory} · Python {platform.python_version()} · "
-            f"Apache Kafka {kafka} (single local KRaft node) · " + " · ".join(versions))
+            f"Apache Kafka {kafka} ({ran}) · " + " · ".join(versions))
 
 
 def machine_slug() -> str:
@@ -192,9 +202,11 @@ def machine_slug() -> str:
 
 
 def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int, started: str, total_s: float,
-             load: tuple[float, float, float] | None = None) -> str:
+             load: tuple[float, float, float] | None = None, brokers: set[str] | None = None) -> str:
     """The whole report: command, machine, N, the table, the column definitions, the details."""
     broken = verdict(rows)
+    own_rates = "".join(sorted({f" (scenario {row.scenario.number}: {row.scenario.rate:,.0f}/s)" for row in rows
+                                if row.scenario.rate and row.scenario.rate != rate}))
     busy = "" if load is None else (" Load average (1/5/15 min) when it ended: "
                                     f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} "
                                     "(other work on the machine slows the runs down: wall times vary with it).")
@@ -202,8 +214,9 @@ def markdown(rows: list[Row], *, command: str, jobs: int, rate: float, seed: int
         f"# aiaas fault suite — {started}",
         "",
         f"Command: `{command}` ({total_s / 60:.1f} min in all).",
-        f"Machine: {machine()}.{busy}",
-        f"N = {jobs:,} good jobs per scenario run, published at {rate:,.0f}/s; seed {seed}. Every run has its own "
+        f"Machine: {machine(brokers)}.{busy}",
+        f"N = {jobs:,} good jobs per scenario run, published at {rate:,.0f}/s{own_rates}; seed {seed}. Every run "
+        "has its own "
         "topics, consumer groups and processes; the vision service runs as `python -m aiaas.vision` with its "
         "defaults (trace export off: `OTEL_TRACES_EXPORTER=none`).",
         "",

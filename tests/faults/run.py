@@ -3,7 +3,9 @@
     python -m tests.faults.run [--jobs 10000] [--scenarios 1,2,3,4,5,6]
                                [--modes at-least-once,exactly-once] [--out tests/faults/results]
 
-Starts its own broker (infra/kafka/kafka.sh, port --port (29492), state in a temporary folder), builds a
+Starts its own broker (infra/kafka/kafka.sh, port --port (29492), state in a temporary folder), and for the
+scenarios that need one (12) a local 3-node cluster instead (`kafka.sh cluster`, nodes on --cluster-port
+(default --port + 10), on it + 5 and on it + 10), each when a scenario first needs it, builds a
 vision model into a temporary AIAAS_HOME (or uses --home), runs the scenarios one after the other,
 prints each row as it is done, and writes the table with its definitions and details to
 `<out>/<date>-<machine>.md`. Exit status 1 when a requirement is not met. Everything it started
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from tests.harness import LocalBroker, stop_all
 
+from .cluster import LocalCluster
 from .report import HEADER, RULE, machine, machine_slug, markdown, table, verdict
-from .scenarios import MODES, SCENARIOS, Options, Row, run_one
+from .scenarios import MODES, SCENARIOS, Options, Row, Scenario, run_one
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -44,12 +47,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "ephemeral range (32768+ on Linux): while the broker restarts, a client reconnecting to a "
                         "free port in that range can be given that very port as its own and connect to itself, "
                         "holding the port so the broker cannot bind it again")
+    parser.add_argument("--cluster-port", type=int,
+                        help="the 3-node cluster's base port (default --port + 10): node N listens on it "
+                        "+ 5 x (N - 1), its controller on that + 1")
     parser.add_argument("--home", type=Path, help="AIAAS_HOME with a built vision model (default: build one)")
     parser.add_argument("--stall", type=float, default=60.0, help="give up on a run after this long without a result")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, reader files, broker data)")
     args = parser.parse_args(argv)
     args.scenarios = [SCENARIOS[int(s)] for s in args.scenarios.split(",") if s]
     args.modes = [m for m in args.modes.split(",") if m]
+    if args.cluster_port is None:
+        args.cluster_port = args.port + 10
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
@@ -66,27 +74,57 @@ def build_home(workdir: Path) -> Path:
     return home
 
 
+class Brokers:
+    """The single node and the 3-node cluster, each started when a scenario first needs it.
+
+    One of them runs at a time (the machine has few cores): starting one stops the other.
+    """
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.single = LocalBroker(args.port, workdir / "kafka")
+        self.cluster = LocalCluster(args.cluster_port, workdir / "cluster")
+        self.current: LocalBroker | LocalCluster | None = None
+
+    async def for_scenario(self, scenario: Scenario) -> LocalBroker | LocalCluster:
+        """The broker `scenario` runs on, running (started again when a failed scenario left it down)."""
+        want = self.cluster if scenario.cluster else self.single
+        if self.current is not None and self.current is not want:
+            await self.current.stop_async()
+            self.current = None
+        if self.current is None or not want.running:
+            await want.start_async()
+            self.current = want
+        return want
+
+    async def stop(self) -> None:
+        if self.current is not None:
+            await self.current.stop_async()
+            self.current = None
+
+
 async def main_async(args: argparse.Namespace, workdir: Path) -> list[Row]:
-    """Start the broker, run every scenario × mode, return the rows."""
+    """Start the broker(s), run every scenario × mode, return the rows."""
     home = args.home or build_home(workdir)
-    broker = LocalBroker(args.port, workdir / "kafka")
-    await broker.start_async()
+    brokers = Brokers(args, workdir)
     opts = Options(jobs=args.jobs, home=home, workdir=workdir, rate=args.rate, seed=args.seed, stall_s=args.stall)
-    print(f"machine: {machine()}\nwork folder: {workdir}\n\n{HEADER}\n{RULE}", flush=True)
+    print(f"machine: {machine(_kinds(args.scenarios))}\nwork folder: {workdir}\n\n{HEADER}\n{RULE}", flush=True)
     rows = []
     try:
         for scenario in args.scenarios:
             for mode in args.modes:
-                row = await run_one(scenario, mode, opts, broker)
+                row = await run_one(scenario, mode, opts, await brokers.for_scenario(scenario))
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
                 for line in ([f"failed: {row.error}"] if row.error else []) + row.notes:
                     print(f"    {line}", flush=True)
-                if not broker.running:  # a scenario that failed while the broker was down
-                    await broker.start_async()
     finally:
-        await broker.stop_async()
+        await brokers.stop()
     return rows
+
+
+def _kinds(scenarios: list[Scenario]) -> set[str]:
+    """Which brokers the scenarios run on: `single`, `cluster`."""
+    return {"cluster" if s.cluster else "single" for s in scenarios}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m tests.faults.run " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = markdown(rows, command=command.strip(), jobs=args.jobs, rate=args.rate, seed=args.seed,
                       started=started.strftime("%Y-%m-%d %H:%M"), total_s=time.monotonic() - t0,
-                      load=os.getloadavg())
+                      load=os.getloadavg(), brokers=_kinds(args.scenarios))
     broken = verdict(rows)
     print("\nrequirements: " + ("all met" if not broken else "NOT met:\n  " + "\n  ".join(broken)))
     if str(args.out) != "-":

@@ -29,6 +29,7 @@ from aiaas.settings import KafkaSettings
 from tests.harness import ChildProcess, LocalBroker, service_env
 
 from .check import Check, check, read_received
+from .cluster import LocalCluster
 from .load import (
     Message,
     Published,
@@ -91,14 +92,17 @@ class Row:
 class Run:
     """One scenario in one mode: its topics, processes, monitor and notes."""
 
-    def __init__(self, scenario: Scenario, mode: str, opts: Options, broker: LocalBroker) -> None:
+    def __init__(self, scenario: Scenario, mode: str, opts: Options, broker: LocalBroker | LocalCluster) -> None:
         self.scenario, self.mode, self.opts, self.broker = scenario, mode, opts, broker
         self.prefix = f"f{scenario.number}{mode[0]}{uuid.uuid4().hex[:8]}"
-        self.kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=self.prefix)
+        replicas = getattr(broker, "replication_factor", 1)
+        self.kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=self.prefix,
+                                   replication_factor=replicas)
         self.dir = opts.workdir / f"s{scenario.number}-{mode}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(f"{opts.seed}-{scenario.number}-{mode}")
-        self.env = service_env(broker.bootstrap, self.prefix, opts.home, export_traces=False)
+        self.env = service_env(broker.bootstrap, self.prefix, opts.home, export_traces=False,
+                               extra={"AIAAS_KAFKA_REPLICATION_FACTOR": str(replicas)})
         self.topics = ModelTopics.of("vision", self.prefix)
         self.tenants = scenario.tenants
         self.infer_topics = [self.topics.infer, *(self.topics.tenant_infer(t) for t in self.tenants)]
@@ -324,6 +328,47 @@ async def freeze_worker(run: Run) -> None:
              "frozen")
 
 
+_LEADER_KILL_RATE = 200.0
+"""Scenario 12's jobs/s: a node's kill, restart and catching up take tens of seconds on a small machine; at 200/s
+(50 s for N = 10,000) both kills land while jobs are still coming in."""
+
+
+async def kill_leaders(run: Run) -> None:
+    """12 (3-node cluster): kill -9 the node that leads an infer partition, start it again; once every replica is
+    back in sync, kill -9 the node that leads a results partition then, and start it again.
+
+    Each killed node leads other partitions too (of the infer and results topics, of the group's offsets and of
+    the transaction state, which makes it a group or transaction coordinator): the note says which. Its partitions
+    have no leader until the controller fences it (broker.session.timeout.ms, 9 s) or it is back; with 3 replicas
+    and min.insync.replicas=2 no acknowledged record may be lost.
+    """
+    cluster = run.broker
+    assert isinstance(cluster, LocalCluster), "scenario 12 needs the 3-node cluster"
+    watched = [*run.infer_topics, *run.results_topics, run.topics.retry, "__consumer_offsets", "__transaction_state"]
+    floor = 0.0
+    for fraction, (what, topic) in zip(_points(run.rng, 2, 0.15, 0.85),
+                                       (("infer", run.topics.infer), ("results", run.topics.results)), strict=True):
+        await run.at(max(fraction, floor))
+        partition = run.rng.randrange(run.kafka.partitions)
+        node = await cluster.leader_of(topic, partition)
+        led = await cluster.led_by(node, watched)
+        at, started = run.percent(), time.monotonic()
+        await cluster.kill_node(node)
+        run.note(f"kill -9 node {node}, leader of {what} partition {partition}, at {at}; it led "
+                 + ", ".join(name.removeprefix(f"{run.prefix}.") for name in led))
+        down = run.rng.uniform(3, 8)
+        await asyncio.sleep(down)
+        await cluster.start_node(node)
+        run.note(f"node {node} started again after {down:.1f} s down; answering {time.monotonic() - started:.1f} s "
+                 f"after the kill, at {run.percent()}")
+        if await cluster.wait_in_sync(watched, timeout=run.opts.stall_s * 2):
+            run.note(f"every replica in sync again {time.monotonic() - started:.1f} s after the kill, "
+                     f"at {run.percent()}")
+        else:
+            run.note(f"FINDING: replicas still out of sync {time.monotonic() - started:.1f} s after the kill")
+        floor = run.progress() + 0.05
+
+
 _BOB_RATE = 50.0
 """Tenant flood: bob's jobs/s (open loop)."""
 _SOLO_S = 8.0
@@ -422,6 +467,8 @@ class Scenario:
     """Good job ids published by the scenario itself (alice's flood): counted in lost and sent."""
     extra_topics: tuple[str, ...] = ()
     """More topics to create (`{prefix}` is the run's)."""
+    cluster: bool = False
+    """Runs on the local 3-node cluster (`tests/faults/cluster.py`) instead of the single node."""
 
     @property
     def hostile(self) -> bool:
@@ -445,12 +492,13 @@ SCENARIOS = {s.number: s for s in (
     Scenario(10, "SIGSTOP worker past its session", freeze_worker, worker_env=tuple(_FROZEN_SETTINGS.items())),
     Scenario(11, "tenant flood", tenant_flood, tenants=("alice", "bob"), jobs=_bob_jobs, rate=_BOB_RATE,
              extra_good=_alice_ids),
+    Scenario(12, "kill -9 infer, results leaders (3 nodes)", kill_leaders, cluster=True, rate=_LEADER_KILL_RATE),
 )}
 
 
 # -- one run ---------------------------------------------------------------------------------
 
-async def run_one(scenario: Scenario, mode: str, opts: Options, broker: LocalBroker) -> Row:
+async def run_one(scenario: Scenario, mode: str, opts: Options, broker: LocalBroker | LocalCluster) -> Row:
     """Run `scenario` in `mode`; never raises for a scenario's failure (the row carries it)."""
     run = Run(scenario, mode, opts, broker)
     row = Row(scenario, mode)
