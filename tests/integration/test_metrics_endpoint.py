@@ -86,6 +86,24 @@ async def test_a_service_reports_ready_counts_its_jobs_and_dead_letters_and_with
     assert not target.exists()
 
 
+async def test_model_monitoring_shows_the_answers_drifting_when_only_one_kind_of_digit_comes(
+        kafka_settings, vision_service, session_registry):
+    home = session_registry.root.parent
+    vision_service.start()
+    base = endpoint_of(vision_service, home)
+    drift = 'aiaas_model_output_drift{model="vision",version="1"}'
+    await submit(kafka_settings, 300)  # held-out digits: spread as the held-out set was when v1 was built
+    wait_for(lambda: sample(base, drift) is not None, 10, what="the drift gauge")
+    assert sample(base, drift) < 0.2
+    ones = [image for image, label in digit_jobs(360) if label == 1]
+    async with AiaasClient(kafka_settings) as client:  # then only ones, many times over: the window fills with 1s
+        handles = await asyncio.gather(*(client.submit("vision", {"image": ones[i % len(ones)]}) for i in range(1000)))
+        await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    wait_for(lambda: (sample(base, drift) or 0) > 0.6, 10, what="the drift gauge to pass 0.6")
+    share = sample(base, 'aiaas_model_output_share{category="1",model="vision",version="1"}')
+    assert share is not None and share > 0.9
+
+
 async def test_prometheus_finds_the_service_by_its_target_file_and_scrapes_its_job_counters(
         kafka_settings, service_env, vision_registry, session_registry, observe_prometheus, tmp_path):
     home = observe_prometheus.home

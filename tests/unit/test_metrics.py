@@ -17,6 +17,7 @@ from aiaas.cli.top import run_top
 from aiaas.contract.dead_letters import Origin
 from aiaas.contract.envelopes import TrainingProgress
 from aiaas.errors import ModelFailure
+from aiaas.metrics.drift import OutputDrift, js_distance
 from aiaas.metrics.endpoint import MetricsEndpoint, close_endpoint, open_endpoint
 from aiaas.metrics.fleet import FleetView, Scrape, quantile
 from aiaas.metrics.probes import Health
@@ -204,3 +205,34 @@ def test_top_draws_a_row_for_a_live_service_from_its_target_file(tmp_path: Path)
     (line,) = [line for line in console.export_text().splitlines() if "vision" in line]
     cells = [cell.strip() for cell in line.split("│")[1:-1]]
     assert cells[:3] == ["vision", "1", "1"] and cells[10] == "v3"
+
+
+def test_output_drift_keeps_a_window_and_measures_the_jensen_shannon_distance():
+    drift = OutputDrift({"0": 0.5, "1": 0.5}, window=4)
+    assert drift.distance() is None
+    for category in "0101":
+        drift.add(category)
+    assert drift.distance() == pytest.approx(0.0)
+    for category in "2222":  # the window now holds only what the reference never saw
+        drift.add(category)
+    assert len(drift) == 4 and drift.shares() == {"2": 1.0}
+    assert drift.distance() == pytest.approx(1.0)
+    assert js_distance({"a": 1.0}, {"a": 0.5, "b": 0.5}) == pytest.approx(0.5579, abs=1e-4)
+
+
+class CategorisedSum(SumRuntime):
+    output_profile = {"small": 0.5, "big": 0.5}
+
+    @staticmethod
+    def output_category(outputs):
+        return "big" if outputs["sum"] > 10 else "small"
+
+
+async def test_answers_are_watched_per_version_and_their_drift_is_exported_once_sampled():
+    metrics = ServingMetrics("vision")
+    await deliver(worker_with(metrics, CategorisedSum()), [job_record(i, [float(i)]) for i in range(4)])
+    metrics.sample_drift()
+    sample = metrics.registry.get_sample_value
+    assert sample("aiaas_model_output_share", {"model": "vision", "version": "7", "category": "small"}) == 1.0
+    assert sample("aiaas_model_output_drift", {"model": "vision", "version": "7"}) == pytest.approx(
+        js_distance({"small": 1.0}, CategorisedSum.output_profile))

@@ -7,13 +7,18 @@ the gauges); the pipeline's own tallies are read when scraped (`CountersOf`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from aiaas.metrics.drift import OutputDrift
 from aiaas.metrics.families import LATENCY_BUCKETS, SIZE_BUCKETS, CountersOf, new_registry
 
-__all__ = ["ServingMetrics", "PIPELINE_COUNTERS"]
+__all__ = ["ServingMetrics", "PIPELINE_COUNTERS", "DRIFT_WINDOW"]
+
+DRIFT_WINDOW = 1000
+"""Answers per version whose output categories model monitoring compares with the version's reference."""
+_VERSIONS_WATCHED = 3
 
 PIPELINE_COUNTERS = {
     "pauses": ("aiaas_partition_pauses", "Times the in-flight window filled and the partitions were paused."),
@@ -76,6 +81,36 @@ class ServingMetrics:
         self.time_per_output_token = Histogram(
             "aiaas_generation_time_per_output_token_seconds", "Mean time between the output tokens of a generation.",
             ["model"], registry=r, buckets=LATENCY_BUCKETS)
+
+        self.output_share = Gauge(
+            "aiaas_model_output_share", "Share of each output category (predicted label, score bin) among the last "
+            "answers of a version (up to 1,000).", ["model", "version", "category"], registry=r)
+        self.output_drift = Gauge(
+            "aiaas_model_output_drift", "How far the last answers' output categories moved from the version's "
+            "held-out set at training time: the Jensen-Shannon distance, 0 (same spread) to 1 (nothing shared).",
+            ["model", "version"], registry=r)
+        self.drift: dict[str, OutputDrift] = {}
+        """Per version served lately: its recent output categories (`watch_output`)."""
+
+    def watch_output(self, version: str, reference: Mapping[str, float], category: str) -> None:
+        """One answer of `version` fell in `category` (its reference: the version's `output_profile`)."""
+        drift = self.drift.get(version)
+        if drift is None:
+            if len(self.drift) >= _VERSIONS_WATCHED:  # versions come and go with promotions: keep the latest few
+                del self.drift[next(iter(self.drift))]
+            drift = self.drift[version] = OutputDrift(reference, DRIFT_WINDOW)
+        drift.add(category)
+
+    def sample_drift(self) -> None:
+        """Set the share and drift gauges from the windows (once a second, not per answer)."""
+        self.output_share.clear()
+        self.output_drift.clear()
+        for version, drift in self.drift.items():
+            for category, share in drift.shares().items():
+                self.output_share.labels(self.model, version, category).set(share)
+            distance = drift.distance()
+            if distance is not None:
+                self.output_drift.labels(self.model, version).set(distance)
 
     def count_pipeline(self, stats: Callable[[], object | None]) -> None:
         """Export the pipeline's own tallies (PIPELINE_COUNTERS), read from `stats()` when scraped."""

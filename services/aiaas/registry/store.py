@@ -53,6 +53,11 @@ class ModelVersion(BaseModel):
         default_factory=dict, description="Companion files of the artifact (tokenizer, lookup tables): name → sha256."
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation metrics.")
+    output_profile: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of each output category (a predicted label, a score's bin) on the held-out set when the "
+        "version was made: what model monitoring compares the served outputs with (`aiaas_model_output_drift`).",
+    )
     params: dict[str, object] = Field(default_factory=dict, description="Hyper-parameters of training.")
     data_hash: str | None = Field(None, description="sha256 of the training data.")
     parent: int | None = Field(None, description="Version this one was fine-tuned from.")

@@ -40,6 +40,8 @@ def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> Non
             queue_wait.observe(result.timings.queue_wait_ms / 1000)
             if "completion_tokens" in result.outputs:
                 _count_generation(metrics, result.outputs)
+            if job.runtime is not None and not job.replayed:
+                _watch_output(metrics, job.runtime, result.outputs)
     for (task, status, tenant), n in answered.items():
         metrics.jobs.labels(model, task, status, tenant).inc(n)
     for error_type, n in retried.items():
@@ -61,3 +63,13 @@ def _count_generation(metrics: ServingMetrics, outputs: Mapping[str, object]) ->
     rate = outputs.get("tokens_per_second")
     if isinstance(rate, int | float) and rate > 0:
         metrics.time_per_output_token.labels(model).observe(1 / rate)
+
+
+def _watch_output(metrics: ServingMetrics, runtime: object, outputs: Mapping[str, object]) -> None:
+    """The answer's output category, for model monitoring, where its runtime names one (`output_category`)."""
+    category_of = getattr(runtime, "output_category", None)
+    if category_of is None:
+        return
+    category = category_of(outputs)
+    if category is not None:
+        metrics.watch_output(getattr(runtime, "version", "?"), getattr(runtime, "output_profile", {}), category)

@@ -75,6 +75,7 @@ class ServiceMonitor:
                 self._sample_window(consumer, pipeline)
                 await self._sample_lag(consumer, pipeline)
                 self._sample_version(runtimes)
+                self.metrics.sample_drift()
                 await asyncio.sleep(_SAMPLE_S)
         finally:
             watching.cancel()

@@ -45,6 +45,8 @@ class Candidate:
     extra: dict[str, object] = field(default_factory=dict)
     scored_on: ScoredOn = "job_data"
     """Defaults to the cautious answer: a trainer must say its evaluation is independent of the job."""
+    output_profile: dict[str, float] = field(default_factory=dict)
+    """Share of each output category on the evaluation set (`ModelVersion.output_profile`, for model monitoring)."""
 
 
 class ModelTrainer(Protocol):

@@ -442,6 +442,7 @@ class TrainerService:
                 metrics=candidate.metrics, params=candidate.params | {SCORED_ON: candidate.scored_on}
                 | ({_TENANT_PARAM: tenant} if tenant else {}),
                 data_hash=candidate.data_hash, parent=candidate.parent, job_id=job.job_id,
+                output_profile=candidate.output_profile,
             )
             span.set_attributes({tracing.MODEL_VERSION: str(version.version), "aiaas.registry.aliases": list(aliases),
                                  "aiaas.training.scored_on": candidate.scored_on})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,17 +24,25 @@ class VisionRuntime:
     model = MODEL
 
     def __init__(self, onnx_bytes: bytes, version: str, *, aliases: Sequence[str] = (), providers: str = "auto",
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, output_profile: Mapping[str, float] | None = None) -> None:
         self._session = open_session(onnx_bytes, providers, intra_op_threads)
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
+        self.output_profile = dict(output_profile or {})
+        """Share of each predicted label on the held-out digits when this version was built (model monitoring)."""
 
     @classmethod
     def from_registry(cls, registry: Registry, ref: str = "production", **kwargs: Any) -> VisionRuntime:
         """Load a sha256-verified version (or alias) from the registry."""
         version, data = registry.load_verified(MODEL, ref)
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
-        return cls(data, str(version.version), aliases=aliases, **kwargs)
+        return cls(data, str(version.version), aliases=aliases, output_profile=version.output_profile, **kwargs)
+
+    @staticmethod
+    def output_category(outputs: Mapping[str, object]) -> str | None:
+        """The predicted label: what model monitoring counts."""
+        label = outputs.get("label")
+        return str(label) if label is not None else None
 
     @property
     def providers(self) -> list[str]:

@@ -19,7 +19,7 @@ from aiaas.vision import MODEL
 from aiaas.vision.data import DigitsSplit, load_split
 from aiaas.vision.model import DigitsCNN
 
-__all__ = ["TrainParams", "train", "export_onnx", "weights_npz", "onnx_accuracy", "build"]
+__all__ = ["TrainParams", "train", "export_onnx", "weights_npz", "onnx_labels", "label_shares", "build"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,18 @@ def export_onnx(model: DigitsCNN, path: Path) -> None:
         )
 
 
-def onnx_accuracy(path: Path, split: DigitsSplit) -> float:
-    """Held-out accuracy of the exported graph, run by ONNX Runtime (what the service serves)."""
+def onnx_labels(path: Path, split: DigitsSplit) -> np.ndarray:
+    """The exported graph's predicted label of every held-out image, run by ONNX Runtime (what the service serves):
+    its accuracy and its `output_profile` come from them."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (probs,) = session.run(None, {"image": split.test_x})
-    return float(np.mean(probs.argmax(axis=1) == split.test_y))
+    return np.asarray(probs.argmax(axis=1))
+
+
+def label_shares(labels: np.ndarray) -> dict[str, float]:
+    """Each predicted label's share: a version's `output_profile`, what model monitoring compares with."""
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): round(float(c) / len(labels), 6) for v, c in zip(values, counts, strict=True)}
 
 
 def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersion:
@@ -106,9 +113,9 @@ def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersi
         path, weights = Path(tmp) / "model.onnx", Path(tmp) / "weights.npz"
         export_onnx(model, path)
         weights_npz(model, weights)
-        accuracy = onnx_accuracy(path, split)
+        labels = onnx_labels(path, split)
         return registry.register(
             MODEL, path, companions=(weights,),
-            metrics={"accuracy": accuracy, "train_seconds": round(train_seconds, 2)},
-            params=asdict(params), data_hash=split.data_hash(),
+            metrics={"accuracy": float(np.mean(labels == split.test_y)), "train_seconds": round(train_seconds, 2)},
+            output_profile=label_shares(labels), params=asdict(params), data_hash=split.data_hash(),
         )

@@ -35,7 +35,8 @@ from aiaas.vision.data import includes_held_out, split_for_job
 from aiaas.vision.trainer import (
     TrainParams,
     export_onnx,
-    onnx_accuracy,
+    label_shares,
+    onnx_labels,
     train,
     weights_npz,
 )
@@ -87,5 +88,8 @@ class VisionTrainer:
         artifact, weights = workdir / "model.onnx", workdir / "weights.npz"
         export_onnx(model, artifact)
         weights_npz(model, weights)
-        metrics = {"accuracy": onnx_accuracy(artifact, split), "train_seconds": round(time.perf_counter() - started, 2)}
-        return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent, scored_on=scored_on)
+        labels = onnx_labels(artifact, split)
+        metrics = {"accuracy": float(np.mean(labels == split.test_y)),
+                   "train_seconds": round(time.perf_counter() - started, 2)}
+        return Candidate(artifact, metrics, asdict(params), split.data_hash(), (weights,), parent, scored_on=scored_on,
+                         output_profile=label_shares(labels))

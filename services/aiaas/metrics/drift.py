@@ -1,0 +1,61 @@
+"""Model monitoring: how the outputs a version serves are spread now, against how they were spread on its held-out
+set when it was trained.
+
+A runtime names each answer's category (`output_category`: a predicted label, or a score's bin) and carries its
+version's reference shares (`ModelVersion.output_profile`). `OutputDrift` keeps the categories of the last `window`
+answers and gives their shares and the Jensen-Shannon distance to the reference: 0 when the spreads match, 1 when
+they share nothing. It is bounded and symmetric, and stays defined when a category is missing on one side (unlike
+the KL divergence or PSI), so one alert threshold fits every model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Mapping
+
+__all__ = ["OutputDrift", "js_distance"]
+
+
+class OutputDrift:
+    """The last `window` output categories of one version, and their distance from its reference shares."""
+
+    def __init__(self, reference: Mapping[str, float], window: int = 1000) -> None:
+        self.reference = dict(reference)
+        self._window: deque[str] = deque(maxlen=window)
+        self._counts: Counter[str] = Counter()
+
+    def add(self, category: str) -> None:
+        """One more answer (the oldest one leaves a full window)."""
+        if len(self._window) == self._window.maxlen:
+            oldest = self._window[0]
+            self._counts[oldest] -= 1
+            if not self._counts[oldest]:
+                del self._counts[oldest]
+        self._window.append(category)
+        self._counts[category] += 1
+
+    def __len__(self) -> int:
+        return len(self._window)
+
+    def shares(self) -> dict[str, float]:
+        """Each category's share of the window."""
+        total = len(self._window)
+        return {category: n / total for category, n in self._counts.items()} if total else {}
+
+    def distance(self) -> float | None:
+        """Jensen-Shannon distance (base 2) between the window and the reference; None without either."""
+        if not self.reference or not self._window:
+            return None
+        return js_distance(self.shares(), self.reference)
+
+
+def js_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """Jensen-Shannon distance (the square root of the divergence, base 2) of two distributions over categories."""
+    p_total, q_total = sum(p.values()), sum(q.values())
+    divergence = 0.0
+    for category in set(p) | set(q):
+        a, b = p.get(category, 0.0) / p_total, q.get(category, 0.0) / q_total
+        middle = (a + b) / 2
+        divergence += (a * math.log2(a / middle) if a else 0.0) / 2 + (b * math.log2(b / middle) if b else 0.0) / 2
+    return math.sqrt(max(0.0, min(1.0, divergence)))
