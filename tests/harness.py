@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REPO", "KAFKA_SH", "LocalBroker", "ChildProcess", "service_env", "stop_all"]
+__all__ = ["REPO", "KAFKA_SH", "LocalBroker", "ChildProcess", "service_env", "stop_all", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
@@ -270,3 +270,15 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def wait_for(check, timeout: float, interval: float = 0.5, what: str = "the condition"):
+    """Call `check()` until it returns something true (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s (last: {value!r})")
+        time.sleep(interval)

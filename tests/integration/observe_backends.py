@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +24,7 @@ import pytest
 
 from tests.harness import REPO
 
-__all__ = ["OBSERVE_FIXTURES", "Jaeger", "Prometheus", "observe_jaeger", "observe_prometheus", "wait_for"]
+__all__ = ["OBSERVE_FIXTURES", "Jaeger", "Prometheus", "observe_jaeger", "observe_prometheus"]
 
 OBSERVE_SH = REPO / "infra" / "observe" / "observe.sh"
 OBSERVE_FIXTURES = frozenset({"observe_jaeger", "observe_prometheus"})
@@ -216,15 +215,3 @@ def observe_prometheus(tmp_path_factory: pytest.TempPathFactory):
     _start(prometheus)
     yield prometheus
     prometheus.stop()
-
-
-def wait_for(check, timeout: float, interval: float = 0.5, what: str = "the condition"):
-    """Call `check()` until it returns something true (returned) or `timeout` seconds pass (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s (last: {value!r})")
-        time.sleep(interval)

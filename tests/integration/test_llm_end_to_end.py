@@ -15,8 +15,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiaas.client.client import AiaasClient, StreamRestart
 from aiaas.contract.codec import decode_result
 from aiaas.contract.envelopes import Result
+from aiaas.metrics.fleet import scrape
+from aiaas.metrics.targets import list_targets
 from aiaas.settings import KafkaSettings
 from tests.harness import service_env as service_env_for
+from tests.harness import wait_for
 from tests.integration.conftest import ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -78,7 +81,7 @@ async def streamed(handle, timeout: float = 120) -> tuple[list[str], Result]:
     raise AssertionError("the stream ended without a result")
 
 
-async def test_an_answer_streams_in_order_and_adds_up_to_the_final_text(llm_service, settings):
+async def test_an_answer_streams_in_order_and_adds_up_to_the_final_text(llm_service, settings, llm_env):
     async with AiaasClient(settings) as client:
         handle = await client.submit("llm", {}, task="chat", messages=STORY, generation={"max_tokens": 60})
         pieces, result = await streamed(handle)
@@ -91,6 +94,14 @@ async def test_an_answer_streams_in_order_and_adds_up_to_the_final_text(llm_serv
     assert [c.status for c in chunks][-1] == "ok"
     seqs = [c.chunk.seq for c in chunks if c.status == "chunk"]
     assert seqs == list(range(len(seqs))) and len({c.chunk.run for c in chunks if c.chunk}) == 1
+    # The generation's usage is in the service's metrics: tokens in and out, time to first token, per output token.
+    (target,) = [t for t in list_targets(Path(llm_env["AIAAS_HOME"])) if t.pid == llm_service.pid]
+    wait_for(lambda: scrape(target).total("aiaas_generation_tokens_total", direction="out") >= 1, 10,
+             what="the LLM's token counter")
+    metrics = scrape(target)
+    assert metrics.total("aiaas_generation_tokens_total", direction="in") >= result.outputs["prompt_tokens"]
+    assert metrics.total("aiaas_generation_time_to_first_token_seconds_count") >= 1
+    assert metrics.total("aiaas_generation_time_per_output_token_seconds_count") >= 1
 
 
 async def test_a_greedy_question_gets_the_right_answer_and_the_same_seed_the_same_text(llm_service, settings):

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 
 from aiaas.client.client import AiaasClient
 from aiaas.metrics.targets import targets_dir
+from tests.harness import wait_for
 from tests.integration.conftest import ServiceProcess
-from tests.integration.observe_backends import wait_for
 from tests.integration.test_vision_end_to_end import digit_jobs
 
 pytestmark = pytest.mark.integration

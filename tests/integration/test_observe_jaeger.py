@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from tests.harness import REPO
+from tests.harness import REPO, wait_for
 from tests.integration.conftest import ServiceProcess
-from tests.integration.observe_backends import Jaeger, wait_for
+from tests.integration.observe_backends import Jaeger
 
 pytestmark = pytest.mark.integration
 
