@@ -236,3 +236,25 @@ async def test_answers_are_watched_per_version_and_their_drift_is_exported_once_
     assert sample("aiaas_model_output_share", {"model": "vision", "version": "7", "category": "small"}) == 1.0
     assert sample("aiaas_model_output_drift", {"model": "vision", "version": "7"}) == pytest.approx(
         js_distance({"small": 1.0}, CategorisedSum.output_profile))
+
+
+def test_a_batch_histogram_exports_what_prometheus_clients_histogram_would_for_the_same_values():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from aiaas.metrics.families import LATENCY_BUCKETS, BatchHistogram
+
+    values = [0.0, 0.001, 0.0011, 0.004, 0.02, 0.2, 1.0, 7.0, 500.0]  # on bounds, between them, past the last
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batch = BatchHistogram("h_seconds", "h", ["model"], LATENCY_BUCKETS, ours)
+    batch.observe_many(("m",), values[:4])
+    batch.observe_many(("m",), values[4:])
+    reference = Histogram("h_seconds", "h", ["model"], registry=theirs, buckets=LATENCY_BUCKETS)
+    for value in values:
+        reference.labels("m").observe(value)
+
+    def samples(registry):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples}
+
+    got, expected = samples(ours), samples(theirs)
+    assert got.keys() == expected.keys() and len(got) == len(LATENCY_BUCKETS) + 2
+    assert all(got[key] == pytest.approx(value) for key, value in expected.items())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["OutputDrift", "js_distance"]
 
@@ -27,13 +27,19 @@ class OutputDrift:
 
     def add(self, category: str) -> None:
         """One more answer (the oldest one leaves a full window)."""
-        if len(self._window) == self._window.maxlen:
-            oldest = self._window[0]
-            self._counts[oldest] -= 1
-            if not self._counts[oldest]:
-                del self._counts[oldest]
-        self._window.append(category)
-        self._counts[category] += 1
+        self.add_many((category,))
+
+    def add_many(self, categories: Sequence[str]) -> None:
+        """More answers, in order (the oldest leave a full window)."""
+        window = self._window
+        leaving = max(0, len(window) + len(categories) - (window.maxlen or 0))
+        if leaving:
+            gone = [window[i] for i in range(min(leaving, len(window)))]
+            self._counts.subtract(gone)
+            self._counts = +self._counts  # drops the categories no longer in the window
+        window.extend(categories)
+        size = window.maxlen or len(categories)
+        self._counts.update(categories[-size:] if len(categories) > size else categories)
 
     def __len__(self) -> int:
         return len(self._window)

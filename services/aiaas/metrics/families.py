@@ -4,16 +4,19 @@ garbage collector, and on CUDA the device memory PyTorch holds; plus the buckets
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "new_registry", "CountersOf"]
+__all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "new_registry", "CountersOf", "BatchHistogram"]
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, float("inf"))
@@ -56,6 +59,52 @@ class CountersOf(Collector):
             family = CounterMetricFamily(name, help_text, labels=list(self._labels))
             family.add_metric(list(self._labels.values()), float(getattr(source, field)))
             yield family
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a batch of observations at once (`observe_many`), for the per-job latencies.
+
+    prometheus-client's Histogram takes one observation per call, at a few microseconds each (a lock and a bucket
+    search in Python): per job, that was a measurable share of a service's time at thousands of jobs a second. Here a
+    batch's values are bucketed by numpy in one pass. It is exported as a standard histogram family.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, list(labelnames)
+        self._bounds = np.asarray([b for b in buckets if b != float("inf")], dtype=np.float64)
+        self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}  # counts per bucket (+Inf last), sum
+        self._lock = threading.Lock()  # observed on the event loop, collected on the endpoint's thread
+        registry.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
+        """Add observations (one label set)."""
+        if not len(values):
+            return
+        found = np.bincount(np.searchsorted(self._bounds, np.asarray(values, dtype=np.float64), side="left"),
+                            minlength=len(self._bounds) + 1)
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
+            series[0][:] += found
+            series[1][0] += float(np.sum(values))
+
+    def collect(self) -> Iterator[Metric]:
+        """One histogram family, cumulative buckets as Prometheus expects."""
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            snapshot = [(labels, counts.copy(), total[0]) for labels, (counts, total) in self._series.items()]
+        for labels, counts, total in snapshot:
+            cumulative = np.cumsum(counts)
+            bounds = [*(float(b) for b in self._bounds), float("inf")]
+            family.add_metric(list(labels), [(_bound(b), float(c)) for b, c in zip(bounds, cumulative, strict=True)],
+                              total)
+        yield family
+
+
+def _bound(upper: float) -> str:
+    return floatToGoString(upper)  # "+Inf", "0.005": as prometheus-client writes its own buckets
 
 
 class _CudaMemory(Collector):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from aiaas.metrics.drift import OutputDrift
-from aiaas.metrics.families import LATENCY_BUCKETS, SIZE_BUCKETS, CountersOf, new_registry
+from aiaas.metrics.families import LATENCY_BUCKETS, SIZE_BUCKETS, BatchHistogram, CountersOf, new_registry
 
 __all__ = ["ServingMetrics", "PIPELINE_COUNTERS", "DRIFT_WINDOW"]
 
@@ -45,12 +45,12 @@ class ServingMetrics:
                                ["model", "error_type"], registry=r)
         self.dead_letters = Counter("aiaas_dead_letters", "Records dead-lettered, by error type.",
                                     ["model", "error_type"], registry=r)
-        self.job_seconds = Histogram(
+        self.job_seconds = BatchHistogram(
             "aiaas_job_duration_seconds", "A job's end-to-end time: its `created_at` (the publisher's clock) until "
-            "its result was acknowledged by the broker.", ["model"], registry=r, buckets=LATENCY_BUCKETS)
-        self.queue_wait_seconds = Histogram(
+            "its result was acknowledged by the broker.", ["model"], LATENCY_BUCKETS, r)
+        self.queue_wait_seconds = BatchHistogram(
             "aiaas_job_queue_wait_seconds", "A job's `created_at` until the worker took it into a batch.", ["model"],
-            registry=r, buckets=LATENCY_BUCKETS)
+            LATENCY_BUCKETS, r)
         self.model_seconds = Histogram("aiaas_batch_model_seconds", "One model call (a batch).", ["model"],
                                        registry=r, buckets=LATENCY_BUCKETS)
         self.batch_size = Histogram("aiaas_batch_size", "Jobs in one model call.", ["model"], registry=r,
@@ -92,14 +92,14 @@ class ServingMetrics:
         self.drift: dict[str, OutputDrift] = {}
         """Per version served lately: its recent output categories (`watch_output`)."""
 
-    def watch_output(self, version: str, reference: Mapping[str, float], category: str) -> None:
-        """One answer of `version` fell in `category` (its reference: the version's `output_profile`)."""
+    def watch_outputs(self, version: str, reference: Mapping[str, float], categories: list[str]) -> None:
+        """Answers of `version` fell in these categories (its reference: the version's `output_profile`)."""
         drift = self.drift.get(version)
         if drift is None:
             if len(self.drift) >= _VERSIONS_WATCHED:  # versions come and go with promotions: keep the latest few
                 del self.drift[next(iter(self.drift))]
             drift = self.drift[version] = OutputDrift(reference, DRIFT_WINDOW)
-        drift.add(category)
+        drift.add_many(categories)
 
     def sample_drift(self) -> None:
         """Set the share and drift gauges from the windows (once a second, not per answer)."""

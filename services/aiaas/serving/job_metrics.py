@@ -15,14 +15,16 @@ __all__ = ["count_delivered"]
 
 
 def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> None:
-    """Count a delivered batch's outcomes (labels added up first: one increment per label set, not per job)."""
+    """Count a delivered batch's outcomes: labels added up and latencies gathered first, so each metric is touched
+    once per batch, not once per job (a few microseconds a call, at thousands of jobs a second)."""
     model = metrics.model
     now = time.time()
     answered: Counter[tuple[str, str, str]] = Counter()
     retried: Counter[str] = Counter()
     dead: Counter[str] = Counter()
-    end_to_end = metrics.job_seconds.labels(model)
-    queue_wait = metrics.queue_wait_seconds.labels(model)
+    end_to_end: list[float] = []
+    queue_wait: list[float] = []
+    watched: dict[int, tuple[object, list[Mapping[str, object]]]] = {}  # per runtime: the outputs of its answers
     for job in jobs:
         if job.superseded:
             continue  # a retry record of a job already answered: it publishes nothing
@@ -35,19 +37,23 @@ def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> Non
         task = (job.job.task or "") if job.job is not None else ""
         answered[task, result.status if result is not None else "error", job.tenant or ""] += 1
         if job.job is not None:
-            end_to_end.observe(max(0.0, now - job.job.created_at))
+            end_to_end.append(now - job.job.created_at)
         if result is not None and result.status == "ok":
-            queue_wait.observe(result.timings.queue_wait_ms / 1000)
+            queue_wait.append(result.timings.queue_wait_ms / 1000)
             if "completion_tokens" in result.outputs:
                 _count_generation(metrics, result.outputs)
             if job.runtime is not None and not job.replayed:
-                _watch_output(metrics, job.runtime, result.outputs)
+                watched.setdefault(id(job.runtime), (job.runtime, []))[1].append(result.outputs)
     for (task, status, tenant), n in answered.items():
         metrics.jobs.labels(model, task, status, tenant).inc(n)
     for error_type, n in retried.items():
         metrics.retries.labels(model, error_type).inc(n)
     for error_type, n in dead.items():
         metrics.dead_letters.labels(model, error_type).inc(n)
+    metrics.job_seconds.observe_many((model,), [max(0.0, seconds) for seconds in end_to_end])
+    metrics.queue_wait_seconds.observe_many((model,), queue_wait)
+    for runtime, outputs in watched.values():
+        _watch_outputs(metrics, runtime, outputs)
 
 
 def _count_generation(metrics: ServingMetrics, outputs: Mapping[str, object]) -> None:
@@ -65,11 +71,11 @@ def _count_generation(metrics: ServingMetrics, outputs: Mapping[str, object]) ->
         metrics.time_per_output_token.labels(model).observe(1 / rate)
 
 
-def _watch_output(metrics: ServingMetrics, runtime: object, outputs: Mapping[str, object]) -> None:
-    """The answer's output category, for model monitoring, where its runtime names one (`output_category`)."""
+def _watch_outputs(metrics: ServingMetrics, runtime: object, answers: list[Mapping[str, object]]) -> None:
+    """The answers' output categories, for model monitoring, where their runtime names them (`output_category`)."""
     category_of = getattr(runtime, "output_category", None)
     if category_of is None:
         return
-    category = category_of(outputs)
-    if category is not None:
-        metrics.watch_output(getattr(runtime, "version", "?"), getattr(runtime, "output_profile", {}), category)
+    categories = [category for category in map(category_of, answers) if category is not None]
+    if categories:
+        metrics.watch_outputs(getattr(runtime, "version", "?"), getattr(runtime, "output_profile", {}), categories)
