@@ -10,9 +10,12 @@ import pytest
 
 from aiaas.client.client import AiaasClient
 from aiaas.contract.codec import decode_result
+from aiaas.metrics.fleet import scrape
+from aiaas.metrics.targets import list_targets
 from aiaas.registry.store import Registry
 from aiaas.tracing.span_store import job_trace, load_spans
 from aiaas.vision.trainer import TrainParams, build
+from tests.harness import wait_for
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import digit_jobs, read_topic
 
@@ -61,6 +64,15 @@ async def test_a_training_job_promotes_a_version_that_inference_switches_to_with
             enough.set()
             handles = await stream
             results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+        # The trainer's metrics say what it did; the service's, that it took the new version without a restart.
+        by_pid = {t.pid: t for t in list_targets(home.root.parent)}
+        trained = scrape(by_pid[training.pid])
+        assert trained.total("aiaas_training_jobs_total", status="succeeded") == 1
+        assert trained.total("aiaas_training_epochs_total") == 8
+        assert trained.total("aiaas_training_metric", metric="accuracy") > 0.9
+        wait_for(lambda: scrape(by_pid[service.pid]).total("aiaas_model_reloads_total") == 1, 5,
+                 what="the service's reload count")
+        assert scrape(by_pid[service.pid]).label_values("aiaas_model_info", "version") == {"2"}
     finally:
         service.stop()
         training.stop()
