@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from aiaas.client.client import AiaasClient
-from aiaas.metrics.targets import targets_dir
+from aiaas.metrics.targets import list_targets, targets_dir
 from tests.harness import wait_for
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_vision_end_to_end import digit_jobs
@@ -28,8 +27,8 @@ pytestmark = pytest.mark.integration
 
 def endpoint_of(service: ServiceProcess, home: Path) -> str:
     """The base URL the service announced in its target file."""
-    path = targets_dir(home) / f"service-vision-{service.pid}.json"
-    return "http://" + json.loads(path.read_text())[0]["targets"][0]
+    (target,) = [t for t in list_targets(home) if t.pid == service.pid]
+    return target.url
 
 
 def get(url: str) -> tuple[int, str]:
@@ -81,9 +80,10 @@ async def test_a_service_reports_ready_counts_its_jobs_and_dead_letters_and_with
     wait_for(lambda: sample(base, infer) == 0, 10, what="the lag of a partition to read 0")
     assert sample(base, "process_resident_memory_bytes") > 0
 
-    target = targets_dir(home) / f"service-vision-{vision_service.pid}.json"
+    pid = vision_service.pid
+    assert list(targets_dir(home).glob(f"service-vision-*-{pid}.json"))
     vision_service.stop()
-    assert not target.exists()
+    assert not list(targets_dir(home).glob(f"*-{pid}.json"))
 
 
 async def test_model_monitoring_shows_the_answers_drifting_when_only_one_kind_of_digit_comes(

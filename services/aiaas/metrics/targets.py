@@ -1,7 +1,8 @@
 """Target files: how Prometheus (file-based service discovery) and `aiaas top` find the aiaas processes of a host.
 
-Each process with a metrics endpoint writes `<AIAAS_HOME>/metrics/targets/<role>-<model>-<pid>.json` in Prometheus'
-`file_sd_configs` format, one target with labels, and removes it when it stops. A file whose process is gone (killed
+Each process with a metrics endpoint writes `<AIAAS_HOME>/metrics/targets/<role>-<model>-<host>-<pid>.json` in
+Prometheus' `file_sd_configs` format (the host name too: processes of several containers sharing one AIAAS_HOME
+volume are each pid 1), one target with labels, and removes it when it stops. A file whose process is gone (killed
 with -9) is skipped by `list_targets` and removed; Prometheus marks its target down.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,7 @@ class TargetFile:
     """This process's target file: written by `write`, removed by `remove` (also safe to call twice)."""
 
     def __init__(self, home: Path, *, role: str, model: str, instance: str, host: str, port: int) -> None:
-        self.path = targets_dir(home) / f"{role}-{model}-{os.getpid()}.json"
+        self.path = targets_dir(home) / f"{role}-{model}-{socket.gethostname()}-{os.getpid()}.json"
         # A wildcard bind is reached on the loopback address from this host.
         address = f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
         self._entry = [{"targets": [address], "labels": {
