@@ -208,8 +208,8 @@ class MetricsEndpointSettings(BaseSettings):
     metrics_port: int = Field(
         0, ge=-1, le=65535,
         description="Port of the metrics and health endpoint; 0: a free port, announced in a target file under "
-        "`<AIAAS_HOME>/metrics/targets/` that Prometheus and `aiaas top` read; -1: no endpoint. Set a fixed one in a "
-        "container.",
+        "`<AIAAS_HOME>/metrics/targets/` that Prometheus and `aiaas top` read; -1: no endpoint and no metrics "
+        "kept. Set a fixed one in a container.",
     )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the endpoint binds to (`0.0.0.0` in a container, for the probes)."

@@ -44,8 +44,12 @@ class ServiceMonitor:
         self._swaps = 0
 
     @classmethod
-    def open(cls, model: str, settings: MetricsEndpointSettings, *, home: Path, instance: str) -> ServiceMonitor:
-        """Start the endpoint (unless `metrics_port` is -1) and write the target file that announces it."""
+    def open(cls, model: str, settings: MetricsEndpointSettings, *, home: Path,
+             instance: str) -> ServiceMonitor | None:
+        """Start the endpoint and write the target file that announces it; None when `metrics_port` is -1 (then
+        nothing is recorded either: nobody could read it)."""
+        if settings.metrics_port < 0:
+            return None
         monitor = cls(model)
         monitor._endpoint = open_endpoint(monitor.metrics.registry, monitor.health, settings, home=home,
                                           role="service", model=model, instance=instance)

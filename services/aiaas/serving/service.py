@@ -298,7 +298,8 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
         log.error("%s", exc)
         raise SystemExit(2) from None
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
         provider.shutdown()
 
 
