@@ -54,5 +54,6 @@ schemas: install  ## regenerate schemas/ from the pydantic contracts
 	$(VENV)/bin/aiaas schemas write
 
 clean:
+	-infra/observe/observe.sh down
 	-infra/kafka/kafka.sh stop
 	rm -rf $(VENV) .aiaas infra/kafka/.state infra/kafka/.dist

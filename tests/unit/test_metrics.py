@@ -84,7 +84,7 @@ def get(url: str) -> tuple[int, str, str]:
 
 
 def test_the_endpoint_serves_metrics_and_probes_that_say_what_they_wait_for():
-    metrics, health = ServingMetrics("vision"), Health(stuck_after_s=0.05)
+    metrics, health = ServingMetrics("vision"), Health("starting: loading the model", stuck_after_s=0.05)
     metrics.jobs.labels("vision", "", "ok", "").inc(3)
     endpoint = MetricsEndpoint(metrics.registry, host="127.0.0.1", port=0, alive=health.alive, ready=health.ready)
     endpoint.start()
@@ -218,6 +218,10 @@ def test_output_drift_keeps_a_window_and_measures_the_jensen_shannon_distance():
     assert len(drift) == 4 and drift.shares() == {"2": 1.0}
     assert drift.distance() == pytest.approx(1.0)
     assert js_distance({"a": 1.0}, {"a": 0.5, "b": 0.5}) == pytest.approx(0.5579, abs=1e-4)
+    many = OutputDrift({}, window=5)  # batches larger and smaller than the window keep the counts exact
+    for batch in (["a", "b", "c"], ["d"] * 7, ["e", "f"], ["a"]):
+        many.add_many(batch)
+    assert many.shares() == {"d": 0.4, "e": 0.2, "f": 0.2, "a": 0.2}
 
 
 class CategorisedSum(SumRuntime):
@@ -258,3 +262,91 @@ def test_a_batch_histogram_exports_what_prometheus_clients_histogram_would_for_t
     got, expected = samples(ours), samples(theirs)
     assert got.keys() == expected.keys() and len(got) == len(LATENCY_BUCKETS) + 2
     assert all(got[key] == pytest.approx(value) for key, value in expected.items())
+
+
+async def test_a_job_the_runtime_refused_keeps_its_client_chosen_task_out_of_the_labels():
+    metrics = ServingMetrics("vision")
+    wrong = job_record(3, [1.0], task="t" * 60)
+    wrong.value = wrong.value.replace(b"\xa1x", b"\xa1y")  # input named y: InvalidJob
+    await deliver(worker_with(metrics), [wrong])
+    assert counted(metrics, "aiaas_jobs_total", task="", status="error", tenant="") == 1
+    assert counted(metrics, "aiaas_dead_letters_total", error_type="InvalidJob") == 1
+
+
+def test_a_metrics_port_already_taken_is_a_configuration_error_that_says_what_to_set(tmp_path):
+    import socket
+
+    from aiaas.errors import ServiceMisconfigured
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(ServiceMisconfigured, match="METRICS_PORT"):
+            open_endpoint(ServingMetrics("vision").registry, Health(), WorkerSettings(
+                metrics_port=taken.getsockname()[1]), home=tmp_path, role="service", model="vision", instance="a")
+    finally:
+        taken.close()
+
+
+class RebalancingConsumer:
+    """Loses partition 1 while the sampler awaits a position: aiokafka would then raise for it."""
+
+    def __init__(self) -> None:
+        from aiokafka import TopicPartition
+
+        self.parts = {TopicPartition("p.vision.infer", 0), TopicPartition("p.vision.infer", 1)}
+
+    def assignment(self):
+        return set(self.parts)
+
+    def paused(self):
+        return set()
+
+    def _check(self, tp):
+        assert tp in self.parts, "Partition is not assigned"
+
+    def last_stable_offset(self, tp):
+        self._check(tp)
+        return 10
+
+    def highwater(self, tp):
+        self._check(tp)
+        return 10
+
+    async def position(self, tp):
+        self._check(tp)
+        self.parts = {p for p in self.parts if p.partition == 0}  # the rebalance ends meanwhile
+        return 7
+
+
+class Pipeline:
+    stats, assigned, in_flight = None, True, (0, 0)
+
+    def next_offsets(self):
+        return {}
+
+
+class Producer:
+    class client:  # noqa: N801 - the attribute name aiokafka's producer has
+        @staticmethod
+        async def fetch_all_metadata():
+            return None
+
+
+async def test_the_sampler_survives_a_rebalance_during_a_sample_and_keeps_the_process_alive():
+    import asyncio
+
+    from aiaas.serving.monitor import ServiceMonitor
+    from aiaas.serving.runtimes import RuntimeSet
+
+    monitor = ServiceMonitor("vision")
+    sampling = asyncio.create_task(monitor.sample_forever(RebalancingConsumer(), Producer(), Pipeline(),
+                                                          RuntimeSet(SumRuntime())))
+    await asyncio.sleep(1.5)
+    sampling.cancel()
+    await asyncio.gather(sampling, return_exceptions=True)
+    lag = monitor.metrics.registry.get_sample_value
+    assert lag("aiaas_consumer_lag_records", {"model": "vision", "topic": "p.vision.infer", "partition": "0"}) == 3
+    assert lag("aiaas_consumer_lag_records", {"model": "vision", "topic": "p.vision.infer", "partition": "1"}) is None
+    assert monitor.health.alive() is None and monitor.health.ready() is None

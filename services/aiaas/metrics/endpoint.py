@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from aiaas.errors import ServiceMisconfigured
 from aiaas.metrics.probes import Health
 from aiaas.metrics.targets import TargetFile
 from aiaas.settings import MetricsEndpointSettings
@@ -59,12 +60,21 @@ def open_endpoint(registry: CollectorRegistry, health: Health, settings: Metrics
     `metrics_port` is -1. Close both with `close_endpoint`."""
     if settings.metrics_port < 0:
         return None
-    endpoint = MetricsEndpoint(registry, host=settings.metrics_host, port=settings.metrics_port,
-                               alive=health.alive, ready=health.ready)
+    try:
+        endpoint = MetricsEndpoint(registry, host=settings.metrics_host, port=settings.metrics_port,
+                                   alive=health.alive, ready=health.ready)
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        raise ServiceMisconfigured(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror or exc}): set "
+            "another METRICS_PORT (0: a free one) or METRICS_HOST, or -1 for no endpoint") from exc
     endpoint.start()
     target = TargetFile(home, role=role, model=model, instance=instance, host=settings.metrics_host,
                         port=endpoint.port)
-    target.write()
+    try:
+        target.write()
+    except OSError as exc:  # the endpoint still answers; only discovery by target file is lost
+        log.warning("cannot write the target file %s (%s): Prometheus and aiaas top will not find this process by "
+                    "it", target.path, exc)
     log.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", settings.metrics_host, endpoint.port)
     return endpoint, target
 

@@ -77,7 +77,7 @@ class BatchHistogram(Collector):
         self._lock = threading.Lock()  # observed on the event loop, collected on the endpoint's thread
         registry.register(self)
 
-    def observe_many(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
+    def observe_many(self, labels: tuple[str, ...], values: Sequence[float] | np.ndarray) -> None:
         """Add observations (one label set)."""
         if not len(values):
             return

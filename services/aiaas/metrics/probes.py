@@ -1,7 +1,8 @@
 """The state behind `/healthz` and `/readyz`, kept by the process's event loop and read by the endpoint's thread.
 
 Alive: the event loop has run its once-a-second tick lately (a loop held by a stuck call or a deadlock stops it).
-Ready: started (model loaded, group joined), the broker answered lately, and not stopping.
+Ready: started (a service: model loaded and group assignment received; a trainer: its consumer started), the broker
+answered lately, and not stopping.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ _BROKER_LATE_S = 15.0
 class Health:
     """What the probes answer. Every method but the two probes is called on the event loop."""
 
-    def __init__(self, *, stuck_after_s: float = _TICK_LATE_S, broker_late_after_s: float = _BROKER_LATE_S) -> None:
+    def __init__(self, waiting_for: str = "starting", *, stuck_after_s: float = _TICK_LATE_S,
+                 broker_late_after_s: float = _BROKER_LATE_S) -> None:
         self._stuck_after_s, self._broker_late_after_s = stuck_after_s, broker_late_after_s
         self._ticked: float | None = None  # monotonic; None before the loop runs (loading the model)
         self._broker_seen: float | None = None
-        self._waiting_for: str | None = "starting: loading the model"
+        self._waiting_for: str | None = waiting_for
         self._stopping = False
 
     def tick(self) -> None:

@@ -1,7 +1,7 @@
 """The metric families of a model service (OpenMetrics names, base units): jobs, latency, batches, the in-flight
 window and consumer lag, retries and dead letters, the model version, and for generation, tokens and their timing.
 
-The service records into them (`serving/job_metrics.py` per delivered batch, `serving/service.py` once a second for
+The service records into them (`serving/job_metrics.py` per delivered batch, `serving/monitor.py` once a second for
 the gauges); the pipeline's own tallies are read when scraped (`CountersOf`).
 """
 
@@ -24,7 +24,8 @@ PIPELINE_COUNTERS = {
     "pauses": ("aiaas_partition_pauses", "Times the in-flight window filled and the partitions were paused."),
     "rewinds": ("aiaas_rewinds", "Partition rewinds after a batch's outcomes could not be published."),
     "unreadable": ("aiaas_unreadable_records", "Records the Kafka client could not parse (dead-lettered)."),
-    "commit_failures": ("aiaas_commit_failures", "Offset commits that failed (retried with the next batch)."),
+    "commit_failures": ("aiaas_commit_failures", "Offset commits that failed (a later commit of the partition, or its "
+                        "next owner, covers those jobs; they may be delivered again)."),
     "transactions": ("aiaas_transactions", "Exactly-once transactions committed."),
     "aborted_transactions": ("aiaas_transaction_aborts", "Exactly-once transactions aborted."),
     "stalls": ("aiaas_event_loop_stalls", "Times the event loop stood still longer than the group session allows."),
@@ -67,8 +68,9 @@ class ServingMetrics:
             "aiaas_consumer_lag_records", "Records of an assigned partition this replica has not taken yet (its "
             "high-water mark less the next offset to take).", ["model", "topic", "partition"], registry=r)
         self.lag_seconds = Gauge(
-            "aiaas_consumer_lag_seconds", "How far behind the partition's head this replica reads: the age of the "
-            "last record it took while records are waiting, else 0.", ["model", "topic", "partition"], registry=r)
+            "aiaas_consumer_lag_seconds", "How long the oldest record of an assigned partition that this replica has "
+            "not taken yet has waited (since the partition's head passed it, sampled each second); 0 when none waits.",
+            ["model", "topic", "partition"], registry=r)
         self.version = Info("aiaas_model", "The model version in service and the registry reference it follows.",
                             ["model"], registry=r)
         self.reloads = Counter("aiaas_model_reloads", "New versions taken into service without a restart.",
@@ -90,7 +92,12 @@ class ServingMetrics:
             "held-out set at training time: the Jensen-Shannon distance, 0 (same spread) to 1 (nothing shared).",
             ["model", "version"], registry=r)
         self.drift: dict[str, OutputDrift] = {}
-        """Per version served lately: its recent output categories (`watch_output`)."""
+        """Per version served lately: its recent output categories (`watch_outputs`)."""
+        self._shares_exported: set[tuple[str, ...]] = set()
+        self._drift_exported: set[tuple[str, ...]] = set()
+        self._pipeline_stats: Callable[[], object | None] = lambda: None
+        self.registry.register(CountersOf(lambda: self._pipeline_stats(), PIPELINE_COUNTERS, {"model": model}))
+        self.reloads.labels(model)  # exported from 0
 
     def watch_outputs(self, version: str, reference: Mapping[str, float], categories: list[str]) -> None:
         """Answers of `version` fell in these categories (its reference: the version's `output_profile`)."""
@@ -102,16 +109,22 @@ class ServingMetrics:
         drift.add_many(categories)
 
     def sample_drift(self) -> None:
-        """Set the share and drift gauges from the windows (once a second, not per answer)."""
-        self.output_share.clear()
-        self.output_drift.clear()
-        for version, drift in self.drift.items():
-            for category, share in drift.shares().items():
-                self.output_share.labels(self.model, version, category).set(share)
-            distance = drift.distance()
-            if distance is not None:
-                self.output_drift.labels(self.model, version).set(distance)
+        """Set the share and drift gauges from the windows (once a second, not per answer); series of versions and
+        categories gone are removed, the others set in place, so a scrape never sees them missing."""
+        shares = {(self.model, version, category): share for version, drift in self.drift.items()
+                  for category, share in drift.shares().items()}
+        distances = {(self.model, version): distance for version, drift in self.drift.items()
+                     if (distance := drift.distance()) is not None}
+        for gauge, values, exported in ((self.output_share, shares, self._shares_exported),
+                                        (self.output_drift, distances, self._drift_exported)):
+            for labels in exported - values.keys():
+                gauge.remove(*labels)
+            for labels, value in values.items():
+                gauge.labels(*labels).set(value)
+            exported.clear()
+            exported.update(values)
 
     def count_pipeline(self, stats: Callable[[], object | None]) -> None:
-        """Export the pipeline's own tallies (PIPELINE_COUNTERS), read from `stats()` when scraped."""
-        self.registry.register(CountersOf(stats, PIPELINE_COUNTERS, {"model": self.model}))
+        """Export the pipeline's own tallies (PIPELINE_COUNTERS), read from `stats()` when scraped (the latest
+        pipeline's, when a service runs several one after another)."""
+        self._pipeline_stats = stats

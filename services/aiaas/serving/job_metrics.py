@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
 
 from aiaas.metrics.serving import ServingMetrics
-from aiaas.serving.batch import JobInFlight
+from aiaas.serving.batch import JobInFlight, record_key
 
 __all__ = ["count_delivered"]
 
 
-def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> None:
+def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight],
+                    refused: Collection[tuple[str, int, int]] = ()) -> None:
     """Count a delivered batch's outcomes: labels added up and latencies gathered first, so each metric is touched
-    once per batch, not once per job (a few microseconds a call, at thousands of jobs a second)."""
+    once per batch, not once per job (a few microseconds a call, at thousands of jobs a second).
+
+    A job whose outcome the broker refused for good (its `record_key` in `refused`) ended as an error and a dead
+    letter. A job's task is a label only where the runtime accepted the job (a task is any string a client sends:
+    as a label, each new one would be a new series for good)."""
     model = metrics.model
     now = time.time()
     answered: Counter[tuple[str, str, str]] = Counter()
@@ -31,10 +38,14 @@ def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> Non
         if job.retry:
             retried[job.error.type_name if job.error is not None else "unknown"] += 1
             continue
+        task = (job.job.task or "") if job.job is not None and job.prepared else ""
+        if refused and record_key(job.record) in refused:
+            answered[task, "error", job.tenant or ""] += 1
+            dead["Undeliverable"] += 1
+            continue
         if job.error is not None:
             dead[job.error.type_name] += 1
         result = job.result
-        task = (job.job.task or "") if job.job is not None else ""
         answered[task, result.status if result is not None else "error", job.tenant or ""] += 1
         if job.job is not None:
             end_to_end.append(now - job.job.created_at)
@@ -50,7 +61,7 @@ def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight]) -> Non
         metrics.retries.labels(model, error_type).inc(n)
     for error_type, n in dead.items():
         metrics.dead_letters.labels(model, error_type).inc(n)
-    metrics.job_seconds.observe_many((model,), [max(0.0, seconds) for seconds in end_to_end])
+    metrics.job_seconds.observe_many((model,), np.maximum(end_to_end, 0.0))  # clocks of two hosts may disagree
     metrics.queue_wait_seconds.observe_many((model,), queue_wait)
     for runtime, outputs in watched.values():
         _watch_outputs(metrics, runtime, outputs)

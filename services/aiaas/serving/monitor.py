@@ -29,8 +29,8 @@ log = logging.getLogger("aiaas.service")
 
 _SAMPLE_S = 1.0
 _HEAD_HISTORY_S = 600.0
-"""How far back the arrival time of a partition's records is remembered (`_Heads`): lag older than this reads as
-this."""
+"""How far back the arrival times of a partition's records are remembered (`_Heads`): beyond it only the oldest
+sample is kept, so a record that has waited longer reads as having waited since that sample."""
 
 
 class ServiceMonitor:
@@ -38,10 +38,12 @@ class ServiceMonitor:
 
     def __init__(self, model: str) -> None:
         self.metrics = ServingMetrics(model)
-        self.health = Health()
+        self.health = Health("starting: loading the model")
         self._endpoint: tuple[MetricsEndpoint, TargetFile] | None = None
         self._heads = _Heads()
         self._swaps = 0
+        self._lag_labels: set[tuple[str, str, str]] = set()  # the lag series exported now
+        self._failures = 0  # samples that failed
 
     @classmethod
     def open(cls, model: str, settings: MetricsEndpointSettings, *, home: Path,
@@ -67,19 +69,24 @@ class ServiceMonitor:
 
     async def sample_forever(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, pipeline: JobPipeline,
                              runtimes: RuntimeSet) -> None:
-        """Once a second: the gauges, the model version, and the probes' state (the broker is asked every few
-        seconds); until cancelled."""
+        """Once a second: the gauges, the model version, and readiness; until cancelled. Liveness ticks on a task of
+        its own (which also asks the broker every few seconds), so a sample that fails never makes a healthy process
+        look dead: it is logged, and the next second samples again."""
         self.metrics.count_pipeline(lambda: pipeline.stats)
-        self.metrics.reloads.labels(self.metrics.model)  # exported from 0
         watching = asyncio.create_task(watch_broker(self.health, producer.client.fetch_all_metadata),
                                        name="aiaas-broker-watch")
         try:
             while True:
-                self.health.waiting_for(None if pipeline.assigned else "joining the consumer group")
-                self._sample_window(consumer, pipeline)
-                await self._sample_lag(consumer, pipeline)
-                self._sample_version(runtimes)
-                self.metrics.sample_drift()
+                try:
+                    self.health.waiting_for(None if pipeline.assigned else "joining the consumer group")
+                    self._sample_window(consumer, pipeline)
+                    await self._sample_lag(consumer, pipeline)
+                    self._sample_version(runtimes)
+                    self.metrics.sample_drift()
+                except Exception:  # noqa: BLE001 - metrics never stop a service
+                    self._failures += 1
+                    if self._failures in (1, 10, 100) or self._failures % 1000 == 0:
+                        log.exception("sampling the metrics failed (%d times so far)", self._failures)
                 await asyncio.sleep(_SAMPLE_S)
         finally:
             watching.cancel()
@@ -93,23 +100,32 @@ class ServiceMonitor:
         self.metrics.assigned.labels(model).set(len(consumer.assignment()))
 
     async def _sample_lag(self, consumer: AIOKafkaConsumer, pipeline: JobPipeline) -> None:
-        """Per assigned partition: records not taken yet, and for how long the oldest of them has waited."""
+        """Per assigned partition: records not taken yet, and for how long the oldest of them has waited.
+
+        Every head is read before the first await (a rebalance may finish during one: a partition no longer
+        assigned is skipped), and the gauges are set only once all are known, the partitions gone removed: a scrape
+        never sees the lag series missing."""
         model, now = self.metrics.model, time.time()
-        taken = pipeline.next_offsets()
-        self.metrics.lag_records.clear()  # partitions come and go with rebalances
-        self.metrics.lag_seconds.clear()
-        for tp in consumer.assignment():
-            head = _head(consumer, tp)
-            if head is None:
-                continue  # not fetched yet
+        assigned, taken = consumer.assignment(), pipeline.next_offsets()
+        heads = {tp: head for tp in assigned if (head := _head(consumer, tp)) is not None}  # None: not fetched yet
+        lags: dict[tuple[str, str, str], tuple[int, float]] = {}
+        for tp, head in heads.items():
             self._heads.saw(tp, head, now)
-            next_offset = taken[tp] if tp in taken else await _position(consumer, tp)
+            next_offset = taken.get(tp)
             if next_offset is None:
-                continue
-            labels = (model, tp.topic, str(tp.partition))
-            self.metrics.lag_records.labels(*labels).set(max(0, head - next_offset))
-            self.metrics.lag_seconds.labels(*labels).set(self._heads.waited(tp, next_offset, now))
-        self._heads.keep_only(consumer.assignment())
+                next_offset = await _position(consumer, tp)
+                if next_offset is None or tp not in consumer.assignment():
+                    continue
+            lags[(model, tp.topic, str(tp.partition))] = (max(0, head - next_offset),
+                                                          self._heads.waited(tp, next_offset, now))
+        for labels in self._lag_labels - lags.keys():
+            self.metrics.lag_records.remove(*labels)
+            self.metrics.lag_seconds.remove(*labels)
+        for labels, (records, seconds) in lags.items():
+            self.metrics.lag_records.labels(*labels).set(records)
+            self.metrics.lag_seconds.labels(*labels).set(seconds)
+        self._lag_labels = set(lags)
+        self._heads.keep_only(assigned)
 
     def _sample_version(self, runtimes: RuntimeSet) -> None:
         model = self.metrics.model

@@ -73,6 +73,8 @@ _FAIR_POLL_MS = 10
 
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
+_MARKERS_EVERY_S = 1.0
+"""How often an idle fetch loop looks for partitions to commit past transaction markers."""
 
 
 class Consumer(Protocol):
@@ -86,7 +88,6 @@ class Consumer(Protocol):
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def position(self, partition: TopicPartition) -> int: ...
-    async def committed(self, partition: TopicPartition) -> int | None: ...
     async def seek_to_committed(self, *partitions: TopicPartition) -> dict[TopicPartition, int]: ...
 
 
@@ -167,8 +168,8 @@ class JobPipeline:
         self._assigned = asyncio.Event()
         self._model_loops = 0  # model loops running now
         # Lets the group's lag reach 0 where partitions end in transaction markers (KEDA scales on it).
-        self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset,
-                                               committing=lambda: self._committer.busy or bool(self._publishing))
+        self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset)
+        self._markers_checked = 0.0  # monotonic time of the last check
 
     @property
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -205,7 +206,6 @@ class JobPipeline:
                        for i in range(self._instances)]
         fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
         watch = asyncio.create_task(self._stall.run(), name="aiaas-stall-watch") if self._stall else None
-        markers = asyncio.create_task(self._past_markers.run(), name="aiaas-past-markers")
         try:
             await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
             ended = [loop for loop in model_loops if loop.done()]
@@ -224,7 +224,7 @@ class JobPipeline:
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
                 log.warning("drain timed out after %.0f s; unfinished jobs will be delivered again",
                             self._drain_timeout_s)
-            background = [task for task in (watch, markers, self._rejoining) if task is not None]
+            background = [task for task in (watch, self._rejoining) if task is not None]
             for task in (*model_loops, fetch_loop, *self._publishing, *background):
                 task.cancel()
             await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
@@ -302,7 +302,26 @@ class JobPipeline:
             self._resume()
             self._hold_back_retries()
             if not await self._take_fairly(room) and self._window.room:
-                self._take(await self._poll(_IDLE_POLL_MS, self._window.room))
+                fetched = await self._poll(_IDLE_POLL_MS, self._window.room)
+                self._take(fetched)
+                if not fetched:
+                    await self._commit_past_markers()
+
+    async def _commit_past_markers(self) -> None:
+        """Idle: at most once a second, commit partitions' positions past trailing transaction markers
+        (`PastMarkerCommits`), while nothing else moves offsets. Runs in the fetch loop, so no record is taken
+        meanwhile."""
+        now = time.monotonic()
+        if now - self._markers_checked < _MARKERS_EVERY_S:
+            return
+        self._markers_checked = now
+        if (self._holding or self._publishing or self._committer.busy or self._stopping.is_set()
+                or (self._rejoining is not None and not self._rejoining.done())):
+            return
+        try:
+            await self._past_markers.check()
+        except Exception as exc:  # noqa: BLE001 - a commit that failed (a rebalance): the next idle second retries
+            log.debug("committing past transaction markers failed: %s", exc)
 
     def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records = [record for part in fetched.values() for record in part]

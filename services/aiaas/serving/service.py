@@ -287,9 +287,10 @@ def run_service(model: str, load_runtime: Callable[[str], ModelRuntime], worker:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = setup_tracing(f"aiaas-{model}")
-    # Before the model loads: a liveness probe is answered during a long load, and readiness says what it waits for.
-    monitor = ServiceMonitor.open(model, worker, home=HomeSettings().home, instance=worker.instance_id)
+    monitor: ServiceMonitor | None = None
     try:
+        # Before the model loads: a liveness probe is answered during a long load, and readiness says what it waits for.
+        monitor = ServiceMonitor.open(model, worker, home=HomeSettings().home, instance=worker.instance_id)
         runtimes = RuntimeSet(load_runtime(worker.model_version), serve_ref=worker.model_version, load=load_runtime,
                               aliases=registry.aliases(model))
         settle_heap(worker.gc_young_threshold)

@@ -174,7 +174,10 @@ class BatchWorker:
             if job.remembered is not None and job.job is not None and record_key(job.record) not in refused:
                 self.outcomes.confirm(job.job.job_id, job.remembered, tenant=job.tenant)
         if self.metrics is not None:
-            count_delivered(self.metrics, batch.jobs)
+            try:
+                count_delivered(self.metrics, batch.jobs, refused)
+            except Exception:  # noqa: BLE001 - a metric (or a runtime's output_category) never holds a batch back
+                log.exception("counting a delivered batch into the metrics failed")
 
     def discard(self, batch: ProcessedBatch) -> None:
         """Drop a processed batch without publishing it (its jobs will be delivered again)."""

@@ -58,6 +58,7 @@ from aiaas.errors import (
     InvalidHeaders,
     InvalidJob,
     RefusedReplyTo,
+    ServiceMisconfigured,
     TooManyAttempts,
     TrainingFailed,
     TrainingInterrupted,
@@ -111,7 +112,7 @@ class TrainerService:
                  attempts: AttemptCounter, header_limits: HeaderLimits | None = None) -> None:
         self.trainer, self.kafka, self.settings, self.registry = trainer, kafka, settings, registry
         self.metrics = TrainingMetrics(trainer.model)
-        self.health = Health()
+        self.health = Health("starting: joining the trainers' consumer group")
         self.attempts = attempts
         self.header_limits = header_limits or HeaderLimits.configured()
         self.topics = ModelTopics.of(trainer.model, kafka.topic_prefix)
@@ -550,8 +551,13 @@ def run_trainer(trainer: ModelTrainer) -> None:
     service = TrainerService(trainer, KafkaSettings(), settings, Registry(home.registry_dir),
                              AttemptCounter(home.home / "training" / "attempts" / trainer.model),
                              HeaderLimits.configured())
-    endpoint = open_endpoint(service.metrics.registry, service.health, settings, home=home.home, role="trainer",
-                             model=trainer.model, instance=service.group)
+    try:
+        endpoint = open_endpoint(service.metrics.registry, service.health, settings, home=home.home, role="trainer",
+                                 model=trainer.model, instance=service.group)
+    except ServiceMisconfigured as exc:
+        log.error("%s", exc)
+        provider.shutdown()
+        raise SystemExit(2) from None
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
