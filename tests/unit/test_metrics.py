@@ -330,8 +330,8 @@ class Pipeline:
 class Producer:
     class client:  # noqa: N801 - the attribute name aiokafka's producer has
         @staticmethod
-        async def fetch_all_metadata():
-            return None
+        async def force_metadata_update():
+            return True
 
 
 async def test_the_sampler_survives_a_rebalance_during_a_sample_and_keeps_the_process_alive():

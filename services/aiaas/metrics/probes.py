@@ -71,14 +71,15 @@ class Health:
 
 
 async def watch_broker(health: Health, ask: Callable[[], Awaitable[object]]) -> None:
-    """Tick `health` once a second and ask the broker something every few seconds (`ask`, e.g. a metadata request
-    on a client the process already has), noting each answer; until cancelled."""
+    """Tick `health` once a second and ask the broker something every few seconds (`ask`: e.g. a producer's
+    `client.force_metadata_update`, a metadata request for the few topics it writes to), noting each answer (a
+    result of False or an exception is none); until cancelled."""
     asking: asyncio.Task[None] | None = None
 
     async def probe() -> None:
         try:
-            await asyncio.wait_for(ask(), _BROKER_PROBE_S)
-            health.broker_answered()
+            if await asyncio.wait_for(ask(), _BROKER_PROBE_S) is not False:
+                health.broker_answered()
         except Exception as exc:  # unreachable: readiness says so once it has lasted
             log.debug("broker probe failed: %s", exc)
         await asyncio.sleep(_BROKER_PROBE_S)

@@ -73,7 +73,7 @@ class ServiceMonitor:
         its own (which also asks the broker every few seconds), so a sample that fails never makes a healthy process
         look dead: it is logged, and the next second samples again."""
         self.metrics.count_pipeline(lambda: pipeline.stats)
-        watching = asyncio.create_task(watch_broker(self.health, producer.client.fetch_all_metadata),
+        watching = asyncio.create_task(watch_broker(self.health, producer.client.force_metadata_update),
                                        name="aiaas-broker-watch")
         try:
             while True:

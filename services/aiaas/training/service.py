@@ -150,7 +150,7 @@ class TrainerService:
         )
         consumer.subscribe(pattern=self.subscription())
         await producer.start()
-        watching = asyncio.create_task(watch_broker(self.health, producer.client.fetch_all_metadata),
+        watching = asyncio.create_task(watch_broker(self.health, producer.client.force_metadata_update),
                                        name="aiaas-broker-watch")
         try:
             await consumer.start()
