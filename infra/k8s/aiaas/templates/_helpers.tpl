@@ -116,9 +116,9 @@ env:
 {{- define "aiaas.volumeMounts" -}}
 - name: home
   mountPath: {{ .Values.registry.mountPath }}
-# Each process announces its endpoint in <AIAAS_HOME>/metrics/targets/<role>-<model>-<pid>.json for a laptop's
-# Prometheus and `aiaas top`. In a pod every process is pid 1, so on the shared volume the replicas would
-# overwrite and delete each other's files: they stay in the pod (Prometheus finds pods through Kubernetes).
+# Each process announces its endpoint in <AIAAS_HOME>/metrics/targets/ for a host's own Prometheus and `aiaas top`.
+# In Kubernetes, Prometheus finds pods through the API (annotations or the ServiceMonitor), and a pod that is
+# killed cannot remove its file: on the shared volume they would pile up. So they stay in the pod.
 - name: metrics-targets
   mountPath: {{ .Values.registry.mountPath }}/metrics
 {{- if .Values.kafka.tls.caSecret }}
