@@ -49,11 +49,11 @@ def count_delivered(metrics: ServingMetrics, jobs: Sequence[JobInFlight],
         answered[task, result.status if result is not None else "error", job.tenant or ""] += 1
         if job.job is not None:
             end_to_end.append(now - job.job.created_at)
-        if result is not None and result.status == "ok":
+        if result is not None and result.status == "ok" and not job.replayed:  # a replayed answer's are its first's
             queue_wait.append(result.timings.queue_wait_ms / 1000)
             if "completion_tokens" in result.outputs:
                 _count_generation(metrics, result.outputs)
-            if job.runtime is not None and not job.replayed:
+            if job.runtime is not None:
                 watched.setdefault(id(job.runtime), (job.runtime, []))[1].append(result.outputs)
     for (task, status, tenant), n in answered.items():
         metrics.jobs.labels(model, task, status, tenant).inc(n)
