@@ -48,7 +48,6 @@ class PastMarkerCommits:
         self._consumer, self._window = consumer, window
         self._next_offsets = next_offsets  # per partition: the offset after the last record the pipeline took
         self._done: dict[TopicPartition, int] = {}  # the position this committed last, per partition
-        self.commits = 0
 
     async def check(self) -> dict[TopicPartition, int]:
         """Commit the position of each idle partition the consumer has moved past its last record taken; returns
@@ -74,5 +73,4 @@ class PastMarkerCommits:
         if due:
             await self._consumer.commit(due)
             self._done.update(due)
-            self.commits += 1
         return due

@@ -95,16 +95,12 @@ class BatchHistogram(Collector):
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         with self._lock:
             snapshot = [(labels, counts.copy(), total[0]) for labels, (counts, total) in self._series.items()]
+        # "+Inf", "0.005": as prometheus-client writes its own buckets
+        bounds = [*(floatToGoString(float(b)) for b in self._bounds), "+Inf"]
         for labels, counts, total in snapshot:
-            cumulative = np.cumsum(counts)
-            bounds = [*(float(b) for b in self._bounds), float("inf")]
-            family.add_metric(list(labels), [(_bound(b), float(c)) for b, c in zip(bounds, cumulative, strict=True)],
+            family.add_metric(list(labels), [(b, float(c)) for b, c in zip(bounds, np.cumsum(counts), strict=True)],
                               total)
         yield family
-
-
-def _bound(upper: float) -> str:
-    return floatToGoString(upper)  # "+Inf", "0.005": as prometheus-client writes its own buckets
 
 
 class _CudaMemory(Collector):

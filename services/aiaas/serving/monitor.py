@@ -57,11 +57,6 @@ class ServiceMonitor:
                                           role="service", model=model, instance=instance)
         return monitor
 
-    @property
-    def port(self) -> int | None:
-        """The endpoint's port (None without one)."""
-        return self._endpoint[0].port if self._endpoint is not None else None
-
     def close(self) -> None:
         """Stop the endpoint and remove the target file."""
         close_endpoint(self._endpoint)
