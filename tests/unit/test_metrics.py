@@ -17,7 +17,7 @@ from aiaas.cli.top import run_top
 from aiaas.contract.dead_letters import Origin
 from aiaas.contract.envelopes import TrainingProgress
 from aiaas.errors import ModelFailure
-from aiaas.metrics.drift import OutputDrift, js_distance
+from aiaas.metrics.drift import OutputDrift, js_distance, output_profile, score_bin
 from aiaas.metrics.endpoint import MetricsEndpoint, close_endpoint, open_endpoint
 from aiaas.metrics.fleet import FleetView, Scrape, quantile
 from aiaas.metrics.probes import Health
@@ -224,12 +224,22 @@ def test_output_drift_keeps_a_window_and_measures_the_jensen_shannon_distance():
     assert many.shares() == {"d": 0.4, "e": 0.2, "f": 0.2, "a": 0.2}
 
 
+def test_a_score_bin_is_named_by_its_bounds_and_a_profile_is_each_categorys_share():
+    edges = (0.25, 0.5, 1.0)
+    assert [score_bin(s, edges) for s in (-3.0, 0.25, 0.49, 0.5, 1.0, 7.0)] == [
+        "[-inf, 0.25)", "[0.25, 0.5)", "[0.25, 0.5)", "[0.5, 1)", "[1, inf)", "[1, inf)"]
+    answers = [{"labels": ["a", "b"]}, {"labels": ["a"]}, {}, {"labels": ["c"]}]
+    profile = output_profile(lambda answer: answer.get("labels", []), answers)
+    assert profile == {"a": 0.5, "b": 0.25, "c": 0.25} and list(profile) == ["a", "b", "c"]
+    assert output_profile(lambda answer: [], answers) == {}
+
+
 class CategorisedSum(SumRuntime):
     output_profile = {"small": 0.5, "big": 0.5}
 
     @staticmethod
-    def output_category(outputs):
-        return "big" if outputs["sum"] > 10 else "small"
+    def output_categories(outputs):
+        return ["big" if outputs["sum"] > 10 else "small"]
 
 
 async def test_answers_are_watched_per_version_and_their_drift_is_exported_once_sampled():

@@ -12,6 +12,7 @@ import torch
 
 from aiaas.contract.envelopes import Job, Result, Tensor
 from aiaas.errors import InvalidJob
+from aiaas.metrics.drift import OutputDrift
 from aiaas.recsys import cli
 from aiaas.recsys.data import (
     SERVING_FILE,
@@ -114,6 +115,26 @@ def test_the_version_records_its_companion_tables_and_data(recsys_registry, spli
     assert set(version.files) == {SERVING_FILE} and version.data_hash == split.data_hash()
     tables = ServingTables.from_bytes(recsys_registry.load_companions(version)[SERVING_FILE])
     np.testing.assert_array_equal(tables.popularity, np.bincount(split.train.items, minlength=split.n_items))
+
+
+def test_the_version_records_how_its_answers_spread_and_a_share_of_unknown_users_reads_as_drift(runtime, split):
+    profile = runtime.output_profile
+    assert sum(profile.values()) == pytest.approx(1, abs=1e-4) and len(profile) >= 3
+    assert all(category.startswith("collaborative [") for category in profile)  # held-out users are known
+    users = sorted(split.held_out())
+    like_held_out = OutputDrift(profile, window=len(users))
+    for out in runtime.infer([runtime.prepare(job("recommend", user_id=u, k=10)) for u in users]):
+        like_held_out.add_many(runtime.output_categories(out))
+    assert like_held_out.distance() == pytest.approx(0, abs=1e-3)
+
+    cold = [runtime.prepare(job("recommend", user_id=UNKNOWN_USER, k=10))] * (len(users) // 3)
+    for out in runtime.infer(cold):
+        like_held_out.add_many(runtime.output_categories(out))  # a third of the window: users the model never saw
+    shares = like_held_out.shares()
+    assert shares["popularity"] == pytest.approx(len(cold) / len(users), abs=0.01)
+    assert like_held_out.distance() > 0.4
+    (similar,) = runtime.infer([runtime.prepare(job("similar_items", item_id=42, k=5))])
+    assert runtime.output_categories(similar) == []
 
 
 # --- the tasks ----------------------------------------------------------------------------------------

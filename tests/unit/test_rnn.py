@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from aiaas.contract.envelopes import Job, Result, Tensor, TrainingProgress
 from aiaas.errors import AiaasError, InvalidJob
+from aiaas.metrics.drift import OutputDrift
 from aiaas.registry.store import Registry
 from aiaas.rnn import cli, workload
 from aiaas.rnn.runtime import RnnLimits, RnnRuntime
@@ -164,6 +165,31 @@ def test_the_recorded_recall_is_what_the_runtime_serves(rnn_registry, runtime, s
     outputs = run(runtime, *(job(items=Tensor.from_numpy(p)) for p in prefixes))
     recall = np.mean([truth in items_of(out) for out, truth in zip(outputs, following.tolist(), strict=True)])
     assert recall == pytest.approx(rnn_registry.resolve("rnn", "production").metrics["recall_at_10"])
+
+
+def test_the_version_records_how_its_top_scores_spread_and_sessions_of_random_items_read_as_drift(runtime,
+                                                                                                  small_split):
+    profile = runtime.output_profile
+    assert sum(profile.values()) == pytest.approx(1, abs=1e-4) and len(profile) >= 3
+    prefixes, _ = next_item_examples(small_split.test)
+    watched = OutputDrift(profile, window=len(prefixes))
+    for out in run(runtime, *(job(items=Tensor.from_numpy(p)) for p in prefixes)):
+        watched.add_many(runtime.output_categories(out))
+    assert watched.distance() == pytest.approx(0, abs=1e-3)  # the answers the version was built with
+
+    def distance_on(sessions) -> float:
+        drift = OutputDrift(profile, window=len(prefixes))
+        for out in run(runtime, *(job(items=Tensor.from_numpy(p)) for p in sessions)):
+            drift.add_many(runtime.output_categories(out))
+        return drift.distance()
+
+    # Its training sessions (the same process, a little surer on what it was fitted to) barely move the gauge;
+    # sessions with no structure, where the model is less sure what comes next, move it twice as far or more.
+    training_sessions = next_item_examples(small_split.train)[0][: len(prefixes)]
+    rng = np.random.default_rng(5)
+    random_sessions = [rng.integers(0, runtime.n_items, len(p)) for p in prefixes]
+    same, random = distance_on(training_sessions), distance_on(random_sessions)
+    assert same < 0.1 and random > 2 * same and random > 0.12, (same, random)
 
 
 # --- the runtime ------------------------------------------------------------------------------------
@@ -386,6 +412,7 @@ def test_the_training_score_is_the_served_graphs_and_long_job_sessions_are_score
     # graph's (one next_items job per prefix).
     assert events_seen[-1].metric == pytest.approx(candidate.metrics["recall_at_10"], abs=1e-6)
     assert candidate.metrics["held_out_examples"] > 6 * 50  # its held-out sessions are all longer than 50 items
+    assert sum(candidate.output_profile.values()) == pytest.approx(1, abs=1e-4)
 
 
 def test_warm_start_begins_from_the_base_versions_weights(rnn_registry, tmp_path):

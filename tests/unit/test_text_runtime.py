@@ -5,6 +5,7 @@ import pytest
 
 from aiaas.contract.envelopes import Job
 from aiaas.errors import InvalidJob, ServiceMisconfigured
+from aiaas.metrics.drift import OutputDrift
 from aiaas.serving.runtime import computes_on_cpu
 from aiaas.text.labelled_sentences import labelled_split
 from aiaas.text.runtime import (
@@ -67,6 +68,23 @@ def test_classify_reaches_85_percent_on_the_held_out_sentences(runtime, text_reg
     assert accuracy >= 0.85
     assert text_registry.resolve("text", "production").metrics["accuracy"] == pytest.approx(accuracy)
     assert outs[0]["scores"].to_numpy().shape == (1, len(outs[0]["label_names"]))
+
+
+def test_the_version_records_its_topic_shares_and_a_stream_about_one_topic_reads_as_drift(runtime):
+    profile = runtime.output_profile
+    assert set(profile) == set(runtime.head.labels) and sum(profile.values()) == pytest.approx(1, abs=1e-4)
+    _, held_out = labelled_split()
+    watched = OutputDrift(profile, window=len(held_out))
+    for out in run(runtime, *[job("classify", texts=[text]) for text, _ in held_out]):
+        watched.add_many(runtime.output_categories(out))
+    assert watched.distance() == pytest.approx(0, abs=1e-3)  # the answers the version was built with
+    sports = [text for text, topic in held_out if topic == "sports"]
+    stream = sports * (len(held_out) // len(sports))
+    for out in run(runtime, *[job("classify", texts=stream[at : at + 6]) for at in range(0, len(stream), 6)]):
+        watched.add_many(runtime.output_categories(out))  # a job's texts each count
+    assert watched.shares()["sports"] > 0.85 and watched.distance() > 0.6
+    (embedded,) = run(runtime, job("embed", texts=["not watched"]))
+    assert runtime.output_categories(embedded) == []
 
 
 def test_a_batch_of_mixed_tasks_gives_each_job_what_it_gets_alone(runtime):

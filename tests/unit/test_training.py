@@ -19,6 +19,7 @@ from aiaas.recsys.runtime import RecsysRuntime
 from aiaas.recsys.training import RecsysTrainer
 from aiaas.registry.store import Registry
 from aiaas.text.head import ClassifierHead
+from aiaas.text.labelled_sentences import TOPICS
 from aiaas.text.training import TextTrainer
 from aiaas.training.attempts import AttemptCounter
 from aiaas.training.data_files import DataLimits, read_data_file
@@ -427,6 +428,7 @@ def test_text_head_trained_on_the_builtin_sentences(text_registry, tmp_path):
     assert events[-1].epoch == events[-1].epochs == candidate.params["epochs"]
     assert candidate.params["encoder"] == "all-MiniLM-L6-v2"
     assert candidate.scored_on == "reference"
+    assert set(candidate.output_profile) == set(TOPICS)  # predicted topics' shares on the held-out sentences
 
 
 
@@ -534,8 +536,10 @@ def test_the_trained_candidate_serves_through_the_runtime_and_beats_popularity(r
     candidate, _ = recsys_default_candidate
     registry = Registry(tmp_path / "registry")
     registry.register("recsys", candidate.artifact, companions=candidate.companions, metrics=candidate.metrics,
-                      params=candidate.params, data_hash=candidate.data_hash, parent=candidate.parent)
+                      params=candidate.params, data_hash=candidate.data_hash, parent=candidate.parent,
+                      output_profile=candidate.output_profile)
     runtime = RecsysRuntime.from_registry(registry, "production", providers="cpu")
+    assert runtime.output_profile == candidate.output_profile and len(candidate.output_profile) >= 3
     served = recsys_trainer.hit_rates(runtime, load_ratings_split())
     assert served["hit_rate_at_10"] == candidate.metrics["hit_rate_at_10"]
     assert served["hit_rate_at_10"] >= 1.5 * served["popularity_hit_rate_at_10"], served

@@ -11,6 +11,7 @@ import torch
 
 from aiaas.contract.envelopes import Job, Result, Tensor
 from aiaas.errors import AiaasError, InvalidJob
+from aiaas.metrics.drift import OutputDrift
 from aiaas.training.request import TrainingRequest
 from aiaas.training.settings import TrainerSettings
 from aiaas.vae import cli
@@ -118,6 +119,23 @@ def test_anomaly_scores_flag_noise_and_flat_ink_but_few_held_out_digits(runtime,
     first = digits[0]  # -log Σ_d exp(ELBO_d) / 10 lies between the best digit's -ELBO and that plus log 10
     best = first["reconstruction_nll"] + first["kl"]
     assert best - 1e-3 <= first["score"] <= best + np.log(10) + 1e-3
+
+
+def test_the_version_records_its_anomaly_rate_and_a_stream_with_noise_in_it_reads_as_drift(runtime, held_out):
+    profile = runtime.output_profile
+    assert set(profile) == {"anomalous", "normal"} and 0.005 <= profile["anomalous"] <= 0.02  # 99th percentiles
+    images, _ = held_out
+    watched = OutputDrift(profile, window=len(images))
+    for out in run(runtime, *(image_job("anomaly_score", image) for image in images)):
+        watched.add_many(runtime.output_categories(out))
+    assert watched.distance() < 0.05
+    noise = np.random.default_rng(1).uniform(0, 16, (len(images) // 10, 8, 8))
+    for out in run(runtime, *(image_job("anomaly_score", image) for image in noise)):  # a tenth of the window
+        watched.add_many(runtime.output_categories(out))
+    # Eleven times the anomaly rate; the distance moves less for a rare category (docs/observe.md: alert on the share)
+    assert watched.shares()["anomalous"] > 0.09 and watched.distance() > 0.15
+    (encoded,) = run(runtime, image_job("encode", images[0]))
+    assert runtime.output_categories(encoded) == []
 
 
 def test_a_mixed_batch_answers_each_job_as_it_would_be_answered_alone(runtime, held_out):
@@ -266,6 +284,7 @@ def test_a_training_job_reports_its_loss_terms_and_is_scored_on_the_held_out_dig
     assert candidate.params["latent_size"] == 3 and candidate.params["beta"] == 0.5
     assert VaeRuntime(candidate.artifact.read_bytes(), "c", providers="cpu").latent_size == 3
     assert [p.name for p in candidate.companions] == [WEIGHTS_FILE]
+    assert set(candidate.output_profile) == {"anomalous", "normal"}
 
 
 def test_fine_tuning_keeps_the_base_latent_size(vae_registry, tmp_path):

@@ -1,20 +1,25 @@
 """Model monitoring: how the outputs a version serves are spread now, against how they were spread on its held-out
 set when it was trained.
 
-A runtime names each answer's category (`output_category`: a predicted label, or a score's bin) and carries its
-version's reference shares (`ModelVersion.output_profile`). `OutputDrift` keeps the categories of the last `window`
-answers and gives their shares and the Jensen-Shannon distance to the reference: 0 when the spreads match, 1 when
-they share nothing. It is bounded and symmetric, and stays defined when a category is missing on one side (unlike
-the KL divergence or PSI), so one alert threshold fits every model.
+A runtime names each answer's categories (`output_categories`: its predicted labels, or its top score's bin from
+`score_bin`) and carries its version's reference shares (`ModelVersion.output_profile`, which its trainer computes
+with `output_profile` from the same runtime's answers on the held-out set). `OutputDrift` keeps the categories of the
+last `window` answers and gives their shares and the Jensen-Shannon distance to the reference: 0 when the spreads
+match, 1 when they share nothing. It is bounded and symmetric, and stays defined when a category is missing on one
+side (unlike the KL divergence or PSI), so one alert threshold fits every model.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
-__all__ = ["OutputDrift", "js_distance"]
+__all__ = ["OutputDrift", "js_distance", "output_profile", "score_bin"]
+
+Answer = TypeVar("Answer")
 
 
 class OutputDrift:
@@ -65,3 +70,19 @@ def js_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float:
         middle = (a + b) / 2
         divergence += (a * math.log2(a / middle) if a else 0.0) / 2 + (b * math.log2(b / middle) if b else 0.0) / 2
     return math.sqrt(max(0.0, min(1.0, divergence)))
+
+
+def output_profile(categories_of: Callable[[Answer], Sequence[str]], answers: Iterable[Answer]) -> dict[str, float]:
+    """Each category's share of the categories `categories_of` names for `answers`: a version's `output_profile`
+    when the answers are its runtime's on the held-out set."""
+    counts = Counter(category for answer in answers for category in categories_of(answer))
+    total = sum(counts.values())
+    return {category: round(n / total, 6) for category, n in sorted(counts.items())} if total else {}
+
+
+def score_bin(score: float, edges: Sequence[float]) -> str:
+    """The bin of `score` among ascending `edges`, named by its bounds: `"[0.25, 0.5)"`, `"[-inf, 0.1)"`."""
+    at = bisect.bisect_right(edges, score)
+    lower = f"{edges[at - 1]:g}" if at else "-inf"
+    upper = f"{edges[at]:g}" if at < len(edges) else "inf"
+    return f"[{lower}, {upper})"

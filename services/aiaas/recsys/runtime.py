@@ -7,13 +7,14 @@ ONNX route runs the session once for all of its jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
+from aiaas.metrics.drift import score_bin
 from aiaas.recsys import MODEL
 from aiaas.recsys.data import SERVING_FILE, ServingTables
 from aiaas.registry.store import Registry
@@ -33,6 +34,9 @@ TOP_K_INPUT = "top_k"
 
 
 _TASK_INPUTS = TaskInputs(MODEL, TASKS)
+TOP_SCORE_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""Edges of the bins of a collaborative recommendation's top score that model monitoring counts (a rated item
+scores near 1, an unrated one near 0; the held-out users' top scores sit between about 0.45 and 1.8)."""
 
 
 class _Request(NamedTuple):
@@ -50,7 +54,8 @@ class RecsysRuntime:
     model = MODEL
 
     def __init__(self, onnx_bytes: bytes, tables: ServingTables, version: str, *, aliases: Sequence[str] = (),
-                 providers: str = "auto", intra_op_threads: int = 0, max_k: int = 100) -> None:
+                 providers: str = "auto", intra_op_threads: int = 0, max_k: int = 100,
+                 output_profile: Mapping[str, float] | None = None) -> None:
         # Without warnings: ONNX Runtime warns at every load that `top_k`, an initializer, is also a graph input.
         # It is one by design, a default that a run may override (TOP_K_INPUT).
         self._session = open_session(onnx_bytes, providers, intra_op_threads, warnings=False)
@@ -72,6 +77,8 @@ class RecsysRuntime:
         self._default_k = min(DEFAULT_K, self.max_k)
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
+        self.output_profile = dict(output_profile or {})
+        """Shares of `output_categories` on the held-out users when this version was built (model monitoring)."""
         self.session_runs = 0
         """ONNX Runtime runs so far (at most one per route per batch)."""
         self._runners: dict[str, Callable[[RecsysRuntime, list[_Request]], list[Outputs]]] = {  # unbound: no cycle
@@ -85,7 +92,20 @@ class RecsysRuntime:
         version, data = registry.load_verified(MODEL, ref)
         tables = ServingTables.from_bytes(registry.load_companions(version)[SERVING_FILE])
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
-        return cls(data, tables, str(version.version), aliases=aliases, **kwargs)
+        return cls(data, tables, str(version.version), aliases=aliases, output_profile=version.output_profile,
+                   **kwargs)
+
+    @staticmethod
+    def output_categories(outputs: Mapping[str, object]) -> list[str]:
+        """What model monitoring counts of a recommendation: its top score's bin (`TOP_SCORE_BINS`) when the model
+        ranked it, `popularity` when the user was unknown to it (a rising share of those is drift too). Similar
+        items are not watched."""
+        strategy, scores = outputs.get("strategy"), outputs.get("scores")
+        if strategy == "popularity":
+            return ["popularity"]
+        if strategy != "collaborative" or not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
+            return []
+        return [f"collaborative {score_bin(float(scores.to_numpy()[0]), TOP_SCORE_BINS)}"]
 
     @property
     def providers(self) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from aiaas.contract.envelopes import Job, Tensor
+from aiaas.metrics.drift import output_profile
 from aiaas.recsys import MODEL
 from aiaas.recsys.data import (
     SERVING_FILE,
@@ -31,6 +32,7 @@ from aiaas.recsys.model import (
 )
 from aiaas.recsys.runtime import TOP_K_INPUT, RecsysRuntime
 from aiaas.registry.store import ModelVersion, Registry
+from aiaas.serving.runtime import Outputs
 from aiaas.training.onnx_export import rank_top_k_from_input
 
 __all__ = ["TrainParams", "train", "export_onnx", "read_factors", "package", "hit_rates", "popularity_top_k", "build",
@@ -150,8 +152,10 @@ def popularity_top_k(tables: ServingTables, user: int, k: int) -> np.ndarray:
     return np.argsort(-popularity, kind="stable")[:k]
 
 
-def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: int = 256) -> dict[str, float]:
-    """Share of users with a held-out item in their top k: the served model vs. the popularity baseline."""
+def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: int = 256,
+              answers: list[Outputs] | None = None) -> dict[str, float]:
+    """Share of users with a held-out item in their top k: the served model vs. the popularity baseline. The
+    served answers are added to `answers` when given."""
     held_out = split.held_out()
     users = sorted(held_out)
     model_hits = []
@@ -159,6 +163,8 @@ def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: i
         jobs = [Job(job_id=f"eval-{u}", model=MODEL, task="recommend", inputs={"user_id": u, "k": k})
                 for u in users[start : start + batch]]
         outputs = runtime.infer([runtime.prepare(job) for job in jobs])
+        if answers is not None:
+            answers += outputs
         model_hits += [bool(set(cast(Tensor, out["items"]).to_numpy().tolist())
                             & held_out[cast(int, job.inputs["user_id"])])
                        for job, out in zip(jobs, outputs, strict=True)]
@@ -168,17 +174,21 @@ def hit_rates(runtime: RecsysRuntime, split: RatingsSplit, k: int = 10, batch: i
             f"popularity_hit_rate_at_{k}": float(np.mean(baseline_hits))}
 
 
-def package(model: MatrixFactorization, split: RatingsSplit, folder: Path) -> tuple[Path, Path, dict[str, float]]:
+def package(model: MatrixFactorization, split: RatingsSplit,
+            folder: Path) -> tuple[Path, Path, dict[str, float], dict[str, float]]:
     """Export the graph and the serving tables into `folder` and score the graph as served.
 
-    Returns (the ONNX artifact, the `SERVING_FILE` companion, the hit rates of `hit_rates`).
+    Returns (the ONNX artifact, the `SERVING_FILE` companion, the hit rates of `hit_rates`, the served answers'
+    `output_profile`).
     """
     tables = ServingTables.from_split(split)
     graph, serving = folder / ONNX_FILE, folder / SERVING_FILE
     export_onnx(model, graph)
     serving.write_bytes(tables.to_bytes())
     runtime = RecsysRuntime(graph.read_bytes(), tables, "candidate", providers="cpu")
-    return graph, serving, hit_rates(runtime, split)
+    answers: list[Outputs] = []
+    scores = hit_rates(runtime, split, answers=answers)
+    return graph, serving, scores, output_profile(RecsysRuntime.output_categories, answers)
 
 
 def build(registry: Registry, params: TrainParams = TrainParams(),
@@ -189,9 +199,9 @@ def build(registry: Registry, params: TrainParams = TrainParams(),
     model = train(split, params)
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        graph, serving, scores = package(model, split, Path(tmp))
+        graph, serving, scores, profile = package(model, split, Path(tmp))
         metrics = scores | {"train_seconds": round(train_seconds, 2)}
         return registry.register(
-            MODEL, graph, companions=(serving,), metrics=metrics,
+            MODEL, graph, companions=(serving,), metrics=metrics, output_profile=profile,
             params=asdict(params) | {"data": asdict(data)}, data_hash=split.data_hash(),
         )

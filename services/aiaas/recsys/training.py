@@ -97,10 +97,10 @@ class RecsysTrainer:
         model = train(split, params, initial=initial, on_step=on_step, interrupt=stop)
         train_seconds = time.perf_counter() - started
         stop.check()
-        artifact, serving, scores = package(model, split, workdir)
+        artifact, serving, scores, profile = package(model, split, workdir)
         metrics = scores | {"held_out_users": float(len(split.held_out())), "train_seconds": round(train_seconds, 2)}
         return Candidate(artifact, metrics, asdict(params) | {"data": data_params}, split.data_hash(),
-                         (serving,), parent, scored_on="job_data" if job_data else "reference")
+                         (serving,), parent, scored_on="job_data" if job_data else "reference", output_profile=profile)
 
 
 class _HitRate:

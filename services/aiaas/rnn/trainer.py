@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from aiaas.contract.envelopes import Job, Tensor
+from aiaas.metrics.drift import output_profile
 from aiaas.recsys.data import Ratings, RatingsSplit
 from aiaas.recsys.trainer import TrainParams as MfParams
 from aiaas.recsys.trainer import train as train_mf
@@ -35,6 +36,7 @@ from aiaas.rnn import MODEL
 from aiaas.rnn.model import INPUT_NAMES, OUTPUT_NAMES, ServingGraph, SessionGRU
 from aiaas.rnn.runtime import DEFAULT_K, TASK, TOP_K_INPUT, RnnLimits, RnnRuntime
 from aiaas.rnn.sessions import Sessions, SessionsConfig, SessionsSplit, load_split, next_item_examples
+from aiaas.serving.runtime import Outputs
 from aiaas.training.onnx_export import rank_top_k_from_input
 
 __all__ = ["TrainParams", "HeldOut", "train", "export_onnx", "weights_npz", "served_metrics", "baseline_metrics",
@@ -221,8 +223,10 @@ def _recall_and_mrr(ranked: np.ndarray | list[np.ndarray], following: np.ndarray
     return float(np.mean(reciprocal > 0)), float(np.mean(reciprocal))
 
 
-def served_metrics(runtime: RnnRuntime, sessions: Sessions, k: int = DEFAULT_K, batch: int = 256) -> dict[str, float]:
-    """recall@k and MRR@k of the served graph: every held-out prefix a `next_items` job, `batch` jobs a run."""
+def served_metrics(runtime: RnnRuntime, sessions: Sessions, k: int = DEFAULT_K, batch: int = 256,
+                   answers: list[Outputs] | None = None) -> dict[str, float]:
+    """recall@k and MRR@k of the served graph: every held-out prefix a `next_items` job, `batch` jobs a run. The
+    served answers are added to `answers` when given."""
     prefixes, following = next_item_examples(sessions)
     ranked: list[np.ndarray] = []
     for start in range(0, len(prefixes), batch):
@@ -230,6 +234,8 @@ def served_metrics(runtime: RnnRuntime, sessions: Sessions, k: int = DEFAULT_K, 
                     inputs={"items": Tensor.from_numpy(prefix), "k": k})
                 for i, prefix in enumerate(prefixes[start : start + batch])]
         outputs = runtime.infer([runtime.prepare(job) for job in jobs])
+        if answers is not None:
+            answers += outputs
         ranked += [cast(Tensor, out["items"]).to_numpy() for out in outputs]
     recall, mrr = _recall_and_mrr(ranked, following)
     return {f"recall_at_{k}": recall, f"mrr_at_{k}": mrr}
@@ -270,11 +276,11 @@ def _mf_items(split: SessionsSplit, params: MfParams,
 
 
 def package(model: SessionGRU, split: SessionsSplit, folder: Path,
-            interrupt: Callable[[], None] | None = None) -> tuple[Path, Path, dict[str, float]]:
+            interrupt: Callable[[], None] | None = None) -> tuple[Path, Path, dict[str, float], dict[str, float]]:
     """Export the graph and the weights into `folder`, score the graph as served and the baselines.
 
     Returns (the ONNX artifact, the WEIGHTS_FILE companion, the metrics of `served_metrics` and
-    `baseline_metrics` and the number of held-out examples).
+    `baseline_metrics` and the number of held-out examples, the served answers' `output_profile`).
     """
     graph, weights = folder / ONNX_FILE, folder / WEIGHTS_FILE
     export_onnx(model, graph)
@@ -282,8 +288,10 @@ def package(model: SessionGRU, split: SessionsSplit, folder: Path,
     # The served checks, but sessions as long as the held-out ones (a job's own may be longer than a service takes).
     longest = int(split.test.lengths.max()) if len(split.test) else 1
     runtime = RnnRuntime(graph.read_bytes(), "candidate", providers="cpu", limits=RnnLimits(max_session_items=longest))
-    metrics = served_metrics(runtime, split.test) | baseline_metrics(split, interrupt=interrupt)
-    return graph, weights, metrics | {"held_out_examples": float(len(next_item_examples(split.test)[1]))}
+    answers: list[Outputs] = []
+    metrics = served_metrics(runtime, split.test, answers=answers) | baseline_metrics(split, interrupt=interrupt)
+    metrics["held_out_examples"] = float(len(next_item_examples(split.test)[1]))
+    return graph, weights, metrics, output_profile(RnnRuntime.output_categories, answers)
 
 
 def build(registry: Registry, params: TrainParams = TrainParams(), data: SessionsConfig | None = None) -> ModelVersion:
@@ -295,8 +303,8 @@ def build(registry: Registry, params: TrainParams = TrainParams(), data: Session
     model = train(split, params)
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        graph, weights, scores = package(model, split, Path(tmp))
+        graph, weights, scores, profile = package(model, split, Path(tmp))
         return registry.register(
             MODEL, graph, companions=(weights,), metrics=scores | {"train_seconds": round(train_seconds, 2)},
-            params=asdict(params) | {"data": asdict(data)}, data_hash=split.data_hash(),
+            params=asdict(params) | {"data": asdict(data)}, data_hash=split.data_hash(), output_profile=profile,
         )

@@ -99,10 +99,10 @@ class RnnTrainer:
         model = train(split, params, initial=initial, on_epoch=on_epoch, interrupt=stop)
         train_seconds = time.perf_counter() - started
         stop.check()
-        artifact, weights, scores = package(model, split, workdir, interrupt=stop)
+        artifact, weights, scores, profile = package(model, split, workdir, interrupt=stop)
         metrics = scores | {"train_seconds": round(train_seconds, 2)}
         return Candidate(artifact, metrics, asdict(params) | {"data": data_params}, split.data_hash(),
-                         (weights,), parent, scored_on="job_data" if job_data else "reference")
+                         (weights,), parent, scored_on="job_data" if job_data else "reference", output_profile=profile)
 
 
 def _split_for(data: dict[str, Any] | None) -> tuple[SessionsSplit, dict[str, Any]]:

@@ -83,10 +83,10 @@ def _count_generation(metrics: ServingMetrics, outputs: Mapping[str, object]) ->
 
 
 def _watch_outputs(metrics: ServingMetrics, runtime: object, answers: list[Mapping[str, object]]) -> None:
-    """The answers' output categories, for model monitoring, where their runtime names them (`output_category`)."""
-    category_of = getattr(runtime, "output_category", None)
-    if category_of is None:
+    """The answers' output categories, for model monitoring, where their runtime names them (`output_categories`)."""
+    categories_of = getattr(runtime, "output_categories", None)
+    if categories_of is None:
         return
-    categories = [category for category in map(category_of, answers) if category is not None]
+    categories = [category for answer in answers for category in categories_of(answer)]
     if categories:
         metrics.watch_outputs(getattr(runtime, "version", "?"), getattr(runtime, "output_profile", {}), categories)

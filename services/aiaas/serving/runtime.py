@@ -25,9 +25,10 @@ class ModelRuntime(Protocol):
     (the worker sends chunks); `cancel(item)` ends an item's generation early; `span_details(item, output)` gives
     the attributes and timed events for the job's span.
 
-    A runtime that model monitoring can watch has `output_category(outputs) -> str | None` (an answer's predicted
-    label, or its score's bin) and `output_profile` (its version's reference shares of those categories, from
-    `ModelVersion.output_profile`): the service exports how far the served answers moved from it.
+    A runtime that model monitoring can watch has `output_categories(outputs) -> Sequence[str]` (an answer's
+    predicted labels, or its top score's bin; none for a task it does not watch) and `output_profile` (its
+    version's reference shares of those categories, from `ModelVersion.output_profile`): the service exports how
+    far the served answers moved from it (`aiaas.metrics.drift`).
 
     A runtime that holds more than memory (the LLM's engine thread) has `close()`: called when the service lets
     the version go, it releases them once the jobs it runs have ended, without blocking.

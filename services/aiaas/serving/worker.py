@@ -176,7 +176,7 @@ class BatchWorker:
         if self.metrics is not None:
             try:
                 count_delivered(self.metrics, batch.jobs, refused)
-            except Exception:  # noqa: BLE001 - a metric (or a runtime's output_category) never holds a batch back
+            except Exception:  # noqa: BLE001 - a metric (or a runtime's output_categories) never holds a batch back
                 log.exception("counting a delivered batch into the metrics failed")
 
     def discard(self, batch: ProcessedBatch) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -143,9 +143,12 @@ class TextRuntime:
     model = MODEL
 
     def __init__(self, encoder: Encoder, tokenizer: TextTokenizer, head: ClassifierHead, version: str, *,
-                 aliases: Sequence[str] = (), limits: TextLimits = TextLimits()) -> None:
+                 aliases: Sequence[str] = (), limits: TextLimits = TextLimits(),
+                 output_profile: Mapping[str, float] | None = None) -> None:
         self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
         self.version = version
+        self.output_profile = dict(output_profile or {})
+        """Share of each predicted topic on the held-out sentences when this version was built (model monitoring)."""
         if limits.call_overhead_tokens is None:
             on_cpu = computes_on_cpu(encoder)
             limits = replace(limits, call_overhead_tokens=measure_call_overhead(encoder) if on_cpu
@@ -189,7 +192,15 @@ class TextRuntime:
         log.info("text v%s: %s encoder on %s", version.version, engine, ", ".join(encoder.providers))
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
         return cls(encoder, TextTokenizer(files["tokenizer.json"].decode(), max_seq_len),
-                   ClassifierHead.from_bytes(files["head.npz"]), str(version.version), aliases=aliases, limits=limits)
+                   ClassifierHead.from_bytes(files["head.npz"]), str(version.version), aliases=aliases, limits=limits,
+                   output_profile=version.output_profile)
+
+    @staticmethod
+    def output_categories(outputs: Mapping[str, object]) -> list[str]:
+        """What model monitoring counts: a `classify` answer's predicted topics, one per text. Embeddings and
+        similarities are not watched."""
+        labels = outputs.get("labels")
+        return [str(label) for label in labels] if isinstance(labels, list) else []
 
     def serves(self, ref: str) -> bool:
         """True for this version's number or one of its aliases."""

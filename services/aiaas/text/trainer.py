@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aiaas.metrics.drift import output_profile
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.text import MODEL
 from aiaas.text.encoder import (
@@ -31,10 +32,11 @@ from aiaas.text.encoder import (
 )
 from aiaas.text.head import ClassifierHead
 from aiaas.text.labelled_sentences import labelled_split
-from aiaas.text.runtime import INT8_GRAPH, OnnxEncoder, embed_rows
+from aiaas.text.runtime import INT8_GRAPH, OnnxEncoder, TextRuntime, embed_rows
 from aiaas.text.tokens import TextTokenizer
 
-__all__ = ["HeadParams", "train_head", "head_accuracy", "embed_texts", "build", "BUILD_MAX_SEQ_LEN", "int8_metrics"]
+__all__ = ["HeadParams", "train_head", "head_accuracy", "topic_shares", "embed_texts", "build", "BUILD_MAX_SEQ_LEN",
+           "int8_metrics"]
 
 BUILD_MAX_SEQ_LEN = 128
 """Token limit used to embed the training sentences (all of them are far shorter)."""
@@ -85,6 +87,13 @@ def head_accuracy(head: ClassifierHead, embeddings: np.ndarray, labels: list[str
     return float(np.mean([head.labels[p] == label for p, label in zip(predicted, labels, strict=True)]))
 
 
+def topic_shares(head: ClassifierHead, embeddings: np.ndarray) -> dict[str, float]:
+    """Each predicted topic's share of the texts, counted as the service counts them: a version's
+    `output_profile` (from its held-out sentences), what model monitoring compares with."""
+    predicted = [head.labels[k] for k in head.scores(embeddings).argmax(axis=1)]
+    return output_profile(TextRuntime.output_categories, [{"labels": predicted}])
+
+
 def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion:
     """Export, quantize, embed, train the head, check held-out accuracy under ONNX Runtime, register (production)."""
     started = time.perf_counter()
@@ -108,6 +117,7 @@ def build(registry: Registry, params: HeadParams = HeadParams()) -> ModelVersion
             MODEL, onnx_path, companions=(tokenizer_path, head_path, int8_path),
             metrics={"accuracy": accuracy, "held_out": len(held_out), **int8_scores,
                      "train_seconds": round(time.perf_counter() - started, 2)},
+            output_profile=topic_shares(head, x_held_out),
             params=asdict(params) | {"encoder": "all-MiniLM-L6-v2", "encoder_weights_sha256": weights_sha256()},
             data_hash=hashlib.sha256(repr(train).encode()).hexdigest(),
         )

@@ -33,6 +33,7 @@ from aiaas.text.trainer import (
     embed_texts,
     head_accuracy,
     int8_metrics,
+    topic_shares,
     train_head,
 )
 from aiaas.training.protocol import Candidate, ProgressCallback
@@ -93,7 +94,8 @@ class TextTrainer:
         return Candidate(artifact, metrics,
                          asdict(params) | {k: v for k, v in base.params.items() if k.startswith("encoder")},
                          hashlib.sha256(repr(train_rows).encode()).hexdigest(), (tokenizer_path, head_path, int8_path),
-                         base.version, scored_on="reference" if request.data is None else "job_data")
+                         base.version, scored_on="reference" if request.data is None else "job_data",
+                         output_profile=topic_shares(head, x_test))
 
 
 def _embed(encoder: OnnxEncoder, tokenizer: TextTokenizer, texts: list[str], stop: StopSignal) -> np.ndarray:

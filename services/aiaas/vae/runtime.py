@@ -13,7 +13,7 @@ Each kind of score has its own threshold, the 99th percentile of the held-out di
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -72,12 +72,15 @@ class VaeRuntime:
 
     def __init__(self, onnx_bytes: bytes, version: str, *, aliases: Sequence[str] = (),
                  anomaly_thresholds: tuple[float, float] = (float("inf"), float("inf")), providers: str = "auto",
-                 intra_op_threads: int = 0, max_generate: int = 64) -> None:
+                 intra_op_threads: int = 0, max_generate: int = 64,
+                 output_profile: Mapping[str, float] | None = None) -> None:
         self._session = open_session(onnx_bytes, providers, intra_op_threads)
         self.latent_size = int(next(i for i in self._session.get_inputs() if i.name == "latent").shape[1])
         self.anomaly_thresholds = anomaly_thresholds
         """Above which `score` is `anomalous`: (digit not given, digit given)."""
         self.max_generate = max_generate
+        self.output_profile = dict(output_profile or {})
+        """Shares of `output_categories` on the held-out digits when this version was built (model monitoring)."""
         self.version = version
         self._refs = {version, f"v{version}", *aliases}
 
@@ -88,7 +91,17 @@ class VaeRuntime:
         aliases = [a for a, v in registry.aliases(MODEL).items() if v == version.version]
         without = version.metrics.get(ANOMALY_THRESHOLD, float("inf"))
         given = version.metrics.get(ANOMALY_THRESHOLD_GIVEN_DIGIT, without)
-        return cls(data, str(version.version), aliases=aliases, anomaly_thresholds=(without, given), **kwargs)
+        return cls(data, str(version.version), aliases=aliases, anomaly_thresholds=(without, given),
+                   output_profile=version.output_profile, **kwargs)
+
+    @staticmethod
+    def output_categories(outputs: Mapping[str, object]) -> list[str]:
+        """What model monitoring counts: whether an `anomaly_score` answer was anomalous (by construction of the
+        thresholds, about 1 in 100 held-out digits is). Other tasks are not watched."""
+        anomalous = outputs.get("anomalous")
+        if not isinstance(anomalous, bool):
+            return []
+        return ["anomalous" if anomalous else "normal"]
 
     @property
     def providers(self) -> list[str]:

@@ -36,6 +36,7 @@ import torch
 
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import TrainingFailed
+from aiaas.metrics.drift import output_profile
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.vae import MODEL
 from aiaas.vae.model import INPUT_NAMES, OUTPUT_NAMES, ConditionalVAE, ServingGraph
@@ -161,8 +162,9 @@ def _reference_classifier() -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def evaluate(runtime: VaeRuntime, split: DigitsSplit) -> dict[str, float]:
-    """The metrics of the module docstring, measured on `runtime` (the exported graph as served)."""
+def evaluate(runtime: VaeRuntime, split: DigitsSplit, answers: list[dict] | None = None) -> dict[str, float]:
+    """The metrics of the module docstring, measured on `runtime` (the exported graph as served). The served
+    `anomaly_score` answers, judged against the thresholds found here, are added to `answers` when given."""
     rng = np.random.default_rng(_EVALUATION_SEED)
     images, labels = split.test_x[:, 0], split.test_y
     terms = [runtime.elbo_terms(images, labels, rng.standard_normal((len(images), runtime.latent_size)))
@@ -173,13 +175,16 @@ def evaluate(runtime: VaeRuntime, split: DigitsSplit) -> dict[str, float]:
     classify = _reference_classifier()
     scored = _anomaly_scores(runtime, images)
     given = _anomaly_scores(runtime, images, labels)
-    return {
+    thresholds = {ANOMALY_THRESHOLD: float(np.percentile([out["score"] for out in scored], 99)),
+                  ANOMALY_THRESHOLD_GIVEN_DIGIT: float(np.percentile([out["score"] for out in given], 99))}
+    if answers is not None:
+        answers += [out | {"anomalous": out["score"] > threshold}
+                    for outs, threshold in zip((scored, given), thresholds.values(), strict=True) for out in outs]
+    return thresholds | {
         "elbo": float(-(nll + kl).mean()), "reconstruction_nll": float(nll.mean()), "kl": float(kl.mean()),
         "digit_accuracy": float(np.mean([out["digit"] for out in scored] == labels)),
         "class_match": float(np.mean(classify(generated) == digits)),
         "classifier_accuracy": float(np.mean(classify(images) == labels)),
-        ANOMALY_THRESHOLD: float(np.percentile([out["score"] for out in scored], 99)),
-        ANOMALY_THRESHOLD_GIVEN_DIGIT: float(np.percentile([out["score"] for out in given], 99)),
     }
 
 
@@ -191,14 +196,18 @@ def _anomaly_scores(runtime: VaeRuntime, images: np.ndarray, digits: np.ndarray 
     return runtime.infer([runtime.prepare(job) for job in jobs])
 
 
-def package(model: ConditionalVAE, split: DigitsSplit, folder: Path) -> tuple[Path, Path, dict[str, float]]:
+def package(model: ConditionalVAE, split: DigitsSplit,
+            folder: Path) -> tuple[Path, Path, dict[str, float], dict[str, float]]:
     """Export the graph and the weights into `folder` and score the graph as served.
 
-    Returns (the ONNX artifact, the weights companion, the metrics of `evaluate`)."""
+    Returns (the ONNX artifact, the weights companion, the metrics of `evaluate`, the served anomaly answers'
+    `output_profile`)."""
     graph, weights = folder / ONNX_FILE, folder / WEIGHTS_FILE
     export_onnx(model, graph)
     weights_npz(model, weights)
-    return graph, weights, evaluate(VaeRuntime(graph.read_bytes(), "candidate", providers="cpu"), split)
+    answers: list[dict] = []
+    metrics = evaluate(VaeRuntime(graph.read_bytes(), "candidate", providers="cpu"), split, answers)
+    return graph, weights, metrics, output_profile(VaeRuntime.output_categories, answers)
 
 
 def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersion:
@@ -208,8 +217,8 @@ def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersi
     model = train(split, params)
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        graph, weights, metrics = package(model, split, Path(tmp))
+        graph, weights, metrics, profile = package(model, split, Path(tmp))
         return registry.register(
             MODEL, graph, companions=(weights,), metrics=metrics | {"train_seconds": round(train_seconds, 2)},
-            params=asdict(params), data_hash=split.data_hash(),
+            params=asdict(params), data_hash=split.data_hash(), output_profile=profile,
         )

@@ -85,9 +85,9 @@ class VaeTrainer:
         model = train(split, params, initial=initial, on_epoch=on_epoch, interrupt=stop)
         train_seconds = time.perf_counter() - started
         stop.check()
-        artifact, weights, metrics = package(model, split, workdir)
+        artifact, weights, metrics, profile = package(model, split, workdir)
         return Candidate(artifact, metrics | {"train_seconds": round(train_seconds, 2)}, asdict(params),
-                         split.data_hash(), (weights,), parent, scored_on=scored_on)
+                         split.data_hash(), (weights,), parent, scored_on=scored_on, output_profile=profile)
 
 
 class _HeldOutElbo:

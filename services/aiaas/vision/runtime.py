@@ -39,10 +39,10 @@ class VisionRuntime:
         return cls(data, str(version.version), aliases=aliases, output_profile=version.output_profile, **kwargs)
 
     @staticmethod
-    def output_category(outputs: Mapping[str, object]) -> str | None:
+    def output_categories(outputs: Mapping[str, object]) -> list[str]:
         """The predicted label: what model monitoring counts."""
         label = outputs.get("label")
-        return str(label) if label is not None else None
+        return [str(label)] if label is not None else []
 
     @property
     def providers(self) -> list[str]:

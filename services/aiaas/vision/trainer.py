@@ -14,10 +14,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from aiaas.metrics.drift import output_profile
 from aiaas.registry.store import ModelVersion, Registry
 from aiaas.vision import MODEL
 from aiaas.vision.data import DigitsSplit, load_split
 from aiaas.vision.model import DigitsCNN
+from aiaas.vision.runtime import VisionRuntime
 
 __all__ = ["TrainParams", "train", "export_onnx", "weights_npz", "onnx_labels", "label_shares", "build"]
 
@@ -98,9 +100,9 @@ def onnx_labels(path: Path, split: DigitsSplit) -> np.ndarray:
 
 
 def label_shares(labels: np.ndarray) -> dict[str, float]:
-    """Each predicted label's share: a version's `output_profile`, what model monitoring compares with."""
-    values, counts = np.unique(labels, return_counts=True)
-    return {str(int(v)): round(float(c) / len(labels), 6) for v, c in zip(values, counts, strict=True)}
+    """Each predicted label's share, counted as the service counts them: a version's `output_profile`, what model
+    monitoring compares with."""
+    return output_profile(VisionRuntime.output_categories, ({"label": int(label)} for label in labels))
 
 
 def build(registry: Registry, params: TrainParams = TrainParams()) -> ModelVersion:
