@@ -358,6 +358,8 @@ up() {
 Running: Kafka on 127.0.0.1:$kafka_port, Jaeger, Prometheus and the vision service. Next:
   publish jobs (the CLI's spans go to Jaeger too):
     $prefix $cli submit vision --digits-sample 200 --rate 20 --wait --quiet
+  a job's trace, read from Jaeger (the job id is in the submit's output):
+    AIAAS_HOME=$shown_home $cli trace <job id> --jaeger http://$host:$ui_port
   traces:   http://$host:$ui_port/api/traces?service=aiaas-cli&limit=20  (Jaeger's query API, JSON; one job's trace:
             /api/traces/<trace id>. Built from source, Jaeger serves a placeholder page where its UI would be:
             docs/observe.md says why and where to get the UI)

@@ -163,6 +163,12 @@ class TracingSettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
         description="OTLP endpoint; when set, spans go there instead of the local store.",
     )
+    query_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AIAAS_TRACE_QUERY_URL"),
+        description="Jaeger's query address (`http://127.0.0.1:16686`): `aiaas trace` reads a job's spans there "
+        "instead of the local store (`--jaeger` sets it for one call).",
+    )
 
     @property
     def use_otlp(self) -> bool:

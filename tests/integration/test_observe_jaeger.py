@@ -93,3 +93,18 @@ def test_a_jobs_trace_reaches_jaeger_whole(observe_jaeger: Jaeger, kafka_broker,
     batch = wait_for(linked_batch, 30, what="the infer vision span linked to the job's process span")
     assert batch["serviceName"] == "aiaas-vision" and _parent(batch) is None
     assert _id(batch)[0] != int(trace_id, 16)
+
+    # `aiaas trace` reads the same trace back from Jaeger and draws the tree it draws from the local store.
+    shown = subprocess.run([sys.executable, "-m", "aiaas.cli", "trace", job_id, "--wait", "0"],
+                           env=env | {"AIAAS_TRACE_QUERY_URL": observe_jaeger.url}, cwd=REPO, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"trace {int(trace_id, 16):032x}  (5 spans)"), shown.stdout
+    tree = [line.split("ms  ", 2)[-1].split(" [")[0] for line in lines[2:]]  # indented names, after the timings
+    assert tree == [f"send {infer}", f"  process {infer}", "    ~> infer vision", f"    send {results}",
+                    f"      process {results}"], shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "aiaas.cli", "trace", "no-such-job", "--wait", "0",
+                              "--jaeger", observe_jaeger.url], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode != 0 and "no spans of job no-such-job in Jaeger" in missing.stderr, missing.stderr

@@ -17,8 +17,14 @@ def test_unreachable_broker_is_one_clear_line(capsys, monkeypatch):
 
 def test_trace_of_an_unknown_job_says_where_it_looked(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("AIAAS_HOME", str(tmp_path))
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("AIAAS_TRACE_QUERY_URL", raising=False)
     assert main(["trace", "nope", "--wait", "0"]) == 2
-    assert "no spans for job nope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no spans for job nope in {tmp_path / 'spans'}" in err and "--jaeger URL" in err
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")  # spans went to OTLP: say so
+    assert main(["trace", "nope", "--wait", "0"]) == 2
+    assert "spans go to OTLP, not to the local store" in capsys.readouterr().err
 
 
 def test_submit_without_inputs_tells_what_to_give(capsys):

@@ -23,7 +23,7 @@ from aiaas.contract.topics import ModelTopics
 from aiaas.errors import AiaasError
 from aiaas.model_types import model_type, model_types
 from aiaas.registry.store import ModelVersion, Registry
-from aiaas.settings import HomeSettings, KafkaSettings
+from aiaas.settings import HomeSettings, KafkaSettings, TracingSettings
 from aiaas.tracing.setup import setup_tracing
 
 if TYPE_CHECKING:
@@ -77,9 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--follow", action="store_true", help="keep reading new results until Ctrl-C")
     results.add_argument("--from-beginning", action="store_true", help="start at the oldest result")
 
-    show = sub.add_parser("trace", help="print one job's span tree from the local span store")
+    show = sub.add_parser("trace", help="print one job's span tree from the local span store or from Jaeger")
     show.add_argument("job_id")
     show.add_argument("--wait", type=float, default=3.0, help="seconds to wait for late spans")
+    show.add_argument("--jaeger", metavar="URL", help="read the spans from Jaeger's query address "
+                      "(http://127.0.0.1:16686) instead of the local store; default: AIAAS_TRACE_QUERY_URL")
 
     sub.add_parser("topics", help="list aiaas topics and their partitions")
 
@@ -264,13 +266,17 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    from aiaas.tracing.jaeger_query import JaegerQuery
     from aiaas.tracing.span_store import job_trace, load_spans, render_trace
 
+    tracing = TracingSettings()
+    jaeger_url = args.jaeger or tracing.query_url
+    jaeger = JaegerQuery(jaeger_url) if jaeger_url else None
     directory = HomeSettings().span_dir
     deadline = time.time() + args.wait
     previous = -1
     while True:
-        spans = job_trace(load_spans(directory), args.job_id)
+        spans = jaeger.job_spans(args.job_id) if jaeger else job_trace(load_spans(directory), args.job_id)
         complete = any(s.name.startswith("process") and s.service == "aiaas-cli" for s in spans) or \
             any(s.kind == "CONSUMER" and s.name.endswith(".results") for s in spans)
         # Processes export spans every 0.5 s: once the receipt is in, wait until no more arrive.
@@ -278,11 +284,15 @@ def _cmd_trace(args: argparse.Namespace) -> int:
             break
         previous = len(spans)
         time.sleep(0.6)
+    if not spans and jaeger_url:
+        raise AiaasError(f"no spans of job {args.job_id} in Jaeger at {jaeger_url} (it keeps the last day's); "
+                         "did the services and the CLI export there (OTEL_EXPORTER_OTLP_ENDPOINT)?")
     if not spans:
-        raise AiaasError(
-            f"no spans for job {args.job_id} in {directory}; spans are stored locally only when no "
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set (otherwise look in your tracing backend)"
-        )
+        hint = ("spans go to OTLP, not to the local store, when OTEL_EXPORTER_OTLP_ENDPOINT is set: read them "
+                "from Jaeger with --jaeger URL or AIAAS_TRACE_QUERY_URL" if tracing.use_otlp else
+                "spans are stored there when no OTEL_EXPORTER_OTLP_ENDPOINT is set; if the services export to "
+                "Jaeger, read them there with --jaeger URL or AIAAS_TRACE_QUERY_URL")
+        raise AiaasError(f"no spans for job {args.job_id} in {directory}; {hint}")
     print(render_trace(spans))
     return 0
 
