@@ -22,6 +22,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from aiaas.contract.topics import ModelTopics
 from aiaas.model_types import model_type, names
 from aiaas.settings import EnvelopeSettings, HomeSettings, KafkaSettings
 from aiaas.training.settings import TrainerSettings
@@ -346,6 +347,22 @@ def test_without_keda_the_workloads_hold_their_replicas(helm: str) -> None:
     rendered = Rendered(render(helm, "--set", "keda.enabled=false", "--set", "models.vision.replicas=4"))
     assert not rendered.of("ScaledObject")
     assert rendered.get("Deployment", f"{RELEASE}-vision")["spec"]["replicas"] == 4
+
+
+def test_a_type_that_scales_from_zero_also_counts_its_infer_topic_before_any_commit(helm: str, settings_of) -> None:
+    # A group that never committed has no topics the group-wide trigger sees (KEDA reads lag 0): the second trigger
+    # names the infer topic, where a partition without a committed offset counts all its records.
+    rendered = Rendered(render(helm, "--set", "models.vision.autoscaling.minReplicas=0"))
+    workload = rendered.get("Deployment", f"{RELEASE}-vision")
+    kafka = settings_of(KafkaSettings, rendered.env(container(workload)))
+    scaled = rendered.get("ScaledObject", f"{RELEASE}-vision")
+    group_wide, infer_topic = scaled["spec"]["triggers"]
+    assert scaled["spec"]["minReplicaCount"] == 0 and "topic" not in group_wide["metadata"]
+    infer = ModelTopics.of("vision", kafka.topic_prefix).infer
+    assert infer_topic["metadata"] == group_wide["metadata"] | {"topic": infer}
+    assert infer_topic["metadata"]["offsetResetPolicy"] == "earliest"
+    (others,) = rendered.get("ScaledObject", f"{RELEASE}-text")["spec"]["triggers"]  # minReplicas 1: one trigger
+    assert "topic" not in others["metadata"]
 
 
 def test_chart_refuses_more_replicas_than_partitions(helm: str) -> None:
