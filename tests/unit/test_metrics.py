@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -360,3 +361,88 @@ async def test_the_sampler_survives_a_rebalance_during_a_sample_and_keeps_the_pr
     assert lag("aiaas_consumer_lag_records", {"model": "vision", "topic": "p.vision.infer", "partition": "0"}) == 3
     assert lag("aiaas_consumer_lag_records", {"model": "vision", "topic": "p.vision.infer", "partition": "1"}) is None
     assert monitor.health.alive() is None and monitor.health.ready() is None
+
+
+class FakeNvml:
+    """NVML's bindings as `pynvml` answers on a host with two GPUs, this process holding memory on the second."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, *, fail_init: bool = False) -> None:
+        self.fail_init = fail_init
+        self.inits = 0
+
+    def nvmlInit(self) -> None:  # noqa: N802 - NVML's names
+        self.inits += 1
+        if self.fail_init:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int):  # noqa: N802
+        return type("Memory", (), {"used": 1_000 * (handle + 1), "total": 80_000})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int):  # noqa: N802
+        return type("Utilization", (), {"gpu": 40 + handle, "memory": 5})()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list:  # noqa: N802
+        process = type("Process", (), {})
+        ours, other = process(), process()
+        ours.pid, ours.usedGpuMemory = os.getpid(), 700
+        other.pid, other.usedGpuMemory = os.getpid() + 1, 300
+        return [other, ours] if handle == 1 else [other]
+
+
+def test_gpu_memory_and_load_come_from_nvml_and_nothing_without_it(monkeypatch):
+    from aiaas.metrics.families import new_registry
+
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    registry = new_registry()
+    sample = registry.get_sample_value
+    assert sample("aiaas_gpu_memory_used_bytes", {"device": "1"}) == 2_000
+    assert sample("aiaas_gpu_memory_total_bytes", {"device": "0"}) == 80_000
+    assert sample("aiaas_gpu_utilization_ratio", {"device": "1"}) == pytest.approx(0.41)
+    assert sample("aiaas_gpu_process_memory_bytes", {"device": "1"}) == 700  # whatever allocated it
+    assert sample("aiaas_gpu_process_memory_bytes", {"device": "0"}) is None  # holds nothing there
+    registry.get_sample_value("aiaas_gpu_memory_used_bytes", {"device": "0"})
+    assert nvml.inits == 1  # opened once, not per scrape
+
+    absent = FakeNvml(fail_init=True)  # bindings installed, no driver: no GPU series, the scrape goes on
+    monkeypatch.setitem(sys.modules, "pynvml", absent)
+    registry = new_registry()
+    assert registry.get_sample_value("aiaas_gpu_memory_total_bytes", {"device": "0"}) is None
+    assert registry.get_sample_value("process_cpu_seconds_total") is not None
+    registry.get_sample_value("aiaas_gpu_memory_total_bytes", {"device": "0"})
+    assert absent.inits == 1
+
+
+def test_on_a_gpu_the_process_memory_of_onnx_runtimes_cuda_provider_is_exported(vision_registry):
+    import onnxruntime as ort
+
+    from aiaas.metrics.families import new_registry
+    from aiaas.vision.runtime import VisionRuntime
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider in this ONNX Runtime (CPU machine; install aiaas[gpu] on a GPU host)")
+    pynvml = pytest.importorskip("pynvml", reason="NVML's bindings (nvidia-ml-py, in aiaas[gpu]) are not installed")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        pytest.skip(f"NVML cannot open the driver: {exc}")
+    runtime = VisionRuntime.from_registry(vision_registry, providers="cuda")
+    assert runtime.providers[0] == "CUDAExecutionProvider"
+    registry = new_registry()
+    assert registry.get_sample_value("aiaas_gpu_memory_total_bytes", {"device": "0"}) > 0
+    devices = range(pynvml.nvmlDeviceGetCount())
+    pids = {p.pid for d in devices for p in pynvml.nvmlDeviceGetComputeRunningProcesses(
+        pynvml.nvmlDeviceGetHandleByIndex(d))}
+    if os.getpid() not in pids:
+        pytest.skip(f"NVML lists pids {sorted(pids)}, not this process's {os.getpid()} (a container hiding host pids)")
+    held = [registry.get_sample_value("aiaas_gpu_process_memory_bytes", {"device": str(d)}) for d in devices]
+    assert any(held), held

@@ -1,11 +1,17 @@
 """What every aiaas process exports besides its own families: the process (CPU, memory, open files), Python's
-garbage collector, and on CUDA the device memory PyTorch holds; plus the buckets the latency histograms share."""
+garbage collector, on CUDA the device memory PyTorch holds, and on a host with NVIDIA's driver and NVML's Python
+bindings (`nvidia-ml-py`, in the `gpu` extra) each GPU's memory and load and this process's share of the memory,
+whatever allocated it (ONNX Runtime's CUDA provider included); plus the buckets the latency histograms share."""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -17,6 +23,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "new_registry", "CountersOf", "BatchHistogram"]
+
+log = logging.getLogger("aiaas.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, float("inf"))
@@ -39,6 +47,7 @@ def new_registry() -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     registry.register(_CudaMemory())
+    registry.register(_GpuDevices())
     return registry
 
 
@@ -119,3 +128,55 @@ class _CudaMemory(Collector):
             family.add_metric([str(device), "allocated"], float(cuda.memory_allocated(device)))
             family.add_metric([str(device), "reserved"], float(cuda.memory_reserved(device)))
         yield family
+
+
+class _GpuDevices(Collector):
+    """Per GPU, from NVML: `aiaas_gpu_memory_used_bytes`, `aiaas_gpu_memory_total_bytes`,
+    `aiaas_gpu_utilization_ratio` (the share of the last sample period a kernel ran) and
+    `aiaas_gpu_process_memory_bytes` (what this process holds there, as the driver counts it).
+
+    Nothing where NVML's bindings or the driver are missing: the first scrape finds out, once."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._tried = False
+
+    def collect(self) -> Iterator[Metric]:
+        nvml = self._open()
+        if nvml is None:
+            return
+        names = (("memory_used_bytes", "Device memory in use on the GPU (every process)."),
+                 ("memory_total_bytes", "Device memory of the GPU."),
+                 ("utilization_ratio", "Share of the last sample period in which a kernel ran on the GPU."),
+                 ("process_memory_bytes", "Device memory this process holds on the GPU."))
+        families = [GaugeMetricFamily(f"aiaas_gpu_{name}", text, labels=["device"]) for name, text in names]
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                for family, value in zip(families, _device_values(nvml, index), strict=True):
+                    if value is not None:
+                        family.add_metric([str(index)], value)
+        except Exception as exc:  # noqa: BLE001 - a driver error must not fail the scrape of everything else
+            log.debug("NVML read failed: %s", exc)
+            return
+        yield from families
+
+    def _open(self) -> Any:
+        if not self._tried:
+            self._tried = True
+            try:
+                nvml = importlib.import_module("pynvml")
+                nvml.nvmlInit()
+                self._nvml = nvml
+            except Exception as exc:  # noqa: BLE001 - no bindings, no driver, no GPU: no GPU metrics
+                log.debug("no GPU metrics (NVML: %s)", exc)
+        return self._nvml
+
+
+def _device_values(nvml: Any, index: int) -> tuple[float | None, ...]:
+    """(memory used, memory total, utilization ratio, this process's memory) of GPU `index`."""
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
+    processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    mine = [p.usedGpuMemory for p in processes if p.pid == os.getpid() and p.usedGpuMemory is not None]
+    return float(memory.used), float(memory.total), utilization.gpu / 100, float(sum(mine)) if mine else None
