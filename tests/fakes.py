@@ -115,6 +115,9 @@ class FakeConsumer:
     async def position(self, tp) -> int:
         return self.offsets[tp]
 
+    async def committed(self, tp) -> int | None:
+        return max((commit[tp] for commit in self.commits if tp in commit), default=None)
+
     async def seek_to_committed(self, *tps) -> dict:
         for tp in tps:
             self.offsets[tp] = max((commit[tp] for commit in self.commits if tp in commit), default=0)

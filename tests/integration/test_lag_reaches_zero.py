@@ -8,7 +8,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from aiaas.contract.codec import encode
 from aiaas.contract.envelopes import Job
@@ -59,5 +59,49 @@ async def test_the_lag_reaches_zero_after_jobs_written_in_transactions(kafka_set
                 break
             await asyncio.sleep(0.5)
         assert lag and not any(lag.values()), f"lag per partition stayed {lag}\n{service.log_text()[-3000:]}"
+    finally:
+        service.stop()
+
+
+async def test_a_restarted_service_commits_past_markers_of_partitions_it_took_no_record_from(
+        kafka_settings, service_env, vision_registry, tmp_path):
+    # The group answered an upstream's transactional jobs and committed the offset after the last record, short of
+    # the marker after it (a replica stopped before its next idle second). The restarted service takes no record
+    # there, only steps over the marker: it still commits, so the lag reads 0 (else a type set to scale to zero
+    # never would).
+    topic, group = f"{kafka_settings.topic_prefix}.vision.infer", f"{kafka_settings.topic_prefix}.vision"
+    partition = TopicPartition(topic, 0)
+    admin = AIOKafkaAdminClient(**kafka_settings.connection_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, kafka_settings.partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs(), transactional_id="upstream-restart")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            sent = await producer.send_and_wait(topic, b"answered before", key=b"old", partition=0)
+    finally:
+        await producer.stop()
+    group_member = AIOKafkaConsumer(**kafka_settings.connection_kwargs(), group_id=group, enable_auto_commit=False)
+    await group_member.start()
+    try:
+        group_member.assign([partition])
+        await group_member.commit({partition: sent.offset + 1})  # the marker is at sent.offset + 1
+    finally:
+        await group_member.stop()
+    assert (await group_lag(kafka_settings, group, topic))[0] == 1
+
+    service = ServiceProcess(service_env | {"AIAAS_VISION_DELIVERY": "exactly-once"}, tmp_path / "vision.log").start()
+    try:
+        deadline, lag = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            lag = await group_lag(kafka_settings, group, topic)
+            if not any(lag.values()):
+                break
+            await asyncio.sleep(0.5)
+        assert lag is not None and not any(lag.values()), \
+            f"lag per partition stayed {lag}\n{service.log_text()[-3000:]}"
     finally:
         service.stop()

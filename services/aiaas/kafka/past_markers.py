@@ -8,13 +8,18 @@ retry topic is such a partition in exactly-once mode (its records are written in
 topic an upstream system writes in transactions.
 
 The pipeline's fetch loop calls `check` when it is idle, at most once a second, and only while nothing else moves
-offsets (no batch being published or committed, no drain, no rejoin). For each partition it has taken records from
-since they were assigned or last rewound, with none of them still in flight, whose consumer position is past the
-offset after the last record taken: the consumer stepped over markers there, every record before them is done and
-committed, and the position is committed. The fetch loop takes no record while the commit is in flight, so no batch
-of that partition can commit a later offset meanwhile. A partition with no record taken since it was assigned is
-left alone (its committed offset might predate work abandoned by a rewind or a revocation): its lag stays at one
-marker until its next record.
+offsets (no batch being published or committed, no drain, no rejoin). A partition's position is committed when the
+consumer has moved it past every record that needs answering, which it knows two ways:
+- records were taken from it since it was assigned or last rewound, none is still in flight, and its position is
+  past the offset after the last one taken: the consumer stepped over markers there, and every record before them
+  is done and committed;
+- none was taken since then, and its position is past the group's committed offset (read once each time the
+  position moves): the consumer handed out nothing between the two, so there are only markers and aborted records
+  there. (The consumer moves a position only as it hands records out or steps over what it never hands out; a
+  rewind seeks back at once, and a fetch that failed part-way is sought back to the committed offsets before the
+  fetch loop is idle again.)
+The fetch loop takes no record while the commit is in flight, so no batch of that partition can commit a later
+offset meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class _Consumer(Protocol):
     def assignment(self) -> set[TopicPartition]: ...
     async def position(self, partition: TopicPartition) -> int: ...
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None: ...
+    async def committed(self, partition: TopicPartition) -> int | None: ...
 
 
 _POSITION_WAIT_S = 0.1
@@ -48,29 +54,51 @@ class PastMarkerCommits:
         self._consumer, self._window = consumer, window
         self._next_offsets = next_offsets  # per partition: the offset after the last record the pipeline took
         self._done: dict[TopicPartition, int] = {}  # the position this committed last, per partition
+        self._looked: dict[TopicPartition, int] = {}  # untaken partitions: the position last compared with the group's
 
     async def check(self) -> dict[TopicPartition, int]:
-        """Commit the position of each idle partition the consumer has moved past its last record taken; returns
-        what it committed. The caller makes sure nothing else moves offsets until it returns."""
+        """Commit the position of each idle partition the consumer has moved past what needs answering (module
+        docstring); returns what it committed. The caller makes sure nothing else moves offsets until it returns."""
         assigned, taken = self._consumer.assignment(), dict(self._next_offsets())
-        for gone in set(self._done) - assigned:
-            del self._done[gone]
+        for gone in (set(self._done) | set(self._looked)) - assigned:
+            self._done.pop(gone, None)
+            self._looked.pop(gone, None)
         busy = self._window.first_pending()
         due: dict[TopicPartition, int] = {}
-        for tp, next_offset in taken.items():
-            if tp not in assigned or Partition(*tp) in busy:
+        for tp in sorted(assigned):
+            if Partition(*tp) in busy:
                 continue
-            try:
-                position = await asyncio.wait_for(self._consumer.position(tp), _POSITION_WAIT_S)
-            except Exception:  # noqa: BLE001 - revoked, being reset or slow to answer: the next check
+            position = await self._position(tp)
+            if position is None or position <= self._done.get(tp, -1):
                 continue
-            if position > next_offset and position > self._done.get(tp, -1):
-                due[tp] = position
-        # A revocation may have forgotten a partition while the positions were read (its listener runs meanwhile):
-        # commit only what is still as it was.
-        now, busy = self._next_offsets(), self._window.first_pending()
-        due = {tp: p for tp, p in due.items() if now.get(tp) == taken[tp] and Partition(*tp) not in busy}
+            if tp in taken:
+                if position > taken[tp]:
+                    due[tp] = position
+            elif self._looked.get(tp) != position:
+                self._looked[tp] = position
+                committed = await self._committed(tp)
+                if committed is not None and position > committed:
+                    due[tp] = position
+        # A revocation may have forgotten a partition, or a record of it been taken, while the offsets were read (the
+        # listener and the fetch loop run meanwhile): commit only what is still as it was.
+        now, busy, assigned = self._next_offsets(), self._window.first_pending(), self._consumer.assignment()
+        due = {tp: p for tp, p in due.items()
+               if tp in assigned and now.get(tp) == taken.get(tp) and Partition(*tp) not in busy}
         if due:
             await self._consumer.commit(due)
             self._done.update(due)
         return due
+
+    async def _position(self, tp: TopicPartition) -> int | None:
+        try:
+            return await asyncio.wait_for(self._consumer.position(tp), _POSITION_WAIT_S)
+        except Exception:  # noqa: BLE001 - revoked, being reset or slow to answer: the next check
+            return None
+
+    async def _committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of `tp`; None where there is none (a new group) or the broker did not say."""
+        try:
+            return await self._consumer.committed(tp)
+        except Exception:  # noqa: BLE001 - the coordinator moving, say: the next time the position moves
+            self._looked.pop(tp, None)
+            return None
