@@ -28,6 +28,7 @@ from aiaas.tracing.setup import setup_tracing
 
 if TYPE_CHECKING:
     from aiaas.contract.schemas import SchemaSources
+    from aiaas.tracing.jaeger_query import JaegerQuery
 
 __all__ = ["main", "schema_sources"]
 
@@ -77,8 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--follow", action="store_true", help="keep reading new results until Ctrl-C")
     results.add_argument("--from-beginning", action="store_true", help="start at the oldest result")
 
-    show = sub.add_parser("trace", help="print one job's span tree from the local span store or from Jaeger")
-    show.add_argument("job_id")
+    show = sub.add_parser("trace", help="print one job's span tree, or (--stats) where a model's jobs spent their "
+                          "time, hop by hop; from the local span store or from Jaeger")
+    show.add_argument("job_id", nargs="?")
+    show.add_argument("--stats", metavar="MODEL", choices=MODEL_TYPES,
+                      help="percentiles of each hop (publish, in partition, in pipeline, model call, result publish, "
+                      "to reader) over the model's traced jobs, and the hop that made the slowest 1 %% slow")
+    show.add_argument("--since", default="5m", metavar="AGE",
+                      help="with --stats: jobs the service took in the last AGE (30s, 5m, 2h, 1d; default 5m)")
     show.add_argument("--wait", type=float, default=3.0, help="seconds to wait for late spans")
     show.add_argument("--jaeger", metavar="URL", help="read the spans from Jaeger's query address "
                       "(http://127.0.0.1:16686) instead of the local store; default: AIAAS_TRACE_QUERY_URL")
@@ -273,6 +280,10 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     jaeger_url = args.jaeger or tracing.query_url
     jaeger = JaegerQuery(jaeger_url) if jaeger_url else None
     directory = HomeSettings().span_dir
+    if args.stats:
+        return _trace_stats(args.stats, _seconds(args.since), jaeger, directory)
+    if not args.job_id:
+        raise AiaasError("give a job id (`aiaas trace <job id>`) or a model (`aiaas trace --stats vision`)")
     deadline = time.time() + args.wait
     previous = -1
     while True:
@@ -295,6 +306,33 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         raise AiaasError(f"no spans for job {args.job_id} in {directory}; {hint}")
     print(render_trace(spans))
     return 0
+
+
+def _trace_stats(model: str, since_s: float, jaeger: JaegerQuery | None, directory: Path) -> int:
+    from aiaas.tracing.hops import job_times, render_stats
+    from aiaas.tracing.span_store import load_spans
+
+    spans = jaeger.model_spans(model, since_s) if jaeger else load_spans(directory)
+    times = job_times(spans, model, since_ns=time.time_ns() - int(since_s * 1e9))
+    if not times:
+        where = f"Jaeger at {jaeger.url}" if jaeger else str(directory)
+        raise AiaasError(f"no traced {model} jobs of the last {since_s:g} s in {where}; publish some, or look further "
+                         "back (--since 1h)")
+    print(render_stats(times, model))
+    return 0
+
+
+def _seconds(age: str) -> float:
+    """`30s`, `5m`, `2h`, `1d` (or plain seconds) in seconds; AiaasError saying what is valid otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (age[:-1], age[-1]) if age and age[-1] in units else (age, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise AiaasError(f"--since {age!r}: give an age such as 30s, 5m, 2h or 1d")
+    return seconds
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:

@@ -327,6 +327,12 @@ class JobPipeline:
     def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records = [record for part in fetched.values() for record in part]
         if records:
+            taken_ns = time.time_ns()
+            for record in records:
+                try:
+                    record.taken_ns = taken_ns  # where the job's `process` span starts (worker.py)
+                except AttributeError:  # a stand-in that takes no attribute (an unreadable record's): span starts later
+                    pass
             now = time.monotonic()
             for tp, part in fetched.items():
                 if part:

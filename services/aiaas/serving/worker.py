@@ -208,7 +208,9 @@ class BatchWorker:
             headers, refused = read_headers(record.headers, self._header_limits), None
         except AiaasError as exc:  # the trace context is unreadable too: this hop starts a trace of its own
             headers, refused = NO_HEADERS, exc
-        span = self._spans.start_consumer(f"process {record.topic}", headers.trace_context(), attributes)
+        # The span starts when the pipeline took the record from the broker: its wait for a batch is the service's.
+        span = self._spans.start_consumer(f"process {record.topic}", headers.trace_context(), attributes,
+                                          getattr(record, "taken_ns", None))
         job = JobInFlight(record, span, Origin.of(record))
         if undeliverable is not None:
             job.bare, job.error = True, Undeliverable(f"the broker refused this job's outcome: {undeliverable}")

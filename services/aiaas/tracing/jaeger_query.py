@@ -9,6 +9,7 @@ FOLLOWS_FROM reference in Jaeger's JSON): they are looked up among the `infer` s
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,6 +56,17 @@ class JaegerQuery:
                     if span.trace_id not in trace_ids and any(span_id in ids for _, span_id in span.links):
                         linked[span.span_id] = span
         return spans + list(linked.values())
+
+    def model_spans(self, model: str, since_s: float, limit: int = 2000) -> list[StoredSpan]:
+        """The spans of the last `since_s` seconds' traces of `model`'s service (at most `limit` of them, the
+        latest), with its batch spans (`infer <model>`) of the same time: what `hops.job_times` reads."""
+        end_us = int(time.time() * 1e6)
+        window = {"start": str(end_us - int(since_s * 1e6)), "end": str(end_us), "limit": str(limit)}
+        service = f"{SERVICE_PREFIX}{model}"
+        traces = self._traces(service=service, **window)
+        traces += self._traces(service=service, operation=f"infer {model}", **window)
+        unique = {(span.trace_id, span.span_id): span for span in stored_spans(traces)}  # a trace both answers hold
+        return list(unique.values())
 
     def services(self) -> list[str]:
         """The aiaas services Jaeger has spans of."""

@@ -161,15 +161,16 @@ class JobSpans:
 
     # -- starting spans --------------------------------------------------------------------
 
-    def start_consumer(self, name: str, headers: Iterable[tuple[str, bytes | str]], attributes: dict[str, Any]
-                       ) -> trace.Span:
-        """A CONSUMER span continuing the trace a consumed record's headers carry."""
+    def start_consumer(self, name: str, headers: Iterable[tuple[str, bytes | str]], attributes: dict[str, Any],
+                       start_ns: int | None = None) -> trace.Span:
+        """A CONSUMER span continuing the trace a consumed record's headers carry; it starts at `start_ns` (when
+        the record was taken from the broker) or now."""
         parent = self._remote_parent(headers) if self.w3c else None
         if parent is None:
             context = tracing.extract_context(headers)
             return self._start(name, SpanKind.CONSUMER, trace.get_current_span(context).get_span_context(),
-                               attributes, context)
-        return self._start(name, SpanKind.CONSUMER, parent, attributes, None)
+                               attributes, context, start_ns=start_ns)
+        return self._start(name, SpanKind.CONSUMER, parent, attributes, None, start_ns=start_ns)
 
     def start_child(self, name: str, kind: SpanKind, parent: trace.Span, attributes: dict[str, Any]) -> trace.Span:
         """A span under `parent` (e.g. the PRODUCER span of a job's result under its CONSUMER span)."""
@@ -200,10 +201,11 @@ class JobSpans:
         return tracing.inject_headers(trace.set_span_in_context(span, carried))
 
     def _start(self, name: str, kind: SpanKind, parent: SpanContext | None, attributes: dict[str, Any],
-               carried: Context | None, links: Sequence[trace.Link] = ()) -> trace.Span:
+               carried: Context | None, links: Sequence[trace.Link] = (), start_ns: int | None = None) -> trace.Span:
         if not self.fast:
             context = trace.set_span_in_context(NonRecordingSpan(parent), carried) if parent else carried
-            return self.tracer.start_span(name, context=context or Context(), kind=kind, attributes=attributes)
+            return self.tracer.start_span(name, context=context or Context(), kind=kind, attributes=attributes,
+                                          start_time=start_ns)
         if parent is None or not parent.is_valid:
             parent, trace_id, random_id = None, self._ids.generate_trace_id(), self._random_ids
         else:
@@ -223,7 +225,7 @@ class JobSpans:
         span_context = self._context(trace_id, sampled, random_id, trace_state)
         if not sampled:
             return NonRecordingSpan(span_context)
-        span = JobSpan(name, span_context, parent, kind, attributes, self, time.time_ns(), carried, links)
+        span = JobSpan(name, span_context, parent, kind, attributes, self, start_ns or time.time_ns(), carried, links)
         # Processors are annotated for the SDK's own Span; they read it as the ReadableSpan a JobSpan is.
         self.processor.on_start(span, parent_context=carried)  # type: ignore[arg-type]
         return span

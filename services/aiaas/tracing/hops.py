@@ -1,0 +1,130 @@
+"""Where jobs' time went, hop by hop, from their traces (`aiaas trace --stats <model>`).
+
+A job's trace holds the publisher's `send <infer topic>` (S), the service's `process <infer topic>` (P, from when
+the pipeline took the record from the broker until the batch's outcomes were acknowledged), the batch's
+`infer <model>` span linked from P (I, a trace of its own), the result's `send <results topic>` under P (R) and,
+where the reader uses the aiaas client, its `process <results topic>` under R (C). The hops between them:
+
+    publish         S starts → S ends: the publisher's send until the broker acknowledged it
+    in partition    S ends → P starts: in the partition until the service took it
+    in pipeline     P starts → I starts: in the service's window until its batch's model call began
+    model call      I: its batch's model call
+    result publish  I ends → R ends: the outcome encoded and sent, until the broker acknowledged it
+    to reader       R ends → C starts: until the reader received it
+    end to end      S starts → C starts (→ R ends where no reader's receipt is in the trace)
+
+A hop is left out for a job whose trace lacks its spans (a publisher without tracing, a reader without the aiaas
+client). A job answered after retries is measured from its first publish to its last attempt: its `in partition`
+holds the earlier attempts and their backoff. A send ends when its sender handled the broker's acknowledgement
+(the service's result sends: when the batch's last one was acknowledged); a busy sender may handle it after the
+consumer took the record, so `in partition` and `to reader` can read a little below 0 (not their sums with the hop
+before them). Times on two hosts are as far apart as their clocks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aiaas.tracing.conventions import JOB_ID
+from aiaas.tracing.span_store import StoredSpan
+
+__all__ = ["HOPS", "JobTimes", "job_times", "render_stats"]
+
+HOPS = ("publish", "in partition", "in pipeline", "model call", "result publish", "to reader", "end to end")
+_DESTINATION = "messaging.destination.name"
+_NOT_RESULTS = (".retry", ".dlq")
+
+
+@dataclass(frozen=True)
+class JobTimes:
+    """One job's hops, in seconds (only those its trace has the spans of)."""
+
+    job_id: str
+    taken_ns: int
+    """When the service took it from the broker (P's start)."""
+    hops: dict[str, float]
+
+
+def job_times(spans: Iterable[StoredSpan], model: str, *, since_ns: int = 0) -> list[JobTimes]:
+    """The hops of every job of `model` whose trace is in `spans`, taken by the service at `since_ns` or later."""
+    service = f"aiaas-{model}"
+    traces: dict[str, list[StoredSpan]] = defaultdict(list)
+    model_calls: dict[str, StoredSpan] = {}  # by the span id of each process span that links to the call
+    for span in spans:
+        traces[span.trace_id].append(span)
+        if span.name == f"infer {model}":
+            for _, linked_id in span.links:
+                model_calls[linked_id] = span
+    times = []
+    for trace in traces.values():
+        job = _job_of(trace, service, model_calls)
+        if job is not None and job.taken_ns >= since_ns:
+            times.append(job)
+    return times
+
+
+def _job_of(trace: list[StoredSpan], service: str, model_calls: dict[str, StoredSpan]) -> JobTimes | None:
+    answering = [s for s in trace if s.kind == "CONSUMER" and s.service == service and s.name.startswith("process ")
+                 and s.span_id in model_calls]
+    if not answering:
+        return None
+    process = max(answering, key=lambda s: s.start_ns)  # the attempt that answered
+    call = model_calls[process.span_id]
+    children: dict[str | None, list[StoredSpan]] = defaultdict(list)
+    for span in trace:
+        children[span.parent_id].append(span)
+    result = next((s for s in children[process.span_id] if s.kind == "PRODUCER"
+                   and not str(s.attributes.get(_DESTINATION, s.name)).endswith(_NOT_RESULTS)), None)
+    ids = {s.span_id for s in trace}
+    publish = next((s for s in trace if s.kind == "PRODUCER" and s.parent_id not in ids), None)
+    receipt = next((s for s in children[result.span_id] if s.kind == "CONSUMER"), None) if result else None
+    hops: dict[str, float] = {}
+    if publish is not None:
+        hops["publish"] = publish.end_ns - publish.start_ns
+        hops["in partition"] = process.start_ns - publish.end_ns
+    hops["in pipeline"] = call.start_ns - process.start_ns
+    hops["model call"] = call.end_ns - call.start_ns
+    if result is not None:
+        hops["result publish"] = result.end_ns - call.end_ns
+        if receipt is not None:
+            hops["to reader"] = receipt.start_ns - result.end_ns
+        if publish is not None:
+            hops["end to end"] = (receipt.start_ns if receipt else result.end_ns) - publish.start_ns
+    job_id = str(process.attributes.get(JOB_ID, "?"))
+    return JobTimes(job_id, process.start_ns, {hop: ns / 1e9 for hop, ns in hops.items()})
+
+
+def render_stats(times: Sequence[JobTimes], model: str) -> str:
+    """A table of each hop's percentiles over `times`, and where the slowest 1 % of jobs spent their time."""
+    if not times:
+        return f"no traced jobs of {model}"
+    lines = [f"{model}: {len(times)} jobs, milliseconds",
+             f"{'hop':<15} {'jobs':>7} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}"]
+    for hop in HOPS:
+        values = np.array([t.hops[hop] for t in times if hop in t.hops]) * 1000
+        if len(values):
+            p50, p90, p99 = np.percentile(values, [50, 90, 99])
+            lines.append(f"{hop:<15} {len(values):>7} {p50:>9.2f} {p90:>9.2f} {p99:>9.2f} {values.max():>9.2f}")
+    total = "end to end" if any("end to end" in t.hops for t in times) else "in pipeline"
+    slowest = _slowest(times, total)
+    if slowest:
+        means = {hop: float(np.mean([t.hops.get(hop, 0.0) for t in slowest])) * 1000
+                 for hop in HOPS[:-1] if any(hop in t.hops for t in slowest)}
+        whole = sum(means.values()) or 1.0
+        worst = max(means, key=lambda hop: means[hop])
+        lines += ["", f"the slowest 1 % ({len(slowest)} jobs, {total} at or above its p99): mean ms per hop",
+                  "  " + "  ".join(f"{hop} {ms:.2f} ({ms / whole:.0%})" for hop, ms in means.items()),
+                  f"  most of it: {worst}"]
+    return "\n".join(lines)
+
+
+def _slowest(times: Sequence[JobTimes], hop: str) -> list[JobTimes]:
+    measured = [t for t in times if hop in t.hops]
+    if not measured:
+        return []
+    p99 = float(np.percentile([t.hops[hop] for t in measured], 99))
+    return [t for t in measured if t.hops[hop] >= p99]
