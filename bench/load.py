@@ -41,6 +41,7 @@ from aiaas.contract.envelopes import Job, new_job_id
 from aiaas.contract.topics import ModelTopics
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
+from aiaas.tracing.hops import HopStats, SlowestJobs
 
 from .workloads import Payload
 
@@ -116,6 +117,24 @@ class OpenLoop:
     max_lag_ms: float
     """How far behind its schedule the publisher fell at worst."""
     mean_batch: float = float("nan")
+    timeline: list[JobTimeline] = field(default_factory=list, repr=False)
+    """Each job's trace ids and times as the load generator saw them (raw load only), for `bench/hop_breakdown.py`."""
+    hops: dict[str, HopStats] = field(default_factory=dict)
+    """Each hop's milliseconds, from the traces (filled by the caller)."""
+    slowest: SlowestJobs | None = None
+    """Where the slowest 1 % spent their time."""
+
+
+@dataclass(frozen=True)
+class JobTimeline:
+    """One published job as the load generator saw it: the trace context it sent, when it published, when the
+    broker acknowledged it, when its result arrived (epoch seconds)."""
+
+    trace_id: str
+    span_id: str
+    sent_at: float
+    acked_at: float
+    received_at: float
 
 
 def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -164,10 +183,15 @@ class Load(Protocol):
 
 
 class _RawSent:
-    __slots__ = ("sent_at", "_ack", "_result")
+    __slots__ = ("sent_at", "acked_at", "trace", "_ack", "_result")
 
-    def __init__(self, sent_at: float, ack: asyncio.Future, result: asyncio.Future) -> None:
-        self.sent_at, self._ack, self._result = sent_at, ack, result
+    def __init__(self, sent_at: float, ack: asyncio.Future, result: asyncio.Future, trace: tuple[str, str]) -> None:
+        self.sent_at, self._ack, self._result, self.trace = sent_at, ack, result, trace
+        self.acked_at = float("nan")
+        ack.add_done_callback(self._acknowledged)
+
+    def _acknowledged(self, _: asyncio.Future) -> None:
+        self.acked_at = time.time()
 
     async def acked(self) -> None:
         await self._ack
@@ -248,7 +272,8 @@ class RawLoad:
         self._pending[key] = result
         sent_at = time.time()
         ack = await self._producer.send(self.topics.infer, value, key=key, headers=headers)
-        return _RawSent(sent_at, ack, result)
+        traceparent = headers[0][1]  # b"00-<trace id>-<span id>-01", as `prepare` wrote it
+        return _RawSent(sent_at, ack, result, (traceparent[3:35].decode(), traceparent[36:52].decode()))
 
     async def publish_all(self, prepared: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> list[_RawSent]:
         """One send after the other (each only queues its record), then every acknowledgement.
@@ -419,5 +444,7 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     times = [s.sent_at for s in sent]
     span = max(times) - min(times)
     p50, p95, p99 = percentiles([(o.received_at - s.sent_at) * 1000 for s, o in zip(sent, outcomes, strict=True)])
+    timeline = [JobTimeline(*s.trace, s.sent_at, s.acked_at, o.received_at)
+                for s, o in zip(sent, outcomes, strict=True) if isinstance(s, _RawSent)]
     return OpenLoop(share, rate, (len(sent) - 1) / span if span > 0 else float("nan"), len(sent), p50, p95, p99,
-                    max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes))
+                    max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes), timeline)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from aiaas.tracing.hops import HOPS
+
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
 from .procs import broker_jvm_opts, kafka_version
@@ -365,11 +367,31 @@ def _details(r: ModelResult) -> list[str]:
                          f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.mean_batch:.1f} "
                          f"| {p.max_lag_ms:.1f} |")
         lines.append("")
+        lines += _hop_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.hops])
     if r.span_share is not None:
         lines += [f"The traced service stored {r.span_share:.0%} of the spans it made (2 per job: `process` and "
                   "`send …results`, 1 per batch: `infer`; below 100 % the span processor's queue was full and "
                   "dropped spans, which makes tracing look cheaper than exporting them all).", ""]
     return lines
+
+
+def _hop_table(points: list[OpenLoop]) -> list[str]:
+    """Where each level's time went, from the traces: each hop's p50 / p99 and the hop the slowest 1 % spent most in
+    (`aiaas trace --stats`'s hops: services/aiaas/tracing/hops.py)."""
+    if not points:
+        return []
+    hops = [hop for hop in HOPS if any(hop in p.hops for p in points)]
+    lines = ["Where the time went, from the traces (ms, p50 / p99 of each hop; the hops of a job add up to its end to "
+             "end; the last column: the hop that held most of the slowest 1 %'s time, and its share):", "",
+             "| offered | " + " | ".join(hops) + " | slowest 1 % mostly in |",
+             "|---:|" + "---:|" * len(hops) + "---|"]
+    for p in points:
+        cells = [f"{p.hops[hop].p50:.1f} / {p.hops[hop].p99:.1f}" if hop in p.hops else "–" for hop in hops]
+        slow = p.slowest
+        most = (f"{slow.most} ({slow.mean_ms[slow.most] / (sum(slow.mean_ms.values()) or 1):.0%})"
+                if slow and slow.mean_ms else "–")
+        lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | " + " | ".join(cells) + f" | {most} |")
+    return [*lines, ""]
 
 
 def plot(results: list[ModelResult], path: Path, title: str) -> bool:

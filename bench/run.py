@@ -46,6 +46,7 @@ from aiaas.settings import HomeSettings, KafkaSettings
 from aiaas.tracing.setup import setup_tracing
 from aiaas.tracing.span_store import SUFFIX, count_spans
 from bench.ceilings import RuntimeBursts, runtime_ceilings
+from bench.hop_breakdown import add_hops
 from bench.load import (
     ClientLoad,
     Load,
@@ -194,6 +195,8 @@ class Bench:
                         f"p50 {point.p50_ms:.1f} p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms")
             finally:
                 await on.stop()
+            await asyncio.sleep(1.5)  # the service stores its spans every 0.5 s
+            add_hops([p for p in (result.alone, *result.open_loop) if p is not None], self.home / "spans", model)
             if self.args.load == "raw":
                 log("    the same service through AiaasClient (this process traces its spans too)")
                 client = ClientLoad(on.kafka, model)

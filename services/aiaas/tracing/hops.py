@@ -32,7 +32,7 @@ import numpy as np
 from aiaas.tracing.conventions import JOB_ID
 from aiaas.tracing.span_store import StoredSpan
 
-__all__ = ["HOPS", "JobTimes", "job_times", "render_stats"]
+__all__ = ["HOPS", "JobTimes", "HopStats", "SlowestJobs", "job_times", "hop_stats", "slowest_jobs", "render_stats"]
 
 HOPS = ("publish", "in partition", "in pipeline", "model call", "result publish", "to reader", "end to end")
 _DESTINATION = "messaging.destination.name"
@@ -98,33 +98,70 @@ def _job_of(trace: list[StoredSpan], service: str, model_calls: dict[str, Stored
     return JobTimes(job_id, process.start_ns, {hop: ns / 1e9 for hop, ns in hops.items()})
 
 
+@dataclass(frozen=True)
+class HopStats:
+    """One hop's milliseconds over a set of jobs."""
+
+    jobs: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True)
+class SlowestJobs:
+    """Where the slowest 1 % of jobs (by `by`: end to end where measured) spent their time."""
+
+    by: str
+    jobs: int
+    mean_ms: dict[str, float]
+    """Each hop's mean over them (the hops that add up to `by`)."""
+
+    @property
+    def most(self) -> str:
+        """The hop that held most of their time."""
+        return max(self.mean_ms, key=lambda hop: self.mean_ms[hop])
+
+
+def hop_stats(times: Sequence[JobTimes]) -> dict[str, HopStats]:
+    """Each hop's percentiles over the jobs that have it, in `HOPS` order."""
+    stats = {}
+    for hop in HOPS:
+        values = np.array([t.hops[hop] for t in times if hop in t.hops]) * 1000
+        if len(values):
+            p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+            stats[hop] = HopStats(len(values), p50, p90, p99, float(values.max()))
+    return stats
+
+
+def slowest_jobs(times: Sequence[JobTimes]) -> SlowestJobs | None:
+    """The jobs at or above the p99 of end to end (of `in pipeline` where no job has end to end) and their hops'
+    means; None without jobs."""
+    by = "end to end" if any("end to end" in t.hops for t in times) else "in pipeline"
+    measured = [t for t in times if by in t.hops]
+    if not measured:
+        return None
+    p99 = float(np.percentile([t.hops[by] for t in measured], 99))
+    slowest = [t for t in measured if t.hops[by] >= p99]
+    parts = HOPS[:-1] if by == "end to end" else ("in pipeline",)
+    means = {hop: float(np.mean([t.hops.get(hop, 0.0) for t in slowest])) * 1000
+             for hop in parts if any(hop in t.hops for t in slowest)}
+    return SlowestJobs(by, len(slowest), means)
+
+
 def render_stats(times: Sequence[JobTimes], model: str) -> str:
     """A table of each hop's percentiles over `times`, and where the slowest 1 % of jobs spent their time."""
     if not times:
         return f"no traced jobs of {model}"
     lines = [f"{model}: {len(times)} jobs, milliseconds",
              f"{'hop':<15} {'jobs':>7} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}"]
-    for hop in HOPS:
-        values = np.array([t.hops[hop] for t in times if hop in t.hops]) * 1000
-        if len(values):
-            p50, p90, p99 = np.percentile(values, [50, 90, 99])
-            lines.append(f"{hop:<15} {len(values):>7} {p50:>9.2f} {p90:>9.2f} {p99:>9.2f} {values.max():>9.2f}")
-    total = "end to end" if any("end to end" in t.hops for t in times) else "in pipeline"
-    slowest = _slowest(times, total)
-    if slowest:
-        means = {hop: float(np.mean([t.hops.get(hop, 0.0) for t in slowest])) * 1000
-                 for hop in HOPS[:-1] if any(hop in t.hops for t in slowest)}
-        whole = sum(means.values()) or 1.0
-        worst = max(means, key=lambda hop: means[hop])
-        lines += ["", f"the slowest 1 % ({len(slowest)} jobs, {total} at or above its p99): mean ms per hop",
-                  "  " + "  ".join(f"{hop} {ms:.2f} ({ms / whole:.0%})" for hop, ms in means.items()),
-                  f"  most of it: {worst}"]
+    for hop, st in hop_stats(times).items():
+        lines.append(f"{hop:<15} {st.jobs:>7} {st.p50:>9.2f} {st.p90:>9.2f} {st.p99:>9.2f} {st.max:>9.2f}")
+    slowest = slowest_jobs(times)
+    if slowest is not None:
+        whole = sum(slowest.mean_ms.values()) or 1.0
+        lines += ["", f"the slowest 1 % ({slowest.jobs} jobs, {slowest.by} at or above its p99): mean ms per hop",
+                  "  " + "  ".join(f"{hop} {ms:.2f} ({ms / whole:.0%})" for hop, ms in slowest.mean_ms.items()),
+                  f"  most of it: {slowest.most}"]
     return "\n".join(lines)
-
-
-def _slowest(times: Sequence[JobTimes], hop: str) -> list[JobTimes]:
-    measured = [t for t in times if hop in t.hops]
-    if not measured:
-        return []
-    p99 = float(np.percentile([t.hops[hop] for t in measured], 99))
-    return [t for t in measured if t.hops[hop] >= p99]
