@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiaas.tracing.hops import JobTimes, hop_stats, job_times, slowest_jobs
+from aiaas.tracing.hops import JobTimes, hop_stats, job_times, result_send, slowest_jobs
 from aiaas.tracing.span_store import StoredSpan, load_spans
 
 from .load import JobTimeline, OpenLoop
@@ -48,7 +48,8 @@ def hop_times(spans: Sequence[StoredSpan], timeline: Sequence[JobTimeline], mode
             continue
         ours.append(StoredSpan(job.trace_id, job.span_id, None, f"send {model} jobs", "PRODUCER", "bench-load",
                                _ns(job.sent_at), _ns(job.acked_at), "UNSET"))
-        result = next((s for s in trace if s.kind == "PRODUCER" and s.name.endswith(".results")), None)
+        process = {s.span_id for s in trace if s.kind == "CONSUMER"}
+        result = result_send(s for s in trace if s.parent_id in process)
         if result is not None:
             ours.append(StoredSpan(job.trace_id, os.urandom(8).hex(), result.span_id, f"process {model} results",
                                    "CONSUMER", "bench-load", _ns(job.received_at), _ns(job.received_at), "UNSET"))

@@ -52,7 +52,6 @@ def test_each_hop_is_bounded_by_the_spans_it_names_and_they_add_up():
     assert times.hops == pytest.approx({"publish": 0.001, "in partition": 0.003, "in pipeline": 0.004,
                                         "model call": 0.002, "result publish": 0.005, "to reader": 0.001,
                                         "end to end": 0.016})
-    assert sum(v for k, v in times.hops.items() if k != "end to end") == pytest.approx(times.hops["end to end"])
 
 
 def test_without_a_traced_publisher_or_reader_their_hops_are_left_out_and_the_end_is_the_acknowledgement():

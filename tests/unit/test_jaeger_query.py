@@ -65,7 +65,7 @@ class FakeJaeger(BaseHTTPRequestHandler):
             data = [JOB] if json.loads(query["tags"]) == {"aiaas.job.id": "job-1"} else []
         elif url.path == "/api/traces":
             data = [BATCH, OTHER_BATCH] if query.get("operation") == "infer vision" else []
-        elif url.path == f"/api/traces/{JOB_TRACE.lstrip('0')}":
+        elif url.path.startswith("/api/traces/") and url.path.rsplit("/", 1)[-1].lstrip("0") == JOB_TRACE.lstrip("0"):
             data = [JOB]
         else:
             self.send_response(404)

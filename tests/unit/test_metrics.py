@@ -18,7 +18,7 @@ from aiaas.cli.top import run_top
 from aiaas.contract.dead_letters import Origin
 from aiaas.contract.envelopes import TrainingProgress
 from aiaas.errors import ModelFailure
-from aiaas.metrics.drift import OutputDrift, js_distance, output_profile, score_bin
+from aiaas.metrics.drift import OutputDrift, ScoreBins, js_distance, output_profile
 from aiaas.metrics.endpoint import MetricsEndpoint, close_endpoint, open_endpoint
 from aiaas.metrics.fleet import FleetView, Scrape, quantile
 from aiaas.metrics.probes import Health
@@ -226,8 +226,8 @@ def test_output_drift_keeps_a_window_and_measures_the_jensen_shannon_distance():
 
 
 def test_a_score_bin_is_named_by_its_bounds_and_a_profile_is_each_categorys_share():
-    edges = (0.25, 0.5, 1.0)
-    assert [score_bin(s, edges) for s in (-3.0, 0.25, 0.49, 0.5, 1.0, 7.0)] == [
+    bins = ScoreBins((0.25, 0.5, 1.0))
+    assert [bins(s) for s in (-3.0, 0.25, 0.49, 0.5, 1.0, 7.0)] == [
         "[-inf, 0.25)", "[0.25, 0.5)", "[0.25, 0.5)", "[0.5, 1)", "[1, inf)", "[1, inf)"]
     answers = [{"labels": ["a", "b"]}, {"labels": ["a"]}, {}, {"labels": ["c"]}]
     profile = output_profile(lambda answer: answer.get("labels", []), answers)
@@ -369,8 +369,8 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
-    def __init__(self, *, fail_init: bool = False) -> None:
-        self.fail_init = fail_init
+    def __init__(self, *, fail_init: bool = False, mig: bool = False) -> None:
+        self.fail_init, self.mig = fail_init, mig
         self.inits = 0
 
     def nvmlInit(self) -> None:  # noqa: N802 - NVML's names
@@ -388,6 +388,8 @@ class FakeNvml:
         return type("Memory", (), {"used": 1_000 * (handle + 1), "total": 80_000})()
 
     def nvmlDeviceGetUtilizationRates(self, handle: int):  # noqa: N802
+        if self.mig:
+            raise self.NVMLError("Not Supported")
         return type("Utilization", (), {"gpu": 40 + handle, "memory": 5})()
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list:  # noqa: N802
@@ -404,6 +406,7 @@ def test_gpu_memory_and_load_come_from_nvml_and_nothing_without_it(monkeypatch):
     nvml = FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     registry = new_registry()
+    assert nvml.inits == 0  # opened at the first scrape, not when the registry is made
     sample = registry.get_sample_value
     assert sample("aiaas_gpu_memory_used_bytes", {"device": "1"}) == 2_000
     assert sample("aiaas_gpu_memory_total_bytes", {"device": "0"}) == 80_000
@@ -412,6 +415,12 @@ def test_gpu_memory_and_load_come_from_nvml_and_nothing_without_it(monkeypatch):
     assert sample("aiaas_gpu_process_memory_bytes", {"device": "0"}) is None  # holds nothing there
     registry.get_sample_value("aiaas_gpu_memory_used_bytes", {"device": "0"})
     assert nvml.inits == 1  # opened once, not per scrape
+
+    mig = FakeNvml(mig=True)  # a value the device will not give is left out, not the others
+    monkeypatch.setitem(sys.modules, "pynvml", mig)
+    registry = new_registry()
+    assert registry.get_sample_value("aiaas_gpu_utilization_ratio", {"device": "0"}) is None
+    assert registry.get_sample_value("aiaas_gpu_memory_used_bytes", {"device": "0"}) == 1_000
 
     absent = FakeNvml(fail_init=True)  # bindings installed, no driver: no GPU series, the scrape goes on
     monkeypatch.setitem(sys.modules, "pynvml", absent)

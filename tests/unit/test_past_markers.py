@@ -4,6 +4,10 @@ group's lag can read 0; never a partition with a record in flight, none forgotte
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import pytest
 from aiokafka import TopicPartition
 
 from aiaas.kafka.commit_window import InFlightWindow
@@ -68,9 +72,37 @@ async def test_a_partition_with_none_taken_commits_a_position_past_the_groups_of
     at_committed.positions[TP] = 12  # stepped over a marker later: asked again
     assert await past.check() == {TP: 12} and at_committed.lookups == 2
 
-    new_group = Consumer(position=3, committed=None)  # no committed offset: left to the records' own commits
-    assert await PastMarkerCommits(new_group, InFlightWindow(64), next_offsets=lambda: {}).check() == {}
-    assert new_group.commits == []
+    # No committed offset (a new group, or one whose offsets expired), and the records before the position gone or
+    # markers: the position is committed, else an autoscaler reads the whole partition as lag.
+    expired = Consumer(position=3, committed=None)
+    assert await PastMarkerCommits(expired, InFlightWindow(64), next_offsets=lambda: {}).check() == {TP: 3}
+    empty = Consumer(position=0, committed=None)
+    assert await PastMarkerCommits(empty, InFlightWindow(64), next_offsets=lambda: {}).check() == {}
+
+
+async def test_a_coordinator_that_does_not_answer_holds_nothing_up_and_a_failed_commit_is_tried_again():
+    consumer = Consumer(position=11, committed=10)
+    past = PastMarkerCommits(consumer, InFlightWindow(64), next_offsets=lambda: {})
+    answer = consumer.committed
+
+    async def never(tp: TopicPartition) -> int | None:
+        await asyncio.sleep(60)
+        return 10
+
+    consumer.committed = never
+    started = time.monotonic()
+    assert await past.check() == {} and time.monotonic() - started < 5
+    consumer.committed = answer  # asked again, though the position did not move
+    commit = consumer.commit
+
+    async def refused(offsets=None) -> None:
+        raise RuntimeError("rebalance in progress")
+
+    consumer.commit = refused
+    with pytest.raises(RuntimeError):
+        await past.check()
+    consumer.commit = commit
+    assert await past.check() == {TP: 11}
 
 
 async def test_a_record_taken_while_the_groups_offset_is_read_stops_that_commit():

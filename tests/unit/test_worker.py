@@ -106,11 +106,13 @@ async def test_spans_continue_the_publisher_trace_and_link_the_batch(spans):
             record = job_record(i, [1.0])
             record.headers = inject_headers()
             records.append(record)
+    records[0].taken_ns = time.time_ns() - 250_000_000  # taken by the pipeline 250 ms ago, waited for its batch
     await make_worker().handle(records)
 
     finished = spans.get_finished_spans()
     process = [s for s in finished if s.name == "process p.vision.infer"]
     assert len(process) == 2
+    assert process[0].start_time == records[0].taken_ns < process[1].start_time  # the other: taken at admission
     for span in process:
         assert span.kind == SpanKind.CONSUMER
         assert span.context.trace_id == publisher.get_span_context().trace_id

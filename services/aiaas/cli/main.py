@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -84,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--stats", metavar="MODEL", choices=MODEL_TYPES,
                       help="percentiles of each hop (publish, in partition, in pipeline, model call, result publish, "
                       "to reader) over the model's traced jobs, and the hop that made the slowest 1 %% slow")
-    show.add_argument("--since", default="5m", metavar="AGE",
+    show.add_argument("--since", metavar="AGE",
                       help="with --stats: jobs the service took in the last AGE (30s, 5m, 2h, 1d; default 5m)")
     show.add_argument("--wait", type=float, default=3.0, help="seconds to wait for late spans")
     show.add_argument("--jaeger", metavar="URL", help="read the spans from Jaeger's query address "
@@ -280,10 +281,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     jaeger_url = args.jaeger or tracing.query_url
     jaeger = JaegerQuery(jaeger_url) if jaeger_url else None
     directory = HomeSettings().span_dir
+    if args.stats and args.job_id:
+        raise AiaasError("give a job id (one job's tree) or --stats MODEL (a model's hops), not both")
     if args.stats:
-        return _trace_stats(args.stats, _seconds(args.since), jaeger, directory)
+        return _trace_stats(args.stats, _seconds(args.since or "5m"), jaeger, directory)
     if not args.job_id:
         raise AiaasError("give a job id (`aiaas trace <job id>`) or a model (`aiaas trace --stats vision`)")
+    if args.since:
+        raise AiaasError("--since goes with --stats MODEL (one job's trace is found by its id, whenever it ran)")
     deadline = time.time() + args.wait
     previous = -1
     while True:
@@ -330,7 +335,7 @@ def _seconds(age: str) -> float:
         seconds = float(number) * units[unit]
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
+    if not (seconds > 0 and math.isfinite(seconds)):
         raise AiaasError(f"--since {age!r}: give an age such as 30s, 5m, 2h or 1d")
     return seconds
 

@@ -14,10 +14,12 @@ consumer has moved it past every record that needs answering, which it knows two
   past the offset after the last one taken: the consumer stepped over markers there, and every record before them
   is done and committed;
 - none was taken since then, and its position is past the group's committed offset (read once each time the
-  position moves): the consumer handed out nothing between the two, so there are only markers and aborted records
-  there. (The consumer moves a position only as it hands records out or steps over what it never hands out; a
-  rewind seeks back at once, and a fetch that failed part-way is sought back to the committed offsets before the
-  fetch loop is idle again.)
+  position moves; with none, past 0): the consumer handed out nothing between the two, so there are only markers,
+  aborted records and records retention deleted there. (The consumer moves a position only as it hands records out
+  or steps over what it never hands out; a rewind seeks back at once, and a fetch that failed part-way is sought
+  back to the committed offsets before the fetch loop is idle again.) Without this, a group whose committed
+  offsets expired (Kafka drops an empty group's after 7 days) would read as lag the whole of its partitions to an
+  autoscaler, for as long as they took no new record.
 The fetch loop takes no record while the commit is in flight, so no batch of that partition can commit a later
 offset meanwhile.
 """
@@ -44,6 +46,9 @@ class _Consumer(Protocol):
 
 _POSITION_WAIT_S = 0.1
 """A position that is not known at once (being reset) is left for the next check."""
+_COMMITTED_WAIT_S = 1.0
+"""The group's committed offsets, asked of its coordinator: a coordinator that does not answer by then (moving, say)
+is asked again when the position next moves (the fetch loop waits meanwhile)."""
 
 
 class PastMarkerCommits:
@@ -65,6 +70,7 @@ class PastMarkerCommits:
             self._looked.pop(gone, None)
         busy = self._window.first_pending()
         due: dict[TopicPartition, int] = {}
+        untaken: dict[TopicPartition, int] = {}
         for tp in sorted(assigned):
             if Partition(*tp) in busy:
                 continue
@@ -75,17 +81,26 @@ class PastMarkerCommits:
                 if position > taken[tp]:
                     due[tp] = position
             elif self._looked.get(tp) != position:
-                self._looked[tp] = position
-                committed = await self._committed(tp)
-                if committed is not None and position > committed:
-                    due[tp] = position
+                untaken[tp] = position
+        if untaken:
+            committed = await self._committed(list(untaken))
+            for tp, position in untaken.items():
+                if tp in committed:
+                    self._looked[tp] = position
+                    if position > (committed[tp] or 0):
+                        due[tp] = position
         # A revocation may have forgotten a partition, or a record of it been taken, while the offsets were read (the
         # listener and the fetch loop run meanwhile): commit only what is still as it was.
         now, busy, assigned = self._next_offsets(), self._window.first_pending(), self._consumer.assignment()
         due = {tp: p for tp, p in due.items()
                if tp in assigned and now.get(tp) == taken.get(tp) and Partition(*tp) not in busy}
         if due:
-            await self._consumer.commit(due)
+            try:
+                await self._consumer.commit(due)
+            except BaseException:
+                for tp in due:  # looked at again next time: the commit is retried
+                    self._looked.pop(tp, None)
+                raise
             self._done.update(due)
         return due
 
@@ -95,10 +110,9 @@ class PastMarkerCommits:
         except Exception:  # noqa: BLE001 - revoked, being reset or slow to answer: the next check
             return None
 
-    async def _committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset of `tp`; None where there is none (a new group) or the broker did not say."""
-        try:
-            return await self._consumer.committed(tp)
-        except Exception:  # noqa: BLE001 - the coordinator moving, say: the next time the position moves
-            self._looked.pop(tp, None)
-            return None
+    async def _committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None: it has none) that its coordinator gave in time."""
+        answers = await asyncio.gather(*(asyncio.wait_for(self._consumer.committed(tp), _COMMITTED_WAIT_S)
+                                         for tp in partitions), return_exceptions=True)
+        return {tp: answer for tp, answer in zip(partitions, answers, strict=True)
+                if answer is None or isinstance(answer, int)}

@@ -2,7 +2,7 @@
 set when it was trained.
 
 A runtime names each answer's categories (`output_categories`: its predicted labels, or its top score's bin from
-`score_bin`) and carries its version's reference shares (`ModelVersion.output_profile`, which its trainer computes
+`ScoreBins`) and carries its version's reference shares (`ModelVersion.output_profile`, which its trainer computes
 with `output_profile` from the same runtime's answers on the held-out set). `OutputDrift` keeps the categories of the
 last `window` answers and gives their shares and the Jensen-Shannon distance to the reference: 0 when the spreads
 match, 1 when they share nothing. It is bounded and symmetric, and stays defined when a category is missing on one
@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-__all__ = ["OutputDrift", "js_distance", "output_profile", "score_bin"]
+__all__ = ["OutputDrift", "ScoreBins", "js_distance", "output_profile"]
 
 Answer = TypeVar("Answer")
 
@@ -80,9 +80,14 @@ def output_profile(categories_of: Callable[[Answer], Sequence[str]], answers: It
     return {category: round(n / total, 6) for category, n in sorted(counts.items())} if total else {}
 
 
-def score_bin(score: float, edges: Sequence[float]) -> str:
-    """The bin of `score` among ascending `edges`, named by its bounds: `"[0.25, 0.5)"`, `"[-inf, 0.1)"`."""
-    at = bisect.bisect_right(edges, score)
-    lower = f"{edges[at - 1]:g}" if at else "-inf"
-    upper = f"{edges[at]:g}" if at < len(edges) else "inf"
-    return f"[{lower}, {upper})"
+class ScoreBins:
+    """Bins of a score among ascending `edges`, each named by its bounds (`"[0.25, 0.5)"`, `"[-inf, 0.1)"`); the
+    names are made once, a score's is looked up (it runs for every answer)."""
+
+    def __init__(self, edges: Sequence[float]) -> None:
+        self.edges = tuple(edges)
+        bounds = ["-inf", *(f"{edge:g}" for edge in self.edges), "inf"]
+        self.names = tuple(f"[{lower}, {upper})" for lower, upper in zip(bounds, bounds[1:], strict=False))
+
+    def __call__(self, score: float) -> str:
+        return self.names[bisect.bisect_right(self.edges, score)]

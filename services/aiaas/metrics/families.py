@@ -135,11 +135,16 @@ class _GpuDevices(Collector):
     `aiaas_gpu_utilization_ratio` (the share of the last sample period a kernel ran) and
     `aiaas_gpu_process_memory_bytes` (what this process holds there, as the driver counts it).
 
-    Nothing where NVML's bindings or the driver are missing: the first scrape finds out, once."""
+    Nothing where NVML's bindings or the driver are missing: the first scrape finds out, once. A value the device
+    cannot give (utilization under MIG, say) is left out, not the others. `device` is NVML's index (nvidia-smi's
+    order), which is CUDA's only where CUDA_VISIBLE_DEVICES does not reorder or hide devices."""
 
     def __init__(self) -> None:
         self._nvml: Any = None
         self._tried = False
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # else the registry collects at once to learn the names; NVML opens at the first scrape
 
     def collect(self) -> Iterator[Metric]:
         nvml = self._open()
@@ -151,13 +156,14 @@ class _GpuDevices(Collector):
                  ("process_memory_bytes", "Device memory this process holds on the GPU."))
         families = [GaugeMetricFamily(f"aiaas_gpu_{name}", text, labels=["device"]) for name, text in names]
         try:
-            for index in range(nvml.nvmlDeviceGetCount()):
-                for family, value in zip(families, _device_values(nvml, index), strict=True):
-                    if value is not None:
-                        family.add_metric([str(index)], value)
+            devices = range(nvml.nvmlDeviceGetCount())
         except Exception as exc:  # noqa: BLE001 - a driver error must not fail the scrape of everything else
             log.debug("NVML read failed: %s", exc)
             return
+        for index in devices:
+            for family, value in zip(families, _device_values(nvml, index), strict=True):
+                if value is not None:
+                    family.add_metric([str(index)], value)
         yield from families
 
     def _open(self) -> Any:
@@ -173,10 +179,20 @@ class _GpuDevices(Collector):
 
 
 def _device_values(nvml: Any, index: int) -> tuple[float | None, ...]:
-    """(memory used, memory total, utilization ratio, this process's memory) of GPU `index`."""
-    handle = nvml.nvmlDeviceGetHandleByIndex(index)
-    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-    utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
-    processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    mine = [p.usedGpuMemory for p in processes if p.pid == os.getpid() and p.usedGpuMemory is not None]
-    return float(memory.used), float(memory.total), utilization.gpu / 100, float(sum(mine)) if mine else None
+    """(memory used, memory total, utilization ratio, this process's memory) of GPU `index`; None for each one the
+    device or its driver would not give."""
+    def read(value: Callable[[Any], float | None]) -> float | None:
+        try:
+            return value(nvml.nvmlDeviceGetHandleByIndex(index))
+        except Exception:  # noqa: BLE001 - not supported here (MIG, vGPU), or the device went away
+            return None
+
+    def mine(handle: Any) -> float | None:
+        held = [p.usedGpuMemory for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                if p.pid == os.getpid() and p.usedGpuMemory is not None]
+        return float(sum(held)) if held else None
+
+    return (read(lambda h: float(nvml.nvmlDeviceGetMemoryInfo(h).used)),
+            read(lambda h: float(nvml.nvmlDeviceGetMemoryInfo(h).total)),
+            read(lambda h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
+            read(mine))

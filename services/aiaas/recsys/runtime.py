@@ -14,7 +14,7 @@ import numpy as np
 
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
-from aiaas.metrics.drift import score_bin
+from aiaas.metrics.drift import ScoreBins
 from aiaas.recsys import MODEL
 from aiaas.recsys.data import SERVING_FILE, ServingTables
 from aiaas.registry.store import Registry
@@ -34,7 +34,7 @@ TOP_K_INPUT = "top_k"
 
 
 _TASK_INPUTS = TaskInputs(MODEL, TASKS)
-TOP_SCORE_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TOP_SCORE_BINS = ScoreBins((0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
 """Edges of the bins of a collaborative recommendation's top score that model monitoring counts (a rated item
 scores near 1, an unrated one near 0; the held-out users' top scores sit between about 0.45 and 1.8)."""
 
@@ -105,7 +105,7 @@ class RecsysRuntime:
             return ["popularity"]
         if strategy != "collaborative" or not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
             return []
-        return [f"collaborative {score_bin(float(scores.to_numpy()[0]), TOP_SCORE_BINS)}"]
+        return [f"collaborative {TOP_SCORE_BINS(float(scores.to_numpy()[0]))}"]
 
     @property
     def providers(self) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.errors import InvalidJob
-from aiaas.metrics.drift import score_bin
+from aiaas.metrics.drift import ScoreBins
 from aiaas.registry.store import Registry
 from aiaas.rnn import MODEL
 from aiaas.serving.job_inputs import TaskInputs, boolean_input, integer_input
@@ -36,7 +36,7 @@ TOP_K_INPUT = "top_k"
 adds it."""
 
 _TASK_INPUTS = TaskInputs(MODEL, {TASK: INPUTS})
-TOP_SCORE_BINS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
+TOP_SCORE_BINS = ScoreBins((0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8))
 """Edges of the bins of an answer's top score (the probability of its most likely next item) that model monitoring
 counts; the held-out sessions' top scores spread from about 0.02 to 0.97, half of them under 0.2."""
 _INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
@@ -121,7 +121,7 @@ class RnnRuntime:
         scores = outputs.get("scores")
         if not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
             return []
-        return [score_bin(float(scores.to_numpy()[0]), TOP_SCORE_BINS)]
+        return [TOP_SCORE_BINS(float(scores.to_numpy()[0]))]
 
     @property
     def providers(self) -> list[str]:

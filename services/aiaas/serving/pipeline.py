@@ -327,12 +327,15 @@ class JobPipeline:
     def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records = [record for part in fetched.values() for record in part]
         if records:
+            # Where a job's `process` span starts (worker.py). Not a retry record's: it waits out its backoff here,
+            # and its span starts when its batch does (the backoff counts where the earlier attempts do).
             taken_ns = time.time_ns()
-            for record in records:
-                try:
-                    record.taken_ns = taken_ns  # where the job's `process` span starts (worker.py)
-                except AttributeError:  # a stand-in that takes no attribute (an unreadable record's): span starts later
-                    pass
+            try:
+                for record in records:
+                    if record.topic != self._queue.delayed_topic:
+                        record.taken_ns = taken_ns
+            except AttributeError:  # a stand-in that takes no attribute (an unreadable record's): its span starts later
+                pass
             now = time.monotonic()
             for tp, part in fetched.items():
                 if part:

@@ -208,7 +208,7 @@ class BatchWorker:
             headers, refused = read_headers(record.headers, self._header_limits), None
         except AiaasError as exc:  # the trace context is unreadable too: this hop starts a trace of its own
             headers, refused = NO_HEADERS, exc
-        # The span starts when the pipeline took the record from the broker: its wait for a batch is the service's.
+        # The span starts when the pipeline took the record from the broker (a retry record's: now, after its backoff).
         span = self._spans.start_consumer(f"process {record.topic}", headers.trace_context(), attributes,
                                           getattr(record, "taken_ns", None))
         job = JobInFlight(record, span, Origin.of(record))

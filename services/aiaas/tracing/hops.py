@@ -32,7 +32,8 @@ import numpy as np
 from aiaas.tracing.conventions import JOB_ID
 from aiaas.tracing.span_store import StoredSpan
 
-__all__ = ["HOPS", "JobTimes", "HopStats", "SlowestJobs", "job_times", "hop_stats", "slowest_jobs", "render_stats"]
+__all__ = ["HOPS", "JobTimes", "HopStats", "SlowestJobs", "job_times", "hop_stats", "slowest_jobs", "render_stats",
+           "result_send"]
 
 HOPS = ("publish", "in partition", "in pipeline", "model call", "result publish", "to reader", "end to end")
 _DESTINATION = "messaging.destination.name"
@@ -77,10 +78,8 @@ def _job_of(trace: list[StoredSpan], service: str, model_calls: dict[str, Stored
     children: dict[str | None, list[StoredSpan]] = defaultdict(list)
     for span in trace:
         children[span.parent_id].append(span)
-    result = next((s for s in children[process.span_id] if s.kind == "PRODUCER"
-                   and not str(s.attributes.get(_DESTINATION, s.name)).endswith(_NOT_RESULTS)), None)
-    ids = {s.span_id for s in trace}
-    publish = next((s for s in trace if s.kind == "PRODUCER" and s.parent_id not in ids), None)
+    result = result_send(children[process.span_id])
+    publish = _first_publish(process, {s.span_id: s for s in trace})
     receipt = next((s for s in children[result.span_id] if s.kind == "CONSUMER"), None) if result else None
     hops: dict[str, float] = {}
     if publish is not None:
@@ -148,6 +147,22 @@ def slowest_jobs(times: Sequence[JobTimes]) -> SlowestJobs | None:
     means = {hop: float(np.mean([t.hops.get(hop, 0.0) for t in slowest])) * 1000
              for hop in parts if any(hop in t.hops for t in slowest)}
     return SlowestJobs(by, len(slowest), means)
+
+
+def result_send(spans: Iterable[StoredSpan]) -> StoredSpan | None:
+    """The send of a job's result among the spans under its `process` span (not a retry or a dead letter)."""
+    return next((s for s in spans if s.kind == "PRODUCER"
+                 and not str(s.attributes.get(_DESTINATION, s.name)).endswith(_NOT_RESULTS)), None)
+
+
+def _first_publish(process: StoredSpan, by_id: dict[str, StoredSpan]) -> StoredSpan | None:
+    """The topmost send above `process` (through any retry sends and the publisher's own spans)."""
+    publish, span = None, by_id.get(process.parent_id or "")
+    while span is not None:
+        if span.kind == "PRODUCER":
+            publish = span
+        span = by_id.get(span.parent_id or "") if span.parent_id != span.span_id else None
+    return publish
 
 
 def render_stats(times: Sequence[JobTimes], model: str) -> str:

@@ -38,7 +38,7 @@ class JaegerQuery:
     def job_spans(self, job_id: str) -> list[StoredSpan]:
         """The spans of the trace(s) that carry `job_id`, and the batch spans linked from them ([] when none)."""
         services = self.services()
-        trace_ids = {trace["traceID"] for service in services
+        trace_ids = {_trace_id(trace["traceID"]) for service in services
                      for trace in self._traces(service=service, tags=json.dumps({JOB_ID: job_id}), limit="20")}
         spans = [span for trace_id in sorted(trace_ids) for span in stored_spans(self._trace(trace_id))]
         if not spans:
