@@ -116,7 +116,8 @@ class FakeConsumer:
         return self.offsets[tp]
 
     async def committed(self, tp) -> int | None:
-        return max((commit[tp] for commit in self.commits if tp in commit), default=None)
+        """The group's committed offset of `tp` (None: none), as aiokafka's consumer answers it."""
+        return next((commit[tp] for commit in reversed(self.commits) if tp in commit), None)
 
     async def seek_to_committed(self, *tps) -> dict:
         for tp in tps:
@@ -145,7 +146,7 @@ class FakeConsumer:
             await asyncio.sleep(timeout_ms / 1000)
         return out
 
-    def committed(self) -> dict:
+    def last_commits(self) -> dict:
         """The last committed offset per partition number."""
         last: dict = {}
         for commit in self.commits:

@@ -64,7 +64,7 @@ async def test_every_job_is_answered_and_commits_reach_the_end_of_each_partition
     pipeline = make_pipeline(consumer, sink)
     stats = await run_until(pipeline, lambda: len(answered(sink)) == 80)
     assert answered(sink) == {f"p0-{i}" for i in range(50)} | {f"p1-{i}" for i in range(30)}
-    assert consumer.committed() == {0: 50, 1: 30}  # and never went backwards
+    assert consumer.last_commits() == {0: 50, 1: 30}  # and never went backwards
     assert stats.jobs == 80 and stats.batches >= 80 / 8 and stats.rewinds == 0
 
 
@@ -92,7 +92,7 @@ async def test_partitions_pause_while_the_in_flight_window_is_full():
     assert len(answered(sink)) == 240
     assert most_in_flight <= 24
     assert stats.pauses > 0 and consumer.pause_calls >= stats.pauses
-    assert consumer.committed() == {0: 120, 1: 120}
+    assert consumer.last_commits() == {0: 120, 1: 120}
 
 
 async def test_a_slow_result_holds_back_its_partitions_commit_but_not_the_other_jobs():
@@ -108,7 +108,7 @@ async def test_a_slow_result_holds_back_its_partitions_commit_but_not_the_other_
                     lambda: len(answered(sink)) == 80)
     others_done_first = [decode_result(v, 1 << 20).job_id for _, v, _, _ in sink.on(TOPICS.results)]
     assert others_done_first.index("p0-2") > 40  # the other jobs did not wait for it
-    assert consumer.committed() == {0: 40, 1: 40}
+    assert consumer.last_commits() == {0: 40, 1: 40}
 
 
 async def test_a_failed_publish_rewinds_to_the_first_unfinished_job_and_runs_it_again():
@@ -126,7 +126,7 @@ async def test_a_failed_publish_rewinds_to_the_first_unfinished_job_and_runs_it_
     assert stats.rewinds == 1
     assert consumer.seeks and all(offset <= 13 for _, offset in consumer.seeks)
     assert "p0-13" in answered(sink)
-    assert consumer.committed() == {0: 40}
+    assert consumer.last_commits() == {0: 40}
 
 
 async def test_stop_drains_what_was_taken_and_commits_it():
@@ -137,7 +137,7 @@ async def test_stop_drains_what_was_taken_and_commits_it():
     taken = consumer.offsets[next(iter(consumer.log))]
     assert 20 <= taken < 400
     assert answered(sink) == {f"p0-{i}" for i in range(taken)}  # everything taken was answered
-    assert consumer.committed() == {0: taken}
+    assert consumer.last_commits() == {0: taken}
 
 
 @pytest.mark.parametrize("instances", [1, 3])
@@ -186,7 +186,7 @@ async def test_with_two_model_instances_two_batches_run_at_once_and_results_keep
     assert runtime.most_inside == 2  # the slow first batch did not hold the second instance up
     order = [decode_result(value, 1 << 20).job_id for _, value, _, _ in sink.on(TOPICS.results)]
     assert order == [f"p0-{i}" for i in range(40)]  # batches that finished first still waited for their turn
-    assert consumer.committed() == {0: 40} and stats.jobs == 40 and stats.rewinds == 0
+    assert consumer.last_commits() == {0: 40} and stats.jobs == 40 and stats.rewinds == 0
 
 
 
@@ -227,7 +227,7 @@ async def test_a_record_the_client_cannot_parse_is_dead_lettered_by_its_coordina
     assert headers["aiaas.error.type"] == b"UnparseableRecord"
     assert (headers["aiaas.origin.partition"], headers["aiaas.origin.offset"]) == (b"1", b"12")
     assert stats.unreadable == 1 and consumer.raised >= 1
-    assert consumer.committed() == {0: 30, 1: 30}  # the partition's commits went on past it
+    assert consumer.last_commits() == {0: 30, 1: 30}  # the partition's commits went on past it
 
 
 def tenant_log(tenant: str, n: int) -> list[Record]:

@@ -99,7 +99,7 @@ async def test_at_least_once_batches_cut_before_a_freeze_are_not_published_and_e
                          max_message_bytes=1 << 20)
     pipeline: JobPipeline | None = None
     rejoin, rejoins = rejoining(consumer, lambda: {tp: o for tp, o in ((TopicPartition('p.vision.infer', p), o)
-                                                                       for p, o in consumer.committed().items())},
+                                                                       for p, o in consumer.last_commits().items())},
                                 lambda: pipeline)
     pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=16, drain_timeout_s=10,
                            stall_after_s=1.0, rejoin=rejoin)

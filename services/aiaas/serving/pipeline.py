@@ -327,21 +327,13 @@ class JobPipeline:
     def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records = [record for part in fetched.values() for record in part]
         if records:
-            # Where a job's `process` span starts (worker.py). Not a retry record's: it waits out its backoff here,
-            # and its span starts when its batch does (the backoff counts where the earlier attempts do).
-            taken_ns = time.time_ns()
-            try:
-                for record in records:
-                    if record.topic != self._queue.delayed_topic:
-                        record.taken_ns = taken_ns
-            except AttributeError:  # a stand-in that takes no attribute (an unreadable record's): its span starts later
-                pass
-            now = time.monotonic()
+            now, taken_ns = time.monotonic(), time.time_ns()
             for tp, part in fetched.items():
                 if part:
                     self._next_offset[tp] = part[-1].offset + 1
                     if tp.topic != self._queue.delayed_topic:
                         self._owners_seen[self._tenant_of(tp.topic)] = now
+                        _mark_taken(part, taken_ns)
             self._window.take(records)
             self._queue.extend(records)
             self._arrived.set()
@@ -676,6 +668,17 @@ class JobPipeline:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
         self.stats.rewinds += 1
+
+
+def _mark_taken(records: list[Any], taken_ns: int) -> None:
+    """When the records were taken from the broker: where their jobs' `process` spans start (worker.py). Not a retry
+    record's: it waits out its backoff in the queue, and its span starts with its batch (the backoff counts where
+    the earlier attempts do)."""
+    try:
+        for record in records:
+            record.taken_ns = taken_ns
+    except AttributeError:  # a stand-in that takes no attribute (an unreadable record's): its span starts later
+        pass
 
 
 class _Stale(Exception):
