@@ -116,7 +116,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         env = service_env(broker.bootstrap, prefix, tmp / "home", extra)
         command = ["bench/transport.py", "--model", args.model] if side in args.noop else ["-m", f"aiaas.{args.model}"]
         children.append(ChildProcess(command, env, tmp / f"{side}.log").start())
-        loads.append(RawLoad(kafka, args.model))
+        loads.append(RawLoad(kafka, args.model, reader=args.reader))
     pool = payloads(args.model, POOL, registry, seed=2)
     loads = [_MeteredLoad(load, {"service": child.pid, "load generator": os.getpid()}
                           | ({"broker": broker.pid} if broker.pid else {}))
@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument("--latency", type=_share, nargs="+", default=[], metavar="SHARE",
                         help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
     parser.add_argument("--port", type=int, default=29692)
+    parser.add_argument("--reader", choices=("loop", "process"), default="loop",
+                        help="where the load generator reads results: in its publishing event loop (as before), or "
+                        "in a process of its own (receipts not timed late while the publisher holds the loop)")
     args = parser.parse_args()
     log(f"building {args.model}")
     with built_model_and_broker(args.model, args.port, "aiaas-ab-") as (tmp, broker, registry):

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import msgpack
@@ -197,25 +200,33 @@ class _RawSent:
         await self._ack
 
     async def outcome(self) -> Outcome:
-        received_at, value = await self._result
+        received: Outcome | tuple[float, bytes] = await self._result
+        if isinstance(received, Outcome):  # decoded by the reader process already
+            return received
+        received_at, value = received
         result = msgpack.unpackb(value, raw=False)
         return Outcome(received_at, result["status"], int(result.get("timings", {}).get("batch_size", 0)))
 
 
 class RawLoad:
-    """Pre-encoded envelopes through a plain aiokafka producer; results matched by key."""
+    """Pre-encoded envelopes through a plain aiokafka producer; results matched by key.
+
+    `reader="process"`: the results are read by a process of its own (`bench/result_reader.py`), so a result's
+    receipt is not timed late while the publisher holds this process's event loop (the open-loop latency); by
+    default they are read in this process's loop, as before."""
 
     name = "raw aiokafka producer"
     send_returns_when_queued = True
     """`send` returns once the record is queued in the producer (it does not wait for the broker)."""
 
-    def __init__(self, kafka: KafkaSettings, model: str) -> None:
-        self.kafka, self.model = kafka, model
+    def __init__(self, kafka: KafkaSettings, model: str, *, reader: str = "loop") -> None:
+        self.kafka, self.model, self.reader = kafka, model, reader
         self.topics = ModelTopics.of(model, kafka.topic_prefix)
         self._pending: dict[bytes, asyncio.Future] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task | None = None
+        self._reader_process: ReaderProcess | None = None
 
     async def start(self) -> None:
         """Connect; the results reader is positioned at the end before this returns."""
@@ -223,6 +234,11 @@ class RawLoad:
         self._producer = AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
                                           linger_ms=2, max_request_size=self.kafka.max_message_bytes + 64 * 1024)
         await self._producer.start()
+        if self.reader == "process":
+            partitions = await partition_count(self.kafka, self.topics.results)
+            self._reader_process = await ReaderProcess.start(self.kafka, self.topics.results, partitions,
+                                                              self._resolve)
+            return
         self._consumer = AIOKafkaConsumer(**self.kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
                                           max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024)
         await self._consumer.start()
@@ -245,8 +261,18 @@ class RawLoad:
                     if future is not None and not future.done():
                         future.set_result((now, record.value))
 
+    def _resolve(self, received: list[tuple[bytes, float, str, int]]) -> None:
+        """Results the reader process received (called in this loop, once per fetch of the reader)."""
+        for key, at, status, batch_size in received:
+            future = self._pending.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(Outcome(at, status, batch_size))
+
     async def stop(self) -> None:
         """Disconnect."""
+        if self._reader_process is not None:
+            await self._reader_process.stop()
+            self._reader_process = None
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -284,6 +310,52 @@ class RawLoad:
         sent = [await self.send(item) for item in prepared]
         await asyncio.gather(*(s.acked() for s in sent))
         return sent
+
+
+class ReaderProcess:
+    """`bench/result_reader.py` in a process of its own; what it receives is handed to `deliver` in this loop."""
+
+    def __init__(self, process: Any, stop_event: Any, connection: Connection, thread: threading.Thread) -> None:
+        self._process, self._stop_event, self._connection, self._thread = process, stop_event, connection, thread
+
+    @classmethod
+    async def start(cls, kafka: KafkaSettings, topic: str, partitions: int,
+                    deliver: Callable[[list[tuple[bytes, float, str, int]]], None]) -> ReaderProcess:
+        """Start it and return once it is positioned at the end of `topic`."""
+        from .result_reader import read_results
+
+        context = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop and threads
+        receiving, sending = context.Pipe(duplex=False)
+        stop_event = context.Event()
+        process = context.Process(target=read_results, args=(kafka, topic, partitions, sending, stop_event),
+                                  daemon=True, name="results-reader")
+        process.start()
+        sending.close()
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, receiving.recv)
+        if ready != "ready":
+            raise RuntimeError(f"the results reader process said {ready!r}")
+
+        def forward() -> None:
+            while True:
+                try:
+                    received = receiving.recv()
+                except (EOFError, OSError):
+                    return
+                loop.call_soon_threadsafe(deliver, received)
+
+        thread = threading.Thread(target=forward, name="results-reader-pipe", daemon=True)
+        thread.start()
+        return cls(process, stop_event, receiving, thread)
+
+    async def stop(self) -> None:
+        self._stop_event.set()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._process.join, 10)
+        if self._process.is_alive():
+            self._process.kill()
+        await loop.run_in_executor(None, self._thread.join, 5)
+        self._connection.close()
 
 
 class _ClientSent:

@@ -182,6 +182,8 @@ class Bench:
             for child in others:  # the open loop measures the traced service alone
                 child.stop()
             take = cycling(pool)
+            if isinstance(on, RawLoad):  # the latency's receipts, timed by a reader the publisher does not hold up
+                on = RawLoad(on.kafka, model, reader=self.args.reader)
             await on.start()
             try:
                 result.alone = await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S, share=0)
@@ -312,6 +314,9 @@ def main() -> None:
                         help="load generator of every stage: pre-encoded jobs on a plain aiokafka producer (raw, "
                              "default; the service is also measured once through AiaasClient) or AiaasClient for "
                              "everything")
+    parser.add_argument("--reader", choices=("loop", "process"), default="process",
+                        help="open-loop latency: the raw load generator reads results in a process of its own "
+                        "(default) or in its publishing event loop (as runs before 2026-12-05 did)")
     parser.add_argument("--machine", help="machine name in the file name (default: CPU model and core count)")
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -348,6 +353,12 @@ def main() -> None:
     total = time.perf_counter() - started
 
     notes = bench.notes + _client_bound_notes(results)
+    if args.load == "raw":
+        notes.append("Open-loop latency: results read " + (
+            "by a process of the load generator's own (`bench/result_reader.py`), so a receipt is timed when it "
+            "arrives, not when the publishing event loop gets to it" if args.reader == "process" else
+            "in the load generator's publishing event loop (`--reader loop`; a receipt may be timed late while the "
+            "loop publishes)") + ".")
     if info.other_work and info.other_work[0] > 0.1 * info.cores:
         notes.insert(0, "**The machine was busy**: other processes (not this run's) used "
                         f"{info.other_work[0]:.2f} of its {info.cores} cores on average during the run "
