@@ -17,6 +17,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
+from aiaas.contract.envelopes import Tensor
+
 __all__ = ["OutputDrift", "ScoreBins", "js_distance", "output_profile"]
 
 Answer = TypeVar("Answer")
@@ -91,3 +93,9 @@ class ScoreBins:
 
     def __call__(self, score: float) -> str:
         return self.names[bisect.bisect_right(self.edges, score)]
+
+    def of_top(self, scores: object) -> str | None:
+        """The bin of an answer's top score: the first of its ranked `scores` tensor; None when it has none."""
+        if not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
+            return None
+        return self(float(scores.to_numpy()[0]))

@@ -100,12 +100,11 @@ class RecsysRuntime:
         """What model monitoring counts of a recommendation: its top score's bin (`TOP_SCORE_BINS`) when the model
         ranked it, `popularity` when the user was unknown to it (a rising share of those is drift too). Similar
         items are not watched."""
-        strategy, scores = outputs.get("strategy"), outputs.get("scores")
+        strategy = outputs.get("strategy")
         if strategy == "popularity":
             return ["popularity"]
-        if strategy != "collaborative" or not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
-            return []
-        return [f"collaborative {TOP_SCORE_BINS(float(scores.to_numpy()[0]))}"]
+        top = TOP_SCORE_BINS.of_top(outputs.get("scores")) if strategy == "collaborative" else None
+        return [f"collaborative {top}"] if top else []
 
     @property
     def providers(self) -> list[str]:

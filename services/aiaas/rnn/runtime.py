@@ -118,10 +118,8 @@ class RnnRuntime:
     def output_categories(outputs: Mapping[str, object]) -> list[str]:
         """What model monitoring counts of an answer: its top score's bin (`TOP_SCORE_BINS`); none when every item
         was left out."""
-        scores = outputs.get("scores")
-        if not isinstance(scores, Tensor) or not scores.shape or not scores.shape[0]:
-            return []
-        return [TOP_SCORE_BINS(float(scores.to_numpy()[0]))]
+        top = TOP_SCORE_BINS.of_top(outputs.get("scores"))
+        return [top] if top else []
 
     @property
     def providers(self) -> list[str]:
