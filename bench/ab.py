@@ -20,11 +20,14 @@ used per job, and how many of the machine's cores were busy: where a side's extr
 the machine was saturated at all (on the 2-core VM a service process is bound by its GIL at ~0.9 cores
 while the machine still has idle time, so its CPU per job, not the machine's, sets its throughput).
 
+`--pin` puts both services on the machine's last core and the broker, the load generator and its results readers on
+the others (Linux): the same measurement without the load generator competing for the service's core.
+
 `--latency SHARE ...` adds latency side by side: after the saturated rounds, each share of A's saturated
 throughput is offered to both sides at the same rate, open loop (a fixed schedule, as bench/run.py's latency), in
 `--rounds` rounds of alternating `--seconds`-long runs (the other side idles meanwhile; each round starts with the
 other side); the report gives each side's median p50/p95/p99 over the rounds and the median of the per-round B/A of
-p50 and of p95.
+p50, p95 and p99.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +48,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
+from aiaas.tracing.hops import HOPS
+from bench.hop_breakdown import add_hops
 from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, saturate
 from bench.procs import (
     REPO,
@@ -51,7 +57,9 @@ from bench.procs import (
     LocalBroker,
     busy_cpu_seconds,
     cpu_seconds,
+    pin,
     service_env,
+    split_cores,
 )
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
@@ -123,12 +131,18 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
              for load, child in zip(loads, children, strict=True)]
     for load in loads:
         await load.start()
+    if args.pin:
+        _pin(broker, children, [load.load for load in loads])
     take = cycling(pool)
     try:
         a, b = await saturate(loads, take, target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
                               names=[" (A)", " (B)"])
         latency = {share: await _latency_rounds([load.load for load in loads], take, share * a.jobs_per_s, share, args)
                    for share in args.latency}
+        if latency:
+            await asyncio.sleep(1.5)  # the services store their spans every 0.5 s
+            add_hops([p for sides in latency.values() for points in sides for p in points], tmp / "home" / "spans",
+                     args.model)
     finally:
         for load in loads:
             await load.stop()
@@ -158,7 +172,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         lines.append(f"| {side} | " + " | ".join(cells)
                      + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     if latency:
-        lines += _latency_table(latency, a.jobs_per_s, args)
+        lines += _latency_table(latency, a.jobs_per_s, args) + _hop_p99_table(latency)
     return "\n".join(lines)
 
 
@@ -182,12 +196,44 @@ def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]], 
     lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
              f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
              "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms "
-             "| B / A p50 (range) | B / A p95 (range) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| B / A p50 (range) | B / A p95 (range) | B / A p99 (range) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for share, (on_a, on_b) in latency.items():
-        lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} | "
-                     f"{_ratio(on_a, on_b, 'p50_ms')} | {_ratio(on_a, on_b, 'p95_ms')} |")
+        ratios = " | ".join(_ratio(on_a, on_b, name) for name in ("p50_ms", "p95_ms", "p99_ms"))
+        lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} "
+                     f"| {ratios} |")
     return lines
+
+
+def _hop_p99_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]]) -> list[str]:
+    """Each side's hops at each share: the median over the rounds of each hop's p99, from the services' traces
+    (bench/hop_breakdown.py), and the hop that most rounds' slowest 1 % spent most of their time in."""
+    points = [p for sides in latency.values() for side in sides for p in side]
+    hops = [hop for hop in HOPS if any(hop in p.hops for p in points)]
+    if not hops:
+        return []
+    lines = ["", "Where the time went (ms: the median over the rounds of each hop's p99, from the traces):", "",
+             "| offered | side | " + " | ".join(hops) + " | slowest 1 % mostly in |",
+             "|---:|---|" + "---:|" * len(hops) + "---|"]
+    for share, sides in latency.items():
+        for name, side in zip("AB", sides, strict=True):
+            cells = [f"{statistics.median(p.hops[hop].p99 for p in side if hop in p.hops):.1f}"
+                     if any(hop in p.hops for p in side) else "–" for hop in hops]
+            most = Counter(p.slowest.most for p in side if p.slowest and p.slowest.mean_ms).most_common(1)
+            lines.append(f"| {share:.0%} | {name} | " + " | ".join(cells) + f" | {most[0][0] if most else '–'} |")
+    return lines
+
+
+def _pin(broker: LocalBroker, children: list[ChildProcess], loads: list[RawLoad]) -> None:
+    """`--pin`: the services under test on the last core, everything else on the others."""
+    service_cores, other_cores = split_cores()
+    for child in children:
+        pin(child.pid, service_cores)
+    readers = [pid for load in loads if (pid := load.reader_pid) is not None]
+    for pid in [os.getpid(), *readers, *([broker.pid] if broker.pid else [])]:
+        pin(pid, other_cores)
+    log(f"pinned: services on core(s) {sorted(service_cores)}; broker, load generator and results readers on "
+        f"{sorted(other_cores)}")
 
 
 def _share(text: str) -> float:
@@ -221,6 +267,10 @@ def main() -> None:
     parser.add_argument("--latency", type=_share, nargs="+", default=[], metavar="SHARE",
                         help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
     parser.add_argument("--port", type=int, default=29692)
+    parser.add_argument("--pin", action="store_true",
+                        help="the two services on the machine's last core, the broker, the load generator and its "
+                        "results readers on the others: latency without the load generator's share of the service's "
+                        "core (on Linux)")
     parser.add_argument("--reader", choices=("loop", "process"), default="loop",
                         help="where the load generator reads results: in its publishing event loop (as before), or "
                         "in a process of its own (receipts not timed late while the publisher holds the loop)")

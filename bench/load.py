@@ -49,7 +49,7 @@ from aiaas.tracing.hops import HopStats, SlowestJobs
 from .workloads import Payload
 
 __all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling", "open_loop",
-           "saturate", "burst_size", "percentiles"]
+           "over_rounds", "saturate", "burst_size", "percentiles"]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -126,6 +126,29 @@ class OpenLoop:
     """Each hop's milliseconds, from the traces (filled by the caller)."""
     slowest: SlowestJobs | None = None
     """Where the slowest 1 % spent their time."""
+    rounds: list[OpenLoop] = field(default_factory=list, repr=False)
+    """The rounds this point is the median of (`over_rounds`); empty for a single run."""
+
+    @property
+    def p99_range(self) -> tuple[float, float] | None:
+        """The lowest and highest p99 of the rounds; None for a single run."""
+        return (min(r.p99_ms for r in self.rounds), max(r.p99_ms for r in self.rounds)) if self.rounds else None
+
+
+def over_rounds(rounds: Sequence[OpenLoop]) -> OpenLoop:
+    """Several runs at one rate as one point: each percentile the median of the rounds' (a p99 of a few seconds'
+    jobs is set by the worst stall in them, so one run's is a noisy sample), their jobs' timelines together."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def median(name: str) -> float:
+        return float(statistics.median(getattr(r, name) for r in rounds))
+
+    first = rounds[0]
+    return OpenLoop(first.share, first.target_per_s, median("achieved_per_s"), sum(r.jobs for r in rounds),
+                    median("p50_ms"), median("p95_ms"), median("p99_ms"), max(r.max_lag_ms for r in rounds),
+                    statistics.fmean(r.mean_batch for r in rounds), [j for r in rounds for j in r.timeline],
+                    rounds=list(rounds))
 
 
 @dataclass(frozen=True)
@@ -250,6 +273,11 @@ class RawLoad:
             await self._consumer.position(tp)
         self._reader = asyncio.create_task(self._read())
 
+    @property
+    def reader_pid(self) -> int | None:
+        """The results reader's process (`reader="process"`, once started); None when it reads in this one."""
+        return self._reader_process.pid if self._reader_process is not None else None
+
     async def _read(self) -> None:
         assert self._consumer is not None
         while True:
@@ -347,6 +375,10 @@ class ReaderProcess:
         thread = threading.Thread(target=forward, name="results-reader-pipe", daemon=True)
         thread.start()
         return cls(process, stop_event, receiving, thread)
+
+    @property
+    def pid(self) -> int:
+        return int(self._process.pid)
 
     async def stop(self) -> None:
         self._stop_event.set()

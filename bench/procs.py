@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.harness import KAFKA_SH, REPO, ChildProcess, LocalBroker, service_env, stop_all
 
 __all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "service_env", "cpu_seconds",
-           "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all"]
+           "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all", "pin", "split_cores"]
 
 def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
@@ -30,6 +30,25 @@ def broker_jvm_opts() -> str:
     """The JVM options kafka.sh starts the broker with: AIAAS_KAFKA_JVM_OPTS, or kafka.sh's default."""
     found = re.search(r'AIAAS_KAFKA_JVM_OPTS:-([^}"]+)\}', KAFKA_SH.read_text())
     return os.environ.get("AIAAS_KAFKA_JVM_OPTS") or (found.group(1) if found else "?")
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """This machine's cores split for `--pin`: (the last one, for the service under test; all the others, for the
+    broker, the load generator and its results reader)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    return {cores[-1]}, set(cores[:-1])
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` onto `cores` (threads it starts later inherit it from the thread that starts
+    them). `taskset -a`, without needing util-linux."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cores)
+        except (ProcessLookupError, FileNotFoundError):  # the thread ended meanwhile
+            continue
 
 
 def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:

@@ -145,7 +145,8 @@ def _latency(point: OpenLoop | None) -> str:
 
 
 def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, total_s: float, quick: bool,
-             transport_mode: str, load: str, notes: list[str], burst_s: float, repeats: int, open_loop_s: float) -> str:
+             transport_mode: str, load: str, notes: list[str], burst_s: float, repeats: int, open_loop_s: float,
+             latency_rounds: int = 1) -> str:
     """The whole report."""
     ort = info.versions.get("onnxruntime") or info.versions.get("onnxruntime-gpu", "?")
     shares = sorted({p.share for r in results for p in r.open_loop}) or [0.25, 0.5, 0.75]
@@ -190,7 +191,7 @@ def markdown(results: list[ModelResult], info: MachineInfo, *, command: str, tot
             f"| {via_client} |"
         )
     lines += ["", *_compute_table(results)]
-    lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s), ""]
+    lines += ["", *_legend(transport_mode, load, burst_s, repeats, open_loop_s, latency_rounds), ""]
     if notes:
         lines += ["Notes on this run:", "", *[f"- {n}" for n in notes], ""]
     for r in results:
@@ -245,7 +246,8 @@ def _load(load: tuple[float, float, float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)
 
 
-def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_loop_s: float) -> list[str]:
+def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_loop_s: float,
+            latency_rounds: int = 1) -> list[str]:
     where = ("a child process (load generator and service in separate processes, as for the service)"
              if transport_mode == "subprocess"
              else "the benchmark's own process (it shares one event loop with the load generator)")
@@ -286,7 +288,11 @@ def _legend(transport_mode: str, load: str, burst_s: float, repeats: int, open_l
         "model), not the ratio of the medians, so a slow minute counts on both sides of a ratio.",
         "- **p50/p95/p99**: publish → result received, per job, at a fixed arrival rate "
         f"(open loop, {open_loop_s:g} s) of "
-        "25/50/75 % of the service's saturated throughput.",
+        "25/50/75 % of the service's saturated throughput"
+        + (f"; {latency_rounds} rounds, each running every level (one at a time too) in turn, and each percentile is "
+           "the median of the rounds' (the range of their p99s beside it): one run's p99 is set by the worst stall "
+           "of a few seconds, so it is a noisy sample. The hop table pools the rounds' jobs."
+           if latency_rounds > 1 else "."),
         f"- **one at a time**: the same at {ALONE_PER_S} jobs/s, so every job is alone in its batch: one small batch's "
         "model time plus the Kafka round trip (publish → broker → service → broker → reader), both measured, not "
         "estimated. The latency target is p50 @ 25 % ≤ 2 × this.",
@@ -358,13 +364,14 @@ def _details(r: ModelResult) -> list[str]:
         lines.append("")
     if r.open_loop:
         lines += ["Open-loop latency (publish → result received):", "",
-                  "| offered | target jobs/s | achieved jobs/s | jobs | p50 ms | p95 ms | p99 ms | mean batch "
-                  "| publisher max lag ms |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| offered | target jobs/s | achieved jobs/s | jobs | p50 ms | p95 ms | p99 ms | p99 of the rounds "
+                  "| mean batch | publisher max lag ms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for p in ([r.alone] if r.alone else []) + r.open_loop:
+            spread = f"{p.p99_range[0]:.1f}–{p.p99_range[1]:.1f}" if p.p99_range else "–"
             lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | {_rate(p.target_per_s)} "
                          f"| {_rate(p.achieved_per_s)} | {p.jobs:,} "
-                         f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.mean_batch:.1f} "
+                         f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {spread} | {p.mean_batch:.1f} "
                          f"| {p.max_lag_ms:.1f} |")
         lines.append("")
         lines += _hop_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.hops])

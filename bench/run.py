@@ -50,11 +50,13 @@ from bench.hop_breakdown import add_hops
 from bench.load import (
     ClientLoad,
     Load,
+    OpenLoop,
     RawLoad,
     Saturation,
     burst,
     cycling,
     open_loop,
+    over_rounds,
     saturate,
 )
 from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, service_env, stop_all
@@ -92,6 +94,7 @@ class Bench:
         self.target_s = 0.5 if quick else 2.0
         self.repeats = 1 if quick else 7
         self.open_loop_s = 1.5 if quick else 5.0
+        self.latency_rounds = 1 if quick else args.latency_rounds
         self.pilot = 100 if quick else 500
         self.notes: list[str] = []
 
@@ -185,18 +188,27 @@ class Bench:
             if isinstance(on, RawLoad):  # the latency's receipts, timed by a reader the publisher does not hold up
                 on = RawLoad(on.kafka, model, reader=self.args.reader)
             await on.start()
+            alone: list[OpenLoop] = []
+            points: dict[float, list[OpenLoop]] = {share: [] for share in SHARES}
             try:
-                result.alone = await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S, share=0)
-                log(f"    one at a time ({ALONE_PER_S}/s): p50 {result.alone.p50_ms:.1f} "
-                    f"p95 {result.alone.p95_ms:.1f} ms")
-                for share in SHARES:
-                    rate = share * result.service.jobs_per_s
-                    point = await open_loop(on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share)
-                    result.open_loop.append(point)
-                    log(f"    open loop {share:.0%} ({rate:,.0f}/s, achieved {point.achieved_per_s:,.0f}/s): "
-                        f"p50 {point.p50_ms:.1f} p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms")
+                # Round after round of every level, so a slow minute of the machine falls on all of them alike.
+                for round_ in range(1, self.latency_rounds + 1):
+                    alone.append(await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S,
+                                                 share=0))
+                    log(f"    round {round_}: one at a time ({ALONE_PER_S}/s): p50 {alone[-1].p50_ms:.1f} "
+                        f"p99 {alone[-1].p99_ms:.1f} ms")
+                    for share in SHARES:
+                        rate = share * result.service.jobs_per_s
+                        point = await open_loop(on, take(max(int(rate * self.open_loop_s), 20)), rate=rate,
+                                                share=share)
+                        points[share].append(point)
+                        log(f"    round {round_}: open loop {share:.0%} ({rate:,.0f}/s, achieved "
+                            f"{point.achieved_per_s:,.0f}/s): p50 {point.p50_ms:.1f} p95 {point.p95_ms:.1f} "
+                            f"p99 {point.p99_ms:.1f} ms")
             finally:
                 await on.stop()
+            result.alone = over_rounds(alone)
+            result.open_loop = [over_rounds(rounds) for rounds in points.values()]
             await asyncio.sleep(1.5)  # the service stores its spans every 0.5 s
             add_hops([p for p in (result.alone, *result.open_loop) if p is not None], self.home / "spans", model)
             if self.args.load == "raw":
@@ -314,6 +326,9 @@ def main() -> None:
                         help="load generator of every stage: pre-encoded jobs on a plain aiokafka producer (raw, "
                              "default; the service is also measured once through AiaasClient) or AiaasClient for "
                              "everything")
+    parser.add_argument("--latency-rounds", type=int, default=3, metavar="N",
+                        help="open-loop rounds per level (each round runs every level once); each percentile is the "
+                        "median of the rounds' (1 with --quick; runs before 2026-12-06 had one)")
     parser.add_argument("--reader", choices=("loop", "process"), default="process",
                         help="open-loop latency: the raw load generator reads results in a process of its own "
                         "(default) or in its publishing event loop (as runs before 2026-12-05 did)")
@@ -368,7 +383,7 @@ def main() -> None:
         notes.append("Settings from the environment: " + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())))
     report = markdown(results, info, command=command, total_s=total, quick=args.quick, transport_mode=args.transport,
                       load=args.load, notes=notes, burst_s=bench.target_s, repeats=bench.repeats,
-                      open_loop_s=bench.open_loop_s)
+                      open_loop_s=bench.open_loop_s, latency_rounds=bench.latency_rounds)
     stem = f"{time.strftime('%Y-%m-%d')}-{args.machine or machine_slug(info)}"
     if set(args.models) != set(MODELS):
         stem += "-" + "-".join(args.models)

@@ -2,7 +2,7 @@
 
 import math
 
-from bench.load import Burst, Saturation
+from bench.load import Burst, JobTimeline, OpenLoop, Saturation, over_rounds
 from bench.report import (
     MachineInfo,
     ModelResult,
@@ -82,3 +82,22 @@ def test_vector_extensions_names_the_notable_flags_in_order():
     described = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0), vector_extensions=("avx2",))
     assert described.cpu_described == "cpu, 2 cores (avx2)"
     assert MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0)).cpu_described == "cpu, 2 cores"
+
+
+def test_a_level_run_in_rounds_reports_the_median_of_their_percentiles_and_the_range_of_their_p99s():
+    def run(p99: float, jobs: int) -> OpenLoop:
+        timeline = [JobTimeline(f"{p99}-{i}", "s", 0.0, 0.001, 0.01) for i in range(jobs)]
+        return OpenLoop(0.5, 100.0, 99.0, jobs, p99 / 4, p99 / 2, p99, 3.0, 8.0, timeline)
+
+    point = over_rounds([run(40.0, 10), run(400.0, 20), run(50.0, 30)])  # one round with a stall
+    assert (point.p50_ms, point.p95_ms, point.p99_ms) == (12.5, 25.0, 50.0)
+    assert point.p99_range == (40.0, 400.0)
+    assert point.jobs == 60 and len(point.timeline) == 60  # the hops are taken over every round's jobs
+    alone = run(12.0, 5)
+    assert over_rounds([alone]) is alone and alone.p99_range is None
+    result = ModelResult("vision", 64)
+    result.alone, result.open_loop = over_rounds([run(12.0, 5), run(14.0, 5), run(13.0, 5)]), [point]
+    info = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0))
+    report = markdown([result], info, command="x", total_s=1.0, quick=False, transport_mode="x", load="raw", notes=[],
+                      burst_s=2.0, repeats=7, open_loop_s=5.0, latency_rounds=3)
+    assert "| 50.0 | 40.0–400.0 |" in report and "| 13.0 | 12.0–14.0 |" in report

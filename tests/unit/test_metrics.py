@@ -455,3 +455,47 @@ def test_on_a_gpu_the_process_memory_of_onnx_runtimes_cuda_provider_is_exported(
         pytest.skip(f"NVML lists pids {sorted(pids)}, not this process's {os.getpid()} (a container hiding host pids)")
     held = [registry.get_sample_value("aiaas_gpu_process_memory_bytes", {"device": str(d)}) for d in devices]
     assert any(held), held
+
+
+def test_every_garbage_collection_is_timed_by_generation():
+    import gc
+
+    registry = ServingMetrics("vision").registry
+
+    def collections(generation: str) -> float:
+        return registry.get_sample_value("aiaas_gc_pause_seconds_count", {"generation": generation}) or 0.0
+
+    gc.disable()  # only the collections asked for here
+    try:
+        garbage = [[i] for i in range(200_000)]  # something for the full collection to walk
+        before = collections("2")
+        took_before = registry.get_sample_value("aiaas_gc_pause_seconds_sum", {"generation": "2"}) or 0.0
+        gc.collect()
+        del garbage
+        assert collections("2") == before + 1
+        assert (registry.get_sample_value("aiaas_gc_pause_seconds_sum", {"generation": "2"}) or 0.0) > took_before
+        ServingMetrics("text")  # a second registry in the process: still one hook, each collection counted once
+        gc.collect()
+        assert collections("2") == before + 2
+    finally:
+        gc.enable()
+
+
+async def test_the_event_loop_lag_shows_a_loop_held_by_synchronous_work():
+    import asyncio
+
+    from aiaas.metrics.pauses import watch_loop_lag
+
+    registry = ServingMetrics("vision").registry
+
+    def lags_over(seconds: str) -> float:
+        below = registry.get_sample_value("aiaas_event_loop_lag_seconds_bucket", {"le": seconds}) or 0.0
+        return (registry.get_sample_value("aiaas_event_loop_lag_seconds_count") or 0.0) - below
+
+    held_before = lags_over("0.1")
+    sampling = asyncio.create_task(watch_loop_lag(0.01))
+    await asyncio.sleep(0.05)
+    time.sleep(0.25)  # a synchronous step holds the loop
+    await asyncio.sleep(0.05)
+    sampling.cancel()
+    assert lags_over("0.1") == held_before + 1  # the one sleep that ended late, and only that one

@@ -1,7 +1,8 @@
 """What every aiaas process exports besides its own families: the process (CPU, memory, open files), Python's
-garbage collector, on CUDA the device memory PyTorch holds, and on a host with NVIDIA's driver and NVML's Python
-bindings (`nvidia-ml-py`, in the `gpu` extra) each GPU's memory and load and this process's share of the memory,
-whatever allocated it (ONNX Runtime's CUDA provider included); plus the buckets the latency histograms share."""
+garbage collector (and how long each collection held the process: `pauses.py`), on CUDA the device memory PyTorch
+holds, and on a host with NVIDIA's driver and NVML's Python bindings (`nvidia-ml-py`, in the `gpu` extra) each GPU's
+memory and load and this process's share of the memory, whatever allocated it (ONNX Runtime's CUDA provider included);
+plus the buckets the latency histograms share."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from aiaas.metrics.pauses import PauseCollector, watch_gc
+
 __all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "new_registry", "CountersOf", "BatchHistogram"]
 
 log = logging.getLogger("aiaas.metrics")
@@ -38,7 +41,7 @@ disable_created_metrics()  # a `_created` series beside every counter and histog
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry of this process's own, with the process, platform, GC and CUDA collectors.
+    """A registry of this process's own, with the process, platform, GC, pause and CUDA collectors.
 
     Not the library's global one: tests run several services in one interpreter, and each must export only its own.
     """
@@ -48,6 +51,8 @@ def new_registry() -> CollectorRegistry:
     GCCollector(registry=registry)
     registry.register(_CudaMemory())
     registry.register(_GpuDevices())
+    registry.register(PauseCollector())
+    watch_gc()
     return registry
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from aiaas.metrics.endpoint import MetricsEndpoint, close_endpoint, open_endpoint
+from aiaas.metrics.pauses import watch_loop_lag
 from aiaas.metrics.probes import Health, watch_broker
 from aiaas.metrics.serving import ServingMetrics
 from aiaas.metrics.targets import TargetFile
@@ -70,6 +71,7 @@ class ServiceMonitor:
         self.metrics.count_pipeline(lambda: pipeline.stats)
         watching = asyncio.create_task(watch_broker(self.health, producer.client.force_metadata_update),
                                        name="aiaas-broker-watch")
+        lagging = asyncio.create_task(watch_loop_lag(), name="aiaas-loop-lag")
         try:
             while True:
                 try:
@@ -85,6 +87,7 @@ class ServiceMonitor:
                 await asyncio.sleep(_SAMPLE_S)
         finally:
             watching.cancel()
+            lagging.cancel()
 
     def _sample_window(self, consumer: AIOKafkaConsumer, pipeline: JobPipeline) -> None:
         model = self.metrics.model
