@@ -21,7 +21,9 @@ the machine was saturated at all (on the 2-core VM a service process is bound by
 while the machine still has idle time, so its CPU per job, not the machine's, sets its throughput).
 
 `--pin` puts both services on the machine's last core and the broker, the load generator and its results readers on
-the others (Linux): the same measurement without the load generator competing for the service's core.
+the others (Linux), once they have started: the same measurement without the load generator competing for the
+service's core. For services with one intra-op thread (vision, recsys by default): ONNX Runtime sizes its thread pool
+for the cores it saw at start.
 
 `--latency SHARE ...` adds latency side by side: after the saturated rounds, each share of A's saturated
 throughput is offered to both sides at the same rate, open loop (a fixed schedule, as bench/run.py's latency), in
@@ -39,7 +41,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,8 +50,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HOPS
-from bench.hop_breakdown import add_hops
-from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, saturate
+from bench.hop_breakdown import add_hops_once_stored
+from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
 from bench.procs import (
     REPO,
     ChildProcess,
@@ -139,10 +140,10 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
                               names=[" (A)", " (B)"])
         latency = {share: await _latency_rounds([load.load for load in loads], take, share * a.jobs_per_s, share, args)
                    for share in args.latency}
-        if latency:
-            await asyncio.sleep(1.5)  # the services store their spans every 0.5 s
-            add_hops([p for sides in latency.values() for points in sides for p in points], tmp / "home" / "spans",
-                     args.model)
+        merged = {share: (over_rounds(on_a), over_rounds(on_b)) for share, (on_a, on_b) in latency.items()}
+        if merged:
+            await add_hops_once_stored([p for pair in merged.values() for p in pair], tmp / "home" / "spans",
+                                       args.model)
     finally:
         for load in loads:
             await load.stop()
@@ -172,7 +173,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         lines.append(f"| {side} | " + " | ".join(cells)
                      + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
     if latency:
-        lines += _latency_table(latency, a.jobs_per_s, args) + _hop_p99_table(latency)
+        lines += _latency_table(latency, merged, a.jobs_per_s, args) + _hop_p99_table(merged)
     return "\n".join(lines)
 
 
@@ -191,7 +192,8 @@ async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Paylo
     return sides
 
 
-def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]], a_per_s: float,
+def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]],
+                   merged: dict[float, tuple[OpenLoop, OpenLoop]], a_per_s: float,
                    args: argparse.Namespace) -> list[str]:
     lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
              f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
@@ -200,37 +202,38 @@ def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]], 
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for share, (on_a, on_b) in latency.items():
         ratios = " | ".join(_ratio(on_a, on_b, name) for name in ("p50_ms", "p95_ms", "p99_ms"))
-        lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(on_a)} | {_percentiles(on_b)} "
-                     f"| {ratios} |")
+        lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(merged[share][0])} "
+                     f"| {_percentiles(merged[share][1])} | {ratios} |")
     return lines
 
 
-def _hop_p99_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]]) -> list[str]:
-    """Each side's hops at each share: the median over the rounds of each hop's p99, from the services' traces
-    (bench/hop_breakdown.py), and the hop that most rounds' slowest 1 % spent most of their time in."""
-    points = [p for sides in latency.values() for side in sides for p in side]
+def _hop_p99_table(merged: dict[float, tuple[OpenLoop, OpenLoop]]) -> list[str]:
+    """Each side's hops at each share, over all its rounds' jobs (as bench/run.py's hop table), from the services'
+    traces (bench/hop_breakdown.py), and the hop its slowest 1 % spent most of their time in."""
+    points = [p for pair in merged.values() for p in pair]
     hops = [hop for hop in HOPS if any(hop in p.hops for p in points)]
     if not hops:
         return []
-    lines = ["", "Where the time went (ms: the median over the rounds of each hop's p99, from the traces):", "",
+    lines = ["", "Where the time went (ms: each hop's p99 over all rounds' jobs, from the traces):", "",
              "| offered | side | " + " | ".join(hops) + " | slowest 1 % mostly in |",
              "|---:|---|" + "---:|" * len(hops) + "---|"]
-    for share, sides in latency.items():
-        for name, side in zip("AB", sides, strict=True):
-            cells = [f"{statistics.median(p.hops[hop].p99 for p in side if hop in p.hops):.1f}"
-                     if any(hop in p.hops for p in side) else "–" for hop in hops]
-            most = Counter(p.slowest.most for p in side if p.slowest and p.slowest.mean_ms).most_common(1)
-            lines.append(f"| {share:.0%} | {name} | " + " | ".join(cells) + f" | {most[0][0] if most else '–'} |")
+    for share, pair in merged.items():
+        for name, point in zip("AB", pair, strict=True):
+            cells = [f"{point.hops[hop].p99:.1f}" if hop in point.hops else "–" for hop in hops]
+            most = point.slowest.most if point.slowest and point.slowest.mean_ms else "–"
+            lines.append(f"| {share:.0%} | {name} | " + " | ".join(cells) + f" | {most} |")
     return lines
 
 
 def _pin(broker: LocalBroker, children: list[ChildProcess], loads: list[RawLoad]) -> None:
     """`--pin`: the services under test on the last core, everything else on the others."""
+    if broker.pid is None:
+        raise SystemExit("--pin: the broker's process id is unknown, so it cannot be pinned")
     service_cores, other_cores = split_cores()
     for child in children:
         pin(child.pid, service_cores)
     readers = [pid for load in loads if (pid := load.reader_pid) is not None]
-    for pid in [os.getpid(), *readers, *([broker.pid] if broker.pid else [])]:
+    for pid in [os.getpid(), *readers, broker.pid]:
         pin(pid, other_cores)
     log(f"pinned: services on core(s) {sorted(service_cores)}; broker, load generator and results readers on "
         f"{sorted(other_cores)}")
@@ -243,9 +246,8 @@ def _share(text: str) -> float:
     return share
 
 
-def _percentiles(points: list[OpenLoop]) -> str:
-    return " / ".join(f"{statistics.median(getattr(p, name) for p in points):.1f}"
-                      for name in ("p50_ms", "p95_ms", "p99_ms"))
+def _percentiles(point: OpenLoop) -> str:
+    return f"{point.p50_ms:.1f} / {point.p95_ms:.1f} / {point.p99_ms:.1f}"
 
 
 def _ratio(on_a: list[OpenLoop], on_b: list[OpenLoop], name: str) -> str:

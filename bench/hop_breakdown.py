@@ -9,6 +9,7 @@ share of the two cores): its publish and its receipt become spans here, under th
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,7 +20,10 @@ from aiaas.tracing.span_store import StoredSpan, load_spans
 
 from .load import JobTimeline, OpenLoop
 
-__all__ = ["add_hops", "hop_times"]
+__all__ = ["add_hops", "add_hops_once_stored", "hop_times"]
+
+_STORED_EVERY_S = 0.5
+"""How often a service appends its spans to the local span store."""
 
 
 def add_hops(points: Sequence[OpenLoop], span_dir: Path, model: str) -> None:
@@ -29,6 +33,12 @@ def add_hops(points: Sequence[OpenLoop], span_dir: Path, model: str) -> None:
     for point in points:
         times = hop_times(spans, point.timeline, model)
         point.hops, point.slowest = hop_stats(times), slowest_jobs(times)
+
+
+async def add_hops_once_stored(points: Sequence[OpenLoop], span_dir: Path, model: str) -> None:
+    """`add_hops`, once the services have stored the spans of the jobs just answered."""
+    await asyncio.sleep(3 * _STORED_EVERY_S)
+    add_hops(points, span_dir, model)
 
 
 def hop_times(spans: Sequence[StoredSpan], timeline: Sequence[JobTimeline], model: str) -> list[JobTimes]:

@@ -147,7 +147,8 @@ def over_rounds(rounds: Sequence[OpenLoop]) -> OpenLoop:
     first = rounds[0]
     return OpenLoop(first.share, first.target_per_s, median("achieved_per_s"), sum(r.jobs for r in rounds),
                     median("p50_ms"), median("p95_ms"), median("p99_ms"), max(r.max_lag_ms for r in rounds),
-                    statistics.fmean(r.mean_batch for r in rounds), [j for r in rounds for j in r.timeline],
+                    sum(r.mean_batch * r.jobs for r in rounds) / sum(r.jobs for r in rounds),
+                    [j for r in rounds for j in r.timeline],
                     rounds=list(rounds))
 
 

@@ -43,12 +43,21 @@ def split_cores() -> tuple[set[int], set[int]]:
 
 def pin(pid: int, cores: set[int]) -> None:
     """Every thread of process `pid` onto `cores` (threads it starts later inherit it from the thread that starts
-    them). `taskset -a`, without needing util-linux."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    them), until a pass finds no thread it had not pinned. `taskset -a`, without needing util-linux."""
+    pinned: set[str] = set()
+    while True:
         try:
-            os.sched_setaffinity(int(task.name), cores)
-        except (ProcessLookupError, FileNotFoundError):  # the thread ended meanwhile
-            continue
+            threads = {task.name for task in Path(f"/proc/{pid}/task").iterdir()} - pinned
+        except FileNotFoundError:  # the process ended
+            return
+        if not threads:
+            return
+        for thread in threads:
+            try:
+                os.sched_setaffinity(int(thread), cores)
+            except (ProcessLookupError, FileNotFoundError):  # the thread ended meanwhile
+                pass
+        pinned |= threads
 
 
 def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:

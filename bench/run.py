@@ -46,7 +46,7 @@ from aiaas.settings import HomeSettings, KafkaSettings
 from aiaas.tracing.setup import setup_tracing
 from aiaas.tracing.span_store import SUFFIX, count_spans
 from bench.ceilings import RuntimeBursts, runtime_ceilings
-from bench.hop_breakdown import add_hops
+from bench.hop_breakdown import add_hops_once_stored
 from bench.load import (
     ClientLoad,
     Load,
@@ -209,8 +209,7 @@ class Bench:
                 await on.stop()
             result.alone = over_rounds(alone)
             result.open_loop = [over_rounds(rounds) for rounds in points.values()]
-            await asyncio.sleep(1.5)  # the service stores its spans every 0.5 s
-            add_hops([p for p in (result.alone, *result.open_loop) if p is not None], self.home / "spans", model)
+            await add_hops_once_stored([result.alone, *result.open_loop], self.home / "spans", model)
             if self.args.load == "raw":
                 log("    the same service through AiaasClient (this process traces its spans too)")
                 client = ClientLoad(on.kafka, model)
@@ -312,6 +311,13 @@ def _client_bound_notes(results: list[ModelResult]) -> list[str]:
     return notes
 
 
+def _at_least_one(text: str) -> int:
+    rounds = int(text)
+    if rounds < 1:
+        raise argparse.ArgumentTypeError(f"at least one round; got {text}")
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
@@ -326,7 +332,7 @@ def main() -> None:
                         help="load generator of every stage: pre-encoded jobs on a plain aiokafka producer (raw, "
                              "default; the service is also measured once through AiaasClient) or AiaasClient for "
                              "everything")
-    parser.add_argument("--latency-rounds", type=int, default=3, metavar="N",
+    parser.add_argument("--latency-rounds", type=_at_least_one, default=3, metavar="N",
                         help="open-loop rounds per level (each round runs every level once); each percentile is the "
                         "median of the rounds' (1 with --quick; runs before 2026-12-06 had one)")
     parser.add_argument("--reader", choices=("loop", "process"), default="process",

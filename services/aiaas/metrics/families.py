@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from aiaas.metrics.pauses import PauseCollector, watch_gc
+from aiaas.metrics.pauses import GcPauses, watch_gc
 
 __all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "new_registry", "CountersOf", "BatchHistogram"]
 
@@ -51,7 +51,7 @@ def new_registry() -> CollectorRegistry:
     GCCollector(registry=registry)
     registry.register(_CudaMemory())
     registry.register(_GpuDevices())
-    registry.register(PauseCollector())
+    registry.register(GcPauses())
     watch_gc()
     return registry
 

@@ -3,68 +3,84 @@
 When a job's p99 is high and `aiaas trace --stats` puts the time in `in partition` or `result publish`, the first
 question is whether the service itself stood still then. Both histograms answer it from the process's own side:
 
-* `aiaas_gc_pause_seconds{generation}`: each collection's duration, timed by a `gc.callbacks` hook (prometheus-client's
-  GC collector counts collections, not how long they held every thread);
-* `aiaas_event_loop_lag_seconds`: how much later than asked a short sleep on the event loop ended, sampled
-  `LAG_EVERY_S`: a long synchronous step (a model call on the loop, a large batch's per-job work) shows here, and
-  with it every Kafka request and acknowledgement that waited behind it.
+* `aiaas_gc_pause_seconds{generation}` (every aiaas process): each collection's duration, timed by a `gc.callbacks`
+  hook (prometheus-client's GC collector counts collections, not how long they held every thread; the time includes
+  any callbacks registered after this one);
+* `aiaas_event_loop_lag_seconds` (model services): how much later than asked a short sleep on the event loop ended,
+  sampled every `LAG_EVERY_S`: a long synchronous step (a model call on the loop, a large batch's per-job work) shows
+  here, and with it every Kafka request and acknowledgement that waited behind it.
 
-One hook per process, whatever number of registries export it (tests run several services in one interpreter).
+Both are process-wide (one hook, one loop per service process); where several services share an interpreter (tests),
+each registry exports what all of them recorded. The counts are plain integers, not prometheus-client metrics: a
+collection can start in any thread at any allocation, including one made while a metric's lock is held (a scrape),
+and a callback that took that lock would wait for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import Histogram
-from prometheus_client.core import Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["PauseCollector", "watch_gc", "watch_loop_lag", "PAUSE_BUCKETS", "LAG_EVERY_S"]
+__all__ = ["GcPauses", "LoopLag", "watch_gc", "watch_loop_lag", "PAUSE_BUCKETS", "LAG_EVERY_S"]
 
-PAUSE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf"))
-"""Seconds: from a young collection's fraction of a millisecond to a loop blocked for seconds."""
+PAUSE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Upper bounds in seconds (+Inf after them): from a young collection's fraction of a millisecond to a loop blocked for
+seconds."""
 
 LAG_EVERY_S = 0.05
 """How often the event loop's lag is sampled (each sample: one sleep of this length)."""
 
-_GC_PAUSES = Histogram("aiaas_gc_pause_seconds", "Each garbage collection of this process, by generation: how long "
-                       "it held every thread.", ["generation"], buckets=PAUSE_BUCKETS, registry=None)
-_LOOP_LAG = Histogram("aiaas_event_loop_lag_seconds", f"How much later than asked a {LAG_EVERY_S:g} s sleep on the "
-                      "event loop ended: how long the loop was held by synchronous work.",
-                      buckets=PAUSE_BUCKETS, registry=None)
-for _generation in ("0", "1", "2"):
-    _GC_PAUSES.labels(_generation)  # exported from 0
 
-_hooked = threading.Lock()
-_gc_started: list[float] = []  # the running collection's start (collections do not nest)
+class _Durations:
+    """Counts per bucket and a sum, lock-free (see the module's note); a lost increment under a race costs one
+    observation."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(PAUSE_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(PAUSE_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, running = [], 0
+        for bound, count in zip([*map(floatToGoString, PAUSE_BUCKETS), "+Inf"], list(self.counts), strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative
 
 
-class PauseCollector(Collector):
-    """Exports this process's pause histograms into a registry."""
-
-    def collect(self) -> Iterator[Metric]:
-        yield from _GC_PAUSES.collect()
-        yield from _LOOP_LAG.collect()
+_GENERATIONS = ("0", "1", "2")
+_gc_pauses = {generation: _Durations() for generation in _GENERATIONS}
+_loop_lag = _Durations()
 
 
-def watch_gc() -> None:
-    """Time every garbage collection of this process from now on (once per process, whoever calls it)."""
-    with _hooked:
-        if _on_gc not in gc.callbacks:
-            gc.callbacks.append(_on_gc)
+class _GcClock:
+    started = 0.0  # the running collection's start (one collection at a time per process)
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _gc_started[:] = [time.perf_counter()]
-    elif _gc_started:
-        _GC_PAUSES.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - _gc_started.pop())
+        _GcClock.started = time.perf_counter()
+    else:
+        durations = _gc_pauses.get(str(info.get("generation")))
+        if durations is not None:
+            durations.observe(time.perf_counter() - _GcClock.started)
+
+
+def watch_gc() -> None:
+    """Time every garbage collection of this process from now on (once per process, whoever calls it)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
 
 
 async def watch_loop_lag(every_s: float = LAG_EVERY_S) -> None:
@@ -73,4 +89,28 @@ async def watch_loop_lag(every_s: float = LAG_EVERY_S) -> None:
     while True:
         asked = loop.time() + every_s
         await asyncio.sleep(every_s)
-        _LOOP_LAG.observe(max(0.0, loop.time() - asked))
+        _loop_lag.observe(max(0.0, loop.time() - asked))
+
+
+def _family(name: str, documentation: str, series: Sequence[tuple[list[str], _Durations]],
+            labels: Sequence[str] = ()) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=list(labels))
+    for values, durations in series:
+        family.add_metric(values, durations.buckets(), durations.total)
+    return family
+
+
+class GcPauses(Collector):
+    """Exports `aiaas_gc_pause_seconds` (install the hook with `watch_gc`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield _family("aiaas_gc_pause_seconds", "Each garbage collection of this process, by generation: how long "
+                      "it held every thread.", [([g], _gc_pauses[g]) for g in _GENERATIONS], ["generation"])
+
+
+class LoopLag(Collector):
+    """Exports `aiaas_event_loop_lag_seconds` (sampled by `watch_loop_lag`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield _family("aiaas_event_loop_lag_seconds", f"How much later than asked a {LAG_EVERY_S:g} s sleep on the "
+                      "event loop ended: how long the loop was held by synchronous work.", [([], _loop_lag)])

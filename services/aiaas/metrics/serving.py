@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from aiaas.metrics.drift import OutputDrift
 from aiaas.metrics.families import LATENCY_BUCKETS, SIZE_BUCKETS, BatchHistogram, CountersOf, new_registry
+from aiaas.metrics.pauses import LoopLag
 
 __all__ = ["ServingMetrics", "PIPELINE_COUNTERS", "DRIFT_WINDOW"]
 
@@ -97,6 +98,7 @@ class ServingMetrics:
         self._drift_exported: set[tuple[str, ...]] = set()
         self._pipeline_stats: Callable[[], object | None] = lambda: None
         self.registry.register(CountersOf(lambda: self._pipeline_stats(), PIPELINE_COUNTERS, {"model": model}))
+        self.registry.register(LoopLag())  # sampled by the service's monitor (`watch_loop_lag`)
         self.reloads.labels(model)  # exported from 0
 
     def watch_outputs(self, version: str, reference: Mapping[str, float], categories: list[str]) -> None:
