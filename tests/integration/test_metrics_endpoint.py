@@ -79,6 +79,9 @@ async def test_a_service_reports_ready_counts_its_jobs_and_dead_letters_and_with
     infer = f'aiaas_consumer_lag_records{{model="vision",partition="0",topic="{topic}"}}'
     wait_for(lambda: sample(base, infer) == 0, 10, what="the lag of a partition to read 0")
     assert sample(base, "process_resident_memory_bytes") > 0
+    # The service samples its event loop's lag (every 50 ms since it started) and times its garbage collections.
+    assert sample(base, "aiaas_event_loop_lag_seconds_count") >= 10
+    assert sample(base, 'aiaas_gc_pause_seconds_count{generation="2"}') >= 1  # the one before its first job
 
     pid = vision_service.pid
     assert list(targets_dir(home).glob(f"service-vision-*-{pid}.json"))
