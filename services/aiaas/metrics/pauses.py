@@ -59,8 +59,7 @@ class _Durations:
         return cumulative
 
 
-_GENERATIONS = ("0", "1", "2")
-_gc_pauses = {generation: _Durations() for generation in _GENERATIONS}
+_gc_pauses = {generation: _Durations() for generation in range(3)}  # by generation, as gc.callbacks reports it
 _loop_lag = _Durations()
 
 
@@ -72,7 +71,7 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _GcClock.started = time.perf_counter()
     else:
-        durations = _gc_pauses.get(str(info.get("generation")))
+        durations = _gc_pauses.get(info.get("generation", -1))
         if durations is not None:
             durations.observe(time.perf_counter() - _GcClock.started)
 
@@ -105,7 +104,8 @@ class GcPauses(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield _family("aiaas_gc_pause_seconds", "Each garbage collection of this process, by generation: how long "
-                      "it held every thread.", [([g], _gc_pauses[g]) for g in _GENERATIONS], ["generation"])
+                      "it held every thread.", [([str(g)], pauses) for g, pauses in _gc_pauses.items()],
+                      ["generation"])
 
 
 class LoopLag(Collector):
