@@ -37,7 +37,9 @@ def test_a_tenant_gets_exactly_its_own_topics_and_groups():
     for model in ("vision", "text"):
         t = ModelTopics.of(model, "aiaas")
         infer, train, results = t.tenant_infer("alice"), t.tenant_train("alice"), t.tenant_results("alice")
+        urgent = t.tenant_urgent("alice")
         expected |= {("topic", infer, "literal", "WRITE"), ("topic", infer, "literal", "DESCRIBE"),
+                     ("topic", urgent, "literal", "WRITE"), ("topic", urgent, "literal", "DESCRIBE"),
                      ("topic", train, "literal", "WRITE"), ("topic", train, "literal", "DESCRIBE"),
                      ("topic", results, "literal", "READ"), ("topic", results, "literal", "DESCRIBE")}
     assert alice == expected
@@ -88,7 +90,7 @@ def test_every_rule_is_a_confluent_binding():
     from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 
     bindings = [rule.binding() for rule in PLAN.rules()]
-    assert len(set(bindings)) == len(bindings) == 62
+    assert len(set(bindings)) == len(bindings) == 70
     cluster = AclRule("User:aiaas-vision", "cluster", "kafka-cluster", "literal", "IDEMPOTENT_WRITE").binding()
     assert (cluster.restype, cluster.resource_pattern_type, cluster.operation) == (
         ResourceType.BROKER, ResourcePatternType.LITERAL, AclOperation.IDEMPOTENT_WRITE)
@@ -99,7 +101,7 @@ def test_printed_commands_are_kafkas_own_tools():
     lines = kafka_acls_commands(PLAN, settings, "/etc/kafka/admin.properties")
     topics = [shlex.split(line) for line in lines if line.startswith("kafka-topics.sh")]
     acls = [shlex.split(line) for line in lines if line.startswith("kafka-acls.sh")]
-    assert len(topics) == len(PLAN.topics(settings)) == 8 + 2 + 2 * 2 * 3
+    assert len(topics) == len(PLAN.topics(settings)) == 2 * 5 + 2 + 2 * 2 * 4
     assert topics[0] == ["kafka-topics.sh", "--bootstrap-server", "kafka:9092", "--command-config",
                          "/etc/kafka/admin.properties", "--create", "--if-not-exists", "--topic", "aiaas.vision.infer",
                          "--partitions", "6", "--replication-factor", "3"]

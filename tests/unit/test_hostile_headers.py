@@ -58,6 +58,9 @@ HOSTILE_HEADERS = {
     "aiaas_header_not_utf8": [("aiaas.origin.topic", b"\xc3\x28")],
     "thousands_of_headers": [(f"h{i}", b"x") for i in range(5000)],
     "huge_header_value": [("x-blob", b"x" * 100_000)],
+    "priority_not_a_number": [("aiaas.priority", b"high")],
+    "priority_out_of_range": [("aiaas.priority", b"1000")],
+    "priority_null": [("aiaas.priority", None)],
     "header_not_a_pair": [("traceparent",)],
     "header_key_not_text": [(b"traceparent", GOOD_PARENT)],
 }
@@ -150,6 +153,7 @@ async def test_a_job_id_with_control_characters_is_invalid():
 
 @pytest.mark.parametrize("reply_to", [".", "..", "__consumer_offsets", "__transaction_state", "p.dlq", "p.models",
                                       "p.vision.infer", "p.vision.retry", "p.vision.train", "p.vision.infer.alice",
+                                      "p.vision.infer-urgent", "p.vision.infer-urgent.alice",
                                       "p.text.results", "p.text.results.x", "someone.elses.topic",
                                       "p.vision.results.a.b", "p.vision.resultsX"])
 async def test_a_refused_reply_to_gets_an_error_result_on_the_results_topic_and_a_dead_letter(reply_to):

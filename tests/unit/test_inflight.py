@@ -127,3 +127,16 @@ async def test_the_pipeline_holds_no_more_bytes_in_flight_than_its_budget():
         f"job-{i}" for i in range(60)}
     assert most <= budget  # 3 jobs at a time, never the 100 the record bound allows
     assert stats.pauses > 0 and consumer.last_commits() == {0: 60}
+
+
+def test_the_window_counts_urgent_records_until_they_are_done_forgotten_or_taken_again():
+    window = InFlightWindow(16, is_urgent=TOPICS.is_urgent)
+    lane = [Record(TOPICS.urgent, 0, offset, b"k", b"v") for offset in range(3)]
+    window.take(lane + sized([0, 1], 8))
+    assert window.urgent == 3 and len(window) == 5
+    window.take(lane[:1])  # delivered again after a rewind: counted once
+    assert window.urgent == 3
+    window.finish(lane[:2])
+    assert window.urgent == 1
+    window.forget([Partition(TOPICS.urgent, 0)])
+    assert window.urgent == 0 and len(window) == 2

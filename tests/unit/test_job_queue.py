@@ -55,3 +55,55 @@ def test_a_retry_is_cut_once_its_time_has_come_in_either_order():
         assert queue.any_ready() and queue.waiting() == 0 and queue.until_next_due() == 0.001
         assert [r.offset for r in queue.cut(8, in_turns=in_turns)] == [0]
         assert len(queue) == 0 and queue.until_next_due() is None
+
+
+def ranked(topic: str, offset: int, rank: int) -> Record:
+    record = rec(topic, offset)
+    record.rank = rank
+    return record
+
+
+def make_ranked() -> JobQueue:
+    return JobQueue(owner_of=lambda topic: topic.split(".")[-1], rank_of=lambda r: getattr(r, "rank", 0),
+                    clock=lambda: 100.0)
+
+
+def test_the_highest_ranked_records_are_cut_first_and_a_quarter_of_the_batch_goes_to_the_oldest():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(20)] + [ranked("infer-urgent", 100 + i, 1000) for i in range(10)])
+    batch = [r.offset for r in queue.cut(8, in_turns=False)]
+    # Two places of eight for the oldest, the other six for the urgent records (in their queue order).
+    assert batch == [0, 1, 100, 101, 102, 103, 104, 105]
+    assert [r.offset for r in queue][:3] == [2, 3, 4] and len(queue) == 22
+
+
+def test_without_ranked_records_a_cut_is_in_queue_order():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(10)])
+    assert [r.offset for r in queue.cut(4, in_turns=False)] == [0, 1, 2, 3]
+
+
+def test_ranks_order_each_tenants_own_records_but_tenants_still_take_turns():
+    queue = make_ranked()
+    queue.extend([rec("infer.alice", i) for i in range(8)] + [ranked("infer.alice", 50, 5)]
+                 + [rec("infer.bob", 10 + i) for i in range(8)])
+    batch = [(r.topic, r.offset) for r in queue.cut(8, in_turns=True)]
+    # Four places each: one for each tenant's oldest, then alice's priority 5 record ahead of her others.
+    assert batch == [("infer.alice", 0), ("infer.bob", 10), ("infer.alice", 50), ("infer.bob", 11),
+                     ("infer.alice", 1), ("infer.bob", 12), ("infer.alice", 2), ("infer.bob", 13)]
+
+
+def test_batches_of_one_are_oldest_first_once_in_four_cuts_so_low_priority_never_starves():
+    queue = make_ranked()
+    queue.extend([rec("infer", 0)] + [ranked("infer-urgent", 100 + i, 1000) for i in range(10)])
+    cuts = [queue.cut(1, in_turns=False)[0].offset for _ in range(4)]
+    assert cuts == [100, 101, 102, 0]
+
+
+def test_forgetting_and_cutting_leave_no_rank_behind():
+    queue = make_ranked()
+    queue.extend([ranked("infer-urgent", 0, 1000), rec("infer", 0)])
+    queue.forget({Partition("infer-urgent", 0)})
+    assert [r.offset for r in queue.cut(4, in_turns=False)] == [0]
+    queue.extend([rec("infer", 1), rec("infer", 2)])
+    assert [r.offset for r in queue.cut(1, in_turns=False)] == [1]  # no stale rank reorders the rest

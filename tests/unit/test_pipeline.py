@@ -268,3 +268,61 @@ async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_g
     # Bob's jobs were fetched although alice had the window's worth queued, and cut into the next batches:
     # at most alice's share (32 queued) plus a batch or two went out before all of bob's were answered.
     assert answered_between <= 32 + 16, answered_between
+
+
+def lane_log(topic: str, name: str, n: int) -> list[Record]:
+    records = []
+    for offset in range(n):
+        job = Job(job_id=f"{name}-{offset}", model="vision",
+                  inputs={"x": Tensor.from_numpy(np.array([offset], dtype=np.float32))})
+        records.append(Record(topic, 0, offset, job.job_id.encode(), encode(job)))
+    return records
+
+
+def lanes_pipeline(flood: int, urgent: int):
+    from aiokafka import TopicPartition
+
+    consumer = FakeConsumer({})
+    infer, lane = TopicPartition(TOPICS.infer, 0), TopicPartition(TOPICS.urgent, 0)
+    consumer.log = {infer: lane_log(TOPICS.infer, "flood", flood), lane: lane_log(TOPICS.urgent, "urgent", urgent)}
+    consumer.offsets = {tp: 0 for tp in consumer.log}
+    runtime = SumRuntime(delay_s=0.01)  # 10 ms a batch
+    sink = RecordingSink()
+    worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision", max_message_bytes=1 << 20)
+    pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
+                           is_urgent=TOPICS.is_urgent)
+    return pipeline, consumer, sink, lane
+
+
+def answered_ids(sink, prefix: str) -> list[str]:
+    return [job_id for job_id in (decode_result(v, 1 << 20).job_id for _, v, _, _ in sink.on(TOPICS.results))
+            if job_id.startswith(prefix)]
+
+
+async def test_urgent_jobs_are_fetched_past_a_full_window_of_the_infer_topic_and_go_into_the_next_batch():
+    pipeline, consumer, sink, lane = lanes_pipeline(flood=400, urgent=0)
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(10):
+        while len(sink.sent) < 40:
+            await asyncio.sleep(0.002)
+    assert consumer.paused  # the infer topic filled the window: paused, the urgent lane not
+    assert lane not in consumer.paused
+    consumer.log[lane].extend(lane_log(TOPICS.urgent, "urgent", 4))
+    asked_at = len(sink.sent)
+    async with asyncio.timeout(10):
+        while len(answered_ids(sink, "urgent")) < 4:
+            await asyncio.sleep(0.002)
+    answered_between = len(sink.sent) - asked_at
+    pipeline.stop()
+    await asyncio.wait_for(task, 20)
+    # Without the lane they would queue behind the window's 64 flood jobs; with it, at most the batch in the model
+    # and the flood's oldest quarter of the next one (two) go before them, give or take a batch cut meanwhile.
+    assert answered_between <= 2 * 8, answered_between
+    assert len(answered_ids(sink, "flood")) + 4 == len(sink.sent)
+
+
+async def test_a_flood_of_urgent_jobs_leaves_the_infer_topic_a_share_of_every_batch():
+    pipeline, _, sink, _ = lanes_pipeline(flood=40, urgent=400)
+    stats = await run_until(pipeline, lambda: len(answered_ids(sink, "flood")) == 40)
+    assert len(answered_ids(sink, "urgent")) < 400 - 100  # the infer topic's 40 were done well before the lane's
+    assert stats.jobs >= 40

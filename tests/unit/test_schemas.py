@@ -77,8 +77,8 @@ def test_result_and_model_event_schemas_accept_what_the_code_makes(documents):
 
 def test_asyncapi_names_every_channel_with_addresses_from_topics_py(asyncapi):
     channels = asyncapi["channels"]
-    assert set(channels) == {"infer", "tenantInfer", "train", "tenantTrain", "results", "tenantResults", "replyTo",
-                             "retry", "dlq", "models", "cancel", "tenantCancel"}
+    assert set(channels) == {"infer", "tenantInfer", "urgent", "tenantUrgent", "train", "tenantTrain", "results",
+                             "tenantResults", "replyTo", "retry", "dlq", "models", "cancel", "tenantCancel"}
 
     def address(channel: str, **values: str) -> str:
         return re.sub(r"\{(\w+)\}", lambda m: values[m[1]], channels[channel]["address"])
@@ -87,6 +87,8 @@ def test_asyncapi_names_every_channel_with_addresses_from_topics_py(asyncapi):
     assert [address(c, prefix="acme", model="vision") for c in ("infer", "train", "results", "retry")] == [
         topics.infer, topics.train, topics.results, topics.retry]
     assert address("tenantInfer", prefix="acme", model="vision", tenant="alice") == topics.tenant_infer("alice")
+    assert address("urgent", prefix="acme", model="vision") == topics.urgent
+    assert address("tenantUrgent", prefix="acme", model="vision", tenant="alice") == topics.tenant_urgent("alice")
     assert address("tenantTrain", prefix="acme", model="vision", tenant="alice") == topics.tenant_train("alice")
     assert address("tenantResults", prefix="acme", model="vision", tenant="alice") == topics.tenant_results("alice")
     assert address("cancel", prefix="acme", model="vision") == topics.cancel
@@ -146,7 +148,7 @@ def test_every_header_has_a_type_a_meaning_a_writer_and_a_reader(asyncapi):
     schemas = asyncapi["components"]["schemas"]
     headers = {name.removeprefix("Header."): s for name, s in schemas.items() if name.startswith("Header.")}
     assert {"traceparent", "tracestate", "baggage", *DLQ_HEADERS, *DLQ_DROPPED_HEADERS,
-            "aiaas.attempt", "aiaas.retry.not_before"} == set(headers)
+            "aiaas.attempt", "aiaas.retry.not_before", "aiaas.priority"} == set(headers)
     for name, schema in headers.items():
         assert schema["type"] == "string" and schema["description"], name
         assert schema["x-written-by"] and schema["x-read-by"], name

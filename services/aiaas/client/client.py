@@ -40,6 +40,7 @@ from aiaas.contract.envelopes import (
     Result,
     new_job_id,
 )
+from aiaas.contract.priority import priority_headers
 from aiaas.contract.topics import ModelTopics
 from aiaas.errors import SeenFileLocked
 from aiaas.kafka.admin import ensure_topics, partition_count
@@ -259,7 +260,8 @@ class AiaasClient:
         model types (`llm`): follow its answer with `handle.stream()`.
 
         `tenant` (default: the `AIAAS_KAFKA_TENANT` setting) publishes to that tenant's infer topic; the service
-        takes the tenant from the topic, and Kafka ACLs decide who may write there.
+        takes the tenant from the topic, and Kafka ACLs decide who may write there. `priority` (-100 to 100) decides
+        which waiting jobs run first; above 0 the job goes to the urgent lane, fetched before the infer topic.
         """
         now = time.time()
         job = Job(
@@ -309,7 +311,8 @@ class AiaasClient:
         await producer.send_and_wait(topic, b"", key=job_id.encode())
 
     async def submit_job(self, job: Job) -> JobHandle:
-        """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise).
+        """Publish a ready-made Job envelope (to `.train` for a training job, `.infer` otherwise, `.infer-urgent` for
+        one of priority > 0; the priority also travels in the `aiaas.priority` header, `contract/priority.py`).
 
         A job for a tenant goes to that tenant's topic (`.infer.<tenant>` / `.train.<tenant>`) and is answered on
         `.results.<tenant>`: an inference job's tenant is its `tenant`, a training job's its `tenant` or else the
@@ -318,12 +321,11 @@ class AiaasClient:
         producer = self._require_producer()
         topics = ModelTopics.of(job.model, self.kafka.topic_prefix)
         tenant = job.tenant or (self.kafka.tenant if job.kind == "train" else None)
-        if tenant is not None:
-            target = (topics.tenant_train if job.kind == "train" else topics.tenant_infer)(tenant)
-            results_topic = job.reply_to or topics.tenant_results(tenant)
+        if job.kind == "train":
+            target = topics.tenant_train(tenant) if tenant else topics.train
         else:
-            target = topics.train if job.kind == "train" else topics.infer
-            results_topic = job.reply_to or topics.results
+            target = topics.job_topic(tenant, urgent=job.priority > 0)
+        results_topic = job.reply_to or (topics.tenant_results(tenant) if tenant else topics.results)
         async with self._setup_lock:
             await self._ensure({target, results_topic})
             listener = await self._listener(results_topic)
@@ -335,7 +337,8 @@ class AiaasClient:
             sent_at = time.time()
             try:
                 meta = await producer.send_and_wait(
-                    target, encode(job), key=job.job_id.encode(), headers=tracing.inject_headers()
+                    target, encode(job), key=job.job_id.encode(),
+                    headers=tracing.inject_headers() + priority_headers(job.priority),
                 )
             except BaseException as exc:
                 listener.forget(job.job_id, future)  # no handle will ever wait on it

@@ -11,8 +11,8 @@ broker refuses (`.`, `..`), which made the service rewind its partition for ever
   expression matched in full, in which `{results}` stands for that results topic). The default
   allows the results topic itself and `<results>.<suffix>`, so a tenant can only ever be answered
   on its own results topics, which only its principal can read;
-* whatever the pattern says, `.`/`..`, Kafka's internal topics (`__…`), every infer, retry and
-  train topic, the dead-letter and registry topics and every other model type's topics are refused.
+* whatever the pattern says, `.`/`..`, Kafka's internal topics (`__…`), every infer (and urgent), retry
+  and train topic, the dead-letter and registry topics and every other model type's topics are refused.
 
 A refused `reply_to` is `RefusedReplyTo`: an error result on the default results topic and a dead
 letter. A topic that does not exist (the broker creates none by itself) is refused the same way,
@@ -32,7 +32,7 @@ __all__ = ["ReplyTopics", "TopicCatalog", "DEFAULT_REPLY_TO_PATTERN"]
 DEFAULT_REPLY_TO_PATTERN = r"{results}(\.[A-Za-z0-9_-]{1,100})?"
 """The results topic, or the results topic and one more name part (`aiaas.vision.results.dashboard`)."""
 
-_INTERNAL_KINDS = ("infer", "retry", "train")
+_INTERNAL_KINDS = ("infer", "infer-urgent", "retry", "train")
 
 
 class TopicCatalog(Protocol):

@@ -44,6 +44,7 @@ from aiaas.contract.dead_letters import (
 )
 from aiaas.contract.envelopes import FINISH_REASONS, JOB_ID_PATTERN, TERMINAL_STATUSES, Job, Result, ResultStatus
 from aiaas.contract.headers import _OURS, _TRACE_LIMITS, _TRACEPARENT
+from aiaas.contract.priority import HIGHEST, LOWEST, PRIORITY_HEADER
 from aiaas.contract.reply_topics import DEFAULT_REPLY_TO_PATTERN
 from aiaas.contract.topics import TENANT_PATTERN, ModelTopics, dlq_topic, models_topic
 from aiaas.model_types import BUILT_IN
@@ -209,6 +210,17 @@ def _trace_headers() -> dict[str, _Header]:
     return docs
 
 
+def _priority_header() -> dict[str, _Header]:
+    """The header that says how soon a waiting job runs (`contract/priority.py`)."""
+    return {PRIORITY_HEADER: _Header(
+        f"The job's priority, a whole number from {LOWEST} to {HIGHEST} (absent: 0): among the jobs a service holds, "
+        "higher ones go into its next batch first (a quarter of each batch goes to the oldest whatever their "
+        "priority); between tenants, batches still take turns. Jobs of priority above 0 belong on the urgent lane.",
+        "the aiaas client, from the job's `priority` when it is not 0; any publisher may set it",
+        "services, before decoding the job (not a priority: the job is a dead letter, `InvalidHeaders`)",
+        {"pattern": "^-?[0-9]{1,3}$", "examples": ["10"]})}
+
+
 _NUMBER = {"pattern": "^[0-9]+$"}
 
 
@@ -323,7 +335,7 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         return msg
 
     ref: Callable[[str], dict[str, str]] = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
-    jobs_headers = _headers_schema(trace)
+    jobs_headers = _headers_schema({**trace, **_priority_header()})
     training = set(_TRAINING_STATUSES)
     if not training <= set(get_args(ResultStatus)) or {"succeeded", "failed"} - TERMINAL_STATUSES:
         raise ValueError("the training statuses are no longer ResultStatus values (contract/schemas.py)")
@@ -418,6 +430,12 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
                          "retry topic.", ["Job"]),
         "tenantInfer": channel(topics.infer + tenant, tenant_topic.format("inference jobs", "infer", "write")
                                + " A job's tenant is the topic's, never its `tenant` field.", ["Job"]),
+        "urgent": channel(topics.urgent, "The urgent lane of the infer topic: jobs of priority above 0 (the aiaas "
+                          "client puts them here). A service polls it before the infer topics, keeps part of its "
+                          "window for it, and cuts its jobs into the next batch first; at most three quarters of "
+                          "the window, so the infer topic always moves.", ["Job"]),
+        "tenantUrgent": channel(topics.urgent + tenant, tenant_topic.format("urgent jobs", "infer-urgent", "write")
+                                + " Between tenants, batches still take turns.", ["Job"]),
         "train": channel(topics.train, "Training jobs for one model type's trainer, which consumes it and every "
                          "tenant's train topic (one pattern subscription), one job at a time.", ["TrainingJob"]),
         "tenantTrain": channel(topics.train + tenant, tenant_topic.format("training jobs", "train", "write")
@@ -431,7 +449,7 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "replyTo": channel(None, "A job's `reply_to` topic, when the operator's pattern "
                            f"(`{_model_env('reply_to_pattern')}`, default "
                            f"`{DEFAULT_REPLY_TO_PATTERN}` where `{{results}}` is the job's results topic) allows it "
-                           "and the topic exists. Infer, retry, train, dead-letter and registry topics and other "
+                           "and the topic exists. Infer (and urgent), retry, train, dead-letter and registry topics and other "
                            "model types' topics are refused whatever the pattern says; a refused job gets an error "
                            "result on its results topic and a dead letter.", ["Result", "Chunk", "TrainingEvent"]),
         "cancel": channel(topics.cancel, "Cancel requests for a streaming model type's jobs (`llm`) from "
@@ -449,6 +467,8 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
     flows: list[tuple[str, Literal["send", "receive"], _Actor, Sequence[str]]] = [
         ("infer", "send", "client", ["Job"]), ("infer", "receive", "service", ["Job"]),
         ("tenantInfer", "send", "client", ["Job"]), ("tenantInfer", "receive", "service", ["Job"]),
+        ("urgent", "send", "client", ["Job"]), ("urgent", "receive", "service", ["Job"]),
+        ("tenantUrgent", "send", "client", ["Job"]), ("tenantUrgent", "receive", "service", ["Job"]),
         ("train", "send", "client", ["TrainingJob"]), ("train", "receive", "trainer", ["TrainingJob"]),
         ("tenantTrain", "send", "client", ["TrainingJob"]), ("tenantTrain", "receive", "trainer", ["TrainingJob"]),
     ]
@@ -488,7 +508,7 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "operations": operations,
         "components": {
             "schemas": schemas | {f"{_HEADER_SCHEMA}{name}": header.schema()
-                                  for name, header in {**trace, **retry_and_dlq}.items()},
+                                  for name, header in {**trace, **_priority_header(), **retry_and_dlq}.items()},
             "messages": messages,
             "parameters": parameters,
             "correlationIds": {"jobId": {"location": "$message.payload#/job_id",

@@ -9,6 +9,9 @@ from aiaas.settings import KafkaSettings
 
 __all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "TENANT_PATTERN", "check_tenant"]
 
+_URGENT = "-urgent"
+"""What makes an infer topic's urgent lane: `<prefix>.<model>.infer-urgent[.<tenant>]`."""
+
 TENANT_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
 """A tenant's name: it is also a Kafka principal's name and the last part of the tenant's topic names."""
 _TENANT = re.compile(TENANT_PATTERN)
@@ -39,15 +42,34 @@ class ModelTopics:
         base = f"{prefix}.{model}"
         return cls(f"{base}.infer", f"{base}.train", f"{base}.results", f"{base}.retry", f"{base}.cancel")
 
+    @property
+    def urgent(self) -> str:
+        """`<prefix>.<model>.infer-urgent`: the urgent lane. Its jobs are fetched before the infer topic's and go
+        first into the next batch (`contract/priority.py`); publishers put jobs of priority > 0 here."""
+        return self.infer + _URGENT
+
     def all(self) -> list[str]:
         """Every name every model type's service needs (not `cancel`: only streaming ones read it)."""
-        return [self.infer, self.train, self.results, self.retry]
+        return [self.infer, self.urgent, self.train, self.results, self.retry]
+
+    def is_urgent(self, topic: str) -> bool:
+        """Whether `topic` is the urgent lane or a tenant's urgent lane."""
+        return topic == self.urgent or topic.startswith(self.urgent + ".")
+
+    def job_topic(self, tenant: str | None, *, urgent: bool = False) -> str:
+        """Where a publisher sends an inference job: the infer topic or the urgent lane, the tenant's own if any."""
+        base = self.urgent if urgent else self.infer
+        return f"{base}.{check_tenant(tenant)}" if tenant else base
 
     # -- tenants: each has its own infer, train and results topics, so Kafka ACLs say who reads and writes them --
 
     def tenant_infer(self, tenant: str) -> str:
         """`<prefix>.<model>.infer.<tenant>`: jobs that tenant publishes (only its principal may write here)."""
         return f"{self.infer}.{check_tenant(tenant)}"
+
+    def tenant_urgent(self, tenant: str) -> str:
+        """`<prefix>.<model>.infer-urgent.<tenant>`: that tenant's urgent lane (only its principal may write here)."""
+        return f"{self.urgent}.{check_tenant(tenant)}"
 
     def tenant_train(self, tenant: str) -> str:
         """`<prefix>.<model>.train.<tenant>`: that tenant's training jobs."""
@@ -74,11 +96,12 @@ class ModelTopics:
         return re.escape(self.cancel) + rf"(\.{TENANT_PATTERN})?"
 
     def tenant_of(self, topic: str) -> str | None:
-        """The tenant whose infer, train or results topic `topic` is; None for the shared (untenanted) ones.
+        """The tenant whose infer (or urgent), train or results topic `topic` is; None for the shared (untenanted)
+        ones.
 
-        Raises ValueError for a topic that is none of this model type's infer, train or results topics.
+        Raises ValueError for a topic that is none of this model type's infer, urgent, train or results topics.
         """
-        for base in (self.infer, self.train, self.results):
+        for base in (self.infer, self.urgent, self.train, self.results):
             if topic == base:
                 return None
             if topic.startswith(base + ".") and _TENANT.fullmatch(topic[len(base) + 1:]):
@@ -86,8 +109,9 @@ class ModelTopics:
         raise ValueError(f"{topic!r} is not one of the {self.infer}[.<tenant>] topics")
 
     def infer_pattern(self) -> str:
-        """A regular expression for the shared infer topic and every tenant's (for a pattern subscription)."""
-        return re.escape(self.infer) + rf"(\.{TENANT_PATTERN})?"
+        """A regular expression for the shared infer topic, every tenant's, and their urgent lanes (for a pattern
+        subscription)."""
+        return re.escape(self.infer) + rf"({re.escape(_URGENT)})?(\.{TENANT_PATTERN})?"
 
     def train_pattern(self) -> str:
         """A regular expression for the shared train topic and every tenant's (the trainer's pattern subscription)."""

@@ -11,6 +11,7 @@ Topics (`topics.ModelTopics`; tenant names match `topics.TENANT_PATTERN`, so the
 | topic                                | written by                             | read by                       |
 |--------------------------------------|----------------------------------------|-------------------------------|
 | `<prefix>.<model>.infer.<tenant>`    | that tenant                            | the model's service           |
+| `<prefix>.<model>.infer-urgent.<tenant>` | that tenant (its urgent lane)      | the model's service           |
 | `<prefix>.<model>.train.<tenant>`    | that tenant                            | the model's trainer           |
 | `<prefix>.<model>.results.<tenant>`  | the model's service and trainer        | that tenant (and the service) |
 | `<prefix>.<model>.results`, `.retry` | the model's service (trainer: results) | the model's service           |
@@ -156,7 +157,8 @@ class AclPlan:
         for model in self.models:
             t = ModelTopics.of(model, self.prefix)
             names += [name for tenant in self.tenants
-                      for name in (t.tenant_infer(tenant), t.tenant_train(tenant), t.tenant_results(tenant))]
+                      for name in (t.tenant_infer(tenant), t.tenant_urgent(tenant), t.tenant_train(tenant),
+                                   t.tenant_results(tenant))]
             if model_type(model).generative:
                 names += [t.cancel, *(t.tenant_cancel(tenant) for tenant in self.tenants)]
         return list(dict.fromkeys(names))
@@ -168,6 +170,7 @@ class AclPlan:
             # LITERAL: a prefixed `…infer.alice` would also match bob's `…infer.alice2`.
             t = ModelTopics.of(model, self.prefix)
             rules += _allow(user, "topic", t.tenant_infer(tenant), "literal", "WRITE", "DESCRIBE")
+            rules += _allow(user, "topic", t.tenant_urgent(tenant), "literal", "WRITE", "DESCRIBE")
             rules += _allow(user, "topic", t.tenant_train(tenant), "literal", "WRITE", "DESCRIBE")
             rules += _allow(user, "topic", t.tenant_results(tenant), "literal", "READ", "DESCRIBE")
             if model_type(model).generative:  # it may end its own jobs' generation
@@ -177,7 +180,7 @@ class AclPlan:
     def _service_rules(self, model: str) -> list[AclRule]:
         user, base = f"User:{self.service_user.format(model=model)}", f"{self.prefix}.{model}"
         return [
-            *_allow(user, "topic", f"{base}.infer", "prefixed", "READ"),  # every tenant's, and the untenanted one
+            *_allow(user, "topic", f"{base}.infer", "prefixed", "READ"),  # every tenant's, urgent lanes, the untenanted
             *_allow(user, "topic", f"{base}.retry", "literal", "READ", "WRITE"),
             # READ too: a starting service remembers recent outcomes from its results topics.
             *_allow(user, "topic", f"{base}.results", "prefixed", "READ", "WRITE"),

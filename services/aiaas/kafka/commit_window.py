@@ -49,17 +49,18 @@ few hundred records, and one odd record barely moves it."""
 
 
 class _Entry:
-    __slots__ = ("offset", "size", "done", "owner")
+    __slots__ = ("offset", "size", "done", "owner", "urgent")
 
-    def __init__(self, offset: int, size: int, owner: Hashable) -> None:
-        self.offset, self.size, self.done, self.owner = offset, size, False, owner
+    def __init__(self, offset: int, size: int, owner: Hashable, urgent: bool) -> None:
+        self.offset, self.size, self.done, self.owner, self.urgent = offset, size, False, owner, urgent
 
 
 class InFlightWindow:
     """Tracks records from consumption until their outcome is acknowledged."""
 
     def __init__(self, capacity: int, max_bytes: int | None = None,
-                 owner_of: Callable[[str], Hashable] | None = None) -> None:
+                 owner_of: Callable[[str], Hashable] | None = None,
+                 is_urgent: Callable[[str], bool] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if max_bytes is not None and max_bytes < 1:
@@ -72,6 +73,9 @@ class InFlightWindow:
         self._mean_size: float | None = None  # a moving mean of the sizes taken: how many more fit
         self._owner_of = owner_of or (lambda topic: None)
         self._load: Counter[Hashable] = Counter()  # records taken and not yet done, per owner (tenant)
+        self._is_urgent = is_urgent or (lambda topic: False)
+        self.urgent = 0
+        """Records of urgent lanes (`is_urgent(topic)`) taken and not yet done."""
 
     def load(self, owner: Hashable) -> int:
         """Records of `owner` (a tenant, as `owner_of(topic)` says) taken and not yet done."""
@@ -81,8 +85,11 @@ class InFlightWindow:
         """The owners with records in flight."""
         return list(self._load)
 
-    def _release(self, owner: Hashable) -> None:
-        """One record of `owner` is no longer in flight (an owner with none left is dropped: tenants come and go)."""
+    def _release(self, entry: _Entry) -> None:
+        """One record of `entry.owner` is no longer in flight (an owner with none left is dropped: tenants come and
+        go)."""
+        owner = entry.owner
+        self.urgent -= entry.urgent
         self._load[owner] -= 1
         if self._load[owner] <= 0:
             del self._load[owner]
@@ -121,14 +128,15 @@ class InFlightWindow:
         for record in records:
             key = Partition(record.topic, record.partition)
             size = len(record.key or b"") + len(record.value or b"")
-            entry = _Entry(record.offset, size, self._owner_of(record.topic))
+            entry = _Entry(record.offset, size, self._owner_of(record.topic), self._is_urgent(record.topic))
             self._entries.setdefault(key, deque()).append(entry)
             replaced = self._by_offset.get((key, record.offset))
             self._by_offset[(key, record.offset)] = entry
             self._bytes += size - (replaced.size if replaced is not None else 0)
             self._load[entry.owner] += 1
+            self.urgent += entry.urgent
             if replaced is not None:
-                self._release(replaced.owner)
+                self._release(replaced)
             mean = self._mean_size
             self._mean_size = size if mean is None else mean + (size - mean) * _MEAN_WEIGHT
 
@@ -141,7 +149,7 @@ class InFlightWindow:
             if entry is not None:  # records forgotten by `forget` (rewind, revocation) are ignored
                 entry.done = True
                 self._bytes -= entry.size
-                self._release(entry.owner)
+                self._release(entry)
                 touched.add(key)
         commits = {}
         for key in touched:
@@ -178,4 +186,4 @@ class InFlightWindow:
             for entry in self._entries.pop(key, ()):
                 if self._by_offset.pop((key, entry.offset), None) is not None:
                     self._bytes -= entry.size
-                    self._release(entry.owner)
+                    self._release(entry)

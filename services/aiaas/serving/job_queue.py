@@ -4,6 +4,12 @@ Records from the retry topic carry the time before which they may not run (`due_
 until then and the records behind them are cut first, so a retry never blocks its partition's
 neighbours or the infer topic. While several tenants have records in flight, a batch takes from each
 tenant's ready records in turn, so a tenant with a long queue does not make the others wait behind it.
+
+Records of a higher rank (`rank_of`: the urgent lane and the `aiaas.priority` header, `contract/priority.py`) are
+cut before lower ones, within each tenant's turn, except that a quarter of every batch (`OLDEST_SHARE`) goes to the
+oldest ready records whatever their rank, so a steady stream of urgent jobs never stalls the rest. (Batches too
+small for a quarter to be a record: one cut in four is oldest first.) With no ranked record queued (the usual
+case) a cut sorts nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from typing import Any
 
 from aiaas.kafka.commit_window import Partition
 
-__all__ = ["JobQueue"]
+__all__ = ["JobQueue", "OLDEST_SHARE"]
+
+OLDEST_SHARE = 4
+"""One record in this many of a batch is among the oldest, whatever the ranks: low priority keeps that share."""
 
 
 class JobQueue:
@@ -23,9 +32,13 @@ class JobQueue:
 
     def __init__(self, *, due_at: Callable[[Any], float | None] = lambda record: None, delayed_topic: str | None = None,
                  owner_of: Callable[[str], Hashable] = lambda topic: None,
+                 rank_of: Callable[[Any], int] = lambda record: 0,
                  clock: Callable[[], float] = time.time) -> None:
         self._records: deque[Any] = deque()
         self._due: dict[int, float] = {}  # id(record) → its time, for queued retry records that have one
+        self._rank: dict[int, int] = {}  # id(record) → its rank, for queued records whose rank is not 0
+        self._rank_of = rank_of
+        self._ranked_cuts = 0  # ranked cuts too small for a quarter (`_by_rank`)
         self._due_at = due_at
         self.delayed_topic = delayed_topic
         self._owner_of = owner_of
@@ -42,6 +55,8 @@ class JobQueue:
         for record in records:
             if record.topic == self.delayed_topic and (due := self._due_at(record)) is not None:
                 self._due[id(record)] = due
+            if rank := self._rank_of(record):
+                self._rank[id(record)] = rank
             self._records.append(record)
 
     def ready(self, record: Any, now: float | None = None) -> bool:
@@ -68,11 +83,14 @@ class JobQueue:
         """Up to `max_batch` records that may run now, taken out of the queue; waiting retries stay.
 
         In queue order, or with `in_turns` (several tenants in flight) from each tenant's ready records in turn
-        (each tenant's in queue order).
+        (each tenant's in queue order); highest rank first when ranked records are queued (see the module docstring).
         """
         now = self._clock()
         if in_turns:
             return self._cut_in_turns(max_batch, now)
+        if self._rank:
+            ready = [record for record in self._records if self.ready(record, now)]
+            return self._take_out(self._by_rank(ready, max_batch)[:max_batch])
         batch: list[Any] = []
         kept: deque[Any] = deque()
         while self._records and len(batch) < max_batch:
@@ -88,6 +106,7 @@ class JobQueue:
         if partitions is None:
             self._records.clear()
             self._due.clear()
+            self._rank.clear()
         else:
             gone = [r for r in self._records if Partition(r.topic, r.partition) in partitions]
             self._records = deque(r for r in self._records if Partition(r.topic, r.partition) not in partitions)
@@ -98,6 +117,8 @@ class JobQueue:
         for record in self._records:
             if self.ready(record, now):
                 lines.setdefault(self._owner_of(record.topic), []).append(record)
+        if self._rank:
+            lines = {owner: self._by_rank(line, max_batch // len(lines)) for owner, line in lines.items()}
         batch: list[Any] = []
         for turn in range(max_batch):
             for line in lines.values():
@@ -105,12 +126,31 @@ class JobQueue:
                     batch.append(line[turn])
             if len(batch) == max_batch or all(turn >= len(line) for line in lines.values()):
                 break
+        return self._take_out(batch)
+
+    def _by_rank(self, line: list[Any], places: int) -> list[Any]:
+        """`line` (ready records in queue order) in the order they go into `places` places of a batch: a quarter
+        of the places to the oldest, the rest highest rank first (see the module docstring)."""
+        oldest = places // OLDEST_SHARE
+        if not oldest:  # too few places for a quarter: every OLDEST_SHARE-th such cut is oldest first
+            self._ranked_cuts += 1
+            oldest = len(line) if self._ranked_cuts % OLDEST_SHARE == 0 else 0
+        return line[:oldest] + sorted(line[oldest:], key=self._rank_key)
+
+    def _rank_key(self, record: Any) -> int:
+        """Sort key: the highest rank first (sorting is stable: queue order among equals)."""
+        return -self._rank.get(id(record), 0)
+
+    def _take_out(self, batch: list[Any]) -> list[Any]:
+        """Remove `batch`'s records from the queue, wherever they are in it."""
         taken = {id(record) for record in batch}
         self._records = deque(record for record in self._records if id(record) not in taken)
         self._taken(batch)
         return batch
 
     def _taken(self, records: Iterable[Any]) -> None:
-        """Records that left the queue: their times are forgotten (an id may be reused once they are freed)."""
+        """Records that left the queue: their times and ranks are forgotten (an id may be reused once they are
+        freed)."""
         for record in records:
             self._due.pop(id(record), None)
+            self._rank.pop(id(record), None)

@@ -27,6 +27,11 @@ partitions away: what it holds is dropped uncommitted, nothing of it is publishe
 the group before it takes records again (`LoopStallWatch`; the partitions' new owner runs them). The same when a
 revocation comes after the group already dropped us (its generation reset).
 
+Urgent lanes (`contract/priority.py`): the fetch loop polls the urgent topics' partitions first and keeps a part of
+the window free for them: the infer topics are paused before the window is full, while the urgent partitions go on
+fetching into what is left. Urgent records may hold at most three quarters of the window, so a flood of them leaves
+the infer topics a share. The queue then cuts the highest-ranked jobs first (`JobQueue`).
+
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
 partition's neighbours or the infer topic. Waiting retries hold at most half the window.
@@ -50,6 +55,7 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
+from aiaas.contract.priority import rank
 from aiaas.errors import PublishFailed, TransactionFenced
 from aiaas.kafka.commit_window import InFlightWindow, Partition
 from aiaas.kafka.offset_committer import OffsetCommitter
@@ -129,6 +135,7 @@ class JobPipeline:
         stall_after_s: float | None = None,
         rejoin: Callable[[], None] | None = None,
         publish_in_cut_order: bool = True,
+        is_urgent: Callable[[str], bool] | None = None,
     ) -> None:
         self.worker = worker
         self._in_cut_order = publish_in_cut_order
@@ -138,13 +145,20 @@ class JobPipeline:
         self._max_wait_s = max_wait_ms / 1000
         self._drain_timeout_s = drain_timeout_s
         self._tenant_of = functools.lru_cache(maxsize=4096)(tenant_of or (lambda topic: None))
-        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes, self._tenant_of)
+        self._is_urgent = functools.lru_cache(maxsize=4096)(is_urgent or (lambda topic: False))
+        self._window = InFlightWindow(max(max_in_flight, max_batch), max_in_flight_bytes, self._tenant_of,
+                                      self._is_urgent)
         # One tenant may hold at most this much of the window; the rest stays free for the others' jobs.
         capacity = self._window.capacity
         self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
         self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
-        self._queue = JobQueue(due_at=due_at, delayed_topic=delayed_topic, owner_of=self._tenant_of)
+        # Urgent lanes (where their partitions are ours): kept free for them while the infer topics fill the window,
+        # and the most of the window they may hold, so the infer topics always keep a quarter of it.
+        self._urgent_reserve = max(1, max_batch // 4)
+        self._urgent_cap = max(1, self._window.capacity - self._window.capacity // 4)
+        self._queue = JobQueue(due_at=due_at, delayed_topic=delayed_topic, owner_of=self._tenant_of,
+                               rank_of=lambda record: rank(self._is_urgent(record.topic), record.headers))
         self._publishing: set[asyncio.Task[None]] = set()
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
@@ -287,11 +301,18 @@ class JobPipeline:
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
             room = 0 if self._holding else self._window.room
+            urgent = self._urgent_partitions()
+            urgent_room = min(room, self._urgent_room(urgent))
+            lane_room = self._lane_room(urgent) if room else 0
             # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
-            if room == 0 or (self._paused and not self._may_reopen(room)):
-                self._pause()
+            if lane_room <= 0 or (self._paused and not self._may_reopen(lane_room)):
+                self._pause(keep=urgent if urgent_room else [])
+                if urgent_room:
+                    # The urgent lanes fetch into the room kept for them; the poll is how the loop waits, too.
+                    self._take(await self._poll(_FAIR_POLL_MS, urgent_room, urgent))
+                    continue
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
@@ -302,11 +323,32 @@ class JobPipeline:
                 continue
             self._resume()
             self._hold_back_retries()
-            if not await self._take_fairly(room) and self._window.room:
-                fetched = await self._poll(_IDLE_POLL_MS, self._window.room)
-                self._take(fetched)
-                if not fetched:
-                    await self._commit_past_markers()
+            if urgent_room:
+                self._take(await self._poll(0, urgent_room, urgent))
+            await self._take_lanes(urgent)
+
+    async def _take_lanes(self, urgent: list[TopicPartition]) -> None:
+        """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever came, waiting a
+        little when nothing has. Urgent lanes at their cap are left out of that wait, so the infer topics get their
+        share of the window."""
+        if (lane_room := self._lane_room(urgent)) <= 0 or await self._take_fairly(lane_room):
+            return
+        if (lane_room := self._lane_room(urgent)) > 0:  # less what the other tenants' records took
+            capped = urgent and not self._urgent_room(urgent)
+            others = [tp for tp in self._consumer.assignment() if tp not in urgent] if capped else None
+            fetched = await self._poll(_IDLE_POLL_MS, lane_room, others)
+            self._take(fetched)
+            if not fetched:
+                await self._commit_past_markers()
+
+    def _urgent_room(self, urgent: list[TopicPartition]) -> int:
+        """How many more urgent records the window takes (none where no urgent partition is ours)."""
+        return max(0, self._urgent_cap - self._window.urgent) if urgent else 0
+
+    def _lane_room(self, urgent: list[TopicPartition]) -> int:
+        """How many records the infer topics may take now: the window's room less what is kept for the urgent
+        lanes (at most `_urgent_reserve`, and only what they may still take)."""
+        return self._window.room - min(self._urgent_reserve, self._urgent_room(urgent))
 
     async def _commit_past_markers(self) -> None:
         """Idle: at most once a second, commit partitions' positions past trailing transaction markers
@@ -370,9 +412,17 @@ class JobPipeline:
         return (budget is not None and window.capacity - len(window) >= self._resume_room
                 and window.bytes <= budget // 2)
 
-    def _pause(self) -> None:
+    def _urgent_partitions(self) -> list[TopicPartition]:
+        """The assigned partitions of urgent lanes."""
+        return [tp for tp in self._consumer.assignment() if self._is_urgent(tp.topic)]
+
+    def _pause(self, keep: list[TopicPartition]) -> None:
+        """Pause every assigned partition but `keep`'s (urgent ones, while there is room for them)."""
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
-        self._consumer.pause(*self._consumer.assignment())
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*(assigned.difference(keep) if keep else assigned))
+        if keep:
+            self._consumer.resume(*keep)
         if not self._paused:
             self._paused = True
             self.stats.pauses += 1

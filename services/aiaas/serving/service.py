@@ -161,6 +161,7 @@ class ModelService:
             stall_after_s=max(1.0, (self.settings.session_timeout_ms - self.settings.heartbeat_interval_ms) / 1000),
             rejoin=lambda: self._resubscribe(consumer, pipeline),
             publish_in_cut_order=not streaming,
+            is_urgent=self.topics.is_urgent,
         )
         stats = pipeline.stats
         if self.monitor is not None:
@@ -232,7 +233,7 @@ class ModelService:
         consumer.subscribe(pattern=self._subscription(), listener=pipeline.rebalance_listener)
 
     def _subscription(self) -> str:
-        """The infer topic, every tenant's infer topic and the retry topic, as one pattern."""
+        """The infer topic, every tenant's infer topic, their urgent lanes and the retry topic, as one pattern."""
         return f"^(?:{self.topics.infer_pattern()}|{re.escape(self.topics.retry)})$"
 
     async def _remember_outcomes(self, outcomes: OutcomeCache) -> int:

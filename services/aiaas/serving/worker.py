@@ -33,6 +33,7 @@ from aiaas.contract.envelopes import (
     trusted,
 )
 from aiaas.contract.headers import NO_HEADERS, HeaderLimits, read_headers
+from aiaas.contract.priority import PRIORITY_HEADER, check_priority
 from aiaas.contract.reply_topics import ReplyTopics, TopicCatalog
 from aiaas.contract.topics import ModelTopics
 from aiaas.errors import (
@@ -222,6 +223,8 @@ class BatchWorker:
                 raise UnparseableRecord(f"the Kafka client could not parse this record: {unreadable}")
             if refused is not None:
                 raise refused
+            if (priority := headers.get(PRIORITY_HEADER)) is not None:
+                check_priority(priority)  # the queue read it as 0 when it is not a priority: say so to the publisher
             if record.topic == self._topics.retry:
                 state = self.retry.state_of(headers)
                 job.attempt, job.origin = state.attempt, state.origin
