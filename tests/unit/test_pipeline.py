@@ -279,7 +279,7 @@ def lane_log(topic: str, name: str, n: int) -> list[Record]:
     return records
 
 
-def lanes_pipeline(flood: int, urgent: int):
+def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None):
     from aiokafka import TopicPartition
 
     consumer = FakeConsumer({})
@@ -290,7 +290,7 @@ def lanes_pipeline(flood: int, urgent: int):
     sink = RecordingSink()
     worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision", max_message_bytes=1 << 20)
     pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
-                           is_urgent=TOPICS.is_urgent)
+                           max_in_flight_bytes=max_in_flight_bytes, is_urgent=TOPICS.is_urgent)
     return pipeline, consumer, sink, lane
 
 
@@ -326,3 +326,10 @@ async def test_a_flood_of_urgent_jobs_leaves_the_infer_topic_a_share_of_every_ba
     stats = await run_until(pipeline, lambda: len(answered_ids(sink, "flood")) == 40)
     assert len(answered_ids(sink, "urgent")) < 400 - 100  # the infer topic's 40 were done well before the lane's
     assert stats.jobs >= 40
+
+
+async def test_with_an_idle_urgent_lane_and_a_byte_budget_the_infer_topic_is_served():
+    # An empty window with a byte budget has room for one record (to learn their size): the lane's reserve must not
+    # take that one away, or nothing would ever be taken.
+    pipeline, _, sink, _ = lanes_pipeline(flood=100, urgent=0, max_in_flight_bytes=1 << 20)
+    await run_until(pipeline, lambda: len(answered_ids(sink, "flood")) == 100)

@@ -449,8 +449,9 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "replyTo": channel(None, "A job's `reply_to` topic, when the operator's pattern "
                            f"(`{_model_env('reply_to_pattern')}`, default "
                            f"`{DEFAULT_REPLY_TO_PATTERN}` where `{{results}}` is the job's results topic) allows it "
-                           "and the topic exists. Infer (and urgent), retry, train, dead-letter and registry topics and other "
-                           "model types' topics are refused whatever the pattern says; a refused job gets an error "
+                           "and the topic exists. Infer (and urgent), retry, train, dead-letter and registry topics "
+                           "and other model types' topics are refused whatever the pattern says; a refused job gets an "
+                           "error "
                            "result on its results topic and a dead letter.", ["Result", "Chunk", "TrainingEvent"]),
         "cancel": channel(topics.cancel, "Cancel requests for a streaming model type's jobs (`llm`) from "
                           "publishers without a tenant.", ["CancelRequest"]),

@@ -346,9 +346,13 @@ class JobPipeline:
         return max(0, self._urgent_cap - self._window.urgent) if urgent else 0
 
     def _lane_room(self, urgent: list[TopicPartition]) -> int:
-        """How many records the infer topics may take now: the window's room less what is kept for the urgent
-        lanes (at most `_urgent_reserve`, and only what they may still take)."""
-        return self._window.room - min(self._urgent_reserve, self._urgent_room(urgent))
+        """How many records the infer topics may take now: the window's room, but no closer to its record bound than
+        what is kept for the urgent lanes (at most `_urgent_reserve`, and only what they may still take). An empty
+        window takes what its room says (with a byte budget that may be a single record, to learn their size)."""
+        room, window = self._window.room, self._window
+        if not urgent or not len(window):
+            return room
+        return min(room, window.capacity - len(window) - min(self._urgent_reserve, self._urgent_room(urgent)))
 
     async def _commit_past_markers(self) -> None:
         """Idle: at most once a second, commit partitions' positions past trailing transaction markers
