@@ -32,6 +32,13 @@ def test_submit_without_inputs_tells_what_to_give(capsys):
     assert "--digits-sample" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "said"), [("1000", "1000 is outside -100..100"), ("high", "'high' is not a whole")])
+def test_a_priority_out_of_range_is_named_before_anything_is_sent(capsys, value, said):
+    with pytest.raises(SystemExit) as exit_:
+        main(["submit", "vision", "--digits-sample", "1", "--priority", value])
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_unreadable_image_file_is_named(capsys, tmp_path):
     bogus = tmp_path / "x.png"
     bogus.write_text("not an image")

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from aiaas.cli.model_cli import JobSpec, model_cli
 from aiaas.client.client import AiaasClient, JobHandle, StreamRestart
 from aiaas.contract.envelopes import Result
+from aiaas.contract.priority import HIGHEST, LOWEST
 from aiaas.contract.topics import ModelTopics
 from aiaas.errors import AiaasError
 from aiaas.model_types import model_type, model_types
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         model_parser.add_argument("--wait", action="store_true", help="wait for every result and print a summary")
         model_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results (--wait)")
         model_parser.add_argument("--version", help="pin a model version or alias")
-        model_parser.add_argument("--priority", type=int, default=0)
+        model_parser.add_argument("--priority", type=_priority, default=0,
+                                  help=f"{LOWEST}..{HIGHEST}; higher runs first, above 0 on the urgent lane "
+                                       "(read before the infer topic)")
         model_parser.add_argument("--quiet", action="store_true", help="print only the summary")
         model_parser.add_argument("--rate", type=float, default=0.0,
                                   help="jobs per second, open loop (default: all at once, a burst)")
@@ -136,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--docs", type=Path, default=Path("docs"),
                          help="where the configuration reference goes (configuration-reference.md)")
     return parser
+
+
+def _priority(text: str) -> int:
+    """A job priority from the command line; argparse says what is wrong otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not LOWEST <= value <= HIGHEST:
+        raise argparse.ArgumentTypeError(f"{value} is outside {LOWEST}..{HIGHEST}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
