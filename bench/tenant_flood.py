@@ -23,12 +23,14 @@ fault suite: `OTEL_TRACES_EXPORTER=none`), on a broker of this program's own (`i
 Prints one table row per run, then the medians; `--out FILE` writes the table (Markdown) with the command.
 `flood` is the subcommand alice's process runs: `bench/tenant_flood.py flood --topic T --prefix P --count N
 [--rate R]` (Kafka settings from AIAAS_KAFKA_*), also used by the fault suite's tenant flood scenario.
+bench/priority_flood.py reuses the parts (`Prober`, `Bench`, `run_benchmark`) with other topics.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -37,9 +39,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +56,8 @@ from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
 
-__all__ = ["flood_job_ids", "flood", "percentile"]
+__all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "common_options", "run_benchmark",
+           "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
 
@@ -139,13 +144,16 @@ class RunResult:
         return percentile(self.during, 99) / percentile(self.solo, 99)
 
 
-class Bob:
-    """Bob's open-loop publisher and his results reader, in this process: send time and receipt time per job."""
+class Prober:
+    """An open-loop publisher of vision jobs to `infer` (bob's, here) and its reader of `results`, in this process:
+    send time and receipt time per job. Its job ids are `<prefix>-<name>-000000` …; `headers` go with every job,
+    `job` holds more fields of each Job (a priority, a `reply_to`). Stopped on leaving `async with`."""
 
-    def __init__(self, kafka: KafkaSettings, rate: float) -> None:
-        topics = ModelTopics.of("vision", kafka.topic_prefix)
-        self.kafka, self.rate = kafka, rate
-        self.infer, self.results = topics.tenant_infer("bob"), topics.tenant_results("bob")
+    def __init__(self, kafka: KafkaSettings, rate: float, name: str, infer: str, results: str, *,
+                 headers: list[tuple[str, bytes]] | None = None, job: dict[str, object] | None = None) -> None:
+        self.kafka, self.rate, self.name = kafka, rate, name
+        self.infer, self.results = infer, results
+        self.headers, self.job_fields = headers or None, job or {}
         self.sent: dict[str, float] = {}
         self.received: dict[str, float] = {}
         self.timings: dict[str, tuple[float, float]] = {}
@@ -156,8 +164,15 @@ class Bob:
         self._go.set()
         self._tasks: list[asyncio.Task] = []
 
+    async def __aenter__(self) -> Prober:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.started:
+            await self.stop()
+
     async def start(self) -> None:
-        """Start reading bob's results topic (from its end) and publishing."""
+        """Start reading the results topic (from its end) and publishing."""
         self._consumer = AIOKafkaConsumer(**self.kafka.connection_kwargs(), group_id=None, enable_auto_commit=False)
         await self._consumer.start()
         parts = [TopicPartition(self.results, p) for p in range(await partition_count(self.kafka, self.results,
@@ -207,10 +222,11 @@ class Bob:
             delay = start + (i - i0) / self.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            job_id = f"{self.kafka.topic_prefix}-bob-{i:06d}"
-            job = Job(job_id=job_id, model="vision", inputs={"image": self._images[i % len(self._images)]})
+            job_id = f"{self.kafka.topic_prefix}-{self.name}-{i:06d}"
+            job = Job(job_id=job_id, model="vision", inputs={"image": self._images[i % len(self._images)]},
+                      **self.job_fields)
             self.sent[job_id] = time.time()
-            await self._producer.send(self.infer, encode(job), key=job_id.encode())
+            await self._producer.send(self.infer, encode(job), key=job_id.encode(), headers=self.headers)
             i += 1
 
     async def stop_publishing(self, drain_s: float = 30) -> None:
@@ -232,12 +248,12 @@ class Bob:
         await self._consumer.stop()
 
     def latencies_ms(self, since: float, until: float) -> list[float]:
-        """Latency of each of bob's jobs sent in [since, until) (wall clock) that has a result."""
+        """Latency of each of the jobs sent in [since, until) (wall clock) that has a result."""
         return [(self.received[j] - t) * 1000 for j, t in self.sent.items()
                 if since <= t < until and j in self.received]
 
     def parts_ms(self, since: float, until: float) -> tuple[list[float], list[float]]:
-        """For bob's jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
+        """For the jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
         parts = [self.timings[j] for j, t in self.sent.items() if since <= t < until and j in self.timings]
         return [p[0] for p in parts], [p[1] for p in parts]
 
@@ -274,7 +290,7 @@ async def _wait_for_results(kafka: KafkaSettings, topic: str, want: int, stall_s
 
 
 class Bench:
-    """Broker, registry and the runs."""
+    """Broker, registry and the runs; the parts of a run (bench/priority_flood.py runs them on other topics)."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         from bench.procs import LocalBroker
@@ -283,58 +299,97 @@ class Bench:
         self.home = tmp / "home"
         self.broker = LocalBroker(args.port, tmp / "kafka")
 
-    def alice(self, kafka: KafkaSettings, name: str, count: int, rate: float):
-        """Alice's flood, as a process of its own (so her publishing is not on bob's event loop)."""
+    def settings(self, tag: str) -> KafkaSettings:
+        """A fresh topic prefix (`<tag>-<random>`) on this broker."""
+        return KafkaSettings(bootstrap_servers=self.broker.bootstrap, topic_prefix=f"{tag}-{uuid.uuid4().hex[:6]}")
+
+    def alice(self, kafka: KafkaSettings, name: str, count: int, rate: float, topic: str | None = None):
+        """Alice's flood (to her infer topic, or `topic`), as a process of its own (so her publishing is not on
+        bob's event loop)."""
         from bench.procs import ChildProcess, service_env
 
-        topic = ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
+        topic = topic or ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
         args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
                 "--count", str(count), "--rate", str(rate)]
         return ChildProcess(args, service_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
                             self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
 
-    async def one_run(self, number: int) -> RunResult:
-        """Capacity, bob alone, bob during alice's flood; a fresh prefix and service."""
+    @contextlib.asynccontextmanager
+    async def serving(self, kafka: KafkaSettings, result) -> AsyncIterator[None]:
+        """The vision service under test (trace export off) and other work sampled, for the block; the mean of
+        other work goes to `result.other_cores`."""
         from bench.procs import ChildProcess, OtherWork, service_env
 
-        args, result = self.args, RunResult()
-        kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap,
-                              topic_prefix=f"tf{number}-{uuid.uuid4().hex[:6]}")
-        topics = ModelTopics.of("vision", kafka.topic_prefix)
-        await ensure_topics(kafka, service_topics("vision", kafka) + [
-            name for tenant in TENANTS for name in (topics.tenant_infer(tenant), topics.tenant_results(tenant))])
         env = service_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
         service = ChildProcess(["-m", "aiaas.vision"], env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
         other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
         other.start()
-        bob = Bob(kafka, args.bob_rate)
         try:
-            # The service logs "ready" before its group has assigned it the partitions: wait for one job of each tenant.
-            await asyncio.to_thread(lambda: self.alice(kafka, "warm-up", 100, 0).start())
-            await _wait_for_results(kafka, topics.tenant_results("alice"), 100)
-            await bob.start()
-            await _wait_for_results(kafka, topics.tenant_results("bob"), 1)
-            bob.pause()
+            yield
+        finally:
+            used = other.stop()
+            result.other_cores = used[0] if used else None
+            service.stop()
+
+    async def warm_up(self, kafka: KafkaSettings, topic: str, results: str) -> None:
+        """100 of alice's jobs to `topic`, answered in `results` (the service logs "ready" before its group has
+        assigned it the partitions)."""
+        await self.burst(kafka, "warm-up", 100, 0, topic, results)
+
+    @staticmethod
+    async def prober_ready(kafka: KafkaSettings, prober: Prober) -> None:
+        """Start `prober` and pause it once its first result is in."""
+        await prober.start()
+        await _wait_for_results(kafka, prober.results, 1)
+        prober.pause()
+
+    async def capacity(self, kafka: KafkaSettings, topic: str, results: str) -> float:
+        """`--capacity-jobs` of alice's jobs as fast as she can, alone: jobs / (first publish → last result)."""
+        count = self.args.capacity_jobs
+        first_at, _, last_at = await self.burst(kafka, "capacity", count, 0, topic, results)
+        return count / (last_at - first_at)
+
+    async def burst(self, kafka: KafkaSettings, name: str, count: int, rate: float, topic: str,
+                    results: str) -> tuple[float, float, float]:
+        """Alice's process publishes `count` jobs to `topic` (`rate`: as `flood`'s). (Her first send's wall time,
+        seconds she published for, wall time `results` first held all their results.)"""
+        before = await _results_written(kafka, results)
+        flooder = self.alice(kafka, name, count, rate, topic)
+        await asyncio.to_thread(lambda: flooder.start(timeout=600))
+        done = flooder.log_text().split("alice flood done: ", 1)[1]  # "N acked, first send at T in S s (…)"
+        first_at = float(done.split("first send at ", 1)[1].split()[0])
+        publish_s = float(done.split(" in ", 1)[1].split(" s")[0])
+        return first_at, publish_s, await _wait_for_results(kafka, results, before + count)
+
+    async def alone(self, prober: Prober, what: str) -> tuple[float, float]:
+        """After 2 s of quiet, `prober` publishes alone for `--solo-s`; (from, until), wall clock."""
+        await asyncio.sleep(2)
+        solo_from = time.time()
+        prober.resume()
+        log(f"{what} alone for {self.args.solo_s:.0f} s")
+        await asyncio.sleep(self.args.solo_s)
+        return solo_from, time.time()
+
+    async def one_run(self, number: int) -> RunResult:
+        """Capacity, bob alone, bob during alice's flood; a fresh prefix and service."""
+        args, result = self.args, RunResult()
+        kafka = self.settings(f"tf{number}")
+        topics = ModelTopics.of("vision", kafka.topic_prefix)
+        await ensure_topics(kafka, service_topics("vision", kafka) + [
+            name for tenant in TENANTS for name in (topics.tenant_infer(tenant), topics.tenant_results(tenant))])
+        alice, alice_results = topics.tenant_infer("alice"), topics.tenant_results("alice")
+        bob = Prober(kafka, args.bob_rate, "bob", topics.tenant_infer("bob"), topics.tenant_results("bob"))
+        async with self.serving(kafka, result), bob:
+            await self.warm_up(kafka, alice, alice_results)
+            await self.prober_ready(kafka, bob)
             log(f"run {number}: capacity burst of {args.capacity_jobs:,} jobs")
-            burst = await asyncio.to_thread(lambda: self.alice(kafka, "capacity", args.capacity_jobs, 0).start())
-            first_at = float(burst.log_text().split("first send at ", 1)[1].split()[0])
-            last_at = await _wait_for_results(kafka, topics.tenant_results("alice"), 100 + args.capacity_jobs)
-            result.capacity = args.capacity_jobs / (last_at - first_at)
-            await asyncio.sleep(2)
-            solo_from = time.time()
-            bob.resume()
-            log(f"run {number}: capacity {result.capacity:,.0f} jobs/s; bob alone for {args.solo_s:.0f} s")
-            await asyncio.sleep(args.solo_s)
-            solo_until = time.time()
+            result.capacity = await self.capacity(kafka, alice, alice_results)
+            solo_from, solo_until = await self.alone(bob, f"run {number}: capacity {result.capacity:,.0f} jobs/s; bob")
             result.alice_jobs = args.flood_jobs
             log(f"run {number}: alice floods {result.alice_jobs:,} jobs")
-            before = await _results_written(kafka, topics.tenant_results("alice"))
-            flooder = self.alice(kafka, "flood", result.alice_jobs, args.flood_rate)
-            await asyncio.to_thread(lambda: flooder.start(timeout=600))
-            flood_from = float(flooder.log_text().split("first send at ", 1)[1].split()[0])
-            result.alice_publish_s = float(flooder.log_text().split(" in ", 1)[1].split(" s")[0])
+            flood_from, result.alice_publish_s, flood_until = await self.burst(
+                kafka, "flood", result.alice_jobs, args.flood_rate, alice, alice_results)
             result.flood_rate = result.alice_jobs / result.alice_publish_s
-            flood_until = await _wait_for_results(kafka, topics.tenant_results("alice"), before + result.alice_jobs)
             result.flood_s = flood_until - flood_from
             await bob.stop_publishing()
             result.solo = bob.latencies_ms(solo_from, solo_until)
@@ -345,12 +400,6 @@ class Bench:
                 ("· while alice publishes", flood_from, published_at),
                 ("· while her backlog drains", published_at, flood_until))}
             result.missing = len(set(bob.sent) - set(bob.received))
-        finally:
-            if bob.started:
-                await bob.stop()
-            used = other.stop()
-            result.other_cores = used[0] if used else None
-            service.stop()
         return result
 
 
@@ -392,6 +441,17 @@ def table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def common_options(parser: argparse.ArgumentParser, port: int) -> None:
+    """The options this benchmark and bench/priority_flood.py share."""
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--capacity-jobs", type=int, default=10_000, help="the burst (alone) that measures capacity")
+    parser.add_argument("--flood-jobs", type=int, default=60_000, help="how many jobs the flood publishes")
+    parser.add_argument("--flood-rate", type=float, default=0.0,
+                        help="the flood's jobs/s (0: as fast as its producer takes them)")
+    parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
+    parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -400,33 +460,60 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--prefix", required=True, help="job ids are <prefix>-0000000 …")
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
-    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
-    parser.add_argument("--capacity-jobs", type=int, default=10_000, help="alice's burst that measures capacity")
-    parser.add_argument("--flood-jobs", type=int, default=60_000, help="how many jobs alice floods")
-    parser.add_argument("--flood-rate", type=float, default=0.0,
-                        help="alice's jobs/s during the flood (0: as fast as her producer takes them)")
-    parser.add_argument("--port", type=int, default=29592, help="the broker's port (controller: port + 1)")
-    parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    common_options(parser, port=29592)
     return parser.parse_args(argv)
 
 
-async def _main_async(args: argparse.Namespace, tmp: Path) -> list[RunResult]:
+async def _main_async(args: argparse.Namespace, tmp: Path, bench_class: type[Bench],
+                      row: Callable[[int, Any], str]) -> list:
     from aiaas.registry.store import Registry
     from aiaas.vision.trainer import build
 
     build(Registry(tmp / "home" / "registry"))
-    bench = Bench(args, tmp)
+    bench = bench_class(args, tmp)
     await asyncio.to_thread(bench.broker.start)
     results = []
     try:
         for number in range(1, args.runs + 1):
             results.append(await bench.one_run(number))
-            log(_row(number, results[-1]))
+            log(row(number, results[-1]))
     finally:
         bench.broker.stop()
     return results
+
+
+def run_benchmark(args: argparse.Namespace, bench_class: type[Bench], row: Callable[[int, Any], str],
+                  name: str) -> list:
+    """`bench_class(args, tmp).one_run` for each of `--runs` (each run's `row` logged), on a vision model built
+    into a temporary registry and a broker of its own; whatever it started stopped, the temporary folder removed."""
+    from bench.procs import stop_all
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"aiaas-{name}-"))
+    try:
+        return asyncio.run(_main_async(args, tmp, bench_class, row))
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_context(script: str, argv: list[str] | None) -> tuple[str, str, str]:
+    """For a report's first lines: (date, CPU and cores; the command line; ` (service settings: …)` for the
+    AIAAS_VISION_* variables set, else "")."""
+    from bench.report import cpu_name
+
+    command = f".venv/bin/python bench/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("AIAAS_VISION_"))
+    return (f"{date.today()}, {cpu_name()}, {os.cpu_count()} cores", command.strip(),
+            f" (service settings: {settings})" if settings else "")
+
+
+def write_report(text: str, out: Path | None) -> None:
+    """Print the report; also write it (Markdown) to `out` when given."""
+    print(text)
+    if out:
+        out.write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,27 +524,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alice flood done: {acked} acked, first send at {first_at:.6f} in {seconds:.3f} s "
               f"({acked / seconds:,.0f}/s)", flush=True)
         return 0
-    from bench.procs import stop_all
-    from bench.report import cpu_name
-
-    tmp = Path(tempfile.mkdtemp(prefix="aiaas-tenant-flood-"))
-    try:
-        results = asyncio.run(_main_async(args, tmp))
-    finally:
-        stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    command = ".venv/bin/python bench/tenant_flood.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results = run_benchmark(args, Bench, _row, "tenant-flood")
+    machine, command, settings = report_context("tenant_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
-    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("AIAAS_VISION_"))
-    text = (f"Tenant flood ({date.today()}, {cpu_name()}, {os.cpu_count()} cores): bob at {args.bob_rate:g} jobs/s "
-            f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}"
-            f"{f' (service settings: {settings})' if settings else ''}.\n"
-            f"Command: `{command.strip()}`\n\n{table(results)}\n\nWhere bob's time went (his results' "
+    text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
+            f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
+            f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his results' "
             f"`timings.queue_wait_ms`: job made just before its send → its batch cut; then `completed_at` → read "
             f"here):\n\n{breakdown(results)}")
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(text, args.out)
     return 0
 
 
