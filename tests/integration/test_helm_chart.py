@@ -349,17 +349,19 @@ def test_without_keda_the_workloads_hold_their_replicas(helm: str) -> None:
     assert rendered.get("Deployment", f"{RELEASE}-vision")["spec"]["replicas"] == 4
 
 
-def test_a_type_that_scales_from_zero_also_counts_its_infer_topic_before_any_commit(helm: str, settings_of) -> None:
+def test_a_type_that_scales_from_zero_also_counts_its_infer_topics_before_any_commit(helm: str, settings_of) -> None:
     # A group that never committed has no topics the group-wide trigger sees (KEDA reads lag 0): the second trigger
-    # names the infer topic, where a partition without a committed offset counts all its records.
+    # names the infer topic (and the next its urgent lane), where a partition without a committed offset counts all its
+    # records.
     rendered = Rendered(render(helm, "--set", "models.vision.autoscaling.minReplicas=0"))
     workload = rendered.get("Deployment", f"{RELEASE}-vision")
     kafka = settings_of(KafkaSettings, rendered.env(container(workload)))
     scaled = rendered.get("ScaledObject", f"{RELEASE}-vision")
-    group_wide, infer_topic = scaled["spec"]["triggers"]
+    group_wide, infer_topic, urgent_topic = scaled["spec"]["triggers"]
     assert scaled["spec"]["minReplicaCount"] == 0 and "topic" not in group_wide["metadata"]
-    infer = ModelTopics.of("vision", kafka.topic_prefix).infer
-    assert infer_topic["metadata"] == group_wide["metadata"] | {"topic": infer}
+    topics = ModelTopics.of("vision", kafka.topic_prefix)
+    assert infer_topic["metadata"] == group_wide["metadata"] | {"topic": topics.infer}
+    assert urgent_topic["metadata"] == group_wide["metadata"] | {"topic": topics.urgent}
     assert infer_topic["metadata"]["offsetResetPolicy"] == "earliest"
     (others,) = rendered.get("ScaledObject", f"{RELEASE}-text")["spec"]["triggers"]  # minReplicas 1: one trigger
     assert "topic" not in others["metadata"]
