@@ -260,7 +260,10 @@ class Job(BaseModel):
     deadline: float | None = Field(
         None, allow_inf_nan=False, description="After this time (Unix seconds) the job is `expired`, not run."
     )
-    priority: int = Field(0, ge=-100, le=100, description="Higher runs first when a batch is cut.")
+    priority: int = Field(0, ge=-100, le=100, description=(
+        "Higher runs first among the jobs a service holds. The service reads it from the `aiaas.priority` header "
+        "(the aiaas client writes both), and a job above 0 belongs on the urgent lane `<infer topic>-urgent`, fetched "
+        "before the infer topic."))
     reply_to: str | None = Field(
         None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
         description="Topic for the result instead of `<prefix>.<model>.results` (a valid Kafka topic name).",
