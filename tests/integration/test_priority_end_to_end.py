@@ -57,8 +57,7 @@ async def test_urgent_jobs_overtake_a_backlog_and_the_backlog_is_answered_in_ful
         handles = [await client.submit("vision", {"image": image}, priority=5) for _ in range(URGENT)]
         results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
     assert all(r.status == "ok" for r in results)
-    order = results_in_order(kafka_settings, topics.results, BACKLOG + URGENT)
-    order = await order
+    order = await results_in_order(kafka_settings, topics.results, BACKLOG + URGENT)
     assert len(order) == BACKLOG + URGENT and len(set(order)) == BACKLOG + URGENT  # the backlog drained in full
     urgent = {h.job_id for h in handles}
     before = [sum(1 for job_id in order[:i] if job_id not in urgent) for i, job_id in enumerate(order)

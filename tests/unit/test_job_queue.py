@@ -1,6 +1,8 @@
 """The queue a batch is cut from: retries wait for their time without holding back what is behind them, and with
 several tenants in flight a batch takes from each in turn."""
 
+import pytest
+
 from aiaas.kafka.commit_window import Partition
 from aiaas.serving.job_queue import JobQueue
 from tests.fakes import Record
@@ -88,9 +90,25 @@ def test_ranks_order_each_tenants_own_records_but_tenants_still_take_turns():
     queue.extend([rec("infer.alice", i) for i in range(8)] + [ranked("infer.alice", 50, 5)]
                  + [rec("infer.bob", 10 + i) for i in range(8)])
     batch = [(r.topic, r.offset) for r in queue.cut(8, in_turns=True)]
-    # Four places each: one for each tenant's oldest, then alice's priority 5 record ahead of her others.
-    assert batch == [("infer.alice", 0), ("infer.bob", 10), ("infer.alice", 50), ("infer.bob", 11),
-                     ("infer.alice", 1), ("infer.bob", 12), ("infer.alice", 2), ("infer.bob", 13)]
+    # Four places each: one for each tenant's oldest, then alice's priority 5 record ahead of her others (the tenant
+    # that goes first moves on with each ranked cut: bob's turn here).
+    assert batch == [("infer.bob", 10), ("infer.alice", 0), ("infer.bob", 11), ("infer.alice", 50),
+                     ("infer.bob", 12), ("infer.alice", 1), ("infer.bob", 13), ("infer.alice", 2)]
+
+
+@pytest.mark.parametrize(("tenants", "max_batch"), [(2, 1), (2, 5), (4, 8)])
+def test_with_fewer_places_than_a_quarter_per_tenant_every_tenants_records_still_move(tenants, max_batch):
+    # Each tenant's first job has a low priority: ranked cuts leave it queued, and it must not keep its tenant first in
+    # line (nor be left behind for ever).
+    queue = make_ranked()
+    names = [f"t{i}" for i in range(tenants)]
+    queue.extend([ranked(f"infer.{name}", 0, -1) for name in names]
+                 + [rec(f"infer.{name}", offset) for offset in range(1, 40) for name in names])
+    cut: list[Record] = []
+    for _ in range(8 * tenants // max_batch + 8):
+        cut += queue.cut(max_batch, in_turns=True)
+    assert {r.topic for r in cut} == {f"infer.{name}" for name in names}
+    assert all(any(r.topic == f"infer.{name}" and r.offset == 0 for r in cut) for name in names)
 
 
 def test_batches_of_one_are_oldest_first_once_in_four_cuts_so_low_priority_never_starves():

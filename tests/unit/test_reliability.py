@@ -118,6 +118,18 @@ async def test_a_retriable_failure_is_retried_later_without_holding_back_the_job
     assert committed == {TOPICS.infer: 10, TOPICS.retry: 2}
 
 
+async def test_a_retried_job_keeps_its_priority_header():
+    records = job_records(3)
+    records[1].headers = [("aiaas.priority", b"7")]
+    broker = Broker(records)
+    sink = LoopbackSink(broker)
+    policy = RetryPolicy(max_attempts=2, backoff_s=0.01, max_backoff_s=0.05)
+    pipeline = make_pipeline(broker, sink, FlakyRuntime({"job-1"}, times=1), policy=policy)
+    await run_until(pipeline, lambda: len(results(sink)) == 3)
+    ((_, _, _, headers),) = sink.on(TOPICS.retry)
+    assert headers["aiaas.priority"] == b"7"
+
+
 async def test_after_the_last_attempt_the_job_gets_an_error_result_and_a_dead_letter_naming_its_origin():
     broker = Broker(job_records(4))
     sink = LoopbackSink(broker)

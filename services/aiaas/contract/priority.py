@@ -6,29 +6,34 @@ job is decoded. So a job's urgency travels where the pipeline sees it without de
 
 * **the lane**: a job of priority > 0 is published to the model's urgent topic
   (`<prefix>.<model>.infer-urgent`, a tenant's `….infer-urgent.<tenant>`; `ModelTopics.job_topic`). The service
-  polls the urgent lane before the infer topics, keeps part of its window for it when the infer topics fill the
-  rest, and keeps fetching it while the infer topics are paused;
+  takes the urgent lane's records before the infer topics' whenever its window has room;
 * **the header** `aiaas.priority` (the job's `priority`, a whole number from -100 to 100; absent means 0): the
   queue of taken jobs is cut highest rank first, where a job's rank is its priority, plus `URGENT_RANK` on an
   urgent topic (`rank`).
 
-Neither starves the rest: one batch in four is cut oldest first whatever the ranks, and the infer topics keep a
-share of every fetch (`serving/pipeline.py`). Between tenants, batches still take each tenant's jobs in turn:
-a tenant's priorities order only its own jobs.
+Neither starves the rest: a quarter of every batch goes to the oldest jobs whatever their ranks (`JobQueue`), and
+urgent records take at most three quarters of the window and of each fetch's room (`serving/pipeline.py`).
+Between tenants, batches still take each tenant's jobs in turn, and a tenant's urgent lane counts against its share
+of the window: a tenant's priorities order only its own jobs. A retry record keeps the header (not the lane).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from aiaas.errors import InvalidHeaders
 
-__all__ = ["PRIORITY_HEADER", "LOWEST", "HIGHEST", "URGENT_RANK", "priority_headers", "check_priority", "rank"]
+__all__ = ["PRIORITY_HEADER", "PRIORITY_PATTERN", "LOWEST", "HIGHEST", "URGENT_RANK", "priority_headers",
+           "check_priority", "rank"]
 
 PRIORITY_HEADER = "aiaas.priority"
 """The job's priority as decimal text: which waiting jobs the service cuts into its next batch first."""
 LOWEST, HIGHEST = -100, 100
 """The range of `Job.priority` and of the header."""
+PRIORITY_PATTERN = r"-?[0-9]{1,3}"
+"""What the header's value looks like (then checked against LOWEST and HIGHEST)."""
+_PRIORITY = re.compile(PRIORITY_PATTERN)
 URGENT_RANK = 1_000
 """Added to the rank of a job on an urgent topic: above every priority on an infer topic."""
 
@@ -40,7 +45,7 @@ def priority_headers(priority: int) -> list[tuple[str, bytes]]:
 
 def check_priority(value: str) -> int:
     """The header's priority; raises InvalidHeaders when it is not a whole number from LOWEST to HIGHEST."""
-    if not (value.isascii() and value.lstrip("-").isdigit() and len(value) <= 4):
+    if not _PRIORITY.fullmatch(value):
         raise InvalidHeaders(f"header {PRIORITY_HEADER} is not a whole number")
     priority = int(value)
     if not LOWEST <= priority <= HIGHEST:

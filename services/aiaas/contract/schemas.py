@@ -44,7 +44,7 @@ from aiaas.contract.dead_letters import (
 )
 from aiaas.contract.envelopes import FINISH_REASONS, JOB_ID_PATTERN, TERMINAL_STATUSES, Job, Result, ResultStatus
 from aiaas.contract.headers import _OURS, _TRACE_LIMITS, _TRACEPARENT
-from aiaas.contract.priority import HIGHEST, LOWEST, PRIORITY_HEADER
+from aiaas.contract.priority import HIGHEST, LOWEST, PRIORITY_HEADER, PRIORITY_PATTERN
 from aiaas.contract.reply_topics import DEFAULT_REPLY_TO_PATTERN
 from aiaas.contract.topics import TENANT_PATTERN, ModelTopics, dlq_topic, models_topic
 from aiaas.model_types import BUILT_IN
@@ -216,9 +216,10 @@ def _priority_header() -> dict[str, _Header]:
         f"The job's priority, a whole number from {LOWEST} to {HIGHEST} (absent: 0): among the jobs a service holds, "
         "higher ones go into its next batch first (a quarter of each batch goes to the oldest whatever their "
         "priority); between tenants, batches still take turns. Jobs of priority above 0 belong on the urgent lane.",
-        "the aiaas client, from the job's `priority` when it is not 0; any publisher may set it",
+        "the aiaas client, from the job's `priority` when it is not 0; services, on a job's retry records (copied); "
+        "any publisher may set it",
         "services, before decoding the job (not a priority: the job is a dead letter, `InvalidHeaders`)",
-        {"pattern": "^-?[0-9]{1,3}$", "examples": ["10"]})}
+        {"pattern": f"^{PRIORITY_PATTERN}$", "examples": ["10"]})}
 
 
 _NUMBER = {"pattern": "^[0-9]+$"}
@@ -379,8 +380,8 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "RetryRecord": message(
             "RetryRecord", "Retry record",
             "A job whose failure is retriable, for its next attempt: the original record's value and key as they "
-            "came, with the retry headers.", ref("Job"),
-            _headers_schema({**trace, **{n: retry_and_dlq[n] for n in sources.retry_headers}},
+            "came, with the retry headers (and its `aiaas.priority`, when it had one).", ref("Job"),
+            _headers_schema({**trace, **_priority_header(), **{n: retry_and_dlq[n] for n in sources.retry_headers}},
                             required=sources.retry_headers), same_key),
         "DeadLetter": message(
             "DeadLetter", "Dead letter",
@@ -431,9 +432,9 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
         "tenantInfer": channel(topics.infer + tenant, tenant_topic.format("inference jobs", "infer", "write")
                                + " A job's tenant is the topic's, never its `tenant` field.", ["Job"]),
         "urgent": channel(topics.urgent, "The urgent lane of the infer topic: jobs of priority above 0 (the aiaas "
-                          "client puts them here). A service polls it before the infer topics, keeps part of its "
-                          "window for it, and cuts its jobs into the next batch first; at most three quarters of "
-                          "the window, so the infer topic always moves.", ["Job"]),
+                          "client puts them here). A service takes its jobs before the infer topics' whenever its "
+                          "window has room and cuts them into the next batch first; at most three quarters of the "
+                          "window, so the infer topic always moves.", ["Job"]),
         "tenantUrgent": channel(topics.urgent + tenant, tenant_topic.format("urgent jobs", "infer-urgent", "write")
                                 + " Between tenants, batches still take turns.", ["Job"]),
         "train": channel(topics.train, "Training jobs for one model type's trainer, which consumes it and every "

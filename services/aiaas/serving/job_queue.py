@@ -38,7 +38,7 @@ class JobQueue:
         self._due: dict[int, float] = {}  # id(record) → its time, for queued retry records that have one
         self._rank: dict[int, int] = {}  # id(record) → its rank, for queued records whose rank is not 0
         self._rank_of = rank_of
-        self._ranked_cuts = 0  # ranked cuts too small for a quarter (`_by_rank`)
+        self._ranked_cuts = 0  # cuts made while ranked records were queued
         self._due_at = due_at
         self.delayed_topic = delayed_topic
         self._owner_of = owner_of
@@ -90,7 +90,7 @@ class JobQueue:
             return self._cut_in_turns(max_batch, now)
         if self._rank:
             ready = [record for record in self._records if self.ready(record, now)]
-            return self._take_out(self._by_rank(ready, max_batch)[:max_batch])
+            return self._take_out(self._by_rank(ready, max_batch, self._oldest_first_cut())[:max_batch])
         batch: list[Any] = []
         kept: deque[Any] = deque()
         while self._records and len(batch) < max_batch:
@@ -117,24 +117,33 @@ class JobQueue:
         for record in self._records:
             if self.ready(record, now):
                 lines.setdefault(self._owner_of(record.topic), []).append(record)
+        order = list(lines.values())
         if self._rank:
-            lines = {owner: self._by_rank(line, max_batch // len(lines)) for owner, line in lines.items()}
+            oldest_first = self._oldest_first_cut()
+            order = [self._by_rank(line, max_batch // len(order), oldest_first) for line in order]
+            # The tenant that goes first moves on each ranked cut: in queue order it is the one with the oldest ready
+            # record, which ranks may leave queued for ever, and with fewer places than tenants only the first gets in.
+            turn = self._ranked_cuts % len(order)
+            order = order[turn:] + order[:turn]
         batch: list[Any] = []
         for turn in range(max_batch):
-            for line in lines.values():
+            for line in order:
                 if turn < len(line) and len(batch) < max_batch:
                     batch.append(line[turn])
-            if len(batch) == max_batch or all(turn >= len(line) for line in lines.values()):
+            if len(batch) == max_batch or all(turn >= len(line) for line in order):
                 break
         return self._take_out(batch)
 
-    def _by_rank(self, line: list[Any], places: int) -> list[Any]:
+    def _oldest_first_cut(self) -> bool:
+        """Count a ranked cut; True on every `OLDEST_SHARE`-th (then batches too small for a quarter of their places
+        to be a record are cut oldest first)."""
+        self._ranked_cuts += 1
+        return self._ranked_cuts % OLDEST_SHARE == 0
+
+    def _by_rank(self, line: list[Any], places: int, oldest_first: bool) -> list[Any]:
         """`line` (ready records in queue order) in the order they go into `places` places of a batch: a quarter
         of the places to the oldest, the rest highest rank first (see the module docstring)."""
-        oldest = places // OLDEST_SHARE
-        if not oldest:  # too few places for a quarter: every OLDEST_SHARE-th such cut is oldest first
-            self._ranked_cuts += 1
-            oldest = len(line) if self._ranked_cuts % OLDEST_SHARE == 0 else 0
+        oldest = places // OLDEST_SHARE or (len(line) if oldest_first else 0)
         return line[:oldest] + sorted(line[oldest:], key=self._rank_key)
 
     def _rank_key(self, record: Any) -> int:

@@ -13,6 +13,7 @@ from opentelemetry.util.types import AttributeValue
 
 from aiaas import tracing
 from aiaas.contract.dead_letters import DLQ_KEY_DROPPED, DLQ_VALUE_DROPPED, dlq_headers
+from aiaas.contract.priority import PRIORITY_HEADER
 from aiaas.serving.batch import JobInFlight, KafkaRecord, ResultSink
 from aiaas.serving.retries import RetryPolicy
 from aiaas.tracing.job_spans import JobSpans
@@ -72,6 +73,7 @@ class OutcomeSender:
             attributes = tracing.producer_attributes(topic, job_id=job.job_id) | {tracing.ATTEMPT: job.attempt + 1}
             assert job.error is not None  # `_fail` sets both
             headers = self._retry.retry_headers(job.origin, job.error, job.attempt)
+            headers += [(key, value) for key, value in job.record.headers or () if key == PRIORITY_HEADER]  # checked
             return [self._record(job, topic, job.record.value or b"", job.record.key, headers, attributes)]
         out = []
         if job.payload is not None and job.job_id is not None:

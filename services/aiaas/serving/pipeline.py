@@ -27,10 +27,13 @@ partitions away: what it holds is dropped uncommitted, nothing of it is publishe
 the group before it takes records again (`LoopStallWatch`; the partitions' new owner runs them). The same when a
 revocation comes after the group already dropped us (its generation reset).
 
-Urgent lanes (`contract/priority.py`): the fetch loop polls the urgent topics' partitions first and keeps a part of
-the window free for them: the infer topics are paused before the window is full, while the urgent partitions go on
-fetching into what is left. Urgent records may hold at most three quarters of the window, so a flood of them leaves
-the infer topics a share. The queue then cuts the highest-ranked jobs first (`JobQueue`).
+Urgent lanes (`contract/priority.py`): whenever the window has room, the fetch loop takes the urgent topics'
+records before any other, and the queue cuts the highest-ranked jobs first (`JobQueue`); urgent records may hold at
+most three quarters of the window, so a flood of them leaves the infer topics a share. Under back-pressure every
+partition pauses at once, the urgent ones too: an urgent partition left fetching alone keeps a long-polling fetch in
+flight, and the infer partitions, once resumed, wait for it to come back before the fetcher asks for their records
+(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Ranks reorder jobs of one partition:
+results of one key keep their order among jobs of equal rank.
 
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
@@ -45,6 +48,7 @@ commit out-of-order completions safely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -153,9 +157,7 @@ class JobPipeline:
         self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
         self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
-        # Urgent lanes (where their partitions are ours): kept free for them while the infer topics fill the window,
-        # and the most of the window they may hold, so the infer topics always keep a quarter of it.
-        self._urgent_reserve = max(1, max_batch // 4)
+        # The most of the window urgent records may hold: the infer topics always keep a quarter of it.
         self._urgent_cap = max(1, self._window.capacity - self._window.capacity // 4)
         self._queue = JobQueue(due_at=due_at, delayed_topic=delayed_topic, owner_of=self._tenant_of,
                                rank_of=lambda record: rank(self._is_urgent(record.topic), record.headers))
@@ -301,18 +303,11 @@ class JobPipeline:
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
             room = 0 if self._holding else self._window.room
-            urgent = self._urgent_partitions()
-            urgent_room = min(room, self._urgent_room(urgent))
-            lane_room = self._lane_room(urgent) if room else 0
             # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
-            if lane_room <= 0 or (self._paused and not self._may_reopen(lane_room)):
-                self._pause(keep=urgent if urgent_room else [])
-                if urgent_room:
-                    # The urgent lanes fetch into the room kept for them; the poll is how the loop waits, too.
-                    self._take(await self._poll(_FAIR_POLL_MS, urgent_room, urgent))
-                    continue
+            if room == 0 or (self._paused and not self._may_reopen(room)):
+                self._pause()
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
@@ -323,36 +318,43 @@ class JobPipeline:
                 continue
             self._resume()
             self._hold_back_retries()
-            if urgent_room:
-                self._take(await self._poll(0, urgent_room, urgent))
-            await self._take_lanes(urgent)
+            urgent = self._urgent_partitions()
+            lanes, first = self._within_share(urgent, self._urgent_first(urgent, room))
+            if lanes and first > 0:
+                self._take(await self._poll(0, first, lanes))  # the urgent lanes' records before any other
+            await self._take_rest(urgent)
 
-    async def _take_lanes(self, urgent: list[TopicPartition]) -> None:
-        """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever came, waiting a
-        little when nothing has. Urgent lanes at their cap are left out of that wait, so the infer topics get their
-        share of the window."""
-        if (lane_room := self._lane_room(urgent)) <= 0 or await self._take_fairly(lane_room):
+    async def _take_rest(self, urgent: list[TopicPartition]) -> None:
+        """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever comes, waiting a
+        little when nothing has. Urgent lanes at their cap are left out, so the infer topics get their share."""
+        if not (room := self._window.room) or await self._take_fairly(room):
             return
-        if (lane_room := self._lane_room(urgent)) > 0:  # less what the other tenants' records took
-            capped = urgent and not self._urgent_room(urgent)
+        if room := self._window.room:  # less what the other tenants' records took
+            capped = bool(urgent) and self._window.urgent >= self._urgent_cap
             others = [tp for tp in self._consumer.assignment() if tp not in urgent] if capped else None
-            fetched = await self._poll(_IDLE_POLL_MS, lane_room, others)
+            if others == []:  # only urgent partitions are ours, and they are at their cap: wait for a batch to end
+                self._finished.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
+                return
+            fetched = await self._poll(_IDLE_POLL_MS, room, others)
             self._take(fetched)
             if not fetched:
                 await self._commit_past_markers()
 
-    def _urgent_room(self, urgent: list[TopicPartition]) -> int:
-        """How many more urgent records the window takes (none where no urgent partition is ours)."""
-        return max(0, self._urgent_cap - self._window.urgent) if urgent else 0
+    def _urgent_first(self, urgent: list[TopicPartition], room: int) -> int:
+        """How many urgent records to take before the rest: at most three quarters of the room, whichever bound (records
+        or bytes) sets it, and what their cap on the window leaves; none where no urgent partition is ours."""
+        return min(room * 3 // 4, self._urgent_cap - self._window.urgent) if urgent else 0
 
-    def _lane_room(self, urgent: list[TopicPartition]) -> int:
-        """How many records the infer topics may take now: the window's room, but no closer to its record bound than
-        what is kept for the urgent lanes (at most `_urgent_reserve`, and only what they may still take). An empty
-        window takes what its room says (with a byte budget that may be a single record, to learn their size)."""
-        room, window = self._window.room, self._window
-        if not urgent or not len(window):
-            return room
-        return min(room, window.capacity - len(window) - min(self._urgent_reserve, self._urgent_room(urgent)))
+    def _within_share(self, urgent: list[TopicPartition], first: int) -> tuple[list[TopicPartition], int]:
+        """While several tenants are active, the urgent lanes of tenants below their share of the window, and at most
+        what the fullest of them has left of it: the urgent lane is no way around `max_in_flight_per_tenant`."""
+        if len(self._owners_seen) < 2:
+            return urgent, first
+        left = {tp: self._tenant_share - self._window.load(self._tenant_of(tp.topic)) for tp in urgent}
+        lanes = [tp for tp in urgent if left[tp] > 0]
+        return lanes, min([first, *(left[tp] for tp in lanes)])
 
     async def _commit_past_markers(self) -> None:
         """Idle: at most once a second, commit partitions' positions past trailing transaction markers
@@ -420,13 +422,9 @@ class JobPipeline:
         """The assigned partitions of urgent lanes."""
         return [tp for tp in self._consumer.assignment() if self._is_urgent(tp.topic)]
 
-    def _pause(self, keep: list[TopicPartition]) -> None:
-        """Pause every assigned partition but `keep`'s (urgent ones, while there is room for them)."""
+    def _pause(self) -> None:
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
-        assigned = self._consumer.assignment()
-        self._consumer.pause(*(assigned.difference(keep) if keep else assigned))
-        if keep:
-            self._consumer.resume(*keep)
+        self._consumer.pause(*self._consumer.assignment())
         if not self._paused:
             self._paused = True
             self.stats.pauses += 1
