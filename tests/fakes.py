@@ -125,6 +125,8 @@ class FakeConsumer:
         return {}
 
     async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        if max_records is not None and max_records < 1:
+            raise ValueError("max_records must be a positive integer")  # as aiokafka's
         out: dict = {}
         budget = max_records or 1 << 30
         for tp, records in self.log.items():

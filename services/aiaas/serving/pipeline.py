@@ -29,11 +29,13 @@ revocation comes after the group already dropped us (its generation reset).
 
 Urgent lanes (`contract/priority.py`): whenever the window has room, the fetch loop takes the urgent topics'
 records before any other, and the queue cuts the highest-ranked jobs first (`JobQueue`); urgent records may hold at
-most three quarters of the window, so a flood of them leaves the infer topics a share. Under back-pressure every
-partition pauses at once, the urgent ones too: an urgent partition left fetching alone keeps a long-polling fetch in
-flight, and the infer partitions, once resumed, wait for it to come back before the fetcher asks for their records
-(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Ranks reorder jobs of one partition:
-results of one key keep their order among jobs of equal rank.
+most three quarters of the window, so a flood of them leaves the infer topics a share. Under back-pressure the
+urgent partitions go on fetching while the others pause, and their records are taken as they come while fewer
+than a batch of them are in flight (up to a batch past the window). While paused, the loop polls only the urgent
+partitions: aiokafka drops what it prefetched of a paused partition that a poll names, and the infer partitions
+would then wait, once resumed, for the urgent lanes' long-polling fetch to come back before theirs could be sent
+(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Ranks reorder jobs of one
+partition: results of one key keep their order among jobs of equal rank.
 
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
@@ -81,6 +83,8 @@ _ACTIVE_S = 5.0
 _FAIR_POLL_MS = 10
 """While tenants share the window: how often the others' records are looked for when no batch finishes."""
 
+_URGENT_POLL_MS = 5
+"""While the window is full: how often the urgent lanes (which go on fetching) are looked at when no batch ends."""
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
 _MARKERS_EVERY_S = 1.0
@@ -306,23 +310,39 @@ class JobPipeline:
             # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
+            urgent = self._urgent_partitions()
             if room == 0 or (self._paused and not self._may_reopen(room)):
-                self._pause()
-                self._finished.clear()
-                try:
-                    await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
-                except TimeoutError:
-                    # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
-                    # After a rebalance the new partitions start unpaused, so keep what it returns.
-                    self._take(await self._poll(0, self._max_batch))
+                await self._wait_paused(urgent if not self._holding else [])
                 continue
             self._resume()
             self._hold_back_retries()
-            urgent = self._urgent_partitions()
-            lanes, first = self._within_share(urgent, self._urgent_first(urgent, room))
-            if lanes and first > 0:
-                self._take(await self._poll(0, first, lanes))  # the urgent lanes' records before any other
+            await self._take_urgent(urgent, self._urgent_first(urgent, room))  # the urgent lanes' records first
             await self._take_rest(urgent)
+
+    async def _wait_paused(self, urgent: list[TopicPartition]) -> None:
+        """The window is full: pause every partition but the urgent lanes', and wait for a batch to finish. The urgent
+        lanes go on fetching meanwhile, and their records are taken as they come (while fewer than a batch of them
+        are in flight, and never more than a batch past the window), looked for every few ms."""
+        self._pause(keep=urgent)
+        self._finished.clear()
+        if urgent:  # at most a batch's worth of urgent records in flight past a full window (whichever bound is full)
+            await self._take_urgent(urgent, min(self._window.capacity + self._max_batch - len(self._window),
+                                                self._max_batch - self._window.urgent))
+        try:
+            await asyncio.wait_for(self._finished.wait(), (_URGENT_POLL_MS if urgent else _IDLE_POLL_MS) / 1000)
+        except TimeoutError:
+            if not urgent:  # (the urgent poll above is the poll then)
+                # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
+                # After a rebalance the new partitions start unpaused, so keep what it returns.
+                self._take(await self._poll(0, self._max_batch))
+
+    async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> None:
+        """Take up to `most` records of the urgent lanes that the fetcher holds (no wait), within their cap on the
+        window and their tenants' shares. Only those partitions are polled: a poll that names a paused partition
+        drops what was prefetched of it, and the infer topics' prefetched records must wait out a pause."""
+        lanes, most = self._within_share(urgent, min(most, self._urgent_cap - self._window.urgent))
+        if lanes and most > 0:
+            self._take(await self._poll(0, most, lanes))
 
     async def _take_rest(self, urgent: list[TopicPartition]) -> None:
         """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever comes, waiting a
@@ -342,10 +362,11 @@ class JobPipeline:
             if not fetched:
                 await self._commit_past_markers()
 
-    def _urgent_first(self, urgent: list[TopicPartition], room: int) -> int:
-        """How many urgent records to take before the rest: at most three quarters of the room, whichever bound (records
-        or bytes) sets it, and what their cap on the window leaves; none where no urgent partition is ours."""
-        return min(room * 3 // 4, self._urgent_cap - self._window.urgent) if urgent else 0
+    @staticmethod
+    def _urgent_first(urgent: list[TopicPartition], room: int) -> int:
+        """How many urgent records to take before the rest: at most three quarters of the room, whichever bound
+        (records or bytes) sets it; none where no urgent partition is ours."""
+        return room * 3 // 4 if urgent else 0
 
     def _within_share(self, urgent: list[TopicPartition], first: int) -> tuple[list[TopicPartition], int]:
         """While several tenants are active, the urgent lanes of tenants below their share of the window, and at most
@@ -422,9 +443,13 @@ class JobPipeline:
         """The assigned partitions of urgent lanes."""
         return [tp for tp in self._consumer.assignment() if self._is_urgent(tp.topic)]
 
-    def _pause(self) -> None:
+    def _pause(self, keep: list[TopicPartition]) -> None:
+        """Pause every assigned partition but `keep` (the urgent lanes, unless draining)."""
         # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
-        self._consumer.pause(*self._consumer.assignment())
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*(assigned.difference(keep) if keep else assigned))
+        if keep:
+            self._consumer.resume(*keep)
         if not self._paused:
             self._paused = True
             self.stats.pauses += 1
