@@ -6,7 +6,8 @@ job is decoded. So a job's urgency travels where the pipeline sees it without de
 
 * **the lane**: a job of priority > 0 is published to the model's urgent topic
   (`<prefix>.<model>.infer-urgent`, a tenant's `….infer-urgent.<tenant>`; `ModelTopics.job_topic`). The service
-  takes the urgent lane's records before the infer topics' whenever its window has room;
+  takes the urgent lane's records before the infer topics' whenever its window has room, and under back-pressure
+  pauses the infer topics while the urgent lane goes on fetching;
 * **the header** `aiaas.priority` (the job's `priority`, a whole number from -100 to 100; absent means 0): the
   queue of taken jobs is cut highest rank first, where a job's rank is its priority, plus `URGENT_RANK` on an
   urgent topic (`rank`).

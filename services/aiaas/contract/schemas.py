@@ -433,8 +433,9 @@ def _asyncapi(sources: SchemaSources, schemas: dict[str, Any]) -> dict[str, Any]
                                + " A job's tenant is the topic's, never its `tenant` field.", ["Job"]),
         "urgent": channel(topics.urgent, "The urgent lane of the infer topic: jobs of priority above 0 (the aiaas "
                           "client puts them here). A service takes its jobs before the infer topics' whenever its "
-                          "window has room and cuts them into the next batch first; at most three quarters of the "
-                          "window, so the infer topic always moves.", ["Job"]),
+                          "window has room, goes on fetching it while the infer topics are paused, and cuts its jobs "
+                          "into the next batch first; at most three quarters of the window, so the infer topic always "
+                          "moves.", ["Job"]),
         "tenantUrgent": channel(topics.urgent + tenant, tenant_topic.format("urgent jobs", "infer-urgent", "write")
                                 + " Between tenants, batches still take turns.", ["Job"]),
         "train": channel(topics.train, "Training jobs for one model type's trainer, which consumes it and every "
