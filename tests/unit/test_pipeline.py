@@ -230,14 +230,18 @@ async def test_a_record_the_client_cannot_parse_is_dead_lettered_by_its_coordina
     assert consumer.last_commits() == {0: 30, 1: 30}  # the partition's commits went on past it
 
 
-def tenant_log(tenant: str, n: int) -> list[Record]:
-    topic = TOPICS.tenant_infer(tenant)
+def lane_log(topic: str, name: str, n: int) -> list[Record]:
+    """`n` jobs `<name>-<offset>` on partition 0 of `topic`."""
     records = []
     for offset in range(n):
-        job = Job(job_id=f"{tenant}-{offset}", model="vision",
+        job = Job(job_id=f"{name}-{offset}", model="vision",
                   inputs={"x": Tensor.from_numpy(np.array([offset], dtype=np.float32))})
         records.append(Record(topic, 0, offset, job.job_id.encode(), encode(job)))
     return records
+
+
+def tenant_log(tenant: str, n: int) -> list[Record]:
+    return lane_log(TOPICS.tenant_infer(tenant), tenant, n)
 
 
 async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_go_into_the_next_batches():
@@ -268,15 +272,6 @@ async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_g
     # Bob's jobs were fetched although alice had the window's worth queued, and cut into the next batches:
     # at most alice's share (32 queued) plus a batch or two went out before all of bob's were answered.
     assert answered_between <= 32 + 16, answered_between
-
-
-def lane_log(topic: str, name: str, n: int) -> list[Record]:
-    records = []
-    for offset in range(n):
-        job = Job(job_id=f"{name}-{offset}", model="vision",
-                  inputs={"x": Tensor.from_numpy(np.array([offset], dtype=np.float32))})
-        records.append(Record(topic, 0, offset, job.job_id.encode(), encode(job)))
-    return records
 
 
 def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None):
