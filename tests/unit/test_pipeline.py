@@ -274,14 +274,14 @@ async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_g
     assert answered_between <= 32 + 16, answered_between
 
 
-def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None):
+def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None, delay_s: float = 0.01):
     from aiokafka import TopicPartition
 
     consumer = FakeConsumer({})
     infer, lane = TopicPartition(TOPICS.infer, 0), TopicPartition(TOPICS.urgent, 0)
     consumer.log = {infer: lane_log(TOPICS.infer, "flood", flood), lane: lane_log(TOPICS.urgent, "urgent", urgent)}
     consumer.offsets = {tp: 0 for tp in consumer.log}
-    runtime = SumRuntime(delay_s=0.01)  # 10 ms a batch
+    runtime = SumRuntime(delay_s=delay_s)  # a batch's time
     sink = RecordingSink()
     worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision", max_message_bytes=1 << 20)
     pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
@@ -360,3 +360,23 @@ async def test_a_tenant_flooding_its_urgent_lane_holds_only_its_share_while_anot
     await asyncio.wait_for(task, 20)
     # Alone she could hold the urgent lanes' cap (48); beside bob, her share and at most one poll past it.
     assert max(held) <= 24 + 8, held
+
+
+async def test_a_full_window_with_urgent_jobs_at_their_limit_still_polls_the_consumer():
+    # Kafka's max.poll.interval counts from the last poll: a replica whose window stays full (slow batches, urgent
+    # records at their limit, so none is taken) must go on polling, or the group drops it.
+    pipeline, consumer, _, _ = lanes_pipeline(flood=400, urgent=400, delay_s=0.5)
+    polls: list[float] = []
+    getmany = consumer.getmany
+
+    async def timed(*partitions, **kwargs):
+        polls.append(time.monotonic())
+        return await getmany(*partitions, **kwargs)
+
+    consumer.getmany = timed
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(2.0)
+    pipeline.stop()
+    await asyncio.wait_for(task, 20)
+    gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+    assert max(gaps) < 0.3, max(gaps)

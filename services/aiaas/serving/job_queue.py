@@ -118,7 +118,7 @@ class JobQueue:
             if self.ready(record, now):
                 lines.setdefault(self._owner_of(record.topic), []).append(record)
         order = list(lines.values())
-        if self._rank:
+        if self._rank and order:
             oldest_first = self._oldest_first_cut()
             order = [self._by_rank(line, max_batch // len(order), oldest_first) for line in order]
             # The tenant that goes first moves on each ranked cut: in queue order it is the one with the oldest ready

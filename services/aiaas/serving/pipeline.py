@@ -174,6 +174,7 @@ class JobPipeline:
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._paused = False
+        self._paused_as: tuple[set[TopicPartition], list[TopicPartition]] | None = None  # what `_pause` last did
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
         self._delayed_paused = False
         self._transactions = transactions
@@ -325,24 +326,35 @@ class JobPipeline:
         are in flight, and never more than a batch past the window), looked for every few ms."""
         self._pause(keep=urgent)
         self._finished.clear()
-        if urgent:  # at most a batch's worth of urgent records in flight past a full window (whichever bound is full)
-            await self._take_urgent(urgent, min(self._window.capacity + self._max_batch - len(self._window),
-                                                self._max_batch - self._window.urgent))
+        past_full = self._window.capacity + self._max_batch - len(self._window)
+        polled = bool(urgent) and await self._take_urgent(urgent, min(past_full, self._max_batch - self._window.urgent))
         try:
-            await asyncio.wait_for(self._finished.wait(), (_URGENT_POLL_MS if urgent else _IDLE_POLL_MS) / 1000)
+            await asyncio.wait_for(self._finished.wait(), (_URGENT_POLL_MS if polled else _IDLE_POLL_MS) / 1000)
         except TimeoutError:
-            if not urgent:  # (the urgent poll above is the poll then)
-                # Poll the paused consumer: Kafka's max.poll.interval counts from the last poll.
-                # After a rebalance the new partitions start unpaused, so keep what it returns.
-                self._take(await self._poll(0, self._max_batch))
+            if not polled:
+                await self._poll_paused(urgent)
 
-    async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> None:
+    async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
+        """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. With urgent lanes, only
+        they are named, paused for the call (a poll naming a paused partition drops what was prefetched of it: the
+        infer partitions keep theirs). After a rebalance new partitions start unpaused, so keep what it returns."""
+        if urgent:
+            self._consumer.pause(*urgent)
+            self._take(await self._poll(0, self._max_batch, urgent))
+            self._consumer.resume(*urgent)
+        else:
+            self._take(await self._poll(0, self._max_batch))
+
+    async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> bool:
         """Take up to `most` records of the urgent lanes that the fetcher holds (no wait), within their cap on the
-        window and their tenants' shares. Only those partitions are polled: a poll that names a paused partition
-        drops what was prefetched of it, and the infer topics' prefetched records must wait out a pause."""
+        window and their tenants' shares; False when none may be taken (nothing was polled). Only those partitions are
+        polled: a poll that names a paused partition drops what was prefetched of it, and the infer topics'
+        prefetched records must wait out a pause."""
         lanes, most = self._within_share(urgent, min(most, self._urgent_cap - self._window.urgent))
-        if lanes and most > 0:
-            self._take(await self._poll(0, most, lanes))
+        if not lanes or most <= 0:
+            return False
+        self._take(await self._poll(0, most, lanes))
+        return True
 
     async def _take_rest(self, urgent: list[TopicPartition]) -> None:
         """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever comes, waiting a
@@ -351,11 +363,12 @@ class JobPipeline:
             return
         if room := self._window.room:  # less what the other tenants' records took
             capped = bool(urgent) and self._window.urgent >= self._urgent_cap
-            others = [tp for tp in self._consumer.assignment() if tp not in urgent] if capped else None
+            others = list(self._consumer.assignment().difference(urgent)) if capped else None
             if others == []:  # only urgent partitions are ours, and they are at their cap: wait for a batch to end
                 self._finished.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
+                await self._poll_paused(urgent)
                 return
             fetched = await self._poll(_IDLE_POLL_MS, room, others)
             self._take(fetched)
@@ -411,6 +424,8 @@ class JobPipeline:
                     partitions: list[TopicPartition] | None = None) -> dict[TopicPartition, list[Any]]:
         """The consumer's next records (of `partitions` only, when given); a record the client cannot parse is
         stepped over, never a dead loop."""
+        if max_records < 1 or partitions == []:
+            return {}  # (aiokafka raises on the first; the second would name every partition)
         try:
             return await self._consumer.getmany(*(partitions or ()), timeout_ms=timeout_ms, max_records=max_records)
         except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
@@ -445,8 +460,12 @@ class JobPipeline:
 
     def _pause(self, keep: list[TopicPartition]) -> None:
         """Pause every assigned partition but `keep` (the urgent lanes, unless draining)."""
-        # Idempotent, and repeated on purpose: partitions assigned by a rebalance start unpaused.
+        # Repeated on purpose (partitions assigned by a rebalance start unpaused), but only when something changed:
+        # a full window of a busy service comes here every few ms.
         assigned = self._consumer.assignment()
+        if self._paused and self._paused_as == (assigned, keep):
+            return
+        self._paused_as = (assigned, keep)
         self._consumer.pause(*(assigned.difference(keep) if keep else assigned))
         if keep:
             self._consumer.resume(*keep)
