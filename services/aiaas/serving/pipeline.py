@@ -308,10 +308,10 @@ class JobPipeline:
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
             room = 0 if self._holding else self._window.room
+            urgent = self._urgent_partitions()
             # Once full, the window reopens only when a batch's worth is free: taking back whatever one finished
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
-            urgent = self._urgent_partitions()
             if room == 0 or (self._paused and not self._may_reopen(room)):
                 await self._wait_paused(urgent if not self._holding else [])
                 continue
