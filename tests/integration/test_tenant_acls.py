@@ -30,7 +30,7 @@ from aiokafka.errors import (
 from aiokafka.structs import RecordMetadata
 
 from aiaas.contract.topics import ModelTopics
-from aiaas.kafka.acl import tenant_group_prefix
+from aiaas.kafka.acl import AclPlan, tenant_group_prefix
 from aiaas.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -150,15 +150,18 @@ def test_apply_creates_topics_and_acls_once_and_only_for_a_super_user(acl_broker
     assert "topics created: none (all there)" in again.stdout
 
     refused = _acl_cli(acl_broker, "alice", "--no-topics")
+    rules = len(AclPlan(PREFIX, ("vision", "text", "llm"), ("alice", "bob")).rules())
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
-        f"aiaas: error: Kafka refused 98 of 98 ACLs for user 'alice' at {acl_broker}: CLUSTER_AUTHORIZATION_FAILED; "
+        f"aiaas: error: Kafka refused {rules} of {rules} ACLs for user 'alice' at {acl_broker}: "
+        "CLUSTER_AUTHORIZATION_FAILED; "
         "run `aiaas acl apply` as a super user"), refused.stderr
 
 
 async def test_tenant_publishes_to_her_own_topics_and_reads_her_own_results(acl_broker, applied):
     alice, service = _as(acl_broker, "alice"), _as(acl_broker, "aiaas-vision")
-    for topic in (VISION.tenant_infer("alice"), VISION.tenant_train("alice"), TEXT.tenant_infer("alice")):
+    for topic in (VISION.tenant_infer("alice"), VISION.tenant_urgent("alice"), VISION.tenant_train("alice"),
+                  TEXT.tenant_infer("alice")):
         assert (await _send(alice, topic)).topic == topic
 
     await _send(service, VISION.tenant_results("alice"))
@@ -169,7 +172,8 @@ async def test_tenant_publishes_to_her_own_topics_and_reads_her_own_results(acl_
 
 
 @pytest.mark.parametrize("topic", [
-    VISION.tenant_infer("bob"), VISION.tenant_train("bob"), TEXT.tenant_infer("bob"),  # another tenant's jobs
+    VISION.tenant_infer("bob"), VISION.tenant_urgent("bob"), VISION.tenant_train("bob"), TEXT.tenant_infer("bob"),
+    VISION.urgent,  # another tenant's jobs, and the untenanted urgent lane
     f"{PREFIX}.models",  # model announcements: trainers and super users only
     VISION.tenant_results("alice"), VISION.results,  # no forged results, not even into her own topic
     VISION.retry, f"{PREFIX}.dlq", VISION.infer,  # the services' internal topics
