@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from aiaas.contract.topics import ModelTopics
+from aiaas.contract.topics import URGENT_SUFFIX, ModelTopics
 from aiaas.errors import RefusedReplyTo
 
 __all__ = ["ReplyTopics", "TopicCatalog", "DEFAULT_REPLY_TO_PATTERN"]
@@ -32,7 +32,7 @@ __all__ = ["ReplyTopics", "TopicCatalog", "DEFAULT_REPLY_TO_PATTERN"]
 DEFAULT_REPLY_TO_PATTERN = r"{results}(\.[A-Za-z0-9_-]{1,100})?"
 """The results topic, or the results topic and one more name part (`aiaas.vision.results.dashboard`)."""
 
-_INTERNAL_KINDS = ("infer", "infer-urgent", "retry", "train")
+_INTERNAL_KINDS = ("infer", "infer" + URGENT_SUFFIX, "retry", "train")
 
 
 class TopicCatalog(Protocol):

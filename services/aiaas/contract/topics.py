@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from aiaas.settings import KafkaSettings
 
-__all__ = ["ModelTopics", "dlq_topic", "models_topic", "service_topics", "TENANT_PATTERN", "check_tenant"]
+__all__ = ["ModelTopics", "URGENT_SUFFIX", "dlq_topic", "models_topic", "service_topics", "TENANT_PATTERN",
+           "check_tenant"]
 
-_URGENT = "-urgent"
+URGENT_SUFFIX = "-urgent"
 """What makes an infer topic's urgent lane: `<prefix>.<model>.infer-urgent[.<tenant>]`."""
 
 TENANT_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
@@ -46,7 +47,7 @@ class ModelTopics:
     def urgent(self) -> str:
         """`<prefix>.<model>.infer-urgent`: the urgent lane. Its jobs are fetched before the infer topic's and go
         first into the next batch (`contract/priority.py`); publishers put jobs of priority > 0 here."""
-        return self.infer + _URGENT
+        return self.infer + URGENT_SUFFIX
 
     def all(self) -> list[str]:
         """Every name every model type's service needs (not `cancel`: only streaming ones read it)."""
@@ -111,7 +112,7 @@ class ModelTopics:
     def infer_pattern(self) -> str:
         """A regular expression for the shared infer topic, every tenant's, and their urgent lanes (for a pattern
         subscription)."""
-        return re.escape(self.infer) + rf"({re.escape(_URGENT)})?(\.{TENANT_PATTERN})?"
+        return re.escape(self.infer) + rf"({re.escape(URGENT_SUFFIX)})?(\.{TENANT_PATTERN})?"
 
     def train_pattern(self) -> str:
         """A regular expression for the shared train topic and every tenant's (the trainer's pattern subscription)."""
