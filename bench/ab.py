@@ -29,7 +29,7 @@ for the cores it saw at start.
 throughput is offered to both sides at the same rate, open loop (a fixed schedule, as bench/run.py's latency), in
 `--rounds` rounds of alternating `--seconds`-long runs (the other side idles meanwhile; each round starts with the
 other side); the report gives each side's median p50/p95/p99 over the rounds and the median of the per-round B/A of
-p50, p95 and p99.
+p50, p95 and p99. `--burst N` publishes the open loop's jobs N at a time, at the same mean rate.
 """
 
 from __future__ import annotations
@@ -185,25 +185,29 @@ async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Paylo
     for round_ in range(1, args.rounds + 1):
         turns = list(zip("AB", loads, sides, strict=True))
         for name, load, points in turns if round_ % 2 else turns[::-1]:
-            point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share)
+            point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share,
+                                    burst=args.burst)
             points.append(point)
             log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
-                f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s")
+                f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s, "
+                f"mean batch {point.mean_batch:.1f}")
     return sides
 
 
 def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]],
                    merged: dict[float, tuple[OpenLoop, OpenLoop]], a_per_s: float,
                    args: argparse.Namespace) -> list[str]:
+    grouped = f", {args.burst} jobs at a time" if args.burst > 1 else ""
     lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
-             f"jobs/s, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
+             f"jobs/s{grouped}, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
              "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms "
-             "| B / A p50 (range) | B / A p95 (range) | B / A p99 (range) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| B / A p50 (range) | B / A p95 (range) | B / A p99 (range) | mean batch A | mean batch B |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for share, (on_a, on_b) in latency.items():
         ratios = " | ".join(_ratio(on_a, on_b, name) for name in ("p50_ms", "p95_ms", "p99_ms"))
         lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(merged[share][0])} "
-                     f"| {_percentiles(merged[share][1])} | {ratios} |")
+                     f"| {_percentiles(merged[share][1])} | {ratios} | {merged[share][0].mean_batch:.1f} "
+                     f"| {merged[share][1].mean_batch:.1f} |")
     return lines
 
 
@@ -268,6 +272,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each burst")
     parser.add_argument("--latency", type=_share, nargs="+", default=[], metavar="SHARE",
                         help="also compare latency at these shares of A's saturated throughput (e.g. 0.25 0.5 0.75)")
+    parser.add_argument("--burst", type=int, default=1, metavar="N",
+                        help="--latency publishes N jobs at a time (at the same mean rate): an upstream that publishes "
+                        "in groups")
     parser.add_argument("--port", type=int, default=29692)
     parser.add_argument("--pin", action="store_true",
                         help="the two services on the machine's last core, the broker, the load generator and its "

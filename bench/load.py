@@ -518,8 +518,9 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
 
 
 async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
-                    timeout: float = 180) -> OpenLoop:
-    """Publish the payloads at `rate` jobs/s on a fixed schedule; latency percentiles of all of them."""
+                    timeout: float = 180, burst: int = 1) -> OpenLoop:
+    """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
+    in groups); latency percentiles of all of them."""
     loop = asyncio.get_running_loop()
     prepared = load.prepare(payloads)
     queues_at_once = getattr(load, "send_returns_when_queued", False)
@@ -529,14 +530,14 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     max_lag = 0.0
     i = 0
     while i < len(prepared):
-        delay = start + i / rate - loop.time()
+        delay = start + (i // burst) * burst / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
             max_lag = max(max_lag, -delay)
         # Every job due by now, in one go: one wake-up per tick, not one timer and one task per job (at a few
         # thousand jobs/s those cost the shared CPU as much as the consumer under test).
-        due = min(len(prepared), int((loop.time() - start) * rate) + 1)
+        due = min(len(prepared), (int((loop.time() - start) * rate / burst) + 1) * burst)
         for item in prepared[i:max(due, i + 1)]:
             if queues_at_once:
                 sent.append(await load.send(item))

@@ -233,6 +233,15 @@ class WorkerSettings(MetricsEndpointSettings):
         description="When the model is free and fewer than max_batch jobs wait, how long a batch may grow first; "
         "it never waits to fill.",
     )
+    latency_budget_ms: float | None = Field(
+        None, gt=0, le=600_000,
+        description="A job's time in the service, from being taken from Kafka to its result being ready, to aim "
+        "for: batches are cut small enough that a model call takes at most half of it (learnt from the service's "
+        "recent calls) while the oldest waiting job can still be answered within it; once it cannot, or while "
+        "the in-flight window is full, up to max_batch, for throughput. Trades throughput for latency below "
+        "saturation. "
+        "Unset: every cut takes up to max_batch. Not the LLM's (its engine admits jobs between decode steps).",
+    )
     max_in_flight: int | None = Field(
         None, ge=1,
         description="Most jobs taken from Kafka and not yet answered; at this bound the partitions are paused. "

@@ -353,3 +353,19 @@ async def test_retries_waiting_out_their_backoff_are_dropped_when_their_partitio
     assert len(sink.on(DLQ)) == 1
     committed = {tp.topic: offset for commit in broker.commits for tp, offset in commit.items()}
     assert committed == {TOPICS.infer: 6, TOPICS.retry: 1}  # and the retry partition committed past it
+
+
+async def test_a_new_assignment_pauses_the_retry_topic_again_while_waiting_retries_fill_half_the_window():
+    broker = Broker([])
+    policy = RetryPolicy(max_attempts=2, backoff_s=60, max_backoff_s=60)
+    pipeline = make_pipeline(broker, RecordingSink(), SumRuntime(), policy=policy)  # a window of 16
+    waiting = [Record(TOPICS.retry, 0, offset, b"k", b"v",
+                      policy.retry_headers(Origin(TOPICS.infer, 0, offset), ModelFailure("x"), 1, now=time.time()))
+               for offset in range(8)]
+    pipeline._queue.extend(waiting)  # noqa: SLF001 - eight retries waiting out a minute's backoff
+    pipeline._hold_back_retries()  # noqa: SLF001
+    assert broker.retry_tp in broker.paused
+    broker.paused.clear()  # a rebalance gave the partition back to this member: a new assignment starts unpaused
+    await pipeline.rebalance_listener.on_partitions_assigned({broker.retry_tp})
+    pipeline._hold_back_retries()  # noqa: SLF001
+    assert broker.retry_tp in broker.paused

@@ -75,6 +75,14 @@ class JobQueue:
         now = self._clock()
         return sum(1 for due in self._due.values() if due > now)
 
+    def oldest_taken_ns(self) -> int | None:
+        """When the longest-queued record was taken from Kafka (its `taken_ns`, set by the pipeline; a retry record
+        has none); None when no queued record has one."""
+        for record in self._records:
+            if (taken_ns := getattr(record, "taken_ns", None)) is not None:
+                return int(taken_ns)
+        return None
+
     def until_next_due(self) -> float | None:
         """Seconds until the next waiting retry's time (at least a millisecond); None when none waits."""
         return max(0.001, min(self._due.values()) - self._clock()) if self._due else None

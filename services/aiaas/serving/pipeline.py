@@ -6,10 +6,11 @@ Three things run at once so the model is never idle waiting for Kafka:
   partition while `max_in_flight` records are in flight (Kafka's own back-pressure: the
   fetcher stops prefetching, memory stays bounded, the group membership stays alive);
 * the **model loop** cuts a batch from the queue as soon as the model is free — up to
-  `max_batch` records, waiting at most `max_wait_ms` for a batch to grow, never for it to
-  fill — and runs it (`BatchWorker.run`); with `model_instances` > 1 that many model loops
-  run, each with a batch in the model at once, and their batches are published in the order
-  they were cut, so results of one key keep their order;
+  `max_batch` records (fewer under a latency budget, `LatencyBudget`), waiting at most
+  `max_wait_ms` for a batch to grow, never for it to fill — and runs it (`BatchWorker.run`);
+  with `model_instances` > 1 that many model loops run, each with a batch in the model at
+  once, and their batches are published in the order they were cut, so results of one key
+  keep their order;
 * a **publish task** per batch sends its results and dead letters (`BatchWorker.publish`)
   while the next batch is in the model, then commits the offsets that are now safe. (A small
   model's calls may run on the event loop itself, `model_calls`: the publish task and the
@@ -71,6 +72,7 @@ from aiaas.kafka.stall_watch import LoopStallWatch
 from aiaas.kafka.transactions import Transactions
 from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from aiaas.serving.job_queue import JobQueue
+from aiaas.serving.latency_budget import LatencyBudget
 from aiaas.serving.worker import BatchWorker, ProcessedBatch, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
@@ -133,6 +135,7 @@ class JobPipeline:
         max_wait_ms: int,
         max_in_flight: int,
         max_in_flight_bytes: int | None = None,
+        latency_budget_ms: float | None = None,
         drain_timeout_s: float,
         due_at: Callable[[Any], float | None] = lambda record: None,
         delayed_topic: str | None = None,
@@ -151,6 +154,7 @@ class JobPipeline:
         self._consumer = consumer
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
+        self._budget = LatencyBudget(latency_budget_ms / 1000, max_batch) if latency_budget_ms else None
         self._drain_timeout_s = drain_timeout_s
         self._tenant_of = functools.lru_cache(maxsize=4096)(tenant_of or (lambda topic: None))
         self._is_urgent = functools.lru_cache(maxsize=4096)(is_urgent or (lambda topic: False))
@@ -384,7 +388,7 @@ class JobPipeline:
     def _within_share(self, urgent: list[TopicPartition], first: int) -> tuple[list[TopicPartition], int]:
         """While several tenants are active, the urgent lanes of tenants below their share of the window, and at most
         what the fullest of them has left of it: the urgent lane is no way around `max_in_flight_per_tenant`."""
-        if len(self._owners_seen) < 2:
+        if not self._several_tenants_active():
             return urgent, first
         left = {tp: self._tenant_share - self._window.load(self._tenant_of(tp.topic)) for tp in urgent}
         lanes = [tp for tp in urgent if left[tp] > 0]
@@ -495,10 +499,7 @@ class JobPipeline:
         if not loads:
             return False
         largest = max(loads, key=loads.__getitem__)
-        now = time.monotonic()
-        for owner in [owner for owner, seen in self._owners_seen.items() if now - seen >= _ACTIVE_S]:
-            del self._owners_seen[owner]  # tenants come and go: only the active ones are kept
-        several = len(self._owners_seen) >= 2
+        several = self._several_tenants_active()
         if not several and loads[largest] < self._tenant_share:
             return False  # one tenant with room to spare: nothing to be fair about
         # Past its share (or beside others), the largest tenant's records wait for the others' to be taken first:
@@ -519,6 +520,14 @@ class JobPipeline:
             pass
         return True
 
+    def _several_tenants_active(self) -> bool:
+        """Whether records of two tenants or more were taken in the last `_ACTIVE_S` (tenants come and go: only the
+        active ones are kept)."""
+        now = time.monotonic()
+        for owner in [owner for owner, seen in self._owners_seen.items() if now - seen >= _ACTIVE_S]:
+            del self._owners_seen[owner]
+        return len(self._owners_seen) >= 2
+
     def _hold_back_retries(self) -> None:
         """Pause the retry topic while waiting retries fill half the window, so fresh jobs always have room."""
         if self._queue.delayed_topic is None:
@@ -530,7 +539,7 @@ class JobPipeline:
             self._delayed_paused = full
 
     def _on_assigned(self) -> None:
-        self._paused = False  # a new assignment starts unpaused
+        self._paused = self._delayed_paused = False  # a new assignment starts unpaused, the retry topic's too
         self._assigned.set()
 
     # -- model loop ------------------------------------------------------------------------
@@ -551,12 +560,15 @@ class JobPipeline:
                 continue  # another model instance took them while this one let the batch grow
             epoch = self._epoch
             turn = self._publish_turn()
+            started = time.perf_counter()
             try:
                 processed = await self.worker.run(records, self._undeliverable)
             except BaseException:
                 if turn is not None:
                     turn[1].set_result(None)  # the batch cut after this one need not wait (the pipeline stops)
                 raise
+            if self._budget is not None:
+                self._budget.times.observe(len(records), time.perf_counter() - started)
             self.stats.batches += 1
             self.stats.jobs += len(records)
             task = asyncio.create_task(self._publish(processed, epoch) if turn is None else
@@ -611,8 +623,14 @@ class JobPipeline:
         return self._cut()
 
     def _cut(self) -> list[Any]:
-        """Up to max_batch records that may run now (`JobQueue.cut`): in turns while several tenants are in flight."""
-        return self._queue.cut(self._max_batch, in_turns=len(self._window.owners()) > 1)
+        """Up to max_batch records that may run now (`JobQueue.cut`): in turns while several tenants are in flight.
+        With a latency budget, up to as many as it allows (`LatencyBudget`), except while the window is full: jobs
+        then wait in Kafka, where their wait is not seen, and throughput is what shortens it."""
+        most = self._max_batch
+        if self._budget is not None and not (self._paused or self._window.room == 0):
+            if (taken_ns := self._queue.oldest_taken_ns()) is not None:
+                most = self._budget.most_jobs(max(0.0, (time.time_ns() - taken_ns) / 1e9))
+        return self._queue.cut(most, in_turns=len(self._window.owners()) > 1)
 
     # -- publish + commit --------------------------------------------------------------------
 

@@ -152,6 +152,7 @@ class ModelService:
         pipeline = JobPipeline(
             worker, consumer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
             max_in_flight=self.settings.in_flight_bound(), max_in_flight_bytes=self.settings.max_in_flight_bytes,
+            latency_budget_ms=None if streaming else self.settings.latency_budget_ms,
             drain_timeout_s=self.settings.graceful_timeout_s,
             due_at=retry.due_at, delayed_topic=self.topics.retry,
             transactions=Transactions(producer, self.group) if exactly_once else None,
