@@ -146,7 +146,12 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
                                        args.model)
     finally:
         for load in loads:
-            await load.stop()
+            try:
+                await load.stop()
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a client that fails to close
+                # (aiokafka's fetcher has raised CancelledError out of a timed-out request here) must not cost the
+                # measurements their report
+                log(f"stopping a load generator failed: {exc!r}")
         for child in children:
             child.stop()
     ratios = round_ratios(b, a)  # B / A per round, as bench/run.py's ratios
