@@ -15,6 +15,7 @@ is loaded in the background and takes over between two batches (`RuntimeSet`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -241,13 +242,13 @@ class ModelService:
         """Seed the outcome memory from the results topic and every tenant's (each under its tenant)."""
         remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
         existing = set(await list_topics(self.kafka))
-        for topic in sorted(existing):
-            try:
-                tenant = self.topics.tenant_of(topic) if topic.startswith(self.topics.infer + ".") else None
-            except ValueError:
-                continue
-            results = self.topics.tenant_results(tenant) if tenant else None
-            if results in existing:  # a tenant is a tenant by its infer topic, not by a results-like name
+        tenants: set[str | None] = set()  # a tenant is a tenant by a topic it publishes jobs to, not by a results-like name
+        for topic in existing:
+            if topic.startswith((self.topics.infer + ".", self.topics.urgent + ".")):
+                with contextlib.suppress(ValueError):
+                    tenants.add(self.topics.tenant_of(topic))
+        for tenant in sorted(t for t in tenants if t):
+            if (results := self.topics.tenant_results(tenant)) in existing:
                 remembered += await seed_from_results(outcomes, self.kafka, results, tenant=tenant)
         return remembered
 
