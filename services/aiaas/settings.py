@@ -236,11 +236,9 @@ class WorkerSettings(MetricsEndpointSettings):
     latency_budget_ms: float | None = Field(
         None, gt=0, le=600_000,
         description="A job's time in the service, from being taken from Kafka to its result being ready, to aim "
-        "for: batches are cut small enough that a model call takes at most half of it (learnt from the service's "
-        "recent calls) while the oldest waiting job can still be answered within it; once it cannot, or while "
-        "the in-flight window is full, up to max_batch, for throughput. Trades throughput for latency below "
-        "saturation. "
-        "Unset: every cut takes up to max_batch. Not the LLM's (its engine admits jobs between decode steps).",
+        "for: batches are capped so a call takes at most half of it (from the service's recent calls) while the "
+        "oldest waiting job can still make it (docs/configuration.md, \"Latency budget\"). Unset: up to max_batch. "
+        "Not the LLM's.",
     )
     max_in_flight: int | None = Field(
         None, ge=1,

@@ -4,7 +4,7 @@ A job waits in the queue for a model instance, then runs in its batch: with batc
 call of `n` jobs, so a call may take at most half of the budget (`LatencyBudget.most_jobs`). How long a call of `n`
 jobs takes is learnt from the service's own recent calls (`BatchTimes`: a straight line, fixed cost plus a cost
 per job, fitted to them), so the cap follows the model, the machine and its load as they change; until a few calls
-were seen, and when the line cannot be fitted, batches go up to `max_batch`.
+were seen, and where not even one job's call fits in half the budget, batches go up to `max_batch`.
 
 A cap trades throughput for latency: a smaller batch pays the call's fixed cost over fewer jobs, and with several
 model instances a queue is shared among them instead of going whole to the first one free. Once the oldest waiting
@@ -13,7 +13,9 @@ behind it whatever the cut, and only throughput shortens the queue: the cut goes
 backlog is gone. (The same while the service's in-flight window is full and jobs wait in Kafka, where their wait is
 not seen: `JobPipeline` asks for no cap then.) So at light load a job's batch is small and its wait short, and a
 load the capped batches cannot keep up with still gets the service's full throughput (Clipper's adaptive batching
-sizes batches from measured call times in the same way; Triton's and BentoML's batchers bound the wait instead).
+adapts its batch size to a latency objective in the same spirit, by additive increase and multiplicative decrease;
+Triton's and BentoML's batchers bound the wait instead). The oldest queued job is the oldest of any rank: with
+urgent jobs queued, a backlog of ordinary ones lifts the cap for the urgent ones' batches too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class BatchTimes:
     """Calls seen before the fit is trusted."""
 
     def __init__(self, memory: int = 64) -> None:
+        if memory < 1:
+            raise ValueError(f"memory is a number of calls, at least 1; got {memory}")
         self._keep = 1 - 1 / memory  # each call's weight fades by this factor per later call
         self._weight = self._n = self._t = self._nn = self._nt = 0.0
         self.calls = 0
@@ -66,12 +70,6 @@ class BatchTimes:
                 return (fixed, per_job) if fixed >= 0 else (0.0, mean_t / mean_n)
         return 0.0, mean_t / mean_n
 
-    def predict(self, jobs: int) -> float | None:
-        """Seconds a call of `jobs` jobs is expected to take; None while unknown."""
-        line = self.line()
-        return None if line is None else line[0] + line[1] * jobs
-
-
 class LatencyBudget:
     """The size of the next cut: small enough for the budget, or `max_batch` when it is unknown or already lost."""
 
@@ -80,19 +78,20 @@ class LatencyBudget:
         self.max_batch = max_batch
         self.times = times or BatchTimes()
 
+    def observe(self, jobs: int, seconds: float) -> None:
+        """A batch of `jobs` jobs took `seconds` from its cut to its outcomes (`BatchTimes.observe`)."""
+        self.times.observe(jobs, seconds)
+
     def most_jobs(self, oldest_wait_s: float) -> int:
-        """Most jobs for the next batch, the oldest ready job having waited `oldest_wait_s`."""
+        """Most jobs for the next batch, the oldest queued job having waited `oldest_wait_s`."""
         line = self.times.line()
         if line is None:
             return self.max_batch
         fixed, per_job = line
-        capped = self._capped(fixed, per_job)
+        room = self.budget_s / 2 - fixed
+        if per_job <= 0 or room < per_job:
+            return self.max_batch  # no cap: calls cost nothing per job, or not even one job's fits half the budget
+        capped = min(self.max_batch, int(room / per_job + 1e-9))  # (26 / 4 ms is 6, not 5.999…)
         if oldest_wait_s + fixed + per_job * capped > self.budget_s:
             return self.max_batch  # too late for the budget: throughput is what shortens the queue now
         return capped
-
-    def _capped(self, fixed: float, per_job: float) -> int:
-        """The most jobs whose call takes at most half the budget (at least one)."""
-        if per_job <= 0:
-            return self.max_batch
-        return max(1, min(self.max_batch, int((self.budget_s / 2 - fixed) / per_job)))

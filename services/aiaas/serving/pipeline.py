@@ -568,7 +568,7 @@ class JobPipeline:
                     turn[1].set_result(None)  # the batch cut after this one need not wait (the pipeline stops)
                 raise
             if self._budget is not None:
-                self._budget.times.observe(len(records), time.perf_counter() - started)
+                self._budget.observe(len(records), time.perf_counter() - started)
             self.stats.batches += 1
             self.stats.jobs += len(records)
             task = asyncio.create_task(self._publish(processed, epoch) if turn is None else
@@ -609,9 +609,10 @@ class JobPipeline:
                 await asyncio.wait_for(self._arrived.wait(), self._queue.until_next_due())
             except TimeoutError:
                 pass
-        if len(self._queue) < self._max_batch and self._max_wait_s > 0 and self._fetching:
+        most = self._most_jobs()
+        if len(self._queue) < most and self._max_wait_s > 0 and self._fetching:
             deadline = asyncio.get_running_loop().time() + self._max_wait_s
-            while len(self._queue) < self._max_batch and self._fetching:
+            while len(self._queue) < most and self._fetching:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -623,14 +624,20 @@ class JobPipeline:
         return self._cut()
 
     def _cut(self) -> list[Any]:
-        """Up to max_batch records that may run now (`JobQueue.cut`): in turns while several tenants are in flight.
-        With a latency budget, up to as many as it allows (`LatencyBudget`), except while the window is full: jobs
-        then wait in Kafka, where their wait is not seen, and throughput is what shortens it."""
-        most = self._max_batch
-        if self._budget is not None and not (self._paused or self._window.room == 0):
-            if (taken_ns := self._queue.oldest_taken_ns()) is not None:
-                most = self._budget.most_jobs(max(0.0, (time.time_ns() - taken_ns) / 1e9))
-        return self._queue.cut(most, in_turns=len(self._window.owners()) > 1)
+        """Up to `_most_jobs()` records that may run now (`JobQueue.cut`): in turns while several tenants are in
+        flight."""
+        return self._queue.cut(self._most_jobs(), in_turns=len(self._window.owners()) > 1)
+
+    def _most_jobs(self) -> int:
+        """max_batch, or with a latency budget as many as it allows (`LatencyBudget`), except while the window is
+        full: jobs then wait in Kafka, where their wait is not seen, and throughput is what shortens it."""
+        if self._budget is None or self._paused or self._window.room == 0:
+            return self._max_batch
+        taken_ns = self._queue.oldest_taken_ns()
+        if taken_ns is None:
+            return self._max_batch
+        # The wall clock, as `taken_ns` is: a clock step makes one cut look late or early, no more.
+        return self._budget.most_jobs(max(0.0, (time.time_ns() - taken_ns) / 1e9))
 
     # -- publish + commit --------------------------------------------------------------------
 

@@ -242,7 +242,8 @@ class ModelService:
         """Seed the outcome memory from the results topic and every tenant's (each under its tenant)."""
         remembered = await seed_from_results(outcomes, self.kafka, self.topics.results)
         existing = set(await list_topics(self.kafka))
-        tenants: set[str | None] = set()  # a tenant is a tenant by a topic it publishes jobs to, not by a results-like name
+        # A tenant is a tenant by a topic it publishes jobs to, not by a results-like name.
+        tenants: set[str | None] = set()
         for topic in existing:
             if topic.startswith((self.topics.infer + ".", self.topics.urgent + ".")):
                 with contextlib.suppress(ValueError):
