@@ -126,12 +126,17 @@ def queued(pipeline, n, waited_s):
     return pipeline
 
 
+def next_cut(pipeline):
+    """The batch the model loop would cut now (as `_next_batch` does, without the wait to grow)."""
+    return pipeline._cut(pipeline._most_jobs())  # noqa: SLF001
+
+
 def test_the_cut_is_capped_while_the_oldest_job_can_make_the_budget_and_not_once_it_cannot():
-    assert len(queued(budgeted_pipeline(), 20, waited_s=0.0)._cut()) == 6  # noqa: SLF001
-    assert len(queued(budgeted_pipeline(), 20, waited_s=0.03)._cut()) == 20  # noqa: SLF001 - 30 + 26 > 52 ms
+    assert len(next_cut(queued(budgeted_pipeline(), 20, waited_s=0.0))) == 6
+    assert len(next_cut(queued(budgeted_pipeline(), 20, waited_s=0.03))) == 20  # 30 + 26 > 52 ms
 
 
 def test_while_the_window_is_full_the_budget_caps_no_batch():
     """Jobs then wait in Kafka, where the budget cannot see their wait: capping their batches would only slow the
     service down."""
-    assert len(queued(budgeted_pipeline(max_in_flight=32), 32, waited_s=0.0)._cut()) == 32  # noqa: SLF001
+    assert len(next_cut(queued(budgeted_pipeline(max_in_flight=32), 32, waited_s=0.0))) == 32

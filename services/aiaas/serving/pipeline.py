@@ -51,7 +51,6 @@ commit out-of-order completions safely.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -332,11 +331,8 @@ class JobPipeline:
         self._finished.clear()
         past_full = self._window.capacity + self._max_batch - len(self._window)
         polled = bool(urgent) and await self._take_urgent(urgent, min(past_full, self._max_batch - self._window.urgent))
-        try:
-            await asyncio.wait_for(self._finished.wait(), (_URGENT_POLL_MS if polled else _IDLE_POLL_MS) / 1000)
-        except TimeoutError:
-            if not polled:
-                await self._poll_paused(urgent)
+        if not await self._a_batch_ends(_URGENT_POLL_MS if polled else _IDLE_POLL_MS) and not polled:
+            await self._poll_paused(urgent)
 
     async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
         """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. With urgent lanes, only
@@ -370,8 +366,7 @@ class JobPipeline:
             others = list(self._consumer.assignment().difference(urgent)) if capped else None
             if others == []:  # only urgent partitions are ours, and they are at their cap: wait for a batch to end
                 self._finished.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finished.wait(), _IDLE_POLL_MS / 1000)
+                await self._a_batch_ends(_IDLE_POLL_MS)
                 await self._poll_paused(urgent)
                 return
             fetched = await self._poll(_IDLE_POLL_MS, room, others)
@@ -514,10 +509,16 @@ class JobPipeline:
             self._take(await self._poll(_FAIR_POLL_MS, left))
             return True
         self._finished.clear()
-        try:  # until a batch finishes (room for the largest again) or the others may have more
-            await asyncio.wait_for(self._finished.wait(), _FAIR_POLL_MS / 1000)
+        await self._a_batch_ends(_FAIR_POLL_MS)  # room for the largest again, or the others may have more by then
+        return True
+
+    async def _a_batch_ends(self, within_ms: int) -> bool:
+        """Wait at most `within_ms` for a batch to finish (the caller cleared `_finished` before what it waits
+        after); whether one did."""
+        try:
+            await asyncio.wait_for(self._finished.wait(), within_ms / 1000)
         except TimeoutError:
-            pass
+            return False
         return True
 
     def _several_tenants_active(self) -> bool:
@@ -621,12 +622,11 @@ class JobPipeline:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
                     break
-        return self._cut()
+        return self._cut(most)
 
-    def _cut(self) -> list[Any]:
-        """Up to `_most_jobs()` records that may run now (`JobQueue.cut`): in turns while several tenants are in
-        flight."""
-        return self._queue.cut(self._most_jobs(), in_turns=len(self._window.owners()) > 1)
+    def _cut(self, most: int) -> list[Any]:
+        """Up to `most` records that may run now (`JobQueue.cut`): in turns while several tenants are in flight."""
+        return self._queue.cut(most, in_turns=len(self._window.owners()) > 1)
 
     def _most_jobs(self) -> int:
         """max_batch, or with a latency budget as many as it allows (`LatencyBudget`), except while the window is
