@@ -112,6 +112,50 @@ async def test_malformed_message_goes_to_dlq_and_the_next_job_is_served(kafka_se
     assert "finite" in results["nan-job"].error.message
 
 
+async def test_a_job_larger_than_one_partition_fetch_is_answered_while_other_partitions_are_busy(
+        kafka_settings, vision_service, topic_prefix):
+    """The service fetches at most 1 MiB of a partition at a time (`_PARTITION_FETCH_BYTES`): a 3 MiB job must still
+    come through, whole and answered once, while small jobs keep the other partitions busy (never skipped as too
+    large, never waiting for them to go quiet)."""
+    vision_service.start()
+    infer = f"{topic_prefix}.vision.infer"
+    big = np.zeros((1024, 1024, 3), np.uint8)  # 3 MiB: not a digit image, so an error result; but answered
+    producer = AIOKafkaProducer(**kafka_settings.connection_kwargs(), acks="all", enable_idempotence=True,
+                                linger_ms=2, max_request_size=kafka_settings.max_message_bytes)
+    await producer.start()
+    small_ids: list[str] = []
+    try:
+        partitions = sorted(await producer.partitions_for(infer))
+        assert len(partitions) >= 2
+        img = digit_jobs(1)[0][0]
+
+        async def keep_busy() -> None:  # every partition but the first, 200 small jobs a second for 3 s
+            for i in range(600):
+                job = Job(job_id=f"small-{i}", model="vision", inputs={"image": img})
+                small_ids.append(job.job_id)
+                await producer.send(infer, encode(job), key=job.job_id.encode(),
+                                    partition=partitions[1 + i % (len(partitions) - 1)])
+                await asyncio.sleep(0.005)
+
+        busy = asyncio.create_task(keep_busy())
+        for n in range(2):
+            await asyncio.sleep(1)
+            job = Job(job_id=f"big-{n}", model="vision", inputs={"image": Tensor.from_numpy(big)})
+            await producer.send_and_wait(infer, encode(job), key=job.job_id.encode(), partition=partitions[0])
+        await busy
+        await producer.flush()
+    finally:
+        await producer.stop()
+    records = await read_topic(kafka_settings, f"{topic_prefix}.vision.results", expected=len(small_ids) + 2,
+                               timeout=60)
+    results = [decode_result(r.value, kafka_settings.max_message_bytes) for r in records]
+    answered = [r.job_id for r in results]
+    assert sorted(answered) == sorted([*small_ids, "big-0", "big-1"])  # each once
+    big_results = [r for r in results if r.job_id.startswith("big-")]
+    assert all(r.status == "error" and r.error.type == "InvalidJob" for r in big_results), big_results
+    assert "RecordTooLarge" not in vision_service.log_text()
+
+
 @pytest.mark.slow
 async def test_sigterm_mid_stream_loses_no_job(kafka_settings, vision_service, topic_prefix):
     vision_service.start()

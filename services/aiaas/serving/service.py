@@ -58,6 +58,18 @@ log = logging.getLogger("aiaas.service")
 _TOPIC_DISCOVERY_MS = 10_000
 """How often the consumer refreshes its metadata, so a tenant's infer topic created now is consumed this soon."""
 
+_PARTITION_FETCH_BYTES = 1024 * 1024
+"""Most bytes one fetch response brings of one partition (Kafka's own default). The response is decoded in one turn of
+the event loop, so a flood's multi-megabyte fetches held every other job's fetch, batch and acknowledgement behind
+them (bench/results: the tenant flood). A job larger than this is still fetched: since fetch v3 the broker returns
+the first record batch of a response whole, whatever its size, and leaves out a partition whose next batch does not
+fit, until a response starts with it (`tests/integration/test_vision_end_to_end.py`)."""
+
+_FETCHER_WAKE_MS = 10
+"""How long aiokafka's fetch routine sleeps at most when it found nothing to fetch (its default: 200 ms). While a
+flood's records wait prefetched and every other partition had just been fetched, no fetch was in flight and the
+routine slept; another tenant's record that arrived meanwhile waited up to that long to be fetched."""
+
 _PRODUCER_BATCH_BYTES = 256 * 1024
 """A batch's results to one partition go out as one record batch (`KafkaSink.send_many`) up to this size;
 aiokafka's default (16 KiB) would split a batch of text embeddings into many requests."""
@@ -113,7 +125,7 @@ class ModelService:
         consumer = AIOKafkaConsumer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
+            max_partition_fetch_bytes=_PARTITION_FETCH_BYTES, consumer_timeout_ms=_FETCHER_WAKE_MS,
             # A revocation drains in-flight work (up to graceful_timeout_s); the rebalance must wait for it,
             # or the group moves on without us and our commits fail (a rebalance storm).
             rebalance_timeout_ms=int(self.settings.graceful_timeout_s * 1000) + 5000,
