@@ -153,6 +153,8 @@ async def test_a_job_larger_than_one_partition_fetch_is_answered_while_other_par
     assert sorted(answered) == sorted([*small_ids, "big-0", "big-1"])  # each once
     big_results = [r for r in results if r.job_id.startswith("big-")]
     assert all(r.status == "error" and r.error.type == "InvalidJob" for r in big_results), big_results
+    last_small = max(r.completed_at for r in results if r.job_id.startswith("small-"))
+    assert all(r.completed_at < last_small for r in big_results), "a big job waited for the others to go quiet"
     assert "RecordTooLarge" not in vision_service.log_text()
 
 

@@ -59,16 +59,17 @@ _TOPIC_DISCOVERY_MS = 10_000
 """How often the consumer refreshes its metadata, so a tenant's infer topic created now is consumed this soon."""
 
 _PARTITION_FETCH_BYTES = 1024 * 1024
-"""Most bytes one fetch response brings of one partition (Kafka's own default). The response is decoded in one turn of
+"""Most bytes one fetch response brings of one partition (Kafka's own default). A response is decoded in one turn of
 the event loop, so a flood's multi-megabyte fetches held every other job's fetch, batch and acknowledgement behind
 them (bench/results: the tenant flood). A job larger than this is still fetched: since fetch v3 the broker returns
-the first record batch of a response whole, whatever its size, and leaves out a partition whose next batch does not
-fit, until a response starts with it (`tests/integration/test_vision_end_to_end.py`)."""
+the first record batch of a response whole, whatever its size, and returns a partition whose next batch does not fit
+empty (no error, nothing skipped), so it comes whole once no partition ahead of it in a request has data
+(`tests/integration/test_vision_end_to_end.py`)."""
 
 _FETCHER_WAKE_MS = 10
-"""How long aiokafka's fetch routine sleeps at most when it found nothing to fetch (its default: 200 ms). While a
-flood's records wait prefetched and every other partition had just been fetched, no fetch was in flight and the
-routine slept; another tenant's record that arrived meanwhile waited up to that long to be fetched."""
+"""The longest aiokafka's fetch routine sleeps when it has nothing to send (its default: 200 ms). During a tenant
+flood the routine was seen sending no fetch for a whole 200 ms sleep while another tenant's records waited at the
+broker (bench/results: the tenant flood); each wake-up costs a pass over the assigned partitions, no request."""
 
 _PRODUCER_BATCH_BYTES = 256 * 1024
 """A batch's results to one partition go out as one record batch (`KafkaSink.send_many`) up to this size;
