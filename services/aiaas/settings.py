@@ -85,6 +85,12 @@ class KafkaSettings(BaseSettings):
             raise ValueError("AIAAS_KAFKA_SSL_KEYFILE needs AIAAS_KAFKA_SSL_CERTFILE (the client certificate)")
         return self
 
+    @property
+    def max_batch_bytes(self) -> int:
+        """`max_message_bytes` and 64 KiB for the record batch and request around it: the most a producer request
+        and one partition's fetch must hold to carry the largest message aiaas accepts."""
+        return self.max_message_bytes + 64 * 1024
+
     def connection_kwargs(self) -> dict[str, object]:
         """Keyword arguments shared by every aiokafka client (producer, consumer, admin)."""
         kwargs: dict[str, object] = {

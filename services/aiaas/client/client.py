@@ -220,7 +220,7 @@ class AiaasClient:
         """Connect the producer; raises BrokerUnavailable with what to do when Kafka is not there."""
         producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=2,
-            max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            max_request_size=self.kafka.max_batch_bytes,
         )
         try:
             await producer.start()
@@ -557,7 +557,7 @@ class _Reader:
 def _reader_consumer(kafka: KafkaSettings, **options: object) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**kafka.connection_kwargs(), enable_auto_commit=False, isolation_level="read_committed",
                             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
-                            max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024, **options)
+                            max_partition_fetch_bytes=kafka.max_batch_bytes, **options)
 
 
 async def _start_reader(kafka: KafkaSettings, topic: str, *, from_beginning: bool = False,

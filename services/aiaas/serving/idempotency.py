@@ -133,7 +133,7 @@ async def seed_from_results(
         return 0
     consumer = AIOKafkaConsumer(**kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed",
-                                max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024)
+                                max_partition_fetch_bytes=kafka.max_batch_bytes)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(count)]

@@ -119,7 +119,7 @@ class ModelService:
         txn_id = claim.id if claim is not None else None
         producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", acks="all",
-            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_batch_bytes,
             max_batch_size=min(_PRODUCER_BATCH_BYTES, self.kafka.max_message_bytes),
             transactional_id=txn_id,
         )
@@ -141,7 +141,7 @@ class ModelService:
         # A transactional producer sends nothing outside a transaction: chunks (progress) take a plain one.
         chunk_producer = AIOKafkaProducer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}-chunks", acks="all",
-            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_message_bytes + 64 * 1024,
+            enable_idempotence=True, linger_ms=1, max_request_size=self.kafka.max_batch_bytes,
         ) if streaming and exactly_once else None
         if chunk_producer is not None:
             await chunk_producer.start()

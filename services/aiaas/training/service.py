@@ -143,7 +143,7 @@ class TrainerService:
         consumer = AIOKafkaConsumer(
             **self.kafka.connection_kwargs(), group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"aiaas-{self.trainer.model}-trainer",
-            max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024,
+            max_partition_fetch_bytes=self.kafka.max_batch_bytes,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             # The subscription is a pattern (every tenant's train topic): a new tenant's topic is found this soon.
             metadata_max_age_ms=_TOPIC_DISCOVERY_MS,
