@@ -310,7 +310,7 @@ class Bench:
 
         topic = topic or ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
         args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
-                "--count", str(count), "--rate", str(rate)]
+                "--count", str(count), "--rate", str(rate), "--nice", str(self.args.flood_nice)]
         return ChildProcess(args, service_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
                             self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
 
@@ -448,6 +448,9 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--flood-jobs", type=int, default=60_000, help="how many jobs the flood publishes")
     parser.add_argument("--flood-rate", type=float, default=0.0,
                         help="the flood's jobs/s (0: as fast as its producer takes them)")
+    parser.add_argument("--flood-nice", type=int, default=0, choices=range(20), metavar="0..19",
+                        help="the flood's process runs at this niceness: 19 gives the cores to the service, the broker "
+                        "and the prober first, as if alice published from machines of her own (0: an equal share)")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
 
@@ -460,6 +463,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--prefix", required=True, help="job ids are <prefix>-0000000 …")
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
+    f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
     common_options(parser, port=29592)
@@ -520,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or, with `flood`, alice's publishing); print the table."""
     args = _parse(argv)
     if args.command == "flood":
+        os.nice(args.nice)
         acked, first_at, seconds = asyncio.run(flood(KafkaSettings(), args.topic, args.prefix, args.count, args.rate))
         print(f"alice flood done: {acked} acked, first send at {first_at:.6f} in {seconds:.3f} s "
               f"({acked / seconds:,.0f}/s)", flush=True)

@@ -274,6 +274,110 @@ async def test_a_flooding_tenant_holds_only_its_share_and_another_tenants_jobs_g
     assert answered_between <= 32 + 16, answered_between
 
 
+class WakingConsumer(FakeConsumer):
+    """A poll with a timeout returns as soon as records arrive (as aiokafka's does), not at the end of its wait."""
+
+    def __init__(self, log: dict) -> None:
+        super().__init__({})
+        self.log, self.offsets = log, {tp: 0 for tp in log}
+        self.arrived = asyncio.Event()
+        self.polls_cut_short = 0
+
+    def publish(self, tp, records: list[Record]) -> None:
+        self.log[tp].extend(records)
+        self.arrived.set()
+
+    async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        out = await super().getmany(*partitions, max_records=max_records)
+        if out or not timeout_ms:
+            return out
+        self.arrived.clear()
+        try:
+            await asyncio.wait_for(self.arrived.wait(), timeout_ms / 1000)
+        except TimeoutError:
+            return {}
+        except asyncio.CancelledError:
+            self.polls_cut_short += 1
+            raise
+        return await super().getmany(*partitions, max_records=max_records)
+
+
+def bob_waiting_pipeline() -> tuple[JobPipeline, WakingConsumer, object]:
+    from aiokafka import TopicPartition
+
+    bob = TopicPartition(TOPICS.tenant_infer("bob"), 0)
+    consumer = WakingConsumer({bob: []})
+    worker = BatchWorker(SumRuntime(), RecordingSink(), topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20)
+    pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
+                           tenant_of=TOPICS.tenant_of, max_in_flight_per_tenant=32)
+    return pipeline, consumer, bob
+
+
+async def test_while_a_flood_holds_its_share_another_tenants_records_are_taken_the_moment_they_arrive():
+    # Left in the client until a batch ended, bob's record would keep its partition out of the next fetch (aiokafka
+    # fetches no partition whose records wait to be taken), and his next job would wait for that fetch to come back.
+    pipeline, consumer, bob = bob_waiting_pipeline()
+
+    async def bob_publishes() -> None:
+        await asyncio.sleep(0.01)
+        consumer.publish(bob, tenant_log("bob", 2))
+
+    publishing = asyncio.create_task(bob_publishes())
+    started = time.monotonic()
+    await pipeline._records_or_a_batch_end([bob], 8, within_ms=5000)  # no batch ends meanwhile
+    await publishing
+    assert time.monotonic() - started < 2.5  # taken as they came, not when the wait ran out
+    assert pipeline.in_flight[0] == 2
+
+
+async def test_a_batch_ending_ends_the_wait_for_other_tenants_and_their_later_records_are_not_lost():
+    pipeline, consumer, bob = bob_waiting_pipeline()
+
+    async def a_batch_ends() -> None:
+        await asyncio.sleep(0.01)
+        pipeline._finished.set()
+
+    ending = asyncio.create_task(a_batch_ends())
+    started = time.monotonic()
+    await pipeline._records_or_a_batch_end([bob], 8, within_ms=5000)
+    await ending
+    assert time.monotonic() - started < 2.5 and consumer.polls_cut_short == 1  # the largest tenant's turn again
+    consumer.publish(bob, tenant_log("bob", 1))  # after the cut-short poll: still there for the next one
+    await pipeline._records_or_a_batch_end([bob], 8, within_ms=5000)
+    assert pipeline.in_flight[0] == 1
+
+
+async def test_between_batches_the_other_tasks_run_until_they_wait_and_an_always_ready_one_holds_them_up_briefly():
+    from aiaas.serving.pipeline import _MOST_YIELDS, _let_ready_tasks_run
+
+    steps = 0
+
+    async def chain_of_short_steps(n: int) -> None:  # a fetch response read, the take, a publish, its send, ...
+        nonlocal steps
+        for _ in range(n):
+            await asyncio.sleep(0)
+            steps += 1
+
+    chain = asyncio.create_task(chain_of_short_steps(8))
+    await _let_ready_tasks_run()
+    assert chain.done() and steps == 8  # one yield would have let it take one step before the next batch
+
+    spinning, turns = True, 0
+
+    async def always_ready() -> None:
+        nonlocal turns
+        while spinning:
+            await asyncio.sleep(0)
+            turns += 1
+
+    spinner = asyncio.create_task(always_ready())
+    await _let_ready_tasks_run()
+    assert turns <= _MOST_YIELDS
+    spinning = False
+    await spinner
+
+
 def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None, delay_s: float = 0.01):
     from aiokafka import TopicPartition
 

@@ -15,6 +15,9 @@ Three things run at once so the model is never idle waiting for Kafka:
   while the next batch is in the model, then commits the offsets that are now safe. (A small
   model's calls may run on the event loop itself, `model_calls`: the publish task and the
   fetch loop then go on between the batches, the producer's sends in the background.)
+  Between two batches a model loop leaves the event loop to every other task that is ready,
+  until none is (`_let_ready_tasks_run`): a job's way in and out is a chain of short steps,
+  and none of them waits a whole batch for its turn.
 
 At-least-once (the default): an offset is committed only after every record before it on
 its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once (with a
@@ -82,14 +85,18 @@ _ACTIVE_S = 5.0
 """A tenant with a record taken this recently is active: while two are, each is held to its share of the window."""
 
 _FAIR_POLL_MS = 10
-"""While tenants share the window: how often the others' records are looked for when no batch finishes."""
+"""While the largest tenant holds its share: the longest one wait for the others' records (taken the moment they come)
+lasts when no batch finishes."""
 
 _URGENT_POLL_MS = 5
-"""While the window is full: how often the urgent lanes (which go on fetching) are looked at when no batch ends."""
+"""While the window is full: the longest one wait for the urgent lanes' records (taken the moment they come) lasts when
+no batch ends."""
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
+_MOST_YIELDS = 16
+"""Most turns of the event loop a model loop leaves to the other tasks between two batches (`_let_ready_tasks_run`)."""
 
 
 class Consumer(Protocol):
@@ -325,13 +332,15 @@ class JobPipeline:
 
     async def _wait_paused(self, urgent: list[TopicPartition]) -> None:
         """The window is full: pause every partition but the urgent lanes', and wait for a batch to finish. The urgent
-        lanes go on fetching meanwhile, and their records are taken as they come (while fewer than a batch of them
-        are in flight, and never more than a batch past the window), looked for every few ms."""
+        lanes go on fetching meanwhile, and their records are taken the moment they come (while fewer than a batch of
+        them are in flight, and never more than a batch past the window)."""
         self._pause(keep=urgent)
         self._finished.clear()
         past_full = self._window.capacity + self._max_batch - len(self._window)
-        polled = bool(urgent) and await self._take_urgent(urgent, min(past_full, self._max_batch - self._window.urgent))
-        if not await self._a_batch_ends(_URGENT_POLL_MS if polled else _IDLE_POLL_MS) and not polled:
+        lanes, most = self._urgent_room(urgent, min(past_full, self._max_batch - self._window.urgent))
+        if lanes and most > 0:
+            await self._records_or_a_batch_end(lanes, most, _URGENT_POLL_MS)
+        elif not await self._a_batch_ends(_IDLE_POLL_MS):
             await self._poll_paused(urgent)
 
     async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
@@ -350,11 +359,16 @@ class JobPipeline:
         window and their tenants' shares; False when none may be taken (nothing was polled). Only those partitions are
         polled: a poll that names a paused partition drops what was prefetched of it, and the infer topics'
         prefetched records must wait out a pause."""
-        lanes, most = self._within_share(urgent, min(most, self._urgent_cap - self._window.urgent))
+        lanes, most = self._urgent_room(urgent, most)
         if not lanes or most <= 0:
             return False
         self._take(await self._poll(0, most, lanes))
         return True
+
+    def _urgent_room(self, urgent: list[TopicPartition], most: int) -> tuple[list[TopicPartition], int]:
+        """The urgent lanes whose records may be taken now, and how many at most (up to `most`): within the lanes' cap
+        on the window and their tenants' shares."""
+        return self._within_share(urgent, min(most, self._urgent_cap - self._window.urgent))
 
     async def _take_rest(self, urgent: list[TopicPartition]) -> None:
         """After the urgent lanes: the other tenants' records first (`_take_fairly`), then whatever comes, waiting a
@@ -427,10 +441,15 @@ class JobPipeline:
             return {}  # (aiokafka raises on the first; the second would name every partition)
         try:
             return await self._consumer.getmany(*(partitions or ()), timeout_ms=timeout_ms, max_records=max_records)
-        except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
-            if not is_unparseable(exc):
-                raise  # the broker or the connection: not a record's fault
-            return await self._step_over_unreadable(exc)
+        except Exception as exc:  # noqa: BLE001 - `_after_failed_poll` raises what is not a record's fault
+            return await self._after_failed_poll(exc)
+
+    async def _after_failed_poll(self, error: BaseException) -> dict[TopicPartition, list[Any]]:
+        """A poll raised: a record the client cannot parse (e.g. a header key that is not UTF-8: aiokafka decodes keys
+        as it parses) is stepped over; anything else (the broker, the connection: not a record's fault) is raised."""
+        if not is_unparseable(error):
+            raise error
+        return await self._step_over_unreadable(error)
 
     async def _step_over_unreadable(self, error: BaseException) -> dict[TopicPartition, list[Any]]:
         """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
@@ -509,8 +528,34 @@ class JobPipeline:
             self._take(await self._poll(_FAIR_POLL_MS, left))
             return True
         self._finished.clear()
-        await self._a_batch_ends(_FAIR_POLL_MS)  # room for the largest again, or the others may have more by then
+        await self._records_or_a_batch_end(others, self._window.room, _FAIR_POLL_MS)
         return True
+
+    async def _records_or_a_batch_end(self, partitions: list[TopicPartition], most: int, within_ms: int) -> None:
+        """Take up to `most` records of `partitions` the moment the client has them, until a batch ends, for at most
+        `within_ms` (the caller cleared `_finished`).
+
+        For the records that must not wait behind a full window or a flooding tenant's share: the urgent lanes', the
+        other tenants'. Waiting for the batch alone left such a record in the client meanwhile, and aiokafka fetches no
+        partition whose records wait to be taken: the next record on that partition then waited for a fetch that did
+        not name it to come back, up to fetch_max_wait_ms (bench/results, the tenant flood of 2026-12-06)."""
+        if not partitions or most < 1:
+            await self._a_batch_ends(within_ms)
+            return
+        # The client's poll alone is raced: it hands records over in the step that returns them, so a poll cancelled
+        # took nothing; stepping over an unreadable record (`_after_failed_poll`) is never cut short.
+        polling = asyncio.ensure_future(self._consumer.getmany(*partitions, timeout_ms=within_ms, max_records=most))
+        ending = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait((polling, ending), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+            if not polling.done():
+                polling.cancel()
+                await asyncio.wait((polling,))  # gone before the next poll: never two at once
+        if not polling.cancelled():
+            error = polling.exception()
+            self._take(polling.result() if error is None else await self._after_failed_poll(error))
 
     async def _a_batch_ends(self, within_ms: int) -> bool:
         """Wait at most `within_ms` for a batch to finish (the caller cleared `_finished` before what it waits
@@ -576,6 +621,7 @@ class JobPipeline:
                                        self._publish_in_turn(turn, processed, epoch))
             self._publishing.add(task)
             task.add_done_callback(self._publish_done)
+            await _let_ready_tasks_run()
 
     def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
@@ -839,3 +885,20 @@ def _membership_lost(consumer: Consumer) -> bool:
     "partitions lost" callback (Java's onPartitionsLost), so this reads its coordinator; False where there is none."""
     generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
     return isinstance(generation, int) and generation < 0
+
+
+async def _let_ready_tasks_run() -> None:
+    """Leave the event loop's turns to the other tasks until none is ready to run, for at most `_MOST_YIELDS` turns.
+
+    A job's way through the service is a chain of short steps, each waiting for a turn of the loop: a fetch response
+    read, the client's fetch bookkeeping, the fetch loop's take, a batch's publish, the producer's send, its
+    acknowledgement, the commit. A model loop with a backlog that yielded once between batches let each chain go one
+    step per batch: under load a job waited for a dozen batches' work on its way in and out (bench/results, the
+    tenant flood of 2026-12-06). Yielding until nothing else is ready lets those chains run on until they wait for
+    the network, before the next batch holds the loop again; an idle loop costs one turn. (The ready queue is
+    asyncio's own loop's; on another loop, one turn.)"""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    for _ in range(_MOST_YIELDS if ready is not None else 1):
+        await asyncio.sleep(0)
+        if not ready:
+            return

@@ -339,10 +339,7 @@ class BatchWorker:
             if streams(runtime):
                 outputs = await self._infer_streaming(runtime, runnable, items)
             elif on_loop:
-                outputs = runtime.infer(items)
-                # Let the tasks that are ready run before the next batch: the previous batch's publishing, the fetch
-                # loop, the producer's sender (a model loop with a backlog would otherwise not yield between batches).
-                await asyncio.sleep(0)
+                outputs = runtime.infer(items)  # (the pipeline lets the other tasks run between batches)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, runtime.infer, items)
             if len(outputs) != len(runnable):
