@@ -341,8 +341,8 @@ class WorkerSettings(MetricsEndpointSettings):
         description="Most of the in-flight window one tenant's jobs may hold (a tenant is the topic a job came from: "
         "`<prefix>.<model>.infer.<tenant>`), while two tenants or more have had jobs taken in the last 5 s (a tenant "
         "alone may use the whole window); at this bound that tenant's records wait, prefetched, while the others' are "
-        "still fetched and taken first, and batches take from each tenant in turn. Default: the window less one batch, "
-        "and at least one batch.",
+        "still fetched and taken first, as they arrive, and batches take from each tenant in turn. Default: the window "
+        "less one batch, and at least one batch.",
     )
     reply_to_pattern: str | None = Field(
         None,

@@ -15,9 +15,9 @@ Three things run at once so the model is never idle waiting for Kafka:
   while the next batch is in the model, then commits the offsets that are now safe. (A small
   model's calls may run on the event loop itself, `model_calls`: the publish task and the
   fetch loop then go on between the batches, the producer's sends in the background.)
-  Between two batches a model loop leaves the event loop to every other task that is ready,
-  until none is (`_let_ready_tasks_run`): a job's way in and out is a chain of short steps,
-  and none of them waits a whole batch for its turn.
+  Between two such batches a model loop leaves the event loop to every other task that is
+  ready, until none is (`_let_ready_tasks_run`): a job's way in and out is a chain of short
+  steps, and none of them waits a whole batch for its turn.
 
 At-least-once (the default): an offset is committed only after every record before it on
 its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once (with a
@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
+_BATCH_END_LOOK_MS = 1
+"""While the fetch loop takes records as they come beside a batch: how often it looks whether the batch has ended."""
 _MOST_YIELDS = 16
 """Most turns of the event loop a model loop leaves to the other tasks between two batches (`_let_ready_tasks_run`)."""
 
@@ -441,15 +444,10 @@ class JobPipeline:
             return {}  # (aiokafka raises on the first; the second would name every partition)
         try:
             return await self._consumer.getmany(*(partitions or ()), timeout_ms=timeout_ms, max_records=max_records)
-        except Exception as exc:  # noqa: BLE001 - `_after_failed_poll` raises what is not a record's fault
-            return await self._after_failed_poll(exc)
-
-    async def _after_failed_poll(self, error: BaseException) -> dict[TopicPartition, list[Any]]:
-        """A poll raised: a record the client cannot parse (e.g. a header key that is not UTF-8: aiokafka decodes keys
-        as it parses) is stepped over; anything else (the broker, the connection: not a record's fault) is raised."""
-        if not is_unparseable(error):
-            raise error
-        return await self._step_over_unreadable(error)
+        except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
+            if not is_unparseable(exc):
+                raise  # the broker or the connection: not a record's fault
+            return await self._step_over_unreadable(exc)
 
     async def _step_over_unreadable(self, error: BaseException) -> dict[TopicPartition, list[Any]]:
         """getmany raised on a record it cannot parse: find it, record it as unreadable, and go on after it.
@@ -538,24 +536,20 @@ class JobPipeline:
         For the records that must not wait behind a full window or a flooding tenant's share: the urgent lanes', the
         other tenants'. Waiting for the batch alone left such a record in the client meanwhile, and aiokafka fetches no
         partition whose records wait to be taken: the next record on that partition then waited for a fetch that did
-        not name it to come back, up to fetch_max_wait_ms (bench/results, the tenant flood of 2026-12-06)."""
+        not name it to come back, up to fetch_max_wait_ms (bench/results, the tenant flood of 2026-12-06).
+
+        The wait is a row of short polls, each returning as soon as records come, rather than one poll raced against
+        the batch's end: a cancelled aiokafka poll stays counted as in progress (its fetch context is not
+        exception-safe), and the consumer's max.poll.interval check would never fire again."""
         if not partitions or most < 1:
             await self._a_batch_ends(within_ms)
             return
-        # The client's poll alone is raced: it hands records over in the step that returns them, so a poll cancelled
-        # took nothing; stepping over an unreadable record (`_after_failed_poll`) is never cut short.
-        polling = asyncio.ensure_future(self._consumer.getmany(*partitions, timeout_ms=within_ms, max_records=most))
-        ending = asyncio.ensure_future(self._finished.wait())
-        try:
-            await asyncio.wait((polling, ending), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ending.cancel()
-            if not polling.done():
-                polling.cancel()
-                await asyncio.wait((polling,))  # gone before the next poll: never two at once
-        if not polling.cancelled():
-            error = polling.exception()
-            self._take(polling.result() if error is None else await self._after_failed_poll(error))
+        deadline = time.monotonic() + within_ms / 1000
+        while not self._finished.is_set() and (left_s := deadline - time.monotonic()) > 0:
+            fetched = await self._poll(min(_BATCH_END_LOOK_MS, math.ceil(left_s * 1000)), most, partitions)
+            if fetched:
+                self._take(fetched)
+                return
 
     async def _a_batch_ends(self, within_ms: int) -> bool:
         """Wait at most `within_ms` for a batch to finish (the caller cleared `_finished` before what it waits
@@ -621,7 +615,8 @@ class JobPipeline:
                                        self._publish_in_turn(turn, processed, epoch))
             self._publishing.add(task)
             task.add_done_callback(self._publish_done)
-            await _let_ready_tasks_run()
+            if self.worker.calls_on_event_loop(self.worker.runtime):  # (else the others ran during the call)
+                await _let_ready_tasks_run()
 
     def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
