@@ -86,8 +86,8 @@ _ACTIVE_S = 5.0
 """A tenant with a record taken this recently is active: while two are, each is held to its share of the window."""
 
 _FAIR_POLL_MS = 10
-"""While the largest tenant holds its share: the longest one wait for the others' records (taken the moment they come)
-lasts when no batch finishes."""
+"""While tenants share the window: the longest the fetch loop waits at a time for records to take (the other tenants'
+are taken the moment they come) when none come and no batch finishes."""
 
 _URGENT_POLL_MS = 5
 """While the window is full: the longest one wait for the urgent lanes' records (taken the moment they come) lasts when
