@@ -125,3 +125,39 @@ def test_forgetting_and_cutting_leave_no_rank_behind():
     assert [r.offset for r in queue.cut(4, in_turns=False)] == [0]
     queue.extend([rec("infer", 1), rec("infer", 2)])
     assert [r.offset for r in queue.cut(1, in_turns=False)] == [1]  # no stale rank reorders the rest
+
+
+def test_a_light_tenants_job_beside_a_backlog_rides_in_a_short_batch_and_the_backlog_then_in_full_ones():
+    queue = make()
+    queue.extend([rec("infer.alice", i) for i in range(200)] + [rec("infer.bob", 1000)])
+    batch = queue.cut(64, in_turns=True)
+    assert len(batch) == 1 + 64 // 4 and ("infer.bob", 1000) in [(r.topic, r.offset) for r in batch]
+    assert len(queue.cut(64, in_turns=True)) == 64  # bob has nothing queued: alice's backlog in full batches
+
+
+def test_two_backlogs_share_full_batches():
+    queue = make()
+    queue.extend([rec("infer.alice", i) for i in range(200)] + [rec("infer.bob", 1000 + i) for i in range(40)])
+    batch = queue.cut(64, in_turns=True)
+    assert len(batch) == 64 and sum(r.topic == "infer.bob" for r in batch) == 32  # in turns, as before
+
+
+def test_an_urgent_job_beside_a_backlog_rides_in_a_short_batch():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(200)] + [ranked("infer-urgent", 1000, 1000)])
+    batch = [r.offset for r in queue.cut(64, in_turns=False)]
+    assert len(batch) == 1 + 64 // 4 and 1000 in batch
+    assert len(queue.cut(64, in_turns=False)) == 64
+
+
+def test_a_queue_of_one_rank_is_cut_in_full_batches():
+    queue = make_ranked()
+    queue.extend([ranked("infer", i, -5) for i in range(200)])
+    assert len(queue.cut(64, in_turns=False)) == 64
+
+
+def test_in_turns_with_one_tenants_records_queued_an_urgent_job_still_rides_in_a_short_batch():
+    queue = make_ranked()
+    queue.extend([rec("infer.alice", i) for i in range(200)] + [ranked("infer-urgent.alice", 1000, 1000)])
+    batch = [r.offset for r in queue.cut(64, in_turns=True)]
+    assert len(batch) == 1 + 64 // 4 and 1000 in batch
