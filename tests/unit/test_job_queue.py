@@ -4,7 +4,7 @@ several tenants in flight a batch takes from each in turn."""
 import pytest
 
 from aiaas.kafka.commit_window import Partition
-from aiaas.serving.job_queue import JobQueue
+from aiaas.serving.job_queue import OLDEST_SHARE, JobQueue
 from tests.fakes import Record
 
 
@@ -161,3 +161,47 @@ def test_in_turns_with_one_tenants_records_queued_an_urgent_job_still_rides_in_a
     queue.extend([rec("infer.alice", i) for i in range(200)] + [ranked("infer-urgent.alice", 1000, 1000)])
     batch = [r.offset for r in queue.cut(64, in_turns=True)]
     assert len(batch) == 1 + 64 // 4 and 1000 in batch
+
+
+def test_without_a_backlog_behind_it_a_cut_is_not_short():
+    queue = make()
+    queue.extend([rec("infer.alice", i) for i in range(20)] + [rec("infer.bob", 1000)])
+    assert len(queue.cut(64, in_turns=True)) == 21  # one batch takes them all
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(70)] + [ranked("infer-urgent", 1000, 1000)])
+    assert len(queue.cut(64, in_turns=False)) == 64  # a short cut would leave less than a batch behind it
+
+
+def test_a_cut_is_never_short_twice_in_a_row():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(500)])
+    sizes = []
+    for i in range(4):
+        queue.extend([ranked("infer-urgent", 1000 + i, 1000)])
+        batch = queue.cut(64, in_turns=False)
+        assert 1000 + i in [r.offset for r in batch]
+        sizes.append(len(batch))
+    assert sizes == [17, 64, 17, 64]
+
+
+def test_a_low_priority_job_in_the_backlog_does_not_make_the_backlog_favoured():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(200)] + [ranked("infer", 500, -1)]
+                 + [ranked("infer-urgent", 1000, 1000)])
+    batch = [r.offset for r in queue.cut(64, in_turns=False)]
+    assert len(batch) == 17 and 1000 in batch
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 5, 8, 12])
+def test_small_batches_are_never_cut_below_four_and_keep_the_urgent_job(max_batch):
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(200)])
+    sizes = []
+    for i in range(OLDEST_SHARE * 2):  # the oldest-first cuts too
+        queue.extend([ranked("infer-urgent", 1000 + i, 1000)])
+        batch = queue.cut(max_batch, in_turns=False)
+        sizes.append(len(batch))
+        if max_batch >= OLDEST_SHARE:
+            assert 1000 + i in [r.offset for r in batch]
+    short = min(max_batch, OLDEST_SHARE)  # one urgent job and a quarter of the batch: at least four places
+    assert sizes == [short, max_batch] * OLDEST_SHARE

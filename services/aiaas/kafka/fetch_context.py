@@ -8,8 +8,10 @@ without a `finally` (aiokafka 0.14), so a poll that raises — on a record the c
 (`aiaas.kafka.unparseable`), or cancelled — stays counted for ever: the idle time reads 0 from then on and the
 check never fires again. One hostile record would switch it off for the life of the process.
 
-`make_fetch_context_exception_safe` replaces that context manager with the same one in a `try`/`finally`. Where
-aiokafka's class has no such method (another version), nothing changes.
+`make_fetch_context_exception_safe` replaces that context manager, on aiokafka's class and so for every consumer of
+the process, with the same one in a `try`/`finally`. It is called where a group consumer is made (the services, the
+trainer, the client's group reader). Where aiokafka's method is not the one described here (another version), nothing
+changes.
 """
 
 from __future__ import annotations
@@ -37,5 +39,8 @@ def _fetch_context(self: Any) -> Iterator[None]:
 
 def make_fetch_context_exception_safe() -> None:
     """Make every aiokafka consumer end a poll's count however the poll ends (idempotent; see the module docstring)."""
-    if hasattr(SubscriptionState, "fetch_context") and hasattr(SubscriptionState, "fetcher_idle_time"):
+    original = getattr(SubscriptionState.__dict__.get("fetch_context"), "__wrapped__", None)
+    if original is None or original is _fetch_context.__wrapped__:  # type: ignore[attr-defined]
+        return  # not aiokafka's context manager, or already replaced
+    if {"_fetch_count", "_last_fetch_ended"} <= set(original.__code__.co_names):
         SubscriptionState.fetch_context = _fetch_context

@@ -11,17 +11,19 @@ oldest ready records whatever their rank, so a steady stream of urgent jobs neve
 small for a quarter to be a record: one cut in four is oldest first.) With no ranked record queued (the usual
 case) a cut sorts nothing.
 
-The jobs a cut puts ahead — those ranked above the lowest rank queued, or a tenant's few beside another tenant's
-longer line — ride in a short batch: themselves and a quarter of `max_batch` of the others (`_short_cut`). A
-batch's time grows with its jobs (admission, results, their publish), so an urgent job or a light tenant's job
-behind a backlog waits for the batch already running and then for a short one of its own, not for two full ones;
-the backlog loses one short batch per such job.
+A cut that puts a few jobs ahead of a backlog cuts a short batch: the jobs ranked above the rank most ready jobs
+have, or while one tenant's line is the longest, the other tenants' jobs; with them, a quarter of `max_batch` of the
+backlog (or as many as the favoured's longest line, when that is more). A batch's time on a CPU grows with its jobs
+(admission, results, their publish), so an urgent job, or a light tenant's job beside another's flood, waits for the
+batch already running and then for a short one of its own, not for two full ones. A cut is short only while a full
+batch would still be left behind it, and never twice in a row: the backlog keeps at least about five eighths of its
+places however many favoured jobs come (all of them while they come more than a batch apart).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import Any
 
@@ -45,6 +47,7 @@ class JobQueue:
         self._rank: dict[int, int] = {}  # id(record) → its rank, for queued records whose rank is not 0
         self._rank_of = rank_of
         self._ranked_cuts = 0  # cuts made while ranked records were queued
+        self._cut_short = False  # whether the last cut was a short one (`_places`)
         self._due_at = due_at
         self.delayed_topic = delayed_topic
         self._owner_of = owner_of
@@ -105,8 +108,9 @@ class JobQueue:
         if self._rank:
             ready = [record for record in self._records if self.ready(record, now)]
             favoured = self._favoured(ready)
-            places = _short_cut(max_batch, favoured, favoured)
+            places = self._places(max_batch, favoured, favoured, len(ready))
             return self._take_out(self._by_rank(ready, places, self._oldest_first_cut())[:places])
+        self._cut_short = False
         batch: list[Any] = []
         kept: deque[Any] = deque()
         while self._records and len(batch) < max_batch:
@@ -134,12 +138,12 @@ class JobQueue:
             if self.ready(record, now):
                 lines.setdefault(self._owner_of(record.topic), []).append(record)
         order = list(lines.values())
-        if len(order) > 1:  # the other tenants' few jobs beside one tenant's backlog ride in a short batch
+        if len(order) > 1:  # the other tenants' jobs, favoured beside the longest line
             lengths = sorted(len(line) for line in order)
-            max_batch = _short_cut(max_batch, sum(lengths[:-1]), lengths[-2])
-        elif self._rank and order:  # one tenant's line: as without turns
-            favoured = self._favoured(order[0])
-            max_batch = _short_cut(max_batch, favoured, favoured)
+            max_batch = self._places(max_batch, sum(lengths[:-1]), lengths[-2], sum(lengths))
+        elif order:  # one tenant's line: as without turns
+            favoured = self._favoured(order[0]) if self._rank else 0
+            max_batch = self._places(max_batch, favoured, favoured, len(order[0]))
         if self._rank and order:
             oldest_first = self._oldest_first_cut()
             order = [self._by_rank(line, max_batch // len(order), oldest_first) for line in order]
@@ -157,10 +161,20 @@ class JobQueue:
         return self._take_out(batch)
 
     def _favoured(self, ready: list[Any]) -> int:
-        """How many of `ready` rank above the lowest rank among them."""
-        ranks = [self._rank.get(id(record), 0) for record in ready]
-        lowest = min(ranks, default=0)
-        return sum(1 for rank in ranks if rank > lowest)
+        """How many of `ready` rank above the backlog: above the rank most of them have."""
+        ranks = Counter(self._rank.get(id(record), 0) for record in ready)
+        backlog = max(ranks, key=ranks.__getitem__, default=0)
+        return sum(count for rank, count in ranks.items() if rank > backlog)
+
+    def _places(self, max_batch: int, favoured: int, turn: int, ready: int) -> int:
+        """How many records the cut takes: `max_batch`, or a short cut while `favoured` of the `ready` records go
+        ahead of a backlog (see the module docstring) — those, and of the backlog `turn` (as many as the favoured's
+        longest line) or a quarter of `max_batch`, whichever is more. Short only when a full batch would still be left
+        behind it (so the next cut needs no wait to grow) and the previous cut was not short."""
+        places = max(favoured + max(turn, max_batch // OLDEST_SHARE), OLDEST_SHARE)
+        short = favoured > 0 and places < max_batch and ready >= places + max_batch and not self._cut_short
+        self._cut_short = short
+        return places if short else max_batch
 
     def _oldest_first_cut(self) -> bool:
         """Count a ranked cut; True on every `OLDEST_SHARE`-th (then batches too small for a quarter of their places
@@ -192,11 +206,3 @@ class JobQueue:
             self._due.pop(id(record), None)
             self._rank.pop(id(record), None)
 
-
-def _short_cut(max_batch: int, favoured: int, turn: int) -> int:
-    """The places of a batch cut while `favoured` records go ahead of a backlog (the favoured taking `turn` places
-    each of the backlog's turns): those, and as many of the backlog as `turn` or a quarter of `max_batch`
-    (`OLDEST_SHARE`), whichever is more; never over `max_batch`, and `max_batch` when none is favoured."""
-    if not favoured:
-        return max_batch
-    return min(max_batch, favoured + max(turn, max_batch // OLDEST_SHARE, 1))
