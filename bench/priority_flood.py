@@ -43,13 +43,16 @@ from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics
 from aiaas.settings import KafkaSettings
 from bench.tenant_flood import (
+    STOPS_TITLE,
     Bench,
     Prober,
+    Stops,
     common_options,
     log,
     percentile,
     report_context,
     run_benchmark,
+    stops_table,
     write_report,
 )
 
@@ -75,6 +78,8 @@ class Lane:
     """During the flood, per job: ms from its publish to its batch being cut (`timings.queue_wait_ms`)."""
     read: list[float] = field(default_factory=list)
     """… and ms from the model call's end to its result read here."""
+    stops: dict[str, Stops | None] = field(default_factory=dict)
+    """"alone", "during the flood" → the service's own stops then (None: its metrics could not be read)."""
 
     @property
     def ratio(self) -> float:
@@ -114,10 +119,14 @@ class PriorityBench(Bench):
         args, topics, figures = self.args, ModelTopics.of("vision", kafka.topic_prefix), Lane()
         async with _prober(kafka, args.probe_rate, lane) as prober:
             await self.prober_ready(kafka, prober)
+            before_solo = await self.service_metrics()
             solo_from, solo_until = await self.alone(prober, what)
+            before_flood = await self.service_metrics()
             log(f"{what} during a flood of {args.flood_jobs:,} normal jobs")
             flood_from, _, flood_until = await self.burst(kafka, f"flood-{lane}", args.flood_jobs, args.flood_rate,
                                                           topics.infer, topics.results)
+            figures.stops = {"alone": Stops.between(before_solo, before_flood),
+                             "during the flood": Stops.between(before_flood, await self.service_metrics())}
             await prober.stop_publishing()
         figures.solo = prober.latencies_ms(solo_from, solo_until)
         figures.during = prober.latencies_ms(flood_from, flood_until)
@@ -190,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table."""
     args = _parse(argv)
     results = run_benchmark(args, PriorityBench, _row, "priority-flood")
+    stops = [(f"{i} ({lane} probe)", phase, found) for i, r in enumerate(results, 1) for lane, x in r.lanes.items()
+             for phase, found in x.stops.items()]
     machine, command, settings = report_context("priority_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as it can"
     text = (f"Priority flood ({machine}): a probe of urgent jobs (priority 1) at {args.probe_rate:g} jobs/s alone for "
             f"{args.solo_s:g} s, then while {args.flood_jobs:,} normal jobs are published {how}"
             f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}.\n"
-            f"Command: `{command}`\n\n{table(results)}")
+            f"Command: `{command}`\n\n{table(results)}\n\n{STOPS_TITLE}\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0
 

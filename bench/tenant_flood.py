@@ -56,8 +56,8 @@ from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
 
-__all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "common_options", "run_benchmark",
-           "report_context", "write_report"]
+__all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "Stops", "STOPS_TITLE", "stops_table",
+           "common_options", "run_benchmark", "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
 
@@ -137,11 +137,70 @@ class RunResult:
     missing: int = 0
     """Bob's jobs without a result at the end."""
     other_cores: float | None = None
+    stops: dict[str, Stops | None] = field(default_factory=dict)
+    """Phase ("alone", "during the flood") → the service's own stops then (None: its metrics could not be read)."""
 
     @property
     def ratio(self) -> float:
         """Bob's p99 during the flood / alone."""
         return percentile(self.during, 99) / percentile(self.solo, 99)
+
+
+@dataclass
+class Stops:
+    """The service's own stops over a stretch of time, from its /metrics: its garbage collections
+    (`aiaas_gc_pause_seconds`) and its event loop's lag (`aiaas_event_loop_lag_seconds`: how late a 50 ms sleep
+    ended, sampled all the time). Longest: the upper bound of the highest histogram bucket that gained any."""
+
+    collections: int
+    long_collections: int
+    longest_collection_ms: float
+    lag_samples: int
+    long_lags: int
+    longest_lag_ms: float
+
+    LONG_S = 0.01
+    """A stop this long or longer counts as long."""
+
+    @classmethod
+    def between(cls, before: Any, after: Any) -> Stops | None:
+        """From two `aiaas.metrics.fleet.Scrape`s of the service (None when either failed)."""
+        if before is None or after is None or before.error or after.error:
+            return None
+        gc, lag = (_gained(before, after, name) for name in ("aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds"))
+        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S))
+
+
+def _gained(before: Any, after: Any, name: str) -> dict[float, float]:
+    """A histogram's cumulative counts by upper bound, gained between two scrapes."""
+    was = before.buckets(name)
+    return {bound: count - was.get(bound, 0.0) for bound, count in sorted(after.buckets(name).items())}
+
+
+def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, float]:
+    """(observations, those over `long_s`, the upper bound in ms of the highest bucket with any; 0 without any)."""
+    total = max(cumulative.values(), default=0.0)
+    short = max((count for bound, count in cumulative.items() if bound <= long_s), default=0.0)
+    longest = min((bound for bound, count in cumulative.items() if count >= total), default=0.0) if total else 0.0
+    return int(total), int(total - short), longest * 1000
+
+
+def stops_table(rows: list[tuple[str, str, Stops | None]]) -> str:
+    """One line per (run, phase, stops)."""
+    lines = ["| run | phase | collections | of which ≥ 10 ms | longest ≤ ms | loop-lag samples | of which ≥ 10 ms late "
+             "| longest ≤ ms |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for run, phase, stops in rows:
+        if stops is None:
+            lines.append(f"| {run} | {phase} | – | – | – | – | – | – |")
+            continue
+        lines.append(f"| {run} | {phase} | {stops.collections} | {stops.long_collections} "
+                     f"| {stops.longest_collection_ms:g} | {stops.lag_samples} | {stops.long_lags} "
+                     f"| {stops.longest_lag_ms:g} |")
+    return "\n".join(lines)
+
+
+STOPS_TITLE = ("The service's own stops in each phase (its /metrics: garbage collections, and how late its event "
+               "loop woke from 50 ms sleeps; \"≤ ms\": the upper bound of the highest histogram bucket reached):")
 
 
 class Prober:
@@ -298,6 +357,7 @@ class Bench:
         self.args, self.tmp = args, tmp
         self.home = tmp / "home"
         self.broker = LocalBroker(args.port, tmp / "kafka")
+        self.service_pid: int | None = None
 
     def settings(self, tag: str) -> KafkaSettings:
         """A fresh topic prefix (`<tag>-<random>`) on this broker."""
@@ -322,6 +382,7 @@ class Bench:
 
         env = service_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
         service = ChildProcess(["-m", "aiaas.vision"], env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
+        self.service_pid = service.pid
         other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
         other.start()
         try:
@@ -330,6 +391,15 @@ class Bench:
             used = other.stop()
             result.other_cores = used[0] if used else None
             service.stop()
+
+    async def service_metrics(self) -> Any:
+        """A scrape of the service's /metrics (`aiaas.metrics.fleet.Scrape`), found by its target file; None when
+        it has none."""
+        from aiaas.metrics.fleet import scrape
+        from aiaas.metrics.targets import list_targets
+
+        targets = [t for t in list_targets(self.home) if t.pid == self.service_pid]
+        return await asyncio.to_thread(scrape, targets[0]) if targets else None
 
     async def warm_up(self, kafka: KafkaSettings, topic: str, results: str) -> None:
         """100 of alice's jobs to `topic`, answered in `results` (the service logs "ready" before its group has
@@ -384,11 +454,15 @@ class Bench:
             await self.prober_ready(kafka, bob)
             log(f"run {number}: capacity burst of {args.capacity_jobs:,} jobs")
             result.capacity = await self.capacity(kafka, alice, alice_results)
+            before_solo = await self.service_metrics()
             solo_from, solo_until = await self.alone(bob, f"run {number}: capacity {result.capacity:,.0f} jobs/s; bob")
+            before_flood = await self.service_metrics()
+            result.stops["alone"] = Stops.between(before_solo, before_flood)
             result.alice_jobs = args.flood_jobs
             log(f"run {number}: alice floods {result.alice_jobs:,} jobs")
             flood_from, result.alice_publish_s, flood_until = await self.burst(
                 kafka, "flood", result.alice_jobs, args.flood_rate, alice, alice_results)
+            result.stops["during the flood"] = Stops.between(before_flood, await self.service_metrics())
             result.flood_rate = result.alice_jobs / result.alice_publish_s
             result.flood_s = flood_until - flood_from
             await bob.stop_publishing()
@@ -530,13 +604,14 @@ def main(argv: list[str] | None = None) -> int:
               f"({acked / seconds:,.0f}/s)", flush=True)
         return 0
     results = run_benchmark(args, Bench, _row, "tenant-flood")
+    stops = [(str(i), phase, found) for i, r in enumerate(results, 1) for phase, found in r.stops.items()]
     machine, command, settings = report_context("tenant_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
             f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
             f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his results' "
             f"`timings.queue_wait_ms`: job made just before its send → its batch cut; then `completed_at` → read "
-            f"here):\n\n{breakdown(results)}")
+            f"here):\n\n{breakdown(results)}\n\n{STOPS_TITLE}\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0
 

@@ -1,0 +1,37 @@
+"""bench/tenant_flood.py's `Stops`: the service's collections and event-loop lag over a stretch, from two scrapes."""
+
+from dataclasses import dataclass, field
+
+from bench.tenant_flood import Stops, stops_table
+
+
+@dataclass
+class FakeScrape:
+    histograms: dict[str, dict[float, float]] = field(default_factory=dict)
+    error: str | None = None
+
+    def buckets(self, name: str) -> dict[float, float]:
+        return self.histograms.get(name, {})
+
+
+INF = float("inf")
+
+
+def scrape(gc: dict[float, float], lag: dict[float, float]) -> FakeScrape:
+    return FakeScrape({"aiaas_gc_pause_seconds": gc, "aiaas_event_loop_lag_seconds": lag})
+
+
+def test_stops_count_what_each_histogram_gained_between_the_scrapes():
+    before = scrape({0.001: 10, 0.01: 12, 0.05: 12, INF: 12}, {0.001: 100, 0.01: 100, 0.05: 100, INF: 100})
+    after = scrape({0.001: 30, 0.01: 35, 0.05: 37, INF: 37}, {0.001: 150, 0.01: 158, 0.05: 160, INF: 160})
+    stops = Stops.between(before, after)
+    assert stops == Stops(collections=25, long_collections=2, longest_collection_ms=50.0,
+                          lag_samples=60, long_lags=2, longest_lag_ms=50.0)
+
+
+def test_nothing_gained_reads_zero_and_a_failed_scrape_reads_none():
+    same = scrape({0.001: 3, INF: 3}, {0.001: 5, INF: 5})
+    assert Stops.between(same, same) == Stops(0, 0, 0.0, 0, 0, 0.0)
+    assert Stops.between(same, FakeScrape(error="refused")) is None
+    assert Stops.between(None, same) is None
+    assert "| 1 | alone | – |" in stops_table([("1", "alone", None)])
