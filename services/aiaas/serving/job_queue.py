@@ -205,4 +205,3 @@ class JobQueue:
         for record in records:
             self._due.pop(id(record), None)
             self._rank.pop(id(record), None)
-
