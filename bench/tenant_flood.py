@@ -54,6 +54,8 @@ from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
+from aiaas.metrics.fleet import Scrape
+from aiaas.metrics.pauses import PAUSE_BUCKETS
 from aiaas.settings import KafkaSettings
 
 __all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "Stops", "STOPS_TITLE", "stops_table",
@@ -160,18 +162,18 @@ class Stops:
     longest_lag_ms: float
 
     LONG_S = 0.01
-    """A stop this long or longer counts as long."""
+    """A stop longer than this counts as long (the histograms' buckets end at 10 ms)."""
 
     @classmethod
-    def between(cls, before: Any, after: Any) -> Stops | None:
-        """From two `aiaas.metrics.fleet.Scrape`s of the service (None when either failed)."""
+    def between(cls, before: Scrape | None, after: Scrape | None) -> Stops | None:
+        """From two scrapes of the service (None when either failed)."""
         if before is None or after is None or before.error or after.error:
             return None
         gc, lag = (_gained(before, after, name) for name in ("aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds"))
         return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S))
 
 
-def _gained(before: Any, after: Any, name: str) -> dict[float, float]:
+def _gained(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
     """A histogram's cumulative counts by upper bound, gained between two scrapes."""
     was = before.buckets(name)
     return {bound: count - was.get(bound, 0.0) for bound, count in sorted(after.buckets(name).items())}
@@ -187,16 +189,21 @@ def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, f
 
 def stops_table(rows: list[tuple[str, str, Stops | None]]) -> str:
     """One line per (run, phase, stops)."""
-    lines = ["| run | phase | collections | of which ≥ 10 ms | longest ≤ ms | loop-lag samples | of which ≥ 10 ms late "
+    lines = ["| run | phase | collections | of which > 10 ms | longest ≤ ms | loop-lag samples | of which > 10 ms late "
              "| longest ≤ ms |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run, phase, stops in rows:
         if stops is None:
             lines.append(f"| {run} | {phase} | – | – | – | – | – | – |")
             continue
         lines.append(f"| {run} | {phase} | {stops.collections} | {stops.long_collections} "
-                     f"| {stops.longest_collection_ms:g} | {stops.lag_samples} | {stops.long_lags} "
-                     f"| {stops.longest_lag_ms:g} |")
+                     f"| {_longest(stops.longest_collection_ms)} | {stops.lag_samples} | {stops.long_lags} "
+                     f"| {_longest(stops.longest_lag_ms)} |")
     return "\n".join(lines)
+
+
+def _longest(ms: float) -> str:
+    """A bucket's upper bound in ms; past the last finite bound, "> <that bound>"."""
+    return f"> {PAUSE_BUCKETS[-1] * 1000:g}" if ms == float("inf") else f"{ms:g}"
 
 
 STOPS_TITLE = ("The service's own stops in each phase (its /metrics: garbage collections, and how late its event "
@@ -392,9 +399,8 @@ class Bench:
             result.other_cores = used[0] if used else None
             service.stop()
 
-    async def service_metrics(self) -> Any:
-        """A scrape of the service's /metrics (`aiaas.metrics.fleet.Scrape`), found by its target file; None when
-        it has none."""
+    async def service_metrics(self) -> Scrape | None:
+        """A scrape of the service's /metrics, found by its target file; None when it has none."""
         from aiaas.metrics.fleet import scrape
         from aiaas.metrics.targets import list_targets
 

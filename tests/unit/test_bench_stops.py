@@ -35,3 +35,11 @@ def test_nothing_gained_reads_zero_and_a_failed_scrape_reads_none():
     assert Stops.between(same, FakeScrape(error="refused")) is None
     assert Stops.between(None, same) is None
     assert "| 1 | alone | – |" in stops_table([("1", "alone", None)])
+
+
+def test_a_stop_past_the_last_bucket_reads_past_its_bound():
+    before = scrape({0.01: 0, 5.0: 0, INF: 0}, {0.01: 0, 5.0: 0, INF: 0})
+    after = scrape({0.01: 0, 5.0: 0, INF: 1}, {0.01: 0, 5.0: 0, INF: 0})
+    stops = Stops.between(before, after)
+    assert stops is not None and stops.long_collections == 1
+    assert "| > 5000 |" in stops_table([("1", "during the flood", stops)])

@@ -57,8 +57,10 @@ def test_nested_polls_end_the_count_only_with_the_last(subscription: Subscriptio
     assert idle_after_a_while(subscription) > 0
 
 
-def test_making_it_safe_twice_changes_nothing() -> None:
-    make_fetch_context_exception_safe()
+def test_importing_aiaas_kafka_replaces_it_once() -> None:
+    import aiaas.kafka  # noqa: F401 - the import applies it
+
     replaced = SubscriptionState.__dict__["fetch_context"]
+    assert replaced.__wrapped__.__module__ == "aiaas.kafka.fetch_context"
     make_fetch_context_exception_safe()
     assert SubscriptionState.__dict__["fetch_context"] is replaced

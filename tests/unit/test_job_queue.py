@@ -192,7 +192,7 @@ def test_a_low_priority_job_in_the_backlog_does_not_make_the_backlog_favoured():
     assert len(batch) == 17 and 1000 in batch
 
 
-@pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 5, 8, 12])
+@pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 5, 7, 8, 12])
 def test_small_batches_are_never_cut_below_four_and_keep_the_urgent_job(max_batch):
     queue = make_ranked()
     queue.extend([rec("infer", i) for i in range(200)])
@@ -203,5 +203,27 @@ def test_small_batches_are_never_cut_below_four_and_keep_the_urgent_job(max_batc
         sizes.append(len(batch))
         if max_batch >= OLDEST_SHARE:
             assert 1000 + i in [r.offset for r in batch]
-    short = min(max_batch, OLDEST_SHARE)  # one urgent job and a quarter of the batch: at least four places
+    # One urgent job and a quarter of the batch, at least four places, and only when that is at most half a batch.
+    short = OLDEST_SHARE if OLDEST_SHARE <= max_batch // 2 else max_batch
     assert sizes == [short, max_batch] * OLDEST_SHARE
+
+
+def test_due_retries_beside_one_tenants_backlog_are_no_light_tenant():
+    queue = make()
+    queue.extend([rec("infer.alice", i) for i in range(200)] + [rec("retry", 1000 + i) for i in range(3)])
+    assert len(queue.cut(64, in_turns=True)) == 64
+
+
+def test_with_retries_queued_an_urgent_job_still_rides_in_a_short_batch():
+    queue = JobQueue(delayed_topic="retry", owner_of=lambda topic: topic.split(".")[-1],
+                     rank_of=lambda r: getattr(r, "rank", 0), clock=lambda: 100.0)
+    queue.extend([rec("infer.alice", i) for i in range(200)] + [rec("retry", 500)]
+                 + [ranked("infer-urgent.alice", 1000, 1000)])
+    batch = [r.offset for r in queue.cut(64, in_turns=True)]
+    assert len(batch) == 1 + 64 // 4 and 1000 in batch
+
+
+def test_a_nearly_full_short_cut_is_a_full_one():
+    queue = make_ranked()
+    queue.extend([rec("infer", i) for i in range(300)] + [ranked("infer-urgent", 1000 + i, 1000) for i in range(20)])
+    assert len(queue.cut(64, in_turns=False)) == 64  # 20 urgent and 20 others would be 40: more than half a batch

@@ -45,7 +45,6 @@ from aiaas.contract.topics import ModelTopics
 from aiaas.errors import SeenFileLocked
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.kafka.diagnostics import broker_unreachable, explain_connection_failure
-from aiaas.kafka.fetch_context import make_fetch_context_exception_safe
 from aiaas.settings import KafkaSettings
 
 __all__ = ["AiaasClient", "JobHandle", "StreamRestart", "SeenFile", "SeenFileLocked"]
@@ -600,7 +599,6 @@ async def _start_group_reader(kafka: KafkaSettings, topic: str, group_id: str,
     Partitions added to the topic reach the group at the next metadata refresh: its coordinator
     rebalances, and a new partition, having no committed offset, is read from its beginning.
     """
-    make_fetch_context_exception_safe()  # a record it cannot parse must not switch off max.poll.interval
     consumer = _reader_consumer(kafka, group_id=group_id, auto_offset_reset="earliest")
     positions: dict[TopicPartition, int] = {}
     consumer.subscribe([topic], listener=_CommitOnRevoke(consumer, done, positions))

@@ -9,9 +9,9 @@ without a `finally` (aiokafka 0.14), so a poll that raises — on a record the c
 check never fires again. One hostile record would switch it off for the life of the process.
 
 `make_fetch_context_exception_safe` replaces that context manager, on aiokafka's class and so for every consumer of
-the process, with the same one in a `try`/`finally`. It is called where a group consumer is made (the services, the
-trainer, the client's group reader). Where aiokafka's method is not the one described here (another version), nothing
-changes.
+the process, with the same one in a `try`/`finally`. Importing `aiaas.kafka` calls it, so every group consumer of
+aiaas (the model services, their cancel follower, the trainer, the client's group reader) has it. Where aiokafka's
+method is not the one described here (another version), nothing changes.
 """
 
 from __future__ import annotations

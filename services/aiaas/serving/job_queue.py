@@ -12,12 +12,13 @@ small for a quarter to be a record: one cut in four is oldest first.) With no ra
 case) a cut sorts nothing.
 
 A cut that puts a few jobs ahead of a backlog cuts a short batch: the jobs ranked above the rank most ready jobs
-have, or while one tenant's line is the longest, the other tenants' jobs; with them, a quarter of `max_batch` of the
-backlog (or as many as the favoured's longest line, when that is more). A batch's time on a CPU grows with its jobs
-(admission, results, their publish), so an urgent job, or a light tenant's job beside another's flood, waits for the
-batch already running and then for a short one of its own, not for two full ones. A cut is short only while a full
-batch would still be left behind it, and never twice in a row: the backlog keeps at least about five eighths of its
-places however many favoured jobs come (all of them while they come more than a batch apart).
+have, or while one tenant's line is the longest, the other tenants' jobs (retries are no tenant); with them, a
+quarter of `max_batch` of the backlog (or as many as the favoured's longest line, when that is more). A batch's time
+on a CPU grows with its jobs (admission, results, their publish), so an urgent job, or a light tenant's job beside
+another's flood, waits for the batch already running and then for a short one of its own, not for two full ones. A
+cut is short only when that is at most half a batch and a full batch would still be left behind it, and never twice
+in a row: whatever the favoured jobs' rate, shortening leaves the backlog at least about five eighths of its places
+(the favoured jobs in the full cuts between take what their ranks and turns give them, as before).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class JobQueue:
         self._due_at = due_at
         self.delayed_topic = delayed_topic
         self._owner_of = owner_of
+        self._retries_owner = owner_of(delayed_topic) if delayed_topic is not None else None
+        """The retry topic's line in a cut in turns: not a tenant, so never a light tenant beside a backlog."""
         self._clock = clock
 
     def __len__(self) -> int:
@@ -138,12 +141,14 @@ class JobQueue:
             if self.ready(record, now):
                 lines.setdefault(self._owner_of(record.topic), []).append(record)
         order = list(lines.values())
-        if len(order) > 1:  # the other tenants' jobs, favoured beside the longest line
-            lengths = sorted(len(line) for line in order)
-            max_batch = self._places(max_batch, sum(lengths[:-1]), lengths[-2], sum(lengths))
-        elif order:  # one tenant's line: as without turns
-            favoured = self._favoured(order[0]) if self._rank else 0
-            max_batch = self._places(max_batch, favoured, favoured, len(order[0]))
+        tenants = [line for owner, line in lines.items() if owner != self._retries_owner]
+        if len(tenants) > 1:  # the other tenants' jobs, favoured beside the longest line
+            lengths = sorted(len(line) for line in tenants)
+            max_batch = self._places(max_batch, sum(lengths[:-1]), lengths[-2], sum(len(line) for line in order))
+        elif order:  # one tenant's line (and retries): as without turns
+            ready = [record for line in order for record in line]
+            favoured = self._favoured(ready) if self._rank else 0
+            max_batch = self._places(max_batch, favoured, favoured, len(ready))
         if self._rank and order:
             oldest_first = self._oldest_first_cut()
             order = [self._by_rank(line, max_batch // len(order), oldest_first) for line in order]
@@ -169,10 +174,12 @@ class JobQueue:
     def _places(self, max_batch: int, favoured: int, turn: int, ready: int) -> int:
         """How many records the cut takes: `max_batch`, or a short cut while `favoured` of the `ready` records go
         ahead of a backlog (see the module docstring) — those, and of the backlog `turn` (as many as the favoured's
-        longest line) or a quarter of `max_batch`, whichever is more. Short only when a full batch would still be left
-        behind it (so the next cut needs no wait to grow) and the previous cut was not short."""
+        longest line) or a quarter of `max_batch`, whichever is more, at least `OLDEST_SHARE`. Short only when that
+        is at most half a batch, a full batch would still be left behind it (so the next cut needs no wait to grow),
+        and the previous cut was not short."""
         places = max(favoured + max(turn, max_batch // OLDEST_SHARE), OLDEST_SHARE)
-        short = favoured > 0 and places < max_batch and ready >= places + max_batch and not self._cut_short
+        short = (favoured > 0 and places <= max_batch // 2 and ready >= places + max_batch
+                 and not self._cut_short)
         self._cut_short = short
         return places if short else max_batch
 

@@ -34,7 +34,6 @@ from aiaas.contract.topics import ModelTopics, dlq_topic, models_topic, service_
 from aiaas.errors import BrokerUnavailable, InvalidHeaders, ServiceMisconfigured
 from aiaas.kafka.admin import ensure_topics, list_topics
 from aiaas.kafka.diagnostics import explain_connection_failure
-from aiaas.kafka.fetch_context import make_fetch_context_exception_safe
 from aiaas.kafka.sink import KafkaSink
 from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 from aiaas.kafka.transactions import Transactions, claim_transactional_id
@@ -124,7 +123,6 @@ class ModelService:
             max_batch_size=min(_PRODUCER_BATCH_BYTES, self.kafka.max_message_bytes),
             transactional_id=txn_id,
         )
-        make_fetch_context_exception_safe()  # a record it cannot parse must not switch off max.poll.interval
         consumer = AIOKafkaConsumer(
             **self.kafka.connection_kwargs(), client_id=f"aiaas-{self.runtime.model}", group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",

@@ -66,7 +66,6 @@ from aiaas.errors import (
     UnparseableRecord,
 )
 from aiaas.kafka.admin import ensure_topics
-from aiaas.kafka.fetch_context import make_fetch_context_exception_safe
 from aiaas.kafka.sink import refused_for_good
 from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 from aiaas.kafka.unparseable import UnparseableSearch, is_unparseable
@@ -141,7 +140,6 @@ class TrainerService:
         await ensure_topics(self.kafka, service_topics(self.trainer.model, self.kafka))
         producer = AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
                                     client_id=f"aiaas-{self.trainer.model}-trainer")
-        make_fetch_context_exception_safe()  # a record it cannot parse must not switch off max.poll.interval
         consumer = AIOKafkaConsumer(
             **self.kafka.connection_kwargs(), group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"aiaas-{self.trainer.model}-trainer",
