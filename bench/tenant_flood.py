@@ -54,8 +54,9 @@ from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
-from aiaas.metrics.fleet import Scrape
+from aiaas.metrics.fleet import Scrape, scrape
 from aiaas.metrics.pauses import PAUSE_BUCKETS
+from aiaas.metrics.targets import list_targets
 from aiaas.settings import KafkaSettings
 
 __all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "Stops", "STOPS_TITLE", "stops_table",
@@ -401,9 +402,6 @@ class Bench:
 
     async def service_metrics(self) -> Scrape | None:
         """A scrape of the service's /metrics, found by its target file; None when it has none."""
-        from aiaas.metrics.fleet import scrape
-        from aiaas.metrics.targets import list_targets
-
         targets = [t for t in list_targets(self.home) if t.pid == self.service_pid]
         return await asyncio.to_thread(scrape, targets[0]) if targets else None
 

@@ -145,10 +145,12 @@ class JobQueue:
         if len(tenants) > 1:  # the other tenants' jobs, favoured beside the longest line
             lengths = sorted(len(line) for line in tenants)
             max_batch = self._places(max_batch, sum(lengths[:-1]), lengths[-2], sum(len(line) for line in order))
-        elif order:  # one tenant's line (and retries): as without turns
+        elif self._rank and order:  # one tenant's line (and retries): as without turns
             ready = [record for line in order for record in line]
-            favoured = self._favoured(ready) if self._rank else 0
+            favoured = self._favoured(ready)
             max_batch = self._places(max_batch, favoured, favoured, len(ready))
+        else:
+            self._cut_short = False
         if self._rank and order:
             oldest_first = self._oldest_first_cut()
             order = [self._by_rank(line, max_batch // len(order), oldest_first) for line in order]

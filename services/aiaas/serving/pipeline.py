@@ -539,8 +539,9 @@ class JobPipeline:
         not name it to come back, up to fetch_max_wait_ms (bench/results, the tenant flood of 2026-12-06).
 
         The wait is a row of short polls, each returning as soon as records come, rather than one poll raced against
-        the batch's end: a cancelled aiokafka poll stays counted as in progress (its fetch context is not
-        exception-safe), and the consumer's max.poll.interval check would never fire again."""
+        the batch's end: no poll is ever cancelled, so none can leave the client mid-fetch (a cancelled poll used to
+        stay counted as in progress and switch off max.poll.interval; `aiaas.kafka.fetch_context` now repairs that
+        for any poll that raises)."""
         if not partitions or most < 1:
             await self._a_batch_ends(within_ms)
             return
