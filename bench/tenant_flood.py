@@ -63,6 +63,7 @@ __all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "St
            "common_options", "run_benchmark", "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
+FLOOD_CLIENT_ID = "alice-flood"  # her producer's client.id: what `--flood-quota` names on a broker without logins
 
 
 def flood_job_ids(prefix: str, count: int) -> list[str]:
@@ -84,8 +85,8 @@ async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate:
     images = _images()
     payloads = [(job_id.encode(), encode(Job(job_id=job_id, model="vision", inputs={"image": images[i % len(images)]})))
                 for i, job_id in enumerate(flood_job_ids(prefix, count))]
-    producer = AIOKafkaProducer(**kafka.connection_kwargs(), acks="all", enable_idempotence=True, linger_ms=5,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**kafka.connection_kwargs(), client_id=FLOOD_CLIENT_ID, acks="all",
+                                enable_idempotence=True, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     try:
         print(f"alice flood ready: {count} jobs to {topic} at {'full speed' if not rate else f'{rate:,.0f}/s'}",
@@ -464,8 +465,9 @@ class Bench:
             result.stops["alone"] = Stops.between(before_solo, before_flood)
             result.alice_jobs = args.flood_jobs
             log(f"run {number}: alice floods {result.alice_jobs:,} jobs")
-            flood_from, result.alice_publish_s, flood_until = await self.burst(
-                kafka, "flood", result.alice_jobs, args.flood_rate, alice, alice_results)
+            async with _quota(kafka, args.flood_quota):
+                flood_from, result.alice_publish_s, flood_until = await self.burst(
+                    kafka, "flood", result.alice_jobs, args.flood_rate, alice, alice_results)
             result.stops["during the flood"] = Stops.between(before_flood, await self.service_metrics())
             result.flood_rate = result.alice_jobs / result.alice_publish_s
             result.flood_s = flood_until - flood_from
@@ -479,6 +481,22 @@ class Bench:
                 ("· while her backlog drains", published_at, flood_until))}
             result.missing = len(set(bob.sent) - set(bob.received))
         return result
+
+
+@contextlib.asynccontextmanager
+async def _quota(kafka: KafkaSettings, byte_rate: float) -> AsyncIterator[None]:
+    """For the block, the broker limits alice's producer to `byte_rate` bytes/s (a client-id quota: on this broker
+    without logins every client is the same user); 0: no quota."""
+    from aiaas.kafka.quotas import set_quotas
+
+    if not byte_rate:
+        yield
+        return
+    await set_quotas(kafka, "client-id", [FLOOD_CLIENT_ID], {"producer_byte_rate": byte_rate})
+    try:
+        yield
+    finally:  # the next run's capacity burst is unthrottled
+        await set_quotas(kafka, "client-id", [FLOOD_CLIENT_ID], {"producer_byte_rate": None})
 
 
 def _row(number: int | str, r: RunResult) -> str:
@@ -544,6 +562,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
+    parser.add_argument("--flood-quota", type=float, default=0.0, metavar="BYTES_PER_S",
+                        help="a Kafka producer quota on alice's flood, bytes/s, as `aiaas acl apply "
+                        "--producer-byte-rate` sets per tenant (0: none)")
     common_options(parser, port=29592)
     return parser.parse_args(argv)
 
@@ -611,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     stops = [(str(i), phase, found) for i, r in enumerate(results, 1) for phase, found in r.stops.items()]
     machine, command, settings = report_context("tenant_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
+    if args.flood_quota:
+        how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
             f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
             f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his results' "

@@ -42,6 +42,9 @@
 #                           For a long-lived broker on its own machine, "-XX:+UseG1GC" restores tiered compiling.
 #   AIAAS_KAFKA_PARTITIONS  default partitions of topics created without a count (default 3); the broker
 #                           creates no topic by itself (auto.create.topics.enable=false): aiaas creates its own
+# Client quotas (`aiaas acl apply --producer-byte-rate …`, docs/security.md) are averaged over 2 windows of 1 s
+# (quota.window.num=2; Kafka's default of 11 lets a client burst ~10 s worth of its quota before any throttle), so a
+# tenant's flood is held to its quota within a second or two.
 #
 # Opt-in security (off by default; PLAINTEXT on the client port always stays, for tools and tests):
 #   AIAAS_KAFKA_SCRAM_USERS "user:password[,user:password ...]" (no "," or '"' in a password): adds a
@@ -241,6 +244,7 @@ share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 message.max.bytes=8388608
+quota.window.num=2
 PROPS
   cat >"$state/log4j2.properties" <<PROPS
 rootLogger.level = INFO

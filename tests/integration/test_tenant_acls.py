@@ -4,7 +4,8 @@ One broker of this module's own (ports 29392-29396, as test_security.py's, which
 never at the same time) with SCRAM users and the StandardAuthorizer: no ACL, no access. `aiaas acl apply`
 (as the super user `admin`) grants tenants `alice` and `bob` and the services `aiaas-vision` and
 `aiaas-text` what docs/security.md says, and plain aiokafka clients logging in as each of them check that
-Kafka enforces it, error class by error class. Nothing here needs a running aiaas service.
+Kafka enforces it, error class by error class; a producer quota set by `aiaas acl apply --producer-byte-rate` on
+tenant `carol` makes the broker hold her publishing to it. Nothing here needs a running aiaas service.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
 PREFIX = f"acl{uuid.uuid4().hex[:8]}"
-PASSWORDS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret",
+PASSWORDS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret",
              "aiaas-vision": "vision-secret", "aiaas-text": "text-secret", "aiaas-llm": "llm-secret"}
 VISION, TEXT, LLM = ModelTopics.of("vision", PREFIX), ModelTopics.of("text", PREFIX), ModelTopics.of("llm", PREFIX)
 
@@ -80,7 +81,8 @@ def _as(broker: str, user: str) -> KafkaSettings:
                          sasl_mechanism="SCRAM-SHA-256", sasl_username=user, sasl_password=PASSWORDS[user])
 
 
-def _acl_cli(broker: str, user: str, *args: str) -> subprocess.CompletedProcess:
+def _acl_cli(broker: str, user: str, *args: str, tenants: str = "alice,bob",
+             models: str = "vision,text,llm") -> subprocess.CompletedProcess:
     settings = _as(broker, user)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AIAAS_KAFKA_"))} | {
         "AIAAS_KAFKA_BOOTSTRAP_SERVERS": broker, "AIAAS_KAFKA_TOPIC_PREFIX": PREFIX,
@@ -88,7 +90,7 @@ def _acl_cli(broker: str, user: str, *args: str) -> subprocess.CompletedProcess:
         "AIAAS_KAFKA_SASL_USERNAME": user, "AIAAS_KAFKA_SASL_PASSWORD": PASSWORDS[user], "OTEL_TRACES_EXPORTER": "none",
     }
     command = [sys.executable, "-c", "import sys; from aiaas.cli.main import main; sys.exit(main())", "acl", "apply",
-               "--tenants", "alice,bob", "--models", "vision,text,llm", *args]
+               "--tenants", tenants, "--models", models, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -101,11 +103,17 @@ async def applied(acl_broker: str) -> subprocess.CompletedProcess:
     """
     done = await asyncio.to_thread(_acl_cli, acl_broker, "admin")
     assert done.returncode == 0, done.stdout + done.stderr
+    await _until_granted(_as(acl_broker, "alice"), VISION.tenant_infer("alice"))
+    return done
+
+
+async def _until_granted(settings: KafkaSettings, topic: str) -> None:
+    """Once the broker's authorizer lets `settings`' user publish to `topic` (one record)."""
     async with asyncio.timeout(15):
         while True:
             try:
-                await _send(_as(acl_broker, "alice"), VISION.tenant_infer("alice"))
-                return done
+                await _send(settings, topic)
+                return
             except (ClusterAuthorizationFailedError, TopicAuthorizationFailedError):  # not there yet
                 await asyncio.sleep(0.2)
 
@@ -261,3 +269,42 @@ async def test_only_the_llm_service_reads_cancel_topics_each_replica_in_a_group_
         await _read(_as(acl_broker, "aiaas-vision"), LLM.tenant_cancel("alice"))
     with pytest.raises(TopicAuthorizationFailedError):
         await _read(_as(acl_broker, "bob"), LLM.tenant_cancel("alice"))
+
+
+async def test_a_tenant_quota_makes_the_broker_hold_her_publishing_to_it(acl_broker, applied):
+    """`aiaas acl apply --producer-byte-rate`: Kafka throttles that tenant's producers, whatever her client does.
+
+    carol (a tenant of her own, so the quota slows no other test) publishes 96 KiB under a quota of 16 KiB/s: 6 s
+    of her quota. The broker (kafka.sh: quota.window.num=2, windows of 1 s) lets at most two windows' worth through
+    before it delays the rest to the quota's pace, so it takes at least ~4 s (unthrottled: a fraction of a second).
+    Only a lower bound is asserted, which a busy machine cannot break.
+    """
+    from aiaas.kafka.quotas import describe_quota, set_quotas
+
+    done = await asyncio.to_thread(_acl_cli, acl_broker, "admin", "--producer-byte-rate", "16384",
+                                   tenants="carol", models="vision")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quota on each tenant: producer_byte_rate=16384" in done.stdout
+    admin, carol = _as(acl_broker, "admin"), _as(acl_broker, "carol")
+    try:
+        async with asyncio.timeout(15):
+            while await describe_quota(admin, "user", "carol") != {"producer_byte_rate": 16384.0}:
+                await asyncio.sleep(0.2)
+        assert await describe_quota(admin, "user", "alice") == {}  # only the tenants named
+        await _until_granted(carol, VISION.tenant_infer("carol"))
+
+        producer = AIOKafkaProducer(**carol.connection_kwargs(), acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            sent = [await producer.send(VISION.tenant_infer("carol"), b"x" * 1024) for _ in range(96)]
+            await asyncio.wait_for(asyncio.gather(*sent), 60)
+            elapsed = asyncio.get_running_loop().time() - started
+        finally:
+            await producer.stop()
+        assert elapsed >= 3, f"96 KiB at a 16 KiB/s quota went through in {elapsed:.2f} s: not throttled"
+    finally:
+        await set_quotas(admin, "user", ["carol"], {"producer_byte_rate": None})
+    async with asyncio.timeout(15):
+        while await describe_quota(admin, "user", "carol"):
+            await asyncio.sleep(0.2)

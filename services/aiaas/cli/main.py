@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     acl.add_argument("--no-topics", action="store_true", help="ACLs only: create (or print) no topic")
     acl.add_argument("--command-config", default="admin.properties",
                      help="print: the super user's client properties file the commands pass to Kafka's tools")
+    quota = acl.add_argument_group("broker quotas on each tenant (Kafka client quotas on its user; docs/security.md)")
+    quota.add_argument("--producer-byte-rate", type=float, metavar="BYTES_PER_S",
+                       help="how fast each tenant's producers may publish, per broker")
+    quota.add_argument("--consumer-byte-rate", type=float, metavar="BYTES_PER_S",
+                       help="how fast each tenant's consumers may read, per broker")
+    quota.add_argument("--request-percentage", type=float, metavar="PERCENT",
+                       help="the share of one broker request thread's time each tenant's clients may take")
 
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="action", required=True)
@@ -580,20 +587,28 @@ def _training_line(event: Result) -> str:
 
 def _cmd_acl(args: argparse.Namespace) -> int:
     from aiaas.kafka.acl import AclPlan, apply_acls, kafka_acls_commands
+    from aiaas.kafka.quotas import TenantQuota, kafka_configs_commands, set_quotas
 
     settings = KafkaSettings()
     try:
         plan = AclPlan(settings.topic_prefix, _csv(args.models), _csv(args.tenants), args.service_user,
                        args.trainer_user or None)
+        quota = TenantQuota(args.producer_byte_rate, args.consumer_byte_rate, args.request_percentage)
     except ValueError as exc:
         raise AiaasError(str(exc)) from exc
+    tenants = list(plan.tenants)
     if args.action == "print":
         print("\n".join(kafka_acls_commands(plan, settings, args.command_config, topics=not args.no_topics)))
+        if quota:
+            print("\n".join(kafka_configs_commands(settings, "user", tenants, quota, args.command_config)))
         return 0
     created = asyncio.run(apply_acls(plan, settings, topics=not args.no_topics))
     print(f"topics created: {', '.join(created) or 'none (all there)'}")
     print(f"{len(plan.rules())} ACLs in place for tenants {', '.join(plan.tenants)} and users "
           f"{', '.join(plan.internal_users())} (prefix {plan.prefix})")
+    if quota:
+        asyncio.run(set_quotas(settings, "user", tenants, quota.values()))
+        print(f"quota on each tenant: {quota.spelled()}")
     return 0
 
 
