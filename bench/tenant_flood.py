@@ -484,19 +484,27 @@ class Bench:
 
 
 @contextlib.asynccontextmanager
-async def _quota(kafka: KafkaSettings, byte_rate: float) -> AsyncIterator[None]:
+async def _quota(kafka: KafkaSettings, byte_rate: int) -> AsyncIterator[None]:
     """For the block, the broker limits alice's producer to `byte_rate` bytes/s (a client-id quota: on this broker
-    without logins every client is the same user); 0: no quota."""
-    from aiaas.kafka.quotas import set_quotas
+    without logins every client is the same user); 0: no quota. The block starts once the broker reports the quota
+    (it applies it when it reads the controller's record) and ends once it reports none again."""
+    from aiaas.kafka.quotas import describe_quota, set_quotas
+
+    async def until(want: dict[str, float]) -> None:
+        async with asyncio.timeout(30):
+            while await describe_quota(kafka, "client-id", FLOOD_CLIENT_ID) != want:
+                await asyncio.sleep(0.1)
 
     if not byte_rate:
         yield
         return
     await set_quotas(kafka, "client-id", [FLOOD_CLIENT_ID], {"producer_byte_rate": byte_rate})
+    await until({"producer_byte_rate": float(byte_rate)})
     try:
         yield
     finally:  # the next run's capacity burst is unthrottled
         await set_quotas(kafka, "client-id", [FLOOD_CLIENT_ID], {"producer_byte_rate": None})
+        await until({})
 
 
 def _row(number: int | str, r: RunResult) -> str:
@@ -562,7 +570,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
-    parser.add_argument("--flood-quota", type=float, default=0.0, metavar="BYTES_PER_S",
+    parser.add_argument("--flood-quota", type=int, default=0, metavar="BYTES_PER_S",
                         help="a Kafka producer quota on alice's flood, bytes/s, as `aiaas acl apply "
                         "--producer-byte-rate` sets per tenant (0: none)")
     common_options(parser, port=29592)

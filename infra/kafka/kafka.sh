@@ -43,8 +43,8 @@
 #   AIAAS_KAFKA_PARTITIONS  default partitions of topics created without a count (default 3); the broker
 #                           creates no topic by itself (auto.create.topics.enable=false): aiaas creates its own
 # Client quotas (`aiaas acl apply --producer-byte-rate …`, docs/security.md) are averaged over 2 windows of 1 s
-# (quota.window.num=2; Kafka's default of 11 lets a client burst ~10 s worth of its quota before any throttle), so a
-# tenant's flood is held to its quota within a second or two.
+# (quota.window.num=2; Kafka's default of 11 lets a client send ~10 s worth of its quota before any throttle), so a
+# tenant's flood is throttled after about one second's worth.
 #
 # Opt-in security (off by default; PLAINTEXT on the client port always stays, for tools and tests):
 #   AIAAS_KAFKA_SCRAM_USERS "user:password[,user:password ...]" (no "," or '"' in a password): adds a

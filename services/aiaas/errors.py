@@ -129,8 +129,8 @@ class ArtifactCorrupted(ServiceMisconfigured):
 
 
 class AclRefused(AiaasError):
-    """The broker did not create the topics or ACLs (not a super user, no authorizer, timed out); the message
-    says which."""
+    """The broker did not create the topics or ACLs, or set the quotas (not a super user, no authorizer, timed
+    out); the message says which."""
 
 
 class SeenFileLocked(AiaasError):

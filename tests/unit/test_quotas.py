@@ -41,6 +41,14 @@ def test_a_quota_must_be_a_positive_number(value):
         TenantQuota(consumer_byte_rate=value)
 
 
+@pytest.mark.parametrize("value", [1.5, 2**63])
+def test_a_byte_rate_is_a_whole_number_kafka_can_hold(value):
+    """Kafka keeps byte rates as a Java long and refuses a fraction; a share of thread time may have one."""
+    with pytest.raises(ValueError, match="producer_byte_rate must be a whole number of bytes per second"):
+        TenantQuota(producer_byte_rate=value)
+    assert TenantQuota(request_percentage=12.5).config_string() == "request_percentage=12.5"
+
+
 def _string(text: str) -> bytes:
     return struct.pack(">h", len(text)) + text.encode()
 
@@ -56,6 +64,15 @@ def test_the_request_is_kafkas_alter_client_quotas_version_0():
                     + _string("request_percentage") + struct.pack(">d", 0.0) + b"\1" + b"\0")
 
 
+def test_the_response_reads_null_messages_and_names():
+    """AlterClientQuotasResponse version 0: throttle_time_ms, entries [error_code, error_message, entity [type,
+    name]]; Kafka writes a null message (and a default entity's null name) as length -1."""
+    wire = (struct.pack(">i", 0) + struct.pack(">i", 1) + struct.pack(">h", 0) + struct.pack(">h", -1)
+            + struct.pack(">i", 1) + _string("user") + struct.pack(">h", -1))
+    response = quotas._AlterClientQuotasResponse_v0.decode(wire)
+    assert response.entries == [(0, None, [("user", None)])]
+
+
 async def test_a_refused_quota_names_kafkas_error_and_what_to_do(monkeypatch):
     sent = []
 
@@ -66,8 +83,10 @@ async def test_a_refused_quota_names_kafkas_error_and_what_to_do(monkeypatch):
     monkeypatch.setattr(quotas, "_send", refuse)
     with pytest.raises(AclRefused) as refused:
         await set_quotas(KafkaSettings(), "user", ["alice", "bob"], {"producer_byte_rate": 1.0})
-    assert str(refused.value) == ("Kafka refused 1 of 2 quotas (user 'bob'): ClusterAuthorizationFailedError "
-                                  "(denied); run it as a super user (the broker's super.users)")
+    assert str(refused.value) == (
+        "Kafka refused 1 of 2 quotas (user 'bob' first) for the PLAINTEXT principal at 127.0.0.1:9092: "
+        "CLUSTER_AUTHORIZATION_FAILED (denied); run `aiaas acl apply` as a super user (the broker's super.users; "
+        "AIAAS_KAFKA_SUPER_USERS on the local broker)")
     assert sent[0]._entries == [([("user", "alice")], [("producer_byte_rate", 1.0, False)]),
                                 ([("user", "bob")], [("producer_byte_rate", 1.0, False)])]
 
@@ -104,3 +123,6 @@ def test_cli_prints_the_quotas_after_the_acls_and_refuses_a_bad_one(capsys, monk
 
     assert main(["acl", "print", "--tenants", "alice", "--request-percentage", "-5"]) == 2
     assert "aiaas: error: request_percentage must be a positive number, not -5.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: a byte rate is a whole number
+        main(["acl", "print", "--tenants", "alice", "--producer-byte-rate", "1.5"])
+    assert "invalid int value: '1.5'" in capsys.readouterr().err

@@ -109,12 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     acl.add_argument("--command-config", default="admin.properties",
                      help="print: the super user's client properties file the commands pass to Kafka's tools")
     quota = acl.add_argument_group("broker quotas on each tenant (Kafka client quotas on its user; docs/security.md)")
-    quota.add_argument("--producer-byte-rate", type=float, metavar="BYTES_PER_S",
+    quota.add_argument("--producer-byte-rate", type=int, metavar="BYTES_PER_S",
                        help="how fast each tenant's producers may publish, per broker")
-    quota.add_argument("--consumer-byte-rate", type=float, metavar="BYTES_PER_S",
+    quota.add_argument("--consumer-byte-rate", type=int, metavar="BYTES_PER_S",
                        help="how fast each tenant's consumers may read, per broker")
     quota.add_argument("--request-percentage", type=float, metavar="PERCENT",
-                       help="the share of one broker request thread's time each tenant's clients may take")
+                       help="the share of one broker request thread's time (I/O and network) each tenant's clients "
+                       "may take")
 
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="action", required=True)
@@ -608,7 +609,7 @@ def _cmd_acl(args: argparse.Namespace) -> int:
           f"{', '.join(plan.internal_users())} (prefix {plan.prefix})")
     if quota:
         asyncio.run(set_quotas(settings, "user", tenants, quota.values()))
-        print(f"quota on each tenant: {quota.spelled()}")
+        print(f"quota on each tenant: {quota.config_string()}")
     return 0
 
 

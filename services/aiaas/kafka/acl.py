@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AclBinding, AdminClient
 
-__all__ = ["AclPlan", "AclRefused", "AclRule", "apply_acls", "kafka_acls_commands", "tenant_group_prefix"]
+__all__ = ["AclPlan", "AclRefused", "AclRule", "apply_acls", "kafka_acls_commands", "refusal_message",
+           "tenant_group_prefix"]
 
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CLUSTER = "kafka-cluster"  # Kafka's name for the one cluster resource
@@ -279,7 +280,8 @@ def _apply(plan: AclPlan, settings: KafkaSettings, topics: bool) -> list[str]:
     rules = plan.rules()
     if errors := _failures(admin.create_acls([rule.binding() for rule in rules],
                                              request_timeout=settings.request_timeout_ms / 1000), settings):
-        raise AclRefused(_refusal(f"{len(errors)} of {len(rules)} ACLs", errors[0], settings))
+        raise AclRefused(refusal_message(f"{len(errors)} of {len(rules)} ACLs", errors[0].name(), errors[0].str(),
+                                         settings))
     return created
 
 
@@ -290,7 +292,8 @@ def _create_topics(admin: AdminClient, names: list[str], settings: KafkaSettings
     futures = admin.create_topics(new, request_timeout=settings.request_timeout_ms / 1000)
     errors = _failures(futures, settings, allowed=("TOPIC_ALREADY_EXISTS",))
     if errors:
-        raise AclRefused(_refusal(f"{len(errors)} of {len(names)} topics", errors[0], settings))
+        raise AclRefused(refusal_message(f"{len(errors)} of {len(names)} topics", errors[0].name(), errors[0].str(),
+                                         settings))
     return [name for name, future in futures.items() if future.exception() is None]
 
 
@@ -313,9 +316,9 @@ _SUPER_USER_HINT = ("run `aiaas acl apply` as a super user (the broker's super.u
                     "local broker)")
 
 
-def _refusal(what: str, error: KafkaError, settings: KafkaSettings) -> str:
-    """One line: what was refused, Kafka's error name and what to do."""
-    name, detail = error.name(), error.str()
+def refusal_message(what: str, name: str, detail: str | None, settings: KafkaSettings) -> str:
+    """One line: what was refused, Kafka's error name (`CLUSTER_AUTHORIZATION_FAILED`) and detail, and what to do."""
+    detail = detail or ""
     if len(detail) > 160 or name in detail:  # some brokers put a whole request's toString here
         detail = ""
     line = f"Kafka refused {what} for {_who(settings)} at {settings.bootstrap_servers}: {name}" + \

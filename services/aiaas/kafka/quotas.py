@@ -4,10 +4,11 @@
 The service shares its in-flight window and its batches fairly between tenants (docs/security.md, "Fair share"),
 but a tenant that publishes as fast as its producer goes also takes the broker's request threads and cores from
 everyone else's publishes and fetches before any job reaches the service. Kafka's own answer is a quota on the
-principal: past `producer_byte_rate` bytes/s (or `consumer_byte_rate`, or `request_percentage` of one broker
-thread's time) the broker delays its responses to that user's clients and mutes their connections for the delay, so
-a flood arrives at the quota's pace whatever the client does. A quota above what the service drains still lets a
-tenant build a backlog; it only stops the publishing itself from crowding out the others.
+principal: past `producer_byte_rate` bytes/s (or `consumer_byte_rate`, or `request_percentage` of one request
+thread's time, I/O and network threads together) the broker answers that client with a throttle time and mutes its
+connection for that long (KIP-219), so its next requests wait. Every connection of the user counts against one
+quota per broker. A quota above what the service drains still lets a tenant build a backlog; it only stops the
+publishing itself from crowding out the others.
 
 Quota entities: `user` (a SASL principal: a tenant, `aiaas acl apply`) or `client-id` (the client's `client.id`;
 on a broker without authentication every client is `User:ANONYMOUS`, so only the client id tells tenants apart
@@ -32,6 +33,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schema, String
 
 from aiaas.errors import AclRefused
+from aiaas.kafka.acl import refusal_message
 from aiaas.settings import KafkaSettings
 
 __all__ = ["Entity", "TenantQuota", "set_quotas", "describe_quota", "kafka_configs_commands"]
@@ -40,24 +42,29 @@ Entity = Literal["user", "client-id"]
 _MATCH_EXACT = 0  # DescribeClientQuotas: match the entity name exactly
 
 
+_LONG_MAX = 2**63 - 1  # Kafka stores the byte rates as a Java long
+
+
 @dataclass(frozen=True)
 class TenantQuota:
     """A client quota: each field Kafka's quota key of the same name; None leaves that key as it is."""
 
-    producer_byte_rate: float | None = None  # bytes/s a principal's producers may write, on each broker
-    consumer_byte_rate: float | None = None  # bytes/s its consumers may fetch, on each broker
-    request_percentage: float | None = None  # % of one request-handler thread's time, on each broker
+    producer_byte_rate: int | None = None  # bytes/s a principal's producers may write, on each broker
+    consumer_byte_rate: int | None = None  # bytes/s its consumers may fetch, on each broker
+    request_percentage: float | None = None  # % of one request thread's time (I/O and network), on each broker
 
     def __post_init__(self) -> None:
         for key, value in self.values().items():
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{key} must be a positive number, not {value!r}")
+            if key.endswith("_byte_rate") and (value != int(value) or value > _LONG_MAX):
+                raise ValueError(f"{key} must be a whole number of bytes per second, not {value!r}")
 
     def values(self) -> dict[str, float]:
         """The keys this quota sets, with their values."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def spelled(self) -> str:
+    def config_string(self) -> str:
         """The keys as `kafka-configs.sh --add-config` takes them: `producer_byte_rate=5242880,request_percentage=5`."""
         return ",".join(f"{key}={value:.0f}" if float(value).is_integer() else f"{key}={value!r}"
                         for key, value in self.values().items())
@@ -109,38 +116,50 @@ async def set_quotas(settings: KafkaSettings, entity: Entity, names: list[str],
     Raises AclRefused, naming Kafka's error and what to do, when the broker refuses any of them (only a super user,
     or a principal allowed ALTER_CONFIGS on the cluster, may change quotas).
     """
-    from aiokafka.errors import for_code
-
     ops = [(key, 0.0 if value is None else float(value), value is None) for key, value in values.items()]
     entries: list[tuple[list[tuple[str, str]], Any]] = [([(entity, name)], ops) for name in names]
     response = await _send(settings, _AlterClientQuotasRequest(entries))
-    refused = [(entry[2][0][1], for_code(entry[0]).__name__, entry[1]) for entry in response.entries if entry[0]]
+    refused = [(code, message, entity_names[0][1]) for code, message, entity_names in response.entries if code]
     if refused:
-        name, error, message = refused[0]
-        hint = "; run it as a super user (the broker's super.users)" if "Authorization" in error else ""
-        raise AclRefused(f"Kafka refused {len(refused)} of {len(names)} quotas ({entity} {name!r}): {error}"
-                         f"{f' ({message})' if message else ''}{hint}")
+        code, message, name = refused[0]
+        raise AclRefused(refusal_message(f"{len(refused)} of {len(names)} quotas ({entity} {name!r} first)",
+                                         _error_name(code), message, settings))
 
 
 async def describe_quota(settings: KafkaSettings, entity: Entity, name: str) -> dict[str, float]:
     """The quota keys set for exactly this entity (not defaults), e.g. {'producer_byte_rate': 5242880.0}."""
-    from aiokafka.errors import for_code
     from aiokafka.protocol.admin import DescribeClientQuotasRequest
 
     response = await _send(settings, DescribeClientQuotasRequest([(entity, _MATCH_EXACT, name)], True))
     if response.error_code:
-        raise AclRefused(f"Kafka refused to describe the quotas of {entity} {name!r}: "
-                         f"{for_code(response.error_code).__name__} ({response.error_message})")
+        raise AclRefused(refusal_message(f"the quotas of {entity} {name!r}", _error_name(response.error_code),
+                                         response.error_message, settings))
     return {key: value for _, values in response.entries for key, value in values}
 
 
+def _error_name(code: int) -> str:
+    """Kafka's name for an error code (`CLUSTER_AUTHORIZATION_FAILED`), as the ACL step's errors read."""
+    from aiokafka.errors import for_code
+
+    return str(for_code(code).message)
+
+
 async def _send(settings: KafkaSettings, request: Request[Any]) -> Any:
+    """`request`'s response from any broker; an unreachable broker or a failed request raises an aiaas error that
+    says what to do."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from aiaas.kafka.diagnostics import explain_connection_failure
 
     admin = AIOKafkaAdminClient(**settings.connection_kwargs())
-    await admin.start()
     try:
+        await admin.start()
         return await admin._send_request(request)  # noqa: SLF001 (aiokafka's one way to send a request it lacks)
+    except KafkaConnectionError as exc:
+        raise await explain_connection_failure(settings, exc) from exc
+    except KafkaError as exc:  # a timeout, or a broker older than Kafka 2.6 (no quota API)
+        raise AclRefused(refusal_message("the quota request", type(exc).__name__, str(exc), settings)) from exc
     finally:
         await admin.close()
 
@@ -150,5 +169,5 @@ def kafka_configs_commands(settings: KafkaSettings, entity: Entity, names: list[
     """The same quotas as `kafka-configs.sh` commands, one per entity."""
     entity_type = {"user": "users", "client-id": "clients"}[entity]
     return [shlex.join(["kafka-configs.sh", "--bootstrap-server", settings.bootstrap_servers, "--command-config",
-                        command_config, "--alter", "--add-config", quota.spelled(), "--entity-type", entity_type,
+                        command_config, "--alter", "--add-config", quota.config_string(), "--entity-type", entity_type,
                         "--entity-name", name]) for name in names]
