@@ -40,8 +40,6 @@ __all__ = ["Entity", "TenantQuota", "set_quotas", "describe_quota", "kafka_confi
 
 Entity = Literal["user", "client-id"]
 _MATCH_EXACT = 0  # DescribeClientQuotas: match the entity name exactly
-
-
 _LONG_MAX = 2**63 - 1  # Kafka stores the byte rates as a Java long
 
 
