@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
              for phase, found in x.stops.items()]
     machine, command, settings = report_context("priority_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as it can"
+    how += f" with {args.flood_client}"
     text = (f"Priority flood ({machine}): a probe of urgent jobs (priority 1) at {args.probe_rate:g} jobs/s alone for "
             f"{args.solo_s:g} s, then while {args.flood_jobs:,} normal jobs are published {how}"
             f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}.\n"

@@ -63,6 +63,7 @@ __all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "St
            "common_options", "run_benchmark", "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
+FLOOD_CLIENTS = ("aiokafka", "librdkafka")
 FLOOD_CLIENT_ID = "alice-flood"  # her producer's client.id: what `--flood-quota` names on a broker without logins
 
 
@@ -77,20 +78,30 @@ def _images() -> list[Tensor]:
     return [Tensor.from_numpy(image[0]) for image in load_split().test_x]
 
 
+def _flood_payloads(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
+    """(key, encoded job) of each of the flood's vision jobs."""
+    images = _images()
+    return [(job_id.encode(), encode(Job(job_id=job_id, model="vision", inputs={"image": images[i % len(images)]})))
+            for i, job_id in enumerate(flood_job_ids(prefix, count))]
+
+
+def _announce(count: int, topic: str, rate: float) -> None:
+    print(f"alice flood ready: {count} jobs to {topic} at {'full speed' if not rate else f'{rate:,.0f}/s'}",
+          flush=True)
+
+
 async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate: float) -> tuple[int, float, float]:
-    """Publish `count` vision jobs to `topic`, at `rate` jobs/s (open loop; 0: as fast as the producer takes them).
+    """Publish `count` vision jobs to `topic`, at `rate` jobs/s (open loop; 0: as fast as the producer takes them),
+    with aiokafka (the Kafka client the services and `aiaas` client use).
 
     Jobs are encoded before the clock starts. Returns (acknowledged, wall time of the first send, seconds).
     """
-    images = _images()
-    payloads = [(job_id.encode(), encode(Job(job_id=job_id, model="vision", inputs={"image": images[i % len(images)]})))
-                for i, job_id in enumerate(flood_job_ids(prefix, count))]
+    payloads = _flood_payloads(prefix, count)
     producer = AIOKafkaProducer(**kafka.connection_kwargs(), client_id=FLOOD_CLIENT_ID, acks="all",
                                 enable_idempotence=True, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     try:
-        print(f"alice flood ready: {count} jobs to {topic} at {'full speed' if not rate else f'{rate:,.0f}/s'}",
-              flush=True)
+        _announce(count, topic, rate)
         first_at, start, acks = time.time(), time.monotonic(), []
         for i, (key, value) in enumerate(payloads):
             if rate:
@@ -105,6 +116,42 @@ async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate:
         return count, first_at, time.monotonic() - start
     finally:
         await producer.stop()
+
+
+def flood_librdkafka(kafka: KafkaSettings, topic: str, prefix: str, count: int,
+                     rate: float) -> tuple[int, float, float]:
+    """`flood` with librdkafka (confluent-kafka), the C client most publishers in the field run on (Java's aside): the
+    same jobs, acks and idempotence, with a fraction of the CPU per record on the cores the service shares here."""
+    from confluent_kafka import KafkaException, Producer
+
+    payloads = _flood_payloads(prefix, count)
+    producer = Producer(kafka.librdkafka_config(FLOOD_CLIENT_ID) | {
+        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "batch.size": 256 * 1024})
+    failures: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    _announce(count, topic, rate)
+    first_at, start = time.time(), time.monotonic()
+    for i, (key, value) in enumerate(payloads):
+        if rate:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0.001:
+                time.sleep(delay)
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:  # its queue is full: let it send, then try again
+                producer.poll(0.01)
+        producer.poll(0)
+    if left := producer.flush(60):
+        raise KafkaException(f"{left} of alice's jobs were not acknowledged within 60 s")
+    if failures:
+        raise KafkaException(f"{len(failures)} of alice's jobs failed: {failures[0]}")
+    return count, first_at, time.monotonic() - start
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -379,7 +426,8 @@ class Bench:
 
         topic = topic or ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
         args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
-                "--count", str(count), "--rate", str(rate), "--nice", str(self.args.flood_nice)]
+                "--count", str(count), "--rate", str(rate), "--nice", str(self.args.flood_nice),
+                "--client", self.args.flood_client]
         return ChildProcess(args, service_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
                             self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
 
@@ -555,6 +603,9 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--flood-nice", type=int, default=0, choices=range(20), metavar="0..19",
                         help="the flood's process runs at this niceness: 19 gives the cores to the service, the broker "
                         "and the prober first, as if alice published from machines of her own (0: an equal share)")
+    parser.add_argument("--flood-client", choices=FLOOD_CLIENTS, default="aiokafka",
+                        help="the flood's Kafka client: aiokafka (pure Python, as the services) or librdkafka "
+                        "(confluent-kafka, C: far less of the shared cores per record)")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
 
@@ -568,6 +619,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
     f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
+    f.add_argument("--client", choices=FLOOD_CLIENTS, default="aiokafka", help="the Kafka client she publishes with")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
     parser.add_argument("--flood-quota", type=int, default=0, metavar="BYTES_PER_S",
@@ -632,7 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.command == "flood":
         os.nice(args.nice)
-        acked, first_at, seconds = asyncio.run(flood(KafkaSettings(), args.topic, args.prefix, args.count, args.rate))
+        publish = (flood_librdkafka(KafkaSettings(), args.topic, args.prefix, args.count, args.rate)
+                   if args.client == "librdkafka" else
+                   asyncio.run(flood(KafkaSettings(), args.topic, args.prefix, args.count, args.rate)))
+        acked, first_at, seconds = publish
         print(f"alice flood done: {acked} acked, first send at {first_at:.6f} in {seconds:.3f} s "
               f"({acked / seconds:,.0f}/s)", flush=True)
         return 0
@@ -640,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     stops = [(str(i), phase, found) for i, r in enumerate(results, 1) for phase, found in r.stops.items()]
     machine, command, settings = report_context("tenant_flood.py", argv)
     how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
+    how += f" with {args.flood_client}"
     if args.flood_quota:
         how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "

@@ -108,6 +108,30 @@ class KafkaSettings(BaseSettings):
             kwargs["ssl_context"] = self.ssl_context()
         return kwargs
 
+    def librdkafka_config(self, client_id: str) -> dict[str, object]:
+        """The same connection as `connection_kwargs`, in librdkafka's (confluent-kafka's) configuration names."""
+        config: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+            "client.id": client_id,
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            config |= {
+                "sasl.mechanism": self.sasl_mechanism or "PLAIN",
+                "sasl.username": self.sasl_username,
+                "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else "",
+            }
+        if self.security_protocol.endswith("SSL"):
+            config["ssl.ca.location"] = self.ssl_cafile or "probe"  # "probe": the system's CA bundle
+            if self.ssl_certfile:
+                # A certificate file may hold its key too (ssl_certfile); OpenSSL finds it there.
+                config["ssl.certificate.location"] = self.ssl_certfile
+                config["ssl.key.location"] = self.ssl_keyfile or self.ssl_certfile
+            if self.ssl_password:
+                config["ssl.key.password"] = self.ssl_password.get_secret_value()
+        return config
+
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for SSL/SASL_SSL: verifies the brokers (ssl_cafile or the system CAs), with the
         client certificate when one is configured."""

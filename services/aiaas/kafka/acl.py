@@ -337,26 +337,5 @@ def _who(settings: KafkaSettings) -> str:
 
 
 def _admin_config(settings: KafkaSettings) -> dict[str, object]:
-    """The same connection as `settings.connection_kwargs()`, in librdkafka's configuration names."""
-    config: dict[str, object] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "security.protocol": settings.security_protocol.lower(),
-        "client.id": "aiaas-acl",
-        "socket.timeout.ms": settings.request_timeout_ms,
-        "logger": logging.getLogger(__name__),  # librdkafka's log lines go to logging, not straight to stderr
-    }
-    if settings.security_protocol.startswith("SASL"):
-        config |= {
-            "sasl.mechanism": settings.sasl_mechanism or "PLAIN",
-            "sasl.username": settings.sasl_username,
-            "sasl.password": settings.sasl_password.get_secret_value() if settings.sasl_password else "",
-        }
-    if settings.security_protocol.endswith("SSL"):
-        config["ssl.ca.location"] = settings.ssl_cafile or "probe"  # "probe": the system's CA bundle
-        if settings.ssl_certfile:
-            # A certificate file may hold its key too (KafkaSettings.ssl_certfile); OpenSSL finds it there.
-            config["ssl.certificate.location"] = settings.ssl_certfile
-            config["ssl.key.location"] = settings.ssl_keyfile or settings.ssl_certfile
-        if settings.ssl_password:
-            config["ssl.key.password"] = settings.ssl_password.get_secret_value()
-    return config
+    """The ACL step's librdkafka connection; librdkafka's log lines go to logging, not straight to stderr."""
+    return settings.librdkafka_config("aiaas-acl") | {"logger": logging.getLogger(__name__)}
