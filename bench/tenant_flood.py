@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -182,8 +183,9 @@ class RunResult:
     """Alice's first publish → her last result written."""
     solo: list[float] = field(default_factory=list)
     during: list[float] = field(default_factory=list)
-    parts: dict[str, tuple[list[float], list[float], list[float]]] = field(default_factory=dict)
-    """Phase → bob's (latency, publish → batch cut, model done → result read) in ms; the flood also split into
+    parts: dict[str, tuple[list[float], list[float], list[float], list[float]]] = field(default_factory=dict)
+    """Phase → bob's (latency, publish → acknowledged by the broker, publish → batch cut, model done → result read)
+    in ms; the flood also split into
     alice publishing and the service draining her backlog after she stopped."""
     missing: int = 0
     """Bob's jobs without a result at the end."""
@@ -271,6 +273,8 @@ class Prober:
         self.headers, self.job_fields = headers or None, job or {}
         self.sent: dict[str, float] = {}
         self.received: dict[str, float] = {}
+        self.acked: dict[str, float] = {}
+        """Job id → when the broker acknowledged it (wall clock)."""
         self.timings: dict[str, tuple[float, float]] = {}
         """Job id → (ms from publish to the batch being cut, ms from the model call's end to the result read)."""
         self._images = _images()
@@ -341,8 +345,13 @@ class Prober:
             job = Job(job_id=job_id, model="vision", inputs={"image": self._images[i % len(self._images)]},
                       **self.job_fields)
             self.sent[job_id] = time.time()
-            await self._producer.send(self.infer, encode(job), key=job_id.encode(), headers=self.headers)
+            ack = await self._producer.send(self.infer, encode(job), key=job_id.encode(), headers=self.headers)
+            ack.add_done_callback(functools.partial(self._acknowledged, job_id))
             i += 1
+
+    def _acknowledged(self, job_id: str, ack: asyncio.Future) -> None:
+        if not ack.cancelled() and ack.exception() is None:
+            self.acked[job_id] = time.time()
 
     async def stop_publishing(self, drain_s: float = 30) -> None:
         """Stop publishing and wait (up to `drain_s`) for the results of everything sent."""
@@ -371,6 +380,10 @@ class Prober:
         """For the jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
         parts = [self.timings[j] for j, t in self.sent.items() if since <= t < until and j in self.timings]
         return [p[0] for p in parts], [p[1] for p in parts]
+
+    def acks_ms(self, since: float, until: float) -> list[float]:
+        """For the jobs sent in [since, until): ms from publish to the broker's acknowledgement."""
+        return [(self.acked[j] - t) * 1000 for j, t in self.sent.items() if since <= t < until and j in self.acked]
 
 
 async def _results_written(kafka: KafkaSettings, topic: str) -> int:
@@ -523,7 +536,8 @@ class Bench:
             result.solo = bob.latencies_ms(solo_from, solo_until)
             result.during = bob.latencies_ms(flood_from, flood_until)
             published_at = flood_from + result.alice_publish_s
-            result.parts = {phase: (bob.latencies_ms(lo, hi), *bob.parts_ms(lo, hi)) for phase, lo, hi in (
+            result.parts = {phase: (bob.latencies_ms(lo, hi), bob.acks_ms(lo, hi), *bob.parts_ms(lo, hi))
+                            for phase, lo, hi in (
                 ("alone", solo_from, solo_until), ("during the flood", flood_from, flood_until),
                 ("· while alice publishes", flood_from, published_at),
                 ("· while her backlog drains", published_at, flood_until))}
@@ -570,13 +584,16 @@ RULE = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|-
 
 
 def breakdown(results: list[RunResult]) -> str:
-    """Where bob's time goes, per run and phase: before his job is in a batch, and after the model call."""
+    """Where bob's time goes, per run and phase: his publish (the broker's acknowledgement), before his job is in a
+    batch, and after the model call."""
     p = percentile
-    lines = ["| run | phase | bob's jobs | latency p50 ms | p99 ms | publish → batch cut: p50 ms | p99 ms "
-             "| model done → result read: p50 ms | p99 ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | phase | bob's jobs | latency p50 ms | p99 ms | publish → acked: p50 ms | p99 ms "
+             "| publish → batch cut: p50 ms | p99 ms | model done → result read: p50 ms | p99 ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(results, 1):
-        for phase, (total, before, after) in r.parts.items():
+        for phase, (total, acked, before, after) in r.parts.items():
             lines.append(f"| {i} | {phase} | {len(total)} | {p(total, 50):.1f} | {p(total, 99):.1f} "
+                         f"| {p(acked, 50):.1f} | {p(acked, 99):.1f} "
                          f"| {p(before, 50):.1f} | {p(before, 99):.1f} | {p(after, 50):.1f} | {p(after, 99):.1f} |")
     return "\n".join(lines)
 
@@ -700,9 +717,10 @@ def main(argv: list[str] | None = None) -> int:
         how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
             f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
-            f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his results' "
-            f"`timings.queue_wait_ms`: job made just before its send → its batch cut; then `completed_at` → read "
-            f"here):\n\n{breakdown(results)}\n\n{STOPS_TITLE}\n\n{stops_table(stops)}")
+            f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his send → the "
+            f"broker's acknowledgement of it, acks=all; his results' `timings.queue_wait_ms`: job made just before "
+            f"its send → its batch cut; then `completed_at` → read here):\n\n{breakdown(results)}\n\n{STOPS_TITLE}"
+            f"\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0
 
