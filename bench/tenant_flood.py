@@ -211,6 +211,9 @@ class Stops:
     lag_samples: int
     long_lags: int
     longest_lag_ms: float
+    longest_collection_cpu_ms: float = 0.0
+    """The same bound for the collections' CPU time (`aiaas_gc_cpu_seconds`): far below the longest collection, that
+    collection waited for a core."""
 
     LONG_S = 0.01
     """A stop longer than this counts as long (the histograms' buckets end at 10 ms)."""
@@ -220,8 +223,9 @@ class Stops:
         """From two scrapes of the service (None when either failed)."""
         if before is None or after is None or before.error or after.error:
             return None
-        gc, lag = (_gained(before, after, name) for name in ("aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds"))
-        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S))
+        gc, lag, cpu = (_gained(before, after, name) for name in (
+            "aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds", "aiaas_gc_cpu_seconds"))
+        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S), _summary(cpu, cls.LONG_S)[2])
 
 
 def _gained(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
@@ -240,14 +244,15 @@ def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, f
 
 def stops_table(rows: list[tuple[str, str, Stops | None]]) -> str:
     """One line per (run, phase, stops)."""
-    lines = ["| run | phase | collections | of which > 10 ms | longest ≤ ms | loop-lag samples | of which > 10 ms late "
-             "| longest ≤ ms |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | phase | collections | of which > 10 ms | longest ≤ ms | longest CPU ≤ ms | loop-lag samples "
+             "| of which > 10 ms late | longest ≤ ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run, phase, stops in rows:
         if stops is None:
-            lines.append(f"| {run} | {phase} | – | – | – | – | – | – |")
+            lines.append(f"| {run} | {phase} | – | – | – | – | – | – | – |")
             continue
         lines.append(f"| {run} | {phase} | {stops.collections} | {stops.long_collections} "
-                     f"| {_longest(stops.longest_collection_ms)} | {stops.lag_samples} | {stops.long_lags} "
+                     f"| {_longest(stops.longest_collection_ms)} | {_longest(stops.longest_collection_cpu_ms)} "
+                     f"| {stops.lag_samples} | {stops.long_lags} "
                      f"| {_longest(stops.longest_lag_ms)} |")
     return "\n".join(lines)
 
@@ -257,8 +262,9 @@ def _longest(ms: float) -> str:
     return f"> {PAUSE_BUCKETS[-1] * 1000:g}" if ms == float("inf") else f"{ms:g}"
 
 
-STOPS_TITLE = ("The service's own stops in each phase (its /metrics: garbage collections, and how late its event "
-               "loop woke from 50 ms sleeps; \"≤ ms\": the upper bound of the highest histogram bucket reached):")
+STOPS_TITLE = ("The service's own stops in each phase (its /metrics: garbage collections, the longest CPU time one "
+               "had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": the upper "
+               "bound of the highest histogram bucket reached):")
 
 
 class Prober:

@@ -43,3 +43,13 @@ def test_a_stop_past_the_last_bucket_reads_past_its_bound():
     stops = Stops.between(before, after)
     assert stops is not None and stops.long_collections == 1
     assert "| > 5000 |" in stops_table([("1", "during the flood", stops)])
+
+
+def test_a_collection_that_waited_for_a_core_reads_a_shorter_cpu_bound():
+    before = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 0, 0.05: 0, INF: 0},
+                         "aiaas_gc_cpu_seconds": {0.002: 0, 0.05: 0, INF: 0}})
+    after = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 4, 0.05: 5, INF: 5},
+                        "aiaas_gc_cpu_seconds": {0.002: 5, 0.05: 5, INF: 5}})
+    stops = Stops.between(before, after)
+    assert stops is not None and (stops.longest_collection_ms, stops.longest_collection_cpu_ms) == (50.0, 2.0)
+    assert "| 50 | 2 |" in stops_table([("1", "during the flood", stops)])

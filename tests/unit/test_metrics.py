@@ -477,8 +477,41 @@ def test_every_garbage_collection_is_timed_by_generation():
         ServingMetrics("text")  # a second registry in the process: still one hook, each collection counted once
         gc.collect()
         assert collections("2") == before + 2
+        assert registry.get_sample_value("aiaas_gc_cpu_seconds_count", {"generation": "2"}) == before + 2
+        assert (registry.get_sample_value("aiaas_gc_cpu_seconds_sum", {"generation": "2"}) or 0.0) > 0
     finally:
         gc.enable()
+
+
+def test_a_collection_that_waited_for_a_core_shows_less_cpu_than_wall_time(monkeypatch):
+    import gc
+
+    from aiaas.metrics import pauses
+
+    registry = ServingMetrics("vision").registry
+
+    def counted(name: str, le: str) -> float:
+        return registry.get_sample_value(f"{name}_bucket", {"generation": "0", "le": le}) or 0.0
+
+    before = {name: (counted(name, "0.002"), counted(name, "0.05")) for name in ("aiaas_gc_pause_seconds",
+                                                                                  "aiaas_gc_cpu_seconds")}
+    clocks = {"wall": 100.0, "cpu": 7.0}
+    monkeypatch.setattr(pauses.time, "perf_counter", lambda: clocks["wall"])
+    monkeypatch.setattr(pauses.time, "thread_time", lambda: clocks["cpu"])
+    gc.disable()  # no real collection on the fake clocks
+    try:
+        pauses._on_gc("start", {"generation": 0})
+        clocks["wall"] += 0.030  # 30 ms on the wall clock, of which the thread ran 1 ms: it waited for a core
+        clocks["cpu"] += 0.001
+        pauses._on_gc("stop", {"generation": 0})
+    finally:
+        gc.enable()
+    wall_short, wall_long = before["aiaas_gc_pause_seconds"]
+    cpu_short, cpu_long = before["aiaas_gc_cpu_seconds"]
+    assert (counted("aiaas_gc_pause_seconds", "0.002"), counted("aiaas_gc_pause_seconds", "0.05")) == (
+        wall_short, wall_long + 1)
+    assert (counted("aiaas_gc_cpu_seconds", "0.002"), counted("aiaas_gc_cpu_seconds", "0.05")) == (
+        cpu_short + 1, cpu_long + 1)
 
 
 async def test_the_event_loop_lag_shows_a_loop_held_by_synchronous_work():

@@ -6,6 +6,9 @@ question is whether the service itself stood still then. Both histograms answer 
 * `aiaas_gc_pause_seconds{generation}` (every aiaas process): each collection's duration, timed by a `gc.callbacks`
   hook (prometheus-client's GC collector counts collections, not how long they held every thread; the time includes
   any callbacks registered after this one);
+* `aiaas_gc_cpu_seconds{generation}`: the CPU time the collecting thread had during each of them. A collection whose
+  CPU time is far below its duration spent the rest waiting for a core (a machine busy with other processes, a
+  container's CPU limit), not walking objects: the fix is then the machine's, not the heap's;
 * `aiaas_event_loop_lag_seconds` (model services): how much later than asked a short sleep on the event loop ended,
   sampled every `LAG_EVERY_S`: a long synchronous step (a model call on the loop, a large batch's per-job work) shows
   here, and with it every Kafka request and acknowledgement that waited behind it.
@@ -60,20 +63,26 @@ class _Durations:
 
 
 _gc_pauses = {generation: _Durations() for generation in range(3)}  # by generation, as gc.callbacks reports it
+_gc_cpu = {generation: _Durations() for generation in range(3)}
 _loop_lag = _Durations()
 
 
 class _GcClock:
-    started = 0.0  # the running collection's start (one collection at a time per process)
+    """The running collection's start, on the wall clock and on its thread's CPU clock (one collection at a time
+    per process: the collecting thread holds the GIL throughout)."""
+
+    started = 0.0
+    cpu_started = 0.0
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _GcClock.started = time.perf_counter()
+        _GcClock.started, _GcClock.cpu_started = time.perf_counter(), time.thread_time()
     else:
-        durations = _gc_pauses.get(info.get("generation", -1))
-        if durations is not None:
-            durations.observe(time.perf_counter() - _GcClock.started)
+        generation = info.get("generation", -1)
+        if generation in _gc_pauses:
+            _gc_cpu[generation].observe(time.thread_time() - _GcClock.cpu_started)
+            _gc_pauses[generation].observe(time.perf_counter() - _GcClock.started)
 
 
 def watch_gc() -> None:
@@ -100,12 +109,15 @@ def _family(name: str, documentation: str, series: Sequence[tuple[list[str], _Du
 
 
 class GcPauses(Collector):
-    """Exports `aiaas_gc_pause_seconds` (install the hook with `watch_gc`)."""
+    """Exports `aiaas_gc_pause_seconds` and `aiaas_gc_cpu_seconds` (install the hook with `watch_gc`)."""
 
     def collect(self) -> Iterator[Metric]:
         yield _family("aiaas_gc_pause_seconds", "Each garbage collection of this process, by generation: how long "
                       "it held every thread.", [([str(g)], pauses) for g, pauses in _gc_pauses.items()],
                       ["generation"])
+        yield _family("aiaas_gc_cpu_seconds", "Each garbage collection's CPU time on its thread, by generation: "
+                      "where far below aiaas_gc_pause_seconds, the collection waited for a core.",
+                      [([str(g)], cpu) for g, cpu in _gc_cpu.items()], ["generation"])
 
 
 class LoopLag(Collector):
