@@ -42,17 +42,15 @@ from aiaas.contract.priority import priority_headers
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics
 from aiaas.settings import KafkaSettings
+from bench.stops import STOPS_TITLE, Stops, stops_table
 from bench.tenant_flood import (
-    STOPS_TITLE,
     Bench,
     Prober,
-    Stops,
     common_options,
     log,
     percentile,
     report_context,
     run_benchmark,
-    stops_table,
     write_report,
 )
 

@@ -18,9 +18,10 @@ from aiaas.tracing.hops import HOPS
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
 from .procs import broker_jvm_opts, kafka_version
+from .stops import STOPS_TITLE, Stops, stops_table
 from .workloads import settings_class
 
-__all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug"]
+__all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug", "level_name"]
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ModelResult:
     open_loop: list[OpenLoop] = field(default_factory=list)
     alone: OpenLoop | None = None
     """Latency of jobs arriving one at a time (a trickle): one small batch's model time + the Kafka round trip."""
+    stops: dict[str, Stops | None] = field(default_factory=dict)
+    """Latency level (`level_name`) → the traced service's own stops over its rounds (None: its metrics unread)."""
     span_share: float | None = None
     """Spans the traced service stored / spans it made (below 1: the export queue dropped some)."""
     seconds: float = 0.0
@@ -369,17 +372,26 @@ def _details(r: ModelResult) -> list[str]:
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for p in ([r.alone] if r.alone else []) + r.open_loop:
             spread = f"{p.p99_range[0]:.1f}–{p.p99_range[1]:.1f}" if p.p99_range else "–"
-            lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | {_rate(p.target_per_s)} "
+            lines.append(f"| {level_name(p.share)} | {_rate(p.target_per_s)} "
                          f"| {_rate(p.achieved_per_s)} | {p.jobs:,} "
                          f"| {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {spread} | {p.mean_batch:.1f} "
                          f"| {p.max_lag_ms:.1f} |")
         lines.append("")
         lines += _hop_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.hops])
+        if r.stops:
+            lines += [STOPS_TITLE.replace("(its /metrics", "at each level, over its rounds (its /metrics"), "",
+                      stops_table([(r.model, level, found) for level, found in r.stops.items()],
+                                  labels=("model", "offered")), ""]
     if r.span_share is not None:
         lines += [f"The traced service stored {r.span_share:.0%} of the spans it made (2 per job: `process` and "
                   "`send …results`, 1 per batch: `infer`; below 100 % the span processor's queue was full and "
                   "dropped spans, which makes tracing look cheaper than exporting them all).", ""]
     return lines
+
+
+def level_name(share: float) -> str:
+    """How the report names a latency level: its share of the saturated throughput, or one job at a time (0)."""
+    return f"{share:.0%}" if share else "one at a time"
 
 
 def _hop_table(points: list[OpenLoop]) -> list[str]:
@@ -397,7 +409,7 @@ def _hop_table(points: list[OpenLoop]) -> list[str]:
         slow = p.slowest
         most = (f"{slow.most} ({slow.mean_ms[slow.most] / (sum(slow.mean_ms.values()) or 1):.0%})"
                 if slow and slow.mean_ms else "–")
-        lines.append(f"| {f'{p.share:.0%}' if p.share else 'one at a time'} | " + " | ".join(cells) + f" | {most} |")
+        lines.append(f"| {level_name(p.share)} | " + " | ".join(cells) + f" | {most} |")
     return [*lines, ""]
 
 

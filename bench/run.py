@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -64,10 +65,12 @@ from bench.report import (
     ALONE_PER_S,
     MachineInfo,
     ModelResult,
+    level_name,
     machine_slug,
     markdown,
     plot,
 )
+from bench.stops import Stops, scrape_service
 from bench.transport import start_inprocess
 from bench.workloads import MODELS, Payload, build_model, payloads, settings_class
 
@@ -190,17 +193,27 @@ class Bench:
             await on.start()
             alone: list[OpenLoop] = []
             points: dict[float, list[OpenLoop]] = {share: [] for share in SHARES}
+            stops: dict[str, list[Stops | None]] = {level_name(share): [] for share in (0, *SHARES)}
+
+            async def stopped(level: str, measure: Awaitable[OpenLoop]) -> OpenLoop:
+                """`measure`, with the traced service's own stops meanwhile."""
+                before = await asyncio.to_thread(scrape_service, self.home, traced.pid)
+                point = await measure
+                stops[level].append(Stops.between(before, await asyncio.to_thread(scrape_service, self.home,
+                                                                                  traced.pid)))
+                return point
+
             try:
                 # Round after round of every level, so a slow minute of the machine falls on all of them alike.
                 for round_ in range(1, self.latency_rounds + 1):
-                    alone.append(await open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)), rate=ALONE_PER_S,
-                                                 share=0))
+                    alone.append(await stopped(level_name(0), open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)),
+                                                                rate=ALONE_PER_S, share=0)))
                     log(f"    round {round_}: one at a time ({ALONE_PER_S}/s): p50 {alone[-1].p50_ms:.1f} "
                         f"p99 {alone[-1].p99_ms:.1f} ms")
                     for share in SHARES:
                         rate = share * result.service.jobs_per_s
-                        point = await open_loop(on, take(max(int(rate * self.open_loop_s), 20)), rate=rate,
-                                                share=share)
+                        point = await stopped(level_name(share), open_loop(
+                            on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share))
                         points[share].append(point)
                         log(f"    round {round_}: open loop {share:.0%} ({rate:,.0f}/s, achieved "
                             f"{point.achieved_per_s:,.0f}/s): p50 {point.p50_ms:.1f} p95 {point.p95_ms:.1f} "
@@ -209,6 +222,7 @@ class Bench:
                 await on.stop()
             result.alone = over_rounds(alone)
             result.open_loop = [over_rounds(rounds) for rounds in points.values()]
+            result.stops = {level: Stops.combined(found) for level, found in stops.items()}
             await add_hops_once_stored([result.alone, *result.open_loop], self.home / "spans", model)
             if self.args.load == "raw":
                 log("    the same service through AiaasClient (this process traces its spans too)")

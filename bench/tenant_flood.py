@@ -55,13 +55,12 @@ from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
-from aiaas.metrics.fleet import Scrape, scrape
-from aiaas.metrics.pauses import PAUSE_BUCKETS
-from aiaas.metrics.targets import list_targets
+from aiaas.metrics.fleet import Scrape
 from aiaas.settings import KafkaSettings
+from bench.stops import STOPS_TITLE, Stops, scrape_service, stops_table
 
-__all__ = ["flood_job_ids", "flood", "percentile", "log", "Prober", "Bench", "Stops", "STOPS_TITLE", "stops_table",
-           "common_options", "run_benchmark", "report_context", "write_report"]
+__all__ = ["flood_job_ids", "flood", "flood_librdkafka", "percentile", "log", "Prober", "Bench", "common_options",
+           "run_benchmark", "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
 FLOOD_CLIENTS = ("aiokafka", "librdkafka")
@@ -197,74 +196,6 @@ class RunResult:
     def ratio(self) -> float:
         """Bob's p99 during the flood / alone."""
         return percentile(self.during, 99) / percentile(self.solo, 99)
-
-
-@dataclass
-class Stops:
-    """The service's own stops over a stretch of time, from its /metrics: its garbage collections
-    (`aiaas_gc_pause_seconds`) and its event loop's lag (`aiaas_event_loop_lag_seconds`: how late a 50 ms sleep
-    ended, sampled all the time). Longest: the upper bound of the highest histogram bucket that gained any."""
-
-    collections: int
-    long_collections: int
-    longest_collection_ms: float
-    lag_samples: int
-    long_lags: int
-    longest_lag_ms: float
-    longest_collection_cpu_ms: float = 0.0
-    """The same bound for the collections' CPU time (`aiaas_gc_cpu_seconds`): far below the longest collection, that
-    collection waited for a core."""
-
-    LONG_S = 0.01
-    """A stop longer than this counts as long (the histograms' buckets end at 10 ms)."""
-
-    @classmethod
-    def between(cls, before: Scrape | None, after: Scrape | None) -> Stops | None:
-        """From two scrapes of the service (None when either failed)."""
-        if before is None or after is None or before.error or after.error:
-            return None
-        gc, lag, cpu = (_gained(before, after, name) for name in (
-            "aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds", "aiaas_gc_cpu_seconds"))
-        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S), _summary(cpu, cls.LONG_S)[2])
-
-
-def _gained(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
-    """A histogram's cumulative counts by upper bound, gained between two scrapes."""
-    was = before.buckets(name)
-    return {bound: count - was.get(bound, 0.0) for bound, count in sorted(after.buckets(name).items())}
-
-
-def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, float]:
-    """(observations, those over `long_s`, the upper bound in ms of the highest bucket with any; 0 without any)."""
-    total = max(cumulative.values(), default=0.0)
-    short = max((count for bound, count in cumulative.items() if bound <= long_s), default=0.0)
-    longest = min((bound for bound, count in cumulative.items() if count >= total), default=0.0) if total else 0.0
-    return int(total), int(total - short), longest * 1000
-
-
-def stops_table(rows: list[tuple[str, str, Stops | None]]) -> str:
-    """One line per (run, phase, stops)."""
-    lines = ["| run | phase | collections | of which > 10 ms | longest ≤ ms | longest CPU ≤ ms | loop-lag samples "
-             "| of which > 10 ms late | longest ≤ ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for run, phase, stops in rows:
-        if stops is None:
-            lines.append(f"| {run} | {phase} | – | – | – | – | – | – | – |")
-            continue
-        lines.append(f"| {run} | {phase} | {stops.collections} | {stops.long_collections} "
-                     f"| {_longest(stops.longest_collection_ms)} | {_longest(stops.longest_collection_cpu_ms)} "
-                     f"| {stops.lag_samples} | {stops.long_lags} "
-                     f"| {_longest(stops.longest_lag_ms)} |")
-    return "\n".join(lines)
-
-
-def _longest(ms: float) -> str:
-    """A bucket's upper bound in ms; past the last finite bound, "> <that bound>"."""
-    return f"> {PAUSE_BUCKETS[-1] * 1000:g}" if ms == float("inf") else f"{ms:g}"
-
-
-STOPS_TITLE = ("The service's own stops in each phase (its /metrics: garbage collections, the longest CPU time one "
-               "had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": the upper "
-               "bound of the highest histogram bucket reached):")
 
 
 class Prober:
@@ -470,8 +401,7 @@ class Bench:
 
     async def service_metrics(self) -> Scrape | None:
         """A scrape of the service's /metrics, found by its target file; None when it has none."""
-        targets = [t for t in list_targets(self.home) if t.pid == self.service_pid]
-        return await asyncio.to_thread(scrape, targets[0]) if targets else None
+        return await asyncio.to_thread(scrape_service, self.home, self.service_pid)
 
     async def warm_up(self, kafka: KafkaSettings, topic: str, results: str) -> None:
         """100 of alice's jobs to `topic`, answered in `results` (the service logs "ready" before its group has

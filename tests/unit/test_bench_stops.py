@@ -1,8 +1,8 @@
-"""bench/tenant_flood.py's `Stops`: the service's collections and event-loop lag over a stretch, from two scrapes."""
+"""bench/stops.py: the service's collections and event-loop lag over a stretch, from two scrapes."""
 
 from dataclasses import dataclass, field
 
-from bench.tenant_flood import Stops, stops_table
+from bench.stops import Stops, stops_table
 
 
 @dataclass
@@ -53,3 +53,12 @@ def test_a_collection_that_waited_for_a_core_reads_a_shorter_cpu_bound():
     stops = Stops.between(before, after)
     assert stops is not None and (stops.longest_collection_ms, stops.longest_collection_cpu_ms) == (50.0, 2.0)
     assert "| 50 | 2 |" in stops_table([("1", "during the flood", stops)])
+
+
+def test_stretches_combine_into_one():
+    a, b = Stops(3, 1, 20.0, 40, 0, 5.0, 2.0), Stops(2, 0, 5.0, 60, 2, 50.0, 5.0)
+    assert Stops.combined([a, b]) == Stops(5, 1, 20.0, 100, 2, 50.0, 5.0)
+    assert Stops.combined([a, None]) is None
+    assert Stops.combined([]) is None
+    assert stops_table([("vision", "25%", a)], labels=("model", "offered")).startswith(
+        "| model | offered | collections |")
