@@ -38,6 +38,8 @@ class Stops:
     longest_collection_cpu_ms: float = 0.0
     """The same bound for the collections' CPU time (`aiaas_gc_cpu_seconds`): far below the longest collection, that
     collection waited for a core."""
+    full_collections: int = 0
+    """Of the collections, the full ones (generation 2: they walk every object not frozen)."""
 
     LONG_S = 0.01
     """A stop longer than this counts as long (the histograms' buckets end at 10 ms)."""
@@ -49,7 +51,9 @@ class Stops:
             return None
         gc, lag, cpu = (_gained(before, after, name) for name in (
             "aiaas_gc_pause_seconds", "aiaas_event_loop_lag_seconds", "aiaas_gc_cpu_seconds"))
-        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S), _summary(cpu, cls.LONG_S)[2])
+        full = _gained(before, after, "aiaas_gc_pause_seconds", generation="2")
+        return cls(*_summary(gc, cls.LONG_S), *_summary(lag, cls.LONG_S), _summary(cpu, cls.LONG_S)[2],
+                   _summary(full, cls.LONG_S)[0])
 
     @classmethod
     def combined(cls, stretches: Iterable[Stops | None]) -> Stops | None:
@@ -61,13 +65,14 @@ class Stops:
         return cls(sum(s.collections for s in every), sum(s.long_collections for s in every),
                    max(s.longest_collection_ms for s in every), sum(s.lag_samples for s in every),
                    sum(s.long_lags for s in every), max(s.longest_lag_ms for s in every),
-                   max(s.longest_collection_cpu_ms for s in every))
+                   max(s.longest_collection_cpu_ms for s in every), sum(s.full_collections for s in every))
 
 
-def _gained(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
-    """A histogram's cumulative counts by upper bound, gained between two scrapes."""
-    was = before.buckets(name)
-    return {bound: count - was.get(bound, 0.0) for bound, count in sorted(after.buckets(name).items())}
+def _gained(before: Scrape, after: Scrape, name: str, **match: str) -> dict[float, float]:
+    """A histogram's cumulative counts by upper bound (of its series with the labels in `match`), gained between two
+    scrapes."""
+    was = before.buckets(name, **match)
+    return {bound: count - was.get(bound, 0.0) for bound, count in sorted(after.buckets(name, **match).items())}
 
 
 def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, float]:
@@ -80,14 +85,15 @@ def _summary(cumulative: dict[float, float], long_s: float) -> tuple[int, int, f
 
 def stops_table(rows: Sequence[tuple[str, str, Stops | None]], labels: tuple[str, str] = ("run", "phase")) -> str:
     """One line per (first label, second label, stops): a run and its phase, by default."""
-    lines = [f"| {labels[0]} | {labels[1]} | collections | of which > 10 ms | longest ≤ ms | longest CPU ≤ ms "
-             "| loop-lag samples | of which > 10 ms late | longest ≤ ms |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| {labels[0]} | {labels[1]} | collections | full | of which > 10 ms | longest ≤ ms "
+             "| longest CPU ≤ ms | loop-lag samples | of which > 10 ms late | longest ≤ ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for first, second, stops in rows:
         if stops is None:
-            lines.append(f"| {first} | {second} | – | – | – | – | – | – | – |")
+            lines.append(f"| {first} | {second} | – | – | – | – | – | – | – | – |")
             continue
-        lines.append(f"| {first} | {second} | {stops.collections} | {stops.long_collections} "
+        lines.append(f"| {first} | {second} | {stops.collections} | {stops.full_collections} "
+                     f"| {stops.long_collections} "
                      f"| {_longest(stops.longest_collection_ms)} | {_longest(stops.longest_collection_cpu_ms)} "
                      f"| {stops.lag_samples} | {stops.long_lags} | {_longest(stops.longest_lag_ms)} |")
     return "\n".join(lines)
@@ -98,6 +104,6 @@ def _longest(ms: float) -> str:
     return f"> {PAUSE_BUCKETS[-1] * 1000:g}" if ms == float("inf") else f"{ms:g}"
 
 
-STOPS_TITLE = ("The service's own stops (its /metrics: garbage collections, the longest CPU time one "
-               "had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": the upper "
-               "bound of the highest histogram bucket reached):")
+STOPS_TITLE = ("The service's own stops (its /metrics: garbage collections, how many were full ones, the longest "
+               "CPU time one had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": the "
+               "upper bound of the highest histogram bucket reached):")

@@ -10,8 +10,9 @@ class FakeScrape:
     histograms: dict[str, dict[float, float]] = field(default_factory=dict)
     error: str | None = None
 
-    def buckets(self, name: str) -> dict[float, float]:
-        return self.histograms.get(name, {})
+    def buckets(self, name: str, **match: str) -> dict[float, float]:
+        """`name`'s counts; with `generation=…`, those under "<name>{generation}"."""
+        return self.histograms.get(f"{name}{{{match['generation']}}}" if match else name, {})
 
 
 INF = float("inf")
@@ -56,9 +57,19 @@ def test_a_collection_that_waited_for_a_core_reads_a_shorter_cpu_bound():
 
 
 def test_stretches_combine_into_one():
-    a, b = Stops(3, 1, 20.0, 40, 0, 5.0, 2.0), Stops(2, 0, 5.0, 60, 2, 50.0, 5.0)
-    assert Stops.combined([a, b]) == Stops(5, 1, 20.0, 100, 2, 50.0, 5.0)
+    a, b = Stops(3, 1, 20.0, 40, 0, 5.0, 2.0, 1), Stops(2, 0, 5.0, 60, 2, 50.0, 5.0, 0)
+    assert Stops.combined([a, b]) == Stops(5, 1, 20.0, 100, 2, 50.0, 5.0, 1)
     assert Stops.combined([a, None]) is None
     assert Stops.combined([]) is None
     assert stops_table([("vision", "25%", a)], labels=("model", "offered")).startswith(
         "| model | offered | collections |")
+
+
+def test_full_collections_are_counted_apart():
+    before = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 0, 0.05: 0, INF: 0},
+                         "aiaas_gc_pause_seconds{2}": {0.002: 0, 0.05: 0, INF: 0}})
+    after = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 6, 0.05: 9, INF: 9},
+                        "aiaas_gc_pause_seconds{2}": {0.002: 0, 0.05: 3, INF: 3}})
+    stops = Stops.between(before, after)
+    assert stops is not None and (stops.collections, stops.full_collections, stops.long_collections) == (9, 3, 3)
+    assert "| 1 | flood | 9 | 3 | 3 | 50 |" in stops_table([("1", "flood", stops)])

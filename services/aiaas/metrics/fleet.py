@@ -39,11 +39,12 @@ class Scrape:
         return sum(value for (n, labels), value in self.series.items()
                    if n == name and all((k, v) in labels for k, v in match.items()))
 
-    def buckets(self, name: str) -> dict[float, float]:
-        """A histogram's cumulative counts by upper bound, summed over its label sets."""
+    def buckets(self, name: str, **match: str) -> dict[float, float]:
+        """A histogram's cumulative counts by upper bound, summed over its label sets (those with the labels in
+        `match`, when given)."""
         found: dict[float, float] = defaultdict(float)
         for (n, labels), value in self.series.items():
-            if n == name + "_bucket":
+            if n == name + "_bucket" and all((k, v) in labels for k, v in match.items()):
                 found[float(dict(labels)["le"])] += value
         return dict(found)
 
