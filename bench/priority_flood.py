@@ -42,7 +42,7 @@ from aiaas.contract.priority import priority_headers
 from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics
 from aiaas.settings import KafkaSettings
-from bench.stops import STOPS_TITLE, Stops, stops_table
+from bench.stops import Stops, stops_table, stops_title
 from bench.tenant_flood import (
     Bench,
     Prober,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"Priority flood ({machine}): a probe of urgent jobs (priority 1) at {args.probe_rate:g} jobs/s alone for "
             f"{args.solo_s:g} s, then while {args.flood_jobs:,} normal jobs are published {how}"
             f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}.\n"
-            f"Command: `{command}`\n\n{table(results)}\n\n{STOPS_TITLE}\n\n{stops_table(stops)}")
+            f"Command: `{command}`\n\n{table(results)}\n\n{stops_title('in each phase')}\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0
 

@@ -18,7 +18,7 @@ from aiaas.tracing.hops import HOPS
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
 from .procs import broker_jvm_opts, kafka_version
-from .stops import STOPS_TITLE, Stops, stops_table
+from .stops import Stops, stops_table, stops_title
 from .workloads import settings_class
 
 __all__ = ["ModelResult", "MachineInfo", "markdown", "plot", "machine_slug", "level_name"]
@@ -379,7 +379,7 @@ def _details(r: ModelResult) -> list[str]:
         lines.append("")
         lines += _hop_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.hops])
         if r.stops:
-            lines += [STOPS_TITLE.replace("(its /metrics", "at each level, over its rounds (its /metrics"), "",
+            lines += [stops_title("at each level, over its rounds"), "",
                       stops_table([(r.model, level, found) for level, found in r.stops.items()],
                                   labels=("model", "offered")), ""]
     if r.span_share is not None:

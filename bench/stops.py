@@ -14,7 +14,7 @@ from aiaas.metrics.fleet import Scrape, scrape
 from aiaas.metrics.pauses import PAUSE_BUCKETS
 from aiaas.metrics.targets import list_targets
 
-__all__ = ["Stops", "STOPS_TITLE", "stops_table", "scrape_service"]
+__all__ = ["Stops", "stops_title", "stops_table", "scrape_service"]
 
 
 def scrape_service(home: Path, pid: int | None) -> Scrape | None:
@@ -26,8 +26,9 @@ def scrape_service(home: Path, pid: int | None) -> Scrape | None:
 @dataclass
 class Stops:
     """The service's own stops over a stretch of time, from its /metrics: its garbage collections
-    (`aiaas_gc_pause_seconds`) and its event loop's lag (`aiaas_event_loop_lag_seconds`: how late a 50 ms sleep
-    ended, sampled all the time). Longest: the upper bound of the highest histogram bucket that gained any."""
+    (`aiaas_gc_pause_seconds`, how many of them full, and their CPU time: `aiaas_gc_cpu_seconds`) and its event loop's
+    lag (`aiaas_event_loop_lag_seconds`: how late a 50 ms sleep ended, sampled all the time). Longest: the upper bound
+    of the highest histogram bucket that gained any."""
 
     collections: int
     long_collections: int
@@ -92,9 +93,10 @@ def stops_table(rows: Sequence[tuple[str, str, Stops | None]], labels: tuple[str
         if stops is None:
             lines.append(f"| {first} | {second} | – | – | – | – | – | – | – | – |")
             continue
+        gc = (f"| {_longest(stops.longest_collection_ms)} | {_longest(stops.longest_collection_cpu_ms)} "
+              if stops.collections else "| – | – ")
         lines.append(f"| {first} | {second} | {stops.collections} | {stops.full_collections} "
-                     f"| {stops.long_collections} "
-                     f"| {_longest(stops.longest_collection_ms)} | {_longest(stops.longest_collection_cpu_ms)} "
+                     f"| {stops.long_collections} {gc}"
                      f"| {stops.lag_samples} | {stops.long_lags} | {_longest(stops.longest_lag_ms)} |")
     return "\n".join(lines)
 
@@ -104,6 +106,8 @@ def _longest(ms: float) -> str:
     return f"> {PAUSE_BUCKETS[-1] * 1000:g}" if ms == float("inf") else f"{ms:g}"
 
 
-STOPS_TITLE = ("The service's own stops (its /metrics: garbage collections, how many were full ones, the longest "
-               "CPU time one had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": the "
-               "upper bound of the highest histogram bucket reached):")
+def stops_title(when: str) -> str:
+    """The line above a `stops_table`: what its columns are; `when` says over which stretches ("in each phase")."""
+    return (f"The service's own stops {when} (its /metrics: garbage collections, how many were full ones, the longest, "
+            "the longest CPU time one had on its thread, and how late its event loop woke from 50 ms sleeps; \"≤ ms\": "
+            "the upper bound of the highest histogram bucket reached; – where there was none):")

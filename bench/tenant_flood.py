@@ -57,7 +57,7 @@ from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.metrics.fleet import Scrape
 from aiaas.settings import KafkaSettings
-from bench.stops import STOPS_TITLE, Stops, scrape_service, stops_table
+from bench.stops import Stops, scrape_service, stops_table, stops_title
 
 __all__ = ["flood_job_ids", "flood", "flood_librdkafka", "percentile", "log", "Prober", "Bench", "common_options",
            "run_benchmark", "report_context", "write_report"]
@@ -126,7 +126,9 @@ def flood_librdkafka(kafka: KafkaSettings, topic: str, prefix: str, count: int,
 
     payloads = _flood_payloads(prefix, count)
     producer = Producer(kafka.librdkafka_config(FLOOD_CLIENT_ID) | {
-        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "batch.size": 256 * 1024})
+        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "batch.size": 256 * 1024,
+        "partitioner": "murmur2_random"})  # aiokafka's (Java's) partitioner: her keys go where they go there
+    producer.list_topics(topic, timeout=30)  # connected before the clock starts, as aiokafka's start() is
     failures: list[str] = []
 
     def delivered(error: object, _message: object) -> None:
@@ -183,11 +185,12 @@ class RunResult:
     solo: list[float] = field(default_factory=list)
     during: list[float] = field(default_factory=list)
     parts: dict[str, tuple[list[float], list[float], list[float], list[float]]] = field(default_factory=dict)
-    """Phase → bob's (latency, publish → acknowledged by the broker, publish → batch cut, model done → result read)
-    in ms; the flood also split into
-    alice publishing and the service draining her backlog after she stopped."""
+    """Phase → bob's (latency, publish → acknowledgement seen by his client, publish → batch cut, model done → result
+    read) in ms; the flood also split into alice publishing and the service draining her backlog after she stopped."""
     missing: int = 0
     """Bob's jobs without a result at the end."""
+    failed_sends: int = 0
+    """Bob's sends the broker refused or that failed (their jobs are among the missing)."""
     other_cores: float | None = None
     stops: dict[str, Stops | None] = field(default_factory=dict)
     """Phase ("alone", "during the flood") → the service's own stops then (None: its metrics could not be read)."""
@@ -211,7 +214,9 @@ class Prober:
         self.sent: dict[str, float] = {}
         self.received: dict[str, float] = {}
         self.acked: dict[str, float] = {}
-        """Job id → when the broker acknowledged it (wall clock)."""
+        """Job id → when this client saw the broker's acknowledgement of it (wall clock)."""
+        self.ack_failures = 0
+        """Sends the broker refused or that failed."""
         self.timings: dict[str, tuple[float, float]] = {}
         """Job id → (ms from publish to the batch being cut, ms from the model call's end to the result read)."""
         self._images = _images()
@@ -287,7 +292,9 @@ class Prober:
             i += 1
 
     def _acknowledged(self, job_id: str, ack: asyncio.Future) -> None:
-        if not ack.cancelled() and ack.exception() is None:
+        if ack.cancelled() or ack.exception() is not None:
+            self.ack_failures += 1
+        else:
             self.acked[job_id] = time.time()
 
     async def stop_publishing(self, drain_s: float = 30) -> None:
@@ -478,6 +485,7 @@ class Bench:
                 ("· while alice publishes", flood_from, published_at),
                 ("· while her backlog drains", published_at, flood_until))}
             result.missing = len(set(bob.sent) - set(bob.received))
+            result.failed_sends = bob.ack_failures
         return result
 
 
@@ -509,7 +517,8 @@ def _row(number: int | str, r: RunResult) -> str:
     p = percentile
     return (f"| {number} | {r.capacity:,.0f} | {r.alice_jobs:,} | {r.flood_rate:,.0f} | {r.flood_s:.1f} s "
             f"| {r.alice_jobs / r.flood_s:,.0f} | {len(r.solo)} | {p(r.solo, 50):.1f} | {p(r.solo, 99):.1f} "
-            f"| {len(r.during)} | {p(r.during, 50):.1f} | {p(r.during, 99):.1f} | **{r.ratio:.2f}x** | {r.missing} "
+            f"| {len(r.during)} | {p(r.during, 50):.1f} | {p(r.during, 99):.1f} | **{r.ratio:.2f}x** "
+            f"| {r.missing}{f' ({r.failed_sends} sends failed)' if r.failed_sends else ''} "
             f"| {'–' if r.other_cores is None else f'{r.other_cores:.2f}'} |")
 
 
@@ -653,9 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
             f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
-            f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his send → the "
-            f"broker's acknowledgement of it, acks=all; his results' `timings.queue_wait_ms`: job made just before "
-            f"its send → its batch cut; then `completed_at` → read here):\n\n{breakdown(results)}\n\n{STOPS_TITLE}"
+            f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his send → his client seeing the "
+            f"broker's acknowledgement, acks=all; his results' `timings.queue_wait_ms`: job made just before its send "
+            f"→ its batch cut; then `completed_at` → read here):\n\n{breakdown(results)}\n\n"
+            f"{stops_title('in each phase')}"
             f"\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0

@@ -46,13 +46,17 @@ def test_a_stop_past_the_last_bucket_reads_past_its_bound():
     assert "| > 5000 |" in stops_table([("1", "during the flood", stops)])
 
 
+def stops_since_nothing(counts: dict[str, dict[float, float]]) -> Stops:
+    """The stops between a scrape with these histograms all at zero and one with `counts`."""
+    stops = Stops.between(FakeScrape({name: dict.fromkeys(c, 0.0) for name, c in counts.items()}), FakeScrape(counts))
+    assert stops is not None
+    return stops
+
+
 def test_a_collection_that_waited_for_a_core_reads_a_shorter_cpu_bound():
-    before = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 0, 0.05: 0, INF: 0},
-                         "aiaas_gc_cpu_seconds": {0.002: 0, 0.05: 0, INF: 0}})
-    after = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 4, 0.05: 5, INF: 5},
-                        "aiaas_gc_cpu_seconds": {0.002: 5, 0.05: 5, INF: 5}})
-    stops = Stops.between(before, after)
-    assert stops is not None and (stops.longest_collection_ms, stops.longest_collection_cpu_ms) == (50.0, 2.0)
+    stops = stops_since_nothing({"aiaas_gc_pause_seconds": {0.002: 4, 0.05: 5, INF: 5},
+                                 "aiaas_gc_cpu_seconds": {0.002: 5, 0.05: 5, INF: 5}})
+    assert (stops.longest_collection_ms, stops.longest_collection_cpu_ms) == (50.0, 2.0)
     assert "| 50 | 2 |" in stops_table([("1", "during the flood", stops)])
 
 
@@ -66,10 +70,7 @@ def test_stretches_combine_into_one():
 
 
 def test_full_collections_are_counted_apart():
-    before = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 0, 0.05: 0, INF: 0},
-                         "aiaas_gc_pause_seconds{2}": {0.002: 0, 0.05: 0, INF: 0}})
-    after = FakeScrape({"aiaas_gc_pause_seconds": {0.002: 6, 0.05: 9, INF: 9},
-                        "aiaas_gc_pause_seconds{2}": {0.002: 0, 0.05: 3, INF: 3}})
-    stops = Stops.between(before, after)
-    assert stops is not None and (stops.collections, stops.full_collections, stops.long_collections) == (9, 3, 3)
+    stops = stops_since_nothing({"aiaas_gc_pause_seconds": {0.002: 6, 0.05: 9, INF: 9},
+                                 "aiaas_gc_pause_seconds{2}": {0.002: 0, 0.05: 3, INF: 3}})
+    assert (stops.collections, stops.full_collections, stops.long_collections) == (9, 3, 3)
     assert "| 1 | flood | 9 | 3 | 3 | 50 |" in stops_table([("1", "flood", stops)])

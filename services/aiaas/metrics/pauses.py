@@ -75,14 +75,17 @@ class _GcClock:
     cpu_started = 0.0
 
 
+_wall_clock, _cpu_clock = time.perf_counter, time.thread_time
+
+
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _GcClock.started, _GcClock.cpu_started = time.perf_counter(), time.thread_time()
+        _GcClock.started, _GcClock.cpu_started = _wall_clock(), _cpu_clock()
     else:
         generation = info.get("generation", -1)
         if generation in _gc_pauses:
-            _gc_cpu[generation].observe(time.thread_time() - _GcClock.cpu_started)
-            _gc_pauses[generation].observe(time.perf_counter() - _GcClock.started)
+            _gc_cpu[generation].observe(_cpu_clock() - _GcClock.cpu_started)
+            _gc_pauses[generation].observe(_wall_clock() - _GcClock.started)
 
 
 def watch_gc() -> None:
