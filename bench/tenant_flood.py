@@ -85,6 +85,13 @@ def _flood_payloads(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
             for i, job_id in enumerate(flood_job_ids(prefix, count))]
 
 
+def _behind_schedule(start: float, i: int, rate: float) -> float:
+    """Seconds to wait before job `i` of an open loop at `rate` jobs/s from `start` (monotonic); 0 at full speed
+    (rate 0) and under a millisecond (a shorter sleep costs more than it paces: send now, the next ones catch up)."""
+    delay = start + i / rate - time.monotonic() if rate else 0.0
+    return delay if delay > 0.001 else 0.0
+
+
 def _announce(count: int, topic: str, rate: float) -> None:
     print(f"alice flood ready: {count} jobs to {topic} at {'full speed' if not rate else f'{rate:,.0f}/s'}",
           flush=True)
@@ -104,10 +111,8 @@ async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate:
         _announce(count, topic, rate)
         first_at, start, acks = time.time(), time.monotonic(), []
         for i, (key, value) in enumerate(payloads):
-            if rate:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0.001:  # a shorter sleep costs more than it paces: send now, the next ones catch up
-                    await asyncio.sleep(delay)
+            if delay := _behind_schedule(start, i, rate):
+                await asyncio.sleep(delay)
             acks.append(await producer.send(topic, value, key=key))
             if len(acks) >= 2000:  # bound what waits in memory; a failure raises here
                 await asyncio.gather(*acks)
@@ -121,7 +126,7 @@ async def flood(kafka: KafkaSettings, topic: str, prefix: str, count: int, rate:
 def flood_librdkafka(kafka: KafkaSettings, topic: str, prefix: str, count: int,
                      rate: float) -> tuple[int, float, float]:
     """`flood` with librdkafka (confluent-kafka), the C client most publishers in the field run on (Java's aside): the
-    same jobs, acks and idempotence, with a fraction of the CPU per record on the cores the service shares here."""
+    same jobs, acks, idempotence and partitioner; it batches and writes the records in C rather than Python."""
     from confluent_kafka import KafkaException, Producer
 
     payloads = _flood_payloads(prefix, count)
@@ -138,10 +143,8 @@ def flood_librdkafka(kafka: KafkaSettings, topic: str, prefix: str, count: int,
     _announce(count, topic, rate)
     first_at, start = time.time(), time.monotonic()
     for i, (key, value) in enumerate(payloads):
-        if rate:
-            delay = start + i / rate - time.monotonic()
-            if delay > 0.001:
-                time.sleep(delay)
+        if delay := _behind_schedule(start, i, rate):
+            time.sleep(delay)
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=delivered)
@@ -315,19 +318,22 @@ class Prober:
         await self._producer.stop()
         await self._consumer.stop()
 
+    def _sent(self, since: float, until: float, among: dict[str, Any]) -> list[tuple[str, float]]:
+        """(job id, send time) of the jobs sent in [since, until) (wall clock) that are in `among`."""
+        return [(j, t) for j, t in self.sent.items() if since <= t < until and j in among]
+
     def latencies_ms(self, since: float, until: float) -> list[float]:
-        """Latency of each of the jobs sent in [since, until) (wall clock) that has a result."""
-        return [(self.received[j] - t) * 1000 for j, t in self.sent.items()
-                if since <= t < until and j in self.received]
+        """Latency of each of the jobs sent in [since, until) that has a result."""
+        return [(self.received[j] - t) * 1000 for j, t in self._sent(since, until, self.received)]
 
     def parts_ms(self, since: float, until: float) -> tuple[list[float], list[float]]:
         """For the jobs sent in [since, until): (publish → batch cut, model call done → result read), in ms."""
-        parts = [self.timings[j] for j, t in self.sent.items() if since <= t < until and j in self.timings]
+        parts = [self.timings[j] for j, _ in self._sent(since, until, self.timings)]
         return [p[0] for p in parts], [p[1] for p in parts]
 
     def acks_ms(self, since: float, until: float) -> list[float]:
-        """For the jobs sent in [since, until): ms from publish to the broker's acknowledgement."""
-        return [(self.acked[j] - t) * 1000 for j, t in self.sent.items() if since <= t < until and j in self.acked]
+        """For the jobs sent in [since, until): ms from publish to his client seeing the broker's acknowledgement."""
+        return [(self.acked[j] - t) * 1000 for j, t in self._sent(since, until, self.acked)]
 
 
 async def _results_written(kafka: KafkaSettings, topic: str) -> int:
@@ -567,7 +573,7 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
                         "and the prober first, as if alice published from machines of her own (0: an equal share)")
     parser.add_argument("--flood-client", choices=FLOOD_CLIENTS, default="aiokafka",
                         help="the flood's Kafka client: aiokafka (pure Python, as the services) or librdkafka "
-                        "(confluent-kafka, C: far less of the shared cores per record)")
+                        "(confluent-kafka, C)")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
 
