@@ -41,8 +41,9 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,7 +52,7 @@ from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HOPS
 from bench.hop_breakdown import add_hops_once_stored
-from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
+from bench.load import LOAD_CLIENTS, Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
 from bench.procs import (
     REPO,
     ChildProcess,
@@ -69,8 +70,15 @@ from bench.workloads import MODELS, Payload, built_model_and_broker, payloads
 __all__ = ["main"]
 
 
+class _Jobs(Protocol):
+    jobs: int
+
+
+_Measured = TypeVar("_Measured", bound=_Jobs)
+
+
 class _MeteredLoad:
-    """A side's load generator whose bursts also record CPU per job of the processes involved."""
+    """A side's load generator whose bursts and open-loop rounds also record CPU per job of the processes involved."""
 
     def __init__(self, load: RawLoad, pids: dict[str, int]) -> None:
         self.load, self.pids = load, pids
@@ -78,25 +86,39 @@ class _MeteredLoad:
         """Per burst (the pilot and discarded ones too): µs of CPU per job for each of `pids`, and "busy cores" of
         the whole machine. Work a side defers past its burst (the span store's append, every 0.5 s) lands in the
         next."""
+        self.open_loop_cpu: list[tuple[float, dict[str, float]]] = []
+        """Per open-loop round: its share and the same record (the jobs' preparation and the wait for the last
+        results included)."""
 
     async def start(self) -> None:
         await self.load.start()
+        if self.load.reader_pid is not None:
+            self.pids["results reader"] = self.load.reader_pid
 
     async def stop(self) -> None:
         await self.load.stop()
 
     async def burst(self, payloads: list[Payload]) -> Burst:
-        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        busy, started = busy_cpu_seconds(), time.perf_counter()
-        result = await burst(self.load, payloads)
-        elapsed = time.perf_counter() - started
-        used = {name: (cpu_seconds(pid) - before[name]) / result.jobs * 1e6 for name, pid in self.pids.items()}
-        self.cpu.append((result, used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed}))
+        result, used = await self._metered(burst(self.load, payloads))
+        self.cpu.append((result, used))
         return result
+
+    async def open_loop(self, payloads: list[Payload], *, rate: float, share: float, burst: int) -> OpenLoop:
+        point, used = await self._metered(open_loop(self.load, payloads, rate=rate, share=share, burst=burst))
+        self.open_loop_cpu.append((share, used))
+        return point
 
     def of(self, bursts: list[Burst]) -> list[dict[str, float]]:
         """The records of these bursts (the measured rounds: not the pilot, not a discarded round)."""
         return [record for burst_, record in self.cpu if any(burst_ is b for b in bursts)]
+
+    async def _metered(self, work: Awaitable[_Measured]) -> tuple[_Measured, dict[str, float]]:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        busy, started = busy_cpu_seconds(), time.perf_counter()
+        result = await work
+        elapsed = time.perf_counter() - started
+        used = {name: (cpu_seconds(pid) - before[name]) / result.jobs * 1e6 for name, pid in self.pids.items()}
+        return result, used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed}
 
 
 def _side_env(checkout: Path | None, pairs: list[str]) -> dict[str, str]:
@@ -125,7 +147,9 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
         env = service_env(broker.bootstrap, prefix, tmp / "home", extra)
         command = ["bench/transport.py", "--model", args.model] if side in args.noop else ["-m", f"aiaas.{args.model}"]
         children.append(ChildProcess(command, env, tmp / f"{side}.log").start())
-        loads.append(RawLoad(kafka, args.model, reader=args.reader))
+        client = getattr(args, f"{side.lower()}_load_client")
+        loads.append(RawLoad(kafka, args.model, reader="process" if client == "librdkafka" else args.reader,
+                             client=client))
     pool = payloads(args.model, POOL, registry, seed=2)
     loads = [_MeteredLoad(load, {"service": child.pid, "load generator": os.getpid()}
                           | ({"broker": broker.pid} if broker.pid else {}))
@@ -138,7 +162,7 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     try:
         a, b = await saturate(loads, take, target_s=args.seconds, repeats=args.rounds, pilot=500, log=log,
                               names=[" (A)", " (B)"])
-        latency = {share: await _latency_rounds([load.load for load in loads], take, share * a.jobs_per_s, share, args)
+        latency = {share: await _latency_rounds(loads, take, share * a.jobs_per_s, share, args)
                    for share in args.latency}
         merged = {share: (over_rounds(on_a), over_rounds(on_b)) for share, (on_a, on_b) in latency.items()}
         if merged:
@@ -157,8 +181,10 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
     ratios = round_ratios(b, a)  # B / A per round, as bench/run.py's ratios
     describe = {side: " ".join([f"code of {getattr(args, side.lower()) or REPO}",
                                 *(["no-op model (bench/transport.py)"] if side in args.noop else []),
+                                f"(load generator: {load.load.name}, results read by "
+                                f"{'a process of its own' if load.load.reader == 'process' else 'its event loop'})",
                                 *(f"{k}={v}" for k, v in sides[side].items() if k != "PYTHONPATH")])
-                for side in sides}
+                for side, load in zip(sides, loads, strict=True)}
     lines = [f"A/B {args.model}, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds of alternating bursts "
              f"(~{args.seconds:.0f} s each)", "", f"- A: {describe['A']}", f"- B: {describe['B']}", "",
              "| round | A jobs/s | B jobs/s | B / A | A mean batch | B mean batch |", "|---:|---:|---:|---:|---:|---:|"]
@@ -167,22 +193,22 @@ async def _compare(args: argparse.Namespace, tmp: Path, broker: LocalBroker, reg
                      f"{x.mean_batch:.1f} | {y.mean_batch:.1f} |")
     lines.append(f"| median | {a.jobs_per_s:,.0f} | {b.jobs_per_s:,.0f} | **{statistics.median(ratios):.2f}** "
                  f"(range {min(ratios):.2f}–{max(ratios):.2f}) | | |")
-    measured = ["service", "broker", "load generator"]
-    lines += ["", "CPU per job, median over the bursts (each process all threads; busy cores: the whole machine):", "",
-              "| side | " + " | ".join(f"{name} µs" for name in measured) + " | busy cores |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "CPU per job, median over the bursts (each process all threads; busy cores: the whole machine; the "
+              "results reader where it has a process of its own):", "", *_cpu_header("side")]
     for side, load, saturation in zip(sides, loads, (a, b), strict=True):
-        rounds = load.of(saturation.bursts)
-        cells = [f"{statistics.median(c[name] for c in rounds):,.0f}" if name in rounds[0] else "–"
-                 for name in measured]
-        lines.append(f"| {side} | " + " | ".join(cells)
-                     + f" | {statistics.median(c['busy cores'] for c in rounds):.2f} |")
+        lines.append(_cpu_row(side, load.of(saturation.bursts)))
     if latency:
         lines += _latency_table(latency, merged, a.jobs_per_s, args) + _hop_p99_table(merged)
+        lines += ["", "CPU per job in the latency rounds, median over each side's rounds (as above; a round's figures "
+                  "include its jobs' preparation before the schedule and the wait for its last results):", "",
+                  *_cpu_header("offered | side")]
+        for share in latency:
+            for side, load in zip(sides, loads, strict=True):
+                lines.append(_cpu_row(f"{share:.0%} | {side}", [c for s, c in load.open_loop_cpu if s == share]))
     return "\n".join(lines)
 
 
-async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Payload]], rate: float, share: float,
+async def _latency_rounds(loads: list[_MeteredLoad], take: Callable[[int], list[Payload]], rate: float, share: float,
                           args: argparse.Namespace) -> tuple[list[OpenLoop], list[OpenLoop]]:
     """Open loop at `rate` on each side in turn, `args.rounds` times (each round starts with the other side, as
     `saturate`'s rounds do); each side's points, in round order."""
@@ -190,13 +216,29 @@ async def _latency_rounds(loads: list[RawLoad], take: Callable[[int], list[Paylo
     for round_ in range(1, args.rounds + 1):
         turns = list(zip("AB", loads, sides, strict=True))
         for name, load, points in turns if round_ % 2 else turns[::-1]:
-            point = await open_loop(load, take(max(int(rate * args.seconds), 20)), rate=rate, share=share,
-                                    burst=args.burst)
+            point = await load.open_loop(take(max(int(rate * args.seconds), 20)), rate=rate, share=share,
+                                         burst=args.burst)
             points.append(point)
             log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
                 f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s, "
                 f"mean batch {point.mean_batch:.1f}")
     return sides
+
+
+_CPU_MEASURED = ("service", "broker", "load generator", "results reader")
+
+
+def _cpu_header(first: str) -> list[str]:
+    return ["| " + first + " | " + " | ".join(f"{name} µs" for name in _CPU_MEASURED) + " | busy cores |",
+            "|---" * (first.count("|") + 1) + "|" + "---:|" * (len(_CPU_MEASURED) + 1)]
+
+
+def _cpu_row(first: str, records: list[dict[str, float]]) -> str:
+    """Medians of `records` (CPU µs per job per process, busy cores), as a table row after `first`."""
+    cells = [f"{statistics.median(c[name] for c in records):,.0f}" if records and name in records[0] else "–"
+             for name in _CPU_MEASURED]
+    busy = f"{statistics.median(c['busy cores'] for c in records):.2f}" if records else "–"
+    return f"| {first} | " + " | ".join(cells) + f" | {busy} |"
 
 
 def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]],
@@ -285,6 +327,10 @@ def main() -> None:
                         help="the two services on the machine's last core, the broker, the load generator and its "
                         "results readers on the others: latency without the load generator's share of the service's "
                         "core (on Linux)")
+    for side in "ab":
+        parser.add_argument(f"--{side}-load-client", choices=LOAD_CLIENTS, default="aiokafka",
+                            help=f"the Kafka client side {side.upper()}'s load generator publishes and reads with "
+                            "(librdkafka: C threads, results read in a process of their own; bench/rdkafka.py)")
     parser.add_argument("--reader", choices=("loop", "process"), default="loop",
                         help="where the load generator reads results: in its publishing event loop (as before), or "
                         "in a process of its own (receipts not timed late while the publisher holds the loop)")

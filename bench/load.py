@@ -7,6 +7,7 @@ Two load generators with the same interface (`prepare` payloads, `send` one, awa
   plain aiokafka producer with the client's settings (acks=all, idempotent, linger 2 ms);
   results read by key with a plain consumer and decoded (msgpack only) after the clock stops.
   It publishes tens of thousands of jobs/s here, so the consumer under test is the limit.
+  `client="librdkafka"`: the same records published and read with librdkafka (`bench/rdkafka.py`).
 * `ClientLoad`: the project's `aiaas.client.AiaasClient` (`submit`, then `JobHandle.result`;
   latency = `JobHandle.latency_ms`), tracing as the process has it. What a Python user gets —
   but on a small machine one client process tops out near the consumers' rates, so its
@@ -29,7 +30,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -46,10 +47,15 @@ from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HopStats, SlowestJobs
 
+from .rdkafka import RdkafkaProducer
 from .workloads import Payload
 
-__all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling", "open_loop",
-           "over_rounds", "saturate", "burst_size", "percentiles"]
+__all__ = ["LOAD_CLIENTS", "Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling",
+           "open_loop", "over_rounds", "saturate", "burst_size", "percentiles"]
+
+
+LOAD_CLIENTS = ("aiokafka", "librdkafka")
+"""The Kafka clients `RawLoad` publishes and reads with."""
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -182,16 +188,20 @@ class Outcome:
 
 
 class Sent(Protocol):
-    """A published job."""
+    """A published job.
+
+    `acked()` and `outcome()` may return futures rather than coroutines: the open loop waits for thousands of jobs at
+    once, and one task per job would hold the event loop (creating and running them) just as the last jobs of the
+    schedule are in flight, and take a core from the service under test then."""
 
     sent_at: float
 
-    async def acked(self) -> None:
-        """Return once the broker has the job."""
+    def acked(self) -> Awaitable[None]:
+        """Done once the broker has the job."""
         ...
 
-    async def outcome(self) -> Outcome:
-        """Wait for the job's result."""
+    def outcome(self) -> Awaitable[Outcome | tuple[float, bytes]]:
+        """The job's result: an `Outcome`, or (received at, result bytes) for `_decoded` to read."""
         ...
 
 
@@ -220,16 +230,20 @@ class _RawSent:
     def _acknowledged(self, _: asyncio.Future) -> None:
         self.acked_at = time.time()
 
-    async def acked(self) -> None:
-        await self._ack
+    def acked(self) -> asyncio.Future:
+        return self._ack
 
-    async def outcome(self) -> Outcome:
-        received: Outcome | tuple[float, bytes] = await self._result
-        if isinstance(received, Outcome):  # decoded by the reader process already
-            return received
-        received_at, value = received
-        result = msgpack.unpackb(value, raw=False)
-        return Outcome(received_at, result["status"], int(result.get("timings", {}).get("batch_size", 0)))
+    def outcome(self) -> asyncio.Future:
+        return self._result
+
+
+def _decoded(received: Outcome | tuple[float, bytes]) -> Outcome:
+    """An outcome from what a reader handed over: as it is when the reader process decoded it already."""
+    if isinstance(received, Outcome):
+        return received
+    received_at, value = received
+    result = msgpack.unpackb(value, raw=False)
+    return Outcome(received_at, result["status"], int(result.get("timings", {}).get("batch_size", 0)))
 
 
 class RawLoad:
@@ -237,17 +251,25 @@ class RawLoad:
 
     `reader="process"`: the results are read by a process of its own (`bench/result_reader.py`), so a result's
     receipt is not timed late while the publisher holds this process's event loop (the open-loop latency); by
-    default they are read in this process's loop, as before."""
+    default they are read in this process's loop, as before.
 
-    name = "raw aiokafka producer"
+    `client="librdkafka"`: published and read with librdkafka (`bench/rdkafka.py`; results in a process of their
+    own), which costs the machine's shared cores less per job than aiokafka's Python (`bench/ab.py` meters both)."""
+
     send_returns_when_queued = True
     """`send` returns once the record is queued in the producer (it does not wait for the broker)."""
 
-    def __init__(self, kafka: KafkaSettings, model: str, *, reader: str = "loop") -> None:
-        self.kafka, self.model, self.reader = kafka, model, reader
+    def __init__(self, kafka: KafkaSettings, model: str, *, reader: str = "loop", client: str = "aiokafka") -> None:
+        if client not in LOAD_CLIENTS:
+            raise ValueError(f"client is one of {', '.join(LOAD_CLIENTS)}; got {client!r}")
+        if client == "librdkafka" and reader != "process":
+            raise ValueError("the librdkafka load generator reads its results in a process of its own: reader="
+                             "'process'")
+        self.kafka, self.model, self.reader, self.client = kafka, model, reader, client
+        self.name = f"raw {client} producer"
         self.topics = ModelTopics.of(model, kafka.topic_prefix)
         self._pending: dict[bytes, asyncio.Future] = {}
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | RdkafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task | None = None
         self._reader_process: ReaderProcess | None = None
@@ -255,13 +277,16 @@ class RawLoad:
     async def start(self) -> None:
         """Connect; the results reader is positioned at the end before this returns."""
         await ensure_topics(self.kafka, [self.topics.infer, self.topics.results])
-        self._producer = AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
-                                          linger_ms=2, max_request_size=self.kafka.max_message_bytes + 64 * 1024)
+        largest = self.kafka.max_message_bytes + 64 * 1024
+        self._producer = (RdkafkaProducer(self.kafka, linger_ms=2, max_request_size=largest)
+                          if self.client == "librdkafka" else
+                          AIOKafkaProducer(**self.kafka.connection_kwargs(), acks="all", enable_idempotence=True,
+                                           linger_ms=2, max_request_size=largest))
         await self._producer.start()
         if self.reader == "process":
             partitions = await partition_count(self.kafka, self.topics.results)
             self._reader_process = await ReaderProcess.start(self.kafka, self.topics.results, partitions,
-                                                              self._resolve)
+                                                              self._resolve, client=self.client)
             return
         self._consumer = AIOKafkaConsumer(**self.kafka.connection_kwargs(), group_id=None, enable_auto_commit=False,
                                           max_partition_fetch_bytes=self.kafka.max_message_bytes + 64 * 1024)
@@ -349,14 +374,15 @@ class ReaderProcess:
 
     @classmethod
     async def start(cls, kafka: KafkaSettings, topic: str, partitions: int,
-                    deliver: Callable[[list[tuple[bytes, float, str, int]]], None]) -> ReaderProcess:
+                    deliver: Callable[[list[tuple[bytes, float, str, int]]], None],
+                    client: str = "aiokafka") -> ReaderProcess:
         """Start it and return once it is positioned at the end of `topic`."""
         from .result_reader import read_results
 
         context = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop and threads
         receiving, sending = context.Pipe(duplex=False)
         stop_event = context.Event()
-        process = context.Process(target=read_results, args=(kafka, topic, partitions, sending, stop_event),
+        process = context.Process(target=read_results, args=(kafka, topic, partitions, sending, stop_event, client),
                                   daemon=True, name="results-reader")
         process.start()
         sending.close()
@@ -443,7 +469,8 @@ class ClientLoad:
 # -- measurements ----------------------------------------------------------------------------
 
 async def _outcomes(sent: Sequence[Sent], timeout: float) -> list[Outcome]:
-    outcomes = await asyncio.wait_for(asyncio.gather(*(s.outcome() for s in sent)), timeout)
+    received = await asyncio.wait_for(asyncio.gather(*(s.outcome() for s in sent)), timeout)
+    outcomes = [_decoded(r) for r in received]
     bad = [o for o in outcomes if o.status != "ok"]
     if bad:
         raise RuntimeError(f"{len(bad)} of {len(outcomes)} jobs did not succeed (first: {bad[0].status})")
@@ -517,6 +544,12 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
     return results
 
 
+_TICK_S = 0.001
+"""The open loop's publisher wakes at most once a millisecond and then sends every job due by then, so above 1,000
+jobs/s they leave in groups of rate/1000 (which the producer's 2 ms linger puts into one request anyway); a wake-up
+per job cost the machine's shared cores more than the sends. Latency is timed from each job's own send."""
+
+
 async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
                     timeout: float = 180, burst: int = 1) -> OpenLoop:
     """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
@@ -529,15 +562,18 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     start = loop.time() + 0.05
     max_lag = 0.0
     i = 0
+    next_tick = start
     while i < len(prepared):
-        delay = start + (i // burst) * burst / rate - loop.time()
+        delay = max(start + (i // burst) * burst / rate, next_tick) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
             max_lag = max(max_lag, -delay)
         # Every job due by now, in one go: one wake-up per tick, not one timer and one task per job (at a few
         # thousand jobs/s those cost the shared CPU as much as the consumer under test).
-        due = min(len(prepared), (int((loop.time() - start) * rate / burst) + 1) * burst)
+        now = loop.time()
+        next_tick = now + _TICK_S
+        due = min(len(prepared), (int((now - start) * rate / burst) + 1) * burst)
         for item in prepared[i:max(due, i + 1)]:
             if queues_at_once:
                 sent.append(await load.send(item))

@@ -4,7 +4,7 @@ In the load generator's own process the reader shares one event loop with the pu
 its schedule, a result can sit unread, and the measured latency is partly the generator's. Here a result's receipt
 time is taken by a process that does nothing else (it still shares the machine's cores: `bench/procs.py` reports
 what each process used). It sends `(key, received_at, status, batch_size)` per result back through a pipe, one
-message per fetch.
+message per fetch. `client="librdkafka"` reads with librdkafka instead (`bench/rdkafka.py`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,24 @@ from aiaas.settings import KafkaSettings
 __all__ = ["read_results"]
 
 
-def read_results(kafka: KafkaSettings, topic: str, partitions: int, results: Connection, stop: Event) -> None:
+def read_results(kafka: KafkaSettings, topic: str, partitions: int, results: Connection, stop: Event,
+                 client: str = "aiokafka") -> None:
     """Read `topic` from its end until `stop` is set; `"ready"` first, once positioned at the end."""
+    if client == "librdkafka":
+        from .rdkafka import read_results_librdkafka
+
+        try:
+            read_results_librdkafka(kafka, topic, partitions, results.send, stop.is_set, _received)
+        finally:
+            results.close()
+        return
     asyncio.run(_read(kafka, topic, partitions, results, stop))
+
+
+def _received(key: bytes, at: float, value: bytes) -> tuple[bytes, float, str, int]:
+    """What the load generator needs of a result: (key, received at, status, batch size)."""
+    result = msgpack.unpackb(value, raw=False)
+    return key, at, result["status"], int(result.get("timings", {}).get("batch_size", 0))
 
 
 async def _read(kafka: KafkaSettings, topic: str, partitions: int, results: Connection, stop: Event) -> None:
@@ -43,10 +58,7 @@ async def _read(kafka: KafkaSettings, topic: str, partitions: int, results: Conn
             now = time.time()
             received = []
             for records in batches.values():
-                for record in records:
-                    result = msgpack.unpackb(record.value, raw=False)
-                    received.append((record.key, now, result["status"],
-                                     int(result.get("timings", {}).get("batch_size", 0))))
+                received += [_received(record.key, now, record.value) for record in records]
             if received:
                 results.send(received)
     finally:

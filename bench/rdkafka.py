@@ -1,0 +1,124 @@
+"""librdkafka (confluent-kafka) for the load generator: a producer with aiokafka's `send` shape, and a results reader.
+
+The load generator stands for upstream systems and result readers, which in a deployment run on machines of their
+own. Here it shares the cores with the service under test and the broker, so what it costs per job is taken from
+them. librdkafka, the C client most Kafka publishers and consumers in the field run on (Java's aside), batches,
+writes, fetches and parses records in C threads; `RawLoad(client="librdkafka")` uses it for the same records, acks,
+idempotence, linger and partitioner as the aiokafka generator (`bench/load.py`), and `bench/ab.py` meters what each
+costs per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiaas.settings import KafkaSettings
+
+__all__ = ["RdkafkaProducer", "read_results_librdkafka"]
+
+_CLIENT_ID = "aiaas-bench-load"
+_REPORTS_EVERY_S = 0.05
+"""The longest the delivery-report thread blocks in one poll (it returns at once when a report comes)."""
+
+
+class RdkafkaProducer:
+    """librdkafka's producer, sent to like aiokafka's: `await send(...)` queues the record and returns a future that the
+    broker's acknowledgement resolves (in the event loop, as aiokafka's are). A thread serves librdkafka's delivery
+    reports and hands each poll's worth to the loop in one call."""
+
+    def __init__(self, kafka: KafkaSettings, *, linger_ms: int, max_request_size: int) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(kafka.librdkafka_config(_CLIENT_ID) | {
+            "acks": "all", "enable.idempotence": True, "linger.ms": linger_ms,
+            "message.max.bytes": max_request_size, "queue.buffering.max.messages": 1_000_000,
+            "partitioner": "murmur2_random"})  # aiokafka's (Java's) partitioner: a key goes where it goes there
+        self._reports: deque[tuple[asyncio.Future[None], Any]] = deque()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve_reports, name="librdkafka-reports", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Connect (the metadata of every topic fetched) before this returns, as aiokafka's `start` does."""
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(None, lambda: self._producer.list_topics(timeout=30))
+        self._thread.start()
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[None]:
+        """Queue the record; the returned future ends when the broker acknowledged it (or raises what it said)."""
+        assert self._loop is not None, "start() first"
+        acknowledged: asyncio.Future[None] = self._loop.create_future()
+
+        def delivered(error: Any, _message: Any) -> None:  # in the report thread
+            self._reports.append((acknowledged, error))
+
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
+                return acknowledged
+            except BufferError:  # its queue is full: let it send
+                await asyncio.sleep(0.001)
+
+    async def stop(self) -> None:
+        """Wait for every queued record's acknowledgement, then stop the report thread."""
+        assert self._loop is not None
+        self._stopping.set()
+        await self._loop.run_in_executor(None, self._thread.join)
+        left = await self._loop.run_in_executor(None, self._producer.flush, 30)
+        self._settle()
+        if left:
+            raise RuntimeError(f"{left} records were not acknowledged within 30 s")
+
+    def _serve_reports(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(_REPORTS_EVERY_S)
+            if self._reports and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        """Resolve the futures of the reports served so far (in the loop)."""
+        from confluent_kafka import KafkaException
+
+        while self._reports:
+            future, error = self._reports.popleft()
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(KafkaException(error))
+
+
+def read_results_librdkafka(kafka: KafkaSettings, topic: str, partitions: int,
+                            received: Callable[[Any], None], stop: Callable[[], bool],
+                            handle: Callable[[bytes, float, bytes], Any]) -> None:
+    """Read `topic` from its end with librdkafka until `stop()`: `received("ready")` once positioned, then per fetch
+    `received([handle(key, at, value), ...])`. A receipt is timed when the first record of a poll comes."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(kafka.librdkafka_config(f"{_CLIENT_ID}-reader") | {
+        "group.id": f"aiaas-bench-reader-{uuid.uuid4().hex}",  # required by the client; never joined (assign only)
+        "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+        "fetch.message.max.bytes": kafka.max_message_bytes + 64 * 1024})
+    try:
+        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)]
+        consumer.assign([TopicPartition(topic, p, end) for p, end in enumerate(ends)])
+        received("ready")
+        while not stop():
+            first = consumer.poll(0.1)
+            if first is None:
+                continue
+            now = time.time()
+            batch = [first, *consumer.consume(num_messages=10_000, timeout=0)]  # whatever else has come, no wait
+            out = [handle(message.key(), now, message.value()) for message in batch if message.error() is None]
+            if out:
+                received(out)
+    finally:
+        consumer.close()
