@@ -328,36 +328,34 @@ class JobPipeline:
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
             if room == 0 or (self._paused and not self._may_reopen(room)):
-                await self._wait_paused(urgent, fetching=not self._holding and self._urgent_active())
+                await self._wait_paused(urgent if not self._holding and self._urgent_active() else [])
                 continue
             self._resume()
             self._hold_back_retries()
             await self._take_urgent(urgent, self._urgent_first(urgent, room))  # the urgent lanes' records first
             await self._take_rest(urgent)
 
-    async def _wait_paused(self, urgent: list[TopicPartition], *, fetching: bool) -> None:
-        """The window is full: pause every partition but the urgent lanes' (`fetching`; else those too), and wait for a
-        batch to finish. Urgent lanes that go on fetching have their records taken the moment they come (while fewer
-        than a batch of them are in flight, and never more than a batch past the window)."""
-        self._pause(keep=urgent if fetching else [])
+    async def _wait_paused(self, urgent: list[TopicPartition]) -> None:
+        """The window is full: pause every partition but the urgent lanes', and wait for a batch to finish. The urgent
+        lanes go on fetching meanwhile, and their records are taken the moment they come (while fewer than a batch of
+        them are in flight, and never more than a batch past the window)."""
+        self._pause(keep=urgent)
         self._finished.clear()
         past_full = self._window.capacity + self._max_batch - len(self._window)
         lanes, most = self._urgent_room(urgent, min(past_full, self._max_batch - self._window.urgent))
-        if fetching and lanes and most > 0:
+        if lanes and most > 0:
             await self._records_or_a_batch_end(lanes, most, _URGENT_POLL_MS)
         elif not await self._a_batch_ends(_IDLE_POLL_MS):
-            await self._poll_paused(urgent, fetching=fetching)
+            await self._poll_paused(urgent)
 
-    async def _poll_paused(self, urgent: list[TopicPartition], *, fetching: bool = True) -> None:
+    async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
         """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. With urgent lanes, only
         they are named, paused for the call (a poll naming a paused partition drops what was prefetched of it: the
-        infer partitions keep theirs), and resumed after it if they go on `fetching`. After a rebalance new
-        partitions start unpaused, so keep what it returns."""
+        infer partitions keep theirs). After a rebalance new partitions start unpaused, so keep what it returns."""
         if urgent:
             self._consumer.pause(*urgent)
             self._take(await self._poll(0, self._max_batch, urgent))
-            if fetching:
-                self._consumer.resume(*urgent)
+            self._consumer.resume(*urgent)
         else:
             self._take(await self._poll(0, self._max_batch))
 
