@@ -416,27 +416,6 @@ async def test_urgent_jobs_are_taken_first_when_the_window_reopens_and_go_into_t
     assert len(answered_ids(sink, "flood")) + 4 == len(sink.sent)
 
 
-async def test_a_full_window_pauses_a_quiet_urgent_lane_too_and_keeps_one_with_records_fetching():
-    # One fetch per broker is in flight at a time: one naming only a quiet urgent lane is held by the broker for
-    # fetch_max_wait_ms, and the infer partitions' records, once the window reopens, waited for it to come back.
-    pipeline, consumer, sink, lane = lanes_pipeline(flood=400, urgent=0, delay_s=0.05)
-    task = asyncio.create_task(pipeline.run())
-    async with asyncio.timeout(10):
-        while not pipeline._paused:
-            await asyncio.sleep(0.001)
-    assert lane in consumer.paused  # quiet lane: paused with the infer topic
-    consumer.log[lane].extend(lane_log(TOPICS.urgent, "urgent", 1))
-    async with asyncio.timeout(10):
-        while not answered_ids(sink, "urgent"):
-            await asyncio.sleep(0.002)
-    async with asyncio.timeout(10):  # the window fills again: the lane that just had a record goes on fetching
-        while not (pipeline._paused and pipeline._paused_as and lane in pipeline._paused_as[1]):
-            await asyncio.sleep(0.001)
-    assert lane not in consumer.paused and any(tp.topic == TOPICS.infer for tp in consumer.paused)
-    pipeline.stop()
-    await asyncio.wait_for(task, 20)
-
-
 async def test_a_flood_of_urgent_jobs_leaves_the_infer_topic_a_share_of_every_batch():
     pipeline, _, sink, _ = lanes_pipeline(flood=40, urgent=400)
     stats = await run_until(pipeline, lambda: len(answered_ids(sink, "flood")) == 40)

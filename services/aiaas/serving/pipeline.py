@@ -35,8 +35,7 @@ Urgent lanes (`contract/priority.py`): whenever the window has room, the fetch l
 records before any other, and the queue cuts the highest-ranked jobs first (`JobQueue`); urgent records may hold at
 most three quarters of the window, so a flood of them leaves the infer topics a share. Under back-pressure the
 urgent partitions go on fetching while the others pause, and their records are taken as they come while fewer
-than a batch of them are in flight (up to a batch past the window); after a few quiet seconds on them they pause
-with the others (`_urgent_active`). While paused, the loop polls only the urgent
+than a batch of them are in flight (up to a batch past the window). While paused, the loop polls only the urgent
 partitions: aiokafka drops what it prefetched of a paused partition that a poll names, and the infer partitions
 would then wait, once resumed, for the urgent lanes' long-polling fetch to come back before theirs could be sent
 (bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Ranks reorder jobs of one
@@ -175,7 +174,6 @@ class JobPipeline:
         self._tenant_share = max_in_flight_per_tenant or max(max_batch, capacity - max_batch)
         self._resume_room = min(max_batch, max(1, self._window.capacity // 4))
         self._owners_seen: dict[Hashable, float] = {}  # per tenant (retries aside): when a record of it was last taken
-        self._urgent_seen = -math.inf  # monotonic time an urgent lane's record was last taken
         # The most of the window urgent records may hold: the infer topics always keep a quarter of it.
         self._urgent_cap = max(1, self._window.capacity - self._window.capacity // 4)
         self._queue = JobQueue(due_at=due_at, delayed_topic=delayed_topic, owner_of=self._tenant_of,
@@ -328,7 +326,7 @@ class JobPipeline:
             # batch freed would let batches shrink to that size and stay small (each exactly-once transaction then
             # carries one or two jobs).
             if room == 0 or (self._paused and not self._may_reopen(room)):
-                await self._wait_paused(urgent if not self._holding and self._urgent_active() else [])
+                await self._wait_paused(urgent if not self._holding else [])
                 continue
             self._resume()
             self._hold_back_retries()
@@ -431,8 +429,6 @@ class JobPipeline:
             for tp, part in fetched.items():
                 if part:
                     self._next_offset[tp] = part[-1].offset + 1
-                    if self._is_urgent(tp.topic):
-                        self._urgent_seen = now
                     if tp.topic != self._queue.delayed_topic:
                         self._owners_seen[self._tenant_of(tp.topic)] = now
                         _mark_taken(part, taken_ns)
@@ -564,14 +560,6 @@ class JobPipeline:
         except TimeoutError:
             return False
         return True
-
-    def _urgent_active(self) -> bool:
-        """Whether an urgent lane's record was taken in the last `_ACTIVE_S`. Only then do the urgent lanes go on
-        fetching while the window is full: aiokafka keeps one fetch in flight per broker, and one that names only
-        quiet urgent lanes is held by the broker for fetch_max_wait_ms; once the window reopens, the infer partitions'
-        records waited for it to come back (bench/results, the fetch trace of 2026-12-07). The first urgent record
-        after a quiet spell is fetched when the window next has room, and taken first."""
-        return time.monotonic() - self._urgent_seen < _ACTIVE_S
 
     def _several_tenants_active(self) -> bool:
         """Whether records of two tenants or more were taken in the last `_ACTIVE_S` (tenants come and go: only the
