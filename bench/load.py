@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-import msgpack
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -48,6 +47,7 @@ from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HopStats, SlowestJobs
 
 from .rdkafka import RdkafkaProducer
+from .result_reader import result_status
 from .workloads import Payload
 
 __all__ = ["LOAD_CLIENTS", "Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling",
@@ -242,8 +242,7 @@ def _decoded(received: Outcome | tuple[float, bytes]) -> Outcome:
     if isinstance(received, Outcome):
         return received
     received_at, value = received
-    result = msgpack.unpackb(value, raw=False)
-    return Outcome(received_at, result["status"], int(result.get("timings", {}).get("batch_size", 0)))
+    return Outcome(received_at, *result_status(value))
 
 
 class RawLoad:
@@ -254,7 +253,7 @@ class RawLoad:
     default they are read in this process's loop, as before.
 
     `client="librdkafka"`: published and read with librdkafka (`bench/rdkafka.py`; results in a process of their
-    own), which costs the machine's shared cores less per job than aiokafka's Python (`bench/ab.py` meters both)."""
+    own). `bench/ab.py` meters what each costs per job (the same, on the 2-core VM: bench/results of 2026-12-07)."""
 
     send_returns_when_queued = True
     """`send` returns once the record is queued in the producer (it does not wait for the broker)."""
@@ -546,14 +545,16 @@ async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], 
 
 _TICK_S = 0.001
 """The open loop's publisher wakes at most once a millisecond and then sends every job due by then, so above 1,000
-jobs/s they leave in groups of rate/1000 (which the producer's 2 ms linger puts into one request anyway); a wake-up
-per job cost the machine's shared cores more than the sends. Latency is timed from each job's own send."""
+jobs/s they leave in groups of about rate/1000 (which the producer's 2 ms linger puts into one request anyway); a
+wake-up per job cost the machine's shared cores more than the sends. Below 1,000 jobs/s a job may leave up to 1 ms
+after it was due, when the one before it did. Latency is timed from each job's own send."""
 
 
 async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
                     timeout: float = 180, burst: int = 1) -> OpenLoop:
     """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
-    in groups); latency percentiles of all of them."""
+    in groups; above 1,000 jobs/s the jobs due in each millisecond leave together anyway, `_TICK_S`); latency
+    percentiles of all of them."""
     loop = asyncio.get_running_loop()
     prepared = load.prepare(payloads)
     queues_at_once = getattr(load, "send_returns_when_queued", False)
@@ -564,22 +565,22 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     i = 0
     next_tick = start
     while i < len(prepared):
-        delay = max(start + (i // burst) * burst / rate, next_tick) - loop.time()
+        due_at = start + (i // burst) * burst / rate  # when job i's group is due
+        delay = max(due_at, next_tick) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        else:
-            max_lag = max(max_lag, -delay)
-        # Every job due by now, in one go: one wake-up per tick, not one timer and one task per job (at a few
-        # thousand jobs/s those cost the shared CPU as much as the consumer under test).
         now = loop.time()
+        max_lag = max(max_lag, now - due_at - _TICK_S)  # late past the tick it may wait by design (a busy loop, say)
         next_tick = now + _TICK_S
-        due = min(len(prepared), (int((now - start) * rate / burst) + 1) * burst)
-        for item in prepared[i:max(due, i + 1)]:
+        # Every job due by now, in one go: one wake-up per tick, not one timer and one task per job (at a few
+        # thousand jobs/s those cost the shared CPU as much as the consumer under test); job i's whole group at least.
+        due = min(len(prepared), max((int((now - start) * rate / burst) + 1) * burst, (i // burst + 1) * burst))
+        for item in prepared[i:due]:
             if queues_at_once:
                 sent.append(await load.send(item))
             else:
                 tasks.append(asyncio.create_task(load.send(item)))
-        i = max(due, i + 1)
+        i = due
     sent += await asyncio.gather(*tasks)
     await asyncio.gather(*(s.acked() for s in sent))
     outcomes = await _outcomes(sent, timeout)

@@ -11,6 +11,7 @@ costs per job.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +41,8 @@ class RdkafkaProducer:
             "message.max.bytes": max_request_size, "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random"})  # aiokafka's (Java's) partitioner: a key goes where it goes there
         self._reports: deque[tuple[asyncio.Future[None], Any]] = deque()
+        self._unsettled: set[asyncio.Future[None]] = set()  # sent, no report handed to the loop yet (loop only)
+        self._broken: BaseException | None = None  # what ended the report thread, if it failed
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve_reports, name="librdkafka-reports", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -54,7 +57,10 @@ class RdkafkaProducer:
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[None]:
         """Queue the record; the returned future ends when the broker acknowledged it (or raises what it said)."""
         assert self._loop is not None, "start() first"
+        if self._broken is not None:
+            raise RuntimeError("librdkafka's delivery reports stopped") from self._broken
         acknowledged: asyncio.Future[None] = self._loop.create_future()
+        self._unsettled.add(acknowledged)
 
         def delivered(error: Any, _message: Any) -> None:  # in the report thread
             self._reports.append((acknowledged, error))
@@ -68,19 +74,29 @@ class RdkafkaProducer:
 
     async def stop(self) -> None:
         """Wait for every queued record's acknowledgement, then stop the report thread."""
-        assert self._loop is not None
+        loop = asyncio.get_running_loop()
         self._stopping.set()
-        await self._loop.run_in_executor(None, self._thread.join)
-        left = await self._loop.run_in_executor(None, self._producer.flush, 30)
+        if self._thread.is_alive():
+            await loop.run_in_executor(None, self._thread.join)
+        left = await loop.run_in_executor(None, self._producer.flush, 30)
         self._settle()
         if left:
-            raise RuntimeError(f"{left} records were not acknowledged within 30 s")
+            error = RuntimeError(f"{left} records were not acknowledged within 30 s")
+            self._fail_unsettled(error)
+            raise error
 
     def _serve_reports(self) -> None:
-        while not self._stopping.is_set():
-            self._producer.poll(_REPORTS_EVERY_S)
-            if self._reports and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._settle)
+        assert self._loop is not None
+        try:
+            while not self._stopping.is_set():
+                self._producer.poll(_REPORTS_EVERY_S)
+                if self._reports:
+                    self._loop.call_soon_threadsafe(self._settle)
+        except BaseException as exc:  # noqa: BLE001 - whatever ended it fails every pending send, never hangs them
+            self._broken = exc
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._fail_unsettled, exc)
+            raise
 
     def _settle(self) -> None:
         """Resolve the futures of the reports served so far (in the loop)."""
@@ -88,6 +104,7 @@ class RdkafkaProducer:
 
         while self._reports:
             future, error = self._reports.popleft()
+            self._unsettled.discard(future)
             if future.done():
                 continue
             if error is None:
@@ -95,13 +112,20 @@ class RdkafkaProducer:
             else:
                 future.set_exception(KafkaException(error))
 
+    def _fail_unsettled(self, error: BaseException) -> None:
+        """Every send still waiting for its report ends with `error` (in the loop)."""
+        for future in self._unsettled:
+            if not future.done():
+                future.set_exception(error)
+        self._unsettled.clear()
+
 
 def read_results_librdkafka(kafka: KafkaSettings, topic: str, partitions: int,
                             received: Callable[[Any], None], stop: Callable[[], bool],
                             handle: Callable[[bytes, float, bytes], Any]) -> None:
     """Read `topic` from its end with librdkafka until `stop()`: `received("ready")` once positioned, then per fetch
     `received([handle(key, at, value), ...])`. A receipt is timed when the first record of a poll comes."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(kafka.librdkafka_config(f"{_CLIENT_ID}-reader") | {
         "group.id": f"aiaas-bench-reader-{uuid.uuid4().hex}",  # required by the client; never joined (assign only)
@@ -117,7 +141,14 @@ def read_results_librdkafka(kafka: KafkaSettings, topic: str, partitions: int,
                 continue
             now = time.time()
             batch = [first, *consumer.consume(num_messages=10_000, timeout=0)]  # whatever else has come, no wait
-            out = [handle(message.key(), now, message.value()) for message in batch if message.error() is None]
+            out = []
+            for message in batch:
+                if (error := message.error()) is None:
+                    out.append(handle(message.key(), now, message.value()))
+                elif error.fatal():
+                    raise KafkaException(error)
+                else:  # e.g. a broker that went away for a moment: librdkafka retries by itself
+                    print(f"results reader: {error}", file=sys.stderr, flush=True)
             if out:
                 received(out)
     finally:

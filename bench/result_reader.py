@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from aiaas.settings import KafkaSettings
 
-__all__ = ["read_results"]
+__all__ = ["read_results", "result_status"]
 
 
 def read_results(kafka: KafkaSettings, topic: str, partitions: int, results: Connection, stop: Event,
@@ -38,8 +38,13 @@ def read_results(kafka: KafkaSettings, topic: str, partitions: int, results: Con
 
 def _received(key: bytes, at: float, value: bytes) -> tuple[bytes, float, str, int]:
     """What the load generator needs of a result: (key, received at, status, batch size)."""
+    return key, at, *result_status(value)
+
+
+def result_status(value: bytes) -> tuple[str, int]:
+    """A result record's status and the size of the batch its job ran in (0 when not reported)."""
     result = msgpack.unpackb(value, raw=False)
-    return key, at, result["status"], int(result.get("timings", {}).get("batch_size", 0))
+    return result["status"], int(result.get("timings", {}).get("batch_size", 0))
 
 
 async def _read(kafka: KafkaSettings, topic: str, partitions: int, results: Connection, stop: Event) -> None:
