@@ -52,7 +52,7 @@ from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HOPS
 from bench.hop_breakdown import add_hops_once_stored
-from bench.load import LOAD_CLIENTS, Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
+from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
 from bench.procs import (
     REPO,
     ChildProcess,
@@ -63,6 +63,7 @@ from bench.procs import (
     service_env,
     split_cores,
 )
+from bench.rdkafka import CLIENTS
 from bench.report import round_ratios
 from bench.run import POOL, log, prepare_topics
 from bench.workloads import MODELS, Payload, built_model_and_broker, payloads
@@ -328,7 +329,7 @@ def main() -> None:
                         "results readers on the others: latency without the load generator's share of the service's "
                         "core (on Linux)")
     for side in "ab":
-        parser.add_argument(f"--{side}-load-client", choices=LOAD_CLIENTS, default="aiokafka",
+        parser.add_argument(f"--{side}-load-client", choices=CLIENTS, default="aiokafka",
                             help=f"the Kafka client side {side.upper()}'s load generator publishes and reads with "
                             "(librdkafka: C threads, results read in a process of their own; bench/rdkafka.py)")
     parser.add_argument("--reader", choices=("loop", "process"), default="loop",

@@ -46,16 +46,12 @@ from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HopStats, SlowestJobs
 
-from .rdkafka import RdkafkaProducer
+from .rdkafka import CLIENTS, RdkafkaProducer
 from .result_reader import result_status
 from .workloads import Payload
 
-__all__ = ["LOAD_CLIENTS", "Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling",
+__all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling",
            "open_loop", "over_rounds", "saturate", "burst_size", "percentiles"]
-
-
-LOAD_CLIENTS = ("aiokafka", "librdkafka")
-"""The Kafka clients `RawLoad` publishes and reads with."""
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -259,8 +255,8 @@ class RawLoad:
     """`send` returns once the record is queued in the producer (it does not wait for the broker)."""
 
     def __init__(self, kafka: KafkaSettings, model: str, *, reader: str = "loop", client: str = "aiokafka") -> None:
-        if client not in LOAD_CLIENTS:
-            raise ValueError(f"client is one of {', '.join(LOAD_CLIENTS)}; got {client!r}")
+        if client not in CLIENTS:
+            raise ValueError(f"client is one of {', '.join(CLIENTS)}; got {client!r}")
         if client == "librdkafka" and reader != "process":
             raise ValueError("the librdkafka load generator reads its results in a process of its own: reader="
                              "'process'")

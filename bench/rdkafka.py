@@ -21,11 +21,21 @@ from typing import Any
 
 from aiaas.settings import KafkaSettings
 
-__all__ = ["RdkafkaProducer", "read_results_librdkafka"]
+__all__ = ["CLIENTS", "producer_config", "RdkafkaProducer", "read_results_librdkafka"]
+
+CLIENTS = ("aiokafka", "librdkafka")
+"""The Kafka clients the benchmarks' load generators publish (and read) with."""
 
 _CLIENT_ID = "aiaas-bench-load"
 _REPORTS_EVERY_S = 0.05
 """The longest the delivery-report thread blocks in one poll (it returns at once when a report comes)."""
+
+
+def producer_config(kafka: KafkaSettings, client_id: str, *, linger_ms: int) -> dict[str, object]:
+    """librdkafka's configuration for a producer sent to as the aiokafka ones here are: acks=all, idempotent, and
+    aiokafka's (Java's) partitioner, so a key goes to the partition it goes to there."""
+    return kafka.librdkafka_config(client_id) | {
+        "acks": "all", "enable.idempotence": True, "linger.ms": linger_ms, "partitioner": "murmur2_random"}
 
 
 class RdkafkaProducer:
@@ -36,10 +46,8 @@ class RdkafkaProducer:
     def __init__(self, kafka: KafkaSettings, *, linger_ms: int, max_request_size: int) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(kafka.librdkafka_config(_CLIENT_ID) | {
-            "acks": "all", "enable.idempotence": True, "linger.ms": linger_ms,
-            "message.max.bytes": max_request_size, "queue.buffering.max.messages": 1_000_000,
-            "partitioner": "murmur2_random"})  # aiokafka's (Java's) partitioner: a key goes where it goes there
+        self._producer = Producer(producer_config(kafka, _CLIENT_ID, linger_ms=linger_ms) | {
+            "message.max.bytes": max_request_size, "queue.buffering.max.messages": 1_000_000})
         self._reports: deque[tuple[asyncio.Future[None], Any]] = deque()
         self._unsettled: set[asyncio.Future[None]] = set()  # sent, no report handed to the loop yet (loop only)
         self._broken: BaseException | None = None  # what ended the report thread, if it failed

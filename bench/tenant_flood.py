@@ -57,13 +57,13 @@ from aiaas.contract.topics import ModelTopics, service_topics
 from aiaas.kafka.admin import ensure_topics, partition_count
 from aiaas.metrics.fleet import Scrape
 from aiaas.settings import KafkaSettings
+from bench.rdkafka import CLIENTS, producer_config
 from bench.stops import Stops, scrape_service, stops_table, stops_title
 
 __all__ = ["flood_job_ids", "flood", "flood_librdkafka", "percentile", "log", "Prober", "Bench", "common_options",
            "run_benchmark", "report_context", "write_report"]
 
 TENANTS = ("alice", "bob")
-FLOOD_CLIENTS = ("aiokafka", "librdkafka")
 FLOOD_CLIENT_ID = "alice-flood"  # her producer's client.id: what `--flood-quota` names on a broker without logins
 
 
@@ -130,9 +130,7 @@ def flood_librdkafka(kafka: KafkaSettings, topic: str, prefix: str, count: int,
     from confluent_kafka import KafkaException, Producer
 
     payloads = _flood_payloads(prefix, count)
-    producer = Producer(kafka.librdkafka_config(FLOOD_CLIENT_ID) | {
-        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "batch.size": 256 * 1024,
-        "partitioner": "murmur2_random"})  # aiokafka's (Java's) partitioner: her keys go where they go there
+    producer = Producer(producer_config(kafka, FLOOD_CLIENT_ID, linger_ms=5) | {"batch.size": 256 * 1024})
     producer.list_topics(topic, timeout=30)  # connected before the clock starts, as aiokafka's start() is
     failures: list[str] = []
 
@@ -571,7 +569,7 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--flood-nice", type=int, default=0, choices=range(20), metavar="0..19",
                         help="the flood's process runs at this niceness: 19 gives the cores to the service, the broker "
                         "and the prober first, as if alice published from machines of her own (0: an equal share)")
-    parser.add_argument("--flood-client", choices=FLOOD_CLIENTS, default="aiokafka",
+    parser.add_argument("--flood-client", choices=CLIENTS, default="aiokafka",
                         help="the flood's Kafka client: aiokafka (pure Python, as the services) or librdkafka "
                         "(confluent-kafka, C)")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
@@ -587,7 +585,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
     f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
-    f.add_argument("--client", choices=FLOOD_CLIENTS, default="aiokafka", help="the Kafka client she publishes with")
+    f.add_argument("--client", choices=CLIENTS, default="aiokafka", help="the Kafka client she publishes with")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
     parser.add_argument("--flood-quota", type=int, default=0, metavar="BYTES_PER_S",
