@@ -8,6 +8,8 @@ the messages on the wire have the same size everywhere.
 from __future__ import annotations
 
 import random
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,13 +105,19 @@ def build_model(model: str, registry: Registry) -> None:
 @contextmanager
 def built_model_and_broker(model: str, port: int, prefix: str) -> Iterator[tuple[Path, LocalBroker, Registry]]:
     """A fresh temporary folder, `model` built into its registry (`<tmp>/home/registry`) and a local broker on
-    `port` (`<tmp>/kafka`); on leaving, everything the harness (tests/harness.py) started is stopped."""
+    `port` (`<tmp>/kafka`); on leaving, everything the harness (tests/harness.py) started is stopped and the folder
+    removed (a run's broker log takes gigabytes), but for its service logs when the run failed."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     broker = LocalBroker(port, tmp / "kafka")
+    failed = True
     try:
         registry = Registry(tmp / "home" / "registry")
         build_model(model, registry)
         broker.start()
         yield tmp, broker, registry
+        failed = False
     finally:
         stop_all()
+        shutil.rmtree(tmp / "kafka" if failed else tmp, ignore_errors=True)
+        if failed:
+            print(f"the run failed: its service logs are kept in {tmp}", file=sys.stderr)
