@@ -1,10 +1,12 @@
 """Where a saturated service spends its CPU, per job: a sampling profile of the real service process.
 
     .venv/bin/python bench/hotpath.py --model vision [--seconds 15] [--out bench/results]
+    .venv/bin/python bench/hotpath.py --model recsys --offered 4000   # at partial load: an open loop at 4,000 jobs/s
 
 Starts its own broker, builds the model, starts `python -m aiaas.<model>` (tracing on, spans to
 the local store, as in the benchmark; `--noop`: the transport ceiling's no-op model service), keeps it
-saturated with bursts from the raw load generator, and records the service process with py-spy
+saturated with bursts from the raw load generator (or, with `--offered`, publishes to it at that steady rate: the
+open loop of the latency measurements), and records the service process with py-spy
 (`pip install py-spy`; sampling from outside the process, so the service runs unmodified and at
 full speed) for `--seconds`.
 
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +42,10 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
-from bench.load import RawLoad, burst
+from bench.load import RawLoad, burst, cycling, open_loop
 from bench.procs import ChildProcess, LocalBroker, cpu_seconds, service_env, stop_all
 from bench.report import MachineInfo
-from bench.workloads import MODELS, build_model, payloads
+from bench.workloads import MODELS, Payload, build_model, payloads
 
 __all__ = ["STAGES", "charge", "stage_of", "Profile", "parse_collapsed"]
 
@@ -101,7 +104,8 @@ def short(frame: str) -> str:
         head, sep, tail = frame.partition(marker)
         if sep:
             tail = tail.split("/", 1)[1] if marker == "/lib/python3" else tail
-            return f"{head}{tail}"
+            name, paren, _path = head.partition(" (")
+            return f"{name}{paren}{tail}"
     return frame
 
 
@@ -162,17 +166,17 @@ class Profile:
 
 
 async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool: list, seconds: float, rate: int,
-                  raw: Path, cpu: dict[str, int]) -> tuple[int, float, dict[str, float]]:
-    """Saturate the service with bursts while py-spy records it; returns (jobs finished, seconds recorded)."""
+                  raw: Path, cpu: dict[str, int], offered: float = 0) -> tuple[int, float, dict[str, float]]:
+    """Saturate the service with bursts (or publish at `offered` jobs/s) while py-spy records it; returns (jobs
+    finished, seconds recorded, CPU seconds per process meanwhile)."""
     load = RawLoad(kafka, model)
     await load.start()
     try:
+        if offered:
+            return await _record_offered(service, load, cycling(pool), seconds, rate, raw, cpu, offered)
         for _ in range(2):  # warm-up: JIT-free Python, but caches, the broker and the model's first calls
             await burst(load, pool[:2000])
-        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
-                                "--pid", str(service.pid), "--rate", str(rate), "--duration", str(int(seconds)),
-                                "--format", "raw", "--nonblocking", "--gil", "--full-filenames", "--output", str(raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy = _spy(service, seconds, rate, raw)
         await asyncio.sleep(0.5)  # py-spy attaching
         started, jobs = time.perf_counter(), 0
         before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
@@ -182,11 +186,43 @@ async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool:
                 jobs += done.jobs
                 used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
         elapsed = time.perf_counter() - started
-        if spy.returncode != 0:
-            raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-2000:]}")
+        _check(spy)
         return jobs, elapsed, used
     finally:
         await load.stop()
+
+
+async def _record_offered(service: ChildProcess, load: RawLoad, take: Callable[[int], list[Payload]],
+                          seconds: float, rate: int, raw: Path, cpu: dict[str, int],
+                          offered: float) -> tuple[int, float, dict[str, float]]:
+    """One open loop at `offered` jobs/s, recorded in its middle for `seconds`: the jobs are those it offered
+    meanwhile (a steady rate the service keeps up with, so as many finish)."""
+    await open_loop(load, take(round(5 * offered)), rate=offered, share=0)  # warm-up
+    running = asyncio.ensure_future(open_loop(load, take(round((seconds + 4) * offered)), rate=offered, share=0))
+    await asyncio.sleep(1)  # the loop under way
+    spy = _spy(service, seconds, rate, raw)
+    await asyncio.sleep(0.5)  # py-spy attaching
+    started = time.perf_counter()
+    before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+    while spy.poll() is None:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+    await running
+    _check(spy)
+    return round(offered * elapsed), elapsed, used
+
+
+def _spy(service: ChildProcess, seconds: float, rate: int, raw: Path) -> subprocess.Popen:
+    return subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+                             "--pid", str(service.pid), "--rate", str(rate), "--duration", str(int(seconds)),
+                             "--format", "raw", "--nonblocking", "--gil", "--full-filenames", "--output", str(raw)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _check(spy: subprocess.Popen) -> None:
+    if spy.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-2000:]}")
 
 
 def main() -> None:
@@ -195,6 +231,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--burst", type=int, default=3000, help="jobs per burst")
+    parser.add_argument("--offered", type=float, default=0, metavar="JOBS_PER_S",
+                        help="publish at this steady rate (an open loop) instead of saturating with bursts: where the "
+                        "CPU goes at partial load")
     parser.add_argument("--port", type=int, default=29792)
     parser.add_argument("--noop", action="store_true",
                         help="profile the transport ceiling's service (bench/transport.py: the no-op model) instead")
@@ -220,7 +259,7 @@ def main() -> None:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
         processes = {"service": service.pid, "broker": broker.pid, "load generator": os.getpid()}
         jobs, elapsed, used = asyncio.run(_record(service, kafka, args.model, pool, args.seconds, args.rate, raw,
-                                                  processes))
+                                                  processes, args.offered))
         text = raw.read_text()
         if args.keep_raw:
             shutil.copy(raw, args.keep_raw)
@@ -230,6 +269,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = MachineInfo.collect()
     title = (f"# {args.model} {'no-op (transport ceiling) ' if args.noop else ''}service profile"
+             f"{f', {args.offered:,.0f} jobs/s offered' if args.offered else ', saturated'}"
              f"{' — ' + args.label if args.label else ''}")
     report = (f"{title}\n\n{time.strftime('%Y-%m-%d %H:%M')} · {info.cpu_described} · "
               f"`.venv/bin/python bench/hotpath.py {' '.join(sys.argv[1:])}`\n\n{profile.markdown()}\n")

@@ -1,7 +1,7 @@
 """Priority flood: urgent jobs' latency alone, and while normal jobs flood the vision service past its capacity.
 
     .venv/bin/python bench/priority_flood.py [--runs 3] [--probe-rate 50] [--solo-s 20] [--flood-jobs 60000]
-                                             [--flood-rate 0] [--no-control] [--port 29992] [--out FILE]
+                                             [--flood-rate 0] [--no-control] [--noop] [--port 29992] [--out FILE]
 
 The issue's target: jobs of high priority keep their lone-job p99 within 3x while jobs of low priority flood the
 service. A job of priority > 0 goes to the urgent lane `<prefix>.vision.infer-urgent` with its `aiaas.priority`

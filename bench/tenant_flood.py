@@ -1,7 +1,7 @@
 """Tenant flood: bob's latency alone, and while alice floods the vision service past its capacity.
 
     .venv/bin/python bench/tenant_flood.py [--runs 3] [--bob-rate 50] [--solo-s 20] [--flood-jobs 60000]
-                                           [--flood-rate 0] [--port 29592] [--out FILE]
+                                           [--flood-rate 0] [--noop] [--port 29592] [--out FILE]
 
 The issue's target: a second tenant's p99 stays within 3x of its solo p99 while a first tenant floods past the
 service's capacity (the per-tenant share of the in-flight window and turn-taking batches, `pipeline.py`).
@@ -394,12 +394,13 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def serving(self, kafka: KafkaSettings, result) -> AsyncIterator[None]:
-        """The vision service under test (trace export off) and other work sampled, for the block; the mean of
-        other work goes to `result.other_cores`."""
+        """The vision service under test (trace export off; `--noop`: its no-op model) and other work sampled, for the
+        block; the mean of other work goes to `result.other_cores`."""
         from bench.procs import ChildProcess, OtherWork, service_env
 
         env = service_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
-        service = ChildProcess(["-m", "aiaas.vision"], env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
+        command = ["bench/transport.py", "--model", "vision"] if self.args.noop else ["-m", "aiaas.vision"]
+        service = ChildProcess(command, env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
         self.service_pid = service.pid
         other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
         other.start()
@@ -572,6 +573,9 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--flood-client", choices=CLIENTS, default="aiokafka",
                         help="the flood's Kafka client: aiokafka (pure Python, as the services) or librdkafka "
                         "(confluent-kafka, C)")
+    parser.add_argument("--noop", action="store_true",
+                        help="serve with the transport ceiling's no-op model (bench/transport.py: the same pipeline, "
+                        "tenants and priorities, no model work): the floor the rest of the machine sets")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
 
