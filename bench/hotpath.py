@@ -1,4 +1,4 @@
-"""Where a saturated service spends its CPU, per job: a sampling profile of the real service process.
+"""Where a service spends its CPU per job, saturated or at an offered rate: a sampling profile of its process.
 
     .venv/bin/python bench/hotpath.py --model vision [--seconds 15] [--out bench/results]
     .venv/bin/python bench/hotpath.py --model recsys --offered 4000   # at partial load: an open loop at 4,000 jobs/s
@@ -17,14 +17,15 @@ prepare (the runtime's per-job preparation), model (the runtime's batch call), r
 export (the span processor thread serialising and writing spans), Kafka out (aiokafka
 producer), pipeline (batch assembly, in-flight window, commits), event loop (asyncio's own
 scheduling) and other. The table gives each stage's share and its CPU microseconds per job
-(samples ÷ rate ÷ jobs finished during the recording), so a before/after of a change to the
-hot path is one command per side.
+(samples ÷ rate ÷ jobs finished during the recording; with `--offered`, the jobs offered meanwhile),
+so a before/after of a change to the hot path is one command per side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -99,7 +100,8 @@ def charge(frames: list[str]) -> str:
 
 
 def short(frame: str) -> str:
-    """A frame with its path cut to the part after site-packages or the Python library."""
+    """A frame as `function (path:line)`, its path cut to the part after site-packages, the Python library or the
+    project's services folder."""
     for marker in ("site-packages/", "/lib/python3", "/services/"):
         head, sep, tail = frame.partition(marker)
         if sep:
@@ -132,7 +134,7 @@ def top_functions(text: str, n: int = 15) -> list[tuple[str, int]]:
 
 @dataclass
 class Profile:
-    """One recording: samples per stage and the jobs finished while it ran."""
+    """One recording: samples per stage and the jobs finished (with `--offered`: offered) while it ran."""
 
     model: str
     seconds: float
@@ -168,9 +170,10 @@ class Profile:
 async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool: list, seconds: float, rate: int,
                   raw: Path, cpu: dict[str, int], offered: float = 0) -> tuple[int, float, dict[str, float]]:
     """Saturate the service with bursts (or publish at `offered` jobs/s) while py-spy records it; returns (jobs
-    finished, seconds recorded, CPU seconds per process meanwhile)."""
+    finished, or offered, while it recorded; seconds recorded; CPU seconds per process meanwhile)."""
     load = RawLoad(kafka, model)
     await load.start()
+    spy: subprocess.Popen | None = None
     try:
         if offered:
             return await _record_offered(service, load, cycling(pool), seconds, rate, raw, cpu, offered)
@@ -189,6 +192,7 @@ async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool:
         _check(spy)
         return jobs, elapsed, used
     finally:
+        _end(spy)
         await load.stop()
 
 
@@ -196,20 +200,36 @@ async def _record_offered(service: ChildProcess, load: RawLoad, take: Callable[[
                           seconds: float, rate: int, raw: Path, cpu: dict[str, int],
                           offered: float) -> tuple[int, float, dict[str, float]]:
     """One open loop at `offered` jobs/s, recorded in its middle for `seconds`: the jobs are those it offered
-    meanwhile (a steady rate the service keeps up with, so as many finish)."""
+    meanwhile. Raises when the loop did not publish at that rate or ended before the recording did; its latency is
+    logged (a service that fell behind the loop shows there, and then the jobs offered are not the jobs done)."""
     await open_loop(load, take(round(5 * offered)), rate=offered, share=0)  # warm-up
-    running = asyncio.ensure_future(open_loop(load, take(round((seconds + 4) * offered)), rate=offered, share=0))
-    await asyncio.sleep(1)  # the loop under way
-    spy = _spy(service, seconds, rate, raw)
-    await asyncio.sleep(0.5)  # py-spy attaching
-    started = time.perf_counter()
-    before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
-    while spy.poll() is None:
-        await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
-    await running
-    _check(spy)
+    running = asyncio.ensure_future(open_loop(load, take(round((seconds + 5) * offered)), rate=offered, share=0))
+    spy: subprocess.Popen | None = None
+    try:
+        await asyncio.sleep(1.5)  # the jobs prepared and the loop under way
+        spy = _spy(service, seconds, rate, raw)
+        await asyncio.sleep(0.5)  # py-spy attaching
+        started = time.perf_counter()
+        before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+        while spy.poll() is None:
+            if running.done():
+                raise RuntimeError("the open loop ended before the recording did: raise --offered's job count")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+        _check(spy)
+        point = await running
+    finally:
+        _end(spy)
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    print(f"open loop at {offered:,.0f} jobs/s: achieved {point.achieved_per_s:,.0f}/s, p50 {point.p50_ms:.1f} ms, "
+          f"p99 {point.p99_ms:.1f} ms, publisher up to {point.max_lag_ms:,.0f} ms late", file=sys.stderr)
+    if point.achieved_per_s < 0.97 * offered:
+        raise RuntimeError(f"the open loop did not hold {offered:,.0f} jobs/s (achieved {point.achieved_per_s:,.0f}/s):"
+                           " the jobs offered are not the jobs done")
     return round(offered * elapsed), elapsed, used
 
 
@@ -223,6 +243,13 @@ def _spy(service: ChildProcess, seconds: float, rate: int, raw: Path) -> subproc
 def _check(spy: subprocess.Popen) -> None:
     if spy.returncode != 0:
         raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-2000:]}")
+
+
+def _end(spy: subprocess.Popen | None) -> None:
+    """Stop py-spy if it still runs (the recording was cut short)."""
+    if spy is not None and spy.poll() is None:
+        spy.kill()
+        spy.wait()
 
 
 def main() -> None:
@@ -241,6 +268,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
     parser.add_argument("--keep-raw", type=Path, help="copy py-spy's collapsed stacks here")
     args = parser.parse_args()
+    if args.offered < 0:
+        parser.error("--offered is a rate in jobs/s (0: saturate with bursts)")
     if not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()):
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

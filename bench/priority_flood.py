@@ -48,6 +48,7 @@ from bench.tenant_flood import (
     Prober,
     common_options,
     log,
+    noop_note,
     percentile,
     report_context,
     run_benchmark,
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     how += f" with {args.flood_client}"
     text = (f"Priority flood ({machine}): a probe of urgent jobs (priority 1) at {args.probe_rate:g} jobs/s alone for "
             f"{args.solo_s:g} s, then while {args.flood_jobs:,} normal jobs are published {how}"
-            f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}.\n"
+            f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}."
+            f"{noop_note(args)}\n"
             f"Command: `{command}`\n\n{table(results)}\n\n{stops_title('in each phase')}\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0

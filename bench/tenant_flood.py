@@ -61,7 +61,7 @@ from bench.rdkafka import CLIENTS, producer_config
 from bench.stops import Stops, scrape_service, stops_table, stops_title
 
 __all__ = ["flood_job_ids", "flood", "flood_librdkafka", "percentile", "log", "Prober", "Bench", "common_options",
-           "run_benchmark", "report_context", "write_report"]
+           "run_benchmark", "report_context", "noop_note", "write_report"]
 
 TENANTS = ("alice", "bob")
 FLOOD_CLIENT_ID = "alice-flood"  # her producer's client.id: what `--flood-quota` names on a broker without logins
@@ -575,7 +575,8 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
                         "(confluent-kafka, C)")
     parser.add_argument("--noop", action="store_true",
                         help="serve with the transport ceiling's no-op model (bench/transport.py: the same pipeline, "
-                        "tenants and priorities, no model work): the floor the rest of the machine sets")
+                        "tenants and priorities, no model work): what the rest of the machine costs. It serves no "
+                        "/metrics, so the stops tables stay empty")
     parser.add_argument("--port", type=int, default=port, help="the broker's port (controller: port + 1)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
 
@@ -642,6 +643,11 @@ def report_context(script: str, argv: list[str] | None) -> tuple[str, str, str]:
             f" (service settings: {settings})" if settings else "")
 
 
+def noop_note(args: argparse.Namespace) -> str:
+    """For a report's first line: what served the jobs when it was not the vision service."""
+    return " Served by the no-op model (`--noop`: bench/transport.py; no /metrics, so no stops)." if args.noop else ""
+
+
 def write_report(text: str, out: Path | None) -> None:
     """Print the report; also write it (Markdown) to `out` when given."""
     print(text)
@@ -669,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.flood_quota:
         how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
-            f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}.\n"
+            f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}."
+            f"{noop_note(args)}\n"
             f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his send → his client seeing the "
             f"broker's acknowledgement, acks=all; his results' `timings.queue_wait_ms`: job made just before its send "
             f"→ its batch cut; then `completed_at` → read here):\n\n{breakdown(results)}\n\n"

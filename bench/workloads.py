@@ -106,7 +106,8 @@ def build_model(model: str, registry: Registry) -> None:
 def built_model_and_broker(model: str, port: int, prefix: str) -> Iterator[tuple[Path, LocalBroker, Registry]]:
     """A fresh temporary folder, `model` built into its registry (`<tmp>/home/registry`) and a local broker on
     `port` (`<tmp>/kafka`); on leaving, everything the harness (tests/harness.py) started is stopped and the folder
-    removed (a run's broker log takes gigabytes), but for its service logs when the run failed."""
+    removed (a run's broker data takes gigabytes). A run that failed or was interrupted keeps it, less the broker's
+    data, for its logs."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     broker = LocalBroker(port, tmp / "kafka")
     failed = True
@@ -117,7 +118,10 @@ def built_model_and_broker(model: str, port: int, prefix: str) -> Iterator[tuple
         yield tmp, broker, registry
         failed = False
     finally:
-        stop_all()
-        shutil.rmtree(tmp / "kafka" if failed else tmp, ignore_errors=True)
-        if failed:
-            print(f"the run failed: its service logs are kept in {tmp}", file=sys.stderr)
+        try:
+            stop_all()
+        finally:
+            shutil.rmtree(tmp / "kafka" / "data" if failed else tmp, ignore_errors=True)
+            if failed:
+                print(f"the run failed or was interrupted: its logs (broker, services) are kept in {tmp}",
+                      file=sys.stderr)

@@ -10,6 +10,7 @@ import pytest
 from aiaas.contract.codec import decode_result, encode
 from aiaas.contract.envelopes import Job, Tensor
 from aiaas.contract.topics import ModelTopics
+from aiaas.serving import pipeline as pipeline_module
 from aiaas.serving.pipeline import JobPipeline
 from aiaas.serving.worker import BatchWorker
 from tests.fakes import FakeConsumer, Record, RecordingSink, SumRuntime
@@ -481,3 +482,31 @@ async def test_a_full_window_with_urgent_jobs_at_their_limit_still_polls_the_con
     await asyncio.wait_for(task, 20)
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
     assert max(gaps) < 0.3, max(gaps)
+
+
+async def test_a_kafka_call_that_never_returns_cannot_keep_a_stopped_pipeline_from_draining_and_returning(caplog,
+                                                                                                      monkeypatch):
+    monkeypatch.setattr(pipeline_module, "_STOP_FETCH_S", 0.3)
+
+    class HangingConsumer(FakeConsumer):
+        """Hands out its records, then a poll that never returns (a Kafka call stuck for good)."""
+
+        hung = False
+
+        async def getmany(self, *partitions, timeout_ms=0, max_records=None):
+            out = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+            if not out and all(self.offsets[tp] == len(log) for tp, log in self.log.items()):
+                self.hung = True
+                await asyncio.Event().wait()
+            return out
+
+    consumer, sink = HangingConsumer({0: partition_log(0, 20)}), RecordingSink()
+    pipeline = make_pipeline(consumer, sink, max_batch=4)
+    task = asyncio.create_task(pipeline.run())
+    async with asyncio.timeout(10):
+        while not (consumer.hung and len(answered(sink)) == 20):
+            await asyncio.sleep(0.01)
+    pipeline.stop()
+    stats = await asyncio.wait_for(task, 5)  # returns: the stuck poll is cancelled after its grace
+    assert stats.jobs == 20 and consumer.last_commits() == {0: 20}
+    assert "the fetch loop had not stopped" in caplog.text and "getmany" in caplog.text

@@ -94,6 +94,9 @@ _URGENT_POLL_MS = 5
 no batch ends."""
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
+_STOP_FETCH_S = 5.0
+"""How long a stop waits for the fetch loop to see it before cancelling it. Its own waits are a small part of this:
+one longer means a Kafka call that did not return (a stopped service must still drain and exit)."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
 _BATCH_END_LOOK_MS = 1
@@ -241,8 +244,11 @@ class JobPipeline:
                        for i in range(self._instances)]
         fetch_loop = asyncio.create_task(self._fetch_loop(), name="aiaas-fetch-loop")
         watch = asyncio.create_task(self._stall.run(), name="aiaas-stall-watch") if self._stall else None
+        stopped = asyncio.create_task(self._stopping.wait(), name="aiaas-stop-wait")
         try:
-            await asyncio.wait({*model_loops, fetch_loop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*model_loops, fetch_loop, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done() and not fetch_loop.done():
+                await self._fetch_loop_ends(fetch_loop, model_loops)
             ended = [loop for loop in model_loops if loop.done()]
             if ended:
                 for task in (fetch_loop, *model_loops):
@@ -250,10 +256,12 @@ class JobPipeline:
                 await asyncio.gather(fetch_loop, *model_loops, return_exceptions=True)
                 ended[0].result()  # raises what killed it
                 raise RuntimeError("the model loop ended while the service was running")
-            fetch_loop.result()
+            if not fetch_loop.cancelled():
+                fetch_loop.result()
             if self._fatal is not None:
                 raise self._fatal
         finally:
+            stopped.cancel()
             self._fetching = False
             self._arrived.set()
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
@@ -264,6 +272,18 @@ class JobPipeline:
                 task.cancel()
             await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
         return self.stats
+
+    @staticmethod
+    async def _fetch_loop_ends(fetch_loop: asyncio.Task[None], model_loops: list[asyncio.Task[None]]) -> None:
+        """After `stop()`: give the fetch loop `_STOP_FETCH_S` to see it, then cancel it, so that no Kafka call that
+        never returns can keep a stopped service from draining and exiting. Its stack then goes to the log."""
+        await asyncio.wait({fetch_loop, *model_loops}, timeout=_STOP_FETCH_S, return_when=asyncio.FIRST_COMPLETED)
+        if fetch_loop.done() or any(loop.done() for loop in model_loops):
+            return
+        log.warning("the fetch loop had not stopped %g s after the stop; cancelling it. It was waiting in %s",
+                    _STOP_FETCH_S, _awaiting(fetch_loop.get_coro()))
+        fetch_loop.cancel()
+        await asyncio.gather(fetch_loop, return_exceptions=True)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every taken record is done and committed; False if `timeout_s` ran out.
@@ -898,3 +918,14 @@ async def _let_ready_tasks_run() -> None:
         await asyncio.sleep(0)
         if not ready:
             return
+
+
+def _awaiting(coro: Any) -> str:
+    """Where a suspended coroutine waits: each coroutine it awaits, outermost first, as `function (file:line)`."""
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " → ".join(frames) or "?"

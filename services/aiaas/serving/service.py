@@ -94,6 +94,8 @@ class ModelService:
 
     def stop(self) -> None:
         """Ask a running service to drain and exit (what SIGTERM does)."""
+        if not self._stop_requested:
+            log.info("%s service stopping: draining what it has taken, then leaving its group", self.runtime.model)
         self._stop_requested = True
         if self.monitor is not None:
             self.monitor.health.stopping()
@@ -207,6 +209,7 @@ class ModelService:
             )
             await pipeline.run()
         finally:
+            log.info("%s service: closing its Kafka clients", self.runtime.model)
             for task in (following, sampling):
                 if task is not None:
                     task.cancel()
