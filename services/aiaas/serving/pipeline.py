@@ -25,7 +25,8 @@ its partition has had its outcome acknowledged (`InFlightWindow`). Exactly-once 
 safe are written in one Kafka transaction, one batch after another. Either way, if
 publishing fails the partitions are rewound to the first unfinished record and those jobs
 run again. When partitions are revoked (a rebalance) or SIGTERM arrives, in-flight work is
-drained and committed first, within `graceful_timeout_s`. When the process stood still past its
+drained and committed first, within `graceful_timeout_s` (after SIGTERM, plus up to `_STOP_FETCH_S` for a fetch
+loop still inside a Kafka call). When the process stood still past its
 group session (`stall_after_s`: frozen, paused, its loop blocked), the group may have given its
 partitions away: what it holds is dropped uncommitted, nothing of it is published, and it rejoins
 the group before it takes records again (`LoopStallWatch`; the partitions' new owner runs them). The same when a
@@ -76,6 +77,7 @@ from aiaas.kafka.transactions import Transactions
 from aiaas.kafka.unparseable import UnparseableSearch, UnreadableRecord, is_unparseable
 from aiaas.serving.job_queue import JobQueue
 from aiaas.serving.latency_budget import LatencyBudget
+from aiaas.serving.task_dump import awaiting
 from aiaas.serving.worker import BatchWorker, ProcessedBatch, record_key
 
 __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
@@ -95,8 +97,9 @@ no batch ends."""
 _IDLE_POLL_MS = 100
 """How long one poll waits when nothing arrives (a poll returns at once when records are there)."""
 _STOP_FETCH_S = 5.0
-"""How long a stop waits for the fetch loop to see it before cancelling it. Its own waits are a small part of this:
-one longer means a Kafka call that did not return (a stopped service must still drain and exit)."""
+"""How long a stop waits for the fetch loop to see it before cancelling it. The fetch loop's own waits are far
+shorter; past this it is inside a Kafka call still pending (a rebalance, or a call that never returns), and a
+stopped service must still drain and exit."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
 _BATCH_END_LOOK_MS = 1
@@ -248,7 +251,7 @@ class JobPipeline:
         try:
             await asyncio.wait({*model_loops, fetch_loop, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if stopped.done() and not fetch_loop.done():
-                await self._fetch_loop_ends(fetch_loop, model_loops)
+                await self._end_fetch_loop(fetch_loop, model_loops)
             ended = [loop for loop in model_loops if loop.done()]
             if ended:
                 for task in (fetch_loop, *model_loops):
@@ -262,6 +265,7 @@ class JobPipeline:
                 raise self._fatal
         finally:
             stopped.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
             self._fetching = False
             self._arrived.set()
             if not any(loop.done() for loop in model_loops) and not await self.drain(self._drain_timeout_s):
@@ -274,14 +278,15 @@ class JobPipeline:
         return self.stats
 
     @staticmethod
-    async def _fetch_loop_ends(fetch_loop: asyncio.Task[None], model_loops: list[asyncio.Task[None]]) -> None:
+    async def _end_fetch_loop(fetch_loop: asyncio.Task[None], model_loops: list[asyncio.Task[None]]) -> None:
         """After `stop()`: give the fetch loop `_STOP_FETCH_S` to see it, then cancel it, so that no Kafka call that
-        never returns can keep a stopped service from draining and exiting. Its stack then goes to the log."""
+        never returns can keep a stopped service from draining and exiting. Where it was waiting goes to the log
+        first."""
         await asyncio.wait({fetch_loop, *model_loops}, timeout=_STOP_FETCH_S, return_when=asyncio.FIRST_COMPLETED)
         if fetch_loop.done() or any(loop.done() for loop in model_loops):
             return
-        log.warning("the fetch loop had not stopped %g s after the stop; cancelling it. It was waiting in %s",
-                    _STOP_FETCH_S, _awaiting(fetch_loop.get_coro()))
+        log.warning("the fetch loop has not stopped %g s after the stop; cancelling it. It is waiting in %s",
+                    _STOP_FETCH_S, awaiting(fetch_loop.get_coro()))
         fetch_loop.cancel()
         await asyncio.gather(fetch_loop, return_exceptions=True)
 
@@ -559,9 +564,9 @@ class JobPipeline:
         not name it to come back, up to fetch_max_wait_ms (bench/results, the tenant flood of 2026-12-06).
 
         The wait is a row of short polls, each returning as soon as records come, rather than one poll raced against
-        the batch's end: no poll is ever cancelled, so none can leave the client mid-fetch (a cancelled poll used to
-        stay counted as in progress and switch off max.poll.interval; `aiaas.kafka.fetch_context` now repairs that
-        for any poll that raises)."""
+        the batch's end: no poll is cancelled while the service runs, so none can leave the client mid-fetch (a
+        cancelled poll used to stay counted as in progress and switch off max.poll.interval;
+        `aiaas.kafka.fetch_context` now repairs that for any poll that raises)."""
         if not partitions or most < 1:
             await self._a_batch_ends(within_ms)
             return
@@ -919,13 +924,3 @@ async def _let_ready_tasks_run() -> None:
         if not ready:
             return
 
-
-def _awaiting(coro: Any) -> str:
-    """Where a suspended coroutine waits: each coroutine it awaits, outermost first, as `function (file:line)`."""
-    frames = []
-    while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is not None:
-            frames.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return " → ".join(frames) or "?"

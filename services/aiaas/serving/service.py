@@ -47,6 +47,7 @@ from aiaas.serving.pipeline import JobPipeline, PipelineStats
 from aiaas.serving.retries import RetryPolicy
 from aiaas.serving.runtime import ModelRuntime, streams
 from aiaas.serving.runtimes import RuntimeSet
+from aiaas.serving.task_dump import log_pending_tasks
 from aiaas.serving.worker import BatchWorker
 from aiaas.settings import HomeSettings, KafkaSettings, WorkerSettings
 from aiaas.tracing.setup import setup_tracing
@@ -55,6 +56,8 @@ __all__ = ["ModelService", "run_service"]
 
 log = logging.getLogger("aiaas.service")
 
+_STOP_REPORT_AFTER_S = 15.0
+"""A service still running this long past its drain budget after a stop logs where each of its tasks waits."""
 _TOPIC_DISCOVERY_MS = 10_000
 """How often the consumer refreshes its metadata, so a tenant's infer topic created now is consumed this soon."""
 
@@ -96,6 +99,10 @@ class ModelService:
         """Ask a running service to drain and exit (what SIGTERM does)."""
         if not self._stop_requested:
             log.info("%s service stopping: draining what it has taken, then leaving its group", self.runtime.model)
+            with contextlib.suppress(RuntimeError):  # no running loop: a stop from outside it has no one to report
+                late = self.settings.graceful_timeout_s + _STOP_REPORT_AFTER_S
+                why = f"{self.runtime.model} service: not stopped {late:g} s after the stop"
+                asyncio.get_running_loop().call_later(late, log_pending_tasks, log, why)
         self._stop_requested = True
         if self.monitor is not None:
             self.monitor.health.stopping()
