@@ -52,9 +52,13 @@ async def test_urgent_jobs_overtake_a_backlog_and_the_backlog_is_answered_in_ful
     image = digit_jobs(1)[0][0]
     await ensure_topics(kafka_settings, service_topics("vision", kafka_settings))
     await publish_backlog(kafka_settings, topics.infer, image)  # waiting in Kafka before the service starts
-    vision_service.start()
     async with AiaasClient(kafka_settings) as client:
-        handles = [await client.submit("vision", {"image": image}, priority=5) for _ in range(URGENT)]
+        # The first urgent job opens the client's producer and results listener before the service starts, so the
+        # others race only their own sends against a backlog that drains in about a second. (When the client started
+        # after the service, a slow CI minute saw most of the backlog answered before they were sent.)
+        handles = [await client.submit("vision", {"image": image}, priority=5)]
+        vision_service.start()
+        handles += [await client.submit("vision", {"image": image}, priority=5) for _ in range(URGENT - 1)]
         results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
     assert all(r.status == "ok" for r in results)
     order = await results_in_order(kafka_settings, topics.results, BACKLOG + URGENT)
