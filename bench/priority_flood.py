@@ -18,9 +18,10 @@ bench/tenant_flood.py's parts (its flood process, prober, warm-up and capacity b
    result read, in this process. The prober's jobs ask for their results on `<prefix>.vision.results.probe-urgent`
    (`reply_to`): it reads only its own, and the flood's results topic holds only the flood's.
 3. **flood**: the prober goes on while the flood process publishes `--flood-jobs` normal jobs (priority 0) to the
-   infer topic as fast as its producer takes them, or at `--flood-rate`. Probe jobs published from the flood's first
-   publish until its last result was written count as "during the flood"; flood jobs / that time is the rate the
-   service drained them at beside the probe (low priority is slowed, not starved).
+   infer topic as fast as its producer takes them, or at `--flood-rate`, or at `--flood-times-capacity` X times the
+   capacity of step 1. Probe jobs published from the flood's first publish until its last result was written count
+   as "during the flood"; flood jobs / that time is the rate the service drained them at beside the probe (low
+   priority is slowed, not starved).
 4. **control** (unless `--no-control`): 2 and 3 again with a prober of normal jobs (priority 0, no header, on the
    infer topic, answered on `….results.probe-normal`): what the lane buys.
 
@@ -47,11 +48,12 @@ from bench.tenant_flood import (
     Bench,
     Prober,
     common_options,
+    flood_pace,
     log,
-    noop_note,
     percentile,
     report_context,
     run_benchmark,
+    service_note,
     write_report,
 )
 
@@ -69,6 +71,8 @@ class Lane:
     """Latencies (ms) of its jobs alone."""
     during: list[float] = field(default_factory=list)
     """… and of those published during the flood."""
+    published: float = float("nan")
+    """Flood jobs / the seconds its process published for: jobs/s."""
     drained: float = float("nan")
     """Flood jobs / (the flood's first publish → its last result): jobs/s."""
     missing: int = 0
@@ -110,11 +114,12 @@ class PriorityBench(Bench):
             result.capacity = await self.capacity(kafka, topics.infer, topics.results)
             log(f"run {number}: capacity {result.capacity:,.0f} jobs/s")
             for lane in LANES if args.control else ["urgent"]:
-                result.lanes[lane] = await self.probed_flood(kafka, f"run {number}: {lane} probe", lane)
+                result.lanes[lane] = await self.probed_flood(kafka, f"run {number}: {lane} probe", lane,
+                                                             self.flood_rate(result.capacity))
         return result
 
-    async def probed_flood(self, kafka: KafkaSettings, what: str, lane: str) -> Lane:
-        """`lane`'s prober alone, then during a flood of normal jobs."""
+    async def probed_flood(self, kafka: KafkaSettings, what: str, lane: str, rate: float) -> Lane:
+        """`lane`'s prober alone, then during a flood of normal jobs at `rate` jobs/s (0: as fast as it goes)."""
         args, topics, figures = self.args, ModelTopics.of("vision", kafka.topic_prefix), Lane()
         async with _prober(kafka, args.probe_rate, lane) as prober:
             await self.prober_ready(kafka, prober)
@@ -122,14 +127,15 @@ class PriorityBench(Bench):
             solo_from, solo_until = await self.alone(prober, what)
             before_flood = await self.service_metrics()
             log(f"{what} during a flood of {args.flood_jobs:,} normal jobs")
-            flood_from, _, flood_until = await self.burst(kafka, f"flood-{lane}", args.flood_jobs, args.flood_rate,
-                                                          topics.infer, topics.results)
+            flood_from, publish_s, flood_until = await self.burst(kafka, f"flood-{lane}", args.flood_jobs, rate,
+                                                                  topics.infer, topics.results)
             figures.stops = {"alone": Stops.between(before_solo, before_flood),
                              "during the flood": Stops.between(before_flood, await self.service_metrics())}
             await prober.stop_publishing()
         figures.solo = prober.latencies_ms(solo_from, solo_until)
         figures.during = prober.latencies_ms(flood_from, flood_until)
         figures.cut, figures.read = prober.parts_ms(flood_from, flood_until)
+        figures.published = args.flood_jobs / publish_s
         figures.drained = args.flood_jobs / (flood_until - flood_from)
         figures.missing = len(set(prober.sent) - set(prober.received))
         return figures
@@ -152,16 +158,18 @@ def _row(number: int, r: RunResult) -> str:
     """A row per lane of run `number`."""
     p = percentile
     return "\n".join(
-        f"| {number} | {lane} | {r.capacity:,.0f} | {x.drained:,.0f} | {len(x.solo)} | {p(x.solo, 50):.1f} "
-        f"| {p(x.solo, 99):.1f} | {len(x.during)} | {p(x.during, 50):.1f} | {p(x.during, 99):.1f} | **{x.ratio:.2f}x** "
+        f"| {number} | {lane} | {r.capacity:,.0f} | {x.published:,.0f} | {x.drained:,.0f} | {len(x.solo)} "
+        f"| {p(x.solo, 50):.1f} | {p(x.solo, 99):.1f} | {len(x.during)} | {p(x.during, 50):.1f} "
+        f"| {p(x.during, 99):.1f} | **{x.ratio:.2f}x** "
         f"| {p(x.cut, 99):.1f} | {p(x.read, 99):.1f} "
         f"| {x.missing} | {'–' if r.other_cores is None else f'{r.other_cores:.2f}'} |" for lane, x in r.lanes.items())
 
 
-HEADER = ("| run | probe | capacity (jobs/s) | flood drained at (jobs/s) | probe alone: jobs | p50 ms | p99 ms "
+HEADER = ("| run | probe | capacity (jobs/s) | flood published at (jobs/s) | flood drained at (jobs/s) "
+          "| probe alone: jobs | p50 ms | p99 ms "
           "| probe during flood: jobs | p50 ms | p99 ms | p99 flood / alone | of which publish → batch cut: p99 ms "
           "| model done → result read: p99 ms | probe missing | other work (cores) |")
-RULE = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+RULE = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 
 def _medians(results: list[RunResult], lane: str) -> str:
@@ -201,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     stops = [(f"{i} ({lane} probe)", phase, found) for i, r in enumerate(results, 1) for lane, x in r.lanes.items()
              for phase, found in x.stops.items()]
     machine, command, settings = report_context("priority_flood.py", argv)
-    how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as it can"
-    how += f" with {args.flood_client}"
+    how = flood_pace(args, "it")
     text = (f"Priority flood ({machine}): a probe of urgent jobs (priority 1) at {args.probe_rate:g} jobs/s alone for "
             f"{args.solo_s:g} s, then while {args.flood_jobs:,} normal jobs are published {how}"
             f"{'; the control: the same with a probe of normal jobs' if args.control else ''}{settings}."
-            f"{noop_note(args)}\n"
+            f"{service_note(args)}\n"
             f"Command: `{command}`\n\n{table(results)}\n\n{stops_title('in each phase')}\n\n{stops_table(stops)}")
     write_report(text, args.out)
     return 0

@@ -1,7 +1,8 @@
 """Tenant flood: bob's latency alone, and while alice floods the vision service past its capacity.
 
     .venv/bin/python bench/tenant_flood.py [--runs 3] [--bob-rate 50] [--solo-s 20] [--flood-jobs 60000]
-                                           [--flood-rate 0] [--noop] [--port 29592] [--out FILE]
+                                           [--flood-rate 0 | --flood-times-capacity X] [--flood-nice 0..19]
+                                           [--pin] [--noop] [--port 29592] [--out FILE]
 
 The issue's target: a second tenant's p99 stays within 3x of its solo p99 while a first tenant floods past the
 service's capacity (the per-tenant share of the in-flight window and turn-taking batches, `pipeline.py`).
@@ -16,9 +17,15 @@ fault suite: `OTEL_TRACES_EXPORTER=none`), on a broker of this program's own (`i
    whatever happened to earlier ones) for `--solo-s`. Latency per job = publish start → its result read from
    `<prefix>.vision.results.bob` (one clock: both in this process).
 3. **flood**: bob goes on at the same rate while alice publishes `--flood-jobs` jobs as fast as her producer
-   takes them (tens of thousands a second here: several times any capacity of the service), or at `--flood-rate`.
-   Bob's jobs published from alice's first publish until her last result was written count as "during the
-   flood"; alice's jobs / that time is the rate the service drained her backlog at, beside bob.
+   takes them (tens of thousands a second here: several times any capacity of the service), or at `--flood-rate`,
+   or at `--flood-times-capacity` X times the capacity of step 1. Bob's jobs published from alice's first publish
+   until her last result was written count as "during the flood"; alice's jobs / that time is the rate the service
+   drained her backlog at, beside bob.
+
+Where the processes run: on a deployment alice publishes from machines of her own; here her process takes CPU
+from the service and the broker while it publishes (bench/results/). `--pin` puts the service on the machine's last
+core and the broker, alice's process and bob on the others; with `--flood-nice 19` as well, the broker and bob come
+before her publisher there.
 
 Prints one table row per run, then the medians; `--out FILE` writes the table (Markdown) with the command.
 `flood` is the subcommand alice's process runs: `bench/tenant_flood.py flood --topic T --prefix P --count N
@@ -61,7 +68,7 @@ from bench.rdkafka import CLIENTS, producer_config
 from bench.stops import Stops, scrape_service, stops_table, stops_title
 
 __all__ = ["flood_job_ids", "flood", "flood_librdkafka", "percentile", "log", "Prober", "Bench", "common_options",
-           "run_benchmark", "report_context", "noop_note", "write_report"]
+           "run_benchmark", "report_context", "flood_pace", "service_note", "write_report"]
 
 TENANTS = ("alice", "bob")
 FLOOD_CLIENT_ID = "alice-flood"  # her producer's client.id: what `--flood-quota` names on a broker without logins
@@ -369,16 +376,35 @@ class Bench:
     """Broker, registry and the runs; the parts of a run (bench/priority_flood.py runs them on other topics)."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
-        from bench.procs import LocalBroker
+        from bench.procs import LocalBroker, split_cores
 
         self.args, self.tmp = args, tmp
         self.home = tmp / "home"
         self.broker = LocalBroker(args.port, tmp / "kafka")
         self.service_pid: int | None = None
+        self.service_cores, self.others = split_cores() if args.pin else (set(), set())
+        """`--pin`: the service's core, and the others (the broker, the flood, the probe); empty sets: no pinning."""
+
+    def pin_broker_and_probe(self) -> None:
+        """`--pin`: the broker and this process (the probe's) on the cores the service does not have."""
+        from bench.procs import pin
+
+        if not self.args.pin:
+            return
+        if self.broker.pid is None:
+            raise SystemExit("--pin: the broker's process id is unknown, so it cannot be pinned")
+        for pid in (self.broker.pid, os.getpid()):
+            pin(pid, self.others)
+        log(f"pinned: the service on core(s) {sorted(self.service_cores)}; the broker, the flood and the probe on "
+            f"{sorted(self.others)}")
 
     def settings(self, tag: str) -> KafkaSettings:
         """A fresh topic prefix (`<tag>-<random>`) on this broker."""
         return KafkaSettings(bootstrap_servers=self.broker.bootstrap, topic_prefix=f"{tag}-{uuid.uuid4().hex[:6]}")
+
+    def flood_rate(self, capacity: float) -> float:
+        """The flood's jobs/s in a run that measured `capacity` (0: as fast as its producer takes them)."""
+        return self.args.flood_times_capacity * capacity if self.args.flood_times_capacity else self.args.flood_rate
 
     def alice(self, kafka: KafkaSettings, name: str, count: int, rate: float, topic: str | None = None):
         """Alice's flood (to her infer topic, or `topic`), as a process of its own (so her publishing is not on
@@ -388,7 +414,7 @@ class Bench:
         topic = topic or ModelTopics.of("vision", kafka.topic_prefix).tenant_infer("alice")
         args = [str(Path(__file__).resolve()), "flood", "--topic", topic, "--prefix", f"{kafka.topic_prefix}-{name}",
                 "--count", str(count), "--rate", str(rate), "--nice", str(self.args.flood_nice),
-                "--client", self.args.flood_client]
+                "--client", self.args.flood_client, "--cores", ",".join(map(str, sorted(self.others)))]
         return ChildProcess(args, service_env(self.broker.bootstrap, kafka.topic_prefix, self.home),
                             self.tmp / f"{kafka.topic_prefix}-{name}.log", marker="alice flood done: ")
 
@@ -396,12 +422,14 @@ class Bench:
     async def serving(self, kafka: KafkaSettings, result) -> AsyncIterator[None]:
         """The vision service under test (trace export off; `--noop`: its no-op model) and other work sampled, for the
         block; the mean of other work goes to `result.other_cores`."""
-        from bench.procs import ChildProcess, OtherWork, service_env
+        from bench.procs import ChildProcess, OtherWork, pin, service_env
 
         env = service_env(self.broker.bootstrap, kafka.topic_prefix, self.home, {"OTEL_TRACES_EXPORTER": "none"})
         command = ["bench/transport.py", "--model", "vision"] if self.args.noop else ["-m", "aiaas.vision"]
         service = ChildProcess(command, env, self.tmp / f"{kafka.topic_prefix}-vision.log").start()
         self.service_pid = service.pid
+        if self.args.pin:
+            pin(service.pid, self.service_cores)
         other = OtherWork(lambda: {pid for pid in (self.broker.pid, service.pid) if pid})
         other.start()
         try:
@@ -476,7 +504,7 @@ class Bench:
             log(f"run {number}: alice floods {result.alice_jobs:,} jobs")
             async with _quota(kafka, args.flood_quota):
                 flood_from, result.alice_publish_s, flood_until = await self.burst(
-                    kafka, "flood", result.alice_jobs, args.flood_rate, alice, alice_results)
+                    kafka, "flood", result.alice_jobs, self.flood_rate(result.capacity), alice, alice_results)
             result.stops["during the flood"] = Stops.between(before_flood, await self.service_metrics())
             result.flood_rate = result.alice_jobs / result.alice_publish_s
             result.flood_s = flood_until - flood_from
@@ -565,14 +593,23 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--capacity-jobs", type=int, default=10_000, help="the burst (alone) that measures capacity")
     parser.add_argument("--flood-jobs", type=int, default=60_000, help="how many jobs the flood publishes")
-    parser.add_argument("--flood-rate", type=float, default=0.0,
-                        help="the flood's jobs/s (0: as fast as its producer takes them)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--flood-rate", type=float, default=0.0,
+                      help="the flood's jobs/s (0: as fast as its producer takes them)")
+    rate.add_argument("--flood-times-capacity", type=float, default=0.0, metavar="X",
+                      help="the flood's jobs/s as X times the capacity its run measured first (2: a backlog that grows "
+                      "about as fast as the service drains it)")
     parser.add_argument("--flood-nice", type=int, default=0, choices=range(20), metavar="0..19",
                         help="the flood's process runs at this niceness: 19 gives the cores to the service, the broker "
                         "and the prober first, as if alice published from machines of her own (0: an equal share)")
     parser.add_argument("--flood-client", choices=CLIENTS, default="aiokafka",
                         help="the flood's Kafka client: aiokafka (pure Python, as the services) or librdkafka "
                         "(confluent-kafka, C)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the service under test on the machine's last core; the broker, the flood's process and "
+                        "the probe (this process) on the others (bench/ab.py's --pin): the flood's publishing and the "
+                        "broker's intake of it then take no CPU from the service, as where they run on machines of "
+                        "their own")
     parser.add_argument("--noop", action="store_true",
                         help="serve with the transport ceiling's no-op model (bench/transport.py: the same pipeline, "
                         "tenants and priorities, no model work): what the rest of the machine costs. It serves no "
@@ -590,6 +627,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--rate", type=float, default=0.0, help="jobs/s (0: as fast as the producer takes them)")
     f.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
+    f.add_argument("--cores", default="", help="run on these cores only (comma-separated; empty: any)")
     f.add_argument("--client", choices=CLIENTS, default="aiokafka", help="the Kafka client she publishes with")
     parser.add_argument("--bob-rate", type=float, default=50.0, help="bob's jobs/s (open loop)")
     parser.add_argument("--solo-s", type=float, default=20.0, help="how long bob runs alone")
@@ -608,6 +646,7 @@ async def _main_async(args: argparse.Namespace, tmp: Path, bench_class: type[Ben
     build(Registry(tmp / "home" / "registry"))
     bench = bench_class(args, tmp)
     await asyncio.to_thread(bench.broker.start)
+    bench.pin_broker_and_probe()
     results = []
     try:
         for number in range(1, args.runs + 1):
@@ -643,9 +682,23 @@ def report_context(script: str, argv: list[str] | None) -> tuple[str, str, str]:
             f" (service settings: {settings})" if settings else "")
 
 
-def noop_note(args: argparse.Namespace) -> str:
-    """For a report's first line: what served the jobs when it was not the vision service."""
-    return " Served by the no-op model (`--noop`: bench/transport.py; no /metrics, so no stops)." if args.noop else ""
+def flood_pace(args: argparse.Namespace, who: str) -> str:
+    """For a report's first line: how fast the flood was published, and with which client."""
+    if args.flood_times_capacity:
+        how = f"at {args.flood_times_capacity:g}x the capacity its run measured"
+    else:
+        how = f"at {args.flood_rate:,.0f}/s" if args.flood_rate else f"as fast as {who} can"
+    return f"{how} with {args.flood_client}"
+
+
+def service_note(args: argparse.Namespace) -> str:
+    """For a report's first line: what served the jobs when it was not the vision service, and where it ran when it
+    was pinned."""
+    note = " Served by the no-op model (`--noop`: bench/transport.py; no /metrics, so no stops)." if args.noop else ""
+    if args.pin:
+        note += (" Pinned (`--pin`): the service on the machine's last core; the broker, the flood's process and the "
+                 "probe on the others.")
+    return note
 
 
 def write_report(text: str, out: Path | None) -> None:
@@ -660,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.command == "flood":
         os.nice(args.nice)
+        if args.cores:
+            os.sched_setaffinity(0, {int(core) for core in args.cores.split(",")})
         publish = (flood_librdkafka(KafkaSettings(), args.topic, args.prefix, args.count, args.rate)
                    if args.client == "librdkafka" else
                    asyncio.run(flood(KafkaSettings(), args.topic, args.prefix, args.count, args.rate)))
@@ -670,13 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     results = run_benchmark(args, Bench, _row, "tenant-flood")
     stops = [(str(i), phase, found) for i, r in enumerate(results, 1) for phase, found in r.stops.items()]
     machine, command, settings = report_context("tenant_flood.py", argv)
-    how = f"{args.flood_rate:,.0f}/s" if args.flood_rate else "as fast as she can"
-    how += f" with {args.flood_client}"
+    how = flood_pace(args, "she")
     if args.flood_quota:
         how += f" under a broker quota of {args.flood_quota:,.0f} bytes/s on her producer"
     text = (f"Tenant flood ({machine}): bob at {args.bob_rate:g} jobs/s "
             f"alone for {args.solo_s:g} s, then while alice publishes {args.flood_jobs:,} jobs {how}{settings}."
-            f"{noop_note(args)}\n"
+            f"{service_note(args)}\n"
             f"Command: `{command}`\n\n{table(results)}\n\nWhere bob's time went (his send → his client seeing the "
             f"broker's acknowledgement, acks=all; his results' `timings.queue_wait_ms`: job made just before its send "
             f"→ its batch cut; then `completed_at` → read here):\n\n{breakdown(results)}\n\n"
