@@ -588,6 +588,14 @@ def table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> float:
+    """An argument that must be a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     """The options this benchmark and bench/priority_flood.py share."""
     parser.add_argument("--runs", type=int, default=3)
@@ -596,7 +604,7 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--flood-rate", type=float, default=0.0,
                       help="the flood's jobs/s (0: as fast as its producer takes them)")
-    rate.add_argument("--flood-times-capacity", type=float, default=0.0, metavar="X",
+    rate.add_argument("--flood-times-capacity", type=_positive, default=0.0, metavar="X",
                       help="the flood's jobs/s as X times the capacity its run measured first (2: a backlog that grows "
                       "about as fast as the service drains it)")
     parser.add_argument("--flood-nice", type=int, default=0, choices=range(20), metavar="0..19",
@@ -608,8 +616,8 @@ def common_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--pin", action="store_true",
                         help="the service under test on the machine's last core; the broker, the flood's process and "
                         "the probe (this process) on the others (bench/ab.py's --pin): the flood's publishing and the "
-                        "broker's intake of it then take no CPU from the service, as where they run on machines of "
-                        "their own")
+                        "broker's intake of it then take no CPU from the service, but still share cores with the probe "
+                        "and each other. The service starts on every core and is moved once it is ready")
     parser.add_argument("--noop", action="store_true",
                         help="serve with the transport ceiling's no-op model (bench/transport.py: the same pipeline, "
                         "tenants and priorities, no model work): what the rest of the machine costs. It serves no "
