@@ -60,6 +60,7 @@ from bench.procs import (
     busy_cpu_seconds,
     cpu_seconds,
     pin,
+    pin_beside_broker,
     service_env,
     split_cores,
 )
@@ -279,14 +280,11 @@ def _hop_p99_table(merged: dict[float, tuple[OpenLoop, OpenLoop]]) -> list[str]:
 
 def _pin(broker: LocalBroker, children: list[ChildProcess], loads: list[RawLoad]) -> None:
     """`--pin`: the services under test on the last core, everything else on the others."""
-    if broker.pid is None:
-        raise SystemExit("--pin: the broker's process id is unknown, so it cannot be pinned")
     service_cores, other_cores = split_cores()
+    readers = [pid for load in loads if (pid := load.reader_pid) is not None]
+    pin_beside_broker(broker, other_cores, [os.getpid(), *readers])
     for child in children:
         pin(child.pid, service_cores)
-    readers = [pid for load in loads if (pid := load.reader_pid) is not None]
-    for pid in [os.getpid(), *readers, broker.pid]:
-        pin(pid, other_cores)
     log(f"pinned: services on core(s) {sorted(service_cores)}; broker, load generator and results readers on "
         f"{sorted(other_cores)}")
 

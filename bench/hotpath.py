@@ -181,13 +181,13 @@ async def _record(service: ChildProcess, kafka: KafkaSettings, model: str, pool:
             await burst(load, pool[:2000])
         spy = _spy(service, seconds, rate, raw)
         await asyncio.sleep(0.5)  # py-spy attaching
-        started, jobs = time.perf_counter(), 0
-        before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+        started, jobs, cpu_used = time.perf_counter(), 0, _cpu_clock(cpu)
+        used = cpu_used()
         while spy.poll() is None:
             done = await burst(load, pool)
             if spy.poll() is None:
                 jobs += done.jobs
-                used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+                used = cpu_used()
         elapsed = time.perf_counter() - started
         _check(spy)
         return jobs, elapsed, used
@@ -209,14 +209,13 @@ async def _record_offered(service: ChildProcess, load: RawLoad, take: Callable[[
         await asyncio.sleep(1.5)  # the jobs prepared and the loop under way
         spy = _spy(service, seconds, rate, raw)
         await asyncio.sleep(0.5)  # py-spy attaching
-        started = time.perf_counter()
-        before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+        started, cpu_used = time.perf_counter(), _cpu_clock(cpu)
         while spy.poll() is None:
             if running.done():
                 raise RuntimeError("the open loop ended before the recording did: raise --offered's job count")
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        used = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+        used = cpu_used()
         _check(spy)
         point = await running
     finally:
@@ -231,6 +230,12 @@ async def _record_offered(service: ChildProcess, load: RawLoad, take: Callable[[
         raise RuntimeError(f"the open loop did not hold {offered:,.0f} jobs/s (achieved {point.achieved_per_s:,.0f}/s):"
                            " the jobs offered are not the jobs done")
     return round(offered * elapsed), elapsed, used
+
+
+def _cpu_clock(cpu: dict[str, int]) -> Callable[[], dict[str, float]]:
+    """From now: a call returns the CPU seconds each named process (name → pid) has used since."""
+    before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+    return lambda: {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
 
 
 def _spy(service: ChildProcess, seconds: float, rate: int, raw: Path) -> subprocess.Popen:

@@ -18,7 +18,8 @@ from pathlib import Path
 from tests.harness import KAFKA_SH, REPO, ChildProcess, LocalBroker, service_env, stop_all
 
 __all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "service_env", "cpu_seconds",
-           "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all", "pin", "split_cores"]
+           "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all", "pin", "pin_beside_broker",
+           "split_cores"]
 
 def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
@@ -58,6 +59,15 @@ def pin(pid: int, cores: set[int]) -> None:
             except (ProcessLookupError, FileNotFoundError):  # the thread ended meanwhile
                 pass
         pinned |= threads
+
+
+def pin_beside_broker(broker: LocalBroker, cores: set[int], pids: list[int]) -> None:
+    """`--pin`: the broker and the processes `pids` (the benchmark's own, its readers) on `cores`, those the service
+    under test does not have."""
+    if broker.pid is None:
+        raise SystemExit("--pin: the broker's process id is unknown, so it cannot be pinned")
+    for pid in [*pids, broker.pid]:
+        pin(pid, cores)
 
 
 def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:

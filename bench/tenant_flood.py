@@ -387,14 +387,11 @@ class Bench:
 
     def pin_broker_and_probe(self) -> None:
         """`--pin`: the broker and this process (the probe's) on the cores the service does not have."""
-        from bench.procs import pin
+        from bench.procs import pin_beside_broker
 
         if not self.args.pin:
             return
-        if self.broker.pid is None:
-            raise SystemExit("--pin: the broker's process id is unknown, so it cannot be pinned")
-        for pid in (self.broker.pid, os.getpid()):
-            pin(pid, self.others)
+        pin_beside_broker(self.broker, self.others, [os.getpid()])
         log(f"pinned: the service on core(s) {sorted(self.service_cores)}; the broker, the flood and the probe on "
             f"{sorted(self.others)}")
 

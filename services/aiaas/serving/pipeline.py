@@ -923,4 +923,3 @@ async def _let_ready_tasks_run() -> None:
         await asyncio.sleep(0)
         if not ready:
             return
-

@@ -92,6 +92,8 @@ class ModelService:
         self.group = worker.group_id or f"{kafka.topic_prefix}.{runtime.model}"
         self._pipeline: JobPipeline | None = None
         self._stop_requested = False
+        self._stop_report: asyncio.TimerHandle | None = None
+        """Set by `stop()`: logs where each task waits if the service is still running past its drain budget."""
         self._tracer = trace.get_tracer(tracing.TRACER_NAME)
         self.monitor = monitor
 
@@ -102,7 +104,7 @@ class ModelService:
             with contextlib.suppress(RuntimeError):  # no running loop: a stop from outside it has no one to report
                 late = self.settings.graceful_timeout_s + _STOP_REPORT_AFTER_S
                 why = f"{self.runtime.model} service: not stopped {late:g} s after the stop"
-                asyncio.get_running_loop().call_later(late, log_pending_tasks, log, why)
+                self._stop_report = asyncio.get_running_loop().call_later(late, log_pending_tasks, log, why)
         self._stop_requested = True
         if self.monitor is not None:
             self.monitor.health.stopping()
@@ -231,6 +233,8 @@ class ModelService:
             if claim is not None:
                 claim.release()
             worker.close()
+            if self._stop_report is not None:  # stopped in time: nothing to report (the loop may live on)
+                self._stop_report.cancel()
         log.info(
             "%s service stopped: %d jobs in %d batches, paused %d times, %d rewinds, %d failed commits, "
             "%d transactions (%d aborted), %d stalls past the group session, %d repeated job ids answered from memory",
