@@ -24,13 +24,15 @@ Two load generators with the same interface (`prepare` payloads, `send` one, awa
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import multiprocessing
 import os
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -51,7 +53,7 @@ from .result_reader import result_status
 from .workloads import Payload
 
 __all__ = ["Burst", "Saturation", "OpenLoop", "Load", "RawLoad", "ClientLoad", "burst", "cycling",
-           "open_loop", "over_rounds", "saturate", "burst_size", "percentiles"]
+           "open_loop", "over_rounds", "saturate", "burst_size", "percentiles", "collector_paused"]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -463,6 +465,30 @@ class ClientLoad:
 
 # -- measurements ----------------------------------------------------------------------------
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in this process while a measurement runs: one full collection first, what
+    survives it frozen (`gc.freeze`, as the services do, `aiaas.serving.heap`), and the collector off until the end.
+
+    The load generator's process keeps every round's jobs, outcomes and timelines. A full collection walks all of
+    them and holds the event loop meanwhile (timed with `gc.callbacks`: bench/results/, 2026-12-07, the load
+    generator's collections), and in the middle of an open-loop schedule the publisher then sent every job that had
+    fallen due at once: an upstream that stops and then floods, not the steady arrivals the level claims. Jobs make
+    few reference cycles; those left over are collected after the measurement. Nested uses leave the collector as
+    the outermost one found it.
+    """
+    was_on = gc.isenabled()
+    if was_on:
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 async def _outcomes(sent: Sequence[Sent], timeout: float) -> list[Outcome]:
     received = await asyncio.wait_for(asyncio.gather(*(s.outcome() for s in sent)), timeout)
     outcomes = [_decoded(r) for r in received]
@@ -475,10 +501,11 @@ async def _outcomes(sent: Sequence[Sent], timeout: float) -> list[Outcome]:
 async def burst(load: Load, payloads: Sequence[Payload], *, timeout: float = 180) -> Burst:
     """Publish every payload as fast as the generator can, await every result."""
     prepared = load.prepare(payloads)
-    started = time.time()
-    sent = await load.publish_all(prepared)
-    published = time.time()
-    outcomes = await _outcomes(sent, timeout)
+    with collector_paused():
+        started = time.time()
+        sent = await load.publish_all(prepared)
+        published = time.time()
+        outcomes = await _outcomes(sent, timeout)
     finished = max(o.received_at for o in outcomes)
     return Burst(len(sent), finished - started, published - started, statistics.fmean(o.batch_size for o in outcomes))
 
@@ -497,7 +524,10 @@ def cycling(pool: Sequence[Payload]) -> Callable[[int], list[Payload]]:
 async def _burst(load: Load, payloads: Sequence[Payload]) -> Burst:
     """A burst against a consumer through Kafka, or a participant's own kind of burst (`RuntimeBursts`)."""
     own = getattr(load, "burst", None)
-    return await own(payloads) if own is not None else await burst(load, payloads)
+    if own is None:
+        return await burst(load, payloads)
+    with collector_paused():
+        return await own(payloads)
 
 
 async def saturate(loads: Sequence[Load], take: Callable[[int], list[Payload]], *, target_s: float, repeats: int,
@@ -546,13 +576,11 @@ wake-up per job cost the machine's shared cores more than the sends. Below 1,000
 after it was due, when the one before it did. Latency is timed from each job's own send."""
 
 
-async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
-                    timeout: float = 180, burst: int = 1) -> OpenLoop:
-    """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
-    in groups; above 1,000 jobs/s the jobs due in each millisecond leave together anyway, `_TICK_S`); latency
-    percentiles of all of them."""
+async def _publish_on_schedule(load: Load, prepared: Sequence[Any], rate: float,
+                               burst: int) -> tuple[list[Sent], float]:
+    """Send `prepared` at `rate` jobs/s, `burst` at a time, from 50 ms from now; the jobs sent and acknowledged,
+    and how late the publisher was at worst past its tick (seconds)."""
     loop = asyncio.get_running_loop()
-    prepared = load.prepare(payloads)
     queues_at_once = getattr(load, "send_returns_when_queued", False)
     tasks: list[asyncio.Task] = []
     sent: list[Sent] = []
@@ -579,7 +607,18 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
         i = due
     sent += await asyncio.gather(*tasks)
     await asyncio.gather(*(s.acked() for s in sent))
-    outcomes = await _outcomes(sent, timeout)
+    return sent, max_lag
+
+
+async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
+                    timeout: float = 180, burst: int = 1) -> OpenLoop:
+    """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
+    in groups; above 1,000 jobs/s the jobs due in each millisecond leave together anyway, `_TICK_S`); latency
+    percentiles of all of them."""
+    prepared = load.prepare(payloads)
+    with collector_paused():
+        sent, max_lag = await _publish_on_schedule(load, prepared, rate, burst)
+        outcomes = await _outcomes(sent, timeout)
     times = [s.sent_at for s in sent]
     span = max(times) - min(times)
     p50, p95, p99 = percentiles([(o.received_at - s.sent_at) * 1000 for s, o in zip(sent, outcomes, strict=True)])

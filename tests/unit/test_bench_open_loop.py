@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 
-from bench.load import _TICK_S, OpenLoop, Outcome, _decoded, _RawSent, open_loop
+import pytest
+
+from bench.load import _TICK_S, OpenLoop, Outcome, _decoded, _RawSent, collector_paused, open_loop
 from bench.workloads import Payload
 
 
@@ -33,6 +36,43 @@ class _InstantLoad:
         now = time.time()
         self.sent.append(now)
         return _sent(now)
+
+
+@pytest.fixture
+def collector_restored():  # noqa: ANN201
+    """The collector on and nothing frozen after the test, as pytest's process had it."""
+    yield
+    gc.enable()
+    gc.unfreeze()
+
+
+def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on(collector_restored) -> None:  # noqa: ANN001
+    class Watched(_InstantLoad):
+        collector_on: list[bool] = []
+
+        async def send(self, prepared: Payload) -> _RawSent:
+            self.collector_on.append(gc.isenabled())
+            return await super().send(prepared)
+
+    load = Watched()
+    asyncio.run(open_loop(load, [Payload(task="recommend", inputs={"user_id": i}) for i in range(50)],
+                          rate=10_000, share=0.5))
+
+    assert len(load.collector_on) == 50 and not any(load.collector_on)
+    assert gc.isenabled()
+
+
+def test_collector_paused_nests_and_leaves_a_collector_that_was_off_off(collector_restored) -> None:  # noqa: ANN001
+    with collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner one found it off: the outer one turns it back on
+    assert gc.isenabled()
+
+    gc.disable()
+    with collector_paused():
+        pass
+    assert not gc.isenabled()
 
 
 def test_open_loop_sends_every_job_and_sleeps_a_tick_at_a_time(monkeypatch) -> None:  # noqa: ANN001
