@@ -223,7 +223,7 @@ async def _latency_rounds(loads: list[_MeteredLoad], take: Callable[[int], list[
             points.append(point)
             log(f"  latency {share:.0%} ({rate:,.0f}/s) round {round_} ({name}): p50 {point.p50_ms:.1f} "
                 f"p95 {point.p95_ms:.1f} p99 {point.p99_ms:.1f} ms, achieved {point.achieved_per_s:,.0f}/s, "
-                f"mean batch {point.mean_batch:.1f}")
+                f"mean batch {point.mean_batch:.1f}, publisher up to {point.max_lag_ms:.0f} ms late")
     return sides
 
 
@@ -250,13 +250,15 @@ def _latency_table(latency: dict[float, tuple[list[OpenLoop], list[OpenLoop]]],
     lines = ["", f"Latency side by side (publish → result received; open loop at a share of A's {a_per_s:,.0f} "
              f"jobs/s{grouped}, {args.rounds} rounds of ~{args.seconds:.0f} s per side; medians over the rounds):", "",
              "| offered | jobs/s | A p50 / p95 / p99 ms | B p50 / p95 / p99 ms "
-             "| B / A p50 (range) | B / A p95 (range) | B / A p99 (range) | mean batch A | mean batch B |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| B / A p50 (range) | B / A p95 (range) | B / A p99 (range) | mean batch A | mean batch B "
+             "| publisher max lag ms A / B |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for share, (on_a, on_b) in latency.items():
         ratios = " | ".join(_ratio(on_a, on_b, name) for name in ("p50_ms", "p95_ms", "p99_ms"))
         lines.append(f"| {share:.0%} | {share * a_per_s:,.0f} | {_percentiles(merged[share][0])} "
                      f"| {_percentiles(merged[share][1])} | {ratios} | {merged[share][0].mean_batch:.1f} "
-                     f"| {merged[share][1].mean_batch:.1f} |")
+                     f"| {merged[share][1].mean_batch:.1f} "
+                     f"| {merged[share][0].max_lag_ms:.0f} / {merged[share][1].max_lag_ms:.0f} |")
     return lines
 
 
