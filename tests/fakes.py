@@ -94,6 +94,7 @@ class FakeConsumer:
         self.seeks: list[tuple] = []
         self.unparseable: set[tuple[int, int]] = set()  # (partition, offset) of records getmany raises on
         self.raised = 0
+        self.polls_naming_paused = 0  # getmany calls naming a paused partition (aiokafka drops its prefetched records)
 
     def assignment(self) -> set:
         return set(self.log)
@@ -128,6 +129,8 @@ class FakeConsumer:
         if max_records is not None and max_records < 1:
             raise ValueError("max_records must be a positive integer")  # as aiokafka's
         out: dict = {}
+        if any(tp in self.paused for tp in (partitions or self.log)):
+            self.polls_naming_paused += 1
         budget = max_records or 1 << 30
         for tp, records in self.log.items():
             if tp in self.paused or budget == 0 or (partitions and tp not in partitions):

@@ -96,6 +96,18 @@ async def test_partitions_pause_while_the_in_flight_window_is_full():
     assert consumer.last_commits() == {0: 120, 1: 120}
 
 
+@pytest.mark.parametrize(("keep_in_group_s", "polls_expected"), [(60.0, False), (0.05, True)])
+async def test_a_full_window_without_urgent_lanes_polls_its_paused_partitions_only_to_stay_in_the_group(
+        monkeypatch, keep_in_group_s, polls_expected):
+    # Every partition is paused while the batch in flight waits on its slow results, and the idle wait's timeout
+    # comes round several times. A poll naming a paused partition drops what aiokafka prefetched of it, so such a
+    # poll is made only for Kafka's max.poll.interval (`_KEEP_IN_GROUP_S` since the last poll).
+    monkeypatch.setattr(pipeline_module, "_KEEP_IN_GROUP_S", keep_in_group_s)
+    consumer, sink = FakeConsumer({0: partition_log(0, 16)}), SlowSink(delay_s=0.4)
+    await run_until(make_pipeline(consumer, sink, max_batch=8, max_in_flight=8), lambda: len(answered(sink)) == 16)
+    assert (consumer.polls_naming_paused > 0) is polls_expected, consumer.polls_naming_paused
+
+
 async def test_a_slow_result_holds_back_its_partitions_commit_but_not_the_other_jobs():
     class GuardedConsumer(FakeConsumer):
         async def commit(self, offsets):

@@ -100,6 +100,9 @@ _STOP_FETCH_S = 5.0
 """How long a stop waits for the fetch loop to see it before cancelling it. The fetch loop's own waits are far
 shorter; past this it is inside a Kafka call still pending (a rebalance, or a call that never returns), and a
 stopped service must still drain and exit."""
+_KEEP_IN_GROUP_S = 1.0
+"""While every partition is paused, the longest the fetch loop goes without a poll (Kafka's max.poll.interval counts
+from the last one): such a poll names paused partitions and drops what was prefetched of them."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
 _BATCH_END_LOOK_MS = 1
@@ -192,6 +195,7 @@ class JobPipeline:
         self._stopping = asyncio.Event()
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
+        self._last_poll = 0.0  # time.monotonic() of the consumer's last getmany
         self._paused = False
         self._paused_as: tuple[set[TopicPartition], list[TopicPartition]] | None = None  # what `_pause` last did
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
@@ -372,14 +376,16 @@ class JobPipeline:
             await self._poll_paused(urgent)
 
     async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
-        """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. With urgent lanes, only
-        they are named, paused for the call (a poll naming a paused partition drops what was prefetched of it: the
-        infer partitions keep theirs). After a rebalance new partitions start unpaused, so keep what it returns."""
+        """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. A poll that names a
+        paused partition drops what was prefetched of it, fetched again once it resumes. With urgent lanes, only they
+        are named, paused for the call, so the infer partitions keep theirs. Without (none is ours, or a drain holds
+        every partition back), a poll would name them all: it is made only once `_KEEP_IN_GROUP_S` passed since the
+        last poll. After a rebalance new partitions start unpaused, so keep what it returns."""
         if urgent:
             self._consumer.pause(*urgent)
             self._take(await self._poll(0, self._max_batch, urgent))
             self._consumer.resume(*urgent)
-        else:
+        elif time.monotonic() - self._last_poll >= _KEEP_IN_GROUP_S:
             self._take(await self._poll(0, self._max_batch))
 
     async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> bool:
@@ -467,6 +473,7 @@ class JobPipeline:
         stepped over, never a dead loop."""
         if max_records < 1 or partitions == []:
             return {}  # (aiokafka raises on the first; the second would name every partition)
+        self._last_poll = time.monotonic()
         try:
             return await self._consumer.getmany(*(partitions or ()), timeout_ms=timeout_ms, max_records=max_records)
         except Exception as exc:  # e.g. a header key that is not UTF-8 (aiokafka decodes keys as it parses)
