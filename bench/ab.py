@@ -52,7 +52,7 @@ from aiaas.registry.store import Registry
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HOPS
 from bench.hop_breakdown import add_hops_once_stored
-from bench.load import Burst, OpenLoop, RawLoad, burst, cycling, open_loop, over_rounds, saturate
+from bench.load import Burst, OpenLoop, RawLoad, burst, collector_paused, cycling, open_loop, over_rounds, saturate
 from bench.procs import (
     REPO,
     ChildProcess,
@@ -106,7 +106,8 @@ class _MeteredLoad:
         return result
 
     async def open_loop(self, payloads: list[Payload], *, rate: float, share: float, burst: int) -> OpenLoop:
-        point, used = await self._metered(open_loop(self.load, payloads, rate=rate, share=share, burst=burst))
+        with collector_paused():  # its collection before the loop, outside the metered CPU (as `_burst` does)
+            point, used = await self._metered(open_loop(self.load, payloads, rate=rate, share=share, burst=burst))
         self.open_loop_cpu.append((share, used))
         return point
 

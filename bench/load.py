@@ -470,12 +470,15 @@ def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection in this process while a measurement runs: one full collection first, what
     survives it frozen (`gc.freeze`, as the services do, `aiaas.serving.heap`), and the collector off until the end.
 
-    The load generator's process keeps every round's jobs, outcomes and timelines. A full collection walks all of
-    them and holds the event loop meanwhile (timed with `gc.callbacks`: bench/results/, 2026-12-07, the load
-    generator's collections), and in the middle of an open-loop schedule the publisher then sent every job that had
-    fallen due at once: an upstream that stops and then floods, not the steady arrivals the level claims. Jobs make
-    few reference cycles; those left over are collected after the measurement. Nested uses leave the collector as
-    the outermost one found it.
+    The load generator's process keeps each open-loop round's per-job timelines and each stage's records. A full
+    collection walks all of them and holds the event loop meanwhile (timed with `gc.callbacks`: bench/results/,
+    2026-12-07, the load generator's collections), and in the middle of an open-loop schedule the publisher then sent
+    every job that had fallen due at once: an upstream that stops and then floods, not the steady arrivals the level
+    claims. Jobs make few reference cycles; those left over are collected after the measurement. The freeze makes
+    the next measurement's collection walk only what came since. What it froze stays frozen for the life of the
+    process: a benchmark's, where what was alive at a measurement's start and later becomes cyclic garbage (a
+    finished stage's clients, say) is not freed. Nested uses leave the collector as the outermost one found it;
+    overlapping ones (two tasks at once) are not supported.
     """
     was_on = gc.isenabled()
     if was_on:

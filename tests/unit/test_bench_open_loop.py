@@ -38,15 +38,15 @@ class _InstantLoad:
         return _sent(now)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def collector_restored():  # noqa: ANN201
-    """The collector on and nothing frozen after the test, as pytest's process had it."""
+    """The collector on and nothing frozen after each test (every open loop freezes), as pytest's process had it."""
     yield
     gc.enable()
     gc.unfreeze()
 
 
-def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on(collector_restored) -> None:  # noqa: ANN001
+def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on() -> None:
     class Watched(_InstantLoad):
         collector_on: list[bool] = []
 
@@ -62,7 +62,7 @@ def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on(collect
     assert gc.isenabled()
 
 
-def test_collector_paused_nests_and_leaves_a_collector_that_was_off_off(collector_restored) -> None:  # noqa: ANN001
+def test_collector_paused_nests_and_leaves_a_collector_that_was_off_off() -> None:
     with collector_paused():
         with collector_paused():
             assert not gc.isenabled()

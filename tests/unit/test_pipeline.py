@@ -43,11 +43,11 @@ def answered(sink) -> set[str]:
     return {decode_result(value, 1 << 20).job_id for _, value, _, _ in sink.on(TOPICS.results)}
 
 
-def make_pipeline(consumer, sink, *, max_batch=8, max_in_flight=16, runtime=None):
+def make_pipeline(consumer, sink, *, max_batch=8, max_in_flight=16, runtime=None, **options):
     worker = BatchWorker(runtime or SumRuntime(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
                          max_message_bytes=1 << 20)
     return JobPipeline(worker, consumer, max_batch=max_batch, max_wait_ms=1, max_in_flight=max_in_flight,
-                       drain_timeout_s=10)
+                       drain_timeout_s=10, **options)
 
 
 async def run_until(pipeline, done, timeout=10.0):
@@ -96,15 +96,17 @@ async def test_partitions_pause_while_the_in_flight_window_is_full():
     assert consumer.last_commits() == {0: 120, 1: 120}
 
 
-@pytest.mark.parametrize(("keep_in_group_s", "polls_expected"), [(60.0, False), (0.05, True)])
+@pytest.mark.parametrize(("max_poll_interval_s", "polls_expected"), [(300.0, False), (0.15, True)])
 async def test_a_full_window_without_urgent_lanes_polls_its_paused_partitions_only_to_stay_in_the_group(
-        monkeypatch, keep_in_group_s, polls_expected):
+        monkeypatch, max_poll_interval_s, polls_expected):
     # Every partition is paused while the batch in flight waits on its slow results, and the idle wait's timeout
     # comes round several times. A poll naming a paused partition drops what aiokafka prefetched of it, so such a
-    # poll is made only for Kafka's max.poll.interval (`_KEEP_IN_GROUP_S` since the last poll).
-    monkeypatch.setattr(pipeline_module, "_KEEP_IN_GROUP_S", keep_in_group_s)
+    # poll is made only as often as Kafka's max.poll.interval needs: every `_KEEP_IN_GROUP_S` (made long here), or
+    # a third of the interval where that is shorter.
+    monkeypatch.setattr(pipeline_module, "_KEEP_IN_GROUP_S", 60.0)
     consumer, sink = FakeConsumer({0: partition_log(0, 16)}), SlowSink(delay_s=0.4)
-    await run_until(make_pipeline(consumer, sink, max_batch=8, max_in_flight=8), lambda: len(answered(sink)) == 16)
+    pipeline = make_pipeline(consumer, sink, max_batch=8, max_in_flight=8, max_poll_interval_s=max_poll_interval_s)
+    await run_until(pipeline, lambda: len(answered(sink)) == 16)
     assert (consumer.polls_naming_paused > 0) is polls_expected, consumer.polls_naming_paused
 
 

@@ -39,8 +39,10 @@ urgent partitions go on fetching while the others pause, and their records are t
 than a batch of them are in flight (up to a batch past the window). While paused, the loop polls only the urgent
 partitions: aiokafka drops what it prefetched of a paused partition that a poll names, and the infer partitions
 would then wait, once resumed, for the urgent lanes' long-polling fetch to come back before theirs could be sent
-(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Ranks reorder jobs of one
-partition: results of one key keep their order among jobs of equal rank.
+(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Where no urgent partition is
+polling (none is ours, or a drain holds every partition back), it polls only as often as staying in the group needs
+(`_KEEP_IN_GROUP_S`). Ranks reorder jobs of one partition: results of one key keep their order among jobs of equal
+rank.
 
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
@@ -101,8 +103,9 @@ _STOP_FETCH_S = 5.0
 shorter; past this it is inside a Kafka call still pending (a rebalance, or a call that never returns), and a
 stopped service must still drain and exit."""
 _KEEP_IN_GROUP_S = 1.0
-"""While every partition is paused, the longest the fetch loop goes without a poll (Kafka's max.poll.interval counts
-from the last one): such a poll names paused partitions and drops what was prefetched of them."""
+"""While every partition is paused, how long the fetch loop goes without a poll at least (then up to `_IDLE_POLL_MS`
+more) before it polls to stay in the group; a third of max.poll.interval where that is shorter.
+Such a poll names paused partitions and drops what was prefetched of them."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
 _BATCH_END_LOOK_MS = 1
@@ -165,6 +168,7 @@ class JobPipeline:
         rejoin: Callable[[], None] | None = None,
         publish_in_cut_order: bool = True,
         is_urgent: Callable[[str], bool] | None = None,
+        max_poll_interval_s: float = 300.0,
     ) -> None:
         self.worker = worker
         self._in_cut_order = publish_in_cut_order
@@ -196,6 +200,8 @@ class JobPipeline:
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._last_poll = 0.0  # time.monotonic() of the consumer's last getmany
+        # With every partition paused, poll at least this often (`max_poll_interval_s`: the consumer's setting).
+        self._keep_in_group_s = min(_KEEP_IN_GROUP_S, max_poll_interval_s / 3)
         self._paused = False
         self._paused_as: tuple[set[TopicPartition], list[TopicPartition]] | None = None  # what `_pause` last did
         self._epoch = 0  # bumped by every rewind; outcomes of older batches no longer count
@@ -379,13 +385,13 @@ class JobPipeline:
         """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. A poll that names a
         paused partition drops what was prefetched of it, fetched again once it resumes. With urgent lanes, only they
         are named, paused for the call, so the infer partitions keep theirs. Without (none is ours, or a drain holds
-        every partition back), a poll would name them all: it is made only once `_KEEP_IN_GROUP_S` passed since the
+        every partition back), a poll would name them all: it is made only once `_keep_in_group_s` passed since the
         last poll. After a rebalance new partitions start unpaused, so keep what it returns."""
         if urgent:
             self._consumer.pause(*urgent)
             self._take(await self._poll(0, self._max_batch, urgent))
             self._consumer.resume(*urgent)
-        elif time.monotonic() - self._last_poll >= _KEEP_IN_GROUP_S:
+        elif time.monotonic() - self._last_poll >= self._keep_in_group_s:
             self._take(await self._poll(0, self._max_batch))
 
     async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> bool:

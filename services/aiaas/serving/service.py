@@ -188,6 +188,7 @@ class ModelService:
             rejoin=lambda: self._resubscribe(consumer, pipeline),
             publish_in_cut_order=not streaming,
             is_urgent=self.topics.is_urgent,
+            max_poll_interval_s=self.settings.max_poll_interval_ms / 1000,
         )
         stats = pipeline.stats
         if self.monitor is not None:
