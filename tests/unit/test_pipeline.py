@@ -390,7 +390,8 @@ async def test_between_batches_the_other_tasks_run_until_they_wait_and_an_always
     await spinner
 
 
-def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None, delay_s: float = 0.01):
+def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = None, delay_s: float = 0.01,
+                   **options):
     from aiokafka import TopicPartition
 
     consumer = FakeConsumer({})
@@ -401,7 +402,7 @@ def lanes_pipeline(flood: int, urgent: int, max_in_flight_bytes: int | None = No
     sink = RecordingSink()
     worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision", max_message_bytes=1 << 20)
     pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
-                           max_in_flight_bytes=max_in_flight_bytes, is_urgent=TOPICS.is_urgent)
+                           max_in_flight_bytes=max_in_flight_bytes, is_urgent=TOPICS.is_urgent, **options)
     return pipeline, consumer, sink, lane
 
 
@@ -429,6 +430,15 @@ async def test_urgent_jobs_are_taken_first_when_the_window_reopens_and_go_into_t
     # one cut before the window reopened and the flood's oldest quarter of the next one (two) go before them.
     assert answered_between <= 3 * 8, answered_between
     assert len(answered_ids(sink, "flood")) + 4 == len(sink.sent)
+
+
+async def test_a_full_window_with_its_urgent_lanes_at_their_cap_polls_them_only_to_stay_in_the_group(monkeypatch):
+    # The window is full and the urgent lane holds its cap: nothing may be taken while a slow batch runs. A poll then
+    # names the (paused) lane and drops what aiokafka prefetched of it, so it is made only for max.poll.interval.
+    monkeypatch.setattr(pipeline_module, "_KEEP_IN_GROUP_S", 60.0)
+    pipeline, consumer, sink, _ = lanes_pipeline(flood=100, urgent=100, delay_s=0.3)
+    await run_until(pipeline, lambda: len(sink.sent) >= 16)
+    assert consumer.pause_calls and consumer.polls_naming_paused == 0
 
 
 async def test_a_flood_of_urgent_jobs_leaves_the_infer_topic_a_share_of_every_batch():
@@ -480,8 +490,10 @@ async def test_a_tenant_flooding_its_urgent_lane_holds_only_its_share_while_anot
 
 async def test_a_full_window_with_urgent_jobs_at_their_limit_still_polls_the_consumer():
     # Kafka's max.poll.interval counts from the last poll: a replica whose window stays full (slow batches, urgent
-    # records at their limit, so none is taken) must go on polling, or the group drops it.
-    pipeline, consumer, _, _ = lanes_pipeline(flood=400, urgent=400, delay_s=0.5)
+    # records at their limit, so none is taken) must go on polling within it, or the group drops it.
+    max_poll_interval_s = 0.45
+    pipeline, consumer, _, _ = lanes_pipeline(flood=400, urgent=400, delay_s=0.5,
+                                              max_poll_interval_s=max_poll_interval_s)
     polls: list[float] = []
     getmany = consumer.getmany
 
@@ -495,7 +507,7 @@ async def test_a_full_window_with_urgent_jobs_at_their_limit_still_polls_the_con
     pipeline.stop()
     await asyncio.wait_for(task, 20)
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
-    assert max(gaps) < 0.3, max(gaps)
+    assert max(gaps) < max_poll_interval_s, max(gaps)
 
 
 async def test_a_kafka_call_that_never_returns_cannot_keep_a_stopped_pipeline_from_draining_and_returning(caplog,

@@ -39,10 +39,10 @@ urgent partitions go on fetching while the others pause, and their records are t
 than a batch of them are in flight (up to a batch past the window). While paused, the loop polls only the urgent
 partitions: aiokafka drops what it prefetched of a paused partition that a poll names, and the infer partitions
 would then wait, once resumed, for the urgent lanes' long-polling fetch to come back before theirs could be sent
-(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Where no urgent partition is
-polling (none is ours, or a drain holds every partition back), it polls only as often as staying in the group needs
-(`_KEEP_IN_GROUP_S`). Ranks reorder jobs of one partition: results of one key keep their order among jobs of equal
-rank.
+(bench/results: the A/B of 2026-12-06 halved the saturated throughput that way). Where no partition may be polled
+for records (no urgent one is ours, they are at their cap, or a drain holds every partition back), it polls only as
+often as staying in the group needs (`_KEEP_IN_GROUP_S`). Ranks reorder jobs of one partition: results of one key
+keep their order among jobs of equal rank.
 
 Records from the retry topic carry the time before which they may not run; the model loop
 leaves them queued until then and takes the jobs behind them, so a retry never blocks its
@@ -103,9 +103,10 @@ _STOP_FETCH_S = 5.0
 shorter; past this it is inside a Kafka call still pending (a rebalance, or a call that never returns), and a
 stopped service must still drain and exit."""
 _KEEP_IN_GROUP_S = 1.0
-"""While every partition is paused, how long the fetch loop goes without a poll at least (then up to `_IDLE_POLL_MS`
-more) before it polls to stay in the group; a third of max.poll.interval where that is shorter.
-Such a poll names paused partitions and drops what was prefetched of them."""
+"""While the fetch loop may take nothing (every partition paused, or the window full with the urgent lanes at their
+cap), how long it goes without a poll at least (then up to `_IDLE_POLL_MS` more) before it polls to stay in the
+group; a third of max.poll.interval where that is shorter. Such a poll names paused partitions and drops what was
+prefetched of them."""
 _MARKERS_EVERY_S = 1.0
 """How often an idle fetch loop looks for partitions to commit past transaction markers."""
 _BATCH_END_LOOK_MS = 1
@@ -200,7 +201,7 @@ class JobPipeline:
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
         self._last_poll = 0.0  # time.monotonic() of the consumer's last getmany
-        # With every partition paused, poll at least this often (`max_poll_interval_s`: the consumer's setting).
+        # Taking nothing, poll at least this often (`max_poll_interval_s`: the consumer's setting).
         self._keep_in_group_s = min(_KEEP_IN_GROUP_S, max_poll_interval_s / 3)
         self._paused = False
         self._paused_as: tuple[set[TopicPartition], list[TopicPartition]] | None = None  # what `_pause` last did
@@ -382,16 +383,19 @@ class JobPipeline:
             await self._poll_paused(urgent)
 
     async def _poll_paused(self, urgent: list[TopicPartition]) -> None:
-        """Poll while taking nothing: Kafka's max.poll.interval counts from the last poll. A poll that names a
-        paused partition drops what was prefetched of it, fetched again once it resumes. With urgent lanes, only they
-        are named, paused for the call, so the infer partitions keep theirs. Without (none is ours, or a drain holds
-        every partition back), a poll would name them all: it is made only once `_keep_in_group_s` passed since the
-        last poll. After a rebalance new partitions start unpaused, so keep what it returns."""
+        """Poll while taking nothing, only as often as staying in the group needs (`_keep_in_group_s` since the last
+        poll; Kafka's max.poll.interval counts from it): a poll that names a paused partition drops what was
+        prefetched of it, fetched again once it resumes. With urgent lanes, only they are named, paused for the call
+        (at their cap or their tenants' share), so the infer partitions keep theirs; without (none is ours, or a
+        drain holds every partition back), the poll names them all. After a rebalance new partitions start unpaused,
+        so keep what it returns."""
+        if time.monotonic() - self._last_poll < self._keep_in_group_s:
+            return
         if urgent:
             self._consumer.pause(*urgent)
             self._take(await self._poll(0, self._max_batch, urgent))
             self._consumer.resume(*urgent)
-        elif time.monotonic() - self._last_poll >= self._keep_in_group_s:
+        else:
             self._take(await self._poll(0, self._max_batch))
 
     async def _take_urgent(self, urgent: list[TopicPartition], most: int) -> bool:
