@@ -45,6 +45,7 @@ from aiaas.contract.codec import encode
 from aiaas.contract.envelopes import Job, new_job_id
 from aiaas.contract.topics import ModelTopics
 from aiaas.kafka.admin import ensure_topics, partition_count
+from aiaas.serving.heap import settle_heap
 from aiaas.settings import KafkaSettings
 from aiaas.tracing.hops import HopStats, SlowestJobs
 
@@ -468,7 +469,8 @@ class ClientLoad:
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection in this process while a measurement runs: one full collection first, what
-    survives it frozen (`gc.freeze`, as the services do, `aiaas.serving.heap`), and the collector off until the end.
+    survives it frozen (`aiaas.serving.heap.settle_heap`, as the services do at start), and the collector off until
+    the end.
 
     The load generator's process keeps each open-loop round's per-job timelines and each stage's records. A full
     collection walks all of them and holds the event loop meanwhile (timed with `gc.callbacks`: bench/results/,
@@ -482,8 +484,7 @@ def collector_paused() -> Iterator[None]:
     """
     was_on = gc.isenabled()
     if was_on:
-        gc.collect()
-        gc.freeze()
+        settle_heap(0)
         gc.disable()
     try:
         yield

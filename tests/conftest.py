@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import uuid
@@ -21,6 +22,17 @@ _EXPORTER = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
 trace.set_tracer_provider(_provider)
+
+
+@pytest.fixture
+def restored_gc():
+    """The cyclic collector as pytest's process had it after the test: on, nothing frozen, the same thresholds
+    (for tests of code that settles the heap or pauses the collector)."""
+    threshold = gc.get_threshold()
+    yield
+    gc.enable()
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.fixture

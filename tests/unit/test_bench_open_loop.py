@@ -12,6 +12,8 @@ import pytest
 from bench.load import _TICK_S, OpenLoop, Outcome, _decoded, _RawSent, collector_paused, open_loop
 from bench.workloads import Payload
 
+pytestmark = pytest.mark.usefixtures("restored_gc")  # every open loop collects, freezes and pauses the collector
+
 
 def _sent(sent_at: float) -> _RawSent:
     """A job as `RawLoad` hands it back, acknowledged and answered at once."""
@@ -36,14 +38,6 @@ class _InstantLoad:
         now = time.time()
         self.sent.append(now)
         return _sent(now)
-
-
-@pytest.fixture(autouse=True)
-def collector_restored():  # noqa: ANN201
-    """The collector on and nothing frozen after each test (every open loop freezes), as pytest's process had it."""
-    yield
-    gc.enable()
-    gc.unfreeze()
 
 
 def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on() -> None:

@@ -3,18 +3,8 @@
 import gc
 import weakref
 
-import pytest
-
 from aiaas.serving.heap import resettle, settle_heap
 from aiaas.settings import WorkerSettings
-
-
-@pytest.fixture
-def restored_gc():
-    threshold = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*threshold)
 
 
 class _Cycle:
