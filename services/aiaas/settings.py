@@ -305,6 +305,14 @@ class WorkerSettings(MetricsEndpointSettings):
         "partition ready for more (a tenant's turn again) waits for the fetch in flight, so this bounds that wait; "
         "each idle replica sends about 1000/fetch_max_wait_ms fetches a second (Kafka's default is 500).",
     )
+    busy_fetch_wait_ms: int = Field(
+        10, ge=0, le=500,
+        description="While every model instance has a batch in the model, the longest the broker holds a fetch of "
+        "the service's consumer to gather about a batch of jobs, instead of answering with the first one: fewer, "
+        "fuller fetches at partial load, for jobs that would wait for an instance anyway. A job that arrives as an "
+        "instance frees up may wait this much more. 0: every fetch answers with the first job (generation services "
+        "never pace).",
+    )
     model_version: str = Field("production", description="Registry version or alias the service serves.")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="ONNX Runtime provider: CUDA when available (auto), or forced."

@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -538,3 +539,75 @@ async def test_a_kafka_call_that_never_returns_cannot_keep_a_stopped_pipeline_fr
     assert answered(sink) == {f"p0-{i}" for i in range(20)} and stats.jobs == 20
     assert consumer.last_commits() == {0: 20}
     assert "the fetch loop has not stopped" in caplog.text and "getmany" in caplog.text
+
+
+class HeldRuntime(SumRuntime):
+    """Every call waits in the model until `release` is set; counts the calls inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.inside = threading.Event(), 0
+        self._lock = threading.Lock()
+
+    def infer(self, items):
+        with self._lock:
+            self.inside += 1
+        self.release.wait(10)
+        with self._lock:
+            self.inside -= 1
+        return super().infer(items)
+
+
+class ConsumerWithFetcher(FakeConsumer):
+    """A fake consumer with the two attributes of aiokafka's fetcher that `FetchPacing` sets."""
+
+    def __init__(self, records_by_partition):
+        super().__init__(records_by_partition)
+        self._fetcher = types.SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=50)
+
+    @property
+    def fetch_settings(self):
+        return self._fetcher._fetch_min_bytes, self._fetcher._fetch_max_wait_ms
+
+
+async def held_pipeline(records: int, *, instances: int, max_batch: int, max_in_flight: int):
+    consumer, sink, runtime = ConsumerWithFetcher({0: partition_log(0, records)}), RecordingSink(), HeldRuntime()
+    worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_instances=instances)
+    pipeline = JobPipeline(worker, consumer, max_batch=max_batch, max_wait_ms=1, max_in_flight=max_in_flight,
+                           drain_timeout_s=10, model_instances=instances, busy_fetch_wait_ms=10)
+    task = asyncio.create_task(pipeline.run())
+    return consumer, sink, runtime, pipeline, task
+
+
+async def until(done, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize(("instances", "records", "paced"), [(1, 2, True), (2, 2, False), (2, 4, True)],
+                         ids=["the one instance busy", "one of two busy", "both of two busy"])
+async def test_fetches_wait_for_a_batch_of_jobs_only_while_every_model_instance_has_a_batch(instances, records,
+                                                                                           paced):
+    consumer, sink, runtime, pipeline, task = await held_pipeline(records, instances=instances, max_batch=2,
+                                                                  max_in_flight=16)
+    await until(lambda: runtime.inside == records // 2)
+    record_bytes = len(partition_log(0, 1)[0].key) + len(partition_log(0, 1)[0].value)
+    assert consumer.fetch_settings == ((2 * record_bytes, 10) if paced else (1, 50))
+    runtime.release.set()
+    await until(lambda: len(answered(sink)) == records)
+    await until(lambda: consumer.fetch_settings == (1, 50))  # idle again: a lone job's fetch comes back at once
+    pipeline.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_paused_window_leaves_the_fetches_of_its_urgent_lanes_unpaced():
+    consumer, sink, runtime, pipeline, task = await held_pipeline(10, instances=1, max_batch=2, max_in_flight=2)
+    await until(lambda: runtime.inside == 1 and pipeline.stats.pauses == 1)
+    assert consumer.fetch_settings == (1, 50)  # a short wait would only make the paused loop's fetches more frequent
+    runtime.release.set()
+    await until(lambda: len(answered(sink)) == 10)
+    pipeline.stop()
+    await asyncio.wait_for(task, 5)
+    assert consumer.fetch_settings == (1, 50)

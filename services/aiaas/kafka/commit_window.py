@@ -104,6 +104,11 @@ class InFlightWindow:
         return self._bytes
 
     @property
+    def mean_record_bytes(self) -> float:
+        """A moving mean of the sizes (key and value) of the records taken; 0 before any was."""
+        return self._mean_size or 0.0
+
+    @property
     def full(self) -> bool:
         """True when no more records may be taken until some finish."""
         return self.room == 0

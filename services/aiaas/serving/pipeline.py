@@ -4,7 +4,10 @@ Three things run at once so the model is never idle waiting for Kafka:
 
 * the **fetch loop** polls the consumer and queues records, and pauses every assigned
   partition while `max_in_flight` records are in flight (Kafka's own back-pressure: the
-  fetcher stops prefetching, memory stays bounded, the group membership stays alive);
+  fetcher stops prefetching, memory stays bounded, the group membership stays alive); while
+  every model instance has a batch, the consumer's fetches wait at the broker for about a
+  batch of jobs (up to `busy_fetch_wait_ms`) rather than coming back with the first one
+  (`FetchPacing`): fewer, fuller fetches at partial load, for jobs that would wait anyway;
 * the **model loop** cuts a batch from the queue as soon as the model is free — up to
   `max_batch` records (fewer under a latency budget, `LatencyBudget`), waiting at most
   `max_wait_ms` for a batch to grow, never for it to fill — and runs it (`BatchWorker.run`);
@@ -71,6 +74,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiaas.contract.priority import rank
 from aiaas.errors import PublishFailed, TransactionFenced
 from aiaas.kafka.commit_window import InFlightWindow, Partition
+from aiaas.kafka.fetcher import FetchPacing
 from aiaas.kafka.offset_committer import OffsetCommitter
 from aiaas.kafka.past_markers import PastMarkerCommits
 from aiaas.kafka.sink import refused_for_good
@@ -170,6 +174,7 @@ class JobPipeline:
         publish_in_cut_order: bool = True,
         is_urgent: Callable[[str], bool] | None = None,
         max_poll_interval_s: float = 300.0,
+        busy_fetch_wait_ms: int = 0,
     ) -> None:
         self.worker = worker
         self._in_cut_order = publish_in_cut_order
@@ -219,6 +224,8 @@ class JobPipeline:
         self._rejoining: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._model_loops = 0  # model loops running now
+        self._in_model = 0  # batches in the model now (at most one per model loop)
+        self._pacing = FetchPacing(consumer, max_batch=max_batch, hold_ms=busy_fetch_wait_ms)
         # Lets the group's lag reach 0 where partitions end in transaction markers (KEDA scales on it).
         self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset)
         self._markers_checked = 0.0  # monotonic time of the last check
@@ -530,6 +537,7 @@ class JobPipeline:
         if not self._paused:
             self._paused = True
             self.stats.pauses += 1
+            self._pace_fetches()
             log.debug("window full (%d in flight): partitions paused", len(self._window))
 
     def _resume(self) -> None:
@@ -537,6 +545,7 @@ class JobPipeline:
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
             self._delayed_paused = False
+            self._pace_fetches()
 
     async def _take_fairly(self, room: int) -> bool:
         """Take the other tenants' records before the largest one's once it holds its share; with several tenants
@@ -644,12 +653,17 @@ class JobPipeline:
             epoch = self._epoch
             turn = self._publish_turn()
             started = time.perf_counter()
+            self._in_model += 1
+            self._pace_fetches()
             try:
                 processed = await self.worker.run(records, self._undeliverable)
             except BaseException:
                 if turn is not None:
                     turn[1].set_result(None)  # the batch cut after this one need not wait (the pipeline stops)
                 raise
+            finally:
+                self._in_model -= 1
+                self._pace_fetches()
             if self._budget is not None:
                 self._budget.observe(len(records), time.perf_counter() - started)
             self.stats.batches += 1
@@ -660,6 +674,16 @@ class JobPipeline:
             task.add_done_callback(self._publish_done)
             if self.worker.calls_on_event_loop(self.worker.runtime):  # (else the others ran during the call)
                 await _let_ready_tasks_run()
+
+    def _pace_fetches(self) -> None:
+        """While every model instance has a batch and the window has room, the consumer's fetches wait at the broker
+        for about a batch of jobs (up to `busy_fetch_wait_ms`) instead of coming back with the first one
+        (`FetchPacing`): the jobs they bring would wait for an instance anyway. At partial load this saves the broker
+        and the service most of their fetches. A paused window's fetches (the urgent lanes' alone) are left as they
+        are: with nothing to take, a short wait would only make them more frequent."""
+        busy = self._in_model >= self._instances and not self._paused
+        if busy or self._pacing.paced:
+            self._pacing.busy(busy, self._window.mean_record_bytes)
 
     def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.

@@ -34,6 +34,7 @@ from aiaas.contract.topics import ModelTopics, dlq_topic, models_topic, service_
 from aiaas.errors import BrokerUnavailable, InvalidHeaders, ServiceMisconfigured
 from aiaas.kafka.admin import ensure_topics, list_topics
 from aiaas.kafka.diagnostics import explain_connection_failure
+from aiaas.kafka.fetcher import fetch_beside_prefetched
 from aiaas.kafka.sink import KafkaSink
 from aiaas.kafka.topic_catalog import KafkaTopicCatalog
 from aiaas.kafka.transactions import Transactions, claim_transactional_id
@@ -189,6 +190,7 @@ class ModelService:
             publish_in_cut_order=not streaming,
             is_urgent=self.topics.is_urgent,
             max_poll_interval_s=self.settings.max_poll_interval_ms / 1000,
+            busy_fetch_wait_ms=0 if streaming else self.settings.busy_fetch_wait_ms,
         )
         stats = pipeline.stats
         if self.monitor is not None:
@@ -203,7 +205,7 @@ class ModelService:
             following = asyncio.create_task(self._follow_registry(watcher), name="aiaas-follow-registry")
             self._resubscribe(consumer, pipeline, first=True)
             await consumer.start()
-            _fetch_beside_prefetched(consumer)  # its fetcher exists once started
+            fetch_beside_prefetched(consumer)  # its fetcher exists once started
             self._pipeline = pipeline
             if self.monitor is not None:
                 sampling = asyncio.create_task(self.monitor.sample_forever(consumer, producer, pipeline,
@@ -341,20 +343,3 @@ async def _serve(service: ModelService) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     await service.run()
-
-
-_PREFETCH_GATE_S = 0.005
-"""How long prefetched, unconsumed records of one partition hold back the fetches of the others on its broker."""
-
-
-def _fetch_beside_prefetched(consumer: AIOKafkaConsumer) -> None:
-    """Let the consumer fetch a partition while another partition's prefetched records wait to be taken.
-
-    aiokafka's fetcher sends no fetch to a broker while any of its partitions holds prefetched records younger than
-    a fixed 100 ms (not a setting). A tenant past its share of the window leaves its records prefetched, so every
-    other tenant's job waited up to 100 ms to be fetched (bench/results: the tenant flood). Its fetcher keeps that
-    wait in an attribute; it is set here, and where it is missing (another aiokafka) nothing changes.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is not None and hasattr(fetcher, "_prefetch_backoff"):
-        fetcher._prefetch_backoff = _PREFETCH_GATE_S  # noqa: SLF001 - no public setting (aiokafka 0.12-0.14)

@@ -1,0 +1,70 @@
+"""What the services set on aiokafka's fetcher that no consumer setting reaches.
+
+aiokafka's `AIOKafkaConsumer` runs one fetch at a time per broker in the background, built from attributes of its
+fetcher (`consumer._fetcher`, which exists once the consumer started). Two of its behaviours cost the services
+latency or CPU, and neither has a setting:
+
+* `fetch_beside_prefetched`: it sends no fetch to a broker while any of that broker's partitions holds prefetched
+  records younger than a fixed 100 ms (`_prefetch_backoff`).
+* `FetchPacing`: every fetch carries the same `fetch_min_bytes` and `fetch_max_wait_ms`. With the usual
+  `fetch_min_bytes` of 1 a fetch comes back with the first record, so at partial load a service fetches about once a
+  job, and each fetch costs the broker and the service a request. Kafka's answer, a larger `fetch_min_bytes`, makes a
+  job that comes alone wait for `fetch_max_wait_ms`. The pacing sets both per fetch instead: a large minimum with a
+  short wait only while every model instance is busy (the jobs fetched then would wait for an instance anyway), the
+  consumer's own values otherwise.
+
+Both read and write the fetcher's private attributes (aiokafka 0.12-0.14); where they are missing (another aiokafka, or
+a test's consumer) nothing changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["fetch_beside_prefetched", "FetchPacing", "PREFETCH_GATE_S"]
+
+PREFETCH_GATE_S = 0.005
+"""How long prefetched, unconsumed records of one partition hold back the fetches of the others on its broker."""
+
+
+def fetch_beside_prefetched(consumer: Any) -> None:
+    """Let the consumer fetch a partition while another partition's prefetched records wait to be taken.
+
+    A tenant past its share of the window leaves its records prefetched, so every other tenant's job waited up to
+    aiokafka's fixed 100 ms to be fetched (bench/results: the tenant flood). Call once the consumer has started.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_prefetch_backoff"):
+        fetcher._prefetch_backoff = PREFETCH_GATE_S  # noqa: SLF001 - no public setting
+
+
+class FetchPacing:
+    """Fewer, fuller fetches while every model instance is busy; the consumer's own fetches otherwise.
+
+    `busy(True, bytes_per_record)`: from the next fetch on, the broker holds each fetch until it has about a batch of
+    records (`max_batch` times `bytes_per_record`) or `hold_ms` has passed, whichever comes first. `busy(False)`: back
+    to the consumer's `fetch_min_bytes` and `fetch_max_wait_ms`. A fetch already in flight keeps what it was sent
+    with, so a job that arrives as an instance frees up waits at most `hold_ms` more. `hold_ms` 0: never paced.
+    """
+
+    def __init__(self, consumer: Any, *, max_batch: int, hold_ms: int) -> None:
+        self._consumer = consumer
+        self._max_batch = max_batch
+        self._hold_ms = hold_ms
+        self._own: tuple[int, int] | None = None  # the consumer's (fetch_min_bytes, fetch_max_wait_ms)
+        self.paced = False
+
+    def busy(self, busy: bool, bytes_per_record: float = 0.0) -> None:
+        """Pace the fetches from the next one on while `busy`, or give them back their own settings."""
+        fetcher: Any = getattr(self._consumer, "_fetcher", None)  # None before the consumer started
+        if self._hold_ms <= 0 or not all(hasattr(fetcher, name) for name in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
+            return
+        if self._own is None:
+            self._own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)  # noqa: SLF001 - see the module
+        own_min, own_wait = self._own
+        if busy:
+            fetcher._fetch_min_bytes = max(own_min, int(self._max_batch * bytes_per_record))  # noqa: SLF001
+            fetcher._fetch_max_wait_ms = min(own_wait, self._hold_ms)  # noqa: SLF001
+        elif self.paced:
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own_min, own_wait  # noqa: SLF001
+        self.paced = busy
