@@ -61,3 +61,13 @@ def test_the_prefetch_gate_is_set_once_the_consumer_has_a_fetcher():
     fetch_beside_prefetched(consumer)
     assert consumer._fetcher._prefetch_backoff == PREFETCH_GATE_S
     fetch_beside_prefetched(SimpleNamespace())  # not started: nothing to set, no error
+
+
+def test_a_paced_fetch_never_waits_longer_than_a_batch_takes_and_batches_under_a_millisecond_are_not_paced():
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, max_batch=8, hold_ms=10)
+    pacing.busy(True, 100.0, batch_ms=4.7)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (800, 4)
+    pacing.busy(True, 100.0, batch_ms=0.6)  # the instance is free again before a fetch could be held
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
+    assert not pacing.paced

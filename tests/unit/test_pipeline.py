@@ -570,12 +570,16 @@ class ConsumerWithFetcher(FakeConsumer):
         return self._fetcher._fetch_min_bytes, self._fetcher._fetch_max_wait_ms
 
 
-async def held_pipeline(records: int, *, instances: int, max_batch: int, max_in_flight: int):
+async def held_pipeline(records: int, *, instances: int, max_batch: int, max_in_flight: int, log=None, **options):
+    """A pipeline whose model calls wait for `runtime.release`, fed `records` jobs on one partition (or `log`: the
+    records of each TopicPartition), with fetch pacing of 10 ms."""
     consumer, sink, runtime = ConsumerWithFetcher({0: partition_log(0, records)}), RecordingSink(), HeldRuntime()
+    if log is not None:
+        consumer.log, consumer.offsets = log, {tp: 0 for tp in log}
     worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
                          max_message_bytes=1 << 20, model_instances=instances)
     pipeline = JobPipeline(worker, consumer, max_batch=max_batch, max_wait_ms=1, max_in_flight=max_in_flight,
-                           drain_timeout_s=10, model_instances=instances, busy_fetch_wait_ms=10)
+                           drain_timeout_s=10, model_instances=instances, busy_fetch_wait_ms=10, **options)
     task = asyncio.create_task(pipeline.run())
     return consumer, sink, runtime, pipeline, task
 
@@ -610,4 +614,59 @@ async def test_a_paused_window_leaves_the_fetches_of_its_urgent_lanes_unpaced():
     await until(lambda: len(answered(sink)) == 10)
     pipeline.stop()
     await asyncio.wait_for(task, 5)
+    assert consumer.fetch_settings == (1, 50)
+
+
+def two_tenants_log():
+    from aiokafka import TopicPartition
+
+    return {TopicPartition(TOPICS.tenant_infer("alice"), 0): tenant_log("alice", 2),
+            TopicPartition(TOPICS.tenant_infer("bob"), 0): tenant_log("bob", 2)}
+
+
+def an_urgent_job_log():
+    from aiokafka import TopicPartition
+
+    return {TopicPartition(TOPICS.infer, 0): lane_log(TOPICS.infer, "job", 2),
+            TopicPartition(TOPICS.urgent, 0): lane_log(TOPICS.urgent, "urgent", 1)}
+
+
+@pytest.mark.parametrize(("log", "options"), [(two_tenants_log, {"tenant_of": TOPICS.tenant_of}),
+                                              (an_urgent_job_log, {"is_urgent": TOPICS.is_urgent})],
+                         ids=["two tenants", "an urgent job"])
+async def test_fetches_are_not_paced_while_jobs_may_go_ahead_of_the_queue(log, options):
+    records = log()
+    consumer, sink, runtime, pipeline, task = await held_pipeline(0, instances=1, max_batch=8, max_in_flight=16,
+                                                                  log=records, **options)
+    await until(lambda: runtime.inside == 1 and pipeline.in_flight[0] == sum(map(len, records.values())))
+    assert consumer.fetch_settings == (1, 50)  # their next job goes into the next batch: its fetch must not wait
+    runtime.release.set()
+    await until(lambda: len(sink.sent) == sum(map(len, records.values())))  # (tenants' results: their own topics)
+    pipeline.stop()
+    await asyncio.wait_for(task, 5)
+
+
+class FetchSettingsRuntime(SumRuntime):
+    """Notes the consumer's fetch settings at every model call."""
+
+    def __init__(self, consumer):
+        super().__init__(delay_s=0.02)
+        self.consumer, self.during_calls = consumer, set()
+
+    def infer(self, items):
+        self.during_calls.add(self.consumer.fetch_settings)
+        return super().infer(items)
+
+
+@pytest.mark.parametrize(("model_calls", "paced"), [("thread", True), ("event-loop", False)])
+async def test_fetches_are_paced_only_while_batches_run_on_model_threads(model_calls, paced):
+    """A call on the event loop holds back every fetch and its answer until it ends: that paces them already."""
+    consumer, sink = ConsumerWithFetcher({0: partition_log(0, 40)}), RecordingSink()
+    runtime = FetchSettingsRuntime(consumer)
+    worker = BatchWorker(runtime, sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
+                         max_message_bytes=1 << 20, model_calls=model_calls)
+    pipeline = JobPipeline(worker, consumer, max_batch=8, max_wait_ms=1, max_in_flight=64, drain_timeout_s=10,
+                           busy_fetch_wait_ms=10)
+    await run_until(pipeline, lambda: len(answered(sink)) == 40)
+    assert any(wait == 10 for _, wait in runtime.during_calls) == paced
     assert consumer.fetch_settings == (1, 50)

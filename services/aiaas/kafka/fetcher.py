@@ -10,8 +10,8 @@ latency or CPU, and neither has a setting:
   `fetch_min_bytes` of 1 a fetch comes back with the first record, so at partial load a service fetches about once a
   job, and each fetch costs the broker and the service a request. Kafka's answer, a larger `fetch_min_bytes`, makes a
   job that comes alone wait for `fetch_max_wait_ms`. The pacing sets both per fetch instead: a large minimum with a
-  short wait only while every model instance is busy (the jobs fetched then would wait for an instance anyway), the
-  consumer's own values otherwise.
+  short wait (no longer than a batch takes) only while every model instance is busy, when the jobs fetched would
+  wait for an instance anyway; the consumer's own values otherwise.
 
 Both read and write the fetcher's private attributes (aiokafka 0.12-0.14); where they are missing (another aiokafka, or
 a test's consumer) nothing changes.
@@ -19,6 +19,7 @@ a test's consumer) nothing changes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["fetch_beside_prefetched", "FetchPacing", "PREFETCH_GATE_S"]
@@ -41,10 +42,12 @@ def fetch_beside_prefetched(consumer: Any) -> None:
 class FetchPacing:
     """Fewer, fuller fetches while every model instance is busy; the consumer's own fetches otherwise.
 
-    `busy(True, bytes_per_record)`: from the next fetch on, the broker holds each fetch until it has about a batch of
-    records (`max_batch` times `bytes_per_record`) or `hold_ms` has passed, whichever comes first. `busy(False)`: back
-    to the consumer's `fetch_min_bytes` and `fetch_max_wait_ms`. A fetch already in flight keeps what it was sent
-    with, so a job that arrives as an instance frees up waits at most `hold_ms` more. `hold_ms` 0: never paced.
+    `busy(True, bytes_per_record, batch_ms)`: from the next fetch on, the broker holds each fetch until it has about a
+    batch of records (`max_batch` times `bytes_per_record`) or until `hold_ms` has passed, whichever comes first; never
+    longer than `batch_ms`, how long a batch takes, so a fetch comes back about when an instance frees up (under 1 ms:
+    no pacing). `busy(False)`: back to the consumer's `fetch_min_bytes` and `fetch_max_wait_ms`. A fetch already in
+    flight keeps what it was sent with, so a job that arrives as an instance frees up waits at most that hold more.
+    `hold_ms` 0: never paced.
     """
 
     def __init__(self, consumer: Any, *, max_batch: int, hold_ms: int) -> None:
@@ -54,7 +57,7 @@ class FetchPacing:
         self._own: tuple[int, int] | None = None  # the consumer's (fetch_min_bytes, fetch_max_wait_ms)
         self.paced = False
 
-    def busy(self, busy: bool, bytes_per_record: float = 0.0) -> None:
+    def busy(self, busy: bool, bytes_per_record: float = 0.0, batch_ms: float = math.inf) -> None:
         """Pace the fetches from the next one on while `busy`, or give them back their own settings."""
         fetcher: Any = getattr(self._consumer, "_fetcher", None)  # None before the consumer started
         if self._hold_ms <= 0 or not all(hasattr(fetcher, name) for name in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
@@ -62,9 +65,11 @@ class FetchPacing:
         if self._own is None:
             self._own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)  # noqa: SLF001 - see the module
         own_min, own_wait = self._own
+        hold_ms = math.floor(min(own_wait, self._hold_ms, batch_ms))
+        busy = busy and hold_ms >= 1
         if busy:
             fetcher._fetch_min_bytes = max(own_min, int(self._max_batch * bytes_per_record))  # noqa: SLF001
-            fetcher._fetch_max_wait_ms = min(own_wait, self._hold_ms)  # noqa: SLF001
+            fetcher._fetch_max_wait_ms = hold_ms  # noqa: SLF001
         elif self.paced:
             fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own_min, own_wait  # noqa: SLF001
         self.paced = busy

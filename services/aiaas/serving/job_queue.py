@@ -23,6 +23,7 @@ in a row: whatever the favoured jobs' rate, shortening leaves the backlog at lea
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
@@ -48,6 +49,8 @@ class JobQueue:
         self._rank: dict[int, int] = {}  # id(record) → its rank, for queued records whose rank is not 0
         self._rank_of = rank_of
         self._ranked_cuts = 0  # cuts made while ranked records were queued
+        self.last_ranked = -math.inf
+        """time.monotonic() when a record whose rank is not 0 was last queued."""
         self._cut_short = False  # whether the last cut was a short one (`_places`)
         self._due_at = due_at
         self.delayed_topic = delayed_topic
@@ -69,6 +72,7 @@ class JobQueue:
                 self._due[id(record)] = due
             if rank := self._rank_of(record):
                 self._rank[id(record)] = rank
+                self.last_ranked = time.monotonic()
             self._records.append(record)
 
     def ready(self, record: Any, now: float | None = None) -> bool:

@@ -6,8 +6,9 @@ Three things run at once so the model is never idle waiting for Kafka:
   partition while `max_in_flight` records are in flight (Kafka's own back-pressure: the
   fetcher stops prefetching, memory stays bounded, the group membership stays alive); while
   every model instance has a batch, the consumer's fetches wait at the broker for about a
-  batch of jobs (up to `busy_fetch_wait_ms`) rather than coming back with the first one
-  (`FetchPacing`): fewer, fuller fetches at partial load, for jobs that would wait anyway;
+  batch of jobs (up to `busy_fetch_wait_ms`, no longer than a batch takes) rather than coming
+  back with the first one (`FetchPacing`): fewer, fuller fetches at partial load, for jobs that
+  would wait anyway (with model threads, and while jobs run in the order they came);
 * the **model loop** cuts a batch from the queue as soon as the model is free — up to
   `max_batch` records (fewer under a latency budget, `LatencyBudget`), waiting at most
   `max_wait_ms` for a batch to grow, never for it to fill — and runs it (`BatchWorker.run`);
@@ -117,6 +118,8 @@ _BATCH_END_LOOK_MS = 1
 """While the fetch loop takes records as they come beside a batch: how often it looks whether the batch has ended."""
 _MOST_YIELDS = 16
 """Most turns of the event loop a model loop leaves to the other tasks between two batches (`_let_ready_tasks_run`)."""
+_BATCH_TIME_WEIGHT = 0.2
+"""Weight of the newest batch in the moving mean of batch times that bounds how long a paced fetch waits."""
 
 
 class Consumer(Protocol):
@@ -225,6 +228,7 @@ class JobPipeline:
         self._assigned = asyncio.Event()
         self._model_loops = 0  # model loops running now
         self._in_model = 0  # batches in the model now (at most one per model loop)
+        self._batch_s: float | None = None  # a moving mean of how long a batch takes in the worker
         self._pacing = FetchPacing(consumer, max_batch=max_batch, hold_ms=busy_fetch_wait_ms)
         # Lets the group's lag reach 0 where partitions end in transaction markers (KEDA scales on it).
         self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset)
@@ -483,6 +487,8 @@ class JobPipeline:
             self._window.take(records)
             self._queue.extend(records)
             self._arrived.set()
+            if self._pacing.paced:  # another tenant or a ranked job may have come: no more pacing then
+                self._pace_fetches()
 
     async def _poll(self, timeout_ms: int, max_records: int,
                     partitions: list[TopicPartition] | None = None) -> dict[TopicPartition, list[Any]]:
@@ -663,9 +669,12 @@ class JobPipeline:
                 raise
             finally:
                 self._in_model -= 1
-                self._pace_fetches()
+            took_s = time.perf_counter() - started
+            mean = self._batch_s
+            self._batch_s = took_s if mean is None else mean + (took_s - mean) * _BATCH_TIME_WEIGHT
+            self._pace_fetches()
             if self._budget is not None:
-                self._budget.observe(len(records), time.perf_counter() - started)
+                self._budget.observe(len(records), took_s)
             self.stats.batches += 1
             self.stats.jobs += len(records)
             task = asyncio.create_task(self._publish(processed, epoch) if turn is None else
@@ -676,14 +685,23 @@ class JobPipeline:
                 await _let_ready_tasks_run()
 
     def _pace_fetches(self) -> None:
-        """While every model instance has a batch and the window has room, the consumer's fetches wait at the broker
-        for about a batch of jobs (up to `busy_fetch_wait_ms`) instead of coming back with the first one
+        """While every model instance has a batch, the consumer's fetches wait at the broker for about a batch of jobs
+        (up to `busy_fetch_wait_ms`, and never longer than a batch takes) instead of coming back with the first one
         (`FetchPacing`): the jobs they bring would wait for an instance anyway. At partial load this saves the broker
-        and the service most of their fetches. A paused window's fetches (the urgent lanes' alone) are left as they
-        are: with nothing to take, a short wait would only make them more frequent."""
-        busy = self._in_model >= self._instances and not self._paused
+        and the service many fetches.
+
+        Only while the batches run on model threads: a call on the event loop holds back every fetch and its answer
+        until it ends, which paces them already. Only while jobs run in the order they came: one tenant active and no
+        ranked job (urgent lane or priority header) taken for `_ACTIVE_S`; another tenant's job, or a ranked one,
+        goes ahead of the queue into the next batch, so a delayed fetch would delay it. Nor while the window is paused:
+        its fetches (the urgent lanes' alone) find nothing to take, and a short wait would only make them more
+        frequent."""
+        busy = (self._in_model >= self._instances and not self._paused
+                and not self.worker.calls_on_event_loop(self.worker.runtime) and not self._several_tenants_active()
+                and time.monotonic() - self._queue.last_ranked >= _ACTIVE_S)
         if busy or self._pacing.paced:
-            self._pacing.busy(busy, self._window.mean_record_bytes)
+            batch_ms = self._batch_s * 1000 if self._batch_s is not None else math.inf
+            self._pacing.busy(busy, self._window.mean_record_bytes, batch_ms)
 
     def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
