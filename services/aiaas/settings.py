@@ -307,11 +307,12 @@ class WorkerSettings(MetricsEndpointSettings):
     )
     busy_fetch_wait_ms: int = Field(
         10, ge=0, le=500,
-        description="While every model instance has a batch in the model, the longest the broker holds a fetch of "
-        "the service's consumer to gather about a batch of jobs, instead of answering with the first one: fewer, "
-        "fuller fetches at partial load, for jobs that would wait for an instance anyway. A job that arrives as an "
-        "instance frees up may wait this much more. 0: every fetch answers with the first job (generation services "
-        "never pace).",
+        description="While every model instance has a batch on its model thread (several instances, or a GPU: not "
+        "calls on the event loop), jobs run in the order they came (one tenant, no urgent or priority job for 5 s) "
+        "and no latency budget is set, the longest the broker holds a fetch of the service's consumer to gather "
+        "about a batch of jobs instead of answering with the first one, and never longer than a batch takes: fewer, "
+        "fuller fetches at partial load, for jobs that would wait for an instance anyway. 0: every fetch answers "
+        "with the first job (generation services never pace).",
     )
     model_version: str = Field("production", description="Registry version or alias the service serves.")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(

@@ -42,12 +42,14 @@ def fetch_beside_prefetched(consumer: Any) -> None:
 class FetchPacing:
     """Fewer, fuller fetches while every model instance is busy; the consumer's own fetches otherwise.
 
-    `busy(True, bytes_per_record, batch_ms)`: from the next fetch on, the broker holds each fetch until it has about a
-    batch of records (`max_batch` times `bytes_per_record`) or until `hold_ms` has passed, whichever comes first; never
-    longer than `batch_ms`, how long a batch takes, so a fetch comes back about when an instance frees up (under 1 ms:
-    no pacing). `busy(False)`: back to the consumer's `fetch_min_bytes` and `fetch_max_wait_ms`. A fetch already in
-    flight keeps what it was sent with, so a job that arrives as an instance frees up waits at most that hold more.
-    `hold_ms` 0: never paced.
+    `pace(True, bytes_per_record, batch_ms)`: from the next fetch on, the broker holds each fetch until it has about a
+    batch of records (`max_batch` times `bytes_per_record`, at most what one partition may return, which the broker
+    counts towards the minimum) or until `hold_ms` has passed, whichever comes first; never longer than `batch_ms`, how
+    long a batch takes, so a fetch comes back about when an instance frees up (under 1 ms: no pacing). The broker
+    counts stored bytes: on a compressed topic a batch's worth takes more records, and the hold ends the wait.
+    `pace(False)`: back to the consumer's `fetch_min_bytes` and `fetch_max_wait_ms`. A fetch already in flight keeps
+    what it was sent with, so a job that arrives as an instance frees up waits at most that hold more. `hold_ms` 0:
+    never paced.
     """
 
     def __init__(self, consumer: Any, *, max_batch: int, hold_ms: int) -> None:
@@ -57,19 +59,31 @@ class FetchPacing:
         self._own: tuple[int, int] | None = None  # the consumer's (fetch_min_bytes, fetch_max_wait_ms)
         self.paced = False
 
-    def busy(self, busy: bool, bytes_per_record: float = 0.0, batch_ms: float = math.inf) -> None:
-        """Pace the fetches from the next one on while `busy`, or give them back their own settings."""
+    @property
+    def enabled(self) -> bool:
+        """Whether fetches may be paced at all (`hold_ms` above 0)."""
+        return self._hold_ms > 0
+
+    def pace(self, wanted: bool, bytes_per_record: float = 0.0, batch_ms: float = math.inf) -> None:
+        """Pace the fetches from the next one on if `wanted` (and a batch takes 1 ms or more), or give them back their
+        own settings."""
         fetcher: Any = getattr(self._consumer, "_fetcher", None)  # None before the consumer started
-        if self._hold_ms <= 0 or not all(hasattr(fetcher, name) for name in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
+        if not self.enabled or not all(hasattr(fetcher, name) for name in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
             return
         if self._own is None:
             self._own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)  # noqa: SLF001 - see the module
         own_min, own_wait = self._own
         hold_ms = math.floor(min(own_wait, self._hold_ms, batch_ms))
-        busy = busy and hold_ms >= 1
-        if busy:
-            fetcher._fetch_min_bytes = max(own_min, int(self._max_batch * bytes_per_record))  # noqa: SLF001
+        paced = wanted and hold_ms >= 1
+        if paced:
+            # The broker counts at most one partition's fetch size towards the minimum (and it is an int32).
+            reachable = min(getattr(fetcher, "_max_partition_fetch_bytes", _MOST_MIN_BYTES), _MOST_MIN_BYTES)
+            fetcher._fetch_min_bytes = max(own_min, min(int(self._max_batch * bytes_per_record), reachable))  # noqa: SLF001
             fetcher._fetch_max_wait_ms = hold_ms  # noqa: SLF001
         elif self.paced:
             fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own_min, own_wait  # noqa: SLF001
-        self.paced = busy
+        self.paced = paced
+
+
+_MOST_MIN_BYTES = 1 << 20
+"""The largest minimum a paced fetch asks for (aiokafka's default `max_partition_fetch_bytes`)."""

@@ -92,7 +92,8 @@ __all__ = ["JobPipeline", "PipelineStats", "Consumer", "UnreadableRecord"]
 log = logging.getLogger("aiaas.pipeline")
 
 _ACTIVE_S = 5.0
-"""A tenant with a record taken this recently is active: while two are, each is held to its share of the window."""
+"""A tenant with a record taken this recently is active: while two are, each is held to its share of the window (and
+fetches are not paced, nor for this long after a ranked record was taken: `_pace_fetches`)."""
 
 _FAIR_POLL_MS = 10
 """While tenants share the window: the longest the fetch loop waits at a time for records to take (the other tenants'
@@ -669,10 +670,10 @@ class JobPipeline:
                 raise
             finally:
                 self._in_model -= 1
+                self._pace_fetches()
             took_s = time.perf_counter() - started
             mean = self._batch_s
             self._batch_s = took_s if mean is None else mean + (took_s - mean) * _BATCH_TIME_WEIGHT
-            self._pace_fetches()
             if self._budget is not None:
                 self._budget.observe(len(records), took_s)
             self.stats.batches += 1
@@ -696,12 +697,14 @@ class JobPipeline:
         goes ahead of the queue into the next batch, so a delayed fetch would delay it. Nor while the window is paused:
         its fetches (the urgent lanes' alone) find nothing to take, and a short wait would only make them more
         frequent."""
+        if not self._pacing.enabled:
+            return
         busy = (self._in_model >= self._instances and not self._paused
                 and not self.worker.calls_on_event_loop(self.worker.runtime) and not self._several_tenants_active()
                 and time.monotonic() - self._queue.last_ranked >= _ACTIVE_S)
         if busy or self._pacing.paced:
             batch_ms = self._batch_s * 1000 if self._batch_s is not None else math.inf
-            self._pacing.busy(busy, self._window.mean_record_bytes, batch_ms)
+            self._pacing.pace(busy, self._window.mean_record_bytes, batch_ms)
 
     def _publish_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None:
         """With several model instances, a batch finishing before the one cut ahead of it waits to publish.
