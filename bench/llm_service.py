@@ -51,6 +51,7 @@ from aiaas.registry.store import Registry
 from aiaas.settings import HomeSettings, KafkaSettings
 from aiaas.tracing.setup import setup_tracing
 from bench.llm_engine import arithmetic_ceiling, engine_run, jobs, questions, static_batches
+from bench.load import collector_paused
 from bench.procs import ChildProcess, LocalBroker, OtherWork, service_env, stop_all
 from bench.report import MachineInfo, machine_slug
 from bench.run import prepare_topics
@@ -194,14 +195,15 @@ async def saturation(load: ServiceLoad, in_flight: int, seconds: float, warm_up:
 
 async def open_loop(load: ServiceLoad, share: float, rate: float, seconds: float) -> Point:
     count = max(int(rate * seconds), 8)
-    started = time.perf_counter()
-    tasks = []
-    for i in range(count):
-        due = started + i / rate
-        if due > time.perf_counter():
-            await asyncio.sleep(due - time.perf_counter())
-        tasks.append(asyncio.create_task(load.job(due=due)))
-    timings = list(await asyncio.gather(*tasks))
+    with collector_paused():  # no full collection stops the schedule (bench/load.py)
+        started = time.perf_counter()
+        tasks = []
+        for i in range(count):
+            due = started + i / rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            tasks.append(asyncio.create_task(load.job(due=due)))
+        timings = list(await asyncio.gather(*tasks))
     return Point(share, rate, timings, max(t.finished for t in timings) - started)
 
 
