@@ -671,3 +671,15 @@ async def test_fetches_are_paced_only_while_batches_run_on_model_threads(model_c
     await run_until(pipeline, lambda: len(answered(sink)) == 40)
     assert any(wait == 10 for _, wait in runtime.during_calls) == paced
     assert consumer.fetch_settings == (1, 50)
+
+
+async def test_with_a_latency_budget_fetches_are_not_paced():
+    """A budget counts a job's time from when it was taken: time held at the broker would escape it."""
+    consumer, sink, runtime, pipeline, task = await held_pipeline(2, instances=1, max_batch=2, max_in_flight=16,
+                                                                  latency_budget_ms=1000)
+    await until(lambda: runtime.inside == 1)
+    assert consumer.fetch_settings == (1, 50)
+    runtime.release.set()
+    await until(lambda: len(answered(sink)) == 2)
+    pipeline.stop()
+    await asyncio.wait_for(task, 5)

@@ -230,7 +230,9 @@ class JobPipeline:
         self._model_loops = 0  # model loops running now
         self._in_model = 0  # batches in the model now (at most one per model loop)
         self._batch_s: float | None = None  # a moving mean of how long a batch takes in the worker
-        self._pacing = FetchPacing(consumer, max_batch=max_batch, hold_ms=busy_fetch_wait_ms)
+        # Not with a latency budget: it counts a job's time from when it was taken, and would not see the time held at
+        # the broker.
+        self._pacing = FetchPacing(consumer, max_batch=max_batch, hold_ms=0 if self._budget else busy_fetch_wait_ms)
         # Lets the group's lag reach 0 where partitions end in transaction markers (KEDA scales on it).
         self._past_markers = PastMarkerCommits(consumer, self._window, next_offsets=lambda: self._next_offset)
         self._markers_checked = 0.0  # monotonic time of the last check

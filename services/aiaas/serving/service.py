@@ -190,8 +190,7 @@ class ModelService:
             publish_in_cut_order=not streaming,
             is_urgent=self.topics.is_urgent,
             max_poll_interval_s=self.settings.max_poll_interval_ms / 1000,
-            # A budget counts a job's time from when it was taken: time held at the broker would not be seen.
-            busy_fetch_wait_ms=0 if streaming or self.settings.latency_budget_ms else self.settings.busy_fetch_wait_ms,
+            busy_fetch_wait_ms=0 if streaming else self.settings.busy_fetch_wait_ms,
         )
         stats = pipeline.stats
         if self.monitor is not None:
