@@ -133,6 +133,9 @@ class OpenLoop:
     """Where the slowest 1 % spent their time."""
     rounds: list[OpenLoop] = field(default_factory=list, repr=False)
     """The rounds this point is the median of (`over_rounds`); empty for a single run."""
+    cores: dict[str, float] = field(default_factory=dict)
+    """What ran on the cores while the jobs were published on their schedule (`cores` of `open_loop`: each named
+    process's cores and the machine's busy ones); over rounds, each one's median. Empty where not measured."""
 
     @property
     def p99_range(self) -> tuple[float, float] | None:
@@ -150,11 +153,13 @@ def over_rounds(rounds: Sequence[OpenLoop]) -> OpenLoop:
         return float(statistics.median(getattr(r, name) for r in rounds))
 
     first = rounds[0]
+    metered = set.intersection(*(set(r.cores) for r in rounds))
     return OpenLoop(first.share, first.target_per_s, median("achieved_per_s"), sum(r.jobs for r in rounds),
                     median("p50_ms"), median("p95_ms"), median("p99_ms"), max(r.max_lag_ms for r in rounds),
                     sum(r.mean_batch * r.jobs for r in rounds) / sum(r.jobs for r in rounds),
                     [j for r in rounds for j in r.timeline],
-                    rounds=list(rounds))
+                    rounds=list(rounds),
+                    cores={name: float(statistics.median(r.cores[name] for r in rounds)) for name in sorted(metered)})
 
 
 @dataclass(frozen=True)
@@ -615,13 +620,17 @@ async def _publish_on_schedule(load: Load, prepared: Sequence[Any], rate: float,
 
 
 async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, share: float,
-                    timeout: float = 180, burst: int = 1) -> OpenLoop:
+                    timeout: float = 180, burst: int = 1,
+                    cores: Callable[[], Callable[[], dict[str, float]]] | None = None) -> OpenLoop:
     """Publish the payloads at `rate` jobs/s on a fixed schedule, `burst` jobs at a time (an upstream that publishes
     in groups; above 1,000 jobs/s the jobs due in each millisecond leave together anyway, `_TICK_S`); latency
-    percentiles of all of them."""
+    percentiles of all of them. `cores`: a meter (`bench.procs.core_meter`) started when the schedule starts and
+    read when it ends, for the point's `cores`."""
     prepared = load.prepare(payloads)
     with collector_paused():
+        since = cores() if cores is not None else None
         sent, max_lag = await _publish_on_schedule(load, prepared, rate, burst)
+        used = since() if since is not None else {}
         outcomes = await _outcomes(sent, timeout)
     times = [s.sent_at for s in sent]
     span = max(times) - min(times)
@@ -629,4 +638,4 @@ async def open_loop(load: Load, payloads: Sequence[Payload], *, rate: float, sha
     timeline = [JobTimeline(*s.trace, s.sent_at, s.acked_at, o.received_at)
                 for s, o in zip(sent, outcomes, strict=True) if isinstance(s, _RawSent)]
     return OpenLoop(share, rate, (len(sent) - 1) / span if span > 0 else float("nan"), len(sent), p50, p95, p99,
-                    max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes), timeline)
+                    max_lag * 1000, statistics.fmean(o.batch_size for o in outcomes), timeline, cores=used)

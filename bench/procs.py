@@ -12,14 +12,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tests.harness import KAFKA_SH, REPO, ChildProcess, LocalBroker, service_env, stop_all
 
 __all__ = ["REPO", "LocalBroker", "ChildProcess", "OtherWork", "busy_cpu_seconds", "service_env", "cpu_seconds",
            "kafka_version", "broker_jvm_opts", "thread_cpu_seconds", "stop_all", "pin", "pin_beside_broker",
-           "split_cores"]
+           "split_cores", "core_meter", "MACHINE"]
 
 def kafka_version() -> str:
     """The broker version pinned in infra/kafka/pom.xml."""
@@ -87,6 +87,37 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU a process (all its threads) has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+MACHINE = "machine"
+"""The key of a `core_meter` record for the whole machine's busy cores."""
+
+
+def core_meter(pids: Mapping[str, int | None]) -> Callable[[], dict[str, float]]:
+    """Starts measuring what ran on the cores: returns a function that gives, for the time since this call, the cores
+    each named process used (its CPU seconds per second; a process that is gone or None is left out) and, under
+    `MACHINE`, the cores the whole machine was busy (`busy_cpu_seconds`)."""
+
+    def used(pid: int) -> float | None:
+        try:
+            return cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            return None
+
+    named = {name: pid for name, pid in pids.items() if pid is not None}
+    before = {name: used(pid) for name, pid in named.items()}
+    busy, started = busy_cpu_seconds(), time.monotonic()
+
+    def since() -> dict[str, float]:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        cores = {}
+        for name, pid in named.items():
+            now, was = used(pid), before[name]
+            if now is not None and was is not None:
+                cores[name] = (now - was) / elapsed
+        return cores | {MACHINE: (busy_cpu_seconds() - busy) / elapsed}
+
+    return since
 
 
 def busy_cpu_seconds() -> float:

@@ -17,7 +17,7 @@ from aiaas.tracing.hops import HOPS
 
 from .ceilings import RuntimeCeiling
 from .load import OpenLoop, Saturation
-from .procs import broker_jvm_opts, kafka_version
+from .procs import MACHINE, broker_jvm_opts, kafka_version
 from .stops import Stops, stops_table, stops_title
 from .workloads import settings_class
 
@@ -378,6 +378,7 @@ def _details(r: ModelResult) -> list[str]:
                          f"| {p.max_lag_ms:.1f} |")
         lines.append("")
         lines += _hop_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.hops])
+        lines += _cores_table([p for p in ([r.alone] if r.alone else []) + r.open_loop if p.cores])
         if r.stops:
             lines += [stops_title("at each level, over its rounds"), "",
                       stops_table([(r.model, level, found) for level, found in r.stops.items()],
@@ -410,6 +411,32 @@ def _hop_table(points: list[OpenLoop]) -> list[str]:
         most = (f"{slow.most} ({slow.mean_ms[slow.most] / (sum(slow.mean_ms.values()) or 1):.0%})"
                 if slow and slow.mean_ms else "–")
         lines.append(f"| {level_name(p.share)} | " + " | ".join(cells) + f" | {most} |")
+    return [*lines, ""]
+
+
+CORE_USERS = ("service", "broker", "load generator", "results reader")
+"""The processes whose cores `_cores_table` shows, in its order (`bench/run.py` meters them: `core_meter`)."""
+
+
+def _cores_table(points: list[OpenLoop]) -> list[str]:
+    """What ran on the cores at each level: each process's cores and the machine's busy ones, while the jobs were
+    published (the median over the rounds). At a partial load the broker and the load generator pay per request, and
+    a request then carries few jobs: on a small machine they take cores a saturated burst leaves to the service."""
+    if not points:
+        return []
+    cores = os.cpu_count() or 0
+    lines = [f"What ran on the cores at each level, while its jobs were published (cores: CPU seconds per second, the "
+             "median over the rounds, in /proc's ticks of 10 ms; the rest: the machine's busy cores less the four's, "
+             f"0 where the ticks make it negative; busy: all of its {cores} cores' work for this VM, not idle and not "
+             "the hypervisor's for other guests):", "",
+             "| offered | " + " | ".join(CORE_USERS) + " | the rest | busy cores |",
+             "|---:|" + "---:|" * (len(CORE_USERS) + 2)]
+    for p in points:
+        named = [p.cores.get(name) for name in CORE_USERS]
+        busy = p.cores.get(MACHINE)
+        rest = max(busy - sum(c for c in named if c is not None), 0.0) if busy is not None else None
+        cells = [f"{c:.2f}" if c is not None else "–" for c in (*named, rest, busy)]
+        lines.append(f"| {level_name(p.share)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -60,7 +60,7 @@ from bench.load import (
     over_rounds,
     saturate,
 )
-from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, service_env, stop_all
+from bench.procs import REPO, ChildProcess, LocalBroker, OtherWork, core_meter, service_env, stop_all
 from bench.report import (
     ALONE_PER_S,
     MachineInfo,
@@ -195,6 +195,12 @@ class Bench:
             points: dict[float, list[OpenLoop]] = {share: [] for share in SHARES}
             stops: dict[str, list[Stops | None]] = {level_name(share): [] for share in (0, *SHARES)}
 
+            def cores() -> Callable[[], dict[str, float]]:
+                """What runs on the cores during an open loop: the traced service, the broker, this process (the
+                load generator) and its results reader."""
+                return core_meter({"service": traced.pid, "broker": self.broker.pid, "load generator": os.getpid(),
+                                   "results reader": on.reader_pid if isinstance(on, RawLoad) else None})
+
             async def stopped(level: str, measure: Awaitable[OpenLoop]) -> OpenLoop:
                 """`measure`, with the traced service's own stops meanwhile."""
                 before = await asyncio.to_thread(scrape_service, self.home, traced.pid)
@@ -207,13 +213,13 @@ class Bench:
                 # Round after round of every level, so a slow minute of the machine falls on all of them alike.
                 for round_ in range(1, self.latency_rounds + 1):
                     alone.append(await stopped(level_name(0), open_loop(on, take(int(ALONE_PER_S * self.open_loop_s)),
-                                                                rate=ALONE_PER_S, share=0)))
+                                                                rate=ALONE_PER_S, share=0, cores=cores)))
                     log(f"    round {round_}: one at a time ({ALONE_PER_S}/s): p50 {alone[-1].p50_ms:.1f} "
                         f"p99 {alone[-1].p99_ms:.1f} ms")
                     for share in SHARES:
                         rate = share * result.service.jobs_per_s
                         point = await stopped(level_name(share), open_loop(
-                            on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share))
+                            on, take(max(int(rate * self.open_loop_s), 20)), rate=rate, share=share, cores=cores))
                         points[share].append(point)
                         log(f"    round {round_}: open loop {share:.0%} ({rate:,.0f}/s, achieved "
                             f"{point.achieved_per_s:,.0f}/s): p50 {point.p50_ms:.1f} p95 {point.p95_ms:.1f} "

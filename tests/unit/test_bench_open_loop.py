@@ -56,6 +56,28 @@ def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on() -> No
     assert gc.isenabled()
 
 
+def test_open_loop_meters_the_cores_over_its_publishing_schedule() -> None:
+    events: list[str] = []
+    load = _InstantLoad()
+
+    def meter():  # noqa: ANN202
+        events.append(f"started with {len(load.sent)} sent")
+
+        def since() -> dict[str, float]:
+            events.append(f"read with {len(load.sent)} sent")
+            return {"service": 0.5, "machine": 1.5}
+
+        return since
+
+    point = asyncio.run(open_loop(load, [Payload(task="recommend", inputs={"user_id": i}) for i in range(20)],
+                                  rate=10_000, share=0.5, cores=meter))
+
+    assert events == ["started with 0 sent", "read with 20 sent"]
+    assert point.cores == {"service": 0.5, "machine": 1.5}
+    unmetered = asyncio.run(open_loop(load, [Payload(task="recommend", inputs={"user_id": 1})], rate=10, share=0.5))
+    assert unmetered.cores == {}
+
+
 def test_collector_paused_nests_and_leaves_a_collector_that_was_off_off() -> None:
     with collector_paused():
         with collector_paused():

@@ -101,3 +101,25 @@ def test_a_level_run_in_rounds_reports_the_median_of_their_percentiles_and_the_r
     report = markdown([result], info, command="x", total_s=1.0, quick=False, transport_mode="x", load="raw", notes=[],
                       burst_s=2.0, repeats=7, open_loop_s=5.0, latency_rounds=3)
     assert "| 50.0 | 40.0–400.0 |" in report and "| 13.0 | 12.0–14.0 |" in report
+
+
+def test_the_cores_table_gives_each_level_s_median_cores_per_process_and_what_the_rest_took():
+    def run(service: float, busy: float, cores: dict[str, float] | None = None) -> OpenLoop:
+        return OpenLoop(0.75, 300.0, 300.0, 10, 90.0, 140.0, 160.0, 3.0, 10.0,
+                        cores=cores if cores is not None else {"service": service, "broker": 0.25,
+                                                               "load generator": 0.15, "machine": busy})
+
+    point = over_rounds([run(1.4, 1.9), run(1.5, 1.95), run(1.2, 2.0)])
+    assert point.cores == {"broker": 0.25, "load generator": 0.15, "machine": 1.95, "service": 1.4}
+    partly = over_rounds([run(1.0, 1.0), run(1.0, 1.0, {"service": 1.0, "machine": 1.0})])
+    assert partly.cores == {"machine": 1.0, "service": 1.0}  # a process metered in some rounds only is left out
+    result = ModelResult("text", 32)
+    result.open_loop = [point]
+    info = MachineInfo("cpu", 2, "3.11", {}, "host", (0.0, 0.0, 0.0))
+    report = markdown([result], info, command="x", total_s=1.0, quick=False, transport_mode="x", load="raw", notes=[],
+                      burst_s=2.0, repeats=7, open_loop_s=5.0, latency_rounds=3)
+    assert "| 75% | 1.40 | 0.25 | 0.15 | – | 0.15 | 1.95 |" in report  # the rest: 1.95 − 1.40 − 0.25 − 0.15
+    result.open_loop = [run(1.0, 1.0, {})]
+    unmetered = markdown([result], info, command="x", total_s=1.0, quick=False, transport_mode="x", load="raw",
+                         notes=[], burst_s=2.0, repeats=7, open_loop_s=5.0, latency_rounds=3)
+    assert "What ran on the cores" not in unmetered
