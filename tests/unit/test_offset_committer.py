@@ -48,3 +48,58 @@ async def test_forgotten_partitions_are_not_committed_and_a_failed_commit_is_cou
         await asyncio.sleep(0.01)
     assert failures == [1] and committer.failures == 1
     assert consumer.commits == [{TopicPartition("t", 0): 4}]
+
+
+class QuickConsumer:
+    """Commits at once, and remembers when (on the test's clock)."""
+
+    def __init__(self, clock) -> None:  # noqa: ANN001
+        self.clock, self.commits = clock, []
+
+    async def commit(self, offsets):
+        self.commits.append((round(self.clock(), 2), dict(offsets)))
+
+
+async def _settled(committer: OffsetCommitter) -> None:
+    while committer.busy:
+        await asyncio.sleep(0.005)
+
+
+async def test_with_an_interval_the_batches_that_finish_within_it_share_one_commit():
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    clock = lambda: loop.time() - started  # noqa: E731
+    consumer = QuickConsumer(clock)
+    committer = OffsetCommitter(consumer, interval_s=0.2, clock=clock)
+    committer.add({P0: 1})  # the first after a quiet spell goes at once
+    await asyncio.sleep(0.05)
+    committer.add({P0: 2})
+    await asyncio.sleep(0.05)
+    committer.add({P0: 3, P1: 1})
+    await _settled(committer)
+    (first_at, first), (second_at, second) = consumer.commits
+    assert first_at < 0.05 and first == {TopicPartition("t", 0): 1}
+    assert second_at >= 0.2 and second == {TopicPartition("t", 0): 3, TopicPartition("t", 1): 1}  # one request
+
+
+async def test_flush_commits_without_waiting_for_the_interval_and_forgotten_offsets_stay_uncommitted():
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    clock = lambda: loop.time() - started  # noqa: E731
+    consumer = QuickConsumer(clock)
+    committer = OffsetCommitter(consumer, interval_s=5.0, clock=clock)
+    committer.add({P0: 1})
+    await asyncio.sleep(0.02)
+    committer.add({P0: 2, P1: 4})
+    committer.forget([P1])  # revoked while waiting for the interval
+    await asyncio.sleep(0.02)
+    assert committer.busy and len(consumer.commits) == 1  # waiting for the interval
+    committer.flush()  # a drain
+    await _settled(committer)
+    assert [offsets for _, offsets in consumer.commits] == [{TopicPartition("t", 0): 1}, {TopicPartition("t", 0): 2}]
+    assert consumer.commits[1][0] < 1.0
+    committer.add({P1: 9})
+    committer.forget(None)  # everything revoked before the interval passed: nothing more is committed
+    committer.flush()
+    await _settled(committer)
+    assert len(consumer.commits) == 2

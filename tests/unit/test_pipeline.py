@@ -156,6 +156,16 @@ async def test_stop_drains_what_was_taken_and_commits_it():
     assert consumer.last_commits() == {0: taken}
 
 
+async def test_a_commit_interval_coalesces_the_batches_commits_and_a_stop_commits_at_once():
+    consumer, sink = FakeConsumer({0: partition_log(0, 64), 1: partition_log(1, 64)}), RecordingSink()
+    pipeline = make_pipeline(consumer, sink, max_batch=4, max_in_flight=8, commit_interval_ms=60_000)
+    started = time.monotonic()
+    await run_until(pipeline, lambda: len(answered(sink)) == 128)
+    assert time.monotonic() - started < 10  # the stop's drain did not wait out the minute
+    assert consumer.last_commits() == {0: 64, 1: 64}  # everything taken was committed by the drain
+    assert len(consumer.commits) == 2  # the first batch's commit, then the drain's: not one per batch (32 batches)
+
+
 @pytest.mark.parametrize("instances", [1, 3])
 async def test_a_crashed_model_loop_stops_the_pipeline_with_its_error_instead_of_hanging(instances):
     class BrokenWorker(BatchWorker):

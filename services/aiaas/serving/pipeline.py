@@ -179,6 +179,7 @@ class JobPipeline:
         is_urgent: Callable[[str], bool] | None = None,
         max_poll_interval_s: float = 300.0,
         busy_fetch_wait_ms: int = 0,
+        commit_interval_ms: int = 0,
     ) -> None:
         self.worker = worker
         self._in_cut_order = publish_in_cut_order
@@ -204,8 +205,8 @@ class JobPipeline:
         self._publishing: set[asyncio.Task[None]] = set()
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
-        self._committer = OffsetCommitter(consumer, on_idle=self._finished.set,  # at-least-once commits
-                                          on_failure=self._count_commit_failure)
+        self._committer = OffsetCommitter(consumer, interval_s=commit_interval_ms / 1000,  # at-least-once commits
+                                          on_idle=self._finished.set, on_failure=self._count_commit_failure)
         self._stopping = asyncio.Event()
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
@@ -333,6 +334,7 @@ class JobPipeline:
         False if `timeout_s` ran out first."""
         async def settled() -> None:
             while busy():
+                self._committer.flush()  # what this waits for is not to wait for the commit interval too
                 self._finished.clear()
                 try:
                     await asyncio.wait_for(self._finished.wait(), 0.5)

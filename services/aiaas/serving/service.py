@@ -191,6 +191,7 @@ class ModelService:
             is_urgent=self.topics.is_urgent,
             max_poll_interval_s=self.settings.max_poll_interval_ms / 1000,
             busy_fetch_wait_ms=0 if streaming else self.settings.busy_fetch_wait_ms,
+            commit_interval_ms=self.settings.commit_interval_ms,
         )
         stats = pipeline.stats
         if self.monitor is not None:
