@@ -424,20 +424,27 @@ def _cores_table(points: list[OpenLoop]) -> list[str]:
     a request then carries few jobs: on a small machine they take cores a saturated burst leaves to the service."""
     if not points:
         return []
-    cores = os.cpu_count() or 0
-    lines = [f"What ran on the cores at each level, while its jobs were published (cores: CPU seconds per second, the "
-             "median over the rounds, in /proc's ticks of 10 ms; the rest: the machine's busy cores less the four's, "
-             f"0 where the ticks make it negative; busy: all of its {cores} cores' work for this VM, not idle and not "
-             "the hypervisor's for other guests):", "",
+    cores, tick_ms = os.cpu_count() or 0, 1000 / os.sysconf("SC_CLK_TCK")
+    lines = ["What ran on the cores at each level, while its jobs were published (cores: CPU seconds per second from "
+             f"/proc, in ticks of {tick_ms:g} ms; each column the median of the rounds' own, so they need not add up; "
+             "load generator: the benchmark's own process, which publishes; the rest: each round's busy cores less the "
+             f"four's, 0 where the ticks make it negative; busy: all of its {cores} cores' work for this VM, not idle "
+             "and not the hypervisor's for other guests):", "",
              "| offered | " + " | ".join(CORE_USERS) + " | the rest | busy cores |",
              "|---:|" + "---:|" * (len(CORE_USERS) + 2)]
     for p in points:
         named = [p.cores.get(name) for name in CORE_USERS]
-        busy = p.cores.get(MACHINE)
-        rest = max(busy - sum(c for c in named if c is not None), 0.0) if busy is not None else None
-        cells = [f"{c:.2f}" if c is not None else "–" for c in (*named, rest, busy)]
+        rest = _rest_of_the_cores(p.rounds or [p])
+        cells = [f"{c:.2f}" if c is not None else "–" for c in (*named, rest, p.cores.get(MACHINE))]
         lines.append(f"| {level_name(p.share)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _rest_of_the_cores(rounds: list[OpenLoop]) -> float | None:
+    """The median over `rounds` of each round's busy cores less its named processes' (not below 0)."""
+    each = [max(r.cores[MACHINE] - sum(r.cores.get(name, 0.0) for name in CORE_USERS), 0.0)
+            for r in rounds if MACHINE in r.cores]
+    return float(statistics.median(each)) if each else None
 
 
 def plot(results: list[ModelResult], path: Path, title: str) -> bool:

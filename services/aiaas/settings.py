@@ -317,10 +317,10 @@ class WorkerSettings(MetricsEndpointSettings):
     commit_interval_ms: int = Field(
         100, ge=0, le=10_000,
         description="At-least-once delivery: the shortest time between two offset commits of the service's consumer; "
-        "the offsets of every batch that finished in between go in one commit request. A replica that dies re-runs "
-        "(on its partitions' next owner) up to this much more finished work. A drain or a rebalance commits at "
-        "once. 0: a commit per batch (at a partial load, about one per job). Exactly-once commits in each batch's "
-        "transaction instead.",
+        "the offsets of every batch that finished in between go in one commit request. The jobs of a replica that "
+        "dies are run again by its partitions' next owner from its last commit: up to this interval and one commit's "
+        "round trip more of them than with a commit per batch. A drain or a rebalance commits at once. 0: a commit "
+        "per batch (at a partial load, about one per job). Exactly-once commits in each batch's transaction instead.",
     )
     model_version: str = Field("production", description="Registry version or alias the service serves.")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(

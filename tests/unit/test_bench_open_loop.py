@@ -56,15 +56,26 @@ def test_open_loop_publishes_with_the_collector_off_and_turns_it_back_on() -> No
     assert gc.isenabled()
 
 
-def test_open_loop_meters_the_cores_over_its_publishing_schedule() -> None:
+def test_open_loop_meters_the_cores_over_its_publishing_schedule_not_the_wait_for_results() -> None:
+    class LateResults(_InstantLoad):
+        """Every job's result comes 0.3 s after it was sent."""
+
+        async def send(self, prepared: Payload) -> _RawSent:
+            sent = await super().send(prepared)
+            result = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.3, result.set_result, Outcome(time.time(), "ok", 1))
+            return _RawSent(sent.sent_at, sent._ack, result, sent.trace)  # noqa: SLF001
+
     events: list[str] = []
-    load = _InstantLoad()
+    load = LateResults()
 
     def meter():  # noqa: ANN202
         events.append(f"started with {len(load.sent)} sent")
+        started = time.monotonic()
 
         def since() -> dict[str, float]:
-            events.append(f"read with {len(load.sent)} sent")
+            when = "before" if time.monotonic() - started < 0.25 else "after"
+            events.append(f"read with {len(load.sent)} sent, {when} the results came")
             return {"service": 0.5, "machine": 1.5}
 
         return since
@@ -72,7 +83,7 @@ def test_open_loop_meters_the_cores_over_its_publishing_schedule() -> None:
     point = asyncio.run(open_loop(load, [Payload(task="recommend", inputs={"user_id": i}) for i in range(20)],
                                   rate=10_000, share=0.5, cores=meter))
 
-    assert events == ["started with 0 sent", "read with 20 sent"]
+    assert events == ["started with 0 sent", "read with 20 sent, before the results came"]
     assert point.cores == {"service": 0.5, "machine": 1.5}
     unmetered = asyncio.run(open_loop(load, [Payload(task="recommend", inputs={"user_id": 1})], rate=10, share=0.5))
     assert unmetered.cores == {}

@@ -99,7 +99,41 @@ async def test_flush_commits_without_waiting_for_the_interval_and_forgotten_offs
     assert [offsets for _, offsets in consumer.commits] == [{TopicPartition("t", 0): 1}, {TopicPartition("t", 0): 2}]
     assert consumer.commits[1][0] < 1.0
     committer.add({P1: 9})
-    committer.forget(None)  # everything revoked before the interval passed: nothing more is committed
+    await asyncio.sleep(0.02)  # the task waits out the interval
+    committer.forget(None)  # everything revoked meanwhile: nothing more is committed, not even an empty request
     committer.flush()
     await _settled(committer)
     assert len(consumer.commits) == 2
+
+
+async def test_a_flush_while_idle_does_not_lift_the_interval_and_a_close_commits_at_once():
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    clock = lambda: loop.time() - started  # noqa: E731
+    consumer = QuickConsumer(clock)
+    committer = OffsetCommitter(consumer, interval_s=0.2, clock=clock)
+    committer.flush()  # nothing pending: nothing to hurry
+    committer.add({P0: 1})
+    await _settled(committer)
+    committer.add({P0: 2})
+    await _settled(committer)
+    assert [at for at, _ in consumer.commits][1] >= 0.2  # the second waited for the interval
+    committer.add({P0: 3})
+    await asyncio.sleep(0.01)
+    await committer.close(timeout_s=5)
+    assert consumer.commits[-1][1] == {TopicPartition("t", 0): 3} and consumer.commits[-1][0] < 0.35
+    assert not committer.busy
+
+
+async def test_what_runs_before_each_commit_may_drop_what_is_pending():
+    consumer = QuickConsumer(lambda: 0.0)
+    committer: OffsetCommitter | None = None
+
+    def stood_still() -> None:  # as the pipeline's stall watch does after a freeze
+        assert committer is not None
+        committer.forget(None)
+
+    committer = OffsetCommitter(consumer, before_commit=stood_still)
+    committer.add({P0: 5})
+    await _settled(committer)
+    assert consumer.commits == []

@@ -4,6 +4,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+import pytest
 from aiokafka import TopicPartition
 
 from aiaas.contract.codec import decode_result
@@ -92,7 +93,9 @@ class FreezingSink(RecordingSink):
         return await super().send(topic, value, key=key, headers=headers)
 
 
-async def test_at_least_once_batches_cut_before_a_freeze_are_not_published_and_every_job_is_answered():
+@pytest.mark.parametrize("commit_interval_ms", [0, 60_000])
+async def test_at_least_once_batches_cut_before_a_freeze_are_not_published_and_every_job_is_answered(
+        commit_interval_ms):
     sink = FreezingSink("job-6", 1.3)
     consumer = FakeConsumer({0: [job_record(i, [float(i)]) for i in range(40)]})
     worker = BatchWorker(SumRuntime(), sink, topics=TOPICS, dlq_topic="p.dlq", group="p.vision",
@@ -102,7 +105,7 @@ async def test_at_least_once_batches_cut_before_a_freeze_are_not_published_and_e
                                                                        for p, o in consumer.last_commits().items())},
                                 lambda: pipeline)
     pipeline = JobPipeline(worker, consumer, max_batch=4, max_wait_ms=1, max_in_flight=16, drain_timeout_s=10,
-                           stall_after_s=1.0, rejoin=rejoin)
+                           stall_after_s=1.0, rejoin=rejoin, commit_interval_ms=commit_interval_ms)
     stats = await run_until(pipeline, lambda: len(set(sink.result_job_ids())) == 40)
     assert stats.stalls == 1 and len(rejoins) == 1
     assert set(sink.result_job_ids()) == {f"job-{i}" for i in range(40)}

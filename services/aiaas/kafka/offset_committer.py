@@ -45,9 +45,11 @@ class OffsetCommitter:
 
     def __init__(self, consumer: CommittingConsumer, *, interval_s: float = 0.0,
                  on_idle: Callable[[], None] = lambda: None, on_failure: Callable[[], None] = lambda: None,
+                 before_commit: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._consumer = consumer
         self._interval_s = interval_s
+        self._before_commit = before_commit  # called before each request: may `forget` what is pending
         self._on_idle = on_idle  # called whenever a commit round ends (a drain waits for that)
         self._on_failure = on_failure
         self._clock = clock
@@ -59,7 +61,8 @@ class OffsetCommitter:
 
     @property
     def busy(self) -> bool:
-        """Offsets wait to be committed, or a commit is in flight."""
+        """Offsets wait to be committed, or the commit task is alive (a commit in flight, or the interval being waited
+        out)."""
         return bool(self._pending) or (self._task is not None and not self._task.done())
 
     def add(self, offsets: dict[Partition, int]) -> None:
@@ -70,8 +73,20 @@ class OffsetCommitter:
             self._task = asyncio.create_task(self._commit_pending(), name="aiaas-committer")
 
     def flush(self) -> None:
-        """Commit what is pending now rather than when the interval allows (someone waits for it: a drain)."""
-        self._hurry.set()
+        """Commit what is pending now rather than when the interval allows (someone waits for it: a drain). Only the
+        commit that waits now, or the next one if none waits, skips the interval."""
+        if self.busy:
+            self._hurry.set()
+
+    async def close(self, timeout_s: float) -> None:
+        """Commit what is pending without waiting for the interval, for at most `timeout_s`; then stop."""
+        self.flush()
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     def forget(self, partitions: Iterable[Partition] | None = None) -> None:
         """Drop what is pending for `partitions` (all when None): they are no longer ours to commit."""
@@ -85,8 +100,9 @@ class OffsetCommitter:
         try:
             while self._pending:
                 await self._interval_passed()
+                self._before_commit()
                 if not self._pending:
-                    break  # forgotten meanwhile (revoked)
+                    break  # forgotten meanwhile (revoked, or the replica stood still past its session)
                 offsets, self._pending = self._pending, {}
                 self._last_started = self._clock()
                 try:
@@ -96,14 +112,14 @@ class OffsetCommitter:
                     self._on_failure()
                     log.warning("offset commit failed (%s); those jobs may be delivered again", exc)
         finally:
-            self._hurry.clear()
             self._on_idle()
 
     async def _interval_passed(self) -> None:
-        """Until `interval_s` after the last commit started, or a `flush`."""
+        """Until `interval_s` after the last commit started, or a `flush` (used up here)."""
         wait_s = self._last_started + self._interval_s - self._clock()
         if wait_s > 0 and not self._hurry.is_set():
             try:
                 await asyncio.wait_for(self._hurry.wait(), wait_s)
             except TimeoutError:
                 pass
+        self._hurry.clear()

@@ -108,6 +108,9 @@ _STOP_FETCH_S = 5.0
 """How long a stop waits for the fetch loop to see it before cancelling it. The fetch loop's own waits are far
 shorter; past this it is inside a Kafka call still pending (a rebalance, or a call that never returns), and a
 stopped service must still drain and exit."""
+_CLOSE_COMMIT_S = 5.0
+"""How long the pipeline's end waits for its last commit (after a drain it has none; after a model loop died, the
+offsets already safe)."""
 _KEEP_IN_GROUP_S = 1.0
 """While the fetch loop may take nothing (every partition paused, or the window full with the urgent lanes at their
 cap), how long it goes without a poll at least (then up to `_IDLE_POLL_MS` more) before it polls to stay in the
@@ -206,7 +209,8 @@ class JobPipeline:
         self._arrived = asyncio.Event()  # records were queued, or the fetch loop ended
         self._finished = asyncio.Event()  # a batch finished: room in the window, maybe drained
         self._committer = OffsetCommitter(consumer, interval_s=commit_interval_ms / 1000,  # at-least-once commits
-                                          on_idle=self._finished.set, on_failure=self._count_commit_failure)
+                                          on_idle=self._finished.set, on_failure=self._count_commit_failure,
+                                          before_commit=self._look_for_stall)
         self._stopping = asyncio.Event()
         self._fetching = True
         self._holding = 0  # > 0 while a drain needs the fetch loop to stop taking records
@@ -301,6 +305,7 @@ class JobPipeline:
             for task in (*model_loops, fetch_loop, *self._publishing, *background):
                 task.cancel()
             await asyncio.gather(*model_loops, fetch_loop, *self._publishing, *background, return_exceptions=True)
+            await self._committer.close(_CLOSE_COMMIT_S)  # after a model loop died no drain ran: what is safe goes
         return self.stats
 
     @staticmethod
@@ -866,9 +871,14 @@ class JobPipeline:
 
     def _stale(self, epoch: int) -> bool:
         """Whether a batch cut in `epoch` may no longer publish or commit (looks for a stall first)."""
+        self._look_for_stall()
+        return epoch != self._epoch
+
+    def _look_for_stall(self) -> None:
+        """Before anything commits: a stall since the last look drops what is held (`_on_stall`), pending commits
+        included."""
         if self._stall is not None:
             self._stall.check()
-        return epoch != self._epoch
 
     def _on_stall(self, gap_s: float) -> None:
         """The loop stood still past the group session: drop everything held, and rejoin before taking more."""
