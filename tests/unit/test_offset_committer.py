@@ -60,17 +60,25 @@ class QuickConsumer:
         self.commits.append((round(self.clock(), 2), dict(offsets)))
 
 
+def _timed(interval_s: float) -> tuple[QuickConsumer, OffsetCommitter]:
+    """A committer with this interval, on the running loop's clock from now, and its consumer."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def clock() -> float:
+        return loop.time() - started
+
+    consumer = QuickConsumer(clock)
+    return consumer, OffsetCommitter(consumer, interval_s=interval_s, clock=clock)
+
+
 async def _settled(committer: OffsetCommitter) -> None:
     while committer.busy:
         await asyncio.sleep(0.005)
 
 
 async def test_with_an_interval_the_batches_that_finish_within_it_share_one_commit():
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    clock = lambda: loop.time() - started  # noqa: E731
-    consumer = QuickConsumer(clock)
-    committer = OffsetCommitter(consumer, interval_s=0.2, clock=clock)
+    consumer, committer = _timed(interval_s=0.2)
     committer.add({P0: 1})  # the first after a quiet spell goes at once
     await asyncio.sleep(0.05)
     committer.add({P0: 2})
@@ -83,11 +91,7 @@ async def test_with_an_interval_the_batches_that_finish_within_it_share_one_comm
 
 
 async def test_flush_commits_without_waiting_for_the_interval_and_forgotten_offsets_stay_uncommitted():
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    clock = lambda: loop.time() - started  # noqa: E731
-    consumer = QuickConsumer(clock)
-    committer = OffsetCommitter(consumer, interval_s=5.0, clock=clock)
+    consumer, committer = _timed(interval_s=5.0)
     committer.add({P0: 1})
     await asyncio.sleep(0.02)
     committer.add({P0: 2, P1: 4})
@@ -107,11 +111,7 @@ async def test_flush_commits_without_waiting_for_the_interval_and_forgotten_offs
 
 
 async def test_a_flush_while_idle_does_not_lift_the_interval_and_a_close_commits_at_once():
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    clock = lambda: loop.time() - started  # noqa: E731
-    consumer = QuickConsumer(clock)
-    committer = OffsetCommitter(consumer, interval_s=0.2, clock=clock)
+    consumer, committer = _timed(interval_s=0.2)
     committer.flush()  # nothing pending: nothing to hurry
     committer.add({P0: 1})
     await _settled(committer)
