@@ -137,3 +137,15 @@ async def test_what_runs_before_each_commit_may_drop_what_is_pending():
     committer.add({P0: 5})
     await _settled(committer)
     assert consumer.commits == []
+
+
+async def test_a_close_whose_commit_fails_unexpectedly_logs_it_and_returns(caplog):
+    class BrokenConsumer:
+        async def commit(self, offsets):
+            await asyncio.sleep(0.01)
+            raise RuntimeError("the client is closed")
+
+    committer = OffsetCommitter(BrokenConsumer())
+    committer.add({P0: 1})
+    await committer.close(timeout_s=5)  # the pipeline's end, which may be ending for another error: no new one
+    assert "the last offset commit failed" in caplog.text and not committer.busy

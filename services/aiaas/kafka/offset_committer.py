@@ -87,6 +87,8 @@ class OffsetCommitter:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+            except Exception as exc:  # noqa: BLE001 - whoever closes is ending for a reason of its own: keep that one
+                log.warning("the last offset commit failed (%s); those jobs may be delivered again", exc)
 
     def forget(self, partitions: Iterable[Partition] | None = None) -> None:
         """Drop what is pending for `partitions` (all when None): they are no longer ours to commit."""
