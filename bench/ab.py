@@ -54,11 +54,11 @@ from aiaas.tracing.hops import HOPS
 from bench.hop_breakdown import add_hops_once_stored
 from bench.load import Burst, OpenLoop, RawLoad, burst, collector_paused, cycling, open_loop, over_rounds, saturate
 from bench.procs import (
+    MACHINE,
     REPO,
     ChildProcess,
     LocalBroker,
-    busy_cpu_seconds,
-    cpu_seconds,
+    core_meter,
     pin,
     pin_beside_broker,
     service_env,
@@ -116,12 +116,11 @@ class _MeteredLoad:
         return [record for burst_, record in self.cpu if any(burst_ is b for b in bursts)]
 
     async def _metered(self, work: Awaitable[_Measured]) -> tuple[_Measured, dict[str, float]]:
-        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        busy, started = busy_cpu_seconds(), time.perf_counter()
+        since, started = core_meter(self.pids), time.perf_counter()
         result = await work
-        elapsed = time.perf_counter() - started
-        used = {name: (cpu_seconds(pid) - before[name]) / result.jobs * 1e6 for name, pid in self.pids.items()}
-        return result, used | {"busy cores": (busy_cpu_seconds() - busy) / elapsed}
+        elapsed, cores = time.perf_counter() - started, since()
+        used = {name: cores[name] * elapsed / result.jobs * 1e6 for name in self.pids if name in cores}
+        return result, used | {"busy cores": cores[MACHINE]}
 
 
 def _side_env(checkout: Path | None, pairs: list[str]) -> dict[str, str]:
